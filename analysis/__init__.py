@@ -1,0 +1,1 @@
+"""Explaining: capture reader, join/attribution, timeline, drops, report model, renderers."""

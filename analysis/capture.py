@@ -1,0 +1,144 @@
+"""The capture reader: header, events, trailer — tolerant of damage, strict about versions.
+
+A capture without a trailer is *truncated* (the tracer was killed), not rejected; a line
+that is not a JSON object ends the readable part (everything after it is *damaged*).
+Any other format version is refused with one sentence. Never raises anything but
+``CaptureError`` for bad input.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Iterator, List, Optional
+
+from trace_quit.tracer import events as ev
+
+#: A single line longer than this is damage, not an event (protects memory on bad input).
+MAX_LINE_BYTES = 1 << 20
+
+
+class CaptureError(Exception):
+    """The file is not a capture this version can read; the message is one sentence."""
+
+
+@dataclasses.dataclass
+class Capture:
+    """A capture as read: header, events in file order, trailer (None when truncated)."""
+
+    path: str
+    header: Dict[str, Any]
+    events: List[Dict[str, Any]]
+    trailer: Optional[Dict[str, Any]]
+    damaged_at_line: Optional[int] = None  # first unreadable line number (1-based), if any
+
+    @property
+    def truncated(self) -> bool:
+        """True when the tracer never wrote its trailer."""
+        return self.trailer is None
+
+    @property
+    def status(self) -> str:
+        """'complete', 'truncated' or 'damaged at line N' — for reports."""
+        if self.damaged_at_line is not None:
+            return "damaged at line %d" % self.damaged_at_line
+        return "truncated" if self.truncated else "complete"
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            yield line
+
+
+def read_header(path: str) -> Dict[str, Any]:
+    """Read and validate only the header record."""
+    try:
+        first = next(_lines(path), b"")
+    except OSError as e:
+        raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    return _parse_header(path, first)
+
+
+def _parse_header(path: str, first: bytes) -> Dict[str, Any]:
+    if not first:
+        raise CaptureError("%s is empty: it is not a trace-quit capture" % path)
+    try:
+        header = json.loads(first)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != ev.FORMAT:
+        raise CaptureError("%s is not a trace-quit capture (no capture header on its first line)" % path)
+    version = header.get("version")
+    if version != ev.VERSION:
+        raise CaptureError(
+            "%s is a version %s capture; this trace-quit reads version %d: use a trace-quit that matches"
+            % (path, version, ev.VERSION))
+    return header
+
+
+def iter_events(path: str) -> Iterator[Dict[str, Any]]:
+    """Yield the event records of a validated capture (header and trailer excluded), streaming."""
+    for item in _scan(path):
+        if isinstance(item, dict) and item.get("k") != ev.TRAILER:
+            yield item
+
+
+def _scan(path: str):
+    """Yield header-checked records; yields ('damaged', lineno) once on the first bad line."""
+    lines = _lines(path)
+    try:
+        first = next(lines, b"")
+    except OSError as e:
+        raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    _parse_header(path, first)
+    lineno = 1
+    for raw in lines:
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES or not raw.endswith(b"\n"):
+            # A partial last line is what a killed writer leaves; an overlong line is damage.
+            yield ("damaged", lineno)
+            return
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            yield ("damaged", lineno)
+            return
+        if not isinstance(record, dict) or not isinstance(record.get("k"), str):
+            yield ("damaged", lineno)
+            return
+        yield record
+        if record.get("k") == ev.TRAILER:
+            # Anything after the trailer is garbage appended to a finished capture.
+            try:
+                if next(lines, None) is not None:
+                    yield ("damaged", lineno + 1)
+            except OSError:
+                pass
+            return
+
+
+def load(path: str) -> Capture:
+    """Read a whole capture into memory."""
+    if not os.path.exists(path):
+        raise CaptureError("%s does not exist" % path)
+    if os.path.isdir(path):
+        raise CaptureError("%s is a directory, not a capture file" % path)
+    header = read_header(path)
+    events: List[Dict[str, Any]] = []
+    trailer = None
+    damaged = None
+    try:
+        for item in _scan(path):
+            if isinstance(item, tuple):
+                damaged = item[1]
+                break
+            if item.get("k") == ev.TRAILER:
+                trailer = item
+            else:
+                events.append(item)
+    except OSError as e:
+        raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    return Capture(path=path, header=header, events=events, trailer=trailer, damaged_at_line=damaged)

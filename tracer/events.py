@@ -1,0 +1,134 @@
+"""The one event schema shared by every source (agent, bpf, sampler, tracer) and the reader.
+
+Stdlib only and Python 3.8-compatible: the in-process agent loads this file by path inside
+the traced program's interpreter, whatever version that is.
+
+An event is a flat JSON object, one per line in the capture, with these common keys:
+
+    k    kind (one of the constants below)
+    t    CLOCK_MONOTONIC nanoseconds (``now_ns``): the one clock of every source
+    src  "agent" | "bpf" | "sampler" | "tracer"
+    pid  process id (tgid), tid: native thread id (kernel tid), where they apply
+
+``conn`` is always the ``MYSQL*`` address as an int: ``id(connection) + __basicsize__``
+on the Python side, the first argument of ``mysql_close`` on the kernel side.
+Keys may be added to a kind; a reader ignores keys it does not know.
+"""
+
+import re
+import time
+
+#: The capture's format name and version: the reader refuses any other version.
+FORMAT = "trace-quit/capture"
+VERSION = 1
+
+#: The one clock: CLOCK_MONOTONIC in nanoseconds (bpf_ktime_get_ns() uses the same clock).
+now_ns = time.monotonic_ns
+
+# --- sources ------------------------------------------------------------------------
+SRC_AGENT = "agent"
+SRC_BPF = "bpf"
+SRC_SAMPLER = "sampler"
+SRC_TRACER = "tracer"
+
+# --- causes of a COM_QUIT (contract: these names appear in reports) -----------------
+EXPLICIT_CLOSE = "explicit_close"
+REFCOUNT = "refcount"
+GC = "gc"
+SHUTDOWN = "shutdown"
+NEVER_CLOSED = "never_closed"
+SERVER = "server"
+UNKNOWN = "unknown"
+CAUSES = (EXPLICIT_CLOSE, REFCOUNT, GC, SHUTDOWN, NEVER_CLOSED, SERVER, UNKNOWN)
+
+# --- wire confirmation of a COM_QUIT -----------------------------------------------
+WIRE_CONFIRMED = "confirmed"
+WIRE_NOT_SENT = "not_sent"
+WIRE_ENCRYPTED = "encrypted"
+WIRE_UNOBSERVED = "unobserved"
+WIRE_STATES = (WIRE_CONFIRMED, WIRE_NOT_SENT, WIRE_ENCRYPTED, WIRE_UNOBSERVED)
+
+#: The COM_QUIT packet: 3-byte payload length 1, sequence 0, command 0x01.
+COM_QUIT_BYTES = b"\x01\x00\x00\x00\x01"
+
+# --- event kinds: agent (inside the traced Python program) --------------------------
+AGENT_START = "agent_start"      # python, executable, argv0, basicsize, gc_thresholds, ppid
+MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
+GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
+GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
+CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack
+CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
+CONN_CLOSE = "conn_close"        # conn, stack: an explicit close() of an open connection
+CONN_DESTROY = "conn_destroy"    # conn, cause (gc|refcount|shutdown), gen, cid: destroyed while open
+ENGINE_CREATE = "engine_create"  # engine, site, pool_class, pool_size, max_overflow, url (no password)
+ENGINE_DISPOSE = "engine_dispose"  # engine
+ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
+POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn
+AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
+
+# --- event kinds: bpf (kernel side) --------------------------------------------------
+BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL)
+BPF_CLOSE = "bpf_close"          # conn, cause, gen: mysql_close entry with its native cause
+BPF_CLOSE_RET = "bpf_close_ret"  # conn: mysql_close returned
+BPF_WIRE = "bpf_wire"            # len, head (hex of first bytes): a send during mysql_close
+BPF_GC_START = "bpf_gc_start"    # gen
+BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown)
+BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
+BPF_FORK = "bpf_fork"            # child: a traced process forked
+BPF_EXIT = "bpf_exit"            # a traced process exited
+BPF_STATS = "bpf_stats"          # emitted, dropped (cumulative in-kernel counters)
+
+# --- event kinds: sampler and tracer -------------------------------------------------
+SERVER_COUNT = "server_count"    # count: PROCESSLIST rows for the workload's user
+CHILD_START = "child_start"      # the traced program was released to exec
+CHILD_EXIT = "child_exit"        # status (exit code, 128+N for signal N)
+TRACER_NOTE = "note"             # level, text: something the user should know (a probe missing)
+
+#: The trailer's kind: its presence means the capture was finished cleanly.
+TRAILER = "trailer"
+
+
+def encode(event):
+    """One event as a capture line (compact JSON, newline-terminated)."""
+    import json
+
+    return json.dumps(event, separators=(",", ":"), default=str) + "\n"
+
+
+# Passwords never reach a capture, a log or a report: scrub them from anything that
+# may carry one (argv, DSNs, connect() keyword arguments).
+_URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
+_FLAG_PASSWORD = re.compile(r"^(?P<pre>--?(?:password|passwd|pwd)(?:=|$))(?P<pw>.*)$", re.IGNORECASE)
+_SHORT_P = re.compile(r"^-p(?P<pw>.+)$")
+REDACTED = "***"
+SECRET_KEYS = frozenset(("password", "passwd", "pwd", "secret", "token"))
+
+
+def redact(text):
+    """Return ``text`` with any password in a URL or ``--password=`` flag replaced."""
+    if not isinstance(text, str):
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED + m.group("post"), text)
+    m = _FLAG_PASSWORD.match(text)
+    if m and m.group("pw"):
+        return m.group("pre") + REDACTED
+    if _SHORT_P.match(text):
+        return "-p" + REDACTED
+    return text
+
+
+def redact_argv(argv):
+    """Redact each argument, and the argument after a bare ``--password``/``-p`` flag."""
+    out = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if isinstance(arg, str) and arg.lower() in ("--password", "--passwd", "-p", "--pwd"):
+            hide_next = True
+            out.append(arg)
+            continue
+        out.append(redact(arg))
+    return out
