@@ -52,10 +52,15 @@ WIRE_STATES = (WIRE_CONFIRMED, WIRE_NOT_SENT, WIRE_ENCRYPTED, WIRE_UNOBSERVED)
 COM_QUIT_BYTES = b"\x01\x00\x00\x00\x01"
 
 # --- event kinds: agent (inside the traced Python program) --------------------------
-AGENT_START = "agent_start"      # python, executable, argv0, basicsize, gc_thresholds, ppid
+AGENT_START = "agent_start"      # python, executable, argv, basicsize, gc_thresholds, gc_enabled, ppid,
+#                                  forked_from (parent pid: a forked child inherits its open connections)
 MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
 GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
 GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
+#   gc_start/gc_stop are written for every generation-1/2 collection, and for a generation-0
+#   one only when it destroyed a connection or engine (then with its own start time, so
+#   order by ``t``, not by file position). All collections are counted in gc_counts.
+GC_COUNTS = "gc_counts"          # by_gen {"0": n, "1": n, "2": n}: cumulative collections per process
 CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack
 CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
 CONN_CLOSE = "conn_close"        # conn, stack: an explicit close() of an open connection
