@@ -54,6 +54,10 @@ class Agent:
     def __init__(self, channel_path, ev):
         self.ev = ev
         self.channel_path = channel_path
+        # Hold a read end too (never read): if the tracer is killed, the FIFO keeps a reader,
+        # so writes fill it and count as lost instead of raising SIGPIPE in a program that
+        # restored SIGPIPE's default action.
+        self.keepalive_fd = os.open(channel_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.fd = os.open(channel_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.pid = os.getpid()
         self.queue = collections.deque()

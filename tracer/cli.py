@@ -1,0 +1,388 @@
+"""trace-quit's command line: run · report · doctor · demo · dump (contract in DESIGN.md).
+
+Each subcommand is a small class with ``prepare_parser(parser)`` and ``run(args) -> int``;
+its docstring is its help. ``main(argv)`` turns a ``CliError`` into one line on stderr and
+its exit code — never a traceback.
+
+Exit codes: a traced run exits with the program's own status (128+N for signal N);
+before the program starts: 2 usage, 126 not runnable, 127 not found, 69 eBPF unavailable,
+77 needs root; report/dump: 65 not a readable capture, 66 no such file, 73 output exists.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+import textwrap
+
+from trace_quit.tracer import __version__
+
+EX_USAGE = 2
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_NOPERM = 77
+EX_NOTRUNNABLE = 126
+EX_NOTFOUND = 127
+
+CAPTURE_SUFFIX = ".tqcap"
+
+
+class CliError(Exception):
+    """A user-facing error: one sentence saying what is wrong and what to do."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def _err(message):
+    sys.stderr.write("trace-quit: %s\n" % message)
+
+
+# --- run ------------------------------------------------------------------------------
+
+class RunCommand:
+    """Run a program under the tracer, write its capture and print the GC-versus-close report.
+
+    examples:
+      sudo trace-quit -- python main.py
+      sudo trace-quit -o app.tqcap --dsn mysql://monitor:pw@127.0.0.1/app -- python main.py
+      trace-quit --no-bpf -- python main.py          (no root: the in-process agent only)
+    """
+
+    name = "run"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("-o", "--output", help="capture file (default: trace-quit-<program>.<pid>%s)" % CAPTURE_SUFFIX)
+        parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing capture")
+        parser.add_argument("--dsn", help="also sample the server's connection count (PROCESSLIST) through this DSN")
+        parser.add_argument("--sample-user", help="the server user whose connections are counted (default: the DSN's user)")
+        parser.add_argument("--no-bpf", action="store_true", help="no eBPF probes (no root needed): the agent only")
+        parser.add_argument("--no-agent", action="store_true", help="no in-process agent: eBPF only")
+        parser.add_argument("--as-root", action="store_true", help="run the program as root even under sudo")
+        parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
+                            help="report printed after the run (default: text); html is written next to the capture")
+        parser.add_argument("--quiet", action="store_true", help="no live status line")
+        parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
+
+    def run(self, args):
+        argv = list(args.command)
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if not argv:
+            raise CliError("no program to trace: put it after --, as in: trace-quit -- python main.py", EX_USAGE)
+        from trace_quit.tracer.launch import LaunchError, RunAs
+        from trace_quit.tracer.record import Recorder, RunOptions
+
+        use_bpf = not args.no_bpf
+        if use_bpf and os.geteuid() != 0:
+            raise CliError("the eBPF probes need root: run it with sudo, or add --no-bpf to trace with "
+                           "the in-process agent only", EX_NOPERM)
+        if args.no_bpf and args.no_agent:
+            raise CliError("--no-bpf and --no-agent together leave nothing to trace: drop one", EX_USAGE)
+        run_as = RunAs.invoking_user(as_root=args.as_root)
+        _check_runnable(argv[0])
+        output = args.output or default_capture_name(argv)
+        if os.path.lexists(output) and not args.force:
+            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
+        targets = None
+        if use_bpf:
+            targets = _resolve_bpf_targets(argv, run_as)
+        options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
+                             agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
+                             run_as=run_as, status=not args.quiet)
+        recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        try:
+            result = recorder.run()
+        except LaunchError as exc:
+            _remove_empty_capture(output)
+            raise CliError(str(exc), exc.code) from None
+        except FileExistsError:
+            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT) from None
+        except PermissionError as exc:
+            raise CliError("cannot write the capture %s: %s" % (output, exc.strerror), EX_CANTCREAT) from None
+        except ImportError as exc:
+            raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
+                           "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
+        _print_run_report(result, args.format)
+        return result.exit_status
+
+
+def _check_runnable(program):
+    import shutil
+
+    if os.sep in program:
+        if not os.path.exists(program):
+            raise CliError("%s: no such file" % program, EX_NOTFOUND)
+        if not os.access(program, os.X_OK) or os.path.isdir(program):
+            raise CliError("%s is not an executable program" % program, EX_NOTRUNNABLE)
+    elif shutil.which(program) is None:
+        raise CliError("%s: command not found (check the name and your PATH)" % program, EX_NOTFOUND)
+
+
+def default_capture_name(argv):
+    """trace-quit-<program>.<pid>.tqcap, <program> being the script a Python runs when there is one."""
+    program = os.path.basename(argv[0])
+    rest = argv[1:]
+    if program.startswith("python"):
+        for i, arg in enumerate(rest):
+            if arg == "-m" and i + 1 < len(rest):
+                program = rest[i + 1].rsplit(".", 1)[-1]
+                break
+            if arg == "-c":
+                break
+            if not arg.startswith("-"):
+                program = os.path.splitext(os.path.basename(arg))[0]
+                break
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in program) or "program"
+    return "trace-quit-%s.%d%s" % (safe, os.getpid(), CAPTURE_SUFFIX)
+
+
+def _resolve_bpf_targets(argv, run_as):
+    try:
+        from trace_quit.tracer import bpf
+    except ImportError as exc:
+        raise CliError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
+                       EX_UNAVAILABLE) from None
+    try:
+        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
+    except bpf.BpfUnavailable as exc:
+        raise CliError(str(exc), EX_UNAVAILABLE) from None
+
+
+def _remove_empty_capture(path):
+    try:
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _print_run_report(result, fmt):
+    out = sys.stderr
+    out.write("\n")
+    if fmt != "none":
+        try:
+            from trace_quit import analysis
+            from trace_quit.analysis.capture import load
+
+            report = analysis.build_report(load(result.capture))
+            if fmt == "html":
+                html_path = os.path.splitext(result.capture)[0] + ".html"
+                analysis.render([report], "html", path=html_path)
+                out.write("trace-quit: HTML report: %s\n" % html_path)
+            else:
+                analysis.render([report], fmt, stream=out, color=out.isatty())
+        except Exception as exc:  # the capture is safe on disk: say so and point at it
+            _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
+    out.write("trace-quit: capture written to %s\n" % result.capture)
+    out.write("trace-quit: next: trace-quit report %s --format html -o %s\n"
+              % (shlex.quote(result.capture), shlex.quote(os.path.splitext(result.capture)[0] + ".html")))
+
+
+# --- report / dump ----------------------------------------------------------------------
+
+def _load_capture(path):
+    from trace_quit.analysis.capture import CaptureError, load
+
+    if not os.path.exists(path):
+        raise CliError("%s: no such capture file" % path, EX_NOINPUT)
+    try:
+        return load(path)
+    except CaptureError as exc:
+        raise CliError(str(exc), EX_DATAERR) from None
+
+
+class ReportCommand:
+    """Explain one or more captures (several: side by side).
+
+    examples:
+      trace-quit report trace-quit-main.1234.tqcap
+      trace-quit report run.tqcap --format html -o run.html
+      trace-quit report exp1.tqcap exp2.tqcap exp3.tqcap --format html -o compare.html
+    """
+
+    name = "report"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("captures", nargs="+", metavar="CAPTURE")
+        parser.add_argument("--format", choices=("text", "json", "html"), default="text")
+        parser.add_argument("-o", "--output", help="write the report here instead of standard output")
+        parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
+
+    def run(self, args):
+        from trace_quit import analysis
+
+        captures = [_load_capture(path) for path in args.captures]
+        for capture in captures:
+            if capture.status != "complete":
+                _err("%s is %s: reporting what was recorded up to there" % (capture.path, capture.status))
+        reports = [analysis.build_report(capture) for capture in captures]
+        if args.format == "html" and not args.output:
+            args.output = os.path.splitext(args.captures[0])[0] + ".html"
+        if args.output:
+            from trace_quit.tracer.capture import CaptureExistsError, open_private
+
+            owner = _sudo_owner()
+            try:
+                fd = open_private(args.output, force=args.force, owner=owner)
+            except CaptureExistsError:
+                raise CliError("%s exists: choose another -o, or add --force to overwrite it" % args.output,
+                               EX_CANTCREAT) from None
+            except OSError as exc:
+                raise CliError("cannot write %s: %s" % (args.output, exc.strerror), EX_CANTCREAT) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                analysis.render(reports, args.format, stream=stream, color=False)
+            _err("report written to %s" % args.output)
+        else:
+            analysis.render(reports, args.format, stream=sys.stdout, color=sys.stdout.isatty())
+        return 0
+
+
+def _sudo_owner():
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID"):
+        uid = int(os.environ["SUDO_UID"])
+        return uid, int(os.environ.get("SUDO_GID", uid))
+    return None
+
+
+class DumpCommand:
+    """Print every record of a capture, one JSON object per line (for debugging)."""
+
+    name = "dump"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("capture", metavar="CAPTURE")
+
+    def run(self, args):
+        import json
+
+        capture = _load_capture(args.capture)
+        out = sys.stdout
+        out.write(json.dumps(capture.header, sort_keys=True) + "\n")
+        for event in capture.events:
+            out.write(json.dumps(event, sort_keys=True) + "\n")
+        if capture.trailer is not None:
+            out.write(json.dumps(capture.trailer, sort_keys=True) + "\n")
+        if capture.status != "complete":
+            _err("%s is %s" % (capture.path, capture.status))
+        return 0
+
+
+# --- doctor / demo ----------------------------------------------------------------------
+
+class DoctorCommand:
+    """Check what works on this machine, and say how to fix what does not."""
+
+    name = "doctor"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--python", default=None, help="the Python the program will use (default: python3 on PATH)")
+
+    def run(self, args):
+        from trace_quit.tracer import doctor
+
+        checks = doctor.run_checks(python=args.python)
+        if args.json:
+            import json
+
+            sys.stdout.write(json.dumps(checks, indent=2) + "\n")
+        else:
+            for check in checks:
+                mark = "ok  " if check["ok"] else "FAIL"
+                sys.stdout.write("%s %-22s %s\n" % (mark, check["name"], check.get("detail", "")))
+                if not check["ok"] and check.get("fix"):
+                    sys.stdout.write("     %-22s fix: %s\n" % ("", check["fix"]))
+        essential = [c for c in checks if c.get("essential", True)]
+        return 0 if all(c["ok"] for c in essential) else 1
+
+
+class DemoCommand:
+    """Run one of the study's experiments under the tracer on a disposable server, then report.
+
+    examples:
+      sudo trace-quit demo                      (experiment 1: a new Engine per call, ~80 s)
+      sudo trace-quit demo shared-engine --tasks 100
+    """
+
+    name = "demo"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("experiment", nargs="?", default="engine-per-call",
+                            help="a workload name (python -m trace_quit.workloads --help lists them)")
+        parser.add_argument("--out", default="trace-quit-demo", help="directory for the capture and report")
+        parser.add_argument("--no-bpf", action="store_true", help="agent only (no root needed)")
+        parser.add_argument("workload_args", nargs=argparse.REMAINDER,
+                            help="options passed to the workload (e.g. --tasks 100)")
+
+    def run(self, args):
+        from trace_quit.tracer import demo
+
+        return demo.run_demo(args.experiment, args.out, bpf=not args.no_bpf,
+                             workload_args=[a for a in args.workload_args if a != "--"], fail=CliError)
+
+
+COMMANDS = [RunCommand(), ReportCommand(), DoctorCommand(), DemoCommand(), DumpCommand()]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="trace-quit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Why did the MySQL client send COM_QUIT? close(), refcount, the cyclic GC "
+                    "(which generation, which collection) or interpreter shutdown — confirmed in "
+                    "the kernel by eBPF and explained in Python terms.",
+        epilog=textwrap.dedent("""\
+            examples:
+              sudo trace-quit -- python main.py
+              trace-quit report trace-quit-main.1234.tqcap --format html -o report.html
+              sudo trace-quit demo
+              trace-quit doctor
+            """))
+    parser.add_argument("--version", action="version", version="trace-quit " + __version__)
+    sub = parser.add_subparsers(dest="subcommand", metavar="{run,report,doctor,demo,dump}")
+    for command in COMMANDS:
+        doc = command.__doc__
+        summary = doc.strip().split("\n")[0]
+        p = sub.add_parser(command.name, help=summary, description=textwrap.dedent(doc),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.prepare_parser(p)
+        p.set_defaults(command=command) if command.name != "run" else p.set_defaults(command_obj=command)
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {c.name for c in COMMANDS}
+    if argv and argv[0] not in names and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")  # `trace-quit [options] -- CMD` is `trace-quit run [options] -- CMD`
+    parser = build_parser()
+    if not argv:
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    if argv[0] == "run" and "--" not in argv and len(argv) > 1 and not set(argv[1:]) & {"-h", "--help"}:
+        _err("put -- between trace-quit's options and the program, as in: trace-quit [options] -- python main.py")
+        return EX_USAGE
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
+    command = getattr(args, "command_obj", None) if args.subcommand == "run" else args.command
+    try:
+        return command.run(args)
+    except CliError as exc:
+        _err(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

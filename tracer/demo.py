@@ -1,0 +1,46 @@
+"""``trace-quit demo``: the study's experiment under the tracer, on a disposable server.
+
+Starts a private MariaDB/MySQL (never the system one), runs the workload under the tracer
+with the server-side sampler, writes the capture and an HTML report into one directory,
+prints the text report and where everything is.
+"""
+
+import os
+import sys
+
+from trace_quit.tracer.launch import RunAs
+
+
+def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=RuntimeError):
+    """Run ``experiment`` traced; returns the workload's exit status."""
+    from trace_quit import analysis
+    from trace_quit.analysis.capture import load
+    from trace_quit.tracer import cli
+    from trace_quit.tracer.record import Recorder, RunOptions
+    from trace_quit.workloads.server import DisposableServer
+
+    if bpf and os.geteuid() != 0:
+        raise fail("the demo's eBPF probes need root: run it with sudo, or add --no-bpf", cli.EX_NOPERM)
+    run_as = RunAs.invoking_user()
+    os.makedirs(out_dir, exist_ok=True)
+    if not run_as.is_current:
+        os.chown(out_dir, run_as.uid, run_as.gid)
+    capture = os.path.join(out_dir, "%s.tqcap" % experiment)
+    html = os.path.join(out_dir, "%s.html" % experiment)
+    sys.stderr.write("trace-quit demo: starting a disposable database server…\n")
+    with DisposableServer() as server:
+        dsn = server.dsn_tcp
+        argv = [sys.executable, "-m", "trace_quit.workloads", experiment, "--dsn", dsn] + list(workload_args)
+        targets = cli._resolve_bpf_targets(argv, run_as) if bpf else None
+        sys.stderr.write("trace-quit demo: running %s under the tracer (the study's experiment; "
+                         "this takes a while at full size)…\n" % experiment)
+        options = RunOptions(argv=argv, output=capture, force=True, bpf=bpf, dsn=server.admin_dsn,
+                             sample_user=server.app_user, run_as=run_as)
+        result = Recorder(options, bpf_targets=targets, on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
+    report = analysis.build_report(load(capture))
+    analysis.render([report], "html", path=html)
+    if not run_as.is_current:
+        os.chown(html, run_as.uid, run_as.gid)
+    analysis.render([report], "text", stream=sys.stdout, color=sys.stdout.isatty())
+    sys.stdout.write("\ncapture: %s\nHTML report: %s\n" % (capture, html))
+    return result.exit_status

@@ -1,0 +1,261 @@
+"""Record one traced run: cork the child, attach, release, stream every source into the capture.
+
+Order matters and is the point of this module:
+fork (corked) → create capture → attach eBPF by path, seeded with the child's pid →
+header → reader threads → release (exec) → wait → drain the agent and the ring buffer →
+detach → trailer. Nothing captured is lost on the way out: every exit path closes the
+capture with a trailer, and the flusher writes at least every 100 ms before that.
+"""
+
+import dataclasses
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from typing import Callable, List, Optional
+
+from trace_quit.tracer import __version__, agent
+from trace_quit.tracer import events as ev
+from trace_quit.tracer.capture import CaptureWriter
+from trace_quit.tracer.channel import AgentChannel
+from trace_quit.tracer.launch import CorkedChild, RunAs
+from trace_quit.tracer.status import StatusLine, Tally
+
+POLL_INTERVAL_S = 0.02   # ring buffer drain period (BPF_RB_NO_WAKEUP: we poll, it never wakes us)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What ``trace-quit run`` was asked to do."""
+
+    argv: List[str]
+    output: str
+    force: bool = False
+    bpf: bool = True
+    agent: bool = True
+    dsn: Optional[str] = None
+    sample_user: Optional[str] = None
+    run_as: Optional[RunAs] = None
+    status: bool = True
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How the run ended."""
+
+    exit_status: int
+    capture: str
+    tally: Tally
+    lost: dict
+    notes: List[str]
+
+
+class Recorder:
+    """Runs the program under every requested layer and writes the capture."""
+
+    def __init__(self, options: RunOptions, bpf_targets=None, on_note: Callable[[str], None] = None):
+        self.options = options
+        self.bpf_targets = bpf_targets
+        self.tally = Tally()
+        self.notes: List[str] = []
+        self.on_note = on_note or (lambda text: None)
+        self.writer: Optional[CaptureWriter] = None
+        self.channel: Optional[AgentChannel] = None
+        self.bpf = None
+        self.sampler = None
+        self.child: Optional[CorkedChild] = None
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._emit_lock = threading.Lock()
+        self.timings = {}
+
+    # --- events from every source pass through here ------------------------------
+    def emit(self, event):
+        with self._emit_lock:
+            self.tally.add(event)
+        self.writer.emit(event)
+
+    def note(self, text, level="warning"):
+        self.notes.append(text)
+        self.on_note(text)
+        if self.writer is not None:
+            self.writer.emit({"k": ev.TRACER_NOTE, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                              "level": level, "text": text})
+
+    # --- the run -------------------------------------------------------------------
+    def run(self) -> RunResult:
+        opts = self.options
+        run_as = opts.run_as or RunAs.invoking_user()
+        t0 = time.monotonic()
+        env = dict(os.environ)
+        if opts.agent:
+            self.channel = AgentChannel(run_as.uid, run_as.gid)
+            env = agent.child_env(env, self.channel.path)
+        if not run_as.is_current:
+            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+            for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
+                env.pop(key, None)
+        self.child = CorkedChild(opts.argv, env, run_as)
+        self.child.spawn()  # before any thread exists: fork is safe
+        exit_status = None
+        previous_handlers = {}
+        try:
+            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            if opts.bpf:
+                from trace_quit.tracer import bpf  # only this layer imports bcc
+
+                t_attach = time.monotonic()
+                self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
+                self.bpf.attach(self.child.pid)
+                self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
+            self.writer.write_header(self._header(run_as))
+            for note in getattr(self.bpf_targets, "notes", None) or []:
+                self.note(note, level="info")
+            self._start_threads()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous_handlers[sig] = signal.signal(sig, self._forward_signal)
+            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
+            self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                              "pid": self.child.pid, "startup_s": self.timings["startup_s"]})
+            self.child.release()
+            exit_status = self.child.wait()
+            self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                              "pid": self.child.pid, "status": exit_status})
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if self.child.status is None and self.child._cork_w is not None:
+                self.child.abandon()
+            self._finish(exit_status)
+        return RunResult(exit_status=exit_status, capture=opts.output, tally=self.tally,
+                         lost=dict(self.tally.lost), notes=self.notes)
+
+    def _header(self, run_as):
+        opts = self.options
+        header = {
+            "argv": ev.redact_argv(list(opts.argv)),
+            "tracer": {"version": __version__, "pid": os.getpid(), "python": platform.python_version(),
+                       "argv": ev.redact_argv(list(sys.argv))},
+            "child_pid": self.child.pid,
+            "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
+            "cwd": os.getcwd(),
+            "layers": {"bpf": self.bpf is not None, "agent": self.channel is not None,
+                       "sampler": bool(opts.dsn)},
+            "timings": dict(self.timings),
+        }
+        if self.bpf is not None:
+            header["bpf"] = self.bpf.describe()
+        if opts.dsn:
+            from trace_quit.workloads import dsn as dsnlib
+
+            header["dsn"] = dsnlib.redact(opts.dsn)
+        return header
+
+    def _start_threads(self):
+        status = StatusLine(self.tally) if self.options.status else None
+        if self.channel is not None:
+            self._spawn_thread("agent", self._agent_loop)
+        if self.bpf is not None:
+            self._spawn_thread("bpf", self._bpf_loop)
+        if self.options.dsn:
+            self._start_sampler()
+        if status is not None and status.enabled:
+            self._status = status
+            self._spawn_thread("status", self._status_loop)
+
+    def _spawn_thread(self, name, target):
+        thread = threading.Thread(target=target, name="trace-quit-" + name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _agent_loop(self):
+        import select
+
+        fd = self.channel.fd
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                self._drain_agent()
+
+    def _drain_agent(self):
+        for event in self.channel.read_events():
+            self.emit(event)
+
+    def _bpf_loop(self):
+        while not self._stop.wait(POLL_INTERVAL_S):
+            try:
+                self.bpf.poll()
+            except Exception as exc:  # a decoding bug must not stop the run; say it once
+                self.note("eBPF polling failed: %s" % exc)
+                return
+
+    def _status_loop(self):
+        while not self._stop.wait(0.25):
+            self._status.maybe_show()
+        self._status.clear()
+
+    def _start_sampler(self):
+        try:
+            from trace_quit.tracer import sampler as sampler_mod
+
+            def sink(t_ns, count):
+                self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
+
+            self.sampler = sampler_mod.start_sampler(self.options.dsn, sink, user=self.options.sample_user)
+        except Exception as exc:
+            self.note("server sampler not started: %s" % exc)
+
+    def _forward_signal(self, signum, frame):
+        # A Ctrl-C typed at the terminal already reached the child (same foreground process
+        # group); forwarding it again would interrupt the program twice.
+        if signum == signal.SIGINT and _terminal_sent_to_group():
+            return
+        self.child.signal(signum)
+
+    def _finish(self, exit_status):
+        """Drain every source, detach, write the trailer. Runs on every exit path."""
+        if self.writer is None:
+            if self.channel is not None:
+                self.channel.close()
+            return
+        # The agent's last lines are already in the FIFO when the child has exited (it writes
+        # synchronously during finalisation); the drain below, after the threads stop, reads them.
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.sampler is not None:
+            try:
+                self.sampler.stop()
+            except Exception:
+                pass
+        if self.channel is not None:
+            self._drain_agent()
+            if self.channel.invalid_lines:
+                self.note("%d unreadable lines on the agent channel were dropped" % self.channel.invalid_lines)
+        lost_bpf = 0
+        if self.bpf is not None:
+            try:
+                self.bpf.poll()
+                t_detach = time.monotonic()
+                self.bpf.detach()  # final poll inside, then the probes go
+                self.timings["detach_s"] = round(time.monotonic() - t_detach, 3)
+                stats = self.bpf.stats()
+                lost_bpf = int(stats.get("dropped", 0))
+                self.emit({"k": ev.BPF_STATS, "t": ev.now_ns(), "src": ev.SRC_BPF, **stats})
+            except Exception as exc:
+                self.note("eBPF detach failed: %s" % exc)
+        if self.channel is not None:
+            self.channel.close()
+        self.writer.close({"exit_status": exit_status,
+                           "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
+                           "timings": dict(self.timings)})
+
+
+def _terminal_sent_to_group():
+    try:
+        fd = sys.stdin.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
