@@ -203,7 +203,8 @@ class Recorder:
             def sink(t_ns, count):
                 self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
 
-            self.sampler = sampler_mod.start_sampler(self.options.dsn, sink, user=self.options.sample_user)
+            self.sampler = sampler_mod.Sampler(self.options.dsn, sink, user=self.options.sample_user)
+            self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)
 

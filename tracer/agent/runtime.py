@@ -82,6 +82,7 @@ class Agent:
         self.getframe = sys._getframe
         self.weakref = weakref.ref
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
+        self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
         self.stop_flusher = threading.Event()
         self.flusher = None
         # Frames from these are not the program's own when naming a create_engine() call site.
@@ -233,6 +234,9 @@ class Agent:
             return "gc", state[1], state[0]
         if self.finalizing or self.is_finalizing():
             return "shutdown", None, None
+        if self.gc_callback not in self.gc_callbacks:
+            # The program removed our hook: a collection would look like a refcount drop.
+            return "unknown", None, None
         return "refcount", None, None
 
     # --- mysqlclient -----------------------------------------------------------

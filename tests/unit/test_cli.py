@@ -1,0 +1,69 @@
+"""The command line's contract: usage errors are one line with a distinct exit code."""
+
+import os
+import re
+
+import pytest
+
+from trace_quit.tracer import cli
+from trace_quit.tracer.launch import exit_status
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == "trace-quit 0.1.0"
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ((), 2, "usage: trace-quit"),
+    (("python3", "main.py"), 2, "put -- between"),
+    (("--no-bpf", "--"), 2, "no program to trace"),
+    (("--no-bpf", "--", "no-such-command-xyz"), 127, "command not found"),
+    (("--no-bpf", "--", "/etc/passwd"), 126, "not an executable"),
+    (("--no-bpf", "--no-agent", "--", "true"), 2, "leave nothing to trace"),
+    (("report", "/no/such/file"), 66, "no such capture file"),
+    (("report", "/etc/passwd"), 65, "not a trace-quit capture"),
+])
+def test_bad_input_is_one_line_with_its_own_exit_code(capsys, argv, code, message):
+    got, _, err = run_cli(capsys, *argv)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_not_root_suggests_no_bpf(capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, _, err = run_cli(capsys, "--", "true")
+    assert code == 77
+    assert "sudo" in err and "--no-bpf" in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_capture_is_not_overwritten(capsys, tmp_path):
+    out = tmp_path / "x.tqcap"
+    out.write_text("precious")
+    code, _, err = run_cli(capsys, "--no-bpf", "-o", str(out), "--", "true")
+    assert code == 73 and "--force" in err
+    assert out.read_text() == "precious"
+
+
+@pytest.mark.parametrize("argv, program", [
+    (["python", "main.py"], "main"),
+    (["python3", "-u", "app/server.py", "--port", "1"], "server"),
+    (["python", "-m", "pkg.worker"], "worker"),
+    (["python", "-c", "pass"], "python"),
+    (["/usr/bin/env"], "env"),
+])
+def test_default_capture_name_names_the_program(argv, program):
+    name = cli.default_capture_name(argv)
+    assert re.fullmatch(r"trace-quit-%s\.\d+\.tqcap" % re.escape(program), name)
+
+
+def test_exit_status_follows_the_shell_convention():
+    assert exit_status(7 << 8) == 7
+    assert exit_status(15) == 143  # killed by SIGTERM
