@@ -13,7 +13,7 @@ PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 AGENT_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 
 
-def test_venv_python(version):
+def venv_python_for(version):
     """The interpreter of the test venv for ``version`` that scripts/setup.sh builds."""
     return os.path.join(REPO, ".venvs", "py" + version, "bin", "python")
 

@@ -35,7 +35,7 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=RuntimeError)
         sys.stderr.write("trace-quit demo: running %s under the tracer (the study's experiment; "
                          "this takes a while at full size)…\n" % experiment)
         options = RunOptions(argv=argv, output=capture, force=True, bpf=bpf, dsn=server.admin_dsn,
-                             sample_user=server.app_user, run_as=run_as)
+                             sample_user=server.user, run_as=run_as)
         result = Recorder(options, bpf_targets=targets, on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
     report = analysis.build_report(load(capture))
     analysis.render([report], "html", path=html)

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from tq_support import (AGENT_VERSIONS, REPO, destroy_causes, kinds, load_events, pyenv_has, run_traced,
-                        test_venv_python)
+                        venv_python_for)
 
 pytestmark = pytest.mark.server
 
@@ -25,7 +25,7 @@ KNOWN_CAUSES = {("refcount", None): 11, ("gc", 0): 5, ("gc", 2): 13, ("shutdown"
 def test_known_causes_exact_counts_on_every_python(version, server, tmp_path):
     if not pyenv_has(version):
         pytest.skip("pyenv has no Python %s on this machine" % version)
-    python = test_venv_python(version)
+    python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
     proc, capture = run_traced(tmp_path, [python, "-m", "trace_quit.workloads", "known-causes",
                                           "--dsn", server.dsn_socket])
@@ -158,14 +158,14 @@ def test_agent_without_a_tracer_stays_out_of_the_way(tmp_path):
 
 
 def test_engine_per_call_ties_every_connection_to_the_create_engine_line(server, tmp_path):
-    from trace_quit.workloads import experiments
+    from trace_quit.workloads import engine_per_call
 
     proc, capture = run_traced(tmp_path, [sys.executable, "-m", "trace_quit.workloads", "engine-per-call",
                                           "--dsn", server.dsn_tcp, "--tasks", "24", "--workers", "6",
                                           "--task-seconds", "0", "0.2", "--hold-seconds", "0.05"])
     assert proc.returncode == 0, proc.stderr
     events = load_events(capture).events
-    source = experiments.__file__
+    source = engine_per_call.__file__
     line = _create_engine_line(source)
     engines = {e["engine"]: e for e in events if e["k"] == "engine_create"}
     assert len(engines) == 24

@@ -92,6 +92,20 @@ class Agent:
     # --- transport -------------------------------------------------------------
     def emit(self, kind, **fields):
         """Queue one event; during finalisation, write it at once (no flusher thread then)."""
+        self._queue(kind, fields)
+        if self.finalizing:
+            self.flush()
+
+    def emit_now(self, kind, **fields):
+        """Queue one event and write the queue out now, unless a collection runs on this thread.
+
+        For connection opens and closes: they come at connection cadence, and a program that
+        leaves through os._exit() (no atexit, no flusher) must still have them on record."""
+        self._queue(kind, fields)
+        if self.ident() not in self.collecting:
+            self.flush()
+
+    def _queue(self, kind, fields):
         try:
             fields["k"] = kind
             fields["t"] = self.now()
@@ -102,8 +116,6 @@ class Agent:
                 self.lost += 1
                 return
             self.queue.append(fields)
-            if self.finalizing:
-                self.flush()
         except Exception:
             pass
 
@@ -245,16 +257,16 @@ class Agent:
         ref = self.weakref(conn, self._destroyed_callback(addr))
         self.connections[addr] = ref
         info = _connect_params(args, kwargs)
-        self.emit(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), **info)
+        self.emit_now(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), **info)
 
     def on_conn_fail(self, conn, exc):
-        self.emit(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
+        self.emit_now(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
 
     def on_conn_close(self, conn):
         addr = id(conn) + self.conn_offset
         ref = self.connections.pop(addr, None)
         if ref is not None and ref() is conn:
-            self.emit(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2))
+            self.emit_now(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2))
 
     def _destroyed_callback(self, addr):
         def destroyed(ref, agent=self, addr=addr):
@@ -263,7 +275,7 @@ class Agent:
                     return  # closed explicitly before (or the address was reused)
                 del agent.connections[addr]
                 cause, gen, cid = agent.classify()
-                agent.emit(agent.ev.CONN_DESTROY, conn=addr, cause=cause, gen=gen, cid=cid)
+                agent.emit_now(agent.ev.CONN_DESTROY, conn=addr, cause=cause, gen=gen, cid=cid)
             except Exception:
                 pass
         return destroyed
@@ -329,7 +341,7 @@ class Agent:
                     return
                 del agent.engines[engine_id]
                 cause, gen, cid = agent.classify()
-                agent.emit(agent.ev.ENGINE_DESTROY, engine=engine_id, cause=cause, gen=gen, cid=cid)
+                agent.emit_now(agent.ev.ENGINE_DESTROY, engine=engine_id, cause=cause, gen=gen, cid=cid)
             except Exception:
                 pass
         return destroyed
