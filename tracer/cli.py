@@ -382,6 +382,12 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug of ours: one line, the details on request
+        if os.environ.get("TRACE_QUIT_DEBUG"):
+            raise
+        _err("internal error: %s: %s (set TRACE_QUIT_DEBUG=1 for the traceback, and please report it)"
+             % (type(exc).__name__, exc))
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":

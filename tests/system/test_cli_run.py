@@ -1,0 +1,109 @@
+"""`trace-quit -- CMD` as a user runs it: root, eBPF and the agent, a real server."""
+
+import json
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tq_support import TRACE_QUIT, kinds, load_events, run_traced
+
+pytestmark = [pytest.mark.bpf, pytest.mark.server]
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+def test_exit_status_is_the_programs(tmp_path):
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "import sys; sys.exit(7)"], bpf=True)
+    assert proc.returncode == 7, proc.stderr
+    cap = load_events(capture)
+    assert cap.trailer["exit_status"] == 7
+    assert cap.header["layers"]["bpf"] is True
+
+
+def test_child_killed_by_sigterm_gives_143(tmp_path):
+    proc, capture = run_traced(
+        tmp_path, [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"], bpf=True)
+    assert proc.returncode == 143
+    assert load_events(capture).trailer["exit_status"] == 143
+
+
+def test_sigint_to_the_tracer_stops_the_child_and_writes_the_trailer(tmp_path):
+    capture = str(tmp_path / "int.tqcap")
+    ready = tmp_path / "ready"
+    prog = "import time, pathlib; pathlib.Path(%r).write_text('x'); time.sleep(60)" % str(ready)
+    tracer = subprocess.Popen(TRACE_QUIT + ["--quiet", "--format", "none", "-o", capture, "--",
+                                            sys.executable, "-c", prog],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the traced program never started"
+    tracer.send_signal(signal.SIGINT)
+    _, err = tracer.communicate(timeout=30)
+    assert tracer.returncode == 128 + signal.SIGINT  # Python 3.8+ dies of an unhandled SIGINT
+    cap = load_events(capture)
+    assert cap.status == "complete", err
+    assert cap.trailer["exit_status"] == tracer.returncode
+
+
+def test_child_runs_as_the_sudo_user_and_owns_a_private_capture(tmp_path):
+    os.chmod(tmp_path, 0o777)
+    env = dict(os.environ, SUDO_UID=str(NOBODY.pw_uid), SUDO_GID=str(NOBODY.pw_gid), SUDO_USER="nobody")
+    prog = "import os, json; print(json.dumps([os.getuid(), os.getgid(), sorted(os.getgroups()), os.environ['HOME']]))"
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", prog], bpf=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    uid, gid, groups, home = json.loads(proc.stdout)
+    assert (uid, gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    assert groups == sorted(set(os.getgrouplist("nobody", NOBODY.pw_gid)))
+    assert home == NOBODY.pw_dir
+    st = os.stat(capture)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)
+
+
+def test_as_root_keeps_root(tmp_path):
+    env = dict(os.environ, SUDO_UID=str(NOBODY.pw_uid), SUDO_GID=str(NOBODY.pw_gid))
+    proc, _ = run_traced(tmp_path, [sys.executable, "-c", "import os; print(os.getuid())"], bpf=True,
+                         env=env, extra=["--as-root"])
+    assert proc.returncode == 0 and proc.stdout.strip() == "0"
+
+
+def test_a_connection_on_the_programs_first_line_is_captured(server, tmp_path):
+    prog = tmp_path / "first.py"
+    prog.write_text("import MySQLdb; MySQLdb.connect(host='127.0.0.1', port=%d, user=%r, password=%r).close()\n"
+                    % (server.port, server.user, server.password))
+    proc, capture = run_traced(tmp_path, [sys.executable, str(prog)], bpf=True)
+    assert proc.returncode == 0, proc.stderr
+    counts = kinds(load_events(capture).events)
+    assert counts["bpf_connect"] == 1 and counts["bpf_close"] == 1 and counts["bpf_wire"] == 1
+    assert counts["conn_open"] == 1 and counts["conn_close"] == 1
+    with open(capture) as f:
+        assert server.password not in f.read()
+
+
+def test_cut_and_garbage_captures_are_read_up_to_the_damage(server, tmp_path):
+    proc, capture = run_traced(tmp_path, [sys.executable, "-m", "trace_quit.workloads", "known-causes",
+                                          "--dsn", server.dsn_tcp], bpf=True)
+    assert proc.returncode == 0, proc.stderr
+    data = open(capture, "rb").read()
+    lines = data.splitlines(keepends=True)
+    cut = tmp_path / "cut.tqcap"
+    cut.write_bytes(b"".join(lines[:-1]) + lines[-1][:10])  # the trailer cut mid-line
+    garbage = tmp_path / "garbage.tqcap"
+    garbage.write_bytes(data + os.urandom(300))
+    for path, status in ((cut, "damaged at line %d" % len(lines)), (garbage, "damaged at line %d" % (len(lines) + 1))):
+        result = subprocess.run(TRACE_QUIT + ["report", str(path), "--format", "json"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert status in result.stderr
+        report = json.loads(result.stdout)
+        assert report["connections"]["opened"] == 39
+    rnd = tmp_path / "random.bin"
+    rnd.write_bytes(os.urandom(4096))
+    result = subprocess.run(TRACE_QUIT + ["report", str(rnd)], capture_output=True, text=True)
+    assert result.returncode == 65
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
