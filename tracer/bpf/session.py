@@ -121,7 +121,7 @@ class BpfSession:
         self._timings["bcc_import_s"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
         try:
-            self._bpf = bcc.BPF(text=probes_source(), cflags=self.cflags())
+            self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
                                  "or use --no-bpf" % exc)
@@ -138,8 +138,8 @@ class BpfSession:
         with self._lock:
             t0 = time.monotonic()
             b = self._bpf
-            b["traced"][ctypes.c_uint(root_pid)] = ctypes.c_ubyte(1)
-            self._ring = b["events"]
+            b[b"traced"][ctypes.c_uint(root_pid)] = ctypes.c_ubyte(1)
+            self._ring = b[b"events"]
             self._ring.open_ring_buffer(self._on_event)
             self.root_pid = root_pid
             ref_ctr_ok = perf.supports_ref_ctr()
@@ -237,7 +237,7 @@ class BpfSession:
             return dict(self._final_stats)
         if self._bpf is None:
             return {"emitted": 0, "dropped": 0}
-        t = self._bpf["counters"]
+        t = self._bpf[b"counters"]
         out = {}
         for idx, name in ((0, "emitted"), (1, "dropped")):
             vals = t[ctypes.c_int(idx)]

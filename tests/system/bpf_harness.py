@@ -1,0 +1,88 @@
+"""Run a command under a BpfSession the way the CLI does: corked fork, attach, release, poll, detach.
+
+Kept independent of tracer/cli.py so the eBPF layer is tested on its own; the child never
+runs Python code of ours after the fork except reading the cork pipe and exec.
+"""
+
+import collections
+import os
+import time
+
+from trace_quit.tracer.bpf import BpfSession, resolve_targets
+
+UPROBE_EVENTS = "/sys/kernel/tracing/uprobe_events"
+
+
+def read_uprobe_events():
+    with open(UPROBE_EVENTS) as f:
+        return f.read()
+
+
+class Traced:
+    """What a traced run produced."""
+
+    def __init__(self, pid, events, status, describe, stats, output):
+        self.pid, self.events, self.status = pid, events, status
+        self.describe, self.stats, self.output = describe, stats, output
+
+    def of(self, kind):
+        return [e for e in self.events if e["k"] == kind]
+
+    def close_causes(self):
+        return collections.Counter((e["cause"], e["gen"]) for e in self.of("bpf_close"))
+
+    def wire_states(self):
+        return collections.Counter(e["wire"] for e in self.of("bpf_close_ret"))
+
+
+def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, on_attached=None):
+    """Run ``argv`` traced from its first instruction; return a Traced."""
+    env = dict(os.environ if env is None else env)
+    targets = resolve_targets(argv, env, uid, gid)
+    events = []
+    session = BpfSession(targets, events.append)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the corked child
+        try:
+            os.close(w)
+            os.read(r, 1)
+            os.close(r)
+            if output_path:
+                fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+            if gid:
+                os.setgid(gid)
+            if uid:
+                os.setuid(uid)
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.close(r)
+    status = None
+    try:
+        session.attach(pid)
+        if on_attached:
+            on_attached(session)
+        os.write(w, b"go")
+        os.close(w)
+        deadline = time.monotonic() + timeout
+        while True:
+            session.poll()
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(st)
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise TimeoutError("traced command did not finish in %s s: %s" % (timeout, argv))
+            time.sleep(0.02)
+    finally:
+        session.detach()
+    output = None
+    if output_path and os.path.exists(output_path):
+        with open(output_path) as f:
+            output = f.read()
+    return Traced(pid, events, status, session.describe(), session.stats(), output)
