@@ -1,7 +1,8 @@
 """The capture reader: header, events, trailer — tolerant of damage, strict about versions.
 
-A capture without a trailer is *truncated* (the tracer was killed), not rejected; a line
-that is not a JSON object ends the readable part (everything after it is *damaged*).
+A capture without a trailer is *truncated* (the tracer was killed), not rejected; so is one
+whose last line was cut off mid-write (what a SIGKILLed writer leaves). A complete line that
+is not a JSON object ends the readable part (everything after it is *damaged*).
 Any other format version is refused with one sentence. Never raises anything but
 ``CaptureError`` for bad input.
 """
@@ -30,6 +31,7 @@ class Capture:
     events: List[Dict[str, Any]]
     trailer: Optional[Dict[str, Any]]
     damaged_at_line: Optional[int] = None  # first unreadable line number (1-based), if any
+    partial_line: Optional[int] = None  # a last line cut off mid-write (truncated, not damaged)
 
     @property
     def truncated(self) -> bool:
@@ -62,13 +64,18 @@ def read_header(path: str) -> Dict[str, Any]:
     return _parse_header(path, first)
 
 
+def _decode(raw: bytes) -> Any:
+    """One JSON value, or None when the bytes are not one (never raises)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the C stack guard
+        return None
+
+
 def _parse_header(path: str, first: bytes) -> Dict[str, Any]:
     if not first:
         raise CaptureError("%s is empty: it is not a trace-quit capture" % path)
-    try:
-        header = json.loads(first)
-    except ValueError:
-        header = None
+    header = _decode(first) if len(first) <= MAX_LINE_BYTES else None
     if not isinstance(header, dict) or header.get("format") != ev.FORMAT:
         raise CaptureError("%s is not a trace-quit capture (no capture header on its first line)" % path)
     version = header.get("version")
@@ -86,8 +93,25 @@ def iter_events(path: str) -> Iterator[Dict[str, Any]]:
             yield item
 
 
+def iter_records(path: str) -> Iterator[Dict[str, Any]]:
+    """Every record in file order for ``trace-quit dump``: header, events, trailer, then a
+    ``{"k": "damaged", "line": N}`` or ``{"k": "partial", "line": N}`` marker if reading stopped early."""
+    try:
+        yield read_header(path)
+        for item in _scan(path):
+            if isinstance(item, tuple):
+                yield {"k": item[0], "line": item[1]}
+                return
+            yield item
+    except OSError as e:
+        raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+
+
 def _scan(path: str):
-    """Yield header-checked records; yields ('damaged', lineno) once on the first bad line."""
+    """Yield header-checked records; yields ('damaged' | 'partial', lineno) once on the first bad line.
+
+    'partial' is a last line without its newline (a writer killed mid-write): truncation.
+    """
     lines = _lines(path)
     try:
         first = next(lines, b"")
@@ -97,15 +121,14 @@ def _scan(path: str):
     lineno = 1
     for raw in lines:
         lineno += 1
-        if len(raw) > MAX_LINE_BYTES or not raw.endswith(b"\n"):
-            # A partial last line is what a killed writer leaves; an overlong line is damage.
-            yield ("damaged", lineno)
+        if len(raw) > MAX_LINE_BYTES:
+            yield ("damaged", lineno)  # an overlong line is damage, not an event
             return
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            yield ("damaged", lineno)
+        if not raw.endswith(b"\n"):
+            # Only the last line can lack its newline (readline): a killed writer's partial line.
+            yield ("partial", lineno)
             return
+        record = _decode(raw)
         if not isinstance(record, dict) or not isinstance(record.get("k"), str):
             yield ("damaged", lineno)
             return
@@ -130,10 +153,14 @@ def load(path: str) -> Capture:
     events: List[Dict[str, Any]] = []
     trailer = None
     damaged = None
+    partial = None
     try:
         for item in _scan(path):
             if isinstance(item, tuple):
-                damaged = item[1]
+                if item[0] == "partial":
+                    partial = item[1]
+                else:
+                    damaged = item[1]
                 break
             if item.get("k") == ev.TRAILER:
                 trailer = item
@@ -141,4 +168,5 @@ def load(path: str) -> Capture:
                 events.append(item)
     except OSError as e:
         raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
-    return Capture(path=path, header=header, events=events, trailer=trailer, damaged_at_line=damaged)
+    return Capture(path=path, header=header, events=events, trailer=trailer, damaged_at_line=damaged,
+                   partial_line=partial)

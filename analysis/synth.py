@@ -1,0 +1,264 @@
+"""Synthetic captures: what the agent and the eBPF layer would record, written with CaptureWriter.
+
+For unit tests and benchmarks that need captures with exactly known causes, without root,
+a server or a traced program. Each method emits the events of every enabled layer in the
+order and with the relative timing the real layers produce (DESIGN.md, tracer/events.py):
+
+- a connection's open: ``bpf_connect`` at mysql_real_connect, then the agent's ``conn_open``;
+- an explicit close: the agent's ``conn_close``, then ``bpf_close`` (+ the wire send) and
+  ``bpf_close_ret``;
+- a destruction: the agent's ``conn_destroy`` (its weakref callback runs before the object
+  is freed), then the kernel's ``bpf_close`` from inside ``_dealloc``.
+
+``batch_agent=N`` holds the agent's events back and writes them N at a time, as the real
+agent's channel does, so that readers see sources interleaved out of time order.
+"""
+
+import itertools
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from trace_quit.tracer import events as ev
+from trace_quit.tracer.capture import CaptureWriter
+
+T0 = 1_000_000_000_000  # an arbitrary CLOCK_MONOTONIC origin (ns)
+US = 1_000
+
+WIRE_HEADS = {
+    ev.WIRE_CONFIRMED: ev.COM_QUIT_BYTES.hex(),
+    ev.WIRE_ENCRYPTED: "1703030025",
+}
+
+
+class SynthCapture:
+    """Builds one capture; times are seconds since the program started."""
+
+    def __init__(self, path: str, layers: Sequence[str] = ("agent", "bpf"), wire: bool = True,
+                 sampler: bool = False, pid: int = 4242, argv: Optional[List[str]] = None,
+                 batch_agent: int = 0, cwd: str = "/srv/app", declare_layers: bool = True):
+        self.path = path
+        self.agent = "agent" in layers
+        self.bpf = "bpf" in layers
+        self.wire = wire and self.bpf
+        self.pid = pid
+        self.cwd = cwd
+        self.batch_agent = batch_agent
+        self._held: List[dict] = []
+        self._cid: Dict[int, itertools.count] = {}
+        self._ids = itertools.count(0x7F0000001000, 0x1000)
+        self._engines = itertools.count(0x7E0000000010, 0x10)
+        self.w = CaptureWriter(path)
+        header = {"argv": argv or ["python", "app.py"], "child_pid": pid, "cwd": cwd}
+        if declare_layers:
+            header["layers"] = {"bpf": self.bpf, "agent": self.agent, "sampler": sampler, "wire": self.wire}
+        self.w.write_header(header)
+        self.w.emit({"k": ev.CHILD_START, "t": T0, "src": ev.SRC_TRACER, "pid": pid})
+        if self.agent:
+            self._agent({"k": ev.AGENT_START, "t": T0 + 100 * US, "pid": pid, "tid": pid,
+                         "python": "3.11.7", "basicsize": 16})
+
+    # --- plumbing -----------------------------------------------------------------------
+    @staticmethod
+    def ns(t_s: float) -> int:
+        """Seconds since start -> capture ns."""
+        return T0 + int(round(t_s * 1e9))
+
+    def _agent(self, e: dict) -> None:
+        if not self.agent:
+            return
+        e["src"] = ev.SRC_AGENT
+        if self.batch_agent:
+            self._held.append(e)
+            if len(self._held) >= self.batch_agent:
+                self._flush_agent()
+        else:
+            self.w.emit(e)
+
+    def _flush_agent(self) -> None:
+        for e in self._held:
+            self.w.emit(e)
+        self._held = []
+
+    def _bpf(self, e: dict) -> None:
+        if self.bpf:
+            e["src"] = ev.SRC_BPF
+            self.w.emit(e)
+
+    def new_conn(self) -> int:
+        """A fresh MYSQL* address."""
+        return next(self._ids)
+
+    # --- connections ----------------------------------------------------------------------
+    def open(self, t_s: float, conn: Optional[int] = None, tid: Optional[int] = None,
+             stack: Optional[List[str]] = None, engine: Optional[int] = None, fail: bool = False,
+             pid: Optional[int] = None) -> int:
+        """A connect (and its pool ``connect`` when ``engine`` is given); returns the MYSQL*."""
+        conn = conn if conn is not None else self.new_conn()
+        pid = pid or self.pid
+        tid = tid or pid
+        t = self.ns(t_s)
+        self._bpf({"k": ev.BPF_CONNECT, "t": t, "pid": pid, "tid": tid, "conn": conn, "ok": not fail})
+        stack = stack or ["%s/app.py:40 in connect_db" % self.cwd, "%s/app.py:90 in main" % self.cwd]
+        if fail:
+            self._agent({"k": ev.CONN_FAIL, "t": t + 50 * US, "pid": pid, "tid": tid, "conn": conn,
+                         "error": "OperationalError(2003)"})
+            return conn
+        self._agent({"k": ev.CONN_OPEN, "t": t + 50 * US, "pid": pid, "tid": tid, "conn": conn,
+                     "host": "127.0.0.1", "port": 3306, "db": "app", "user": "app", "stack": stack})
+        if engine is not None:
+            self._agent({"k": ev.POOL, "t": t + 60 * US, "pid": pid, "tid": tid, "engine": engine,
+                         "ev": "connect", "conn": conn})
+            self._agent({"k": ev.POOL, "t": t + 70 * US, "pid": pid, "tid": tid, "engine": engine,
+                         "ev": "checkout", "conn": conn})
+        return conn
+
+    def close(self, t_s: float, conn: int, cause: str, gen: Optional[int] = None, cid: Optional[int] = None,
+              tid: Optional[int] = None, wire: str = ev.WIRE_CONFIRMED, bpf_cause: Optional[str] = None,
+              agent_cause: Optional[str] = None, bpf_gen: Optional[int] = None, thread: Optional[str] = None,
+              stack: Optional[List[str]] = None, pid: Optional[int] = None, send: bool = True) -> None:
+        """End ``conn`` by ``cause`` as each layer would record it (override per layer to disagree)."""
+        pid = pid or self.pid
+        tid = tid or pid
+        t = self.ns(t_s)
+        a_cause = agent_cause or cause
+        if a_cause == ev.EXPLICIT_CLOSE:
+            self._agent({"k": ev.CONN_CLOSE, "t": t, "pid": pid, "tid": tid, "conn": conn, "thread": thread,
+                         "stack": stack or ["%s/app.py:55 in close_db" % self.cwd]})
+        else:
+            self._agent({"k": ev.CONN_DESTROY, "t": t, "pid": pid, "tid": tid, "conn": conn, "cause": a_cause,
+                         "gen": gen if a_cause == ev.GC else None, "cid": cid if a_cause == ev.GC else None})
+        b_cause = bpf_cause or cause
+        self._bpf({"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
+                   "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else -1})
+        if self.wire and send and wire in WIRE_HEADS:
+            head = WIRE_HEADS[wire]
+            self._bpf({"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "len": len(head) // 2,
+                       "head": head})
+        self._bpf({"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn})
+
+    # --- garbage collections --------------------------------------------------------------
+    def collection(self, t_s: float, gen: int, destroy: Iterable[int] = (), engines: Iterable[int] = (),
+                   thread: str = "MainThread", tid: Optional[int] = None, collected: Optional[int] = None,
+                   site: Optional[str] = None, pid: Optional[int] = None, step_us: int = 40) -> int:
+        """A collection of ``gen`` that destroys ``destroy`` (and ``engines``); returns its cid."""
+        pid = pid or self.pid
+        tid = tid or pid
+        cid = next(self._cid.setdefault(pid, itertools.count(1)))
+        t = self.ns(t_s)
+        destroy = list(destroy)
+        self._agent({"k": ev.GC_START, "t": t, "pid": pid, "tid": tid, "gen": gen, "cid": cid, "thread": thread,
+                     "site": site or "%s/app.py:77" % self.cwd})
+        self._bpf({"k": ev.BPF_GC_START, "t": t + 5 * US, "pid": pid, "tid": tid, "gen": gen})
+        tt = t_s + 10e-6
+        for engine in engines:
+            self._agent({"k": ev.ENGINE_DESTROY, "t": self.ns(tt), "pid": pid, "tid": tid, "engine": engine,
+                         "cause": ev.GC, "gen": gen, "cid": cid})
+        for conn in destroy:
+            tt += step_us * 1e-6
+            self.close(tt, conn, ev.GC, gen=gen, cid=cid, tid=tid, pid=pid)
+        n = collected if collected is not None else 10 * len(destroy) + 7
+        t_end = self.ns(tt + 20e-6)
+        self._bpf({"k": ev.BPF_GC_DONE, "t": t_end, "pid": pid, "tid": tid, "collected": n})
+        self._agent({"k": ev.GC_STOP, "t": t_end + 5 * US, "pid": pid, "tid": tid, "gen": gen, "cid": cid,
+                     "collected": n, "uncollectable": 0})
+        return cid
+
+    # --- SQLAlchemy -----------------------------------------------------------------------
+    def engine(self, t_s: float, site: Optional[str] = None, pool_class: str = "QueuePool", pool_size: int = 5,
+               max_overflow: int = 10, pid: Optional[int] = None) -> int:
+        """A create_engine() at ``site``; returns the engine id."""
+        pid = pid or self.pid
+        engine = next(self._engines)
+        self._agent({"k": ev.ENGINE_CREATE, "t": self.ns(t_s), "pid": pid, "tid": pid, "engine": engine,
+                     "site": site or "%s/config/database.py:22 in get_db_session" % self.cwd,
+                     "pool_class": pool_class, "pool_size": pool_size, "max_overflow": max_overflow,
+                     "url": "mysql+mysqldb://app:***@127.0.0.1:3306/app"})
+        return engine
+
+    def pool(self, t_s: float, engine: int, what: str, conn: Optional[int] = None, pid: Optional[int] = None,
+             **extra) -> None:
+        """A pool event (checkout, checkin, close, invalidate …)."""
+        pid = pid or self.pid
+        e = {"k": ev.POOL, "t": self.ns(t_s), "pid": pid, "tid": pid, "engine": engine, "ev": what, "conn": conn}
+        e.update(extra)
+        self._agent(e)
+
+    def dispose(self, t_s: float, engine: int) -> None:
+        """engine.dispose()."""
+        self._agent({"k": ev.ENGINE_DISPOSE, "t": self.ns(t_s), "pid": self.pid, "tid": self.pid, "engine": engine})
+
+    # --- other sources --------------------------------------------------------------------
+    def server_count(self, t_s: float, count: int) -> None:
+        """One sampler reading of the server's PROCESSLIST count."""
+        self.w.emit({"k": ev.SERVER_COUNT, "t": self.ns(t_s), "src": ev.SRC_SAMPLER, "count": count})
+
+    def finalize(self, t_s: float) -> None:
+        """Py_FinalizeEx entered."""
+        self._bpf({"k": ev.BPF_FINALIZE, "t": self.ns(t_s), "pid": self.pid, "tid": self.pid})
+
+    def note(self, t_s: float, text: str, level: str = "warning") -> None:
+        """A tracer note."""
+        self.w.emit({"k": ev.TRACER_NOTE, "t": self.ns(t_s), "src": ev.SRC_TRACER, "level": level, "text": text})
+
+    def emit(self, event: dict) -> None:
+        """Any raw event."""
+        self.w.emit(event)
+
+    def finish(self, t_s: float, status: int = 0, trailer: bool = True, lost: Optional[dict] = None) -> str:
+        """Child exit and trailer (or none: a truncated capture); returns the path."""
+        self._flush_agent()
+        if self.bpf:
+            self._bpf({"k": ev.BPF_STATS, "t": self.ns(t_s), "pid": self.pid, "emitted": 0,
+                       "dropped": (lost or {}).get("bpf", 0)})
+            self._bpf({"k": ev.BPF_EXIT, "t": self.ns(t_s), "pid": self.pid, "tid": self.pid})
+        self.w.emit({"k": ev.CHILD_EXIT, "t": self.ns(t_s) + 100 * US, "src": ev.SRC_TRACER, "pid": self.pid,
+                     "status": status})
+        self.w.close({"lost": lost or {}, "exit_status": status})
+        if not trailer:
+            strip_trailer(self.path)
+        return self.path
+
+
+def strip_trailer(path: str) -> None:
+    """Remove the last line (the trailer): what a tracer killed before finishing leaves."""
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = data.rstrip(b"\n").rfind(b"\n")
+    with open(path, "wb") as f:
+        f.write(data[:cut + 1])
+
+
+def known_causes(path: str, layers: Sequence[str] = ("agent", "bpf"), **kwargs) -> str:
+    """The known-causes workload's capture: 7 explicit_close, 11 refcount, 5 gc gen 0,
+    13 gc gen 2, 3 shutdown (workloads/known_causes.py, in its order)."""
+    s = SynthCapture(path, layers=layers, argv=["python", "-m", "trace_quit.workloads", "known-causes"], **kwargs)
+    t = 0.1
+    s.collection(t, 2, collected=0)  # gc.collect() at start
+    t += 0.01
+    to_close = [s.open(t + i * 0.003) for i in range(7)]
+    t += 0.05
+    for i, c in enumerate(to_close):
+        s.close(t + i * 0.0005, c, ev.EXPLICIT_CLOSE, tid=5001, thread="closer",
+                stack=["/srv/app/known_causes.py:66 in closer", "/usr/lib/python3.11/threading.py:975 in run"])
+    t += 0.05
+    for i in range(11):
+        c = s.open(t)
+        s.close(t + 0.002, c, ev.REFCOUNT)
+        t += 0.004
+    old = [s.open(t + i * 0.003) for i in range(13)]
+    t += 0.05
+    s.collection(t, 1, collected=40)
+    s.collection(t + 0.001, 0, collected=0)
+    s.collection(t + 0.002, 1, collected=0)
+    t += 0.01
+    young = [s.open(t + i * 0.003) for i in range(5)]
+    t += 0.05
+    s.collection(t, 0, destroy=young, collected=15)
+    t += 0.01
+    s.collection(t, 2, destroy=old, collected=39)
+    t += 0.01
+    left = [s.open(t + i * 0.003) for i in range(3)]
+    t += 0.05
+    s.finalize(t)
+    for i, c in enumerate(left):
+        s.close(t + 0.001 + i * 0.0002, c, ev.SHUTDOWN)
+    return s.finish(t + 0.01)
