@@ -82,6 +82,10 @@ BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
 BPF_FORK = "bpf_fork"            # child: a traced process forked
 BPF_EXIT = "bpf_exit"            # a traced process exited
 BPF_STATS = "bpf_stats"          # emitted, dropped (cumulative in-kernel counters)
+BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (file, symbol, offset, how),
+#                                  what is missing and why. An event right after attach rather than a
+#                                  header field, so the header is on disk before attaching begins and
+#                                  a tracer killed while attaching still leaves a readable capture.
 
 # --- event kinds: sampler and tracer -------------------------------------------------
 SERVER_COUNT = "server_count"    # count: PROCESSLIST rows for the workload's user

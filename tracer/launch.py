@@ -103,8 +103,10 @@ class CorkedChild:
             signal.signal(sig, signal.SIG_DFL)
         go = os.read(cork_r, 1)
         os.close(cork_r)
-        if go != b"g":
+        if go == b"x":
             os._exit(125)  # the tracer gave up before starting the program
+        # b"g", or EOF: the tracer died while attaching. The user asked for the program to
+        # run; it runs (untraced or partly traced) rather than being lost with the tracer.
         try:
             run_as = self.run_as
             if not run_as.is_current:
@@ -136,6 +138,7 @@ class CorkedChild:
     def abandon(self):
         """Tell a still-corked child to exit without running anything."""
         if self._cork_w is not None:
+            os.write(self._cork_w, b"x")
             os.close(self._cork_w)
             self._cork_w = None
             self.wait()

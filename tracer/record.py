@@ -103,6 +103,7 @@ class Recorder:
         previous_handlers = {}
         try:
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            self.writer.write_header(self._header(run_as))
             if opts.bpf:
                 from trace_quit.tracer import bpf  # only this layer imports bcc
 
@@ -110,7 +111,8 @@ class Recorder:
                 self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
                 self.bpf.attach(self.child.pid)
                 self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
-            self.writer.write_header(self._header(run_as))
+                self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                                  **self.bpf.describe()})
             for note in getattr(self.bpf_targets, "notes", None) or []:
                 self.note(note, level="info")
             self._start_threads()
@@ -118,7 +120,7 @@ class Recorder:
                 previous_handlers[sig] = signal.signal(sig, self._forward_signal)
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                              "pid": self.child.pid, "startup_s": self.timings["startup_s"]})
+                              "pid": self.child.pid, **self.timings})
             self.child.release()
             exit_status = self.child.wait()
             self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
@@ -141,12 +143,16 @@ class Recorder:
             "child_pid": self.child.pid,
             "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
             "cwd": os.getcwd(),
-            "layers": {"bpf": self.bpf is not None, "agent": self.channel is not None,
-                       "sampler": bool(opts.dsn)},
-            "timings": dict(self.timings),
+            # Layers requested; what the eBPF layer attached follows in the bpf_probes event.
+            "layers": {"bpf": bool(opts.bpf), "agent": self.channel is not None, "sampler": bool(opts.dsn)},
         }
-        if self.bpf is not None:
-            header["bpf"] = self.bpf.describe()
+        if self.bpf_targets is not None:
+            # The files the program will load and their versions, resolved before it ran.
+            try:
+                header["targets"] = self.bpf_targets.describe()
+                header["targets"]["argv"] = header["argv"]
+            except Exception as exc:
+                header["targets"] = {"error": str(exc)}
         if opts.dsn:
             from trace_quit.workloads import dsn as dsnlib
 
