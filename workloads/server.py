@@ -18,8 +18,9 @@ What it does, in order (about 0.5 s for MariaDB on a 2-vCPU VM):
    data directory or port 3306) on a Unix socket in that directory and a free port on
    127.0.0.1, with the general query log on (``general_log_path``: tests read its ``Quit``
    lines), and an ``--init-file`` that creates database ``tq``, user ``tq_app`` (a random
-   password per server, never printed: DSNs are printed redacted) and table ``users`` with
-   100 rows. The server only reports "ready for connections" after the init file ran, so no
+   password per server, never printed: DSNs are printed redacted; the PROCESS privilege, so
+   a sampler connected as tq_app sees all of tq_app's connections) and table ``users``
+   with 100 rows. The server only reports "ready for connections" after the init file ran, so no
    client connection is made to set it up (nothing that would show up in a trace).
 
 As root, the server runs with ``--user=root`` (its files stay in the private directory).
@@ -198,6 +199,9 @@ def _init_sql(password):
     for host in ("localhost", "127.0.0.1"):
         lines.append("CREATE USER IF NOT EXISTS '%s'@'%s' IDENTIFIED BY '%s';" % (APP_USER, host, pw))
         lines.append("GRANT ALL PRIVILEGES ON %s.* TO '%s'@'%s';" % (DATABASE, APP_USER, host))
+        # PROCESS: without it an account sees only its own threads in PROCESSLIST (per
+        # user@host), so a sampler connected as tq_app over TCP would miss socket clients.
+        lines.append("GRANT PROCESS ON *.* TO '%s'@'%s';" % (APP_USER, host))
     lines.append("CREATE TABLE IF NOT EXISTS %s.users (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, "
                  "email VARCHAR(128) NOT NULL);" % DATABASE)
     lines.append("INSERT INTO %s.users (id, name, email) VALUES %s;" % (DATABASE, rows))

@@ -46,6 +46,7 @@ def test_init_sql_one_statement_per_line_and_escaped_password():
     assert all(line.endswith(";") for line in lines)
     assert "IDENTIFIED BY 'it\\'s\\\\x'" in sql
     assert sum(line.startswith("CREATE USER") for line in lines) == 2  # localhost and 127.0.0.1
+    assert sum(line.startswith("GRANT PROCESS ON *.*") for line in lines) == 2
     insert = [line for line in lines if line.startswith("INSERT")][0]
     assert insert.count("),(") == server.USERS_ROWS - 1
     assert "(100,'user100','user100@example.com');" in insert

@@ -1,0 +1,194 @@
+"""The server-side sampler: how many connections does the server see for a user, over time.
+
+The study's shell loop, as a library: every ``interval`` seconds (0.1 by default) it runs
+
+    SELECT COUNT(*) FROM information_schema.PROCESSLIST
+     WHERE USER = %s AND ID <> CONNECTION_ID()
+
+on a connection of its own and calls ``sink(t_ns, count)`` with ``t_ns`` in
+CLOCK_MONOTONIC nanoseconds (``events.now_ns``, the one clock of every trace-quit source;
+the midpoint of the query's round trip). The ``ID <> CONNECTION_ID()`` term excludes the
+sampler's own connection, so it may connect as the very user it counts (the ``--dsn`` a
+user gives the tracer); connecting as an administrator works as well. An account without
+the PROCESS privilege sees only its own threads, per user@host (tq_app@127.0.0.1 does not
+see tq_app@localhost): to count everything, connect as an account that has it (the
+disposable server's tq_app and its administrator do).
+
+It runs in a daemon thread (``start()``/``stop()``) and never raises out: a failed
+connect or query is counted in ``errors`` (``last_error`` keeps the message, with no
+password), and it reconnects on the next tick. ``sink`` exceptions are counted the same
+way. The tracer wraps each call into a ``{"k": "server_count", "src": "sampler", ...}``
+event; ``CsvSink`` writes ``t_s,count`` lines as the workloads' ``--sample-csv`` does.
+
+    python -m trace_quit.tracer.sampler --dsn mysql://u:p@127.0.0.1:3306/db [--csv FILE]
+
+Stdlib + mysqlclient (imported in the thread, so importing this module never needs it).
+"""
+
+import argparse
+import sys
+import threading
+
+from trace_quit.tracer import events as ev
+from trace_quit.workloads import dsn as dsnlib
+
+QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+         "WHERE USER = %s AND ID <> CONNECTION_ID()")
+
+
+class Sampler:
+    """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
+
+    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5):
+        self._params = dsnlib.parse(dsn)
+        self._params["connect_timeout"] = int(max(1, connect_timeout))
+        self._redacted = dsnlib.redact(dsn)
+        self.user = user if user is not None else self._params["user"]
+        self.interval = float(interval)
+        self.sink = sink
+        self.samples = 0
+        self.errors = 0
+        self.last_error = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._conn = None
+
+    def start(self):
+        """Start polling in a daemon thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trace-quit-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout=5.0):
+        """Stop polling and close the sampler's connection; returns the number of samples."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.samples
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- the thread -------------------------------------------------------------------
+    def _error(self, what, exc):
+        self.errors += 1
+        self.last_error = "%s: %s" % (what, ev.redact(str(exc)))
+
+    def _close(self):
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _poll(self, MySQLdb):
+        if self._conn is None:
+            self._conn = MySQLdb.connect(autocommit=True, **self._params)
+        cur = self._conn.cursor()
+        try:
+            t0 = ev.now_ns()
+            cur.execute(QUERY, (self.user,))
+            row = cur.fetchone()
+            t1 = ev.now_ns()
+        finally:
+            cur.close()
+        return (t0 + t1) // 2, int(row[0])
+
+    def _run(self):
+        try:
+            import MySQLdb
+        except Exception as exc:  # no mysqlclient here: say so, poll nothing
+            self._error("import MySQLdb", exc)
+            return
+        interval_ns = int(self.interval * 1e9)
+        next_ns = ev.now_ns()
+        try:
+            while not self._stop.is_set():
+                try:
+                    t, count = self._poll(MySQLdb)
+                except Exception as exc:
+                    self._error("query on %s" % self._redacted, exc)
+                    self._close()
+                else:
+                    self.samples += 1
+                    try:
+                        self.sink(t, count)
+                    except Exception as exc:
+                        self._error("sink", exc)
+                # Fixed rate: the next tick is one interval after the previous one, not
+                # after this query; a late tick is skipped rather than bunched.
+                next_ns += interval_ns
+                now = ev.now_ns()
+                if next_ns < now:
+                    next_ns = now + interval_ns - (now - next_ns) % interval_ns
+                self._stop.wait((next_ns - now) / 1e9)
+        except BaseException as exc:  # never raise out of the thread
+            self._error("sampler", exc)
+        finally:
+            self._close()
+
+
+class CsvSink:
+    """A sink writing ``t_s,count`` lines (seconds since ``t0_ns``), flushed every line."""
+
+    def __init__(self, path, t0_ns=None):
+        self.t0_ns = ev.now_ns() if t0_ns is None else t0_ns
+        self._f = open(path, "w")
+        self._f.write("t_s,count\n")
+        self._f.flush()
+        self._lock = threading.Lock()
+        self.max_count = None
+        self.last_count = None
+
+    def __call__(self, t_ns, count):
+        with self._lock:
+            if self._f is None:
+                return
+            self._f.write("%.3f,%d\n" % ((t_ns - self.t0_ns) / 1e9, count))
+            self._f.flush()
+            self.last_count = count
+            self.max_count = count if self.max_count is None else max(self.max_count, count)
+
+    def close(self):
+        with self._lock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+
+
+def main(argv=None):
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trace_quit.tracer.sampler",
+        description="Print (or write as CSV) the server's connection count for a user every "
+                    "interval, until Ctrl-C.")
+    parser.add_argument("--dsn", required=True, help="mysql://user:password@host:port/db[?unix_socket=...]")
+    parser.add_argument("--user", help="the user whose connections to count (default: the DSN's user)")
+    parser.add_argument("--interval", type=float, default=0.1, help="seconds between polls (0.1)")
+    parser.add_argument("--csv", metavar="FILE", help="write t_s,count to FILE instead of stdout")
+    args = parser.parse_args(argv)
+    sink = CsvSink(args.csv or "/dev/stdout")
+    sampler = Sampler(args.dsn, sink, user=args.user, interval=args.interval).start()
+    last_errors = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            if sampler.errors != last_errors:
+                last_errors = sampler.errors
+                sys.stderr.write("sampler: %s\n" % sampler.last_error)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sampler.stop()
+        sink.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
