@@ -1,0 +1,65 @@
+"""scripts/setup.sh, scripts/test, scripts/demo and .ci/run: syntax, modes, exit codes."""
+
+import os
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", ".ci/run"]
+
+
+@pytest.mark.parametrize("path", SCRIPTS)
+def test_script_is_executable_bash_with_valid_syntax(path):
+    full = os.path.join(REPO, path)
+    assert os.stat(full).st_mode & stat.S_IXUSR
+    with open(full) as f:
+        assert f.readline().strip() == "#!/usr/bin/env bash"
+    proc = subprocess.run(["bash", "-n", full], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ci_run_is_exactly_the_test_command():
+    with open(os.path.join(REPO, ".ci/run")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert lines == ["set -e", "exec ./scripts/test"]
+
+
+@pytest.fixture
+def fake_repo(tmp_path):
+    """A copy of scripts/test beside a fake set-up and a fake pytest exiting $FAKE_STATUS."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(os.path.join(REPO, "scripts/test"), str(tmp_path / "scripts/test"))
+    (tmp_path / "scripts/setup.sh").write_text("#!/bin/sh\necho setup-ran >> \"$(dirname \"$0\")/../log\"\n")
+    (tmp_path / ".venv/bin").mkdir(parents=True)
+    (tmp_path / ".venv/bin/python").write_text("#!/bin/sh\necho \"pytest $*\" >> \"$(dirname \"$0\")/../../log\"\n"
+                                               "exit $FAKE_STATUS\n")
+    for p in ("scripts/setup.sh", ".venv/bin/python"):
+        os.chmod(str(tmp_path / p), 0o755)
+    return tmp_path
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("pytest_status,expected", [(0, 0), (1, 1), (2, 2), (5, 1)])
+def test_scripts_test_runs_setup_then_all_tests_and_fails_on_no_tests(fake_repo, pytest_status, expected):
+    if os.geteuid() != 0:
+        pytest.skip("not root: scripts/test refuses to run without root")
+    env = dict(os.environ, FAKE_STATUS=str(pytest_status))
+    proc = subprocess.run([str(fake_repo / "scripts/test"), "-x"], capture_output=True, text=True, env=env,
+                          cwd="/")
+    assert proc.returncode == expected, proc.stdout + proc.stderr
+    assert (fake_repo / "log").read_text() == "setup-ran\npytest -m pytest tests -ra -x\n"
+    assert ("collected no tests" in proc.stderr) == (pytest_status == 5)
+
+
+def test_setup_refuses_to_run_without_root():
+    if os.geteuid() == 0:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "bash", os.path.join(REPO, "scripts/setup.sh")],
+                              capture_output=True, text=True)
+    else:
+        proc = subprocess.run(["bash", os.path.join(REPO, "scripts/setup.sh")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "run as root" in proc.stderr
