@@ -8,7 +8,10 @@ order and with the relative timing the real layers produce (DESIGN.md, tracer/ev
 - an explicit close: the agent's ``conn_close``, then ``bpf_close`` (+ the wire send) and
   ``bpf_close_ret``;
 - a destruction: the agent's ``conn_destroy`` (its weakref callback runs before the object
-  is freed), then the kernel's ``bpf_close`` from inside ``_dealloc``.
+  is freed), then the kernel's ``bpf_close`` from inside ``_dealloc``;
+- collections: the agent writes every generation-1/2 collection but a generation-0 one only
+  when it destroyed something, and counts all of them in ``gc_counts``; the kernel sees all;
+- the tracer's ``bpf_probes`` event says which probes attached (the send tracepoints: wire).
 
 ``batch_agent=N`` holds the agent's events back and writes them N at a time, as the real
 agent's channel does, so that readers see sources interleaved out of time order.
@@ -44,6 +47,7 @@ class SynthCapture:
         self.batch_agent = batch_agent
         self._held: List[dict] = []
         self._cid: Dict[int, itertools.count] = {}
+        self.gc_counts: Dict[int, List[int]] = {}
         self._ids = itertools.count(0x7F0000001000, 0x1000)
         self._engines = itertools.count(0x7E0000000010, 0x10)
         self.w = CaptureWriter(path)
@@ -51,6 +55,15 @@ class SynthCapture:
         if declare_layers:
             header["layers"] = {"bpf": self.bpf, "agent": self.agent, "sampler": sampler, "wire": self.wire}
         self.w.write_header(header)
+        if self.bpf:
+            probes = [{"role": "close", "symbol": "mysql_close", "how": "uprobe"},
+                      {"role": "py_close", "symbol": "_mysql_ConnectionObject_close", "how": "uprobe"},
+                      {"role": "py_dealloc", "symbol": "_mysql_ConnectionObject_dealloc", "how": "uprobe"}]
+            if self.wire:
+                probes += [{"role": "tracepoint", "symbol": "syscalls:sys_enter_%s" % name, "how": "tracepoint"}
+                           for name in ("write", "sendto", "writev", "sendmsg")]
+            self.w.emit({"k": "bpf_probes", "t": T0 - 1000 * US, "src": ev.SRC_TRACER, "probes": probes,
+                         "missing": []})
         self.w.emit({"k": ev.CHILD_START, "t": T0, "src": ev.SRC_TRACER, "pid": pid})
         if self.agent:
             self._agent({"k": ev.AGENT_START, "t": T0 + 100 * US, "pid": pid, "tid": pid,
@@ -129,11 +142,14 @@ class SynthCapture:
         b_cause = bpf_cause or cause
         self._bpf({"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
                    "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else -1})
-        if self.wire and send and wire in WIRE_HEADS:
+        sent = self.wire and send and wire in WIRE_HEADS
+        if sent:
             head = WIRE_HEADS[wire]
-            self._bpf({"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "len": len(head) // 2,
-                       "head": head})
-        self._bpf({"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn})
+            self._bpf({"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "conn": conn,
+                       "len": len(head) // 2, "head": head, "quit": wire == ev.WIRE_CONFIRMED,
+                       "tls": wire == ev.WIRE_ENCRYPTED})
+        self._bpf({"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn,
+                   "wire": wire if sent else ev.WIRE_NOT_SENT, "sends": 1 if sent else 0})
 
     # --- garbage collections --------------------------------------------------------------
     def collection(self, t_s: float, gen: int, destroy: Iterable[int] = (), engines: Iterable[int] = (),
@@ -143,10 +159,15 @@ class SynthCapture:
         pid = pid or self.pid
         tid = tid or pid
         cid = next(self._cid.setdefault(pid, itertools.count(1)))
+        self.gc_counts.setdefault(pid, [0, 0, 0])[gen] += 1
         t = self.ns(t_s)
         destroy = list(destroy)
-        self._agent({"k": ev.GC_START, "t": t, "pid": pid, "tid": tid, "gen": gen, "cid": cid, "thread": thread,
-                     "site": site or "%s/app.py:77" % self.cwd})
+        engines = list(engines)
+        written = gen > 0 or bool(destroy) or bool(engines)  # the agent skips quiet young collections
+        start = {"k": ev.GC_START, "t": t, "pid": pid, "tid": tid, "gen": gen, "cid": cid, "thread": thread,
+                 "site": site or "%s/app.py:77" % self.cwd}
+        if written and gen > 0:
+            self._agent(start)
         self._bpf({"k": ev.BPF_GC_START, "t": t + 5 * US, "pid": pid, "tid": tid, "gen": gen})
         tt = t_s + 10e-6
         for engine in engines:
@@ -157,9 +178,12 @@ class SynthCapture:
             self.close(tt, conn, ev.GC, gen=gen, cid=cid, tid=tid, pid=pid)
         n = collected if collected is not None else 10 * len(destroy) + 7
         t_end = self.ns(tt + 20e-6)
-        self._bpf({"k": ev.BPF_GC_DONE, "t": t_end, "pid": pid, "tid": tid, "collected": n})
-        self._agent({"k": ev.GC_STOP, "t": t_end + 5 * US, "pid": pid, "tid": tid, "gen": gen, "cid": cid,
-                     "collected": n, "uncollectable": 0})
+        self._bpf({"k": ev.BPF_GC_DONE, "t": t_end, "pid": pid, "tid": tid, "collected": n, "gen": gen})
+        if written and gen == 0:
+            self._agent(start)  # written late, with its own start time (order by t, not position)
+        if written:
+            self._agent({"k": ev.GC_STOP, "t": t_end + 5 * US, "pid": pid, "tid": tid, "gen": gen, "cid": cid,
+                         "collected": n, "uncollectable": 0})
         return cid
 
     # --- SQLAlchemy -----------------------------------------------------------------------
@@ -205,6 +229,9 @@ class SynthCapture:
 
     def finish(self, t_s: float, status: int = 0, trailer: bool = True, lost: Optional[dict] = None) -> str:
         """Child exit and trailer (or none: a truncated capture); returns the path."""
+        for pid, counts in sorted(self.gc_counts.items()):
+            self._agent({"k": "gc_counts", "t": self.ns(t_s) - 1000 * US, "pid": pid, "tid": pid,
+                         "by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}})
         self._flush_agent()
         if self.bpf:
             self._bpf({"k": ev.BPF_STATS, "t": self.ns(t_s), "pid": self.pid, "emitted": 0,
@@ -262,3 +289,94 @@ def known_causes(path: str, layers: Sequence[str] = ("agent", "bpf"), **kwargs) 
     for i, c in enumerate(left):
         s.close(t + 0.001 + i * 0.0002, c, ev.SHUTDOWN)
     return s.finish(t + 0.01)
+
+
+ENGINE_SITE = "/srv/app/config/database.py:22 in get_db_session"
+
+
+def engine_per_call(path: str, n: int = 500, layers: Sequence[str] = ("agent", "bpf"), spacing_s: float = 0.12,
+                    gen1_every_s: float = 6.5, gen1_size: int = 33, gen0_every_s: float = 15.0, gen0_size: int = 2,
+                    gen2_every: int = 6, workers: int = 20, sampler: bool = True, **kwargs) -> Dict[str, object]:
+    """STUDY.md's experiment 1 as a capture: one Engine per call at ``ENGINE_SITE``, never closed.
+
+    Connection i opens at 0.5 + i × ``spacing_s`` with its own Engine (QueuePool 5+10). Every
+    ``gen1_every_s`` a generation-1 collection destroys the ``gen1_size`` oldest open ones; every
+    ``gen0_every_s`` (from 15.05 s) a generation-0 collection destroys ``gen0_size``; the
+    connections i > 0 with i % ``gen2_every`` == 0 reach generation 2 and die together in one
+    generation-2 collection (10,575 objects, on ThreadPoolExecutor-0_3) 5.92 s after the last
+    open; the rest die at interpreter shutdown 14.7 s later. Returns the plan's numbers.
+    """
+    s = SynthCapture(path, layers=layers, sampler=sampler, argv=["python", "main.py", "--experiment", "1"],
+                     **kwargs)
+    opens = [0.5 + i * spacing_s for i in range(n)]
+    gen2_at = round(opens[-1] + 5.92, 6)
+    shutdown_at = round(gen2_at + 14.7, 6)
+    reserved = {i for i in range(1, n) if i % gen2_every == 0}
+    actions = [(t, 0, "open", i) for i, t in enumerate(opens)]
+    actions += [(t + 1.0, 1, "checkin", i) for i, t in enumerate(opens)]
+    k = 1
+    while gen1_every_s * k < gen2_at:
+        actions.append((round(gen1_every_s * k, 6), 2, "gen1", k))
+        k += 1
+    m = 0
+    while 15.05 + gen0_every_s * m < gen2_at:
+        actions.append((round(15.05 + gen0_every_s * m, 6), 2, "gen0", m))
+        m += 1
+    actions.append((gen2_at, 2, "gen2", 0))
+    if sampler:
+        t = 0.25
+        while t < shutdown_at:
+            actions.append((round(t, 6), 3, "sample", 0))
+            t += 0.5
+    actions.sort()
+
+    conns: Dict[int, int] = {}
+    engines: Dict[int, int] = {}
+    live: List[int] = []          # open, not reserved, oldest first
+    live_reserved: List[int] = []
+    dead = set()
+    plan = {"gen1": [], "gen0": [], "gen2": 0, "shutdown": 0, "opened": n, "gen2_at": gen2_at,
+            "shutdown_at": shutdown_at}
+    tids = [5000 + w for w in range(workers)]
+    names = ["ThreadPoolExecutor-0_%d" % w for w in range(workers)]
+    for t, _, what, i in actions:
+        if what == "open":
+            w = i % workers
+            engine = s.engine(t - 0.001, site=ENGINE_SITE)
+            engines[i] = engine
+            conns[i] = s.open(t, tid=tids[w], engine=engine,
+                              stack=["/srv/app/.venv/lib/python3.11/site-packages/sqlalchemy/pool/base.py:30 in "
+                                     "__connect", "/srv/app/main.py:31 in on_done"])
+            (live_reserved if i in reserved else live).append(i)
+        elif what == "checkin":
+            if i not in dead:
+                s.pool(t, engines[i], "checkin", conns[i])
+        elif what == "sample":
+            s.server_count(t, len(live) + len(live_reserved))
+        else:
+            if what == "gen1":
+                victims, live[:] = live[:gen1_size], live[gen1_size:]
+                gen, thread, collected = 1, names[i % workers], 900 + 10 * len(victims)
+                plan["gen1"].append(len(victims))
+            elif what == "gen0":
+                victims, live[:] = live[:gen0_size], live[gen0_size:]
+                gen, thread, collected = 0, names[(i + 7) % workers], 50
+                plan["gen0"].append(len(victims))
+            else:
+                victims, live_reserved[:] = live_reserved[:], []
+                gen, thread, collected = 2, names[3], 10575
+                plan["gen2"] = len(victims)
+            dead.update(victims)
+            tid = tids[names.index(thread)]
+            s.collection(t, gen, destroy=[conns[v] for v in victims], engines=[engines[v] for v in victims],
+                         thread=thread, tid=tid, collected=collected, site="/srv/app/main.py:33")
+    s.finalize(shutdown_at)
+    rest = live + live_reserved
+    for j, v in enumerate(rest):
+        tt = shutdown_at + 0.001 + j * 0.0001
+        s.close(tt, conns[v], ev.SHUTDOWN)
+        s._agent({"k": ev.ENGINE_DESTROY, "t": s.ns(tt) + 5 * US, "pid": s.pid, "tid": s.pid,
+                  "engine": engines[v], "cause": ev.SHUTDOWN, "gen": None, "cid": None})
+    plan["shutdown"] = len(rest)
+    s.finish(shutdown_at + 0.2)
+    return plan

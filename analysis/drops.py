@@ -1,0 +1,294 @@
+"""Drops: sudden falls in live connections, each explained; and the patterns they repeat.
+
+Connection ends are grouped by what ended them: all the connections one garbage collection
+destroyed form one group; the other ends are grouped per cause, consecutive ends no more
+than ``GAP_S`` apart. A group is a *drop* when live connections fell by at least
+``max(MIN_DROP, DROP_FRACTION × max live)`` across it (opens during the group count against
+the fall, so a steady open/close churn is not a drop).
+
+The study's shape (STUDY.md) is what this must find: generation-1 collections every ~6.5 s
+destroying ~33 connections each (the saw-tooth) and one generation-2 collection destroying
+83 at once (the sudden drop). ``tests/unit/test_analysis_drops.py`` pins it.
+"""
+
+import math
+import statistics
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence
+
+from trace_quit.tracer import events as ev
+
+from .join import Collection, Life
+from .model import Drop, Pattern
+from .sites import app_frame, relative_site
+from .timeline import LiveCurve
+
+GAP_S = 0.25
+MIN_DROP = 3
+DROP_FRACTION = 0.10
+#: Intervals whose coefficient of variation is below this make a "regular" pattern.
+REGULAR_CV = 0.35
+
+
+def fmt_int(n: int) -> str:
+    """10575 -> '10,575'."""
+    return "{:,}".format(n)
+
+
+def fmt_s(x: float) -> str:
+    """Seconds for prose: '0.364', '66.3', '812'."""
+    if abs(x) < 1:
+        return "%.3f" % x
+    return ("%.1f" % x) if abs(x) < 100 else ("%.0f" % x)
+
+
+def plural(n: int, word: str, words: Optional[str] = None) -> str:
+    """'1 connection', '2 connections'."""
+    return "%s %s" % (fmt_int(n), word if n == 1 else (words or word + "s"))
+
+
+class Origins:
+    """Where a group of connections came from: Engines by call site, else their open site."""
+
+    def __init__(self, cwd: Optional[str], thread_names: Optional[Dict[tuple, str]] = None):
+        self.cwd = cwd
+        self.thread_names = thread_names or {}
+
+    def thread(self, pid: int, tid: Optional[int]) -> Optional[str]:
+        """A thread's name (seen on any agent event of that tid), else MainThread for tid == pid."""
+        if tid is None:
+            return None
+        name = self.thread_names.get((pid, tid))
+        if name:
+            return name
+        return "MainThread" if tid == pid else None
+
+    def end_thread(self, life: Life) -> Optional[str]:
+        """The name of the thread that ended ``life``."""
+        e = life.agent_end
+        if e is not None and isinstance(e.get("thread"), str) and e["thread"]:
+            return e["thread"]
+        return self.thread(life.pid, life.end_tid)
+
+    def open_site(self, life: Life) -> Optional[str]:
+        """The program's frame that opened ``life`` (agent stack), relative to cwd."""
+        e = life.agent_open
+        if e is None:
+            return None
+        return relative_site(app_frame(e.get("stack")), self.cwd)
+
+    def engine_site(self, life: Life) -> Optional[str]:
+        """The create_engine() call site of the Engine ``life`` belonged to."""
+        if life.engine is None:
+            return None
+        return relative_site(life.engine.site, self.cwd) or "an unknown call site"
+
+    def call_sites(self, lives: Sequence[Life]) -> List[str]:
+        """Distinct call sites (engine sites first), most common first."""
+        c = Counter()
+        for life in lives:
+            site = self.engine_site(life) or self.open_site(life)
+            if site:
+                c[site] += 1
+        return [s for s, _ in c.most_common()]
+
+    def phrase(self, lives: Sequence[Life]) -> str:
+        """'83 connections of 83 engines created at X' / '13 connections opened at Y'."""
+        engines: Dict[str, set] = {}
+        opened = Counter()
+        with_engine = 0
+        for life in lives:
+            if life.engine is not None:
+                with_engine += 1
+                engines.setdefault(self.engine_site(life), set()).add(id(life.engine))
+            else:
+                opened[self.open_site(life) or "?"] += 1
+        n = len(lives)
+        eng_part = ""
+        if engines:
+            items = sorted(engines.items(), key=lambda kv: -len(kv[1]))
+            first_site, first = items[0]
+            eng_part = "of %s created at %s" % (plural(len(first), "engine"), first_site)
+            for site, ids in items[1:3]:
+                eng_part += " and %s at %s" % (fmt_int(len(ids)), site)
+            if len(items) > 3:
+                eng_part += " and %s at %d other sites" % (
+                    fmt_int(sum(len(ids) for _, ids in items[3:])), len(items) - 3)
+        open_part = ""
+        known = [(s, k) for s, k in opened.most_common() if s != "?"]
+        if known:
+            if len(known) == 1 and known[0][1] == sum(opened.values()):
+                open_part = "opened at %s" % known[0][0]
+            else:
+                open_part = "opened at " + ", ".join("%s (%s)" % (s, fmt_int(k)) for s, k in known[:3])
+                if len(known) > 3:
+                    open_part += " and %d other sites" % (len(known) - 3)
+        conns = plural(n, "connection")
+        if eng_part and not opened:
+            return "%s %s" % (conns, eng_part)
+        if open_part and not with_engine:
+            return "%s %s" % (conns, open_part)
+        if eng_part and open_part:
+            return "%s (%s %s; %s %s)" % (conns, fmt_int(with_engine), eng_part,
+                                            fmt_int(n - with_engine), open_part)
+        if eng_part:
+            return "%s (%s %s)" % (conns, fmt_int(with_engine), eng_part)
+        return conns
+
+
+def _thread_of(c: Collection) -> Optional[str]:
+    if c.thread:
+        return c.thread
+    if c.tid is not None:
+        return "tid %d" % c.tid
+    return None
+
+
+def explain_collection(c: Collection, lives: Sequence[Life], origins: Origins, t_s: float) -> str:
+    """'at 66.3 s a generation-2 collection on thread T (10,575 objects) destroyed 83 connections of …'."""
+    gen = "generation-%d collection" % c.gen if c.gen is not None else "collection"
+    text = "at %s s a %s" % (fmt_s(t_s), gen)
+    thread = _thread_of(c)
+    if thread:
+        text += " on thread %s" % thread
+    if c.collected is not None:
+        text += " (%s)" % plural(c.collected, "object")
+    return text + " destroyed " + origins.phrase(lives)
+
+
+def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,
+                  generation: Optional[int], exit_status=None) -> str:
+    """One sentence for a group of ends that no single collection explains."""
+    at = "at %s s " % fmt_s(t_s)
+    what = origins.phrase(lives)
+    if cause == ev.EXPLICIT_CLOSE:
+        by_pool = sum(1 for lf in lives if lf.pool_end)
+        disposed = any(lf.engine is not None and lf.engine.t_dispose is not None
+                       and lf.engine.t_dispose <= (lf.t_end or 0) for lf in lives)
+        threads = Counter(t for t in (origins.end_thread(lf) for lf in lives) if t)
+        on = (" on thread %s" % threads.most_common(1)[0][0]) if len(threads) == 1 else ""
+        if disposed:
+            return at + "engine.dispose()%s closed %s" % (on, what)
+        if by_pool * 2 > len(lives):
+            return at + "the pool%s closed %s" % (on, what)
+        return at + "close()%s closed %s" % (on, what)
+    if cause == ev.REFCOUNT:
+        return at + what + " were destroyed when their last reference went away (refcount)"
+    if cause == ev.SHUTDOWN:
+        return at + "interpreter shutdown destroyed " + what
+    if cause == ev.NEVER_CLOSED:
+        status = "" if exit_status is None else " (exit status %s)" % exit_status
+        return (at + "the process ended%s with %s still open: no COM_QUIT was sent, "
+                "the server counts them as aborted clients" % (status, what))
+    if cause == ev.SERVER:
+        return at + "the server ended " + what + " before the client closed them"
+    if cause == ev.GC:
+        gen = " (generation %d)" % generation if generation is not None else ""
+        return at + "the cyclic garbage collector%s destroyed %s" % (gen, what)
+    return at + what + " ended for a reason the layers could not agree on (unknown)"
+
+
+def find_drops(ended: Sequence[Life], curve: LiveCurve, max_live: int, to_s: Callable[[int], float],
+               origins: Origins, exit_status=None, drop_collections: Optional[set] = None) -> List[Drop]:
+    """Every sudden fall in live connections, in time order, each with its explanation.
+
+    ``drop_collections`` (a set) receives the id() of every collection that made a drop."""
+    threshold = max(MIN_DROP, int(math.ceil(DROP_FRACTION * max_live)))
+    by_collection: Dict[int, List[Life]] = {}
+    collections: Dict[int, Collection] = {}
+    by_cause: Dict[tuple, List[Life]] = {}
+    for life in ended:
+        if life.cause == ev.GC and life.collection is not None:
+            key = id(life.collection)
+            collections[key] = life.collection
+            by_collection.setdefault(key, []).append(life)
+        else:
+            by_cause.setdefault((life.cause, life.generation), []).append(life)
+
+    groups = []  # (lives, collection or None, cause, generation)
+    for key, lives in by_collection.items():
+        c = collections[key]
+        groups.append((lives, c, ev.GC, c.gen if c.gen is not None else lives[0].generation))
+    gap = int(GAP_S * 1e9)
+    for (cause, gen), lives in by_cause.items():
+        lives.sort(key=lambda lf: lf.t_end)
+        run = [lives[0]]
+        for life in lives[1:]:
+            if life.t_end - run[-1].t_end <= gap:
+                run.append(life)
+            else:
+                groups.append((run, None, cause, gen))
+                run = [life]
+        groups.append((run, None, cause, gen))
+
+    drops: List[Drop] = []
+    for lives, c, cause, gen in groups:
+        if len(lives) < threshold:
+            continue
+        t_first = min(lf.t_end for lf in lives)
+        t_last = max(lf.t_end for lf in lives)
+        before = curve.before(t_first)
+        after = curve.after(t_last)
+        if before - after < threshold:
+            continue
+        t_s = to_s(t_first)
+        if c is not None:
+            if drop_collections is not None:
+                drop_collections.add(id(c))
+            text = explain_collection(c, lives, origins, t_s)
+            thread, site, collected = _thread_of(c), relative_site(c.site, origins.cwd), c.collected
+        else:
+            text = explain_group(cause, lives, origins, t_s, gen, exit_status)
+            thread = site = collected = None
+        drops.append(Drop(
+            t_s=t_s, from_=before, to=after, duration_ms=round((t_last - t_first) / 1e6, 3),
+            cause=cause, generation=gen if cause == ev.GC else None, connections=len(lives),
+            explanation=text, thread=thread, triggered_at=site, collected=collected,
+            call_sites=origins.call_sites(lives)[:5]))
+    drops.sort(key=lambda d: d.t_s)
+    return drops
+
+
+def find_patterns(collections: Sequence[Collection], drop_collections: Optional[set] = None) -> List[Pattern]:
+    """Per generation, how often a collection destroys connections and how many each time.
+
+    A regular pattern whose collections are mostly drops is the saw-tooth of the live count."""
+    by_gen: Dict[Optional[int], List[Collection]] = {}
+    for c in collections:
+        if c.lives:
+            by_gen.setdefault(c.gen, []).append(c)
+    patterns = []
+    for gen in sorted(by_gen, key=lambda g: (g is None, g)):
+        cs = sorted(by_gen[gen], key=lambda c: c.t_start)
+        # Intervals within each process (forked workers collect independently), pooled.
+        per_pid: Dict[int, List[Collection]] = {}
+        for c in cs:
+            per_pid.setdefault(c.pid, []).append(c)
+        intervals = [(b.t_start - a.t_start) / 1e9
+                     for run in per_pid.values() for a, b in zip(run, run[1:])]
+        if len(cs) < 3 or len(intervals) < 2:
+            continue
+        counts = [len(c.lives) for c in cs]
+        every = statistics.median(intervals)
+        mean = statistics.mean(intervals)
+        cv = statistics.pstdev(intervals) / mean if mean > 0 else float("inf")
+        regular = cv <= REGULAR_CV
+        each = int(round(statistics.median(counts)))
+        lo, hi, total = min(counts), max(counts), sum(counts)
+        name = "generation-%d collection" % gen if gen is not None else "collection"
+        spread = ("%s each" % fmt_int(lo)) if lo == hi else ("%s–%s each" % (fmt_int(lo), fmt_int(hi)))
+        detail = "%d collections, %s, %s in all" % (len(cs), spread, fmt_int(total))
+        drops = sum(1 for c in cs if id(c) in (drop_collections or ()))
+        if regular:
+            text = "a %s every ~%s s destroys ~%s (%s)" % (
+                name, fmt_s(every), plural(each, "connection"), detail)
+            if drops * 2 > len(cs):
+                text += ": the saw-tooth of the connection count"
+        else:
+            text = "%ss destroyed ~%s at irregular intervals of %s–%s s (%s)" % (
+                name, plural(each, "connection"), fmt_s(min(intervals)), fmt_s(max(intervals)), detail)
+        patterns.append(Pattern(
+            cause=ev.GC, generation=gen, collections=len(cs), every_s=round(every, 3),
+            connections_each=each, min_each=lo, max_each=hi, total=total, regular=regular, text=text,
+            drops=drops))
+    return patterns

@@ -1,0 +1,110 @@
+"""Engines grouped by their create_engine() call site: how many, disposed or not, what they held.
+
+The site is where to change the program, so everything about Engines is summed per site:
+created/disposed/destroyed counts, the pool configuration, the connections their pools opened
+and how those ended, and the most connections the site's Engines held at once (with how
+many Engines held them: one pool's bound times the number of live pools).
+"""
+
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence
+
+from trace_quit.tracer import events as ev
+
+from .join import EngineLife, Life
+from .model import EngineSite
+from .sites import relative_site
+
+UNKNOWN_SITE = "an unknown call site"
+
+
+def _gen_key(gen: Optional[int]) -> str:
+    return str(gen) if gen is not None else "unknown"
+
+
+def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optional[str],
+              to_s: Callable[[int], float]) -> List[EngineSite]:
+    """One EngineSite per call site, most connections first."""
+    sites: Dict[str, EngineSite] = {}
+    engine_events: Dict[str, list] = {}
+    for el in engines:
+        site = relative_site(el.site, cwd) or UNKNOWN_SITE
+        s = sites.get(site)
+        if s is None:
+            s = sites[site] = EngineSite(call_site=site, created=0, disposed=0, connections=0)
+            engine_events[site] = []
+        if el.t_create is not None:
+            s.created += 1
+            engine_events[site].append((el.t_create, 1))
+            if el.t_end is not None:
+                engine_events[site].append((el.t_end, -1))
+        if el.disposed:
+            s.disposed += 1
+        if el.destroy is not None:
+            cause = el.destroy.get("cause")
+            cause = cause if isinstance(cause, str) else ev.UNKNOWN
+            s.destroyed[cause] = s.destroyed.get(cause, 0) + 1
+        if s.pool_class is None and el.pool_class:
+            s.pool_class = el.pool_class
+        if s.pool_size is None and el.pool_size is not None:
+            s.pool_size = el.pool_size
+        if s.max_overflow is None and el.max_overflow is not None:
+            s.max_overflow = el.max_overflow
+        if el.url and el.url not in s.urls and len(s.urls) < 5:
+            s.urls.append(el.url)
+
+    # Connections per site: counts by cause, and the most held at once (sweep).
+    conn_events: Dict[str, list] = {}
+    for life in lives:
+        el = life.engine
+        if el is None or life.failed:
+            continue
+        site = relative_site(el.site, cwd) or UNKNOWN_SITE
+        s = sites[site]
+        s.connections += 1
+        if life.cause is not None:
+            s.connections_by_cause[life.cause] = s.connections_by_cause.get(life.cause, 0) + 1
+            if life.cause == ev.GC:
+                g = _gen_key(life.generation)
+                s.gc_by_generation[g] = s.gc_by_generation.get(g, 0) + 1
+        evs = conn_events.setdefault(site, [])
+        if life.t_open is not None:
+            evs.append((life.t_open, 1, id(el)))
+        if life.t_end is not None:
+            evs.append((life.t_end, -1, id(el)))
+
+    for site, evs in conn_events.items():
+        evs.sort(key=lambda x: (x[0], x[1]))  # ends before opens at the same instant
+        s = sites[site]
+        live = 0
+        per_engine: Counter = Counter()
+        for t, d, eid in evs:
+            live += d
+            per_engine[eid] += d
+            if per_engine[eid] == 0:
+                del per_engine[eid]
+            if live > s.max_live_connections:
+                s.max_live_connections = live
+                s.max_live_connections_t_s = to_s(t)
+                s.engines_at_max = len(per_engine)
+    for site, evs in engine_events.items():
+        evs.sort()
+        live = best = 0
+        for _, d in evs:
+            live += d
+            best = max(best, live)
+        sites[site].max_live_engines = best
+
+    return sorted(sites.values(), key=lambda s: (-s.connections, -s.created, s.call_site))
+
+
+def pool_bound(site: EngineSite) -> Optional[int]:
+    """The most connections one pool of this site can hold (QueuePool-like), None when unbounded."""
+    if site.pool_class and "null" in site.pool_class.lower():
+        return None
+    if site.pool_size is None:
+        return None
+    overflow = site.max_overflow if site.max_overflow is not None else 0
+    if overflow < 0:
+        return None  # max_overflow=-1: unbounded
+    return site.pool_size + overflow

@@ -1,0 +1,251 @@
+"""Findings: what is wrong, the evidence from the capture, and the change that fixes it.
+
+Each rule looks at the finished pieces of the report (never at raw events) and speaks about
+a call site whenever one is known, because that is the line the user will edit.
+"""
+
+from collections import Counter
+from typing import Dict, List, Optional, Sequence
+
+from trace_quit.tracer import events as ev
+
+from .drops import Origins, fmt_int, fmt_s, plural
+from .engines import pool_bound
+from .join import Life
+from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES
+
+FIX_ENGINE_PER_CALL = (
+    "Create the Engine once, at import or start-up, and reuse it from every call and thread "
+    "(a module-level `engine = create_engine(...)` and `Session = sessionmaker(bind=engine)`); "
+    "if an Engine per call is really wanted, pass `poolclass=NullPool`, or call "
+    "`engine.dispose()` when done with it.")
+
+
+def _gen_text(by_gen: Dict[str, int]) -> str:
+    parts = ["gen %s: %s" % (g, fmt_int(n)) for g, n in sorted(by_gen.items()) if n]
+    return ", ".join(parts)
+
+
+def _causes_text(by_cause: Dict[str, int], by_gen: Optional[Dict[str, int]] = None) -> str:
+    parts = []
+    for cause in ev.CAUSES:
+        n = by_cause.get(cause, 0)
+        if not n:
+            continue
+        if cause == ev.GC and by_gen and any(by_gen.values()):
+            parts.append("%s %s (%s)" % (cause, fmt_int(n), _gen_text(by_gen)))
+        else:
+            parts.append("%s %s" % (cause, fmt_int(n)))
+    return ", ".join(parts) or "none yet"
+
+
+def _sites_text(lives: Sequence[Life], origins: Origins, limit: int = 3) -> str:
+    c = Counter()
+    for life in lives:
+        c[origins.engine_site(life) or origins.open_site(life) or "an unknown place"] += 1
+    items = c.most_common()
+    text = ", ".join("%s (%s)" % (s, fmt_int(n)) for s, n in items[:limit])
+    if len(items) > limit:
+        text += " and %d more sites" % (len(items) - limit)
+    return text
+
+
+def _top_site(lives: Sequence[Life], origins: Origins) -> Optional[str]:
+    c = Counter(origins.engine_site(lf) or origins.open_site(lf) for lf in lives)
+    c.pop(None, None)
+    return c.most_common(1)[0][0] if c else None
+
+
+def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence[Drop],
+         patterns: Sequence[Pattern], engines: Sequence[EngineSite], layers: Layers, ended: Sequence[Life],
+         origins: Origins, capture_status: str, capture_detail: str, lost: Dict[str, int],
+         exit_status, notes: Sequence[dict], malformed: int) -> List[Finding]:
+    """Every finding, errors first."""
+    out: List[Finding] = []
+    by_cause = com_quit.by_cause
+
+    # --- Engines created per call and never disposed (the incident's root cause) ---------
+    for site in engines:
+        if site.created < 2 or site.disposed >= site.created:
+            continue
+        undisposed = site.created - site.disposed
+        pool = site.pool_class or "pool"
+        if site.pool_size is not None:
+            pool += " pool_size %d" % site.pool_size
+            if site.max_overflow is not None:
+                pool += ", max_overflow %d" % site.max_overflow
+        gc_n = site.connections_by_cause.get(ev.GC, 0)
+        evidence = "%s (%s) created at %s, %s disposed" % (
+            plural(site.created, "Engine"), pool, site.call_site,
+            "none" if site.disposed == 0 else fmt_int(site.disposed))
+        if site.max_live_engines > 1:
+            evidence += "; up to %s alive at once" % fmt_int(site.max_live_engines)
+        evidence += ". Their %s ended by: %s." % (
+            plural(site.connections, "connection"),
+            _causes_text(site.connections_by_cause, site.gc_by_generation))
+        evidence += (" An Engine sits in a reference cycle, so dropping it frees neither it nor its "
+                     "pool: only a garbage collection of the generation it reached does — late, and "
+                     "many at once.")
+        severity = "error" if (gc_n or site.created >= 10) else "warning"
+        title = "create_engine() ran %s at %s and %s" % (
+            plural(site.created, "time"), site.call_site,
+            "no Engine was disposed" if site.disposed == 0
+            else "%s of the Engines were never disposed" % fmt_int(undisposed))
+        out.append(Finding(severity, title, evidence, FIX_ENGINE_PER_CALL, site.call_site, site.created))
+
+    # --- Pool bound exceeded by many Engines --------------------------------------------
+    for site in engines:
+        bound = pool_bound(site)
+        if bound is None or site.max_live_connections <= bound or site.engines_at_max < 2:
+            continue
+        title = "connections from %s reached %s at once, past the %s one pool allows" % (
+            site.call_site, fmt_int(site.max_live_connections), fmt_int(bound))
+        evidence = ("At %s s %s were open across %s created at %s; one %s is bounded at %s "
+                    "(pool_size %s + max_overflow %s), but each Engine has its own pool, so the bound "
+                    "multiplies with the number of live Engines." % (
+                        fmt_s(site.max_live_connections_t_s or 0.0),
+                        plural(site.max_live_connections, "connection"),
+                        plural(site.engines_at_max, "Engine"), site.call_site, site.pool_class or "pool",
+                        fmt_int(bound), site.pool_size, site.max_overflow or 0))
+        fix = ("Share one Engine (one pool) across calls and threads and size pool_size + max_overflow "
+               "for the number of worker threads; keep servers × (pool_size + max_overflow) below the "
+               "server's max_connections.")
+        out.append(Finding("error", title, evidence, fix, site.call_site, site.max_live_connections))
+
+    # --- Connections destroyed by the garbage collector ---------------------------------
+    gc_lives = [lf for lf in ended if lf.cause == ev.GC]
+    if gc_lives:
+        n = len(gc_lives)
+        ncoll = len(gc.that_closed_connections)
+        evidence = "%s (%s) in %s. " % (
+            plural(n, "connection") + " were destroyed by the cyclic garbage collector",
+            _gen_text(com_quit.gc_by_generation), plural(ncoll, "collection"))
+        gc_drops = [d for d in drops if d.cause == ev.GC]
+        if gc_drops:
+            big = max(gc_drops, key=lambda d: d.from_ - d.to)
+            evidence += "The largest fall: %s. " % big.explanation
+        for p in patterns:
+            if p.regular and p.drops:
+                evidence += "Repeating: %s. " % p.text
+        evidence += "Opened through: %s." % _sites_text(gc_lives, origins)
+        fix = ("Close what you open: `with Session() as session:` or `session.close()`, "
+               "`with engine.connect() as conn:`, `conn.close()`; do not leave connections in "
+               "reference cycles. With one shared Engine its pool closes and reuses connections "
+               "itself.")
+        out.append(Finding("warning", "%s were closed by the garbage collector, not by close()" % (
+            plural(n, "connection")), evidence, fix, _top_site(gc_lives, origins), n))
+
+    # --- Never closed --------------------------------------------------------------------
+    never = [lf for lf in ended if lf.cause == ev.NEVER_CLOSED]
+    if never:
+        status = "" if exit_status is None else " (exit status %s)" % exit_status
+        evidence = ("The process ended%s with them open, so no COM_QUIT was sent: the server counts "
+                    "each as an aborted client (Aborted_clients) and may log 'Aborted connection'. "
+                    "Opened at: %s." % (status, _sites_text(never, origins)))
+        fix = ("Close connections and dispose Engines before the program exits (a `finally:` block or "
+               "an atexit handler); avoid os._exit() and dying of unhandled signals with connections open.")
+        out.append(Finding("warning", "%s never closed: no COM_QUIT was sent" % (
+            plural(len(never), "connection was", "connections were")), evidence, fix,
+            _top_site(never, origins), len(never)))
+
+    # --- Unknown -------------------------------------------------------------------------
+    unknown = [lf for lf in ended if lf.cause == ev.UNKNOWN]
+    if unknown:
+        reasons = Counter(lf.reason or "no evidence" for lf in unknown)
+        evidence = "; ".join("%s × %s" % (fmt_int(k), r) for r, k in reasons.most_common(3))
+        out.append(Finding("warning", "%s could not be attributed" % plural(len(unknown), "COM_QUIT"),
+                           evidence + ".",
+                           "Check `trace-quit doctor` for missing probes; trace-quit never guesses a cause.",
+                           None, len(unknown)))
+
+    # --- COM_QUIT not seen on the wire ---------------------------------------------------
+    silent = [lf for lf in ended if lf.wire_state == ev.WIRE_NOT_SENT and lf.cause != ev.SERVER]
+    if silent:
+        out.append(Finding(
+            "warning", "%s sent no COM_QUIT on the socket" % plural(len(silent), "mysql_close call"),
+            "The kernel's send probes saw no COM_QUIT inside mysql_close for them: the socket was "
+            "already unusable (the server or the network ended it) or send events were lost "
+            "(lost events: %s)." % fmt_int(sum(lost.values())),
+            "Look for server-side timeouts or kills around those times (wait_timeout, KILL).",
+            _top_site(silent, origins), len(silent)))
+
+    # --- Server-ended --------------------------------------------------------------------
+    server = [lf for lf in ended if lf.cause == ev.SERVER]
+    if server:
+        out.append(Finding(
+            "info", "%s ended by the server first" % plural(len(server), "connection was", "connections were"),
+            "; ".join(Counter(lf.reason for lf in server if lf.reason).keys()) or "EOF before the client's close.",
+            "Use pool_pre_ping=True and a pool_recycle shorter than the server's wait_timeout.",
+            _top_site(server, origins), len(server)))
+
+    # --- Refcount / shutdown: correct but implicit ---------------------------------------
+    refcount = [lf for lf in ended if lf.cause == ev.REFCOUNT]
+    if refcount:
+        out.append(Finding(
+            "info", "%s closed only when the last reference was dropped" % (
+                plural(len(refcount), "connection was", "connections were")),
+            "Destroyed while open, outside any collection (refcount). Opened at: %s." % _sites_text(refcount, origins),
+            "Call close() (or use a with-block) so the close does not depend on when the last reference goes away.",
+            _top_site(refcount, origins), len(refcount)))
+    shutdown = [lf for lf in ended if lf.cause == ev.SHUTDOWN]
+    if shutdown:
+        out.append(Finding(
+            "info", "%s still open at interpreter shutdown" % plural(len(shutdown), "connection was", "connections were"),
+            "Destroyed while the interpreter was finalising (GC callbacks do not run then). Opened at: %s."
+            % _sites_text(shutdown, origins),
+            "Close connections (or dispose the Engine) before the program ends; the order of destruction "
+            "at shutdown is not defined.",
+            _top_site(shutdown, origins), len(shutdown)))
+
+    # --- The capture itself --------------------------------------------------------------
+    if capture_status == "damaged":
+        out.append(Finding("warning", "the capture is %s" % capture_detail,
+                           "Records after the damage were not read; counts cover the readable part only.",
+                           "Re-record if the numbers matter; keep the capture on a local disk.", None, None))
+    elif capture_status == "truncated":
+        out.append(Finding("warning", "the capture is truncated (no trailer)",
+                           "The tracer stopped before finishing the file (killed, or the disk filled); "
+                           "%s still open when it stopped %s no cause." % (
+                               plural(connections.open_at_end, "connection"),
+                               "has" if connections.open_at_end == 1 else "have"),
+                           "Let the tracer finish (Ctrl-C once stops the program and still writes the trailer).",
+                           None, None))
+    total_lost = sum(lost.values())
+    if total_lost:
+        out.append(Finding("warning", "%s lost" % plural(total_lost, "event was", "events were"),
+                           "Lost per source: %s. Counts may be short by that much." % ", ".join(
+                               "%s %s" % (s, fmt_int(n)) for s, n in sorted(lost.items()) if n),
+                           "Reduce the event rate (fewer probes) or let the tracer drain more often.", None,
+                           total_lost))
+    if malformed:
+        out.append(Finding("warning", "%s without a usable time or key were ignored" % plural(malformed, "record"),
+                           "Their fields did not match the event schema (tracer/events.py).",
+                           "Record with a matching trace-quit version.", None, malformed))
+    if not layers.bpf:
+        out.append(Finding("info", "the eBPF layer was not attached",
+                           "Causes come from the agent alone and no COM_QUIT is confirmed on the wire "
+                           "(wire: unobserved).",
+                           "Run the tracer as root (sudo trace-quit -- …); `trace-quit doctor` says what is missing.",
+                           None, None))
+    elif not layers.wire:
+        out.append(Finding("info", "COM_QUITs were not observed on the wire",
+                           "The kernel's send probes were not attached, so wire confirmation is 'unobserved'.",
+                           "See `trace-quit doctor` for the send probes.", None, None))
+    if not layers.agent:
+        out.append(Finding("info", "the Python agent was not loaded",
+                           "Causes come from the kernel alone: no Python stacks, collection ids, thread names "
+                           "or Engine call sites.",
+                           "Start the program under trace-quit (`trace-quit -- python …`) so the agent loads.",
+                           None, None))
+    if connections.failed:
+        out.append(Finding("info", "%s failed" % plural(connections.failed, "connect"),
+                           "Their later mysql_close sends no COM_QUIT; they are not counted as COM_QUITs.",
+                           "Nothing to fix unless the failures are unexpected.", None, connections.failed))
+    for n in notes:
+        if n.get("level") in ("error", "warning"):
+            out.append(Finding("warning", "tracer: %s" % n.get("text"), "A note the tracer wrote into the capture.",
+                               "See `trace-quit doctor`.", None, None))
+
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    out.sort(key=lambda f: rank.get(f.severity, len(rank)))
+    return out

@@ -1,0 +1,456 @@
+"""Join the sources' events into connection lives, engine lives and garbage collections.
+
+Every source stamps CLOCK_MONOTONIC ns, so one stable sort by ``t`` interleaves them (file
+order breaks ties: the agent's batches arrive late, but their stamps are taken at the hook).
+
+The join key of a connection is ``(pid, MYSQL*)``. Addresses are reused as soon as a
+connection object is freed, so a key's events are cut into *lives*: an open starts a new
+life when the current one already ended (or was already opened by the same layer); a close
+starts one when the current life was already closed by the same layer (its open was not
+seen: opened before the capture, or inherited through fork). Each life keeps the raw
+evidence of each layer; ``attribute.py`` decides the cause from it.
+
+Engines are keyed by ``(pid, id(engine))`` with the same rule (ids are reused too); pool
+events tie a connection to the Engine whose pool opened it. Collections are keyed by the
+agent's per-process collection id, and by (pid, tid) for the kernel's gc probes; a kernel
+collection running inside an agent collection on the same thread is the same collection.
+"""
+
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from trace_quit.tracer import events as ev
+
+# Defined in events.py by the eBPF work; spelt here too so this reader works either way.
+_BPF_PROBES = getattr(ev, "BPF_PROBES", "bpf_probes")
+
+# Errors that mean the server ended the connection first (MySQL/MariaDB client errors
+# 2006 "server has gone away", 2013 "Lost connection", 4031 "disconnected by the server
+# because of inactivity", 1927 MariaDB "Connection was killed", 1053 "Server shutdown").
+_SERVER_GONE = re.compile(
+    r"\b(2006|2013|4031|1927|1053)\b|gone away|lost connection|connection was killed"
+    r"|disconnected by the server|server shutdown",
+    re.IGNORECASE)
+
+
+def as_int(value: Any) -> Optional[int]:
+    """An int from an event field (ints, digit strings, 0x-hex strings), else None."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value == value and abs(value) < 1e300:
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value, 0)
+        except ValueError:
+            return None
+    return None
+
+
+def as_str(value: Any) -> Optional[str]:
+    """A str from an event field, else None."""
+    return value if isinstance(value, str) else None
+
+
+class Life:
+    """One connection, from its open to its COM_QUIT (or the end of its process)."""
+
+    __slots__ = (
+        "pid", "conn", "t_open", "agent_open", "bpf_open", "failed", "engine", "checkouts",
+        "pool_end", "server_error", "agent_end", "bpf_end", "bpf_ret", "wire", "agent_collection",
+        "bpf_collection",
+        # decided by attribute.py:
+        "cause", "generation", "collection", "reason", "wire_state", "t_end", "end_tid",
+    )
+
+    def __init__(self, pid: int, conn: int):
+        self.pid = pid
+        self.conn = conn
+        self.t_open: Optional[int] = None
+        self.agent_open: Optional[dict] = None   # conn_open / conn_fail event
+        self.bpf_open: Optional[dict] = None     # bpf_connect event
+        self.failed = False                      # the connect failed: its mysql_close sends nothing
+        self.engine: Optional["EngineLife"] = None
+        self.checkouts = 0
+        self.pool_end: Optional[str] = None      # last pool event that ends a connection (close, ...)
+        self.server_error: Optional[str] = None  # a server-gone error seen before the client's close
+        self.agent_end: Optional[dict] = None    # conn_close / conn_destroy event
+        self.bpf_end: Optional[dict] = None      # bpf_close event
+        self.bpf_ret: Optional[dict] = None      # bpf_close_ret event (carries the kernel's wire verdict)
+        self.wire: Optional[List[str]] = None    # heads of sends seen inside mysql_close
+        self.agent_collection: Optional["Collection"] = None
+        self.bpf_collection: Optional["Collection"] = None
+        self.cause: Optional[str] = None
+        self.generation: Optional[int] = None
+        self.collection: Optional["Collection"] = None
+        self.reason: Optional[str] = None
+        self.wire_state: Optional[str] = None
+        self.t_end: Optional[int] = None
+        self.end_tid: Optional[int] = None
+
+    @property
+    def ended(self) -> bool:
+        """True once either layer saw its close."""
+        return self.agent_end is not None or self.bpf_end is not None
+
+    @property
+    def opened(self) -> bool:
+        """True when either layer saw it open (successfully or not)."""
+        return self.agent_open is not None or self.bpf_open is not None
+
+    def open_event(self) -> Optional[dict]:
+        """The richest open event: the agent's (stack, host) else the kernel's."""
+        return self.agent_open or self.bpf_open
+
+
+class EngineLife:
+    """One SQLAlchemy Engine (and its pool), from create_engine() to its end."""
+
+    __slots__ = ("pid", "engine", "t_create", "site", "pool_class", "pool_size", "max_overflow",
+                 "url", "disposed", "t_dispose", "destroy", "destroy_collection", "connections",
+                 "t_end")
+
+    def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[dict]):
+        e = e or {}
+        self.pid = pid
+        self.engine = engine
+        self.t_create = t
+        self.site = as_str(e.get("site"))
+        self.pool_class = as_str(e.get("pool_class"))
+        self.pool_size = as_int(e.get("pool_size"))
+        self.max_overflow = as_int(e.get("max_overflow"))
+        self.url = as_str(e.get("url"))
+        self.disposed = 0
+        self.t_dispose: Optional[int] = None
+        self.destroy: Optional[dict] = None
+        self.destroy_collection: Optional["Collection"] = None
+        self.connections = 0
+        self.t_end: Optional[int] = None
+
+
+class Collection:
+    """One garbage collection on one thread, from the agent's gc.callbacks or the kernel's probes."""
+
+    __slots__ = ("src", "pid", "tid", "cid", "gen", "t_start", "t_stop", "thread", "site",
+                 "collected", "uncollectable", "twin", "lives", "engines_destroyed")
+
+    def __init__(self, src: str, pid: int, tid: Optional[int], t: int, e: dict):
+        self.src = src
+        self.pid = pid
+        self.tid = tid
+        self.cid = as_int(e.get("cid"))
+        self.gen = as_int(e.get("gen"))
+        self.t_start = t
+        self.t_stop: Optional[int] = None
+        self.thread = as_str(e.get("thread"))
+        self.site = as_str(e.get("site"))
+        self.collected: Optional[int] = None
+        self.uncollectable: Optional[int] = None
+        self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
+        self.lives: List[Life] = []               # connections it destroyed (filled by attribution)
+        self.engines_destroyed = 0
+
+
+class Joined:
+    """Everything the join found, in time order, plus the capture-wide facts."""
+
+    def __init__(self):
+        self.lives: List[Life] = []
+        self.engines: List[EngineLife] = []
+        self.collections: List[Collection] = []        # agent and kernel, start order
+        self.server_counts: List[Tuple[int, int]] = []
+        self.notes: List[Tuple[int, str, str]] = []    # (t, level, text)
+        self.sources: Dict[str, int] = {}               # events per src
+        self.kinds: Dict[str, int] = {}                 # events per kind
+        self.t0: Optional[int] = None                   # child_start
+        self.t_first: Optional[int] = None
+        self.t_last: Optional[int] = None
+        self.root_pid: Optional[int] = None
+        self.child_exit: Optional[Tuple[int, Any]] = None   # (t, status)
+        self.exits: Dict[int, int] = {}                 # pid -> t of bpf_exit
+        self.finalize: Dict[int, int] = {}              # pid -> t of Py_FinalizeEx
+        self.pids: Dict[int, str] = {}                  # pid -> python version (agent_start)
+        self.modules: Dict[str, str] = {}               # name -> version
+        self.agent_lost = 0
+        self.bpf_dropped = 0
+        self.malformed = 0                              # records without a usable t/pid
+        self.gc_pids_agent = set()                      # pids whose agent reported collections
+        self.gc_counts: Dict[int, Dict[str, int]] = {}  # pid -> latest cumulative counts by generation
+        self.thread_names: Dict[Tuple[int, int], str] = {}  # (pid, tid) -> thread name
+        self.probes: Optional[dict] = None              # the bpf_probes event: attached and missing probes
+        self.forked_from: Dict[int, int] = {}           # child pid -> parent pid
+
+
+def _key_t(e: dict) -> int:
+    return e["t"]
+
+
+def join(events: List[dict], header: Dict[str, Any]) -> Joined:
+    """One pass over the time-sorted events of every source."""
+    j = Joined()
+    default_pid = as_int(header.get("child_pid"))
+    usable = []
+    for e in events:
+        t = e.get("t")
+        if type(t) is not int:
+            t = as_int(t)
+            if t is None:
+                j.malformed += 1
+                continue
+            e = dict(e, t=t)
+        usable.append(e)
+    usable.sort(key=_key_t)
+
+    lives_cur: Dict[Tuple[int, int], Life] = {}
+    engines_cur: Dict[Tuple[int, int], EngineLife] = {}
+    agent_gc: Dict[Tuple[int, int], Collection] = {}       # (pid, cid) -> collection
+    agent_gc_open: Dict[Tuple[int, Any], Collection] = {}  # (pid, tid) -> running collection
+    bpf_gc_open: Dict[Tuple[int, Any], Collection] = {}
+    brackets: Dict[Tuple[int, Any], Life] = {}             # (pid, tid) -> life inside mysql_close
+    lives = j.lives
+    sources = j.sources
+    kinds = j.kinds
+
+    def life_for_open(pid, conn, layer_attr):
+        key = (pid, conn)
+        life = lives_cur.get(key)
+        if life is None or life.ended or getattr(life, layer_attr) is not None:
+            life = Life(pid, conn)
+            lives.append(life)
+            lives_cur[key] = life
+        return life
+
+    def life_for_close(pid, conn, layer_attr):
+        key = (pid, conn)
+        life = lives_cur.get(key)
+        if life is None or getattr(life, layer_attr) is not None:
+            life = Life(pid, conn)
+            lives.append(life)
+            lives_cur[key] = life
+        return life
+
+    def engine_for(pid, engine, t):
+        key = (pid, engine)
+        el = engines_cur.get(key)
+        if el is None:  # created before the capture, or its engine_create was lost
+            el = EngineLife(pid, engine, None, None)
+            j.engines.append(el)
+            engines_cur[key] = el
+        return el
+
+    for e in usable:
+        k = e.get("k")
+        t = e["t"]
+        src = e.get("src")
+        if isinstance(src, str):
+            sources[src] = sources.get(src, 0) + 1
+        kinds[k] = kinds.get(k, 0) + 1
+        if j.t_first is None:
+            j.t_first = t
+        j.t_last = t
+        pid = e.get("pid")
+        if type(pid) is not int:
+            pid = as_int(pid)
+            if pid is None:
+                pid = default_pid if default_pid is not None else 0
+        tid = e.get("tid")
+        if src == ev.SRC_AGENT and type(tid) is int and isinstance(e.get("thread"), str) and e["thread"]:
+            j.thread_names[(pid, tid)] = e["thread"]
+
+        if k == ev.CONN_OPEN or k == ev.CONN_FAIL:
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                j.malformed += 1
+                continue
+            key = (pid, conn)
+            cur = lives_cur.get(key)
+            if (k == ev.CONN_FAIL and cur is not None and not cur.ended and cur.agent_open is not None
+                    and not cur.failed):
+                cur.failed = True  # conn_open then conn_fail for the same attempt
+                continue
+            life = life_for_open(pid, conn, "agent_open")
+            life.agent_open = e
+            if k == ev.CONN_FAIL:
+                life.failed = True
+            if life.t_open is None or t < life.t_open:
+                life.t_open = t
+        elif k == ev.BPF_CONNECT:
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                j.malformed += 1
+                continue
+            life = life_for_open(pid, conn, "bpf_open")
+            life.bpf_open = e
+            if e.get("ok") is False or e.get("ok") == 0:
+                life.failed = True
+            if life.t_open is None or t < life.t_open:
+                life.t_open = t
+        elif k == ev.CONN_CLOSE or k == ev.CONN_DESTROY:
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                j.malformed += 1
+                continue
+            life = life_for_close(pid, conn, "agent_end")
+            life.agent_end = e
+            if k == ev.CONN_DESTROY and e.get("cause") == ev.GC:
+                c = None
+                cid = as_int(e.get("cid"))
+                if cid is not None:
+                    c = agent_gc.get((pid, cid))
+                if c is None:
+                    c = agent_gc_open.get((pid, tid))
+                life.agent_collection = c
+        elif k == ev.BPF_CLOSE:
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                j.malformed += 1
+                continue
+            life = life_for_close(pid, conn, "bpf_end")
+            life.bpf_end = e
+            brackets[(pid, tid)] = life
+            if e.get("cause") == ev.GC:
+                life.bpf_collection = bpf_gc_open.get((pid, tid))
+        elif k == ev.BPF_CLOSE_RET:
+            life = brackets.pop((pid, tid), None)
+            if life is not None:
+                life.bpf_ret = e
+        elif k == ev.BPF_WIRE:
+            life = brackets.get((pid, tid))
+            if life is None:
+                conn = as_int(e.get("conn"))
+                if conn is not None:
+                    life = lives_cur.get((pid, conn))
+            if life is not None:
+                head = e.get("head")
+                head = head.replace(" ", "").replace(":", "").lower() if isinstance(head, str) else ""
+                if life.wire is None:
+                    life.wire = [head]
+                else:
+                    life.wire.append(head)
+        elif k == ev.POOL:
+            engine = as_int(e.get("engine"))
+            el = engine_for(pid, engine, t) if engine is not None else None
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                continue
+            life = lives_cur.get((pid, conn))
+            if life is None or life.ended:
+                continue
+            if el is not None and life.engine is None:
+                life.engine = el
+                el.connections += 1
+            pev = e.get("ev")
+            if pev == "checkout":
+                life.checkouts += 1
+            elif pev in ("close", "close_detached", "invalidate", "soft_invalidate", "detach"):
+                if pev != "detach":
+                    life.pool_end = pev
+                err = e.get("error") or e.get("exc") or e.get("reason")
+                if pev in ("invalidate", "soft_invalidate") and isinstance(err, str) and _SERVER_GONE.search(err):
+                    life.server_error = err[:200]
+        elif k == ev.ENGINE_CREATE:
+            engine = as_int(e.get("engine"))
+            if engine is None:
+                j.malformed += 1
+                continue
+            el = EngineLife(pid, engine, t, e)
+            j.engines.append(el)
+            engines_cur[(pid, engine)] = el
+        elif k == ev.ENGINE_DISPOSE:
+            engine = as_int(e.get("engine"))
+            if engine is not None:
+                el = engine_for(pid, engine, t)
+                el.disposed += 1
+                if el.t_dispose is None:
+                    el.t_dispose = t
+        elif k == ev.ENGINE_DESTROY:
+            engine = as_int(e.get("engine"))
+            if engine is not None:
+                el = engine_for(pid, engine, t)
+                el.destroy = e
+                el.t_end = t
+                engines_cur.pop((pid, engine), None)
+                if e.get("cause") == ev.GC:
+                    cid = as_int(e.get("cid"))
+                    c = agent_gc.get((pid, cid)) if cid is not None else None
+                    if c is None:
+                        c = agent_gc_open.get((pid, tid))
+                    if c is not None:
+                        c.engines_destroyed += 1
+                        el.destroy_collection = c
+        elif k == ev.GC_START:
+            c = Collection(ev.SRC_AGENT, pid, as_int(tid), t, e)
+            if c.thread and c.tid is not None:
+                j.thread_names[(pid, c.tid)] = c.thread
+            j.collections.append(c)
+            j.gc_pids_agent.add(pid)
+            if c.cid is not None:
+                agent_gc[(pid, c.cid)] = c
+            agent_gc_open[(pid, tid)] = c
+            other = bpf_gc_open.get((pid, tid))
+            if other is not None and other.twin is None:
+                other.twin, c.twin = c, other
+        elif k == ev.GC_STOP:
+            cid = as_int(e.get("cid"))
+            c = agent_gc.get((pid, cid)) if cid is not None else None
+            if c is None:
+                c = agent_gc_open.get((pid, tid))
+            if c is not None:
+                c.t_stop = t
+                c.collected = as_int(e.get("collected"))
+                c.uncollectable = as_int(e.get("uncollectable"))
+                if c.gen is None:
+                    c.gen = as_int(e.get("gen"))
+                if agent_gc_open.get((pid, tid)) is c:
+                    del agent_gc_open[(pid, tid)]
+        elif k == ev.BPF_GC_START:
+            c = Collection(ev.SRC_BPF, pid, as_int(tid), t, e)
+            j.collections.append(c)
+            bpf_gc_open[(pid, tid)] = c
+            other = agent_gc_open.get((pid, tid))
+            if other is not None and other.twin is None:
+                other.twin, c.twin = c, other
+        elif k == ev.BPF_GC_DONE:
+            c = bpf_gc_open.pop((pid, tid), None)
+            if c is not None:
+                c.t_stop = t
+                collected = as_int(e.get("collected"))
+                c.collected = collected if collected is not None and collected >= 0 else None
+        elif k == ev.SERVER_COUNT:
+            n = as_int(e.get("count"))
+            if n is not None:
+                j.server_counts.append((t, n))
+        elif k == ev.CHILD_START:
+            if j.t0 is None:
+                j.t0 = t
+                j.root_pid = as_int(e.get("pid")) or default_pid
+        elif k == ev.CHILD_EXIT:
+            j.child_exit = (t, e.get("status"))
+        elif k == ev.BPF_EXIT:
+            j.exits[pid] = t
+        elif k == ev.BPF_FINALIZE:
+            j.finalize.setdefault(pid, t)
+        elif k == ev.AGENT_START:
+            j.pids[pid] = as_str(e.get("python")) or ""
+            parent = as_int(e.get("forked_from"))
+            if parent is not None:
+                j.forked_from[pid] = parent
+        elif k == ev.GC_COUNTS:
+            by_gen = e.get("by_gen")
+            if isinstance(by_gen, dict):
+                j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
+        elif k == _BPF_PROBES:
+            j.probes = e
+        elif k == ev.MODULE:
+            name, version = as_str(e.get("name")), as_str(e.get("version"))
+            if name and version:
+                j.modules.setdefault(name, version)
+        elif k == ev.AGENT_LOST:
+            j.agent_lost += as_int(e.get("n")) or 0
+        elif k == ev.BPF_STATS:
+            j.bpf_dropped = max(j.bpf_dropped, as_int(e.get("dropped")) or 0)
+        elif k == ev.TRACER_NOTE:
+            text = as_str(e.get("text"))
+            if text:
+                j.notes.append((t, as_str(e.get("level")) or "info", text))
+    return j

@@ -1,0 +1,222 @@
+"""The report model: one dataclass tree that every renderer receives finished.
+
+Field names follow the report JSON contract (DESIGN.md) wherever one exists; ``render_json``
+maps the few that cannot (``from`` is a keyword) and is the only place the contract is spelt.
+Times are ``t_s``: seconds since the traced program started (``child_start``).
+"""
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+SCHEMA = "trace-quit/report/1"
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclasses.dataclass
+class Program:
+    """The traced program: what ran, how it ended, how long it took."""
+
+    argv: List[str]
+    exit_status: Optional[int]
+    duration_s: Optional[float]
+    pid: Optional[int] = None
+    python: Optional[str] = None
+    modules: Dict[str, str] = dataclasses.field(default_factory=dict)  # MySQLdb, sqlalchemy versions
+
+
+@dataclasses.dataclass
+class Layers:
+    """Which recording layers ran (header, confirmed by the events present)."""
+
+    bpf: bool
+    agent: bool
+    sampler: bool
+    wire: bool = False  # the kernel's send probes: without them COM_QUITs are "unobserved"
+
+
+@dataclasses.dataclass
+class Connections:
+    """Connection counts over the whole capture."""
+
+    opened: int
+    com_quit: int              # client closes (explicit_close, refcount, gc, shutdown, unknown)
+    never_closed: int
+    max_live: int
+    max_live_t_s: Optional[float] = None
+    failed: int = 0            # connects that failed (their mysql_close sends nothing)
+    server: int = 0            # ended by the server first
+    open_at_end: int = 0       # still open when a truncated capture stopped (no cause yet)
+    opened_before_capture: int = 0  # closes whose open was not recorded
+
+
+@dataclasses.dataclass
+class ComQuit:
+    """Every connection end by cause, the GC ones by generation, and what the wire showed."""
+
+    by_cause: Dict[str, int]
+    gc_by_generation: Dict[str, int]
+    wire: Dict[str, int]
+
+
+@dataclasses.dataclass
+class CollectionSummary:
+    """One garbage collection that destroyed open connections."""
+
+    t_s: float
+    generation: Optional[int]
+    collected: Optional[int]
+    connections: int
+    thread: Optional[str]
+    triggered_at: Optional[str]
+    pid: int
+    cid: Optional[int] = None
+    duration_ms: Optional[float] = None
+    engines: int = 0           # distinct Engines the destroyed connections belonged to
+    call_sites: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Gc:
+    """Garbage collections: how many, of which generation, and the ones that closed connections."""
+
+    collections: int
+    by_generation: Dict[str, int]
+    that_closed_connections: List[CollectionSummary]
+
+
+@dataclasses.dataclass
+class Drop:
+    """A sudden fall in live client-side connections, explained."""
+
+    t_s: float
+    from_: int
+    to: int
+    duration_ms: float
+    cause: str
+    generation: Optional[int]
+    connections: int           # connection ends in this fall (opens during it make from-to smaller)
+    explanation: str
+    thread: Optional[str] = None
+    triggered_at: Optional[str] = None
+    collected: Optional[int] = None
+    call_sites: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Pattern:
+    """A repeating way connections die (e.g. every generation-1 collection)."""
+
+    cause: str
+    generation: Optional[int]
+    collections: int
+    every_s: float             # median interval
+    connections_each: int      # median connections per occurrence
+    min_each: int
+    max_each: int
+    total: int
+    regular: bool
+    text: str
+    drops: int = 0             # occurrences that were drops (a regular pattern of drops: a saw-tooth)
+
+
+@dataclasses.dataclass
+class EngineSite:
+    """All the Engines created at one create_engine() call site."""
+
+    call_site: str
+    created: int
+    disposed: int
+    connections: int
+    destroyed: Dict[str, int] = dataclasses.field(default_factory=dict)   # engine_destroy causes
+    pool_class: Optional[str] = None
+    pool_size: Optional[int] = None
+    max_overflow: Optional[int] = None
+    max_live_engines: int = 0
+    max_live_connections: int = 0
+    max_live_connections_t_s: Optional[float] = None
+    engines_at_max: int = 0     # distinct Engines holding those connections at that moment
+    connections_by_cause: Dict[str, int] = dataclasses.field(default_factory=dict)
+    gc_by_generation: Dict[str, int] = dataclasses.field(default_factory=dict)
+    urls: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Finding:
+    """Something to fix, with the evidence and the fix, tied to a call site when there is one."""
+
+    severity: str              # error | warning | info
+    title: str
+    evidence: str
+    fix: str
+    call_site: Optional[str] = None
+    count: Optional[int] = None
+
+
+class Quit:
+    """One connection end: the COM_QUIT (or its absence) with its cause and evidence."""
+
+    __slots__ = ("t_s", "pid", "tid", "conn", "cause", "generation", "collection", "wire",
+                 "thread", "engine_site", "opened_t_s", "stack", "reason", "closed_by")
+
+    def __init__(self, t_s, pid, tid, conn, cause, generation, collection, wire, thread,
+                 engine_site, opened_t_s, stack, reason, closed_by):
+        self.t_s = t_s
+        self.pid = pid
+        self.tid = tid
+        self.conn = conn
+        self.cause = cause
+        self.generation = generation
+        self.collection = collection
+        self.wire = wire
+        self.thread = thread
+        self.engine_site = engine_site
+        self.opened_t_s = opened_t_s
+        self.stack = stack
+        self.reason = reason
+        self.closed_by = closed_by
+
+
+@dataclasses.dataclass
+class Timeline:
+    """Plot-ready series (downsampled, drops kept): live connections, server count, collections, COM_QUITs."""
+
+    live: List[List[float]]                 # [t_s, live] steps
+    server: List[List[float]]               # [t_s, count] samples
+    collections: Dict[str, List[Any]]       # t_s, generation, destroyed (parallel lists)
+    quit_bin_s: float                       # width of the COM_QUIT histogram bins
+    quit_bins: Dict[str, List[int]]         # cause ("gc.N" per generation) -> counts per bin i (from i * quit_bin_s)
+    end_s: float = 0.0
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything one capture says, explained."""
+
+    path: str
+    capture_status: str         # complete | truncated | damaged
+    capture_detail: str         # e.g. "damaged at line 812"
+    program: Program
+    layers: Layers
+    connections: Connections
+    com_quit: ComQuit
+    gc: Gc
+    drops: List[Drop]
+    patterns: List[Pattern]
+    engines: List[EngineSite]
+    findings: List[Finding]
+    lost_events: int
+    lost_by_source: Dict[str, int]
+    summary: List[str]
+    quits: List[Quit]
+    timeline: Timeline
+    notes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: int = 0
+    malformed: int = 0
+    schema: str = SCHEMA
+
+    @property
+    def name(self) -> str:
+        """A short label for comparisons: the capture's file name."""
+        import os
+        return os.path.basename(self.path) or self.path

@@ -1,0 +1,315 @@
+"""build_report(capture) -> Report: join, attribute, timeline, drops, engines, findings.
+
+The order of the pipeline is the order of DESIGN.md's picture: load → join → attribute →
+timeline → drops → causes. Nothing here formats output; renderers receive the Report.
+"""
+
+from collections import Counter
+from typing import Any, Dict, List, Optional
+
+from trace_quit.tracer import events as ev
+
+from . import drops as dropslib
+from . import engines as engineslib
+from . import findings as findingslib
+from .attribute import Context, attribute
+from .capture import Capture
+from .join import Collection, Joined, as_int, join
+from .model import (
+    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline,
+)
+from .sites import app_frame, relative_site
+from .timeline import LiveCurve, envelope, quit_histogram, quit_key
+
+#: The syscalls whose tracepoints see the bytes mysql_close sends (tracer/bpf/session.py).
+_SEND_TRACEPOINTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_writev",
+                     "syscalls:sys_enter_sendmsg")
+
+#: The connection ends that are a client-side close (the client sent, or meant to send, COM_QUIT).
+CLIENT_CLOSES = (ev.EXPLICIT_CLOSE, ev.REFCOUNT, ev.GC, ev.SHUTDOWN, ev.UNKNOWN)
+
+
+def _gen_dict(counter: Counter) -> Dict[str, int]:
+    out = {"0": counter.get(0, 0), "1": counter.get(1, 0), "2": counter.get(2, 0)}
+    for g, n in sorted(counter.items(), key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0)):
+        if g in (0, 1, 2):
+            continue
+        out["unknown" if g is None else str(g)] = n
+    return out
+
+
+def _layers(header: Dict[str, Any], j: Joined) -> Layers:
+    declared = header.get("layers") if isinstance(header.get("layers"), dict) else {}
+    agent = bool(declared.get("agent")) or j.sources.get(ev.SRC_AGENT, 0) > 0
+    bpf = bool(declared.get("bpf")) or j.sources.get(ev.SRC_BPF, 0) > 0
+    sampler = bool(declared.get("sampler")) or bool(j.server_counts)
+    return Layers(bpf=bpf, agent=agent, sampler=sampler, wire=bpf and _wire_attached(declared, j))
+
+
+def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
+    """Were the kernel's send probes attached? Only then does silence mean "not sent"."""
+    if j.probes is not None:
+        attached = j.probes.get("probes")
+        if isinstance(attached, list):
+            return any(isinstance(p, dict) and isinstance(p.get("symbol"), str)
+                       and p["symbol"].startswith(_SEND_TRACEPOINTS) for p in attached)
+    if "wire" in declared:
+        return bool(declared["wire"])
+    # No description of the probes: only a send actually seen proves them.
+    return j.kinds.get(ev.BPF_WIRE, 0) > 0
+
+
+def _lost(trailer: Optional[Dict[str, Any]], j: Joined) -> Dict[str, int]:
+    lost = {ev.SRC_AGENT: j.agent_lost, ev.SRC_BPF: j.bpf_dropped}
+    declared = trailer.get("lost") if trailer else None
+    if isinstance(declared, dict):
+        for src, n in declared.items():
+            if isinstance(n, int) and not isinstance(n, bool) and isinstance(src, str):
+                lost[src] = max(lost.get(src, 0), n)
+    elif isinstance(declared, int) and not isinstance(declared, bool):
+        known = sum(lost.values())
+        if declared > known:
+            lost["unattributed"] = declared - known
+    return {s: n for s, n in lost.items() if n}
+
+
+class _Collections:
+    """The capture's collections seen three ways: counted, drawn, and the ones that closed connections."""
+
+    def __init__(self, j: Joined):
+        agent = [c for c in j.collections if c.src == ev.SRC_AGENT]
+        bpf = [c for c in j.collections if c.src == ev.SRC_BPF]
+        # Every collection that destroyed a connection, once (attribution reports the agent's
+        # record of a collection both layers saw).
+        self.closing = [c for c in j.collections if c.lives]
+        # Counts: the agent's cumulative gc_counts per process (it writes young collections
+        # out only when they destroyed something), else the kernel's records, else the agent's.
+        counts: Counter = Counter()
+        bpf_pids = {c.pid for c in bpf}
+        pids = set(j.gc_counts) | bpf_pids | {c.pid for c in agent}
+        for pid in pids:
+            if pid in j.gc_counts:
+                for g, n in j.gc_counts[pid].items():
+                    counts[as_int(g)] += n
+            else:
+                src = bpf if pid in bpf_pids else agent
+                counts.update(c.gen for c in src if c.pid == pid)
+        self.counts = counts
+        # Drawn: every collection the kernel saw (complete, young ones too), plus any the agent
+        # alone saw; without the kernel, the agent's records.
+        if bpf:
+            self.drawn = bpf + [c for c in agent if c.twin is None]
+        else:
+            self.drawn = agent
+        self.drawn.sort(key=lambda c: c.t_start)
+
+    @staticmethod
+    def destroyed(c: Collection) -> int:
+        """Connections a collection destroyed, whichever layer's record holds them."""
+        return len(c.lives) + (len(c.twin.lives) if c.twin is not None else 0)
+
+
+def build_report(capture: Capture) -> Report:
+    """Explain one capture."""
+    header = capture.header if isinstance(capture.header, dict) else {}
+    trailer = capture.trailer if isinstance(capture.trailer, dict) else None
+    j = join(capture.events, header)
+    cwd = header.get("cwd") if isinstance(header.get("cwd"), str) else None
+
+    t0 = j.t0
+    if t0 is None:
+        ht = header.get("t")
+        t0 = ht if type(ht) is int else (j.t_first or 0)
+
+    def to_s(t: int) -> float:
+        return round((t - t0) / 1e9, 3)
+
+    layers = _layers(header, j)
+
+    # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
+    finished = trailer is not None or j.child_exit is not None
+    end_all = j.child_exit[0] if j.child_exit else (trailer.get("t") if trailer and type(trailer.get("t")) is int else j.t_last)
+
+    def process_ended(pid: int) -> Optional[int]:
+        t = j.exits.get(pid)
+        if t is not None:
+            return t
+        if finished:
+            return end_all
+        return None
+
+    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+    ended = []
+    failed = open_at_end = before_capture = opened = 0
+    for life in j.lives:
+        if life.failed:
+            failed += 1
+            continue
+        attribute(life, ctx)
+        if life.opened:
+            opened += 1
+        elif life.cause is not None:
+            before_capture += 1
+        if life.cause is None:
+            open_at_end += 1
+        else:
+            ended.append(life)
+
+    # --- counts ---------------------------------------------------------------------------
+    by_cause = Counter(lf.cause for lf in ended)
+    gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
+    wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
+    curve = LiveCurve(j.lives)
+    max_live, max_t = curve.maximum()
+    connections = Connections(
+        opened=opened, com_quit=sum(by_cause[c] for c in CLIENT_CLOSES), never_closed=by_cause[ev.NEVER_CLOSED],
+        max_live=max_live, max_live_t_s=to_s(max_t) if max_t is not None else None, failed=failed,
+        server=by_cause[ev.SERVER], open_at_end=open_at_end, opened_before_capture=before_capture)
+    com_quit = ComQuit(by_cause={c: by_cause.get(c, 0) for c in ev.CAUSES},
+                       gc_by_generation=_gen_dict(gc_gen),
+                       wire={w: wire.get(w, 0) for w in ev.WIRE_STATES})
+
+    # --- collections ----------------------------------------------------------------------
+    origins = dropslib.Origins(cwd, j.thread_names)
+    colls = _Collections(j)
+    closing = []
+    for c in sorted(colls.closing, key=lambda c: c.t_start):
+        closing.append(CollectionSummary(
+            t_s=to_s(c.t_start), generation=c.gen, collected=c.collected, connections=len(c.lives),
+            thread=c.thread or (("tid %d" % c.tid) if c.tid is not None else None),
+            triggered_at=relative_site(c.site, cwd), pid=c.pid, cid=c.cid,
+            duration_ms=round((c.t_stop - c.t_start) / 1e6, 3) if c.t_stop is not None else None,
+            engines=len({id(lf.engine) for lf in c.lives if lf.engine is not None}),
+            call_sites=origins.call_sites(c.lives)[:3]))
+    gc = Gc(collections=sum(colls.counts.values()), by_generation=_gen_dict(colls.counts),
+            that_closed_connections=closing)
+
+    # --- program --------------------------------------------------------------------------
+    exit_status = None
+    if trailer is not None and isinstance(trailer.get("exit_status"), int):
+        exit_status = trailer["exit_status"]
+    elif j.child_exit is not None and isinstance(j.child_exit[1], int):
+        exit_status = j.child_exit[1]
+    t_stop = j.child_exit[0] if j.child_exit else j.t_last
+    duration_s = to_s(t_stop) if t_stop is not None else None
+    argv = header.get("argv")
+    argv = [str(a) for a in argv] if isinstance(argv, list) else []
+    python = next((v for v in j.pids.values() if v), None)
+    program = Program(argv=argv, exit_status=exit_status, duration_s=duration_s,
+                      pid=j.root_pid or (header.get("child_pid") if isinstance(header.get("child_pid"), int) else None),
+                      python=python, modules=dict(j.modules))
+
+    # --- drops, patterns, engines, findings -------------------------------------------------
+    drop_collections: set = set()
+    drops = dropslib.find_drops(ended, curve, max_live, to_s, origins, exit_status, drop_collections)
+    patterns = dropslib.find_patterns(colls.closing, drop_collections)
+    engines = engineslib.summarise(j.engines, j.lives, cwd, to_s)
+    lost = _lost(trailer, j)
+    notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
+    capture_status = ("damaged" if capture.damaged_at_line is not None
+                      else "truncated" if capture.trailer is None else "complete")
+    findings = findingslib.find(
+        connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
+        layers=layers, ended=ended, origins=origins, capture_status=capture_status,
+        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=j.malformed)
+
+    # --- per-COM_QUIT records and the timeline ---------------------------------------------
+    quits = []
+    site_cache: Dict[int, Optional[str]] = {}
+    for lf in sorted(ended, key=lambda x: x.t_end):
+        site = None
+        if lf.engine is not None:
+            key = id(lf.engine)
+            if key not in site_cache:
+                site_cache[key] = origins.engine_site(lf)
+            site = site_cache[key]
+        a = lf.agent_end
+        stack = a.get("stack") if a is not None and lf.cause == ev.EXPLICIT_CLOSE else None
+        thread = origins.end_thread(lf)
+        if thread is None and lf.collection is not None:
+            thread = lf.collection.thread
+        quits.append(Quit(
+            t_s=to_s(lf.t_end), pid=lf.pid, tid=lf.end_tid, conn=lf.conn, cause=lf.cause,
+            generation=lf.generation, collection=lf.collection.cid if lf.collection is not None else None,
+            wire=lf.wire_state, thread=thread, engine_site=site,
+            opened_t_s=to_s(lf.t_open) if lf.t_open is not None else None,
+            stack=stack if isinstance(stack, list) else None, reason=lf.reason,
+            closed_by=lf.pool_end and ("pool " + lf.pool_end)))
+    end_s = max(duration_s or 0.0, quits[-1].t_s if quits else 0.0)
+    bin_s, bins = quit_histogram([(q.t_s, quit_key(q.cause, q.generation)) for q in quits], end_s)
+    timeline = Timeline(
+        live=envelope(curve.times, curve.values, t0, curve.initial),
+        server=[[to_s(t), n] for t, n in j.server_counts],
+        collections={"t_s": [to_s(c.t_start) for c in colls.drawn],
+                     "generation": [c.gen for c in colls.drawn],
+                     "destroyed": [colls.destroyed(c) for c in colls.drawn]},
+        quit_bin_s=bin_s, quit_bins=bins, end_s=end_s)
+    if len(timeline.server) > 4 * len(timeline.live) and len(timeline.server) > 8000:
+        step = len(timeline.server) // 8000 + 1
+        timeline.server = timeline.server[::step]
+
+    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers)
+    return Report(
+        path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
+        layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
+        engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
+        summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
+        malformed=j.malformed)
+
+
+_CAUSE_PROSE = {
+    ev.EXPLICIT_CLOSE: "by close()",
+    ev.REFCOUNT: "when their last reference went away",
+    ev.GC: "by the garbage collector",
+    ev.SHUTDOWN: "at interpreter shutdown",
+    ev.UNKNOWN: "for an unknown cause",
+}
+
+
+def _summary(connections, com_quit, gc, drops, patterns, engines, layers) -> List[str]:
+    """The explanation in a few sentences, most important first."""
+    fi, pl = dropslib.fmt_int, dropslib.plural
+    out = []
+    parts = []
+    for cause in CLIENT_CLOSES:
+        n = com_quit.by_cause.get(cause, 0)
+        if cause == ev.EXPLICIT_CLOSE or n:
+            text = "%s %s" % (fi(n), _CAUSE_PROSE[cause])
+            if cause == ev.GC and n:
+                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
+                                            for g, k in com_quit.gc_by_generation.items() if k)
+            parts.append(text)
+    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
+    if parts:
+        line += ": " + ", ".join(parts)
+    out.append(line + ".")
+    if connections.never_closed:
+        out.append("%s never closed (no COM_QUIT)." % pl(connections.never_closed, "connection was",
+                                                          "connections were"))
+    if connections.server:
+        out.append("%s ended by the server first." % pl(connections.server, "connection was", "connections were"))
+    out.append("At most %s open at once%s." % (
+        pl(connections.max_live, "connection was", "connections were"),
+        " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))
+    if drops:
+        big = max(drops, key=lambda d: (d.from_ - d.to, d.connections))
+        out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
+    for p in patterns:
+        if p.regular and p.drops:
+            out.append("Periodically, %s." % p.text)
+    with_engines = sum(s.connections for s in engines)
+    if engines and with_engines:
+        top = engines[0]
+        if len(engines) == 1:
+            scope = "All" if with_engines == connections.opened + connections.opened_before_capture else fi(with_engines) + " of the"
+            out.append("%s %s belonged to %s created at %s (%s disposed)." % (
+                scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.call_site,
+                fi(top.disposed)))
+        else:
+            out.append("%s belonged to Engines from %d call sites; most (%s) to %s created at %s." % (
+                pl(with_engines, "connection"), len(engines), fi(top.connections), pl(top.created, "Engine"),
+                top.call_site))
+    missing = [name for name, on in (("eBPF", layers.bpf), ("agent", layers.agent)) if not on]
+    if missing:
+        out.append("Missing layer: %s (see findings)." % " and ".join(missing))
+    return out

@@ -1,0 +1,61 @@
+"""Call sites: which frame of a Python stack is the program's own, and how to print it.
+
+The agent records stacks as lists of ``"file:line in func"`` strings, innermost frame first
+(the order ``sys._getframe()`` walks ``f_back``). The program's frame is the innermost one
+that is not in the standard library, site-packages, MySQLdb, SQLAlchemy or trace-quit itself:
+that is the line a user can change.
+"""
+
+import os
+from typing import Optional, Sequence
+
+# Path fragments of code the user does not own. "/lib/python3" covers the standard library
+# of every CPython 3.x layout (pyenv, Debian, venvs point back to it).
+_LIBRARY_MARKERS = (
+    "/site-packages/", "/dist-packages/", "/lib/python3", "/lib64/python3", "<frozen", "<string>",
+    "/MySQLdb/", "/sqlalchemy/", "/trace_quit/", "/tracer/agent/",
+)
+
+
+def frame_file(frame: str) -> str:
+    """The file part of ``"file:line in func"``."""
+    head = frame.split(" in ", 1)[0]
+    file, _, line = head.rpartition(":")
+    return file if line.isdigit() else head
+
+
+def is_library_frame(frame: str) -> bool:
+    """True for frames in the standard library, installed packages or trace-quit."""
+    path = frame_file(frame)
+    return any(m in path for m in _LIBRARY_MARKERS)
+
+
+def app_frame(stack: Optional[Sequence]) -> Optional[str]:
+    """The innermost frame of ``stack`` that belongs to the program (else the innermost frame)."""
+    if not stack or not isinstance(stack, (list, tuple)):
+        return None
+    frames = [f for f in stack if isinstance(f, str) and f]
+    if not frames:
+        return None
+    for f in frames:
+        if not is_library_frame(f):
+            return f
+    return frames[0]
+
+
+def relative_site(site: Optional[str], cwd: Optional[str]) -> Optional[str]:
+    """``site`` with its path made relative to the program's working directory when under it."""
+    if not site or not isinstance(site, str):
+        return None
+    if cwd and isinstance(cwd, str) and site.startswith(cwd.rstrip(os.sep) + os.sep):
+        return site[len(cwd.rstrip(os.sep)) + 1:]
+    return site
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut from the left with an ellipsis so it fits ``width`` (paths keep their tail)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[-width:] if width > 0 else ""
+    return "…" + text[-(width - 1):]
