@@ -1,0 +1,140 @@
+"""The timeline plot (matplotlib, Agg): live connections, server count, collections, COM_QUITs by cause.
+
+Drawn from the finished report's Timeline only. Returned as an SVG document (dense artists
+rasterised inside it, so a million-event capture still gives a small file) or PNG bytes.
+"""
+
+import io
+from typing import Optional, Sequence
+
+from trace_quit.tracer import events as ev
+
+from .model import Report
+
+CAUSE_COLORS = {
+    ev.EXPLICIT_CLOSE: "#2e7d32", ev.REFCOUNT: "#0288d1", ev.GC: "#c62828", ev.SHUTDOWN: "#7b1fa2",
+    ev.NEVER_CLOSED: "#f9a825", ev.SERVER: "#6d4c41", ev.UNKNOWN: "#9e9e9e",
+}
+GEN_COLORS = {0: "#90a4ae", 1: "#fb8c00", 2: "#c62828"}
+
+
+def series_color(key: str) -> str:
+    """Colour of a COM_QUIT histogram series ("gc.2" takes its generation's colour)."""
+    cause, _, gen = key.partition(".")
+    if cause == ev.GC and gen.isdigit() and int(gen) in GEN_COLORS:
+        return GEN_COLORS[int(gen)]
+    return CAUSE_COLORS.get(cause, "#9e9e9e")
+
+
+def series_label(key: str) -> str:
+    """Legend text of a histogram series."""
+    cause, _, gen = key.partition(".")
+    return "gc gen %s" % gen if cause == ev.GC else cause
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def figure(report: Report, xmax: Optional[float] = None):
+    """The matplotlib Figure for one report (x axis in seconds since start)."""
+    plt = _pyplot()
+    tl = report.timeline
+    fig, (ax, axg, axq) = plt.subplots(
+        3, 1, figsize=(10, 5.6), sharex=True, gridspec_kw={"height_ratios": [5, 1, 2.2], "hspace": 0.08})
+    dense = len(tl.live) > 2000
+
+    # Live client-side connections (steps), server samples, and collections that closed connections.
+    if tl.live:
+        xs = [p[0] for p in tl.live]
+        ys = [p[1] for p in tl.live]
+        end = max(tl.end_s, xs[-1])
+        xs.append(end)
+        ys.append(ys[-1])
+        ax.step(xs, ys, where="post", color="#1565c0", lw=1.2, label="live connections (client)",
+                rasterized=dense)
+    if tl.server:
+        ax.plot([p[0] for p in tl.server], [p[1] for p in tl.server], ".", ms=2, color="#555555",
+                label="server PROCESSLIST count", rasterized=len(tl.server) > 2000)
+    ts, gens, destroyed = tl.collections.get("t_s", []), tl.collections.get("generation", []), \
+        tl.collections.get("destroyed", [])
+    for gen in (2, 1, 0):
+        xs = [t for t, g, d in zip(ts, gens, destroyed) if g == gen and d]
+        if xs:
+            ax.vlines(xs, 0, 1, transform=ax.get_xaxis_transform(), colors=GEN_COLORS[gen],
+                      lw=1.6 if gen == 2 else 0.8, alpha=0.8 if gen == 2 else 0.5,
+                      label="gen-%d collection that closed connections" % gen, rasterized=len(xs) > 2000)
+    ax.set_ylabel("connections")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
+    ax.set_title(report.name, fontsize=10, loc="left")
+
+    # Every collection as a tick, one row per generation.
+    rows, colors, offsets = [], [], []
+    for gen in (0, 1, 2):
+        xs = [t for t, g in zip(ts, gens) if g == gen]
+        rows.append(xs)
+        colors.append(GEN_COLORS[gen])
+        offsets.append(gen)
+    if any(rows):
+        axg.eventplot(rows, lineoffsets=offsets, linelengths=0.8, colors=colors, linewidths=0.6,
+                      rasterized=sum(map(len, rows)) > 2000)
+    axg.set_yticks([0, 1, 2])
+    axg.set_yticklabels(["gen 0", "gen 1", "gen 2"], fontsize=7)
+    axg.set_ylim(-0.6, 2.6)
+    axg.set_ylabel("GC", fontsize=8)
+
+    # COM_QUITs per bin, stacked by cause.
+    width = tl.quit_bin_s
+    bottom = None
+    for key, counts in tl.quit_bins.items():
+        if not counts:
+            continue
+        xs = [i * width for i in range(len(counts))]
+        if bottom is None:
+            bottom = [0] * len(counts)
+        if len(bottom) < len(counts):
+            bottom.extend([0] * (len(counts) - len(bottom)))
+        axq.bar(xs, counts, width=width, bottom=bottom[:len(counts)], align="edge",
+                color=series_color(key), label=series_label(key), linewidth=0)
+        bottom = [b + c for b, c in zip(bottom, counts)] + bottom[len(counts):]
+    axq.set_ylabel("COM_QUIT / %gs" % width, fontsize=8)
+    axq.set_xlabel("seconds since the program started")
+    if tl.quit_bins:
+        axq.legend(loc="upper left", fontsize=7, ncol=4, framealpha=0.85)
+    axq.grid(alpha=0.25)
+    right = xmax if xmax else max(tl.end_s, 1e-3)
+    ax.set_xlim(0, right * 1.01)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=0.09)
+    return fig
+
+
+def timeline_svg(report: Report, xmax: Optional[float] = None) -> str:
+    """The plot as a standalone SVG document (text)."""
+    plt = _pyplot()
+    fig = figure(report, xmax)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", dpi=110)
+    plt.close(fig)
+    svg = buf.getvalue()
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
+
+
+def timeline_png(report: Report, xmax: Optional[float] = None) -> bytes:
+    """The plot as PNG bytes."""
+    plt = _pyplot()
+    fig = figure(report, xmax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def common_xmax(reports: Sequence[Report]) -> float:
+    """One x range for side-by-side plots."""
+    return max([r.timeline.end_s for r in reports] + [1e-3])

@@ -1,0 +1,68 @@
+"""render(reports, fmt, stream/path, color): the one entry point of every renderer."""
+
+import os
+import sys
+from typing import IO, Optional, Sequence, Union
+
+from .model import Report
+
+FORMATS = ("text", "json", "html")
+
+
+def want_color(stream: Optional[IO]) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: Optional[IO] = None,
+           path: Optional[str] = None, color: Optional[bool] = None) -> str:
+    """Render one report (or several side by side) as text, json or html.
+
+    Writes to ``path`` (created or replaced) or ``stream`` when given, and returns the text.
+    ``color=None`` means: colour when ``stream`` is a tty and NO_COLOR is unset (text only).
+    """
+    if isinstance(reports, Report):
+        reports = [reports]
+    reports = list(reports)
+    if not reports:
+        raise ValueError("render() needs at least one report")
+    if fmt not in FORMATS:
+        raise ValueError("unknown format %r: use one of %s" % (fmt, ", ".join(FORMATS)))
+    if fmt == "text":
+        from . import render_text
+        if color is None:
+            color = path is None and want_color(stream)
+        out = render_text.render(reports, color=bool(color))
+    elif fmt == "json":
+        from . import render_json
+        out = render_json.render(reports)
+    else:
+        from . import render_html
+        out = render_html.render(reports)
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(out)
+    elif stream is not None:
+        _write(stream, out, fmt)
+    return out
+
+
+def _write(stream: IO, text: str, fmt: str) -> None:
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        "█→·✓–…×═".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        if fmt == "text":
+            from .render_text import ASCII
+            text = text.translate(ASCII)
+        text = text.encode(encoding, "replace").decode(encoding, "replace")
+    stream.write(text)
+    try:
+        stream.flush()
+    except (AttributeError, ValueError, OSError):
+        pass

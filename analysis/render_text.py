@@ -1,0 +1,223 @@
+"""The text report: fits 100 columns; colour only when asked (a tty without NO_COLOR)."""
+
+import textwrap
+from typing import List, Optional, Sequence
+
+from trace_quit.tracer import events as ev
+
+from .drops import fmt_int, fmt_s
+from .model import Report
+from .sites import shorten
+
+WIDTH = 100
+BAR = 40
+MAX_COLLECTIONS = 10
+MAX_DROPS = 12
+
+_COLORS = {"bold": "1", "dim": "2", "red": "31", "yellow": "33", "cyan": "36", "green": "32", "magenta": "35"}
+_SEVERITY_COLOR = {"error": "red", "warning": "yellow", "info": "cyan"}
+_CAUSE_COLOR = {ev.EXPLICIT_CLOSE: "green", ev.REFCOUNT: "cyan", ev.GC: "red", ev.SHUTDOWN: "magenta",
+                ev.NEVER_CLOSED: "yellow", ev.SERVER: "yellow", ev.UNKNOWN: "dim"}
+
+#: For streams that cannot encode them (LANG=C).
+ASCII = str.maketrans({"█": "#", "→": "->", "·": "|", "✓": "yes", "–": "-", "—": "-", "…": "...",
+                       "×": "x", "≤": "<=", "═": "="})
+
+
+class _Out:
+    def __init__(self, color: bool):
+        self.color = color
+        self.lines: List[str] = []
+
+    def c(self, text: str, *styles: str) -> str:
+        if not self.color or not styles:
+            return text
+        codes = ";".join(_COLORS[s] for s in styles if s in _COLORS)
+        return "\x1b[%sm%s\x1b[0m" % (codes, text)
+
+    def add(self, line: str = "") -> None:
+        self.lines.append(line)
+
+    def wrap(self, text: str, indent: int, first: Optional[str] = None, style: Sequence[str] = ()) -> None:
+        """Wrap ``text`` to WIDTH; ``first`` replaces the first line's indent (same visible width)."""
+        pad = " " * indent
+        lines = textwrap.wrap(text, WIDTH - indent, break_long_words=True, break_on_hyphens=False) or [""]
+        for i, line in enumerate(lines):
+            prefix = first if (i == 0 and first is not None) else pad
+            self.add(prefix + self.c(line, *style))
+
+    def heading(self, text: str) -> None:
+        self.add()
+        self.add(self.c(text, "bold"))
+
+
+def _yes(on: bool) -> str:
+    return "✓" if on else "–"
+
+
+def _one(o: _Out, r: Report) -> None:
+    p = r.program
+    o.add(o.c("trace-quit report", "bold") + "  " + shorten(r.path, WIDTH - 40) + "  (" + r.capture_detail + ")")
+    cmd = " ".join(p.argv) or "(argv unknown)"
+    facts = []
+    if p.exit_status is not None:
+        facts.append("exit %s" % p.exit_status)
+    if p.duration_s is not None:
+        facts.append("%s s" % fmt_s(p.duration_s))
+    if p.python:
+        facts.append("Python " + p.python)
+    for name in ("MySQLdb", "mysqlclient", "sqlalchemy", "SQLAlchemy"):
+        if name in p.modules:
+            facts.append("%s %s" % (name, p.modules[name]))
+    if len(cmd) > WIDTH - 10:  # keep the program's start (what ran), cut its tail
+        cmd = cmd[:WIDTH - 11] + "…"
+    o.add("program   " + cmd)
+    if facts:
+        o.add("          " + "  ·  ".join(facts))
+    L = r.layers
+    o.add("layers    eBPF %s · agent %s · wire %s · server sampler %s · lost events %s" % (
+        _yes(L.bpf), _yes(L.agent), _yes(L.wire), _yes(L.sampler), fmt_int(r.lost_events)))
+
+    o.heading("SUMMARY")
+    for s in r.summary:
+        o.wrap(s, 4, first="  • ")
+
+    c = r.connections
+    o.heading("CONNECTIONS")
+    line = "  %s opened · %s COM_QUIT · %s never closed · max %s live" % (
+        fmt_int(c.opened), fmt_int(c.com_quit), fmt_int(c.never_closed), fmt_int(c.max_live))
+    if c.max_live_t_s is not None:
+        line += " (at %s s)" % fmt_s(c.max_live_t_s)
+    o.add(line)
+    extra = []
+    if c.failed:
+        extra.append("%s failed connects" % fmt_int(c.failed))
+    if c.server:
+        extra.append("%s ended by the server" % fmt_int(c.server))
+    if c.open_at_end:
+        extra.append("%s still open when the capture stopped" % fmt_int(c.open_at_end))
+    if c.opened_before_capture:
+        extra.append("%s opened before the capture" % fmt_int(c.opened_before_capture))
+    if extra:
+        o.add("  " + " · ".join(extra))
+
+    q = r.com_quit
+    o.heading("COM_QUIT BY CAUSE")
+    w = q.wire
+    o.add("  wire: %s confirmed · %s not sent · %s encrypted · %s unobserved" % (
+        fmt_int(w.get("confirmed", 0)), fmt_int(w.get("not_sent", 0)), fmt_int(w.get("encrypted", 0)),
+        fmt_int(w.get("unobserved", 0))))
+    top = max(q.by_cause.values()) if q.by_cause else 0
+    for cause in ev.CAUSES:
+        n = q.by_cause.get(cause, 0)
+        bar = "█" * (max(1, round(BAR * n / top)) if n and top else 0)
+        line = "  %-15s %8s  %s" % (cause, fmt_int(n), o.c(bar, _CAUSE_COLOR.get(cause, "")))
+        if cause == ev.GC and n:
+            line += "  " + " · ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in q.gc_by_generation.items() if k)
+        o.add(line.rstrip())
+
+    g = r.gc
+    o.heading("GARBAGE COLLECTIONS")
+    o.add("  %s (%s); %s destroyed open connections" % (
+        fmt_int(g.collections), " · ".join("gen %s: %s" % (k, fmt_int(v)) for k, v in g.by_generation.items()),
+        fmt_int(len(g.that_closed_connections))))
+    if g.that_closed_connections:
+        order = sorted(range(len(g.that_closed_connections)),
+                       key=lambda i: -g.that_closed_connections[i].connections)[:MAX_COLLECTIONS]
+        shown = [g.that_closed_connections[i] for i in sorted(order)]  # the largest, in time order
+        o.add(o.c("  %9s  %3s  %10s  %6s  %-22s  %s" % ("t (s)", "gen", "objects", "conns", "thread",
+                                                       "triggered at"), "dim"))
+        for s in shown:
+            o.add(("  %9s  %3s  %10s  %6s  %-22s  %s" % (
+                fmt_s(s.t_s), "?" if s.generation is None else s.generation,
+                "?" if s.collected is None else fmt_int(s.collected), fmt_int(s.connections),
+                shorten(s.thread or "?", 22), shorten(s.triggered_at or "?", WIDTH - 63))).rstrip())
+        if len(g.that_closed_connections) > len(shown):
+            o.add(o.c("  … %s more (all in --format json)" % fmt_int(len(g.that_closed_connections) - len(shown)),
+                      "dim"))
+
+    o.heading("DROPS IN LIVE CONNECTIONS")
+    if not r.drops:
+        o.add("  none")
+    drops = r.drops
+    if len(drops) > MAX_DROPS:
+        drops = sorted(sorted(drops, key=lambda d: -(d.from_ - d.to))[:MAX_DROPS], key=lambda d: d.t_s)
+    for d in drops:
+        what = d.cause + (" gen %d" % d.generation if d.generation is not None else "")
+        o.add("  %9s s  %s → %s  (%s ms)  %s" % (fmt_s(d.t_s), fmt_int(d.from_), fmt_int(d.to),
+                                                ("%.1f" % d.duration_ms), o.c(what, _CAUSE_COLOR.get(d.cause, ""))))
+        o.wrap(d.explanation, 6)
+    if len(r.drops) > len(drops):
+        o.add(o.c("  … %s smaller drops (all in --format json)" % fmt_int(len(r.drops) - len(drops)), "dim"))
+
+    if r.patterns:
+        o.heading("PATTERNS")
+        for pat in r.patterns:
+            o.wrap(pat.text, 4, first="  • ")
+
+    if r.engines:
+        o.heading("ENGINES (create_engine() call sites)")
+        for s in r.engines:
+            o.add("  " + shorten(s.call_site, WIDTH - 2))
+            pool = s.pool_class or "pool ?"
+            if s.pool_size is not None:
+                pool += " %d+%s" % (s.pool_size, s.max_overflow if s.max_overflow is not None else "?")
+            o.wrap("%s created · %s disposed · %s connections · %s · up to %s alive at once, holding up to %s "
+                   "connections" % (fmt_int(s.created), fmt_int(s.disposed), fmt_int(s.connections), pool,
+                                    fmt_int(s.max_live_engines), fmt_int(s.max_live_connections)), 6)
+            if s.connections_by_cause:
+                o.wrap("ended by: " + ", ".join("%s %s" % (k, fmt_int(v)) for k, v in s.connections_by_cause.items()), 6)
+
+    o.heading("FINDINGS")
+    if not r.findings:
+        o.add("  none")
+    for f in r.findings:
+        label = "%-7s " % f.severity.upper()
+        o.wrap(f.title, 10, first="  " + o.c(label, "bold", _SEVERITY_COLOR.get(f.severity, "")), style=("bold",))
+        o.wrap(f.evidence, 10)
+        o.wrap("fix: " + f.fix, 10)
+
+
+def _comparison(o: _Out, reports: Sequence[Report]) -> None:
+    n = len(reports)
+    label_w = 22
+    col = max(10, (WIDTH - label_w) // n - 1)
+    o.add(o.c("trace-quit comparison of %d captures" % n, "bold"))
+
+    def row(label, values, style=()):
+        cells = "".join(shorten(str(v), col).rjust(col + 1) for v in values)
+        o.add(o.c(label.ljust(label_w) + cells, *style))
+
+    row("", [r.name for r in reports], ("bold",))
+    row("status", [r.capture_status for r in reports])
+    row("duration (s)", [fmt_s(r.program.duration_s) if r.program.duration_s is not None else "?" for r in reports])
+    row("opened", [fmt_int(r.connections.opened) for r in reports])
+    row("max live", [fmt_int(r.connections.max_live) for r in reports])
+    for cause in ev.CAUSES:
+        row("  " + cause, [fmt_int(r.com_quit.by_cause.get(cause, 0)) for r in reports])
+    for gen in ("0", "1", "2"):
+        row("    gc gen " + gen, [fmt_int(r.com_quit.gc_by_generation.get(gen, 0)) for r in reports])
+    row("collections", [fmt_int(r.gc.collections) for r in reports])
+    row("drops", [fmt_int(len(r.drops)) for r in reports])
+    row("largest drop", [("%d→%d" % (max(r.drops, key=lambda d: d.from_ - d.to).from_,
+                                      max(r.drops, key=lambda d: d.from_ - d.to).to)) if r.drops else "–"
+                         for r in reports])
+    row("engines created", [fmt_int(sum(s.created for s in r.engines)) for r in reports])
+    row("findings (errors)", ["%d (%d)" % (len(r.findings), sum(1 for f in r.findings if f.severity == "error"))
+                              for r in reports])
+    row("wire confirmed", [fmt_int(r.com_quit.wire.get("confirmed", 0)) for r in reports])
+    row("lost events", [fmt_int(r.lost_events) for r in reports])
+
+
+def render(reports: Sequence[Report], color: bool = False) -> str:
+    """The text of one report, or a comparison table followed by each report."""
+    o = _Out(color)
+    if len(reports) > 1:
+        _comparison(o, reports)
+        for r in reports:
+            o.add()
+            o.add("═" * WIDTH)
+            _one(o, r)
+    elif reports:
+        _one(o, reports[0])
+    return "\n".join(o.lines) + "\n"
