@@ -24,7 +24,7 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
     """Render one report (or several side by side) as text, json or html.
 
     Writes to ``path`` (created or replaced) or ``stream`` when given, and returns the text.
-    ``color=None`` means: colour when ``stream`` is a tty and NO_COLOR is unset (text only).
+    ``color=None`` means: colour when ``stream`` is a tty; NO_COLOR set always means none (text only).
     """
     if isinstance(reports, Report):
         reports = [reports]
@@ -37,7 +37,8 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
         from . import render_text
         if color is None:
             color = path is None and want_color(stream)
-        out = render_text.render(reports, color=bool(color))
+        # NO_COLOR wins even over color=True (https://no-color.org): callers pass isatty().
+        out = render_text.render(reports, color=bool(color) and not os.environ.get("NO_COLOR"))
     elif fmt == "json":
         from . import render_json
         out = render_json.render(reports)

@@ -10,7 +10,7 @@ from .model import Report
 from .sites import shorten
 
 WIDTH = 100
-BAR = 40
+BAR = 30
 MAX_COLLECTIONS = 10
 MAX_DROPS = 12
 
@@ -30,7 +30,7 @@ class _Out:
         self.lines: List[str] = []
 
     def c(self, text: str, *styles: str) -> str:
-        if not self.color or not styles:
+        if not self.color or not styles or not text:
             return text
         codes = ";".join(_COLORS[s] for s in styles if s in _COLORS)
         return "\x1b[%sm%s\x1b[0m" % (codes, text)
@@ -112,9 +112,14 @@ def _one(o: _Out, r: Report) -> None:
         n = q.by_cause.get(cause, 0)
         bar = "█" * (max(1, round(BAR * n / top)) if n and top else 0)
         line = "  %-15s %8s  %s" % (cause, fmt_int(n), o.c(bar, _CAUSE_COLOR.get(cause, "")))
-        if cause == ev.GC and n:
-            line += "  " + " · ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in q.gc_by_generation.items() if k)
         o.add(line.rstrip())
+        if cause == ev.GC and n:
+            gens = " · ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in q.gc_by_generation.items() if k)
+            visible = 2 + 15 + 1 + 8 + 2 + len(bar)
+            if visible + 2 + len(gens) <= WIDTH:
+                o.lines[-1] += "  " + gens
+            else:
+                o.wrap(gens, 28)
 
     g = r.gc
     o.heading("GARBAGE COLLECTIONS")

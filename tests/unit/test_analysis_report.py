@@ -1,0 +1,156 @@
+"""build_report on whole captures: the JSON contract, capture status, losses, and any input."""
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trace_quit.analysis import build_report, load, render
+from trace_quit.analysis.capture import Capture
+from trace_quit.analysis.synth import SynthCapture, known_causes
+from trace_quit.tracer import events as ev
+
+CONTRACT = {
+    "schema": None,
+    "program": {"argv", "exit_status", "duration_s"},
+    "layers": {"bpf", "agent", "sampler"},
+    "connections": {"opened", "com_quit", "never_closed", "max_live"},
+    "com_quit": {"by_cause", "gc_by_generation", "wire"},
+    "gc": {"collections", "by_generation", "that_closed_connections"},
+    "drops": None, "engines": None, "findings": None, "lost_events": None,
+}
+
+
+def test_json_has_every_contract_key(tmp_path):
+    doc = json.loads(render(build_report(load(known_causes(str(tmp_path / "k.tq")))), "json"))
+    for key, sub in CONTRACT.items():
+        assert key in doc, key
+        if sub:
+            assert sub <= set(doc[key]), (key, sub - set(doc[key]))
+    assert doc["schema"] == "trace-quit/report/1"
+    assert set(doc["com_quit"]["by_cause"]) == set(ev.CAUSES)
+    assert set(doc["com_quit"]["wire"]) == set(ev.WIRE_STATES)
+    assert {"0", "1", "2"} <= set(doc["com_quit"]["gc_by_generation"])
+    for c in doc["gc"]["that_closed_connections"]:
+        assert {"t_s", "generation", "collected", "connections", "thread", "triggered_at"} <= set(c)
+    for d in doc["drops"]:
+        assert {"t_s", "from", "to", "duration_ms", "cause", "generation", "explanation"} <= set(d)
+    for f in doc["findings"]:
+        assert {"severity", "title", "evidence", "fix"} <= set(f)
+    assert doc["program"]["argv"] == ["python", "-m", "trace_quit.workloads", "known-causes"]
+    assert doc["program"]["exit_status"] == 0 and doc["program"]["duration_s"] == 0.444
+    assert len(doc["quits"]) == 39 and doc["quits"][0]["conn"].startswith("0x")
+    assert doc["capture_status"] == "complete" and doc["lost_events"] == 0
+
+
+def test_engine_json_keys(tmp_path):
+    s = SynthCapture(str(tmp_path / "e.tq"))
+    e = s.engine(0.1)
+    s.close(0.3, s.open(0.2, engine=e), ev.EXPLICIT_CLOSE)
+    s.finish(1.0)
+    doc = json.loads(render(build_report(load(s.path)), "json"))
+    [eng] = doc["engines"]
+    assert eng["call_site"] == "config/database.py:22 in get_db_session"
+    assert (eng["created"], eng["disposed"], eng["connections"]) == (1, 0, 1)
+
+
+def test_several_reports_in_one_json_document(tmp_path):
+    a = build_report(load(known_causes(str(tmp_path / "a.tq"))))
+    b = build_report(load(known_causes(str(tmp_path / "b.tq"), layers=("agent",))))
+    doc = json.loads(render([a, b], "json"))
+    assert doc["schema"] == "trace-quit/reports/1" and len(doc["reports"]) == 2
+    assert [r["layers"]["bpf"] for r in doc["reports"]] == [True, False]
+
+
+def test_truncated_capture_says_so(tmp_path):
+    path = known_causes(str(tmp_path / "t.tq"), )
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-20])  # the trailer cut mid-line
+    r = build_report(load(path))
+    assert r.capture_status == "truncated" and r.capture_detail == "truncated"
+    assert r.com_quit.by_cause["shutdown"] == 3  # everything before the cut is still explained
+    assert json.loads(render(r, "json"))["capture_status"] == "truncated"
+
+
+def test_damaged_capture_says_where(tmp_path):
+    path = known_causes(str(tmp_path / "d.tq"))
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[100] = b"\x00garbage"
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+    r = build_report(load(path))
+    assert r.capture_status == "damaged" and r.capture_detail == "damaged at line 101"
+    [f] = [f for f in r.findings if f.title == "the capture is damaged at line 101"]
+    assert "not read" in f.evidence
+    assert "damaged at line 101" in render(r, "text")
+
+
+def test_lost_events_from_the_trailer_and_the_stream(tmp_path):
+    s = SynthCapture(str(tmp_path / "l.tq"))
+    s.emit({"k": ev.AGENT_LOST, "t": s.ns(0.5), "src": "agent", "pid": s.pid, "n": 3})
+    s.emit({"k": ev.AGENT_LOST, "t": s.ns(0.6), "src": "agent", "pid": s.pid, "n": 2})
+    s.finish(1.0, lost={"agent": 5, "bpf": 7})
+    r = build_report(load(s.path))
+    assert r.lost_events == 12 and r.lost_by_source == {"agent": 5, "bpf": 7}
+    assert any(f.title == "12 events were lost" for f in r.findings)
+
+
+def test_header_layers_are_confirmed_by_events(tmp_path):
+    # A capture whose header does not declare its layers: the events present say.
+    s = SynthCapture(str(tmp_path / "h.tq"), declare_layers=False)
+    s.close(0.2, s.open(0.1), ev.EXPLICIT_CLOSE)
+    s.finish(1.0)
+    r = build_report(load(s.path))
+    assert (r.layers.agent, r.layers.bpf, r.layers.wire, r.layers.sampler) == (True, True, True, False)
+
+
+def test_tracer_notes_become_findings(tmp_path):
+    s = SynthCapture(str(tmp_path / "n.tq"))
+    s.note(0.1, "uprobe mysql_close could not attach")
+    s.finish(1.0)
+    r = build_report(load(s.path))
+    assert r.notes == [{"t_s": 0.1, "level": "warning", "text": "uprobe mysql_close could not attach"}]
+    assert any(f.title == "tracer: uprobe mysql_close could not attach" for f in r.findings)
+
+
+def test_an_empty_capture_reports_nothing_happened(tmp_path):
+    s = SynthCapture(str(tmp_path / "e.tq"))
+    s.finish(0.5)
+    r = build_report(load(s.path))
+    assert r.connections.opened == 0 and r.drops == [] and r.patterns == [] and r.engines == []
+    for fmt in ("text", "json", "html"):
+        assert render(r, fmt)
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 2 ** 64), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.sampled_from(list(ev.CAUSES) + ["gc", "0x10", "12"]))
+_value = st.one_of(_scalar, st.lists(_scalar, max_size=3), st.dictionaries(st.text(max_size=4), _scalar, max_size=3))
+_kinds = st.sampled_from([ev.CONN_OPEN, ev.CONN_FAIL, ev.CONN_CLOSE, ev.CONN_DESTROY, ev.ENGINE_CREATE,
+                          ev.ENGINE_DISPOSE, ev.ENGINE_DESTROY, ev.POOL, ev.GC_START, ev.GC_STOP, ev.BPF_CONNECT,
+                          ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_WIRE, ev.BPF_GC_START, ev.BPF_GC_DONE,
+                          ev.SERVER_COUNT, ev.CHILD_START, ev.CHILD_EXIT, ev.BPF_EXIT, ev.AGENT_START,
+                          ev.AGENT_LOST, ev.BPF_STATS, ev.TRACER_NOTE, "gc_counts", "bpf_probes", "module", "x"])
+_event = st.fixed_dictionaries(
+    {"k": _kinds, "t": st.one_of(st.integers(0, 10 ** 10), _scalar)},
+    optional={"pid": st.one_of(st.integers(1, 3), _scalar), "tid": st.one_of(st.integers(1, 3), _scalar),
+              "conn": st.one_of(st.integers(1, 4), _scalar), "engine": st.one_of(st.integers(1, 3), _scalar),
+              "cause": _scalar, "gen": st.one_of(st.integers(0, 2), _scalar), "cid": st.one_of(st.integers(1, 3), _scalar),
+              "ev": st.sampled_from(["connect", "checkout", "close", "invalidate", None]), "src": _scalar,
+              "count": _scalar, "status": _scalar, "head": _scalar, "wire": _scalar, "stack": _value,
+              "site": _scalar, "by_gen": _value, "probes": _value, "error": _scalar, "thread": _scalar,
+              "collected": _scalar, "ok": _scalar, "n": _scalar, "dropped": _scalar, "text": _scalar})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_event, max_size=40), st.one_of(st.none(), st.fixed_dictionaries({"lost": _value, "exit_status": _scalar})),
+       st.dictionaries(st.sampled_from(["layers", "cwd", "argv", "child_pid", "t"]), _value, max_size=3))
+def test_any_events_give_a_report_and_every_renderer_works(events, trailer, header):
+    header = dict(header, format=ev.FORMAT, version=ev.VERSION)
+    cap = Capture(path="fuzz.tq", header=header, events=events, trailer=trailer)
+    r = build_report(cap)
+    assert sum(r.com_quit.by_cause.values()) >= r.connections.com_quit
+    render(r, "text")
+    json.loads(render(r, "json"))
