@@ -172,10 +172,13 @@ def _print_run_report(result, fmt):
             report = analysis.build_report(load(result.capture))
             if fmt == "html":
                 html_path = os.path.splitext(result.capture)[0] + ".html"
-                analysis.render([report], "html", path=html_path)
+                write_report_file([report], "html", html_path, force=True,
+                                  owner=(result.run_as.uid, result.run_as.gid))
                 out.write("trace-quit: HTML report: %s\n" % html_path)
             else:
                 analysis.render([report], fmt, stream=out, color=out.isatty())
+        except CliError as exc:
+            _err(str(exc))
         except Exception as exc:  # the capture is safe on disk: say so and point at it
             _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
     out.write("trace-quit: capture written to %s\n" % result.capture)
@@ -224,22 +227,26 @@ class ReportCommand:
         if args.format == "html" and not args.output:
             args.output = os.path.splitext(args.captures[0])[0] + ".html"
         if args.output:
-            from trace_quit.tracer.capture import CaptureExistsError, open_private
-
-            owner = _sudo_owner()
-            try:
-                fd = open_private(args.output, force=args.force, owner=owner)
-            except CaptureExistsError:
-                raise CliError("%s exists: choose another -o, or add --force to overwrite it" % args.output,
-                               EX_CANTCREAT) from None
-            except OSError as exc:
-                raise CliError("cannot write %s: %s" % (args.output, exc.strerror), EX_CANTCREAT) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                analysis.render(reports, args.format, stream=stream, color=False)
+            write_report_file(reports, args.format, args.output, force=args.force, owner=_sudo_owner())
             _err("report written to %s" % args.output)
         else:
             analysis.render(reports, args.format, stream=sys.stdout, color=sys.stdout.isatty())
         return 0
+
+
+def write_report_file(reports, fmt, path, force=False, owner=None):
+    """Render ``reports`` into a new 0600 file owned by ``owner`` (never through a symlink)."""
+    from trace_quit import analysis
+    from trace_quit.tracer.capture import CaptureExistsError, open_private
+
+    try:
+        fd = open_private(path, force=force, owner=owner)
+    except CaptureExistsError:
+        raise CliError("%s exists: choose another -o, or add --force to overwrite it" % path, EX_CANTCREAT) from None
+    except OSError as exc:
+        raise CliError("cannot write %s: %s" % (path, exc.strerror), EX_CANTCREAT) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        analysis.render(reports, fmt, stream=stream, color=False)
 
 
 def _sudo_owner():

@@ -38,9 +38,7 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=RuntimeError)
                              sample_user=server.user, run_as=run_as)
         result = Recorder(options, bpf_targets=targets, on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
     report = analysis.build_report(load(capture))
-    analysis.render([report], "html", path=html)
-    if not run_as.is_current:
-        os.chown(html, run_as.uid, run_as.gid)
+    cli.write_report_file([report], "html", html, force=True, owner=(run_as.uid, run_as.gid))
     analysis.render([report], "text", stream=sys.stdout, color=sys.stdout.isatty())
     sys.stdout.write("\ncapture: %s\nHTML report: %s\n" % (capture, html))
     return result.exit_status

@@ -47,6 +47,7 @@ class RunResult:
 
     exit_status: int
     capture: str
+    run_as: RunAs
     tally: Tally
     lost: dict
     notes: List[str]
@@ -131,7 +132,7 @@ class Recorder:
             if self.child.status is None and self.child._cork_w is not None:
                 self.child.abandon()
             self._finish(exit_status)
-        return RunResult(exit_status=exit_status, capture=opts.output, tally=self.tally,
+        return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes)
 
     def _header(self, run_as):

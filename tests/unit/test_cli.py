@@ -67,3 +67,17 @@ def test_default_capture_name_names_the_program(argv, program):
 def test_exit_status_follows_the_shell_convention():
     assert exit_status(7 << 8) == 7
     assert exit_status(15) == 143  # killed by SIGTERM
+
+
+def test_report_files_are_private_and_never_clobbered(capsys, tmp_path):
+    from trace_quit.analysis import synth
+
+    capture = synth.known_causes(str(tmp_path / "kc.tqcap"))
+    for fmt in ("html", "json", "text"):
+        out = tmp_path / ("report." + fmt)
+        code, _, err = run_cli(capsys, "report", capture, "--format", fmt, "-o", str(out))
+        assert code == 0, err
+        assert os.stat(out).st_mode & 0o777 == 0o600
+        code, _, err = run_cli(capsys, "report", capture, "--format", fmt, "-o", str(out))
+        assert code == 73 and "--force" in err
+    assert '"schema": "trace-quit/report/1"' in (tmp_path / "report.json").read_text()

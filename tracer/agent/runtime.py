@@ -88,6 +88,7 @@ class Agent:
         # Frames from these are not the program's own when naming a create_engine() call site.
         self.skip_dirs = (os.path.dirname(os.path.abspath(__file__)),)
         self.stdlib_dir = os.path.dirname(os.__file__)
+        self.own_file = __file__
 
     # --- transport -------------------------------------------------------------
     def emit(self, kind, **fields):
@@ -208,6 +209,9 @@ class Agent:
                 self.cid += 1
                 gen = info["generation"]
                 frame = self.getframe(1)
+                # Name the program's line, not ours, when our own allocation set it off.
+                while frame is not None and frame.f_code.co_filename == self.own_file:
+                    frame = frame.f_back
                 site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame else ""
                 state = [self.cid, gen, self.now(), site, self.native_tid(), False]
                 self.collecting[ident] = state
