@@ -35,12 +35,13 @@ class Traced:
         return collections.Counter(e["wire"] for e in self.of("bpf_close_ret"))
 
 
-def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, on_attached=None):
+def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, on_attached=None,
+                  poll_interval=0.02, **session_kwargs):
     """Run ``argv`` traced from its first instruction; return a Traced."""
     env = dict(os.environ if env is None else env)
     targets = resolve_targets(argv, env, uid, gid)
     events = []
-    session = BpfSession(targets, events.append)
+    session = BpfSession(targets, events.append, **session_kwargs)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the corked child
@@ -68,8 +69,11 @@ def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, o
         os.write(w, b"go")
         os.close(w)
         deadline = time.monotonic() + timeout
+        last_poll = time.monotonic()
         while True:
-            session.poll()
+            if time.monotonic() - last_poll >= poll_interval:
+                session.poll()
+                last_poll = time.monotonic()
             done, st = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = os.waitstatus_to_exitcode(st)
