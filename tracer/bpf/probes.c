@@ -11,7 +11,8 @@
  *   GC_DONE_ARG_*          collected count: KIND 1 register, 2 memory at reg+OFF, 3 constant;
  *                          REG is a byte offset into struct pt_regs.
  *   GC_SYM_GEN_REG         pt_regs offset of the generation argument of the collection
- *                          function (gc_collect_main & co) when there is no USDT.
+ *                          function (gc_collect_main & co) when there is no USDT; -1 when
+ *                          unknown (3.8's GCC clones collect.constprop.N).
  *   TP_*                   field offsets of the tracepoints used, read from tracefs format
  *                          files at load time (sched_process_exit changed across kernels).
  *
@@ -375,7 +376,11 @@ int on_gc_start_sym(struct pt_regs *ctx)
         return 0;
     }
     struct gc_state gs = {};
+#if GC_SYM_GEN_REG >= 0
     gs.gen = (s32)reg_at(ctx, GC_SYM_GEN_REG);
+#else
+    gs.gen = -1;    // the build's clone of the collection function hides the generation
+#endif
     gs.depth = 1;
     gc_thread.update(&tid, &gs);
     struct event *e = reserve(EV_GC_START);

@@ -52,10 +52,14 @@ for _i in range(8, 16):
         _USDT_REGS["r%d%s" % (_i, _suffix)] = "r%d" % _i
 
 #: The collection function per CPython version (FACTS.md), and which argument register holds
-#: the generation. Verified by tests/system/test_gc_symbols.py against gc.collect(n) on each
-#: pyenv version. 3.8's ``collect.constprop.N`` clones keep (state, generation, ...) order.
+#: the generation (None: unknown). Verified by tests/system/test_bpf_gc_symbols.py against
+#: gc.collect(n) on each pyenv version. 3.8 is built with GCC clones whose signatures depend
+#: on the build: pyenv's 3.8.18 has collect.constprop.1(generation, ...) with the generation
+#: in %rdi and collect.constprop.0(...) hard-wired to generation 2, so the bracket is kept
+#: but the generation is reported unknown rather than guessed from a register.
 GC_FUNCTIONS = [
-    ((3, 8), ("collect.constprop.*", "collect"), 1),
+    ((3, 8), ("collect",), 1),
+    ((3, 8), ("collect.constprop.*",), None),
     ((3, 9), ("collect",), 1),
     ((3, 10), ("gc_collect_main",), 1),
     ((3, 11), ("gc_collect_main",), 1),
@@ -441,32 +445,35 @@ def _usdt_sites(e, targets):
 
 def _gc_symbol_sites(e, version, targets):
     """GC start/done from the version's collection function (entry + uretprobe), or []."""
-    row = None
-    for ver, names, argno in GC_FUNCTIONS:
-        if version is not None and tuple(version[:2]) == ver:
-            row = (names, argno)
-    if row is None:
+    rows = [(names, argno) for ver, names, argno in GC_FUNCTIONS
+            if version is not None and tuple(version[:2]) == ver]
+    if not rows:
         # Unknown (newer) version: try the most recent known name, say so.
-        row = (("gc_collect_main",), 1)
+        rows = [(("gc_collect_main",), 1)]
         targets.notes.append("Python %s is newer than the GC table; trying gc_collect_main(tstate, generation)" % (
             ".".join(map(str, version)) if version else "?"))
-    names, argno = row
-    found = []
-    for pattern in names:
-        if pattern.endswith("*"):
-            found = e.symbols_matching(lambda n: n.startswith(pattern[:-1]))
-        else:
-            s = e.symbol(pattern)
-            found = [s] if s is not None else []
+    found, argno = [], None
+    for names, argno in rows:
+        for pattern in names:
+            if pattern.endswith("*"):
+                found = e.symbols_matching(lambda n: n.startswith(pattern[:-1]))
+            else:
+                s = e.symbol(pattern)
+                found = [s] if s is not None else []
+            if found:
+                break
         if found:
             break
+    if found and argno is None:
+        targets.notes.append("GC brackets from %s: generation not readable in this build (reported unknown)" % (
+            ", ".join(s.name for s in found)))
     sites = []
     for s in found:
         entry = _site("gc_start", "on_gc_start_sym", e, s.name, "uprobe")
         ret = _site("gc_done", "on_gc_done_sym", e, s.name, "uretprobe")
         sites += [entry, ret]
     if sites:
-        targets.gc_args["GC_SYM_GEN_REG"] = PT_REGS[_ARG_REGS[argno]]
+        targets.gc_args["GC_SYM_GEN_REG"] = PT_REGS[_ARG_REGS[argno]] if argno is not None else -1
     return sites
 
 

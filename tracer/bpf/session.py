@@ -207,7 +207,7 @@ class BpfSession:
                        quit=e.val == 5 and head == ev.COM_QUIT_BYTES,
                        tls=len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3)
         elif e.kind == 5:
-            out.update(gen=e.val)
+            out.update(gen=e.val if e.val >= 0 else None)
         elif e.kind == 6:
             out.update(collected=e.val, gen=e.gen if e.gen >= 0 else None)
         elif e.kind == 8:

@@ -1,0 +1,51 @@
+"""The GC brackets read the right generation on every CPython we can get (symbols or USDT).
+
+gc.collect(0), (1), (2), (0) must show up as gc_start events with exactly those generations,
+in that order, from the kernel side: pyenv 3.9-3.13 through the collection function's
+argument register (resolve.GC_FUNCTIONS), Debian's 3.11 through USDT python:gc__start.
+pyenv 3.8 is built with GCC clones that hide the generation: brackets, generation unknown.
+"""
+
+import os
+
+import pytest
+
+from bpf_harness import trace_command
+from tq_support import VENV_PY, venv_python_for
+
+pytestmark = [pytest.mark.bpf]
+
+PROG = "import gc; gc.disable(); gc.collect(0); gc.collect(1); gc.collect(2); gc.collect(0)"
+
+
+def _contains_in_order(seq, sub):
+    for i in range(len(seq) - len(sub) + 1):
+        if seq[i:i + len(sub)] == sub:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("which", ["debian", "3.9", "3.10", "3.11", "3.12", "3.13"])
+def test_gc_generation_is_read_from_the_kernel_side(which):
+    python = VENV_PY if which == "debian" else venv_python_for(which)
+    if not os.path.exists(python):
+        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    run = trace_command([python, "-c", PROG])
+    assert run.status == 0
+    assert run.describe["targets"]["gc_mode"] == ("usdt" if which == "debian" else "symbol")
+    starts = [e["gen"] for e in run.of("bpf_gc_start")]
+    assert _contains_in_order(starts, [0, 1, 2, 0]), starts
+    assert len(run.of("bpf_gc_done")) == len(starts)
+
+
+def test_python38_brackets_without_generation():
+    python = venv_python_for("3.8")
+    if not os.path.exists(python):
+        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    run = trace_command([python, "-c", PROG])
+    assert run.status == 0
+    assert run.describe["targets"]["gc_mode"] == "symbol"
+    assert any("generation not readable" in n for n in run.describe["targets"]["notes"])
+    starts = [e["gen"] for e in run.of("bpf_gc_start")]
+    assert len(starts) >= 4 and set(starts) == {None}
+    assert all(e["gen"] is None for e in run.of("bpf_gc_done"))
