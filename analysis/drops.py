@@ -2,9 +2,10 @@
 
 Connection ends are grouped by what ended them: all the connections one garbage collection
 destroyed form one group; the other ends are grouped per cause, consecutive ends no more
-than ``GAP_S`` apart. A group is a *drop* when live connections fell by at least
-``max(MIN_DROP, DROP_FRACTION × max live)`` across it (opens during the group count against
-the fall, so a steady open/close churn is not a drop).
+than ``GAP_S`` apart. A group is a *drop* when live connections fell across it by at least
+``max(MIN_DROP, DROP_FRACTION × live just before it)`` (opens during the group count against
+the fall, so a steady open/close churn is not a drop). The threshold is local so that an
+early tooth of 33 out of 50 is a drop even when the capture later peaks in the thousands.
 
 The study's shape (STUDY.md) is what this must find: generation-1 collections every ~6.5 s
 destroying ~33 connections each (the saw-tooth) and one generation-2 collection destroying
@@ -188,12 +189,11 @@ def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: floa
     return at + what + " ended for a reason the layers could not agree on (unknown)"
 
 
-def find_drops(ended: Sequence[Life], curve: LiveCurve, max_live: int, to_s: Callable[[int], float],
+def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], float],
                origins: Origins, exit_status=None, drop_collections: Optional[set] = None) -> List[Drop]:
     """Every sudden fall in live connections, in time order, each with its explanation.
 
     ``drop_collections`` (a set) receives the id() of every collection that made a drop."""
-    threshold = max(MIN_DROP, int(math.ceil(DROP_FRACTION * max_live)))
     by_collection: Dict[int, List[Life]] = {}
     collections: Dict[int, Collection] = {}
     by_cause: Dict[tuple, List[Life]] = {}
@@ -223,13 +223,13 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, max_live: int, to_s: Cal
 
     drops: List[Drop] = []
     for lives, c, cause, gen in groups:
-        if len(lives) < threshold:
+        if len(lives) < MIN_DROP:
             continue
         t_first = min(lf.t_end for lf in lives)
         t_last = max(lf.t_end for lf in lives)
         before = curve.before(t_first)
         after = curve.after(t_last)
-        if before - after < threshold:
+        if before - after < max(MIN_DROP, int(math.ceil(DROP_FRACTION * before))):
             continue
         t_s = to_s(t_first)
         if c is not None:

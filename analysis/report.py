@@ -201,7 +201,7 @@ def build_report(capture: Capture) -> Report:
 
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
-    drops = dropslib.find_drops(ended, curve, max_live, to_s, origins, exit_status, drop_collections)
+    drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
     patterns = dropslib.find_patterns(colls.closing, drop_collections)
     engines = engineslib.summarise(j.engines, j.lives, cwd, to_s)
     lost = _lost(trailer, j)

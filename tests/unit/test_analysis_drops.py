@@ -137,15 +137,15 @@ def test_pool_dispose_burst_is_a_drop_explained_by_dispose(tmp_path):
     assert r.engines[0].disposed == 1 and not [f for f in r.findings if "create_engine() ran" in f.title]
 
 
-def test_threshold_is_a_tenth_of_max_live_but_at_least_min_drop(tmp_path):
+def test_threshold_is_a_tenth_of_the_live_count_before_but_at_least_min_drop(tmp_path):
     s = SynthCapture(str(tmp_path / "t.tq"))
     conns = [s.open(0.1 + i * 0.001) for i in range(100)]
-    s.collection(1.0, 0, destroy=conns[:9])     # 9 < 10 % of 100: not a drop
-    s.collection(2.0, 0, destroy=conns[9:19])   # 10: a drop
-    s.collection(3.0, 0, destroy=conns[19:21])
+    s.collection(1.0, 0, destroy=conns[:9])     # 9 < 10 % of 100 live: not a drop
+    s.collection(2.0, 0, destroy=conns[9:19])   # 10 >= 10 % of 91: a drop
+    s.collection(3.0, 0, destroy=conns[19:21])  # 2 < MIN_DROP
     s.finish(4.0)
     r = build_report(load(s.path))
-    assert [(d.t_s, d.connections) for d in r.drops] == [(2.0, 10), (4.0, 79)]
+    assert [(d.t_s, d.connections, d.from_, d.to) for d in r.drops] == [(2.0, 10, 91, 81), (4.0, 79, 79, 0)]
     assert MIN_DROP == 3
 
 
