@@ -1,0 +1,136 @@
+"""What the eBPF layer can do on this machine, each check with its fix (``trace-quit doctor``).
+
+    from trace_quit.tracer.bpf.doctor import checks
+    for c in checks(python="/usr/bin/python3"):   # {name, ok, detail, fix}
+        ...
+
+Every check tries the real operation once (a map create, a compile, a resolve) rather
+than guessing from versions. Nothing is attached and nothing is left behind.
+"""
+
+import ctypes
+import os
+import sys
+import time
+
+from trace_quit.tracer.bpf import perf
+from trace_quit.tracer.bpf.errors import BpfUnavailable
+
+_NR_BPF = 321  # x86-64
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_ARRAY = 2
+
+
+def _check(name, ok, detail, fix=""):
+    return {"name": name, "ok": bool(ok), "detail": detail, "fix": "" if ok else fix}
+
+
+def _bpf_syscall():
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 30)()
+    attr[0], attr[1], attr[2], attr[3] = _BPF_MAP_TYPE_ARRAY, 4, 8, 1  # type, key, value, entries
+    fd = libc.syscall(_NR_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        return False, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return True, "bpf(BPF_MAP_CREATE) works"
+
+
+def checks(python=None, uid=None, gid=None):
+    """Run every check; ``python`` is the interpreter whose GC and mysqlclient to inspect."""
+    out = []
+    root = os.geteuid() == 0
+    out.append(_check("root", root, "running as uid %d" % os.geteuid(),
+                      "run trace-quit with sudo (the traced program still runs as you), or use --no-bpf"))
+    if root:
+        ok, detail = _bpf_syscall()
+    else:
+        ok, detail = False, "not tried (needs root)"
+    out.append(_check("bpf syscall", ok, detail,
+                      "the kernel needs CONFIG_BPF_SYSCALL and kernel.unprivileged_bpf_disabled does not matter as root; "
+                      "check dmesg and lockdown (cat /sys/kernel/security/lockdown)"))
+    pmu = perf.uprobe_pmu_type()
+    ref = perf.supports_ref_ctr()
+    out.append(_check("uprobes", pmu is not None,
+                      "uprobe PMU type %s; USDT semaphores by the kernel (ref_ctr_offset): %s" % (pmu, "yes" if ref else "no"),
+                      "the kernel needs CONFIG_UPROBE_EVENTS (uprobe PMU at %s)" % perf.UPROBE_PMU))
+    tracefs = "/sys/kernel/tracing"
+    have_tracefs = os.path.isdir(os.path.join(tracefs, "events"))
+    syscalls = os.path.isdir(os.path.join(tracefs, "events", "syscalls", "sys_enter_sendto"))
+    out.append(_check("tracefs", have_tracefs and syscalls,
+                      "%s mounted: %s; syscall tracepoints (wire confirmation): %s" % (
+                          tracefs, "yes" if have_tracefs else "no", "yes" if syscalls else "no"),
+                      "mount -t tracefs nodev /sys/kernel/tracing" if not have_tracefs else
+                      "the kernel needs CONFIG_FTRACE_SYSCALLS for COM_QUIT wire confirmation"))
+    try:
+        t0 = time.monotonic()
+        import bcc
+        out.append(_check("bcc import", True, "bcc %s from %s (%.2f s)" % (
+            getattr(bcc, "__version__", "?"), os.path.dirname(bcc.__file__), time.monotonic() - t0)))
+        have_bcc = True
+    except ImportError as exc:
+        out.append(_check("bcc import", False, str(exc),
+                          "apt-get install python3-bpfcc, and make the venv with --system-site-packages "
+                          "(the PyPI package named bcc is unrelated)"))
+        have_bcc = False
+
+    # Resolve the interpreter's files: GC source, mysqlclient, client library, probe sites.
+    from trace_quit.tracer.bpf.resolve import Targets, resolve_targets
+
+    python = python or sys.executable
+    targets = None
+    try:
+        targets = resolve_targets([python, "-c", "pass"], dict(os.environ), uid, gid)
+    except BpfUnavailable as exc:
+        out.append(_check("python", False, str(exc), "pass the interpreter your program runs with"))
+    if targets is not None:
+        gc_fix = ("use an interpreter with USDT (Debian's /usr/bin/python3) or an unstripped libpython "
+                  "(pyenv builds are); the agent still reports GC causes")
+        if targets.gc_mode == "usdt":
+            detail = "USDT python:gc__start/gc__done in %s (semaphores set by the kernel)" % targets.libpython
+        elif targets.gc_mode == "symbol":
+            syms = sorted({p.symbol for p in targets.probes if p.role == "gc_start"})
+            detail = "no USDT; %s in %s's .symtab (entry + uretprobe)" % (", ".join(syms), targets.libpython)
+        else:
+            detail = "; ".join(m["why"] for m in targets.missing if m["what"] == "gc brackets") or "none"
+        if targets.notes:
+            detail += " (" + "; ".join(targets.notes) + ")"
+        out.append(_check("gc probes (Python %s)" % ".".join(map(str, targets.python_version)),
+                          targets.gc_mode is not None, detail, gc_fix))
+        close = [p for p in targets.probes if p.role == "close"]
+        if targets.client_lib and close:
+            detail = "%s %s: mysql_close probed at file offset %#x (%s)%s; MySQLdb at %s" % (
+                targets.client_soname, targets.client_lib, close[0].offset, close[0].why,
+                ", misses " + close[0].skipped if close[0].skipped else "", targets.mysql_so)
+            ok = True
+        else:
+            detail = "; ".join("%s: %s" % (m["what"], m["why"]) for m in targets.missing) or "not found"
+            ok = False
+        out.append(_check("client library", ok, detail,
+                          "install mysqlclient into the environment of %s (pip install mysqlclient)" % python))
+    if have_bcc and root:
+        from trace_quit.tracer.bpf.session import BpfSession, headers_info
+
+        try:
+            s = BpfSession(targets or Targets(argv=[]), lambda e: None)
+            hdr = s.headers
+            detail = "compiled in %.2f s against %s" % (s.describe()["timings"]["compile_s"], hdr["build"])
+            if hdr["fallback"]:
+                detail += "; headers fallback used: " + hdr["note"]
+            s.detach()
+            out.append(_check("bcc compile", True, detail))
+        except BpfUnavailable as exc:
+            hdr = headers_info()
+            out.append(_check("bcc compile", False, str(exc),
+                              "apt-get install linux-headers-amd64; ln -s /usr/src/linux-headers-<ver>-amd64 "
+                              "/lib/modules/%s/build; ln -s /usr/src/linux-headers-<ver>-common "
+                              "/lib/modules/%s/source" % (hdr["kernel"], hdr["kernel"])))
+    else:
+        out.append(_check("bcc compile", False, "not tried (needs root and bcc)", "fix the checks above first"))
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(checks(*sys.argv[1:2]), indent=1))
