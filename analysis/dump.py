@@ -15,7 +15,10 @@ def format_record(record: Dict[str, Any], t0: Optional[int] = None) -> str:
     if k is None or "format" in record:
         return "header  " + json.dumps(record, sort_keys=True, default=str)
     rest = {key: v for key, v in record.items() if key not in ("k", "t", "src", "pid", "tid")}
-    when = ("%+.6f s" % ((t - t0) / 1e9)) if isinstance(t, int) and isinstance(t0, int) else str(t)
+    if isinstance(t, int) and isinstance(t0, int):
+        when = "%+.6f s" % ((t - t0) / 1e9)
+    else:
+        when = "-" if t is None else str(t)
     who = "%s/%s" % (record.get("pid", "-"), record.get("tid", "-"))
     return "%-16s %-14s %-8s %-14s %s" % (when, k, record.get("src", "-"), who,
                                            json.dumps(rest, sort_keys=True, default=str))
