@@ -166,3 +166,51 @@ def close_all(fds, threads=None):
         t.start()
     for t in ts:
         t.join()
+
+
+def close_in_background(fds):
+    """Hand the last references of ``fds`` to a detached grandchild that closes them; return at once.
+
+    Closing a uprobe perf fd waits for RCU grace periods under the kernel's event_mutex,
+    so closes serialise (~0.1 s each here, no gain from threads). Only the *last* close of
+    an fd pays, so the grandchild waits (on a pipe) until our copies are closed, then closes
+    its own. The probes go away within about a second, or at once if it is killed: the
+    kernel drops them with the fd either way. It keeps no other fd (no pipe or file held).
+    """
+    fds = list(fds)
+    if not fds:
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only os.* calls between fork and _exit (the parent has threads)
+        try:
+            if os.fork() == 0:
+                try:
+                    os.setsid()
+                    keep = set(fds) | {r}
+                    for name in os.listdir("/proc/self/fd"):
+                        fd = int(name)
+                        if fd not in keep:
+                            try:
+                                os.close(fd)
+                            except OSError:
+                                pass
+                    while os.read(r, 1):  # EOF: the tracer closed its copies (or died)
+                        pass
+                    for fd in fds:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                finally:
+                    os._exit(0)
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.waitpid(pid, 0)
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    os.close(w)

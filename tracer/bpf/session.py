@@ -258,8 +258,13 @@ class BpfSession:
         }
 
     # --- detach --------------------------------------------------------------------------
-    def detach(self):
-        """Flush the ring buffer, then close every probe (in parallel); safe to call again."""
+    def detach(self, wait=True):
+        """Flush the ring buffer, then close every probe; safe to call again.
+
+        Closing costs ~0.11 s per uprobe on this kernel (RCU grace periods under a global
+        mutex: threads do not help, measured). ``wait=False`` flushes, then lets a detached
+        grandchild close the probes (perf.close_in_background) and returns at once.
+        """
         with self._lock:
             if self._detached:
                 return
@@ -269,7 +274,10 @@ class BpfSession:
                     self._bpf.ring_buffer_consume()
             finally:
                 fds, self._fds = self._fds, []
-                perf.close_all(fds)
+                if wait:
+                    perf.close_all(fds)
+                else:
+                    perf.close_in_background(fds)
                 self._timings["detach_s"] = round(time.monotonic() - t0, 4)
                 self._timings["detach_probes"] = len(fds)
             if self._bpf is not None:
