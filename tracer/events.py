@@ -72,12 +72,19 @@ POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|de
 AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------
-BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL)
-BPF_CLOSE = "bpf_close"          # conn, cause, gen: mysql_close entry with its native cause
-BPF_CLOSE_RET = "bpf_close_ret"  # conn: mysql_close returned
-BPF_WIRE = "bpf_wire"            # len, head (hex of first bytes): a send during mysql_close
-BPF_GC_START = "bpf_gc_start"    # gen
-BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown)
+# Added keys (tracer/bpf): bpf_connect.t0 and bpf_close_ret.t0 = entry time (ns) of the call;
+# bpf_close.self = the _mysql.connection object's address (id(conn)), 0 when unknown, and
+# gen is None unless cause == "gc" (None also when the build hides the generation);
+# bpf_close_ret.wire = one of WIRE_STATES decided in the kernel from this thread's sends
+# inside mysql_close ("not_sent" when nothing, or no COM_QUIT, was sent), .sends = their
+# number; bpf_wire.conn, .fd, .quit (the 5 bytes are COM_QUIT), .tls (a TLS record header);
+# bpf_gc_done.gen = the generation of the collection it ends (None when unknown).
+BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0
+BPF_CLOSE = "bpf_close"          # conn, cause, gen, self: mysql_close entry with its native cause
+BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0: mysql_close returned
+BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex of first <=16 bytes), quit, tls: a send during mysql_close
+BPF_GC_START = "bpf_gc_start"    # gen (None when the build hides it)
+BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown), gen
 BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
 BPF_FORK = "bpf_fork"            # child: a traced process forked
 BPF_EXIT = "bpf_exit"            # a traced process exited
