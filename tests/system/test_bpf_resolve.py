@@ -1,0 +1,81 @@
+"""Resolution before the command runs: interpreter, files, probe sites (no root needed)."""
+
+import os
+import stat
+
+import pytest
+
+from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
+from trace_quit.tracer.bpf import elf, resolve, x86
+from tq_support import VENV_PY
+
+
+def test_probe_site_skips_a_leading_null_check():
+    # test %rdi,%rdi; je rel32; push %rbp  (libmariadb's mysql_close)
+    code = bytes.fromhex("4885ff0f844701000055") + b"\x90" * 6
+    assert x86.choose_probe_offset(code)[0] == 9
+    assert "NULL" in x86.choose_probe_offset(code)[2]
+
+
+def test_probe_site_stays_at_entry_when_push_comes_first_or_the_prefix_is_unsafe():
+    assert x86.choose_probe_offset(bytes.fromhex("55") + b"\x90" * 15)[:1] == (0,)
+    assert x86.choose_probe_offset(bytes.fromhex("f30f1efa55") + b"\x90" * 11)[0] == 4  # endbr64; push
+    # mov %rsi,%rdi before the push rewrites an argument register: stay at +0.
+    assert x86.choose_probe_offset(bytes.fromhex("4889f755") + b"\x90" * 12)[0] == 0
+    # a je after testing another register could skip real calls: stay at +0.
+    assert x86.choose_probe_offset(bytes.fromhex("4885f6740255") + b"\x90" * 10)[0] == 0
+
+
+def test_usdt_operands():
+    assert resolve.parse_usdt_arg("-4@112(%rsp)") == {"KIND": 2, "REG": 152, "OFF": 112, "SIZE": 4, "SIGNED": 1}
+    assert resolve.parse_usdt_arg("-8@%r12") == {"KIND": 1, "REG": 24, "OFF": 0, "SIZE": 8, "SIGNED": 1}
+    assert resolve.parse_usdt_arg("4@$7")["KIND"] == 3
+    assert resolve.parse_usdt_arg("8@16(%rip)") is None  # not supported: reported missing
+
+
+def test_sys_path0_follows_the_command_line(tmp_path):
+    cwd = str(tmp_path)
+    assert resolve._python_path0(["-m", "pkg"], cwd) == (cwd, [])
+    assert resolve._python_path0(["-I", "x.py"], cwd) == (None, ["-I"])
+    assert resolve._python_path0(["-X", "dev", "sub/x.py"], cwd)[0] == os.path.join(cwd, "sub")
+    assert resolve._python_path0(["-c", "pass"], cwd) == (cwd, [])
+
+
+def _script(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_shebang_and_env_lead_to_the_interpreter(tmp_path):
+    direct = _script(tmp_path / "a", "#!%s\nprint(1)\n" % VENV_PY)
+    via_env = _script(tmp_path / "b", "#!/usr/bin/env -S python3 -u\nprint(1)\n")
+    env = dict(os.environ, PATH=os.path.dirname(VENV_PY) + os.pathsep + os.environ.get("PATH", ""))
+    assert resolve.resolve_interpreter([direct], env) == (VENV_PY, [direct])
+    interp, args = resolve.resolve_interpreter([via_env, "x"], env)
+    assert os.path.realpath(interp) == os.path.realpath(VENV_PY) and args == ["-u", via_env, "x"]
+    assert resolve.resolve_interpreter(["env", "A=1", VENV_PY, "-c", "pass"], env) == (VENV_PY, ["-c", "pass"])
+
+
+def test_non_python_and_missing_commands_say_what_to_do(tmp_path):
+    with pytest.raises(BpfUnavailable, match="not a Python interpreter"):
+        resolve_targets(["/bin/true"], None, 0, 0)
+    with pytest.raises(BpfUnavailable, match="command not found"):
+        resolve_targets(["no-such-command-xyz"], None, 0, 0)
+
+
+def test_the_project_venv_resolves_to_debian_python_and_libmariadb():
+    t = resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
+    assert t.libpython_static and t.gc_mode == "usdt" and t.basicsize == 16
+    assert t.mysql_so.startswith(os.path.dirname(os.path.dirname(VENV_PY)))
+    close = [p for p in t.probes if p.role == "close"][0]
+    lib = elf.Elf(close.path)
+    assert close.offset - lib.vaddr_to_offset(lib.symbol("mysql_close").value) == 9
+    assert t.timings["find_spec_helper_s"] < 2
+
+
+def test_without_mysqlclient_only_the_interpreter_probes_remain():
+    t = resolve_targets(["/usr/bin/python3.11", "-I", "-c", "pass"], None, 0, 0)
+    assert t.mysql_so is None
+    assert any(m["what"] == "mysqlclient" for m in t.missing)
+    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize"}
