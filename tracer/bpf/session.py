@@ -82,6 +82,20 @@ def _tracepoint_defines():
     return defines, missing
 
 
+def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
+    """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
+    defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages)}
+    defines.update(targets.gc_args)
+    defines.update(_tracepoint_defines()[0])
+    return defines
+
+
+def dump_program(targets):
+    """The program as bcc would compile it for ``targets``: cflags, then probes.c (for --dump-bpf)."""
+    flags = " ".join("-D%s=%d" % kv for kv in sorted(program_defines(targets).items()))
+    return "// cflags: %s\n%s" % (flags, probes_source())
+
+
 class BpfSession:
     """Compiled probes for one traced command; attach, poll, describe, detach."""
 
@@ -100,11 +114,8 @@ class BpfSession:
         self._decode_errors = 0
         self._final_stats = None
         self.headers = headers_info()
-        defines, tp_missing = _tracepoint_defines()
-        self._tp_missing = tp_missing
-        self.defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages)}
-        self.defines.update(targets.gc_args)
-        self.defines.update(defines)
+        self._tp_missing = _tracepoint_defines()[1]
+        self.defines = program_defines(targets, ringbuf_pages)
         if os.geteuid() != 0:
             raise BpfUnavailable("eBPF tracing needs root; run with sudo, or use --no-bpf")
         if not self.headers["build"] and not self.headers["ikheaders"]:
