@@ -1,8 +1,11 @@
 """Drops: sudden falls in live connections, each explained; and the patterns they repeat.
 
 Connection ends are grouped by what ended them: all the connections one garbage collection
-destroyed form one group; the other ends are grouped per cause, consecutive ends no more
-than ``GAP_S`` apart. A group is a *drop* when live connections fell across it by at least
+destroyed form one group; the other ends are grouped per cause, process and thread,
+consecutive ends no more than ``GAP_S`` apart — one mechanism acting in a burst (a close()
+or dispose() loop, the interpreter's shutdown, the process's exit). Independent closes on
+different threads that happen to fall close together (NullPool checkins, a pool's overflow)
+are not a drop. A group is a *drop* when live connections fell across it by at least
 ``max(MIN_DROP, DROP_FRACTION × live just before it)`` (opens during the group count against
 the fall, so a steady open/close churn is not a drop). The threshold is local so that an
 early tooth of 33 out of 50 is a drop even when the capture later peaks in the thousands.
@@ -24,7 +27,7 @@ from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
 
-GAP_S = 0.25
+GAP_S = 0.05  # a burst: close() or dispose() loops run sub-ms apart; a pool's overflow closes do not
 MIN_DROP = 3
 DROP_FRACTION = 0.10
 #: Intervals whose coefficient of variation is below this make a "regular" pattern.
@@ -203,14 +206,14 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
             collections[key] = life.collection
             by_collection.setdefault(key, []).append(life)
         else:
-            by_cause.setdefault((life.cause, life.generation), []).append(life)
+            by_cause.setdefault((life.cause, life.generation, life.pid, life.end_tid), []).append(life)
 
     groups = []  # (lives, collection or None, cause, generation)
     for key, lives in by_collection.items():
         c = collections[key]
         groups.append((lives, c, ev.GC, c.gen if c.gen is not None else lives[0].generation))
     gap = int(GAP_S * 1e9)
-    for (cause, gen), lives in by_cause.items():
+    for (cause, gen, _pid, _tid), lives in by_cause.items():
         lives.sort(key=lambda lf: lf.t_end)
         run = [lives[0]]
         for life in lives[1:]:

@@ -122,7 +122,7 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             _gen_text(com_quit.gc_by_generation), plural(ncoll, "collection"))
         gc_drops = [d for d in drops if d.cause == ev.GC]
         if gc_drops:
-            big = max(gc_drops, key=lambda d: d.from_ - d.to)
+            big = max(gc_drops, key=lambda d: (d.fall, d.connections))
             evidence += "The largest fall: %s. " % big.explanation
         for p in patterns:
             if p.regular and p.drops:

@@ -102,6 +102,16 @@ class Drop:
     collected: Optional[int] = None
     call_sites: List[str] = dataclasses.field(default_factory=list)
 
+    @property
+    def at_exit(self) -> bool:
+        """The process ending (shutdown, never closed): not a fall the running program made."""
+        return self.cause in ("shutdown", "never_closed")
+
+    @property
+    def fall(self) -> int:
+        """How many live connections it took away."""
+        return self.from_ - self.to
+
 
 @dataclasses.dataclass
 class Pattern:
@@ -214,6 +224,11 @@ class Report:
     events: int = 0
     malformed: int = 0
     schema: str = SCHEMA
+
+    def largest_drop(self) -> Optional[Drop]:
+        """The largest fall while the program ran (exit-time teardown excluded), else None."""
+        running = [d for d in self.drops if not d.at_exit]
+        return max(running, key=lambda d: (d.fall, d.connections)) if running else None
 
     @property
     def name(self) -> str:

@@ -38,7 +38,7 @@ def render(reports: Sequence[Report]) -> str:
             "svg": markupsafe.Markup(plot.timeline_svg(r, xmax)),
             "quits": r.quits[:MAX_QUITS],
             "more_quits": max(0, len(r.quits) - MAX_QUITS),
-            "largest": max(r.drops, key=lambda d: d.from_ - d.to) if r.drops else None,
+            "largest": r.largest_drop(),
         })
     return _env().get_template(TEMPLATE).render(
         items=items, causes=ev.CAUSES, wire_states=ev.WIRE_STATES, colors=plot.CAUSE_COLORS,

@@ -130,13 +130,16 @@ def _one(o: _Out, r: Report) -> None:
         order = sorted(range(len(g.that_closed_connections)),
                        key=lambda i: -g.that_closed_connections[i].connections)[:MAX_COLLECTIONS]
         shown = [g.that_closed_connections[i] for i in sorted(order)]  # the largest, in time order
-        o.add(o.c("  %9s  %3s  %10s  %6s  %-22s  %s" % ("t (s)", "gen", "objects", "conns", "thread",
-                                                       "triggered at"), "dim"))
+        o.add(o.c("  %9s  %3s  %9s  %5s  %-24s  %s" % ("t (s)", "gen", "objects", "conns", "thread",
+                                                      "triggered at"), "dim"))
         for s in shown:
-            o.add(("  %9s  %3s  %10s  %6s  %-22s  %s" % (
+            thread = s.thread or "?"
+            if len(thread) > 24:  # names differ at their end (ThreadPoolExecutor-0_15): keep it
+                thread = shorten(thread, 24)
+            o.add(("  %9s  %3s  %9s  %5s  %-24s  %s" % (
                 fmt_s(s.t_s), "?" if s.generation is None else s.generation,
                 "?" if s.collected is None else fmt_int(s.collected), fmt_int(s.connections),
-                shorten(s.thread or "?", 22), shorten(s.triggered_at or "?", WIDTH - 63))).rstrip())
+                thread, shorten(s.triggered_at or "?", WIDTH - 63))).rstrip())
         if len(g.that_closed_connections) > len(shown):
             o.add(o.c("  … %s more (all in --format json)" % fmt_int(len(g.that_closed_connections) - len(shown)),
                       "dim"))
@@ -146,7 +149,7 @@ def _one(o: _Out, r: Report) -> None:
         o.add("  none")
     drops = r.drops
     if len(drops) > MAX_DROPS:
-        drops = sorted(sorted(drops, key=lambda d: -(d.from_ - d.to))[:MAX_DROPS], key=lambda d: d.t_s)
+        drops = sorted(sorted(drops, key=lambda d: -d.fall)[:MAX_DROPS], key=lambda d: d.t_s)
     for d in drops:
         what = d.cause + (" gen %d" % d.generation if d.generation is not None else "")
         o.add("  %9s s  %s → %s  (%s ms)  %s" % (fmt_s(d.t_s), fmt_int(d.from_), fmt_int(d.to),
@@ -204,8 +207,7 @@ def _comparison(o: _Out, reports: Sequence[Report]) -> None:
         row("    gc gen " + gen, [fmt_int(r.com_quit.gc_by_generation.get(gen, 0)) for r in reports])
     row("collections", [fmt_int(r.gc.collections) for r in reports])
     row("drops", [fmt_int(len(r.drops)) for r in reports])
-    row("largest drop", [("%d→%d" % (max(r.drops, key=lambda d: d.from_ - d.to).from_,
-                                      max(r.drops, key=lambda d: d.from_ - d.to).to)) if r.drops else "–"
+    row("largest drop", [("%d→%d" % (r.largest_drop().from_, r.largest_drop().to)) if r.largest_drop() else "–"
                          for r in reports])
     row("engines created", [fmt_int(sum(s.created for s in r.engines)) for r in reports])
     row("findings (errors)", ["%d (%d)" % (len(r.findings), sum(1 for f in r.findings if f.severity == "error"))

@@ -291,9 +291,13 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers) -> Lis
     out.append("At most %s open at once%s." % (
         pl(connections.max_live, "connection was", "connections were"),
         " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))
-    if drops:
-        big = max(drops, key=lambda d: (d.from_ - d.to, d.connections))
+    running = [d for d in drops if not d.at_exit]
+    if running:
+        big = max(running, key=lambda d: (d.fall, d.connections))
         out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
+    for d in drops:
+        if d.at_exit:
+            out.append("At exit (%s → %s): %s." % (fi(d.from_), fi(d.to), d.explanation))
     for p in patterns:
         if p.regular and p.drops:
             out.append("Periodically, %s." % p.text)

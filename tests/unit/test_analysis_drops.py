@@ -151,3 +151,33 @@ def test_threshold_is_a_tenth_of_the_live_count_before_but_at_least_min_drop(tmp
 
 def test_find_patterns_needs_three_collections(tmp_path):
     assert find_patterns([]) == []
+
+
+def test_independent_closes_on_different_threads_are_not_a_drop(tmp_path):
+    # NullPool checkins: each worker closes its own connection; several land within a few ms.
+    s = SynthCapture(str(tmp_path / "n.tq"))
+    conns = [s.open(0.1 + i * 0.01, tid=5000 + i) for i in range(12)]
+    for i, c in enumerate(conns[:6]):
+        s.close(2.0 + i * 0.002, c, ev.EXPLICIT_CLOSE, tid=5000 + i)
+    for i, c in enumerate(conns[6:]):  # one thread closing six in a loop: a drop
+        s.close(3.0 + i * 0.0001, c, ev.EXPLICIT_CLOSE, tid=6000, thread="janitor")
+    s.finish(4.0)
+    r = build_report(load(s.path))
+    [d] = r.drops
+    assert (d.t_s, d.from_, d.to) == (3.0, 6, 0)
+    assert d.explanation == "at 3.0 s close() on thread janitor closed 6 connections opened at app.py:40 in connect_db"
+
+
+def test_exit_teardown_is_not_the_largest_drop(tmp_path):
+    s = SynthCapture(str(tmp_path / "x.tq"))
+    conns = [s.open(0.1 + i * 0.001) for i in range(50)]
+    s.collection(1.0, 2, destroy=conns[:20])
+    s.finalize(2.0)
+    for i, c in enumerate(conns[20:]):
+        s.close(2.001 + i * 0.0001, c, ev.SHUTDOWN)
+    s.finish(2.1)
+    r = build_report(load(s.path))
+    assert [(d.cause, d.fall, d.at_exit) for d in r.drops] == [("gc", 20, False), ("shutdown", 30, True)]
+    assert r.largest_drop().cause == "gc"
+    assert r.summary[2].startswith("The largest drop (50 → 30): at 1.0 s a generation-2 collection")
+    assert r.summary[3].startswith("At exit (30 → 0): at 2.0 s interpreter shutdown destroyed 30")
