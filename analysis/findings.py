@@ -86,11 +86,23 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
         evidence += (" An Engine sits in a reference cycle, so dropping it frees neither it nor its "
                      "pool: only a garbage collection of the generation it reached does — late, and "
                      "many at once.")
-        severity = "error" if (gc_n or site.created >= 10) else "warning"
+        # What went wrong is what happened to the connections: left to the GC, to shutdown, or
+        # never closed. With NullPool (the study's experiment 3) every connection is closed at
+        # checkin and an Engine per call only costs its creation: worth knowing, not an error.
+        left = site.connections - site.connections_by_cause.get(ev.EXPLICIT_CLOSE, 0) \
+            - site.connections_by_cause.get(ev.SERVER, 0)
         title = "create_engine() ran %s at %s and %s" % (
             plural(site.created, "time"), site.call_site,
             "no Engine was disposed" if site.disposed == 0
             else "%s of the Engines were never disposed" % fmt_int(undisposed))
+        if left <= 0:
+            title = "create_engine() ran %s at %s; every connection was closed by close()" % (
+                plural(site.created, "time"), site.call_site)
+            fix = ("Nothing leaks here, but each call builds a new Engine and pool: create it once at "
+                   "start-up and reuse it.")
+            out.append(Finding("info", title, evidence, fix, site.call_site, site.created))
+            continue
+        severity = "error" if (gc_n or site.created >= 10) else "warning"
         out.append(Finding(severity, title, evidence, FIX_ENGINE_PER_CALL, site.call_site, site.created))
 
     # --- Pool bound exceeded by many Engines --------------------------------------------

@@ -94,3 +94,21 @@ def test_engine_seen_only_through_pool_events_has_an_unknown_site(tmp_path):
     r = build_report(load(s.path))
     [site] = r.engines
     assert (site.call_site, site.created, site.connections) == ("an unknown call site", 0, 1)
+
+
+def test_nullpool_engine_per_call_with_every_connection_closed_is_only_info(tmp_path):
+    # The study's experiment 3: create_engine(poolclass=NullPool) per call; checkin closes.
+    s = SynthCapture(str(tmp_path / "n.tq"))
+    for i in range(30):
+        e = s.engine(0.1 + i * 0.1, pool_class="NullPool", pool_size=None, max_overflow=None)
+        c = s.open(0.11 + i * 0.1, engine=e, tid=5000 + i % 4)
+        s.pool(0.15 + i * 0.1, e, "checkin", c)
+        s.pool(0.1501 + i * 0.1, e, "close", c)
+        s.close(0.1502 + i * 0.1, c, ev.EXPLICIT_CLOSE, tid=5000 + i % 4)
+    s.finish(4.0)
+    r = build_report(load(s.path))
+    [f] = [f for f in r.findings if f.title.startswith("create_engine() ran")]
+    assert f.severity == "info"
+    assert f.title == "create_engine() ran 30 times at config/database.py:22 in get_db_session; every connection was closed by close()"
+    assert not [f for f in r.findings if f.severity in ("error", "warning")]
+    assert r.drops == []
