@@ -138,3 +138,36 @@ def timeline_png(report: Report, xmax: Optional[float] = None) -> bytes:
 def common_xmax(reports: Sequence[Report]) -> float:
     """One x range for side-by-side plots."""
     return max([r.timeline.end_s for r in reports] + [1e-3])
+
+
+OVERLAY_COLORS = ("#c62828", "#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037", "#455a64")
+
+
+def comparison_svg(reports: Sequence[Report]) -> str:
+    """Every capture's live connections on one axis (the server's count dotted when sampled)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for i, r in enumerate(reports):
+        color = OVERLAY_COLORS[i % len(OVERLAY_COLORS)]
+        tl = r.timeline
+        if tl.live:
+            xs = [p[0] for p in tl.live] + [max(tl.end_s, tl.live[-1][0])]
+            ys = [p[1] for p in tl.live] + [tl.live[-1][1]]
+            ax.step(xs, ys, where="post", color=color, lw=1.1, label="%s (max %d)" % (r.name, r.connections.max_live),
+                    rasterized=len(xs) > 2000)
+        if tl.server:
+            ax.plot([p[0] for p in tl.server], [p[1] for p in tl.server], ".", ms=1.5, color=color, alpha=0.5,
+                    rasterized=len(tl.server) > 2000)
+    ax.set_xlabel("seconds since the program started")
+    ax.set_ylabel("live connections")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, common_xmax(reports) * 1.01)
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+    fig.subplots_adjust(left=0.07, right=0.99, top=0.96, bottom=0.14)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", dpi=110)
+    plt.close(fig)
+    svg = buf.getvalue()
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg

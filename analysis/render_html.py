@@ -40,6 +40,7 @@ def render(reports: Sequence[Report]) -> str:
             "more_quits": max(0, len(r.quits) - MAX_QUITS),
             "largest": r.largest_drop(),
         })
+    overlay = markupsafe.Markup(plot.comparison_svg(reports)) if len(reports) > 1 else None
     return _env().get_template(TEMPLATE).render(
-        items=items, causes=ev.CAUSES, wire_states=ev.WIRE_STATES, colors=plot.CAUSE_COLORS,
+        items=items, overlay=overlay, causes=ev.CAUSES, wire_states=ev.WIRE_STATES, colors=plot.CAUSE_COLORS,
         comparison=len(reports) > 1, title=("trace-quit: " + ", ".join(r.name for r in reports)))

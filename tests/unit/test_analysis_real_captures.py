@@ -87,4 +87,4 @@ def test_real_captures_side_by_side(tmp_path):
     text = render(reports, "text")
     assert "trace-quit comparison of 2 captures" in text
     html = render(reports, "html")
-    assert html.count("<svg") == 2
+    assert html.count("<svg") == 3

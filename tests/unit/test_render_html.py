@@ -54,7 +54,8 @@ def test_capture_strings_are_escaped(tmp_path):
 def test_comparison_page_puts_captures_side_by_side(study, tmp_path):
     kc = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
     html = render([study, kc], "html")
-    assert html.count("<svg") == 2 and "Side by side" in html
+    assert html.count("<svg") == 3 and "Side by side" in html  # an overlay, then one plot per capture
+    assert "epc.tq (max 214)" in html and "kc.tq (max 18)" in html
     assert "epc.tq" in html and "kc.tq" in html
     assert "repeat(2, minmax(520px, 1fr))" in html
 
