@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import Collection, Life
+from .join import Collection, Life, as_int
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
@@ -157,7 +157,19 @@ def explain_collection(c: Collection, lives: Sequence[Life], origins: Origins, t
         text += " on thread %s" % thread
     if c.collected is not None:
         text += " (%s)" % plural(c.collected, "object")
-    return text + " destroyed " + origins.phrase(lives)
+    text += " destroyed " + origins.phrase(lives)
+    # A collection runs on whichever thread allocates when it is due (workloads/hidden_threads.py):
+    # often one that never touched the database. Say so: the sender is not the opener.
+    if c.tid is not None and thread:
+        opened_on = {_open_tid(lf) for lf in lives}
+        if None not in opened_on and c.tid not in opened_on:
+            text += ", on a thread that opened none of them"
+    return text
+
+
+def _open_tid(life: Life) -> Optional[int]:
+    e = life.open_event()
+    return as_int(e.get("tid")) if e is not None else None
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,

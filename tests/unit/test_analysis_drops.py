@@ -56,8 +56,10 @@ def test_every_gen1_collection_and_the_gen2_one_and_shutdown_are_drops(study):
     before = live(66.3, 330 + 8)
     assert (big.t_s, big.from_, big.to, big.connections) == (66.3, before, before - 83, 83)
     assert big.from_ == 162 and big.to == 79
+    # Connections i = 6k opened on worker tids 5000 + 6k % 20 (all even); the collection ran on 5003.
     assert big.explanation == ("at 66.3 s a generation-2 collection on thread ThreadPoolExecutor-0_3 "
-                               "(10,575 objects) destroyed 83 connections of 83 engines created at " + SITE)
+                               "(10,575 objects) destroyed 83 connections of 83 engines created at " + SITE +
+                               ", on a thread that opened none of them")
     assert big.thread == "ThreadPoolExecutor-0_3" and big.collected == 10575 and big.triggered_at == "main.py:33"
     assert big.call_sites == [SITE]
     end = r.drops[11]
