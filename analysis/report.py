@@ -248,7 +248,7 @@ def build_report(capture: Capture) -> Report:
         step = len(timeline.server) // 8000 + 1
         timeline.server = timeline.server[::step]
 
-    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers)
+    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program)
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -266,10 +266,19 @@ _CAUSE_PROSE = {
 }
 
 
-def _summary(connections, com_quit, gc, drops, patterns, engines, layers) -> List[str]:
+def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program) -> List[str]:
     """The explanation in a few sentences, most important first."""
     fi, pl = dropslib.fmt_int, dropslib.plural
     out = []
+    if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
+            or connections.open_at_end or connections.failed):
+        line = "No MySQL connection was opened"
+        if layers.agent and "MySQLdb" not in program.modules:
+            line += " (the program never imported MySQLdb)"
+        out.append(line + ".")
+        if not layers.bpf:
+            out.append("Missing layer: eBPF (see findings).")
+        return out
     parts = []
     for cause in CLIENT_CLOSES:
         n = com_quit.by_cause.get(cause, 0)

@@ -154,3 +154,12 @@ def test_any_events_give_a_report_and_every_renderer_works(events, trailer, head
     assert sum(r.com_quit.by_cause.values()) >= r.connections.com_quit
     render(r, "text")
     json.loads(render(r, "json"))
+
+
+def test_a_program_without_connections_says_so(tmp_path):
+    s = SynthCapture(str(tmp_path / "z.tq"), layers=("agent",))
+    s.finish(0.1, status=7)
+    r = build_report(load(s.path))
+    assert r.summary == ["No MySQL connection was opened (the program never imported MySQLdb).",
+                         "Missing layer: eBPF (see findings)."]
+    assert r.program.exit_status == 7
