@@ -64,7 +64,7 @@ class Agent:
         self.lost = 0
         self.lost_reported = 0
         self.finalizing = False
-        # Per-thread running collection: thread ident -> [cid, generation, t_start, site, name, emitted]
+        # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written]
         self.collecting = {}
         self.cid = 0
         self.gc_counts = [0, 0, 0]
@@ -208,12 +208,10 @@ class Agent:
             if phase == "start":
                 self.cid += 1
                 gen = info["generation"]
-                frame = self.getframe(1)
-                # Name the program's line, not ours, when our own allocation set it off.
-                while frame is not None and frame.f_code.co_filename == self.own_file:
-                    frame = frame.f_back
-                site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame else ""
-                state = [self.cid, gen, self.now(), site, self.native_tid(), False]
+                # The frame that set the collection off; its site is formatted only if this
+                # collection is written out (most generation-0 ones are only counted), which
+                # happens during the collection, while the frame is still running.
+                state = [self.cid, gen, self.now(), self.getframe(1), False]
                 self.collecting[ident] = state
                 if gen > 0:
                     self._emit_gc_start(state)
@@ -223,7 +221,7 @@ class Agent:
                     return
                 gen = state[1]
                 self.gc_counts[gen] += 1
-                if state[5]:
+                if state[4]:
                     self.emit(self.ev.GC_STOP, gen=gen, cid=state[0], collected=info.get("collected", 0),
                               uncollectable=info.get("uncollectable", 0))
         except Exception:
@@ -232,20 +230,26 @@ class Agent:
     def _emit_gc_start(self, state):
         # Young collections are frequent: one is only written out when it destroyed something
         # we track (then late, with its own start time); the others are only counted.
-        state[5] = True
+        state[4] = True
         try:
             name = self.current_thread().name
         except Exception:
             name = ""
-        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid, "tid": state[4],
-                 "gen": state[1], "cid": state[0], "site": state[3], "thread": name}
+        frame = state[3]
+        state[3] = None  # hold no frame past this point
+        # Name the program's line, not ours, when our own allocation set it off.
+        while frame is not None and frame.f_code.co_filename == self.own_file:
+            frame = frame.f_back
+        site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
+        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid, "tid": self.native_tid(),
+                 "gen": state[1], "cid": state[0], "site": site, "thread": name}
         self.queue.append(event)
 
     def classify(self):
         """Why an object is being destroyed right now: (cause, generation, collection id)."""
         state = self.collecting.get(self.ident())
         if state is not None:
-            if not state[5]:
+            if not state[4]:
                 self._emit_gc_start(state)
             return "gc", state[1], state[0]
         if self.finalizing or self.is_finalizing():
