@@ -98,7 +98,7 @@ class _Sharer:
 
     json.loads makes fresh key strings for every line; a million events then cost ~1.1 KB each.
     Sharing them (one dict lookup per field) brings a 1M-event capture from ~1.1 GB to ~0.4 GB
-    (bench/report_1m.py). Lines are still parsed one by one: joining them into one JSON array
+    (tests/bench/report_1m.py). Lines are still parsed one by one: joining them into one JSON array
     would share keys for free, but crafted lines could then merge and hide damage.
     """
 

@@ -267,15 +267,20 @@ class DumpCommand:
     def run(self, args):
         import json
 
-        capture = _load_capture(args.capture)
+        from trace_quit.analysis.capture import CaptureError, iter_records
+
+        if not os.path.exists(args.capture):
+            raise CliError("%s: no such capture file" % args.capture, EX_NOINPUT)
         out = sys.stdout
-        out.write(json.dumps(capture.header, sort_keys=True) + "\n")
-        for event in capture.events:
-            out.write(json.dumps(event, sort_keys=True) + "\n")
-        if capture.trailer is not None:
-            out.write(json.dumps(capture.trailer, sort_keys=True) + "\n")
-        if capture.status != "complete":
-            _err("%s is %s" % (capture.path, capture.status))
+        try:
+            for record in iter_records(args.capture):  # streams: a huge capture is not loaded
+                if record.get("k") in ("damaged", "partial") and set(record) == {"k", "line"}:
+                    _err("%s: %s from line %d on" % (args.capture, "damaged" if record["k"] == "damaged"
+                                                      else "a cut-off last line (truncated)", record["line"]))
+                    break
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+        except CaptureError as exc:
+            raise CliError(str(exc), EX_DATAERR) from None
         return 0
 
 

@@ -61,14 +61,15 @@ GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
 #   one only when it destroyed a connection or engine (then with its own start time, so
 #   order by ``t``, not by file position). All collections are counted in gc_counts.
 GC_COUNTS = "gc_counts"          # by_gen {"0": n, "1": n, "2": n}: cumulative collections per process
-CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack
+CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack, thread (name)
 CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
-CONN_CLOSE = "conn_close"        # conn, stack: an explicit close() of an open connection
+CONN_CLOSE = "conn_close"        # conn, stack, thread: an explicit close() of an open connection
 CONN_DESTROY = "conn_destroy"    # conn, cause (gc|refcount|shutdown), gen, cid: destroyed while open
 ENGINE_CREATE = "engine_create"  # engine, site, pool_class, pool_size, max_overflow, url (no password)
 ENGINE_DISPOSE = "engine_dispose"  # engine
 ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
-POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn
+POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn,
+#                                  error ("Type: message", <= 200 chars) on invalidate/soft_invalidate
 AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------

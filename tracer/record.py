@@ -113,7 +113,7 @@ class Recorder:
                 self.bpf.attach(self.child.pid)
                 self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
                 self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                                  **self.bpf.describe()})
+                                  **_redacted(self.bpf.describe())})
             for note in getattr(self.bpf_targets, "notes", None) or []:
                 self.note(note, level="info")
             self._start_threads()
@@ -150,8 +150,7 @@ class Recorder:
         if self.bpf_targets is not None:
             # The files the program will load and their versions, resolved before it ran.
             try:
-                header["targets"] = self.bpf_targets.describe()
-                header["targets"]["argv"] = header["argv"]
+                header["targets"] = _redacted(self.bpf_targets.describe())
             except Exception as exc:
                 header["targets"] = {"error": str(exc)}
         if opts.dsn:
@@ -262,6 +261,18 @@ class Recorder:
         self.writer.close({"exit_status": exit_status,
                            "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
                            "timings": dict(self.timings)})
+
+
+def _redacted(value):
+    """``value`` with every ``argv`` list in it redacted (descriptions may carry the command line)."""
+    if isinstance(value, dict):
+        return {k: ev.redact_argv(v) if k == "argv" and isinstance(v, list) else _redacted(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str):
+        return ev.redact(value)
+    return value
 
 
 def _terminal_sent_to_group():

@@ -108,3 +108,17 @@ def test_cut_and_garbage_captures_are_read_up_to_the_damage(server, tmp_path):
     result = subprocess.run(TRACE_QUIT + ["report", str(rnd)], capture_output=True, text=True)
     assert result.returncode == 65
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_no_password_anywhere_in_a_bpf_capture_or_its_reports(server, tmp_path):
+    proc, capture = run_traced(tmp_path, [sys.executable, "-m", "trace_quit.workloads", "known-causes",
+                                          "--dsn", server.dsn_tcp], bpf=True)
+    assert proc.returncode == 0, proc.stderr
+    assert server.password not in open(capture).read()
+    assert server.password not in proc.stderr
+    for fmt in ("text", "json", "html"):
+        out = subprocess.run(TRACE_QUIT + ["report", capture, "--format", fmt], capture_output=True, text=True)
+        assert out.returncode == 0 and server.password not in out.stdout + out.stderr
+    dump = subprocess.run(TRACE_QUIT + ["dump", capture], capture_output=True, text=True)
+    assert dump.returncode == 0 and server.password not in dump.stdout
+    assert len(dump.stdout.splitlines()) == len(open(capture).read().splitlines())

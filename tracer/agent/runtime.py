@@ -265,7 +265,7 @@ class Agent:
         ref = self.weakref(conn, self._destroyed_callback(addr))
         self.connections[addr] = ref
         info = _connect_params(args, kwargs)
-        self.emit_now(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), **info)
+        self.emit_now(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
 
     def on_conn_fail(self, conn, exc):
         self.emit_now(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
@@ -274,7 +274,7 @@ class Agent:
         addr = id(conn) + self.conn_offset
         ref = self.connections.pop(addr, None)
         if ref is not None and ref() is conn:
-            self.emit_now(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2))
+            self.emit_now(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2), thread=self.thread_name())
 
     def _destroyed_callback(self, addr):
         def destroyed(ref, agent=self, addr=addr):
@@ -287,6 +287,12 @@ class Agent:
             except Exception:
                 pass
         return destroyed
+
+    def thread_name(self):
+        try:
+            return self.current_thread().name
+        except Exception:
+            return ""
 
     def stack(self, skip):
         """A short stack of the caller as ["file:line in func", ...], innermost first."""
@@ -368,7 +374,12 @@ class Agent:
             try:
                 dbapi_connection = args[0] if args else None
                 conn = id(dbapi_connection) + agent.conn_offset if dbapi_connection is not None else None
-                agent.emit(agent.ev.POOL, engine=engine_id, ev=name, conn=conn)
+                fields = {"engine": engine_id, "ev": name, "conn": conn}
+                if len(args) > 2 and isinstance(args[2], BaseException):
+                    # invalidate/soft_invalidate: the error is the evidence of a server that went away
+                    exc = args[2]
+                    fields["error"] = agent.ev.redact("%s: %s" % (type(exc).__name__, exc))[:200]
+                agent.emit(agent.ev.POOL, **fields)
             except Exception:
                 pass
         return listener

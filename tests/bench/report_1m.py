@@ -9,9 +9,9 @@ reports on it in a fresh process so that only the report's memory is measured:
 
 and prints wall time per phase and the peak RSS of the reporting process.
 
-    .venv/bin/python bench/report_1m.py                  # ~1.0 M events
-    .venv/bin/python bench/report_1m.py --events 200000  # quicker
-    .venv/bin/python bench/report_1m.py --capture X.tq   # an existing capture
+    .venv/bin/python tests/bench/report_1m.py                  # ~1.0 M events
+    .venv/bin/python tests/bench/report_1m.py --events 200000  # quicker
+    .venv/bin/python tests/bench/report_1m.py --capture X.tq   # an existing capture
 """
 
 import argparse
