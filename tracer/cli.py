@@ -318,7 +318,7 @@ class DemoCommand:
 
     examples:
       sudo trace-quit demo                      (experiment 1: a new Engine per call, ~80 s)
-      sudo trace-quit demo shared-engine --tasks 100
+      sudo trace-quit demo shared-engine -- --tasks 100
     """
 
     name = "demo"
@@ -328,14 +328,13 @@ class DemoCommand:
                             help="a workload name (python -m trace_quit.workloads --help lists them)")
         parser.add_argument("--out", default="trace-quit-demo", help="directory for the capture and report")
         parser.add_argument("--no-bpf", action="store_true", help="agent only (no root needed)")
-        parser.add_argument("workload_args", nargs=argparse.REMAINDER,
-                            help="options passed to the workload (e.g. --tasks 100)")
+        parser.epilog = "Options after -- go to the workload, e.g.: trace-quit demo shared-engine -- --tasks 100"
 
     def run(self, args):
         from trace_quit.tracer import demo
 
         return demo.run_demo(args.experiment, args.out, bpf=not args.no_bpf,
-                             workload_args=[a for a in args.workload_args if a != "--"], fail=CliError)
+                             workload_args=getattr(args, "passthrough", []), fail=CliError)
 
 
 COMMANDS = [RunCommand(), ReportCommand(), DoctorCommand(), DemoCommand(), DumpCommand()]
@@ -379,10 +378,15 @@ def main(argv=None):
     if argv[0] == "run" and "--" not in argv and len(argv) > 1 and not set(argv[1:]) & {"-h", "--help"}:
         _err("put -- between trace-quit's options and the program, as in: trace-quit [options] -- python main.py")
         return EX_USAGE
+    passthrough = []
+    if argv[0] == "demo" and "--" in argv:  # the demo's workload options follow --
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EX_USAGE
+    args.passthrough = passthrough
     command = getattr(args, "command_obj", None) if args.subcommand == "run" else args.command
     try:
         return command.run(args)
