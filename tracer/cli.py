@@ -98,8 +98,14 @@ class RunCommand:
         try:
             result = recorder.run()
         except LaunchError as exc:
-            _remove_empty_capture(output)
+            _remove_unstarted_capture(output)
             raise CliError(str(exc), exc.code) from None
+        except Exception as exc:
+            if type(exc).__name__ != "BpfUnavailable":
+                raise
+            # Nothing ran: the capture holds only a header and the program was not started.
+            _remove_unstarted_capture(output)
+            raise CliError(str(exc), EX_UNAVAILABLE) from None
         except FileExistsError:
             raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT) from None
         except PermissionError as exc:
@@ -153,11 +159,14 @@ def _resolve_bpf_targets(argv, run_as):
         raise CliError(str(exc), EX_UNAVAILABLE) from None
 
 
-def _remove_empty_capture(path):
+def _remove_unstarted_capture(path):
+    """Remove a capture of a program that never started (it records nothing of use)."""
     try:
-        if os.path.getsize(path) == 0:
+        from trace_quit.analysis.capture import load
+
+        if not any(e.get("k") == "child_start" for e in load(path).events):
             os.unlink(path)
-    except OSError:
+    except Exception:
         pass
 
 

@@ -7,11 +7,13 @@ detach → trailer. Nothing captured is lost on the way out: every exit path clo
 capture with a trailer, and the flusher writes at least every 100 ms before that.
 """
 
+import contextlib
 import dataclasses
 import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, List, Optional
@@ -98,6 +100,7 @@ class Recorder:
             env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
             for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
                 env.pop(key, None)
+        self.started = False
         self.child = CorkedChild(opts.argv, env, run_as)
         self.child.spawn()  # before any thread exists: fork is safe
         exit_status = None
@@ -109,7 +112,11 @@ class Recorder:
                 from trace_quit.tracer import bpf  # only this layer imports bcc
 
                 t_attach = time.monotonic()
-                self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
+                with _stderr_captured() as compile_output:
+                    try:
+                        self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
+                    except bpf.BpfUnavailable as exc:
+                        raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
                 self.bpf.attach(self.child.pid)
                 self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
                 self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
@@ -123,6 +130,7 @@ class Recorder:
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                               "pid": self.child.pid, **self.timings})
             self.child.release()
+            self.started = True
             exit_status = self.child.wait()
             self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                               "pid": self.child.pid, "status": exit_status})
@@ -261,6 +269,34 @@ class Recorder:
         self.writer.close({"exit_status": exit_status,
                            "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
                            "timings": dict(self.timings)})
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Send fd 2 to a temporary file (bcc's compiler writes there from C); yield its reader."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+
+        def output():
+            tmp.seek(0)
+            return tmp.read().decode("utf-8", "replace")
+
+        try:
+            yield output
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _with_compile_hint(message, output):
+    """Name the usual reason a compile fails here: no kernel headers where bcc looks."""
+    source = os.environ.get("BCC_KERNEL_SOURCE") or "/lib/modules/%s/build" % platform.release()
+    if not os.path.isdir(source) or "chdir(" in output:
+        return ("bcc found no kernel headers at %s: run scripts/setup.sh (it installs them or applies the "
+                "headers fallback), or use --no-bpf" % source)
+    last = [line for line in output.strip().splitlines() if line.strip()][-1:] or [""]
+    return message + ((" — " + last[0][:200]) if last[0] else "")
 
 
 def _redacted(value):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tq_support import TRACE_QUIT, load_events
+from tq_support import TRACE_QUIT, load_events, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server, pytest.mark.slow]
 
@@ -196,3 +196,72 @@ def test_sigkilled_tracer_leaves_the_program_and_the_system_intact(phase, server
         cap = _one_kill(phase, server, tmp_path, index)
         if phase == "steady":
             assert any(e["k"] == "conn_open" for e in cap.events)  # flushed before the kill
+
+
+CRASHES = {
+    "sigsegv": ("import ctypes; ctypes.string_at(0)", 128 + signal.SIGSEGV),
+    "abort": ("os.abort()", 128 + signal.SIGABRT),
+    "os_exit": ("os._exit(3)", 3),
+    "sigkill": ("os.kill(os.getpid(), signal.SIGKILL)", 128 + signal.SIGKILL),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CRASHES))
+def test_a_crashing_program_keeps_its_status_and_its_open_connections_are_never_closed(how, server, tmp_path):
+    crash, status = CRASHES[how]
+    prog = tmp_path / "crash.py"
+    prog.write_text(
+        "import os, signal, sys, MySQLdb\n"
+        "from trace_quit.workloads import dsn\n"
+        "kw = dsn.parse(sys.argv[1])\n"
+        "MySQLdb.connect(**kw).close()\n"
+        "keep = [MySQLdb.connect(**kw) for _ in range(3)]\n"
+        "%s\n" % crash)
+    proc, capture = run_traced(tmp_path, [sys.executable, str(prog), server.dsn_socket], bpf=True)
+    assert proc.returncode == status, proc.stderr
+    result = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["program"]["exit_status"] == status
+    assert report["connections"]["opened"] == 4
+    assert report["com_quit"]["by_cause"]["never_closed"] == 3
+    assert report["com_quit"]["by_cause"]["explicit_close"] == 1
+    assert report["com_quit"]["wire"]["confirmed"] == 1
+
+
+def test_mysqldb_imported_in_a_thread_is_hooked(server, tmp_path):
+    prog = tmp_path / "thread_import.py"
+    prog.write_text(
+        "import sys, threading\n"
+        "def work():\n"
+        "    import MySQLdb\n"
+        "    from trace_quit.workloads import dsn\n"
+        "    for _ in range(5):\n"
+        "        MySQLdb.connect(**dsn.parse(sys.argv[1])).close()\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n")
+    proc, capture = run_traced(tmp_path, [sys.executable, str(prog), server.dsn_tcp], bpf=True)
+    assert proc.returncode == 0, proc.stderr
+    events = load_events(capture).events
+    closes = [e for e in events if e["k"] == "conn_close"]
+    assert len(closes) == 5 and all(e["thread"] != "MainThread" for e in closes)
+    assert sum(1 for e in events if e["k"] == "bpf_close" and e["cause"] == "explicit_close") == 5
+
+
+def test_bcc_missing_is_one_line_with_the_fix(tmp_path):
+    # A Python that has trace-quit but not bcc (the py3.11 test venv has no system site packages).
+    from tq_support import venv_python_for
+
+    python = venv_python_for("3.11")
+    result = subprocess.run([python, "-m", "trace_quit.tracer.cli", "-o", str(tmp_path / "x.tqcap"), "--", "true"],
+                            capture_output=True, text=True)
+    assert result.returncode == 69
+    assert result.stderr.count("\n") == 1 and "bcc" in result.stderr and "--no-bpf" in result.stderr
+    assert not (tmp_path / "x.tqcap").exists()
+
+
+def test_missing_kernel_headers_is_one_line_with_the_fix(tmp_path):
+    env = dict(os.environ, BCC_KERNEL_SOURCE=str(tmp_path / "no-headers"))
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "print('ran')"], bpf=True, env=env)
+    assert proc.returncode == 69, proc.stderr
+    assert "Traceback" not in proc.stderr and "header" in proc.stderr and "setup.sh" in proc.stderr
+    assert "ran" not in proc.stdout
