@@ -262,7 +262,7 @@ class Agent:
     # --- mysqlclient -----------------------------------------------------------
     def on_conn_open(self, conn, args, kwargs):
         addr = id(conn) + self.conn_offset
-        ref = self.weakref(conn, self._destroyed_callback(addr))
+        ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
         self.connections[addr] = ref
         info = _connect_params(args, kwargs)
         self.emit_now(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
@@ -276,14 +276,15 @@ class Agent:
         if ref is not None and ref() is conn:
             self.emit_now(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2), thread=self.thread_name())
 
-    def _destroyed_callback(self, addr):
-        def destroyed(ref, agent=self, addr=addr):
+    def _destroyed_callback(self, registry, key, kind, field):
+        """A weakref callback: ``registry[key]`` died while still tracked — say why (``kind`` event)."""
+        def destroyed(ref, agent=self, registry=registry, key=key, kind=kind, field=field):
             try:
-                if agent.connections.get(addr) is not ref:
-                    return  # closed explicitly before (or the address was reused)
-                del agent.connections[addr]
+                if registry.get(key) is not ref:
+                    return  # closed (or disposed of) explicitly before, or the address was reused
+                del registry[key]
                 cause, gen, cid = agent.classify()
-                agent.emit_now(agent.ev.CONN_DESTROY, conn=addr, cause=cause, gen=gen, cid=cid)
+                agent.emit_now(kind, **{field: key, "cause": cause, "gen": gen, "cid": cid})
             except Exception:
                 pass
         return destroyed
@@ -341,24 +342,13 @@ class Agent:
         except Exception:
             pass
         try:
-            self.engines[engine_id] = self.weakref(engine, self._engine_destroyed_callback(engine_id))
+            self.engines[engine_id] = self.weakref(
+                engine, self._destroyed_callback(self.engines, engine_id, self.ev.ENGINE_DESTROY, "engine"))
         except TypeError:
             pass
         self.emit(self.ev.ENGINE_CREATE, **info)
         if pool is not None:
             self._listen_pool(engine_id, pool)
-
-    def _engine_destroyed_callback(self, engine_id):
-        def destroyed(ref, agent=self, engine_id=engine_id):
-            try:
-                if agent.engines.get(engine_id) is not ref:
-                    return
-                del agent.engines[engine_id]
-                cause, gen, cid = agent.classify()
-                agent.emit_now(agent.ev.ENGINE_DESTROY, engine=engine_id, cause=cause, gen=gen, cid=cid)
-            except Exception:
-                pass
-        return destroyed
 
     def _listen_pool(self, engine_id, pool):
         from sqlalchemy import event
