@@ -57,11 +57,61 @@ def test_shebang_and_env_lead_to_the_interpreter(tmp_path):
     assert resolve.resolve_interpreter(["env", "A=1", VENV_PY, "-c", "pass"], env) == (VENV_PY, ["-c", "pass"])
 
 
-def test_non_python_and_missing_commands_say_what_to_do(tmp_path):
-    with pytest.raises(BpfUnavailable, match="not a Python interpreter"):
-        resolve_targets(["/bin/true"], None, 0, 0)
+def test_a_missing_command_is_the_only_resolution_error():
     with pytest.raises(BpfUnavailable, match="command not found"):
         resolve_targets(["no-such-command-xyz"], None, 0, 0)
+    with pytest.raises(BpfUnavailable, match="no command"):
+        resolve_targets([], None, 0, 0)
+
+
+def _venv_first_env():
+    return dict(os.environ, PATH=os.path.dirname(VENV_PY) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def test_a_non_python_command_is_probed_on_guesses_with_reasons():
+    env = _venv_first_env()  # python3 on PATH: the project venv's (Debian 3.11 + mysqlclient)
+    t = resolve_targets(["/bin/true"], env, 0, 0)
+    assert t.command == {"path": "/bin/true", "python": False, "why": "/bin/true is not a Python interpreter"}
+    assert [(g["interpreter"], g["why"]) for g in t.guesses] == [
+        (os.path.join(os.path.dirname(VENV_PY), "python3"), "the python3 on the program's PATH")]
+    assert t.guesses[0]["mysql_so"] == t.mysql_so and t.mysql_so.startswith(os.path.dirname(os.path.dirname(VENV_PY)))
+    assert t.nothing_to_probe is None
+    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize", "py_close", "py_dealloc",
+                                         "close", "close_ret", "connect", "connect_ret"}
+    assert [c["path"] for c in t.client_libs] == [resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0).client_lib]
+    assert any("not a Python interpreter: probes are placed on guesses" in n for n in t.notes)
+
+
+def test_a_shell_command_leads_to_the_python_it_names(tmp_path):
+    venv_py = VENV_PY
+    t = resolve_targets(["bash", "-c", "cd /tmp && exec %s -m trace_quit.workloads known-causes --dsn x | cat" % venv_py],
+                        dict(os.environ, PATH="/usr/bin:/bin"), 0, 0, cwd=str(tmp_path))
+    assert t.guesses[0]["interpreter"] == venv_py
+    assert t.guesses[0]["why"].startswith("run by the shell command")
+    assert t.interpreter == venv_py and t.mysql_so and t.gc_mode == "usdt"
+    # A script run through its #! by a shell, naming the interpreter through a variable.
+    script = _script(tmp_path / "run.sh", "#!/bin/sh\n# start\nexport A=1\nexec \"$VENV/bin/python\" -u app.py \"$@\"\n")
+    t = resolve_targets([script, "x"], dict(os.environ, VENV=os.path.dirname(os.path.dirname(venv_py)), PATH="/usr/bin:/bin"),
+                        0, 0, cwd=str(tmp_path))
+    assert t.guesses[0] == dict(t.guesses[0], interpreter=venv_py, why="run by the script %s" % script)
+    assert t.mysql_so is not None
+
+
+def test_without_any_python_the_client_libraries_in_the_loader_cache_are_probed():
+    t = resolve_targets(["/bin/true"], dict(os.environ, PATH="/nonexistent"), 0, 0)
+    # No Python anywhere: still the client library from the loader cache, said to be a guess.
+    assert t.guesses == [] and t.nothing_to_probe is None
+    assert t.client_libs[0]["how"].startswith("found through /etc/ld.so.cache")
+    assert {p.role for p in t.probes} == {"close", "close_ret", "connect", "connect_ret"}
+    if "libmariadb.so.3" in t.client_libs[0]["path"]:
+        assert t.last_errno_offset == 0x90  # libmariadb3's mysql_errno: mov 0x90(%rdi),%eax
+
+
+def test_nothing_to_probe_is_said_not_raised(monkeypatch):
+    monkeypatch.setattr(elf, "ld_cache", lambda path="/etc/ld.so.cache": {})
+    t = resolve_targets(["/bin/true"], dict(os.environ, PATH="/nonexistent"), 0, 0)
+    assert t.probes == [] and t.client_libs == []
+    assert t.nothing_to_probe.startswith("/bin/true is not a Python interpreter and neither a Python nor a MySQL client")
 
 
 def test_the_project_venv_resolves_to_debian_python_and_libmariadb():

@@ -147,6 +147,21 @@ class Targets:
     missing: list = dataclasses.field(default_factory=list)  # [{"what", "why"}]
     notes: list = dataclasses.field(default_factory=list)
     timings: dict = dataclasses.field(default_factory=dict)
+    #: The command itself: {"path", "python": bool, "why"} (why it is not Python).
+    command: dict = dataclasses.field(default_factory=dict)
+    #: For a command that is not Python: every interpreter examined as a guess, with why
+    #: ({"interpreter", "why", "python_version", "libpython", "mysql_so", "client_lib"}).
+    guesses: list = dataclasses.field(default_factory=list)
+    #: Client libraries probed and how each was found ({"path", "soname", "how"}).
+    client_libs: list = dataclasses.field(default_factory=list)
+    #: Offset of ``net.last_errno`` in MYSQL (from the library's mysql_errno), None if unknown.
+    last_errno_offset: int = None
+    #: Set (one sentence) when not a single uprobe could be placed: the eBPF layer has nothing
+    #: to watch. The run should still go ahead; the caller decides whether to load anything.
+    nothing_to_probe: str = None
+
+    def uprobe_count(self):
+        return sum(1 for p in self.probes if p.how != "tracepoint")
 
     def describe(self):
         """A JSON-able dict for the capture header."""
@@ -212,11 +227,28 @@ def _skip_env(args):
     return None
 
 
-def resolve_interpreter(argv, env):
-    """Follow argv to the Python interpreter it will run: (interpreter_path, python_args) or raise."""
+@dataclasses.dataclass
+class Command:
+    """Where a command line leads: the file the kernel finally runs, and whether it is Python."""
+
+    path: str                 # the ELF (or unreadable file) finally exec'd
+    args: list                # its arguments (argv[1:] as it receives them)
+    interpreter: str = None   # the same path when it is a CPython interpreter, else None
+    scripts: list = dataclasses.field(default_factory=list)  # #! scripts passed through on the way
+    why: str = None           # why it is not Python (when interpreter is None)
+
+
+def follow_command(argv, env):
+    """Follow argv through PATH, ``#!`` lines and ``env`` to the file that runs: a Command.
+
+    Raises BpfUnavailable only when there is no command or it does not exist; a command that
+    is not Python is a Command with ``interpreter=None`` and ``why``.
+    """
     if not argv:
         raise BpfUnavailable("no command was given; put the program after --")
     args = list(argv)
+    scripts = []
+    path = None
     for _ in range(5):  # kernel's binfmt_script nests a few levels at most
         path = _which(args[0], env)
         if path is None:
@@ -226,29 +258,197 @@ def resolve_interpreter(argv, env):
         except elflib.ElfError:
             e = None
         except OSError as exc:
-            raise BpfUnavailable("cannot read %s (%s); check its permissions" % (path, exc.strerror))
+            return Command(path, args[1:], scripts=scripts, why="cannot read %s (%s)" % (path, exc.strerror))
         if e is not None:
             if os.path.basename(path) == "env" or os.path.basename(os.path.realpath(path)) == "env":
                 i = _skip_env(args[1:])
                 if i is None:
-                    raise BpfUnavailable("env was given no command; put the Python program after env")
+                    return Command(path, args[1:], scripts=scripts, why="env was given no command")
                 args = args[1 + i:]
                 continue
             if _is_python_elf(e):
-                return path, args[1:]
-            raise BpfUnavailable(
-                "%s is not a Python interpreter, so eBPF probes cannot be placed; run the Python "
-                "program directly (trace-quit -- python prog.py) or use --no-bpf" % path)
+                return Command(path, args[1:], interpreter=path, scripts=scripts)
+            return Command(path, args[1:], scripts=scripts, why="%s is not a Python interpreter" % path)
         sb = _shebang(path)
         if sb is None:
-            raise BpfUnavailable("%s is neither an executable nor a #! script; run it with python explicitly" % path)
+            return Command(path, args[1:], scripts=scripts, why="%s is neither an ELF executable nor a #! script" % path)
+        scripts.append(path)
         interp, arg = sb
         new = [interp] + ([arg] if arg is not None else []) + [path] + args[1:]
         if os.path.basename(interp) == "env" and arg is not None:
             # "#!/usr/bin/env python3" or "#!/usr/bin/env -S python3 -u": split like env -S.
             new = [interp] + shlex.split(arg) + [path] + args[1:]
         args = new
-    raise BpfUnavailable("too many levels of #! interpreters in %s" % argv[0])
+    return Command(path, args[1:], scripts=scripts, why="too many levels of #! interpreters in %s" % argv[0])
+
+
+def resolve_interpreter(argv, env):
+    """Follow argv to the Python interpreter it will run: (interpreter_path, python_args) or raise."""
+    cmd = follow_command(argv, env)
+    if cmd.interpreter is None:
+        raise BpfUnavailable("%s, so eBPF probes cannot be placed on it directly; run the Python program "
+                             "directly (trace-quit -- python prog.py) or use --no-bpf" % cmd.why)
+    return cmd.interpreter, cmd.args
+
+
+# ---------------------------------------------------------------------------------------
+# Commands that are not Python: where a Python may be started later (best effort)
+
+_SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "posh", "yash"))
+#: ``python``, ``python3``, ``python3.11``: names that are worth resolving wherever they appear.
+_PY_NAME = re.compile(r"^python(\d+(\.\d+)?)?$")
+#: Words that end a simple command, or that run the next word as the command.
+_SEPARATORS = frozenset((";", "&&", "||", "|", "&", "|&", ";;", "(", ")", "{", "}", "!", "then", "do",
+                         "else", "elif", "if", "while", "until", "in", "`", "$("))
+_PREFIXES = frozenset(("exec", "nohup", "time", "command", "builtin", "setsid", "nice", "stdbuf", "chrt", "ionice"))
+#: At most this many interpreters are examined (each costs one helper run, ~30-60 ms).
+MAX_GUESSES = 4
+SCRIPT_SCAN_BYTES = 65536
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def _expand(word, env):
+    """$VAR and ${VAR} as the shell would expand them with the program's environment."""
+    if word.startswith("~/") and env.get("HOME"):
+        word = env["HOME"] + word[1:]
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), word)
+
+
+def _shell_words(text):
+    """Shell text as lists of words, one list per simple command (a tolerant tokenizer)."""
+    text = text.replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        try:
+            lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            lex.commenters = "#"
+            words = list(lex)
+        except ValueError:  # an unbalanced quote: fall back to whitespace
+            words = line.split("#", 1)[0].split()
+        cur = []
+        for w in words:
+            if w in _SEPARATORS or (w and set(w) <= set(";&|()<>")):
+                if cur:
+                    commands.append(cur)
+                cur = []
+            else:
+                cur.append(w)
+        if cur:
+            commands.append(cur)
+    return commands
+
+
+def _shell_input(args):
+    """For a shell's arguments: ("-c", command string) or ("file", script path) or None."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-c" or (a.startswith("-") and not a.startswith("--") and "c" in a[1:]):
+            return ("-c", args[i + 1]) if i + 1 < len(args) else None
+        if a in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
+            i += 2
+            continue
+        if a == "--":
+            return ("file", args[i + 1]) if i + 1 < len(args) else None
+        if a.startswith(("-", "+")):
+            i += 1
+            continue
+        return ("file", a)
+    return None
+
+
+def _read_script(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(SCRIPT_SCAN_BYTES)
+    except OSError:
+        return None
+    if b"\0" in data:
+        return None  # not a text script
+    return data.decode("utf-8", "replace")
+
+
+def guess_interpreters(cmd, env, cwd, depth=0, out=None, seen_texts=None):
+    """[(interpreter, python args, why)]: Pythons a non-Python command may start, best first.
+
+    Looks in shell ``-c`` strings and shell scripts (the command's own ``#!`` scripts and a
+    script given to a shell) for words that run a Python, following PATH, ``#!`` and ``env``
+    like the shell would; then adds the ``python3`` on the program's PATH. A guess only:
+    the program decides at run time what it really starts.
+    """
+    out = [] if out is None else out
+    seen_texts = set() if seen_texts is None else seen_texts
+    texts = []
+    for script in cmd.scripts:
+        texts.append((script, "the script %s" % script))
+    if os.path.basename(os.path.realpath(cmd.path)) in _SHELLS or os.path.basename(cmd.path) in _SHELLS:
+        inp = _shell_input(cmd.args)
+        if inp and inp[0] == "-c":
+            texts.append((None, inp[1]))
+        elif inp:
+            texts.append((os.path.join(cwd, inp[1]), "the script %s" % inp[1]))
+    for path, origin in texts:
+        if path is None:
+            text, origin = origin, "the shell command %r" % (origin if len(origin) < 80 else origin[:77] + "...")
+        else:
+            if path in seen_texts:
+                continue
+            seen_texts.add(path)
+            text = _read_script(path)
+            if text is None:
+                continue
+        for words in _shell_words(text):
+            _scan_words([_expand(w, env) for w in words], env, cwd, origin, out, depth, seen_texts)
+    if depth == 0:
+        # Possibly a wrapper (a pyenv shim): _add_python asks it for sys.executable.
+        py = _which("python3", env)
+        if py is not None and len(out) < MAX_GUESSES and not any(g[0] == py for g in out):
+            out.append((py, [], "the python3 on the program's PATH"))
+    return out
+
+
+def _follow_quiet(argv, env):
+    try:
+        return follow_command(argv, env)
+    except BpfUnavailable:
+        return None
+
+
+def _scan_words(words, env, cwd, origin, out, depth, seen_texts):
+    """Add the Pythons one simple command (a list of words) would run."""
+    i = 0
+    while i < len(words):  # skip VAR=value, exec/nohup/..., env and its options
+        w = words[i]
+        if re.match(r"^[A-Za-z_]\w*=", w) or w in _PREFIXES or w.startswith("-") and i > 0 and words[i - 1] in _PREFIXES:
+            i += 1
+        elif os.path.basename(w) == "env":
+            j = _skip_env(words[i + 1:])
+            if j is None:
+                return
+            i += 1 + j
+        else:
+            break
+    positions = [i] + [j for j in range(i + 1, len(words)) if _PY_NAME.match(os.path.basename(words[j]))]
+    for j in positions:
+        if j >= len(words) or len(out) >= MAX_GUESSES:
+            return
+        word = words[j]
+        if "/" in word and not os.path.isabs(word):
+            word = os.path.join(cwd, word)
+        c = _follow_quiet([word] + words[j + 1:], env)
+        if c is None:
+            continue
+        if c.interpreter:
+            if not any(g[0] == c.interpreter for g in out):
+                out.append((c.interpreter, c.args, "run by %s" % origin))
+        elif _PY_NAME.match(os.path.basename(word)):
+            # A wrapper named python (a pyenv shim): _add_python asks it for sys.executable.
+            shim = _which(word, env)
+            if shim and not any(g[0] == shim for g in out):
+                out.append((shim, words[j + 1:], "run by %s" % origin))
+        elif depth < 2:
+            guess_interpreters(c, env, cwd, depth + 1, out, seen_texts)
 
 
 def _python_path0(pyargs, cwd):
@@ -477,94 +677,242 @@ def _gc_symbol_sites(e, version, targets):
     return sites
 
 
-def resolve_targets(argv, env, uid=None, gid=None, cwd=None):
-    """Resolve the interpreter, libpython, _mysql .so, client library and every probe site for ``argv``."""
-    t0 = time.monotonic()
-    env = dict(os.environ if env is None else env)
-    cwd = cwd or os.getcwd()
-    targets = Targets(argv=list(argv))
-    interp, pyargs = resolve_interpreter(argv, env)
-    targets.interpreter = interp
-    targets.interpreter_real = os.path.realpath(interp)
-    exe = elflib.Elf(targets.interpreter_real)
-    targets.timings["interpreter_s"] = round(time.monotonic() - t0, 4)
+def _add_probe(targets, site):
+    """Append ``site`` unless the same program is already on the same instruction."""
+    if site is None:
+        return False
+    for p in targets.probes:
+        if (p.path, p.offset, p.how, p.fn) == (site.path, site.offset, site.how, site.fn):
+            return False
+    targets.probes.append(site)
+    return True
 
-    t1 = time.monotonic()
+
+def last_errno_offset(client):
+    """Offset of ``net.last_errno`` in MYSQL, read from the library's own ``mysql_errno``, or None.
+
+    Both libmariadb and MySQL's client compile ``mysql_errno(mysql)`` to a NULL check and
+    ``mov disp(%rdi),%eax`` (disp = offsetof(MYSQL, net.last_errno)): 0x90 in libmariadb3.
+    """
+    s = client.symbol("mysql_errno")
+    if s is None:
+        return None
+    try:
+        code = client.read(client.vaddr_to_offset(s.value), 32)
+    except elflib.ElfError:
+        return None
+    for i in range(len(code) - 2):
+        if code[i] == 0x8B and code[i + 1] == 0x87 and i + 6 <= len(code):       # mov disp32(%rdi),%eax
+            return int.from_bytes(code[i + 2:i + 6], "little", signed=True)
+        if code[i] == 0x8B and code[i + 1] == 0x47:                               # mov disp8(%rdi),%eax
+            return int.from_bytes(code[i + 2:i + 3], "little", signed=True)
+    return None
+
+
+def _add_client_probes(targets, client, how):
+    """mysql_close (+return) and mysql_real_connect (+return) in client library ``client``."""
+    real = os.path.realpath(client.path)
+    if any(c["path"] == real for c in targets.client_libs):
+        return
+    soname = client.dynamic()["soname"] or os.path.basename(client.path)
+    targets.client_libs.append({"path": real, "soname": soname, "how": how})
+    if targets.client_lib is None:
+        targets.client_lib, targets.client_soname = real, soname
+    off = last_errno_offset(client)
+    fn = "on_close"
+    if off is None:
+        targets.missing.append({"what": "mysql_errno in %s" % real,
+                                "why": "net.last_errno offset not decodable: bpf_close.last_errno is None"})
+        fn = "on_close_noerrno"
+    elif targets.last_errno_offset is None:
+        targets.last_errno_offset = off
+    elif off != targets.last_errno_offset:
+        targets.missing.append({"what": "last_errno in %s" % real, "why": "its MYSQL layout differs from %s's "
+                                "(offset %#x, not %#x): bpf_close.last_errno is None there" % (
+                                    targets.client_libs[0]["path"], off, targets.last_errno_offset)})
+        fn = "on_close_noerrno"
+    close = _site("close", fn, client, "mysql_close", "uprobe")
+    if close is None:
+        targets.missing.append({"what": "mysql_close", "why": "not in %s" % real})
+        return
+    _add_probe(targets, close)
+    # Same offset: the stack pointer is untouched up to it (x86.py), so the return
+    # address is still at (%rsp) and one emulated breakpoint serves both consumers.
+    _add_probe(targets, dataclasses.replace(close, role="close_ret", fn="on_close_ret", how="uretprobe"))
+    conn = _site("connect", "on_connect", client, "mysql_real_connect", "uprobe")
+    if conn is None:
+        targets.missing.append({"what": "mysql_real_connect", "why": "not in %s" % real})
+    else:
+        _add_probe(targets, conn)
+        _add_probe(targets, dataclasses.replace(conn, role="connect_ret", fn="on_connect_ret", how="uretprobe"))
+
+
+def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
+    """Resolve one interpreter (libpython, GC sites, _mysql .so, client library) into ``targets``."""
     info = _run_helper(interp, pyargs, env, uid, gid, cwd)
-    targets.timings["find_spec_helper_s"] = round(time.monotonic() - t1, 4)
-    targets.python_version = tuple(info["version"])
-    targets.basicsize = int(info["basicsize"])
-    targets.gil_disabled = bool(info.get("gil_disabled"))
-    targets.mysqldb = info.get("mysqldb")
-    targets.mysql_so = info.get("mysql_so")
-    targets.mysqlclient_version = info.get("mysqlclient_version")
-    if targets.gil_disabled:
-        targets.notes.append("free-threaded build: the GC has no generations; gc causes carry generation -1")
-
-    t2 = time.monotonic()
-    # libpython: the executable itself when static, else the libpython3.X.so it links.
+    version = tuple(info["version"])
+    c = _follow_quiet([interp], env)
+    if c is None or c.interpreter is None:
+        # A wrapper that execs the real interpreter (pyenv shim): what it ran is sys.executable.
+        if not info.get("executable"):
+            raise BpfUnavailable("%s does not report its sys.executable" % interp)
+        targets.notes.append("%s is a wrapper; probing the interpreter it runs, %s" % (interp, info["executable"]))
+        interp = info["executable"]
+    exe = elflib.Elf(os.path.realpath(interp))
     lib = None
     for name in exe.dynamic()["needed"]:
         if name.startswith("libpython"):
             lib = find_library(name, exe, env)
             if lib is None:
                 raise BpfUnavailable("cannot find %s, which %s needs; check LD_LIBRARY_PATH" % (name, interp))
-    targets.libpython_static = lib is None
-    targets.libpython = os.path.realpath(lib or targets.interpreter_real)
-    pyelf = exe if lib is None else elflib.Elf(targets.libpython)
+    libpython = os.path.realpath(lib or exe.path)
+    pyelf = exe if lib is None else elflib.Elf(libpython)
+    if primary or targets.interpreter is None or (not targets.mysql_so and info.get("mysql_so")):
+        # The interpreter the report talks about: the command's own, else the best guess.
+        targets.interpreter = interp
+        targets.interpreter_real = os.path.realpath(interp)
+        targets.python_version = version
+        targets.basicsize = int(info["basicsize"])
+        targets.gil_disabled = bool(info.get("gil_disabled"))
+        targets.mysqldb = info.get("mysqldb")
+        targets.mysql_so = info.get("mysql_so")
+        targets.mysqlclient_version = info.get("mysqlclient_version")
+        targets.libpython = libpython
+        targets.libpython_static = lib is None
+    if not primary:
+        targets.guesses.append({"interpreter": interp, "why": why, "python_version": ".".join(map(str, version)),
+                                "libpython": libpython, "mysql_so": info.get("mysql_so")})
+    if info.get("gil_disabled") and primary:
+        targets.notes.append("free-threaded build: the GC has no generations; gc causes carry generation -1")
 
     # GC: USDT where the interpreter has it (Debian's python3.11), else the collection function.
-    sites = _usdt_sites(pyelf, targets)
-    if sites:
-        targets.gc_mode = "usdt"
-    else:
+    scratch = Targets(argv=[])
+    sites = _usdt_sites(pyelf, scratch)
+    mode = "usdt" if sites else None
+    if not sites:
         if not pyelf.has_symtab():
-            targets.missing.append({"what": "gc brackets", "why": "%s has no USDT notes and no .symtab (stripped)" % targets.libpython})
-            sites = []
+            scratch.missing.append({"what": "gc brackets", "why": "%s has no USDT notes and no .symtab (stripped)" % libpython})
         else:
-            sites = _gc_symbol_sites(pyelf, targets.python_version, targets)
+            sites = _gc_symbol_sites(pyelf, version, scratch)
             if sites:
-                targets.gc_mode = "symbol"
+                mode = "symbol"
             else:
-                targets.missing.append({"what": "gc brackets", "why": "no collection function known for Python %s in %s" % (
-                    ".".join(map(str, targets.python_version)), targets.libpython)})
-    targets.probes += sites
+                scratch.missing.append({"what": "gc brackets", "why": "no collection function known for Python %s in %s" % (
+                    ".".join(map(str, version)), libpython)})
+    if sites and any(targets.gc_args.get(k, v) != v for k, v in scratch.gc_args.items()):
+        targets.missing.append({"what": "gc brackets in %s" % libpython,
+                                "why": "their operands differ from %s's and one program serves every interpreter "
+                                       "of a run: collections there are not bracketed" % targets.libpython})
+        sites = []
+    elif sites:
+        targets.gc_args.update(scratch.gc_args)
+        targets.gc_mode = targets.gc_mode or mode
+    targets.notes += scratch.notes
+    targets.missing += scratch.missing
+    for site in sites:
+        _add_probe(targets, site)
     fin = _site("finalize", "on_finalize", pyelf, "Py_FinalizeEx", "uprobe")
     if fin is None:
-        targets.missing.append({"what": "Py_FinalizeEx", "why": "not found in %s: shutdown closes will read as refcount/gc" % targets.libpython})
+        targets.missing.append({"what": "Py_FinalizeEx", "why": "not found in %s: shutdown closes will read as refcount/gc" % libpython})
     else:
-        targets.probes.append(fin)
+        _add_probe(targets, fin)
 
     # mysqlclient and its client library.
-    if not targets.mysql_so:
-        why = "MySQLdb is not importable by %s" % interp if not targets.mysqldb else "MySQLdb has no compiled _mysql module (%s)" % targets.mysqldb
-        targets.missing.append({"what": "mysqlclient", "why": why + "; no MySQL probes attached"})
+    mysql_so = info.get("mysql_so")
+    if not mysql_so:
+        if primary:
+            why_not = ("MySQLdb is not importable by %s" % interp if not info.get("mysqldb")
+                       else "MySQLdb has no compiled _mysql module (%s)" % info.get("mysqldb"))
+            targets.missing.append({"what": "mysqlclient", "why": why_not + "; no MySQL probes attached"})
+        return
+    if int(info["basicsize"]) != targets.basicsize:
+        targets.missing.append({"what": "mysqlclient in %s" % mysql_so, "why": "its interpreter's object header "
+                                "(%s bytes) differs from %s's: its closes are not attributed" % (info["basicsize"], targets.interpreter)})
     else:
-        so = elflib.Elf(targets.mysql_so)
+        so = elflib.Elf(mysql_so)
         for role, fn, sym in (("py_close", "on_py_close", "_mysql_ConnectionObject_close"),
                               ("py_dealloc", "on_py_dealloc", "_mysql_ConnectionObject_dealloc")):
             s = _site(role, fn, so, sym, "uprobe")
             if s is None:
-                targets.missing.append({"what": sym, "why": "not in %s (stripped .symtab?): causes will be unknown" % targets.mysql_so})
+                targets.missing.append({"what": sym, "why": "not in %s (stripped .symtab?): causes will be unknown" % mysql_so})
             else:
-                targets.probes.append(s)
-        client = find_defining(so, "mysql_close", env)
-        if client is None:
-            targets.missing.append({"what": "client library", "why": "no library defining mysql_close found for %s" % targets.mysql_so})
-        else:
-            targets.client_lib = os.path.realpath(client.path)
-            targets.client_soname = client.dynamic()["soname"] or os.path.basename(client.path)
-            close = _site("close", "on_close", client, "mysql_close", "uprobe")
-            targets.probes.append(close)
-            # Same offset: the stack pointer is untouched up to it (x86.py), so the return
-            # address is still at (%rsp) and one emulated breakpoint serves both consumers.
-            targets.probes.append(dataclasses.replace(close, role="close_ret", fn="on_close_ret", how="uretprobe"))
-            conn = _site("connect", "on_connect", client, "mysql_real_connect", "uprobe")
-            if conn is None:
-                targets.missing.append({"what": "mysql_real_connect", "why": "not in %s" % targets.client_lib})
-            else:
-                targets.probes.append(conn)
-                targets.probes.append(dataclasses.replace(conn, role="connect_ret", fn="on_connect_ret", how="uretprobe"))
-    targets.timings["elf_s"] = round(time.monotonic() - t2, 4)
+                _add_probe(targets, s)
+    client = find_defining(elflib.Elf(mysql_so), "mysql_close", env)
+    if client is None:
+        targets.missing.append({"what": "client library", "why": "no library defining mysql_close found for %s" % mysql_so})
+        return
+    if not primary:
+        targets.guesses[-1]["client_lib"] = os.path.realpath(client.path)
+    _add_client_probes(targets, client, "linked by %s" % mysql_so)
+
+
+#: Client libraries looked up in the loader cache for a command that is not Python.
+CLIENT_SONAMES = ("libmariadb.so", "libmysqlclient.so", "libperconaserverclient.so")
+
+
+def _add_cached_clients(targets):
+    """Every MySQL/MariaDB client library in /etc/ld.so.cache (a guess: the program may load one)."""
+    seen = set()
+    for soname, path in sorted(elflib.ld_cache().items()):
+        if not soname.startswith(CLIENT_SONAMES):
+            continue
+        real = os.path.realpath(path)
+        if real in seen or not os.path.exists(real):
+            continue
+        seen.add(real)
+        try:
+            e = elflib.Elf(real)
+        except (elflib.ElfError, OSError):
+            continue
+        if e.symbol("mysql_close") is not None:
+            _add_client_probes(targets, e, "found through /etc/ld.so.cache (%s)" % soname)
+
+
+def resolve_targets(argv, env, uid=None, gid=None, cwd=None):
+    """Resolve the interpreter, libpython, _mysql .so, client library and every probe site for ``argv``.
+
+    A Python command is resolved exactly. Any other command (a shell, a script, a C program)
+    is traced best effort: the client library it links, the Pythons its shell text names and
+    the python3 on its PATH (with their mysqlclient), and the MySQL client libraries in the
+    loader cache; ``guesses``, ``client_libs`` and ``notes`` say what was guessed and why.
+    Raises BpfUnavailable only for a missing command; when nothing at all can be probed,
+    ``nothing_to_probe`` says why and the probes list is empty.
+    """
+    t0 = time.monotonic()
+    env = dict(os.environ if env is None else env)
+    cwd = cwd or os.getcwd()
+    targets = Targets(argv=list(argv))
+    cmd = follow_command(argv, env)
+    targets.command = {"path": cmd.path, "python": cmd.interpreter is not None}
+    targets.timings["interpreter_s"] = round(time.monotonic() - t0, 4)
+    t1 = time.monotonic()
+    if cmd.interpreter is not None:
+        _add_python(targets, cmd.interpreter, cmd.args, env, uid, gid, cwd, primary=True)
+        targets.timings["find_spec_helper_s"] = round(time.monotonic() - t1, 4)
+    else:
+        targets.command["why"] = cmd.why
+        # The client library the program itself links (a C program, a Perl DBD, ...): no guess.
+        try:
+            linked = find_defining(elflib.Elf(cmd.path), "mysql_close", env)
+        except (elflib.ElfError, OSError):
+            linked = None
+        if linked is not None:
+            _add_client_probes(targets, linked, "linked by %s" % cmd.path)
+        for interp, pyargs, why in guess_interpreters(cmd, env, cwd):
+            try:
+                _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary=False, why=why)
+            except (BpfUnavailable, elflib.ElfError, OSError) as exc:
+                targets.missing.append({"what": "guessed interpreter %s" % interp, "why": str(exc)})
+        targets.timings["find_spec_helper_s"] = round(time.monotonic() - t1, 4)
+        _add_cached_clients(targets)
+        targets.notes.append(
+            "%s: probes are placed on guesses (%s) and on the MySQL client libraries found (%s); "
+            "a Python or library it loads from elsewhere is not seen" % (
+                cmd.why, ", ".join("%s, %s" % (g["interpreter"], g["why"]) for g in targets.guesses) or "no Python found",
+                ", ".join(c["path"] for c in targets.client_libs) or "none"))
+        if not targets.probes:
+            targets.nothing_to_probe = ("%s and neither a Python nor a MySQL client library was found to probe "
+                                        "(no python3 on its PATH, none in /etc/ld.so.cache)" % cmd.why)
+    targets.timings["elf_s"] = round(time.monotonic() - t1, 4)
     targets.timings["total_s"] = round(time.monotonic() - t0, 4)
     return targets
