@@ -76,7 +76,7 @@ class Origins:
 
     def open_site(self, life: Life) -> Optional[str]:
         """The program's frame that opened ``life`` (agent stack), relative to cwd."""
-        e = life.agent_open
+        e = life.family.agent_open  # a fork copy: where its parent opened it
         if e is None:
             return None
         return relative_site(app_frame(e.get("stack")), self.cwd)
@@ -168,6 +168,8 @@ def explain_collection(c: Collection, lives: Sequence[Life], origins: Origins, t
 
 
 def _open_tid(life: Life) -> Optional[int]:
+    if life.root is not None:
+        return None  # a fork copy: opened by another process's thread
     e = life.open_event()
     return as_int(e.get("tid")) if e is not None else None
 

@@ -38,9 +38,11 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
             engine_events[site].append((el.t_create, 1))
             if el.t_end is not None:
                 engine_events[site].append((el.t_end, -1))
-        if el.disposed:
+        if el.inherited_from is not None:
+            pass  # a forked child's copy: its parent's create_engine() is the one counted
+        elif el.disposed:
             s.disposed += 1
-        if el.destroy is not None:
+        if el.destroy is not None and el.inherited_from is None:
             cause = el.destroy.get("cause")
             cause = cause if isinstance(cause, str) else ev.UNKNOWN
             s.destroyed[cause] = s.destroyed.get(cause, 0) + 1

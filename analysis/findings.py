@@ -56,10 +56,71 @@ def _top_site(lives: Sequence[Life], origins: Origins) -> Optional[str]:
     return c.most_common(1)[0][0] if c else None
 
 
+def _server_evidence(server: Sequence[Life], origins: Origins) -> str:
+    """Counts per evidence type, the error codes the pool saw, the call sites."""
+    from .attribute import SERVER_EVIDENCE
+    from .join import SERVER_GONE_CODES
+
+    kinds = Counter()
+    for lf in server:
+        for kind in lf.server_evidence or ():
+            kinds[kind] += 1
+    both = sum(1 for lf in server if lf.server_evidence and "agent_error" in lf.server_evidence
+               and any(k.startswith("kernel") for k in lf.server_evidence))
+    parts = []
+    for kind, text in SERVER_EVIDENCE.items():
+        n = kinds.get(kind, 0)
+        if not n:
+            continue
+        if kind == "agent_error":
+            codes = Counter(lf.server_code for lf in server if lf.server_code is not None)
+            text += " (%s)" % ", ".join("%d %s × %s" % (code, SERVER_GONE_CODES.get(code, ""), fmt_int(k))
+                                       for code, k in codes.most_common())
+        parts.append("%s: %s" % (text, fmt_int(n)))
+    evidence = "Evidence — " + "; ".join(parts) + "."
+    if both:
+        evidence += " Both layers agree on %s." % plural(both, "of them", "of them")
+    wires = Counter(lf.wire_state for lf in server)
+    evidence += (" Each counts once, as cause 'server', with the wire state observed (%s; not_sent: the "
+                 "client library had already dropped the socket). Opened through: %s." % (
+                     ", ".join("%s %s" % (w, fmt_int(k)) for w, k in wires.most_common()),
+                     _sites_text(server, origins)))
+    return evidence
+
+
+def _fork_finding(shared: Sequence[Sequence[Life]], origins: Origins) -> Finding:
+    """Connections held by several processes through fork and ended in more than one."""
+    n = len(shared)
+    handles = sum(sum(1 for lf in m if lf.cause is not None) for m in shared)
+    by_child = 0
+    causes = Counter()
+    for members in shared:
+        root = members[0]
+        first = next((lf for lf in members if lf.copy_of is None), root)
+        if first is not root and first.pid != root.pid:
+            by_child += 1
+        causes[first.cause] += 1
+    evidence = ("%s opened in one process and inherited by forked children had %s ended, one per process. "
+                "A fork copies the socket, so the first COM_QUIT from any process ends the server connection "
+                "for all of them; each connection is counted once, by that first end (%s), and the other %s "
+                "are listed as copies (fork_copies). In %s, the first end came from a child, not from the "
+                "process that opened it. Opened at: %s." % (
+                    plural(n, "connection"), plural(handles, "handle"),
+                    ", ".join("%s %s" % (c, fmt_int(k)) for c, k in causes.most_common()),
+                    plural(handles - n, "end"), plural(by_child, "connection"),
+                    _sites_text([m[0] for m in shared], origins)))
+    fix = ("Do not use a connection on both sides of a fork: in the child, discard the inherited pool "
+           "(`engine.dispose(close=False)`, SQLAlchemy ≥ 1.4.33) or open new connections; with "
+           "multiprocessing, create Engines in the worker (initializer) or use the 'spawn' start method.")
+    return Finding("warning", "%s shared by forked processes and ended in more than one" % (
+        plural(n, "connection was", "connections were")), evidence, fix, _top_site([m[0] for m in shared], origins), n)
+
+
 def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence[Drop],
          patterns: Sequence[Pattern], engines: Sequence[EngineSite], layers: Layers, ended: Sequence[Life],
          origins: Origins, capture_status: str, capture_detail: str, lost: Dict[str, int],
-         exit_status, notes: Sequence[dict], malformed: int) -> List[Finding]:
+         exit_status, notes: Sequence[dict], malformed: int,
+         shared: Sequence[Sequence[Life]] = ()) -> List[Finding]:
     """Every finding, errors first."""
     out: List[Finding] = []
     by_cause = com_quit.by_cause
@@ -181,14 +242,20 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             "Look for server-side timeouts or kills around those times (wait_timeout, KILL).",
             _top_site(silent, origins), len(silent)))
 
-    # --- Server-ended --------------------------------------------------------------------
+    # --- Server-ended ---------------------------------------------------------------------
     server = [lf for lf in ended if lf.cause == ev.SERVER]
     if server:
         out.append(Finding(
-            "info", "%s ended by the server first" % plural(len(server), "connection was", "connections were"),
-            "; ".join(Counter(lf.reason for lf in server if lf.reason).keys()) or "EOF before the client's close.",
-            "Use pool_pre_ping=True and a pool_recycle shorter than the server's wait_timeout.",
+            "warning", "%s ended by the server first (KILL, wait_timeout, restart)" % plural(
+                len(server), "connection was", "connections were"),
+            _server_evidence(server, origins),
+            "Lower the pool's pool_recycle below the server's wait_timeout and use pool_pre_ping=True; "
+            "handle 2006/2013 by reconnecting.",
             _top_site(server, origins), len(server)))
+
+    # --- Shared through fork ---------------------------------------------------------------
+    if shared:
+        out.append(_fork_finding(shared, origins))
 
     # --- Refcount / shutdown: correct but implicit ---------------------------------------
     refcount = [lf for lf in ended if lf.cause == ev.REFCOUNT]

@@ -10,8 +10,16 @@ starts one when the current life was already closed by the same layer (its open 
 seen: opened before the capture, or inherited through fork). Each life keeps the raw
 evidence of each layer; ``attribute.py`` decides the cause from it.
 
-Engines are keyed by ``(pid, id(engine))`` with the same rule (ids are reused too); pool
-events tie a connection to the Engine whose pool opened it. Collections are keyed by the
+A forked child inherits its parent's open connections (same ``MYSQL*``, same socket): the
+first event of a child about an address it never opened looks up, through the fork (the
+kernel's ``bpf_fork`` in the parent, else the agent's ``agent_start.forked_from`` in the
+child), the parent's life that was open at the fork, and starts a *copy* of it whose
+``root`` is the life that opened the connection. ``attribute.count_families`` then counts
+one end per server connection (the first).
+
+Engines are keyed by ``(pid, id(engine))`` with the same rule (ids are reused too, and a
+child's copy of an Engine keeps the parent's call site); pool events tie a connection to
+the Engine whose pool opened it. Collections are keyed by the
 agent's per-process collection id, and by (pid, tid) for the kernel's gc probes; a kernel
 collection running inside an agent collection on the same thread is the same collection.
 """
@@ -23,14 +31,49 @@ from trace_quit.tracer import events as ev
 
 # Defined in events.py by the eBPF work; spelt here too so this reader works either way.
 _BPF_PROBES = getattr(ev, "BPF_PROBES", "bpf_probes")
+_BPF_PEER_END = getattr(ev, "BPF_PEER_END", "bpf_peer_end")
 
-# Errors that mean the server ended the connection first (MySQL/MariaDB client errors
-# 2006 "server has gone away", 2013 "Lost connection", 4031 "disconnected by the server
-# because of inactivity", 1927 MariaDB "Connection was killed", 1053 "Server shutdown").
-_SERVER_GONE = re.compile(
-    r"\b(2006|2013|4031|1927|1053)\b|gone away|lost connection|connection was killed"
-    r"|disconnected by the server|server shutdown",
-    re.IGNORECASE)
+#: MySQL/MariaDB error codes that mean the server ended the connection first. The client
+#: library detects the first three itself on the socket (and drops the socket: its later
+#: mysql_close sends nothing); the server sends the others in an error packet before it
+#: closes (the client keeps its socket, so its later COM_QUIT still goes out, unread).
+CLIENT_DETECTED = {2006: "server has gone away", 2013: "lost connection during query",
+                   2055: "lost connection (system error)"}
+SERVER_SENT = {4031: "disconnected for inactivity (wait_timeout)", 1927: "connection was killed",
+               1053: "server shutdown"}
+SERVER_GONE_CODES = {**CLIENT_DETECTED, **SERVER_SENT}
+
+# "OperationalError: (2013, 'Lost connection…')", also wrapped by SQLAlchemy:
+# "OperationalError: (MySQLdb.OperationalError) (2006, 'Server has gone away')".
+_ERROR_CODE = re.compile(r"\((\d{4}),\s*[\'\"]")
+_SERVER_GONE_TEXT = (
+    (re.compile(r"server has gone away", re.IGNORECASE), 2006),
+    (re.compile(r"lost connection to (?:mysql )?server during query", re.IGNORECASE), 2013),
+    (re.compile(r"disconnected by the server because of inactivity", re.IGNORECASE), 4031),
+    (re.compile(r"connection was killed", re.IGNORECASE), 1927),
+    (re.compile(r"server shutdown in progress", re.IGNORECASE), 1053),
+)
+
+
+def server_gone_code(error: Any) -> Optional[int]:
+    """The server-gone error code an invalidation error names, else None."""
+    if not isinstance(error, str):
+        return None
+    for m in _ERROR_CODE.finditer(error):
+        code = int(m.group(1))
+        if code in SERVER_GONE_CODES:
+            return code
+    if _ERROR_CODE.search(error):
+        return None  # another error code: not a server-gone error, whatever the text says
+    for pattern, code in _SERVER_GONE_TEXT:
+        if pattern.search(error):
+            return code
+    return None
+
+#: errno of a send that found the peer gone (EPIPE, ECONNRESET), as negative return values.
+SEND_PEER_GONE = {-32: "EPIPE", -104: "ECONNRESET"}
+#: Any errno the kernel reports for a socket the other end ended (bpf_peer_end.ret).
+PEER_END_ERRNO = {0: "EOF", -32: "EPIPE", -104: "ECONNRESET", -110: "ETIMEDOUT"}
 
 
 def as_int(value: Any) -> Optional[int]:
@@ -56,11 +99,12 @@ class Life:
     """One connection, from its open to its COM_QUIT (or the end of its process)."""
 
     __slots__ = (
-        "pid", "conn", "t_open", "agent_open", "bpf_open", "failed", "engine", "checkouts",
-        "pool_end", "server_error", "agent_end", "bpf_end", "bpf_ret", "wire", "agent_collection",
-        "bpf_collection",
+        "pid", "conn", "t_open", "t_start", "agent_open", "bpf_open", "failed", "engine", "checkouts",
+        "pool_end", "server_error", "server_code", "agent_end", "bpf_end", "bpf_ret", "wire", "send_errors",
+        "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
         # decided by attribute.py:
-        "cause", "generation", "collection", "reason", "wire_state", "t_end", "end_tid",
+        "cause", "generation", "collection", "reason", "wire_state", "t_end", "end_tid", "server_evidence",
+        "copy_of",
     )
 
     def __init__(self, pid: int, conn: int):
@@ -72,14 +116,22 @@ class Life:
         self.failed = False                      # the connect failed: its mysql_close sends nothing
         self.engine: Optional["EngineLife"] = None
         self.checkouts = 0
+        self.t_start: Optional[int] = None       # first known moment (open, fork); None: before the capture
         self.pool_end: Optional[str] = None      # last pool event that ends a connection (close, ...)
         self.server_error: Optional[str] = None  # a server-gone error seen before the client's close
+        self.server_code: Optional[int] = None   # its error code (SERVER_GONE_CODES)
         self.agent_end: Optional[dict] = None    # conn_close / conn_destroy event
         self.bpf_end: Optional[dict] = None      # bpf_close event
         self.bpf_ret: Optional[dict] = None      # bpf_close_ret event (carries the kernel's wire verdict)
         self.wire: Optional[List[str]] = None    # heads of sends seen inside mysql_close
+        self.send_errors: Optional[List[int]] = None  # failed sends' return values (-errno), when recorded
+        self.eof = False                         # the kernel saw the peer's EOF/reset before the close
+        self.peer_end: Optional[dict] = None     # that bpf_peer_end event, when recorded
         self.agent_collection: Optional["Collection"] = None
         self.bpf_collection: Optional["Collection"] = None
+        self.prev: Optional["Life"] = None       # the previous life at the same (pid, MYSQL*)
+        self.inherited_from: Optional["Life"] = None  # the parent's life this fork copy was taken from
+        self.root: Optional["Life"] = None       # a fork copy's family root: the life that opened it
         self.cause: Optional[str] = None
         self.generation: Optional[int] = None
         self.collection: Optional["Collection"] = None
@@ -87,6 +139,8 @@ class Life:
         self.wire_state: Optional[str] = None
         self.t_end: Optional[int] = None
         self.end_tid: Optional[int] = None
+        self.server_evidence: Optional[List[str]] = None  # evidence types of a ``server`` cause
+        self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
 
     @property
     def ended(self) -> bool:
@@ -98,6 +152,17 @@ class Life:
         """True when either layer saw it open (successfully or not)."""
         return self.agent_open is not None or self.bpf_open is not None
 
+    @property
+    def t_closed(self) -> Optional[int]:
+        """When the first layer saw its close (None while open)."""
+        ts = [e["t"] for e in (self.agent_end, self.bpf_end) if e is not None]
+        return min(ts) if ts else None
+
+    @property
+    def family(self) -> "Life":
+        """The life that opened the server connection this one is a handle on (itself unless a fork copy)."""
+        return self.root if self.root is not None else self
+
     def open_event(self) -> Optional[dict]:
         """The richest open event: the agent's (stack, host) else the kernel's."""
         return self.agent_open or self.bpf_open
@@ -108,7 +173,7 @@ class EngineLife:
 
     __slots__ = ("pid", "engine", "t_create", "site", "pool_class", "pool_size", "max_overflow",
                  "url", "disposed", "t_dispose", "destroy", "destroy_collection", "connections",
-                 "t_end")
+                 "t_end", "inherited_from")
 
     def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[dict]):
         e = e or {}
@@ -126,6 +191,16 @@ class EngineLife:
         self.destroy_collection: Optional["Collection"] = None
         self.connections = 0
         self.t_end: Optional[int] = None
+        self.inherited_from: Optional["EngineLife"] = None  # a forked child's copy of the parent's Engine
+
+    @classmethod
+    def copy_for(cls, pid: int, parent: "EngineLife") -> "EngineLife":
+        """A forked child's copy of ``parent``: same call site and pool, not a new create_engine()."""
+        el = cls(pid, parent.engine, None, None)
+        el.site, el.pool_class, el.pool_size = parent.site, parent.pool_class, parent.pool_size
+        el.max_overflow, el.url = parent.max_overflow, parent.url
+        el.inherited_from = parent
+        return el
 
 
 class Collection:
@@ -179,6 +254,8 @@ class Joined:
         self.thread_names: Dict[Tuple[int, int], str] = {}  # (pid, tid) -> thread name
         self.probes: Optional[dict] = None              # the bpf_probes event: attached and missing probes
         self.forked_from: Dict[int, int] = {}           # child pid -> parent pid
+        self.forks: Dict[int, Tuple[int, int, bool]] = {}  # child pid -> (parent pid, t of the fork, exact)
+        self.inherited = 0                              # fork copies (handles on a parent's connection)
 
 
 def _key_t(e: dict) -> int:
@@ -211,32 +288,89 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
     sources = j.sources
     kinds = j.kinds
 
-    def life_for_open(pid, conn, layer_attr):
+    forks = j.forks
+
+    def new_life(pid, conn, t_start, prev):
+        life = Life(pid, conn)
+        life.t_start = t_start
+        life.prev = prev
+        lives.append(life)
+        lives_cur[(pid, conn)] = life
+        return life
+
+    def life_for_open(pid, conn, layer_attr, t):
         key = (pid, conn)
         life = lives_cur.get(key)
         if life is None or life.ended or getattr(life, layer_attr) is not None:
-            life = Life(pid, conn)
-            lives.append(life)
-            lives_cur[key] = life
+            life = new_life(pid, conn, t, life)
+        return life
+
+    def open_at(pid, conn, t, exact, depth=0):
+        """The life of ``conn`` open in ``pid`` at time ``t``, looking through forks; else None.
+
+        ``exact``: ``t`` is the fork itself (the kernel's bpf_fork). The agent's agent_start in
+        the child comes a little after the fork (1.3 ms in a real capture), and the parent may
+        close the connection in between; but the child only reports connections it holds, so
+        then the parent's latest life started before ``t`` is taken even if it closed since."""
+        life = lives_cur.get((pid, conn))
+        while life is not None and life.t_start is not None and life.t_start > t:
+            life = life.prev
+        if life is not None:
+            t_closed = life.t_closed
+            if life.failed or (exact and t_closed is not None and t_closed <= t):
+                return None
+            return life
+        fork = forks.get(pid)
+        if fork is None or fork[1] > t or depth > 64:
+            return None
+        return open_at(fork[0], conn, fork[1], fork[2], depth + 1)
+
+    def inherit(pid, conn):
+        """A forked child's first event about ``conn``: a copy of the parent's life open at the fork."""
+        fork = forks.get(pid)
+        if fork is None:
+            return None
+        parent = open_at(fork[0], conn, fork[1], fork[2])
+        if parent is None:
+            return None
+        life = new_life(pid, conn, fork[1], None)
+        life.inherited_from = parent
+        life.root = parent.family
+        life.t_open = life.root.t_open
+        life.engine = parent.engine
+        j.inherited += 1
         return life
 
     def life_for_close(pid, conn, layer_attr):
         key = (pid, conn)
         life = lives_cur.get(key)
-        if life is None or getattr(life, layer_attr) is not None:
-            life = Life(pid, conn)
-            lives.append(life)
-            lives_cur[key] = life
+        if life is None:
+            life = inherit(pid, conn)
+            if life is None:
+                life = new_life(pid, conn, None, None)  # opened before the capture
+        elif getattr(life, layer_attr) is not None:
+            life = new_life(pid, conn, None, life)
         return life
 
     def engine_for(pid, engine, t):
         key = (pid, engine)
         el = engines_cur.get(key)
-        if el is None:  # created before the capture, or its engine_create was lost
-            el = EngineLife(pid, engine, None, None)
+        if el is None:  # created before the capture, its engine_create was lost, or inherited
+            parent = None
+            fork = forks.get(pid)
+            if fork is not None:
+                parent = engines_cur.get((fork[0], engine))
+            if parent is not None:
+                el = EngineLife.copy_for(pid, parent)
+            else:
+                el = EngineLife(pid, engine, None, None)
             j.engines.append(el)
             engines_cur[key] = el
         return el
+
+    def note_fork(child, parent, t, exact):
+        if child is not None and parent is not None and child != parent and child not in forks:
+            forks[child] = (parent, t, exact)
 
     for e in usable:
         k = e.get("k")
@@ -268,7 +402,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                     and not cur.failed):
                 cur.failed = True  # conn_open then conn_fail for the same attempt
                 continue
-            life = life_for_open(pid, conn, "agent_open")
+            life = life_for_open(pid, conn, "agent_open", t)
             life.agent_open = e
             if k == ev.CONN_FAIL:
                 life.failed = True
@@ -279,7 +413,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             if conn is None:
                 j.malformed += 1
                 continue
-            life = life_for_open(pid, conn, "bpf_open")
+            life = life_for_open(pid, conn, "bpf_open", t)
             life.bpf_open = e
             if e.get("ok") is False or e.get("ok") == 0:
                 life.failed = True
@@ -307,6 +441,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                 continue
             life = life_for_close(pid, conn, "bpf_end")
             life.bpf_end = e
+            if e.get("eof"):
+                life.eof = True
             brackets[(pid, tid)] = life
             if e.get("cause") == ev.GC:
                 life.bpf_collection = bpf_gc_open.get((pid, tid))
@@ -314,6 +450,15 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             life = brackets.pop((pid, tid), None)
             if life is not None:
                 life.bpf_ret = e
+                if e.get("eof"):
+                    life.eof = True
+                err = as_int(e.get("send_err"))
+                if err:
+                    err = -abs(err)
+                    if life.send_errors is None:
+                        life.send_errors = [err]
+                    elif err not in life.send_errors:
+                        life.send_errors.append(err)
         elif k == ev.BPF_WIRE:
             life = brackets.get((pid, tid))
             if life is None:
@@ -327,6 +472,22 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                     life.wire = [head]
                 else:
                     life.wire.append(head)
+                ret = as_int(e.get("ret"))
+                if ret is not None and ret < 0:
+                    if life.send_errors is None:
+                        life.send_errors = [ret]
+                    elif ret not in life.send_errors:
+                        life.send_errors.append(ret)
+                if e.get("eof"):
+                    life.eof = True
+        elif k == _BPF_PEER_END:
+            conn = as_int(e.get("conn"))
+            if conn is None:
+                continue
+            life = lives_cur.get((pid, conn))
+            if life is not None and not life.ended and life.peer_end is None:
+                life.peer_end = e
+                life.eof = True
         elif k == ev.POOL:
             engine = as_int(e.get("engine"))
             el = engine_for(pid, engine, t) if engine is not None else None
@@ -334,6 +495,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             if conn is None:
                 continue
             life = lives_cur.get((pid, conn))
+            if life is None and pid in forks:
+                life = inherit(pid, conn)
             if life is None or life.ended:
                 continue
             if el is not None and life.engine is None:
@@ -345,9 +508,12 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             elif pev in ("close", "close_detached", "invalidate", "soft_invalidate", "detach"):
                 if pev != "detach":
                     life.pool_end = pev
-                err = e.get("error") or e.get("exc") or e.get("reason")
-                if pev in ("invalidate", "soft_invalidate") and isinstance(err, str) and _SERVER_GONE.search(err):
-                    life.server_error = err[:200]
+                if pev in ("invalidate", "soft_invalidate") and life.server_error is None:
+                    err = e.get("error") or e.get("exc") or e.get("reason")
+                    code = server_gone_code(err)
+                    if code is not None:
+                        life.server_error = err[:200]
+                        life.server_code = code
         elif k == ev.ENGINE_CREATE:
             engine = as_int(e.get("engine"))
             if engine is None:
@@ -427,7 +593,9 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
         elif k == ev.CHILD_EXIT:
             j.child_exit = (t, e.get("status"))
         elif k == ev.BPF_EXIT:
-            j.exits[pid] = t
+            j.exits.setdefault(pid, t)
+        elif k == ev.BPF_FORK:
+            note_fork(as_int(e.get("child")), pid, t, True)
         elif k == ev.BPF_FINALIZE:
             j.finalize.setdefault(pid, t)
         elif k == ev.AGENT_START:
@@ -435,6 +603,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             parent = as_int(e.get("forked_from"))
             if parent is not None:
                 j.forked_from[pid] = parent
+                note_fork(pid, parent, t, False)  # after the kernel's bpf_fork when both layers ran
         elif k == ev.GC_COUNTS:
             by_gen = e.get("by_gen")
             if isinstance(by_gen, dict):

@@ -48,6 +48,8 @@ class Connections:
     server: int = 0            # ended by the server first
     open_at_end: int = 0       # still open when a truncated capture stopped (no cause yet)
     opened_before_capture: int = 0  # closes whose open was not recorded
+    forked: int = 0            # connections that forked children also held a handle on
+    fork_copies: int = 0       # handle ends not counted: their connection's first end is (fork)
 
 
 @dataclasses.dataclass
@@ -167,10 +169,12 @@ class Quit:
     """One connection end: the COM_QUIT (or its absence) with its cause and evidence."""
 
     __slots__ = ("t_s", "pid", "tid", "conn", "cause", "generation", "collection", "wire",
-                 "thread", "engine_site", "opened_t_s", "stack", "reason", "closed_by")
+                 "thread", "engine_site", "opened_t_s", "stack", "reason", "closed_by", "evidence",
+                 "counted", "inherited_from", "counted_pid")
 
     def __init__(self, t_s, pid, tid, conn, cause, generation, collection, wire, thread,
-                 engine_site, opened_t_s, stack, reason, closed_by):
+                 engine_site, opened_t_s, stack, reason, closed_by, evidence=None, counted=True,
+                 inherited_from=None, counted_pid=None):
         self.t_s = t_s
         self.pid = pid
         self.tid = tid
@@ -185,6 +189,10 @@ class Quit:
         self.stack = stack
         self.reason = reason
         self.closed_by = closed_by
+        self.evidence = evidence              # server cause: evidence types (attribute.SERVER_EVIDENCE)
+        self.counted = counted                # False: a fork copy whose connection's end is counted elsewhere
+        self.inherited_from = inherited_from  # a forked child's handle: the parent pid
+        self.counted_pid = counted_pid        # not counted: the pid whose end of the connection is
 
 
 @dataclasses.dataclass

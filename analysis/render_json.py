@@ -23,7 +23,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "connections": {"opened": c.opened, "com_quit": c.com_quit, "never_closed": c.never_closed,
                         "max_live": c.max_live, "max_live_t_s": c.max_live_t_s, "failed": c.failed,
                         "server": c.server, "open_at_end": c.open_at_end,
-                        "opened_before_capture": c.opened_before_capture},
+                        "opened_before_capture": c.opened_before_capture, "forked": c.forked,
+                        "fork_copies": c.fork_copies},
         "com_quit": {"by_cause": dict(q.by_cause), "gc_by_generation": dict(q.gc_by_generation),
                      "wire": dict(q.wire)},
         "gc": {"collections": g.collections, "by_generation": dict(g.by_generation),
@@ -72,7 +73,8 @@ def _quit(x) -> Dict[str, Any]:
     return {"t_s": x.t_s, "pid": x.pid, "tid": x.tid, "conn": "0x%x" % x.conn if isinstance(x.conn, int) else x.conn,
             "cause": x.cause, "generation": x.generation, "collection": x.collection, "wire": x.wire,
             "thread": x.thread, "engine_site": x.engine_site, "opened_t_s": x.opened_t_s, "stack": x.stack,
-            "reason": x.reason, "closed_by": x.closed_by}
+            "reason": x.reason, "closed_by": x.closed_by, "evidence": x.evidence, "counted": x.counted,
+            "inherited_from": x.inherited_from, "counted_pid": x.counted_pid}
 
 
 def render(reports: Sequence[Report]) -> str:

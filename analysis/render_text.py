@@ -98,6 +98,9 @@ def _one(o: _Out, r: Report) -> None:
         extra.append("%s still open when the capture stopped" % fmt_int(c.open_at_end))
     if c.opened_before_capture:
         extra.append("%s opened before the capture" % fmt_int(c.opened_before_capture))
+    if c.forked:
+        extra.append("%s also held by forked children (%s more handle %s, counted once per connection)" % (
+            fmt_int(c.forked), fmt_int(c.fork_copies), "end" if c.fork_copies == 1 else "ends"))
     if extra:
         o.add("  " + " · ".join(extra))
 

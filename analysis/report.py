@@ -12,7 +12,7 @@ from trace_quit.tracer import events as ev
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
-from .attribute import Context, attribute
+from .attribute import Context, attribute, count_families
 from .capture import Capture
 from .join import Collection, Joined, as_int, join
 from .model import (
@@ -139,14 +139,28 @@ def build_report(capture: Capture) -> Report:
         return None
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
-    ended = []
-    failed = open_at_end = before_capture = opened = 0
+    failed = 0
     for life in j.lives:
         if life.failed:
             failed += 1
             continue
         attribute(life, ctx)
-        if life.opened:
+    # One end per server connection: a forked child's handle on its parent's connection is a
+    # copy, and only the first end among the handles is counted (attribute.count_families).
+    families = count_families(j.lives)
+    ended: List = []
+    copies: List = []     # ended handles whose connection's end is counted on another handle
+    counted: List = []    # every life that counts once (failed connects excluded)
+    open_at_end = before_capture = opened = 0
+    for life in j.lives:
+        if life.failed:
+            continue
+        if life.copy_of is not None:
+            if life.cause is not None:
+                copies.append(life)
+            continue
+        counted.append(life)
+        if life.family.opened:
             opened += 1
         elif life.cause is not None:
             before_capture += 1
@@ -154,17 +168,19 @@ def build_report(capture: Capture) -> Report:
             open_at_end += 1
         else:
             ended.append(life)
+    shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
 
     # --- counts ---------------------------------------------------------------------------
     by_cause = Counter(lf.cause for lf in ended)
     gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
     wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
-    curve = LiveCurve(j.lives)
+    curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
     connections = Connections(
         opened=opened, com_quit=sum(by_cause[c] for c in CLIENT_CLOSES), never_closed=by_cause[ev.NEVER_CLOSED],
         max_live=max_live, max_live_t_s=to_s(max_t) if max_t is not None else None, failed=failed,
-        server=by_cause[ev.SERVER], open_at_end=open_at_end, opened_before_capture=before_capture)
+        server=by_cause[ev.SERVER], open_at_end=open_at_end, opened_before_capture=before_capture,
+        forked=len(families), fork_copies=len(copies))
     com_quit = ComQuit(by_cause={c: by_cause.get(c, 0) for c in ev.CAUSES},
                        gc_by_generation=_gen_dict(gc_gen),
                        wire={w: wire.get(w, 0) for w in ev.WIRE_STATES})
@@ -203,7 +219,7 @@ def build_report(capture: Capture) -> Report:
     drop_collections: set = set()
     drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
     patterns = dropslib.find_patterns(colls.closing, drop_collections)
-    engines = engineslib.summarise(j.engines, j.lives, cwd, to_s)
+    engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
     capture_status = ("damaged" if capture.damaged_at_line is not None
@@ -211,12 +227,13 @@ def build_report(capture: Capture) -> Report:
     findings = findingslib.find(
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
-        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=j.malformed)
+        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=j.malformed,
+        shared=shared)
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
     site_cache: Dict[int, Optional[str]] = {}
-    for lf in sorted(ended, key=lambda x: x.t_end):
+    for lf in sorted(ended + copies, key=lambda x: x.t_end):
         site = None
         if lf.engine is not None:
             key = id(lf.engine)
@@ -234,9 +251,12 @@ def build_report(capture: Capture) -> Report:
             wire=lf.wire_state, thread=thread, engine_site=site,
             opened_t_s=to_s(lf.t_open) if lf.t_open is not None else None,
             stack=stack if isinstance(stack, list) else None, reason=lf.reason,
-            closed_by=lf.pool_end and ("pool " + lf.pool_end)))
+            closed_by=lf.pool_end and ("pool " + lf.pool_end), evidence=lf.server_evidence,
+            counted=lf.copy_of is None,
+            inherited_from=lf.inherited_from.pid if lf.inherited_from is not None else None,
+            counted_pid=lf.copy_of.pid if lf.copy_of is not None else None))
     end_s = max(duration_s or 0.0, quits[-1].t_s if quits else 0.0)
-    bin_s, bins = quit_histogram([(q.t_s, quit_key(q.cause, q.generation)) for q in quits], end_s)
+    bin_s, bins = quit_histogram([(q.t_s, quit_key(q.cause, q.generation)) for q in quits if q.counted], end_s)
     timeline = Timeline(
         live=envelope(curve.times, curve.values, t0, curve.initial),
         server=[[to_s(t), n] for t, n in j.server_counts],
@@ -296,7 +316,12 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
         out.append("%s never closed (no COM_QUIT)." % pl(connections.never_closed, "connection was",
                                                           "connections were"))
     if connections.server:
-        out.append("%s ended by the server first." % pl(connections.server, "connection was", "connections were"))
+        out.append("%s ended by the server first (KILL, wait_timeout, restart)." % pl(
+            connections.server, "connection was", "connections were"))
+    if connections.fork_copies:
+        out.append("%s held by forked processes too: counted once each, by the first end of any of their "
+                   "handles (%s)." % (pl(connections.forked, "connection was", "connections were"),
+                                      pl(connections.fork_copies, "other handle end")))
     out.append("At most %s open at once%s." % (
         pl(connections.max_live, "connection was", "connections were"),
         " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))

@@ -127,8 +127,16 @@ class SynthCapture:
     def close(self, t_s: float, conn: int, cause: str, gen: Optional[int] = None, cid: Optional[int] = None,
               tid: Optional[int] = None, wire: str = ev.WIRE_CONFIRMED, bpf_cause: Optional[str] = None,
               agent_cause: Optional[str] = None, bpf_gen: Optional[int] = None, thread: Optional[str] = None,
-              stack: Optional[List[str]] = None, pid: Optional[int] = None, send: bool = True) -> None:
-        """End ``conn`` by ``cause`` as each layer would record it (override per layer to disagree)."""
+              stack: Optional[List[str]] = None, pid: Optional[int] = None, send: bool = True,
+              send_ret: Optional[int] = None, eof: bool = False, sock: Optional[bool] = None,
+              last_errno: Optional[int] = None, tcp_from: Optional[str] = None) -> None:
+        """End ``conn`` by ``cause`` as each layer would record it (override per layer to disagree).
+
+        ``send=False``: mysql_close sent nothing; ``send_ret``: the COM_QUIT send's return value
+        (-32 EPIPE, -104 ECONNRESET: then not confirmed, as the kernel decides); ``eof``: a peer
+        end was seen before the close; ``sock``: whether the library still had its socket (False:
+        dropped after ``last_errno``); ``tcp_from``: the TCP state the client's close() found
+        (keys of the bpf layer, tracer/events.py; left out when None, as older captures)."""
         pid = pid or self.pid
         tid = tid or pid
         t = self.ns(t_s)
@@ -140,16 +148,53 @@ class SynthCapture:
             self._agent({"k": ev.CONN_DESTROY, "t": t, "pid": pid, "tid": tid, "conn": conn, "cause": a_cause,
                          "gen": gen if a_cause == ev.GC else None, "cid": cid if a_cause == ev.GC else None})
         b_cause = bpf_cause or cause
-        self._bpf({"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
-                   "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else -1})
+        close = {"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
+                 "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else -1}
+        if eof:
+            close["eof"] = True
+        if sock is not None:
+            close["sock"] = sock
+        if last_errno is not None:
+            close["last_errno"] = last_errno
+        self._bpf(close)
         sent = self.wire and send and wire in WIRE_HEADS
         if sent:
             head = WIRE_HEADS[wire]
-            self._bpf({"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "conn": conn,
+            send_ev = {"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "conn": conn,
                        "len": len(head) // 2, "head": head, "quit": wire == ev.WIRE_CONFIRMED,
-                       "tls": wire == ev.WIRE_ENCRYPTED})
-        self._bpf({"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn,
-                   "wire": wire if sent else ev.WIRE_NOT_SENT, "sends": 1 if sent else 0})
+                       "tls": wire == ev.WIRE_ENCRYPTED}
+            if send_ret is not None:
+                send_ev["ret"] = send_ret
+            self._bpf(send_ev)
+        failed = sent and send_ret is not None and send_ret < 0
+        ret = {"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn,
+               "wire": wire if sent and not failed else ev.WIRE_NOT_SENT, "sends": 1 if sent else 0}
+        if failed:
+            ret["send_err"] = -send_ret
+        if tcp_from is not None:
+            ret["tcp_from"] = tcp_from
+            ret["tcp_to"] = "last_ack" if tcp_from == "close_wait" else "fin_wait1"
+        self._bpf(ret)
+
+    # --- processes ----------------------------------------------------------------------
+    def fork(self, t_s: float, child: int, parent: Optional[int] = None) -> int:
+        """``parent`` forks ``child``: the kernel's bpf_fork in the parent, then the child's agent_start."""
+        parent = parent or self.pid
+        t = self.ns(t_s)
+        self._bpf({"k": ev.BPF_FORK, "t": t, "pid": parent, "tid": parent, "child": child})
+        self._agent({"k": ev.AGENT_START, "t": t + 300 * US, "pid": child, "tid": child, "python": "3.11.7",
+                     "basicsize": 16, "ppid": parent, "forked_from": parent})
+        return child
+
+    def peer_end(self, t_s: float, conn: int, op: str = "read", ret: int = 0, pid: Optional[int] = None) -> None:
+        """The kernel saw the server's EOF (read returned 0) or a reset on the connection's socket."""
+        pid = pid or self.pid
+        self._bpf({"k": "bpf_peer_end", "t": self.ns(t_s), "pid": pid, "tid": pid, "conn": conn, "fd": 6,
+                   "op": op, "ret": ret})
+
+    def exit(self, t_s: float, pid: int) -> None:
+        """A traced process (other than the root, which ``finish`` ends) exits."""
+        self._bpf({"k": ev.BPF_EXIT, "t": self.ns(t_s), "pid": pid, "tid": pid})
 
     # --- garbage collections --------------------------------------------------------------
     def collection(self, t_s: float, gen: int, destroy: Iterable[int] = (), engines: Iterable[int] = (),
