@@ -5,7 +5,17 @@ disposable MariaDB 10.11, Python 3.11, mysqlclient 2.3.1, SQLAlchemy 2.1.9:
 
 - known-causes.tqcap: workloads/known_causes.py (7 / 11 / 5 + 13 / 3);
 - engine-per-call.tqcap: the study's experiment 1 at full size (500 tasks, 20 workers);
-- shared-engine.tqcap: experiment 2.
+- shared-engine.tqcap: experiment 2;
+- known-causes-tcp.tqcap: known-causes over TCP, recorded with the eBPF layer's server-side
+  keys (bpf_close.sock/last_errno/eof, bpf_close_ret.send_err/tcp_from, bpf_peer_end);
+- server-and-fork.tqcap: a plain MySQLdb program and two SQLAlchemy Engines on a disposable
+  server: a connection KILLed then queried (2013), one KILLed while idle then closed, one past
+  a 1 s wait_timeout then queried (2006), a pooled one KILLed then checked out with
+  pool_pre_ping (invalidated), a pooled one KILLed then queried (2013, invalidated); then a
+  fork whose child closes an inherited connection the parent then queries (2013), and a fork
+  whose child exits through interpreter shutdown with the parent's connections inherited;
+- server-stop.tqcap: the server stopped under a program holding an idle connection, a used
+  one (queried after: 2013) and a pool with pool_pre_ping.
 """
 
 import dataclasses
@@ -88,3 +98,63 @@ def test_real_captures_side_by_side(tmp_path):
     assert "trace-quit comparison of 2 captures" in text
     html = render(reports, "html")
     assert html.count("<svg") == 3
+
+
+@pytest.mark.parametrize("layer", [None, "agent", "bpf"], ids=["both", "agent-only", "bpf-only"])
+def test_real_known_causes_over_tcp_close_wait_is_no_server_evidence(tmp_path, layer):
+    # On loopback the server's FIN often beats the client's close() after a COM_QUIT:
+    # that TCP state says nothing about who ended the connection first.
+    cap = capture(tmp_path, "known-causes-tcp.tqcap")
+    assert sum(1 for e in cap.events if e.get("k") == "bpf_close_ret" and e.get("tcp_from") == "close_wait") == 13
+    r = build_report(only(cap, layer) if layer else cap)
+    assert r.com_quit.by_cause == {"explicit_close": 7, "refcount": 11, "gc": 18, "shutdown": 3,
+                                   "never_closed": 0, "server": 0, "unknown": 0}
+    assert r.com_quit.gc_by_generation == {"0": 5, "1": 0, "2": 13}
+
+
+def test_real_server_ended_and_fork_shared_connections(tmp_path):
+    cap = capture(tmp_path, "server-and-fork.tqcap")
+    r = build_report(cap)
+    c = r.connections
+    assert c.opened == 9 and c.forked == 3 and c.fork_copies == 3 and c.opened_before_capture == 0
+    assert r.com_quit.by_cause == {"explicit_close": 4, "refcount": 0, "gc": 0, "shutdown": 1, "never_closed": 0,
+                                   "server": 4, "unknown": 0}
+    assert r.com_quit.wire == {"confirmed": 5, "not_sent": 4, "encrypted": 0, "unobserved": 0}
+    server = [q for q in r.quits if q.cause == "server" and q.counted]
+    assert len(server) == 4 and all(q.wire == "not_sent" for q in server)
+    assert all(q.evidence[-3:] == ["kernel_socket_dropped", "kernel_not_sent", "kernel_eof"] for q in server)
+    # Only the query after a KILL gave the pool an error to record (pre_ping invalidates with
+    # a bare InvalidatePoolError): the kernel carries the rest.
+    assert [q.evidence[0] for q in server].count("agent_error") == 1
+    assert "after error 2006" in server[1].reason and "ECONNRESET on a write" in server[1].reason
+    # KILLed while idle and closed unused: its COM_QUIT went out; nothing before it showed the end.
+    assert r.quits[1].cause == "explicit_close" and r.quits[1].wire == "confirmed"
+    copies = [q for q in r.quits if not q.counted]
+    assert len(copies) == 3 and sorted(q.counted_pid for q in copies) == sorted([11617, 11619, 11507])
+    counted_children = [q for q in r.quits if q.counted and q.inherited_from == 11507]
+    assert [(q.pid, q.cause) for q in counted_children] == [(11617, "explicit_close"), (11619, "shutdown")]
+    titles = [f.title for f in r.findings]
+    assert "4 connections were ended by the server first (KILL, wait_timeout, restart)" in titles
+    assert "3 connections were shared by forked processes and ended in more than one" in titles
+    shutdown = next(f for f in r.findings if "interpreter shutdown" in f.title)
+    assert "prog.py:8 in connect" in shutdown.evidence   # a fork copy's open site is its parent's
+
+
+def test_real_server_and_fork_from_one_layer(tmp_path):
+    cap = capture(tmp_path, "server-and-fork.tqcap")
+    bpf = build_report(only(cap, "bpf"))
+    assert bpf.com_quit.by_cause["server"] == 4 and bpf.connections.fork_copies == 3
+    agent = build_report(only(cap, "agent"))
+    # Without the kernel only the pool's 2013 is evidence; forks come from agent_start.
+    assert agent.com_quit.by_cause["server"] == 1 and agent.com_quit.by_cause["explicit_close"] == 7
+    assert agent.connections.opened == 9 and agent.connections.opened_before_capture == 0
+    assert agent.connections.forked == 3 and agent.connections.fork_copies == 3
+
+
+def test_real_server_stopped(tmp_path):
+    cap = capture(tmp_path, "server-stop.tqcap")
+    r = build_report(cap)
+    assert r.com_quit.by_cause["server"] == 2 and r.com_quit.by_cause["explicit_close"] == 1
+    assert [q.wire for q in r.quits if q.cause == "server"] == ["not_sent", "not_sent"]
+    # The idle one, closed unused after the stop, still sent its COM_QUIT: not distinguishable yet.
+    assert [q.wire for q in r.quits if q.cause == "explicit_close"] == ["confirmed"]
