@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tq_support import TRACE_QUIT, run_traced
+from tq_support import TRACE_QUIT, load_events, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -27,7 +27,7 @@ def _create_engine_site():
         lines = f.readlines()
     start = next(i for i, text in enumerate(lines) if text.lstrip().startswith("def get_db_session"))
     number = next(i for i in range(start, len(lines)) if "create_engine(" in lines[i]) + 1
-    return "%s:%d in get_db_session" % (path, number)
+    return path, number
 
 
 def _json_report(capture):
@@ -64,9 +64,14 @@ def test_demo_explains_experiment_1_like_the_study(tmp_path):
     periodic = [p for p in report["patterns"] if p["generation"] == 1 and p["regular"]]
     assert periodic and periodic[0]["collections"] >= 8 and "saw-tooth" in periodic[0]["text"]
 
-    site = _create_engine_site()
-    assert [(e["call_site"], e["created"], e["disposed"], e["connections"]) for e in report["engines"]] == \
-        [(site, 500, 0, 500)]
+    # Reports name files relative to the program's working directory when they are under it.
+    path, line = _create_engine_site()
+    assert [(e["created"], e["disposed"], e["connections"]) for e in report["engines"]] == [(500, 0, 500)]
+    site = report["engines"][0]["call_site"]
+    shown_path, rest = site.split(":", 1)
+    cwd = load_events(capture).header["cwd"]
+    assert os.path.realpath(os.path.join(cwd, shown_path)) == os.path.realpath(path)
+    assert rest == "%d in get_db_session" % line
     errors = [f for f in report["findings"] if f["severity"] == "error"]
     assert any(site in f["title"] and "once" in f["fix"] and "NullPool" in f["fix"] for f in errors)
 
