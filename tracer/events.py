@@ -80,15 +80,34 @@ AGENT_LOST = "agent_lost"        # n: events the agent dropped because its chann
 # inside mysql_close ("not_sent" when nothing, or no COM_QUIT, was sent), .sends = their
 # number; bpf_wire.conn, .fd, .quit (the 5 bytes are COM_QUIT), .tls (a TLS record header);
 # bpf_gc_done.gen = the generation of the collection it ends (None when unknown).
-BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0
-BPF_CLOSE = "bpf_close"          # conn, cause, gen, self: mysql_close entry with its native cause
-BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0: mysql_close returned
-BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex of first <=16 bytes), quit, tls: a send during mysql_close
+# The server ending a connection first (cause "server"; tracer/bpf/probes.c says how):
+# bpf_connect.fd = the connection's socket (the last connect() inside mysql_real_connect,
+# None when unseen); bpf_close.sock = whether the client library still had the socket at
+# mysql_close entry (False: it had dropped it after a failed read/write, so no COM_QUIT can
+# be sent; None when unreadable), bpf_close.last_errno = the handle's net.last_errno then
+# (2013 lost connection, 2006 gone away, ...; None when unknown); bpf_close_ret.send_err =
+# errno of the first failed send inside mysql_close (32 EPIPE: the server had closed the
+# socket; 0 none; a failed COM_QUIT is not "confirmed"), bpf_close_ret.tcp_from/tcp_to = the
+# TCP state transition the client's close() made ("close_wait" -> "last_ack": the server's
+# FIN was in; "established" -> "fin_wait1": the client closed first; None when not TCP or
+# not seen), bpf_close_ret.fin_first = True when that FIN had come in before mysql_close was
+# entered (the server ended it; False: it answered our COM_QUIT before we reached close(),
+# or the client closed first; None when not TCP); bpf_peer_end (below) = the server's EOF
+# or a reset on the socket, and bpf_close.eof = True when a bpf_peer_end for this connection
+# came before this close; bpf_wire.ret = the send syscall's return value (bytes sent, or
+# -errno: -32 EPIPE, -104 ECONNRESET).
+BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0, fd
+BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry with its native cause
+BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0, send_err, tcp_from, tcp_to, fin_first: mysql_close returned
+BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex of first <=16 bytes), quit, tls, ret: a send during mysql_close
 BPF_GC_START = "bpf_gc_start"    # gen (None when the build hides it)
 BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown), gen
 BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
 BPF_FORK = "bpf_fork"            # child: a traced process forked
 BPF_EXIT = "bpf_exit"            # a traced process exited
+BPF_PEER_END = "bpf_peer_end"    # conn, fd, op ("read"|"write"), ret (0: EOF on a read; -104 ECONNRESET,
+#                                  -32 EPIPE, -110 ETIMEDOUT): the first sign, on a live connection's
+#                                  socket outside mysql_close, that the other end had closed it
 BPF_STATS = "bpf_stats"          # emitted, dropped (cumulative in-kernel counters)
 BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (file, symbol, offset, how),
 #                                  what is missing and why. An event right after attach rather than a

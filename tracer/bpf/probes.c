@@ -15,6 +15,8 @@
  *                          unknown (3.8's GCC clones collect.constprop.N).
  *   TP_*                   field offsets of the tracepoints used, read from tracefs format
  *                          files at load time (sched_process_exit changed across kernels).
+ *   LAST_ERRNO_OFF         offsetof(MYSQL, net.last_errno), decoded from the client library's
+ *                          own mysql_errno (resolve.last_errno_offset); -1 when unknown.
  *
  * Attribution at mysql_close (no uretprobes on CPython or mysqlclient code needed):
  *   _mysql_ConnectionObject_close(self) / _dealloc(self) entries store, per thread, the
@@ -35,6 +37,18 @@
  * bytes are encrypted. The syscall tracepoints are system wide, but a thread not inside a
  * traced mysql_close costs one hash lookup.
  *
+ * The server ended it first (cause "server", decided in analysis from this evidence):
+ *   - at mysql_close entry, the handle's socket pointer (MYSQL starts with NET, whose first
+ *     member is the pvio/vio pointer in libmariadb and MySQL's client alike) and its
+ *     net.last_errno: the library drops the socket (pointer NULL) after a failed read or
+ *     write (2013 lost connection, 2006 gone away), and then sends no COM_QUIT;
+ *   - the connection's socket: mysql_real_connect's last connect() fd is remembered per
+ *     (tgid, fd); a read/recvfrom on it returning 0 (EOF) or a read/write failing with
+ *     ECONNRESET/EPIPE/ETIMEDOUT emits EV_PEER_END once, before any client close;
+ *   - inside mysql_close: the result of each send (the COM_QUIT write fails with EPIPE when
+ *     the server already closed a Unix socket) and the TCP state the client's close() left:
+ *     CLOSE_WAIT (the server's FIN had arrived first) or ESTABLISHED (client closed first).
+ *
  * Process tree: `traced` holds tgids, seeded by user space with the corked root pid,
  * extended at task_newtask for non-thread clones of a traced process, pruned at exit.
  *
@@ -54,6 +68,24 @@
 #define EV_FINALIZE 7
 #define EV_FORK 8
 #define EV_EXIT 9
+#define EV_PEER_END 10
+
+#define OP_READ 1
+#define OP_WRITE 2
+
+#define E_PIPE 32
+#define E_CONNRESET 104
+#define E_TIMEDOUT 110
+
+#define TCP_ESTABLISHED 1
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+
+#define CLOSE_SOCK_PRESENT 1   // close: MYSQL.net.pvio was non-NULL at mysql_close entry
+#define CLOSE_SOCK_KNOWN 2     // close: the pointer could be read
+#define CLOSE_PEER_ENDED 4     // close: EV_PEER_END was seen for this connection before
 
 #define CAUSE_UNKNOWN 0
 #define CAUSE_EXPLICIT_CLOSE 1
@@ -74,16 +106,19 @@
 struct event {
     u64 ts;         // bpf_ktime_get_ns(): CLOCK_MONOTONIC
     u64 conn;       // MYSQL*
-    s64 val;        // connect: ok; close_ret: sends; wire: len; gc_start: gen; gc_done: collected; fork: child
-    s64 val2;       // connect/close_ret: entry ts; close: self (the Python object); wire: fd
+    s64 val;        // connect: ok; close_ret: sends; wire: len; gc_start: gen; gc_done: collected; fork: child;
+                    // peer_end: the syscall's return (0 EOF, -errno)
+    s64 val2;       // connect/close_ret: entry ts; close: self (the Python object); wire, peer_end: fd
     u32 pid;        // tgid
     u32 tid;        // kernel thread id
     u8 kind;        // EV_*
-    u8 cause;       // close: CAUSE_*
-    u8 wire;        // close_ret: WIRE_*
-    u8 pad;
-    s32 gen;        // close (gc) and gc_done: generation, -1 unknown
+    u8 cause;       // close: CAUSE_*; close_ret: 1 if the peer's FIN came before mysql_close (TCP)
+    u8 wire;        // close_ret: WIRE_*; peer_end: OP_*
+    u8 flags;       // close: CLOSE_SOCK_*; close_ret: TCP state before the client's close (0 not seen)
+    s32 gen;        // close (gc) and gc_done: generation, -1 unknown; close_ret: TCP state after it
     u32 hlen;       // wire: bytes copied into head
+    s32 aux;        // close: net.last_errno (-1 unknown); close_ret: errno of the first failed send
+                    // (0 none); connect: the socket fd (-1 unknown); wire: the send's return
     u8 head[HEAD_LEN];  // wire: first bytes sent
 };
 
@@ -102,13 +137,47 @@ struct close_state {
     u64 conn;
     u64 ts;
     u32 sends;
+    s32 err;        // errno of the first failed send
     u8 quit;
     u8 tls;
+    u8 in_send;     // a send syscall is in flight (its exit reports the result)
+    u8 cur_quit;    // ... and it is the COM_QUIT
+    u8 tcp_old;     // the TCP transition the client's close() made (first one only)
+    u8 tcp_new;
+    u8 fin_first;   // 1: that socket's peer FIN had come in before mysql_close was entered
+    u32 p_fd;       // the send in flight: fd, length, first bytes (emitted at its exit)
+    u32 p_hlen;
+    u64 p_len;
+    u8 p_head[HEAD_LEN];
 };
 
 struct connect_state {
     u64 conn;
     u64 ts;
+    s32 fd;         // the last connect()ed fd inside mysql_real_connect, -1 none
+};
+
+struct sock_key {
+    u32 tgid;
+    u32 fd;
+};
+
+struct conn_key {
+    u64 conn;
+    u32 tgid;
+    u32 pad;
+};
+
+struct conn_sock {
+    u32 fd;
+    u32 ended;      // EV_PEER_END was emitted: the close reports it (CLOSE_PEER_ENDED)
+};
+
+struct io_state {
+    u64 conn;
+    u64 len;
+    u32 fd;
+    u8 op;          // OP_READ / OP_WRITE
 };
 
 BPF_HASH(traced, u32, u8, 8192);             // tgid -> 1
@@ -117,6 +186,10 @@ BPF_TABLE("lru_hash", u32, struct py_entry, py_last, 65536);        // tid ->
 BPF_TABLE("lru_hash", u32, struct gc_state, gc_thread, 65536);      // tid ->
 BPF_TABLE("lru_hash", u32, struct close_state, in_close, 65536);    // tid ->
 BPF_TABLE("lru_hash", u32, struct connect_state, in_connect, 65536); // tid ->
+BPF_TABLE("lru_hash", struct sock_key, u64, socks, 65536);          // (tgid, fd) -> MYSQL* of a live connection
+BPF_TABLE("lru_hash", struct conn_key, struct conn_sock, conn_fds, 65536);  // (MYSQL*, tgid) -> its socket
+BPF_TABLE("lru_hash", u32, struct io_state, io_pending, 65536);     // tid -> read/write on a MySQL socket in flight
+BPF_TABLE("lru_hash", u64, u64, fin_in, 16384);                     // TCP sock -> when the peer's FIN came in (CLOSE_WAIT)
 BPF_PERCPU_ARRAY(counters, u64, 2);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -145,8 +218,9 @@ static __always_inline struct event *reserve(u8 kind)
     e->cause = 0;
     e->gen = -1;
     e->wire = 0;
-    e->pad = 0;
+    e->flags = 0;
     e->hlen = 0;
+    e->aux = 0;
     __builtin_memset(e->head, 0, HEAD_LEN);
     return e;
 }
@@ -228,6 +302,7 @@ int on_connect(struct pt_regs *ctx)
     struct connect_state cs = {};
     cs.conn = PT_REGS_PARM1(ctx);
     cs.ts = bpf_ktime_get_ns();
+    cs.fd = -1;
     in_connect.update(&tid, &cs);
     return 0;
 }
@@ -239,18 +314,52 @@ int on_connect_ret(struct pt_regs *ctx)
     struct connect_state *cs = in_connect.lookup(&tid);
     if (!cs)
         return 0;
+    int ok = PT_REGS_RC(ctx) != 0;
+    if (ok && cs->fd >= 0) {
+        struct sock_key sk = {};
+        sk.tgid = id >> 32;
+        sk.fd = cs->fd;
+        u64 conn = cs->conn;
+        socks.update(&sk, &conn);
+        struct conn_key ck = {};
+        ck.conn = conn;
+        ck.tgid = sk.tgid;
+        struct conn_sock cv = {};
+        cv.fd = cs->fd;
+        conn_fds.update(&ck, &cv);
+    }
     struct event *e = reserve(EV_CONNECT);
     if (e) {
         e->conn = cs->conn;
-        e->val = PT_REGS_RC(ctx) != 0;
+        e->val = ok;
         e->val2 = cs->ts;
+        e->aux = cs->fd;
         submit(e);
     }
     in_connect.delete(&tid);
     return 0;
 }
 
-int on_close(struct pt_regs *ctx)
+/* The connection's socket is no longer watched once the client closes it (or the fd goes);
+ * returns CLOSE_PEER_ENDED if the server's end had been seen on it. */
+static __always_inline u8 forget_conn(u32 tgid, u64 conn)
+{
+    struct conn_key ck = {};
+    ck.conn = conn;
+    ck.tgid = tgid;
+    struct conn_sock *cv = conn_fds.lookup(&ck);
+    if (!cv)
+        return 0;
+    u8 ended = cv->ended ? CLOSE_PEER_ENDED : 0;
+    struct sock_key sk = {};
+    sk.tgid = tgid;
+    sk.fd = cv->fd;
+    socks.delete(&sk);
+    conn_fds.delete(&ck);
+    return ended;
+}
+
+static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
@@ -280,6 +389,19 @@ int on_close(struct pt_regs *ctx)
         }
         py_last.delete(&tid);
     }
+    // The handle's state: its socket pointer (NET.pvio / NET.vio at offset 0) and last error.
+    u64 pvio = 0;
+    u8 flags = 0;
+    s32 last_errno = -1;
+    if (mysql && bpf_probe_read_user(&pvio, sizeof(pvio), (void *)mysql) == 0) {
+        flags = CLOSE_SOCK_KNOWN | (pvio ? CLOSE_SOCK_PRESENT : 0);
+        if (errno_off >= 0) {
+            u32 v = 0;
+            if (bpf_probe_read_user(&v, sizeof(v), (void *)(mysql + errno_off)) == 0)
+                last_errno = v;
+        }
+    }
+    flags |= forget_conn(tgid, mysql);
     struct close_state st = {};
     st.conn = mysql;
     st.ts = bpf_ktime_get_ns();
@@ -290,10 +412,15 @@ int on_close(struct pt_regs *ctx)
         e->cause = cause;
         e->gen = gen;
         e->val2 = self;
+        e->flags = flags;
+        e->aux = last_errno;
         submit(e);
     }
     return 0;
 }
+
+int on_close(struct pt_regs *ctx) { return close_entry(ctx, LAST_ERRNO_OFF); }
+int on_close_noerrno(struct pt_regs *ctx) { return close_entry(ctx, -1); }
 
 int on_close_ret(struct pt_regs *ctx)
 {
@@ -307,6 +434,10 @@ int on_close_ret(struct pt_regs *ctx)
         e->conn = st->conn;
         e->val = st->sends;
         e->val2 = st->ts;
+        e->aux = st->err;
+        e->flags = st->tcp_old;
+        e->gen = st->tcp_new;
+        e->cause = st->fin_first;
         if (st->quit)
             e->wire = WIRE_CONFIRMED;
         else if (st->tls)
@@ -441,19 +572,19 @@ static __always_inline int on_send(u64 fd, const void *buf, u64 len)
     if (n > 0 && n <= HEAD_LEN)
         bpf_probe_read_user(head, n, buf);
     st->sends += 1;
-    if (len == 5 && head[0] == 1 && head[1] == 0 && head[2] == 0 && head[3] == 0 && head[4] == 1)
-        st->quit = 1;
+    st->in_send = 1;
+    st->cur_quit = 0;
+    if (len == 5 && head[0] == 1 && head[1] == 0 && head[2] == 0 && head[3] == 0 && head[4] == 1) {
+        st->quit = 1;       // withdrawn at the syscall's exit if the send failed
+        st->cur_quit = 1;
+    }
     if (n >= 2 && head[0] >= 0x14 && head[0] <= 0x17 && head[1] == 0x03)
         st->tls = 1;
-    struct event *e = reserve(EV_WIRE);
-    if (e) {
-        e->conn = st->conn;
-        e->val = len;
-        e->val2 = fd;
-        e->hlen = n;
-        __builtin_memcpy(e->head, head, HEAD_LEN);
-        submit(e);
-    }
+    // The wire event waits for the syscall's exit, which adds its result.
+    st->p_len = len;
+    st->p_fd = (u32)fd;
+    st->p_hlen = n;
+    __builtin_memcpy(st->p_head, head, HEAD_LEN);
     return 0;
 }
 
@@ -465,14 +596,173 @@ static __always_inline u64 tp_u64(void *args, int off)
     return v;
 }
 
+/* A read or write on a live MySQL connection's socket (outside mysql_close): remember it
+ * until the syscall returns, to see the server's EOF or a reset. */
+static __always_inline void io_enter(u64 fd, u64 len, u8 op)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct sock_key sk = {};
+    sk.tgid = id >> 32;
+    sk.fd = (u32)fd;
+    u64 *conn = socks.lookup(&sk);
+    if (!conn)
+        return;
+    u32 tid = (u32)id;
+    struct io_state io = {};
+    io.conn = *conn;
+    io.len = len;
+    io.fd = (u32)fd;
+    io.op = op;
+    io_pending.update(&tid, &io);
+}
+
 int on_sys_write(void *args)
 {
-    return on_send(tp_u64(args, TP_WRITE_FD), (const void *)tp_u64(args, TP_WRITE_BUF), tp_u64(args, TP_WRITE_LEN));
+    u64 fd = tp_u64(args, TP_WRITE_FD), len = tp_u64(args, TP_WRITE_LEN);
+    io_enter(fd, len, OP_WRITE);
+    return on_send(fd, (const void *)tp_u64(args, TP_WRITE_BUF), len);
 }
 
 int on_sys_sendto(void *args)
 {
-    return on_send(tp_u64(args, TP_SENDTO_FD), (const void *)tp_u64(args, TP_SENDTO_BUF), tp_u64(args, TP_SENDTO_LEN));
+    u64 fd = tp_u64(args, TP_SENDTO_FD), len = tp_u64(args, TP_SENDTO_LEN);
+    io_enter(fd, len, OP_WRITE);
+    return on_send(fd, (const void *)tp_u64(args, TP_SENDTO_BUF), len);
+}
+
+int on_sys_read(void *args)
+{
+    io_enter(tp_u64(args, TP_READ_FD), tp_u64(args, TP_READ_LEN), OP_READ);
+    return 0;
+}
+
+int on_sys_recvfrom(void *args)
+{
+    io_enter(tp_u64(args, TP_RECVFROM_FD), tp_u64(args, TP_RECVFROM_LEN), OP_READ);
+    return 0;
+}
+
+/* The exit of read/recvfrom/write/sendto: a failed send inside mysql_close, and the
+ * server's EOF / reset on a live connection's socket. */
+int on_sys_io_exit(void *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    s64 ret = (s64)tp_u64(args, TP_EXIT_RET);
+    struct close_state *st = in_close.lookup(&tid);
+    if (st && st->in_send) {
+        st->in_send = 0;
+        if (ret < 0) {
+            if (!st->err)
+                st->err = (s32)-ret;
+            if (st->cur_quit)
+                st->quit = 0;
+        }
+        struct event *e = reserve(EV_WIRE);
+        if (e) {
+            e->conn = st->conn;
+            e->val = st->p_len;
+            e->val2 = st->p_fd;
+            e->hlen = st->p_hlen;
+            e->aux = (s32)ret;
+            __builtin_memcpy(e->head, st->p_head, HEAD_LEN);
+            submit(e);
+        }
+        return 0;
+    }
+    struct io_state *io = io_pending.lookup(&tid);
+    if (!io)
+        return 0;
+    struct io_state cur = *io;
+    io_pending.delete(&tid);
+    if (!((cur.op == OP_READ && ret == 0 && cur.len > 0) || ret == -E_PIPE || ret == -E_CONNRESET || ret == -E_TIMEDOUT))
+        return 0;
+    // Once per connection: stop watching its fd; the close will carry CLOSE_PEER_ENDED.
+    struct sock_key sk = {};
+    sk.tgid = bpf_get_current_pid_tgid() >> 32;
+    sk.fd = cur.fd;
+    socks.delete(&sk);
+    struct conn_key ck = {};
+    ck.conn = cur.conn;
+    ck.tgid = sk.tgid;
+    struct conn_sock *cv = conn_fds.lookup(&ck);
+    if (cv)
+        cv->ended = 1;
+    struct event *e = reserve(EV_PEER_END);
+    if (e) {
+        e->conn = cur.conn;
+        e->val = ret;
+        e->val2 = cur.fd;
+        e->wire = cur.op;
+        submit(e);
+    }
+    return 0;
+}
+
+/* connect() inside mysql_real_connect: the connection's socket. */
+int on_sys_connect(void *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct connect_state *cs = in_connect.lookup(&tid);
+    if (cs)
+        cs->fd = (s32)tp_u64(args, TP_CONNECT_FD);
+    return 0;
+}
+
+/* close() of a connection's socket (libmariadb's end_server after an error): stop watching the fd. */
+int on_sys_close(void *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!is_traced(tgid))
+        return 0;
+    struct sock_key sk = {};
+    sk.tgid = tgid;
+    sk.fd = (u32)tp_u64(args, TP_CLOSE_FD);
+    u64 *conn = socks.lookup(&sk);
+    if (conn)
+        forget_conn(tgid, *conn);   // a close() after a seen end finds the fd already unwatched
+    return 0;
+}
+
+/* TCP state changes. System wide, one map update when a peer closes first (-> CLOSE_WAIT,
+ * whichever context the softirq runs in: on loopback, the server's). Inside mysql_close,
+ * the first transition of the kind the client's close() makes says who closed first: from
+ * ESTABLISHED the client did; from CLOSE_WAIT the server's FIN was in, and fin_in says
+ * whether it came before mysql_close was entered (the server ended the connection) or after
+ * (the server answering our COM_QUIT faster than we reached close()). Transitions a softirq
+ * makes on the same CPU for incoming packets are of other kinds and are ignored. */
+int on_sock_state(void *args)
+{
+    u16 proto = 0;
+    s32 olds = 0, news = 0;
+    u64 sk = 0;
+    bpf_probe_read_kernel(&proto, sizeof(proto), (char *)args + TP_SOCKSTATE_PROTO);
+    if (proto != 6)
+        return 0;
+    bpf_probe_read_kernel(&olds, sizeof(olds), (char *)args + TP_SOCKSTATE_OLD);
+    bpf_probe_read_kernel(&news, sizeof(news), (char *)args + TP_SOCKSTATE_NEW);
+    bpf_probe_read_kernel(&sk, sizeof(sk), (char *)args + TP_SOCKSTATE_SKADDR);
+    if (news == TCP_CLOSE_WAIT) {
+        u64 now = bpf_ktime_get_ns();
+        fin_in.update(&sk, &now);
+        return 0;
+    }
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct close_state *st = in_close.lookup(&tid);
+    if (!st || st->tcp_new)
+        return 0;
+    if (news == TCP_FIN_WAIT1 || news == TCP_LAST_ACK ||
+        (news == TCP_CLOSE && (olds == TCP_ESTABLISHED || olds == TCP_CLOSE_WAIT))) {
+        st->tcp_old = (u8)olds;
+        st->tcp_new = (u8)news;
+        if (olds == TCP_CLOSE_WAIT) {
+            u64 *fin = fin_in.lookup(&sk);
+            st->fin_first = fin && *fin < st->ts;
+        }
+    }
+    if (news == TCP_CLOSE || news == TCP_LAST_ACK)
+        fin_in.delete(&sk);
+    return 0;
 }
 
 /* iovec-based sends: the first iovec carries the packet header. */
@@ -535,6 +825,7 @@ int on_exit(void *args)
     gc_thread.delete(&tid);
     in_close.delete(&tid);
     in_connect.delete(&tid);
+    io_pending.delete(&tid);
 #if TP_EXIT_GROUP_DEAD >= 0
     u8 group_dead = 0;
     bpf_probe_read_kernel(&group_dead, 1, (char *)args + TP_EXIT_GROUP_DEAD);

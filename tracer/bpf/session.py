@@ -7,27 +7,44 @@ The only module that imports bcc, and only when a session is created. Usage (the
     s.poll()                        # every ~20 ms from one thread
     s.detach()                      # flush, then close every perf fd; idempotent
 
-Events handed to ``emit`` follow tracer/events.py (``src: "bpf"``).
+Events handed to ``emit`` follow tracer/events.py (``src: "bpf"``). A caller that can take
+pre-encoded capture lines passes ``emit_text(text, counts, connects_ok)`` as well: ``poll``
+then hands over each drained batch as one string of JSON lines (the same records ``emit``
+would get, encoded as ``events.encode`` does), ``counts`` per kind and the number of
+successful ``bpf_connect`` among them; ``emit`` still carries notes and ``bpf_stats``.
 """
 
+import collections
 import ctypes
 import importlib.resources
+import json
 import os
+import struct
 import threading
 import time
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import perf
 from trace_quit.tracer.bpf.errors import BpfUnavailable
+from trace_quit.tracer.bpf.ringbuf import RingReader
 
 # Kinds and codes shared with probes.c (#define EV_*, CAUSE_*, WIRE_*).
 _KINDS = {1: ev.BPF_CONNECT, 2: ev.BPF_CLOSE, 3: ev.BPF_CLOSE_RET, 4: ev.BPF_WIRE, 5: ev.BPF_GC_START,
-          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT}
+          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT, 10: ev.BPF_PEER_END}
 _CAUSES = {0: ev.UNKNOWN, 1: ev.EXPLICIT_CLOSE, 2: ev.REFCOUNT, 3: ev.GC, 4: ev.SHUTDOWN}
 # WIRE_OTHER (bytes sent, none a COM_QUIT) is reported as not_sent, with "sends" > 0.
 _WIRE = {0: ev.WIRE_NOT_SENT, 1: ev.WIRE_CONFIRMED, 2: ev.WIRE_ENCRYPTED, 3: ev.WIRE_NOT_SENT}
+#: Linux TCP states (include/net/tcp_states.h), as bpf_close_ret.tcp_from / tcp_to.
+TCP_STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
+              7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing", 12: "new_syn_recv"}
+_OPS = {1: "read", 2: "write"}
 
-#: Tracepoints: (category, name, BPF function, {-D name: format field}, required fields).
+#: struct event in probes.c (72 bytes), and as a ring buffer record (8-byte header first).
+EVENT = struct.Struct("<QQqqIIBBBBiIi16s")
+RECORD = struct.Struct("<II" + EVENT.format[1:])
+assert EVENT.size == 72 and RECORD.size == 80
+
+#: Tracepoints: (category, name, BPF function, {-D name: format field}).
 _TRACEPOINTS = [
     ("task", "task_newtask", "on_newtask", {"TP_NEWTASK_PID": "pid", "TP_NEWTASK_FLAGS": "clone_flags"}),
     ("sched", "sched_process_exit", "on_exit", {"TP_EXIT_GROUP_DEAD": "group_dead"}),
@@ -35,12 +52,28 @@ _TRACEPOINTS = [
     ("syscalls", "sys_enter_sendto", "on_sys_sendto", {"TP_SENDTO_FD": "fd", "TP_SENDTO_BUF": "buff", "TP_SENDTO_LEN": "len"}),
     ("syscalls", "sys_enter_writev", "on_sys_writev", {"TP_WRITEV_FD": "fd", "TP_WRITEV_VEC": "vec"}),
     ("syscalls", "sys_enter_sendmsg", "on_sys_sendmsg", {"TP_SENDMSG_FD": "fd", "TP_SENDMSG_MSG": "msg"}),
+    # The server ending a connection first (cause "server"): its socket's EOF/reset, the
+    # result of sends inside mysql_close, the TCP state the client's close leaves.
+    ("syscalls", "sys_enter_read", "on_sys_read", {"TP_READ_FD": "fd", "TP_READ_LEN": "count"}),
+    ("syscalls", "sys_enter_recvfrom", "on_sys_recvfrom", {"TP_RECVFROM_FD": "fd", "TP_RECVFROM_LEN": "size"}),
+    ("syscalls", "sys_exit_read", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_exit_recvfrom", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_exit_write", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_exit_sendto", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_exit_writev", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_exit_sendmsg", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
+    ("syscalls", "sys_enter_connect", "on_sys_connect", {"TP_CONNECT_FD": "fd"}),
+    ("syscalls", "sys_enter_close", "on_sys_close", {"TP_CLOSE_FD": "fd"}),
+    ("sock", "inet_sock_set_state", "on_sock_state", {"TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate",
+                                                       "TP_SOCKSTATE_PROTO": "protocol", "TP_SOCKSTATE_SKADDR": "skaddr"}),
 ]
 _OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back to tid == tgid
 
-#: Ring buffer pages (4 KiB each, power of two): 1 MiB holds ~16k events, i.e. far more
-#: than a 20 ms drain interval sees even on the 10,000-connection churn test.
-RINGBUF_PAGES = 256
+#: Ring buffer pages (4 KiB each, power of two). 8 MiB holds ~100k events: a quarter of a
+#: second at 400k events/s (tests/bench/throughput.py), far more than a 20 ms drain sees.
+RINGBUF_PAGES = 2048
+#: At most this much is copied out of the ring buffer per read (then released at once).
+DRAIN_CHUNK = 1 << 20
 STATS_EVERY_S = 1.0
 
 
@@ -84,7 +117,8 @@ def _tracepoint_defines():
 
 def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
     """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
-    defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages)}
+    defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages),
+               "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset)}
     defines.update(targets.gc_args)
     defines.update(_tracepoint_defines()[0])
     return defines
@@ -99,9 +133,12 @@ def dump_program(targets):
 class BpfSession:
     """Compiled probes for one traced command; attach, poll, describe, detach."""
 
-    def __init__(self, targets, emit, ringbuf_pages=RINGBUF_PAGES):
+    def __init__(self, targets, emit, ringbuf_pages=RINGBUF_PAGES, emit_text=None):
         self.targets = targets
         self.emit = emit
+        self.emit_text = emit_text
+        self._reader = None
+        self.drain_stats = {"batches": 0, "records": 0, "bytes": 0, "seconds": 0.0}
         self._lock = threading.RLock()
         self._fds = []              # perf fds we own
         self._attached = []         # describe() entries
@@ -150,8 +187,7 @@ class BpfSession:
             t0 = time.monotonic()
             b = self._bpf
             b[b"traced"][ctypes.c_uint(root_pid)] = ctypes.c_ubyte(1)
-            self._ring = b[b"events"]
-            self._ring.open_ring_buffer(self._on_event)
+            self._reader = RingReader(b[b"events"].map_fd, self.defines["RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE"))
             self.root_pid = root_pid
             ref_ctr_ok = perf.supports_ref_ctr()
             for site in self.targets.probes:
@@ -190,47 +226,129 @@ class BpfSession:
                                      % "; ".join(m["why"] for m in self._missing[-3:]))
 
     # --- events --------------------------------------------------------------------------
-    def _on_event(self, ctx, data, size):
-        try:
-            self._decode(data)
-        except Exception as exc:  # never let one bad record stop the drain; say so once
-            self._decode_errors += 1
-            if self._decode_errors == 1:
-                self.emit({"k": ev.TRACER_NOTE, "t": ev.now_ns(), "src": ev.SRC_BPF, "level": "error",
-                           "text": "could not decode a bpf event: %r" % (exc,)})
-
-    def _decode(self, data):
-        e = self._ring.event(data)
-        kind = _KINDS.get(e.kind)
-        if kind is None:
+    def _drain(self):
+        """Copy every committed record out of the ring buffer, release it, decode, deliver."""
+        reader = self._reader
+        if reader is None:
             return
-        out = {"k": kind, "t": e.ts, "src": ev.SRC_BPF, "pid": e.pid, "tid": e.tid}
-        if e.kind == 1:
-            out.update(conn=e.conn, ok=bool(e.val), t0=e.val2)
-        elif e.kind == 2:
-            out.update(conn=e.conn, cause=_CAUSES.get(e.cause, ev.UNKNOWN),
-                       gen=e.gen if e.cause == 3 and e.gen >= 0 else None, self=e.val2)
-        elif e.kind == 3:
-            out.update(conn=e.conn, wire=_WIRE.get(e.wire, ev.WIRE_UNOBSERVED), sends=e.val, t0=e.val2)
-        elif e.kind == 4:
-            head = bytes(e.head[:e.hlen])
-            out.update(conn=e.conn, len=e.val, fd=e.val2, head=head.hex(),
-                       quit=e.val == 5 and head == ev.COM_QUIT_BYTES,
-                       tls=len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3)
-        elif e.kind == 5:
-            out.update(gen=e.val if e.val >= 0 else None)
-        elif e.kind == 6:
-            out.update(collected=e.val, gen=e.gen if e.gen >= 0 else None)
-        elif e.kind == 8:
-            out.update(child=e.val)
-        self.emit(out)
+        t0 = time.monotonic()
+        while True:
+            data = reader.read(DRAIN_CHUNK)
+            if not data:
+                break
+            reader.advance(len(data))   # a copy: the kernel may reuse the space at once
+            self._deliver(data)
+            self.drain_stats["batches"] += 1
+            self.drain_stats["bytes"] += len(data)
+            if len(data) < DRAIN_CHUNK // 2:
+                break
+        self.drain_stats["seconds"] += time.monotonic() - t0
+
+    def _deliver(self, data):
+        """Decode a run of ring buffer records and hand them to emit_text or emit."""
+        n = len(data)
+        fast = n % RECORD.size == 0
+        if fast:
+            try:
+                if self.emit_text is not None:
+                    done = self._deliver_lines(data)
+                else:
+                    done = self._deliver_dicts(data)
+            except Exception as exc:
+                self._decode_error(exc)
+                return
+            if done == n // RECORD.size:
+                return
+            data = data[done * RECORD.size:]
+        self._deliver_walk(data)
+
+    def _deliver_walk(self, data):
+        """The general path: walk headers one by one (records of other sizes, discarded ones)."""
+        off, n = 0, len(data)
+        while off + 8 <= n:
+            length = struct.unpack_from("<I", data, off)[0]
+            size = length & 0x3FFFFFFF
+            step = 8 + ((size + 7) & ~7)
+            if not length & (1 << 30) and size == EVENT.size:
+                self.drain_stats["records"] += 1
+                try:
+                    out = decode_event(EVENT.unpack_from(data, off + 8))
+                except Exception as exc:
+                    self._decode_error(exc)
+                    out = None
+                if out is not None:
+                    if self.emit_text is not None:
+                        self.emit_text(ev.encode(out), {out["k"]: 1}, int(out["k"] == ev.BPF_CONNECT and out["ok"]))
+                    else:
+                        self.emit(out)
+            off += step
+
+    def _deliver_dicts(self, data):
+        count = 0
+        emit = self.emit
+        for rec in RECORD.iter_unpack(data):
+            if rec[0] != EVENT.size:
+                return count
+            count += 1
+            out = decode_event(rec[2:])
+            if out is not None:
+                emit(out)
+        self.drain_stats["records"] += count
+        return count
+
+    def _deliver_lines(self, data):
+        """The hot path: records straight to JSON lines (same content as ``decode_event``)."""
+        lines = []
+        append = lines.append
+        counts = collections.Counter()
+        closes = close_rets = connects_ok = count = 0
+        causes, wires, tcp = _CAUSE_JSON, _WIRE_JSON, _TCP_JSON
+        for (hl, _pg, ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux,
+             head) in RECORD.iter_unpack(data):
+            if hl != 72:
+                break
+            count += 1
+            if kind == 2:
+                closes += 1
+                append(_CLOSE_LINE % (ts, pid, tid, conn, causes.get(cause, '"unknown"'),
+                                      gen if cause == 3 and gen >= 0 else "null", val2,
+                                      ("true" if flags & 1 else "false") if flags & 2 else "null",
+                                      aux if flags & 2 and aux >= 0 else "null",
+                                      "true" if flags & 4 else "false"))
+            elif kind == 3:
+                close_rets += 1
+                append(_CLOSE_RET_LINE % (ts, pid, tid, conn, wires.get(wire, '"unobserved"'), val, val2, aux,
+                                          tcp.get(flags, "null"), tcp.get(gen, "null"),
+                                          ("true" if cause else "false") if flags else "null"))
+            else:
+                out = decode_event((ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head))
+                if out is not None:
+                    append(_encode(out))
+                    counts[out["k"]] += 1
+                    if kind == 1 and val:
+                        connects_ok += 1
+        if closes:
+            counts[ev.BPF_CLOSE] += closes
+        if close_rets:
+            counts[ev.BPF_CLOSE_RET] += close_rets
+        self.drain_stats["records"] += count
+        if lines:
+            self.emit_text("".join(lines), dict(counts), connects_ok)
+        return count
+
+    def _decode_error(self, exc):
+        # Never let one bad record stop the drain; say so once.
+        self._decode_errors += 1
+        if self._decode_errors == 1:
+            self.emit({"k": ev.TRACER_NOTE, "t": ev.now_ns(), "src": ev.SRC_BPF, "level": "error",
+                       "text": "could not decode a bpf event: %r" % (exc,)})
 
     def poll(self):
-        """Drain the ring buffer now, calling ``emit`` for each event (and bpf_stats every ~1 s)."""
+        """Drain the ring buffer now, delivering every event (and bpf_stats every ~1 s)."""
         with self._lock:
-            if self._detached or self._bpf is None or not hasattr(self, "_ring"):
+            if self._detached or self._bpf is None or self._reader is None:
                 return
-            self._bpf.ring_buffer_consume()
+            self._drain()
             now = time.monotonic()
             if now - self._last_stats_t >= STATS_EVERY_S:
                 self._last_stats_t = now
@@ -266,6 +384,7 @@ class BpfSession:
             "targets": self.targets.describe(),
             "timings": dict(self._timings),
             "ringbuf_pages": self.defines["RINGBUF_PAGES"],
+            "drain": dict(self.drain_stats, seconds=round(self.drain_stats["seconds"], 4)),
         }
 
     # --- detach --------------------------------------------------------------------------
@@ -281,8 +400,8 @@ class BpfSession:
                 return
             t0 = time.monotonic()
             try:
-                if self._bpf is not None and hasattr(self, "_ring"):
-                    self._bpf.ring_buffer_consume()
+                if self._bpf is not None:
+                    self._drain()
             finally:
                 fds, self._fds = self._fds, []
                 if wait:
@@ -293,12 +412,13 @@ class BpfSession:
                 self._timings["detach_probes"] = len(fds)
             if self._bpf is not None:
                 try:
-                    if hasattr(self, "_ring"):
-                        self._bpf.ring_buffer_consume()  # events submitted while we were closing
+                    self._drain()  # events submitted while we were closing
                     self._emit_stats(force=True)
                     self._final_stats = self._last_stats
                 finally:
                     self._detached = True
+                    if self._reader is not None:
+                        self._reader.close()
                     self._bpf.cleanup()
             self._detached = True
 
@@ -311,3 +431,52 @@ class BpfSession:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+# --- decoding (module level: also used by tests) -------------------------------------------
+
+def decode_event(fields):
+    """One struct event (EVENT's fields, in order) as an event dict, or None for an unknown kind."""
+    ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head = fields
+    k = _KINDS.get(kind)
+    if k is None:
+        return None
+    out = {"k": k, "t": ts, "src": ev.SRC_BPF, "pid": pid, "tid": tid}
+    if kind == 1:
+        out.update(conn=conn, ok=bool(val), t0=val2, fd=aux if aux >= 0 else None)
+    elif kind == 2:
+        known = bool(flags & 2)
+        out.update(conn=conn, cause=_CAUSES.get(cause, ev.UNKNOWN), gen=gen if cause == 3 and gen >= 0 else None,
+                   self=val2, sock=bool(flags & 1) if known else None,
+                   last_errno=aux if known and aux >= 0 else None, eof=bool(flags & 4))
+    elif kind == 3:
+        out.update(conn=conn, wire=_WIRE.get(wire, ev.WIRE_UNOBSERVED), sends=val, t0=val2, send_err=aux,
+                   tcp_from=TCP_STATES.get(flags), tcp_to=TCP_STATES.get(gen),
+                   fin_first=bool(cause) if flags else None)
+    elif kind == 4:
+        head = bytes(head[:hlen])
+        out.update(conn=conn, len=val, fd=val2, head=head.hex(),
+                   quit=val == 5 and head == ev.COM_QUIT_BYTES,
+                   tls=len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3, ret=aux)
+    elif kind == 5:
+        out.update(gen=val if val >= 0 else None)
+    elif kind == 6:
+        out.update(collected=val, gen=gen if gen >= 0 else None)
+    elif kind == 8:
+        out.update(child=val)
+    elif kind == 10:
+        out.update(conn=conn, fd=val2, ret=val, op=_OPS.get(wire))
+    return out
+
+
+def _encode(event):
+    return json.dumps(event, separators=(",", ":")) + "\n"
+
+
+_CAUSE_JSON = {code: json.dumps(name) for code, name in _CAUSES.items()}
+_WIRE_JSON = {code: json.dumps(name) for code, name in _WIRE.items()}
+_TCP_JSON = {code: json.dumps(name) for code, name in TCP_STATES.items()}
+_CLOSE_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"cause":%%s,"gen":%%s,"self":%%d,'
+               '"sock":%%s,"last_errno":%%s,"eof":%%s}\n' % (ev.BPF_CLOSE, ev.SRC_BPF))
+_CLOSE_RET_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"wire":%%s,"sends":%%d,"t0":%%d,'
+                   '"send_err":%%d,"tcp_from":%%s,"tcp_to":%%s,"fin_first":%%s}\n' % (ev.BPF_CLOSE_RET, ev.SRC_BPF))
