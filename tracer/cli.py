@@ -63,6 +63,8 @@ class RunCommand:
         parser.add_argument("--no-bpf", action="store_true", help="no eBPF probes (no root needed): the agent only")
         parser.add_argument("--no-agent", action="store_true", help="no in-process agent: eBPF only")
         parser.add_argument("--as-root", action="store_true", help="run the program as root even under sudo")
+        parser.add_argument("--pid", type=int, help="attach the eBPF layer to this running process instead "
+                            "(no agent; until it exits or Ctrl-C)")
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
         parser.add_argument("--quiet", action="store_true", help="no live status line")
@@ -72,6 +74,8 @@ class RunCommand:
         argv = list(args.command)
         if argv and argv[0] == "--":
             argv = argv[1:]
+        if args.pid is not None:
+            return self.run_attached(args, argv)
         if not argv:
             raise CliError("no program to trace: put it after --, as in: trace-quit -- python main.py", EX_USAGE)
         from trace_quit.tracer.launch import LaunchError, RunAs
@@ -115,6 +119,83 @@ class RunCommand:
                            "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
         _print_run_report(result, args.format)
         return result.exit_status
+
+
+    def run_attached(self, args, argv):
+        """--pid: the eBPF layer on a process we did not start."""
+        from trace_quit.tracer.launch import RunAs
+        from trace_quit.tracer.record import Recorder, RunOptions
+
+        if argv:
+            raise CliError("--pid traces a running process: give no command after --", EX_USAGE)
+        if args.no_bpf:
+            raise CliError("--pid works through eBPF only (the agent must be loaded at start-up): drop --no-bpf",
+                           EX_USAGE)
+        if os.geteuid() != 0:
+            raise CliError("attaching to a running process needs root: run it with sudo", EX_NOPERM)
+        try:
+            cmdline = _proc_cmdline(args.pid)
+        except OSError:
+            raise CliError("no process %d: check the pid (ps -p %d)" % (args.pid, args.pid), EX_NOINPUT) from None
+        output = args.output or default_capture_name(cmdline or ["pid%d" % args.pid])
+        if os.path.lexists(output) and not args.force:
+            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
+        targets = _resolve_running_targets(args.pid, cmdline)
+        options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
+                             sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
+                             status=not args.quiet)
+        recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        try:
+            result = recorder.run_attached(args.pid)
+        except Exception as exc:
+            if type(exc).__name__ != "BpfUnavailable":
+                raise
+            _remove_unstarted_capture(output)
+            raise CliError(str(exc), EX_UNAVAILABLE) from None
+        _print_run_report(result, args.format)
+        return 0
+
+
+def _proc_cmdline(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+
+
+def _resolve_running_targets(pid, cmdline):
+    """Resolve probes for a running process: its own executable, environment, cwd and user."""
+    try:
+        from trace_quit.tracer import bpf
+    except ImportError as exc:
+        raise CliError("the eBPF layer cannot load (%s): run scripts/setup.sh" % exc, EX_UNAVAILABLE) from None
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+        cwd = os.readlink("/proc/%d/cwd" % pid)
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = dict(item.decode("utf-8", "replace").split("=", 1)
+                       for item in f.read().split(b"\0") if b"=" in item)
+        st = os.stat("/proc/%d" % pid)
+    except OSError as exc:
+        raise CliError("cannot inspect process %d: %s" % (pid, exc.strerror), EX_NOPERM) from None
+    # The path it was started by, when that is the same binary: a venv's python is a symlink
+    # whose location (not the binary's) decides sys.prefix, hence where MySQLdb is found.
+    invoked = _invoked_path(cmdline[0] if cmdline else "", env, cwd)
+    if invoked and os.path.realpath(invoked) == os.path.realpath(exe):
+        exe = invoked
+    try:
+        # Its executable, with its own arguments, resolved as it would resolve them (sys.path[0] from its cwd).
+        return bpf.resolve_targets([exe] + cmdline[1:], env, st.st_uid, st.st_gid, cwd=cwd)
+    except bpf.BpfUnavailable as exc:
+        raise CliError(str(exc), EX_UNAVAILABLE) from None
+
+
+def _invoked_path(arg0, env, cwd):
+    import shutil
+
+    if not arg0:
+        return None
+    if os.sep in arg0:
+        return os.path.normpath(os.path.join(cwd, arg0))
+    return shutil.which(arg0, path=env.get("PATH", os.defpath))
 
 
 def _check_runnable(program):
@@ -384,7 +465,8 @@ def main(argv=None):
     if not argv:
         parser.print_help(sys.stderr)
         return EX_USAGE
-    if argv[0] == "run" and "--" not in argv and len(argv) > 1 and not set(argv[1:]) & {"-h", "--help"}:
+    if argv[0] == "run" and "--" not in argv and len(argv) > 1 and not set(argv[1:]) & {"-h", "--help", "--pid"} \
+            and not any(a.startswith("--pid=") for a in argv):
         _err("put -- between trace-quit's options and the program, as in: trace-quit [options] -- python main.py")
         return EX_USAGE
     passthrough = []

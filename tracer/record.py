@@ -109,20 +109,7 @@ class Recorder:
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
             self.writer.write_header(self._header(run_as))
             if opts.bpf:
-                from trace_quit.tracer import bpf  # only this layer imports bcc
-
-                t_attach = time.monotonic()
-                with _stderr_captured() as compile_output:
-                    try:
-                        self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
-                    except bpf.BpfUnavailable as exc:
-                        raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
-                self.bpf.attach(self.child.pid)
-                self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
-                self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                                  **_redacted(self.bpf.describe())})
-            for note in getattr(self.bpf_targets, "notes", None) or []:
-                self.note(note, level="info")
+                self._attach_bpf(self.child.pid)
             self._start_threads()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 previous_handlers[sig] = signal.signal(sig, self._forward_signal)
@@ -143,18 +130,72 @@ class Recorder:
         return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes)
 
-    def _header(self, run_as):
+    def run_attached(self, pid) -> RunResult:
+        """Trace an already running process (eBPF only) until it exits or we are interrupted."""
+        opts = self.options
+        run_as = opts.run_as or RunAs.invoking_user()
+        t0 = time.monotonic()
+        stop = threading.Event()
+        previous_handlers = {}
+        status = None
+        try:
+            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            self.writer.write_header(self._header(run_as, pid=pid))
+            self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
+                      "alone and connections opened before now are reported as opened before the capture" % pid,
+                      level="info")
+            self._attach_bpf(pid)
+            self._start_threads()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
+            # The report's time origin: tracing starts now (the program started earlier).
+            self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
+                              "attached": True, **self.timings})
+            while not stop.wait(0.1):
+                if not _alive(pid):
+                    self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
+                                      "status": None, "attached": True})
+                    break
+            status = 0
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            self._finish(None)
+        return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
+                         lost=dict(self.tally.lost), notes=self.notes)
+
+    def _attach_bpf(self, root_pid):
+        """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""
+        from trace_quit.tracer import bpf  # only this layer imports bcc
+
+        t_attach = time.monotonic()
+        with _stderr_captured() as compile_output:
+            try:
+                self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
+            except bpf.BpfUnavailable as exc:
+                raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
+        self.bpf.attach(root_pid)
+        self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
+        self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                          **_redacted(self.bpf.describe())})
+        for note in getattr(self.bpf_targets, "notes", None) or []:
+            self.note(note, level="info")
+
+    def _header(self, run_as, pid=None):
         opts = self.options
         header = {
             "argv": ev.redact_argv(list(opts.argv)),
             "tracer": {"version": __version__, "pid": os.getpid(), "python": platform.python_version(),
                        "argv": ev.redact_argv(list(sys.argv))},
-            "child_pid": self.child.pid,
+            "child_pid": pid if pid is not None else self.child.pid,
             "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
             "cwd": os.getcwd(),
             # Layers requested; what the eBPF layer attached follows in the bpf_probes event.
             "layers": {"bpf": bool(opts.bpf), "agent": self.channel is not None, "sampler": bool(opts.dsn)},
         }
+        if pid is not None:
+            header["attached_pid"] = pid
         if self.bpf_targets is not None:
             # The files the program will load and their versions, resolved before it ran.
             try:
@@ -297,6 +338,20 @@ def _with_compile_hint(message, output):
                 "headers fallback), or use --no-bpf" % source)
     last = [line for line in output.strip().splitlines() if line.strip()][-1:] or [""]
     return message + ((" — " + last[0][:200]) if last[0] else "")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited: its status is its parent's to collect, not ours
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _redacted(value):

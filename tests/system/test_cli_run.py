@@ -122,3 +122,48 @@ def test_no_password_anywhere_in_a_bpf_capture_or_its_reports(server, tmp_path):
     dump = subprocess.run(TRACE_QUIT + ["dump", capture], capture_output=True, text=True)
     assert dump.returncode == 0 and server.password not in dump.stdout
     assert len(dump.stdout.splitlines()) == len(open(capture).read().splitlines())
+
+
+def test_pid_attaches_to_a_running_program(server, tmp_path):
+    go = tmp_path / "go"
+    prog = tmp_path / "running.py"
+    prog.write_text(
+        "import gc, os, sys, time, MySQLdb\n"
+        "from trace_quit.workloads import dsn\n"
+        "kw = dsn.parse(sys.argv[1])\n"
+        "class H:\n"
+        "    def __init__(self, c): self.c = c; self.me = self\n"
+        "gc.disable()\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
+        "for _ in range(5): MySQLdb.connect(**kw).close()\n"
+        "for _ in range(3):\n"
+        "    c = MySQLdb.connect(**kw); del c\n"
+        "for _ in range(2): H(MySQLdb.connect(**kw))\n"
+        "gc.collect()\n")
+    program = subprocess.Popen([sys.executable, str(prog), server.dsn_socket, str(go)])
+    capture = str(tmp_path / "pid.tqcap")
+    tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--quiet", "--format", "none", "-o", capture],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # attached once the capture holds its start event
+        if os.path.exists(capture) and b'"k":"child_start"' in open(capture, "rb").read():
+            break
+        time.sleep(0.05)
+    go.write_text("")
+    assert program.wait(timeout=60) == 0
+    _, err = tracer.communicate(timeout=60)
+    assert tracer.returncode == 0, err
+    assert "no in-process agent" in err
+    cap = load_events(capture)
+    assert cap.header["attached_pid"] == program.pid and cap.header["layers"]["agent"] is False
+    result = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True, text=True)
+    report = json.loads(result.stdout)
+    by_cause = report["com_quit"]["by_cause"]
+    assert (by_cause["explicit_close"], by_cause["refcount"], by_cause["gc"]) == (5, 3, 2)
+    assert report["com_quit"]["wire"]["confirmed"] == 10
+
+
+def test_pid_of_no_process_is_one_line(tmp_path):
+    result = subprocess.run(TRACE_QUIT + ["--pid", "999999999", "-o", str(tmp_path / "x.tqcap")],
+                            capture_output=True, text=True)
+    assert result.returncode == 66 and result.stderr.count("\n") == 1 and "no process" in result.stderr
