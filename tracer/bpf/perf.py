@@ -168,42 +168,48 @@ def close_all(fds, threads=None):
         t.join()
 
 
-def close_in_background(fds):
-    """Hand the last references of ``fds`` to a detached grandchild that closes them; return at once.
+def close_in_background(fds, workers=4):
+    """Hand the last references of ``fds`` to detached grandchildren that close them; return at once.
 
-    Closing a uprobe perf fd waits for RCU grace periods under the kernel's event_mutex,
-    so closes serialise (~0.1 s each here, no gain from threads). Only the *last* close of
-    an fd pays, so the grandchild waits (on a pipe) until our copies are closed, then closes
-    its own. The probes go away within about a second, or at once if it is killed: the
-    kernel drops them with the fd either way. It keeps no other fd (no pipe or file held).
+    Closing a probe's perf fd waits for RCU grace periods (~0.1 s per uprobe, ~0.065 s per
+    tracepoint here), and one process's closes run one after another. Only the *last* close
+    of an fd pays, so each of ``workers`` grandchildren keeps a share of the fds (dropping
+    its copies of the others at once, which is free while we still hold them), waits on a
+    pipe until our copies are closed, then closes its share: the shares go away in parallel
+    (24 probes: ~1.9 s serially, under a second in 4 shares). The probes are gone when the
+    last grandchild exits, or at once if they are killed: the kernel drops them with the fds
+    either way. They keep no other fd (no pipe or file held).
     """
     fds = list(fds)
     if not fds:
         return
+    workers = max(1, min(workers, len(fds)))
+    shares = [fds[i::workers] for i in range(workers)]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: only os.* calls between fork and _exit (the parent has threads)
         try:
-            if os.fork() == 0:
-                try:
-                    os.setsid()
-                    keep = set(fds) | {r}
-                    for name in os.listdir("/proc/self/fd"):
-                        fd = int(name)
-                        if fd not in keep:
+            for share in shares:
+                if os.fork() == 0:
+                    try:
+                        os.setsid()
+                        keep = set(share) | {r}
+                        for name in os.listdir("/proc/self/fd"):
+                            fd = int(name)
+                            if fd not in keep:
+                                try:
+                                    os.close(fd)
+                                except OSError:
+                                    pass
+                        while os.read(r, 1):  # EOF: the tracer closed its copies (or died)
+                            pass
+                        for fd in share:
                             try:
                                 os.close(fd)
                             except OSError:
                                 pass
-                    while os.read(r, 1):  # EOF: the tracer closed its copies (or died)
-                        pass
-                    for fd in fds:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
-                finally:
-                    os._exit(0)
+                    finally:
+                        os._exit(0)
         finally:
             os._exit(0)
     os.close(r)

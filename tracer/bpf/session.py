@@ -118,7 +118,8 @@ def _tracepoint_defines():
 def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
     """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
     defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages),
-               "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset)}
+               "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
+               "OWN_PT_REGS": 1}
     defines.update(targets.gc_args)
     defines.update(_tracepoint_defines()[0])
     return defines
@@ -169,7 +170,12 @@ class BpfSession:
         self._timings["bcc_import_s"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
         try:
-            self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
+            try:
+                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
+            except Exception:
+                # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
+                self.defines["OWN_PT_REGS"] = 0
+                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
                                  "or use --no-bpf" % exc)
