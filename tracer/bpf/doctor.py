@@ -62,6 +62,17 @@ def checks(python=None, uid=None, gid=None):
                           tracefs, "yes" if have_tracefs else "no", "yes" if syscalls else "no"),
                       "mount -t tracefs nodev /sys/kernel/tracing" if not have_tracefs else
                       "the kernel needs CONFIG_FTRACE_SYSCALLS for COM_QUIT wire confirmation"))
+    # The server ending a connection first: the socket's EOF/reset and the send results need
+    # the syscall exit tracepoints; who closed a TCP connection first needs sock:inet_sock_set_state.
+    from trace_quit.tracer.bpf.session import _TRACEPOINTS
+
+    absent = [cat + ":" + name for cat, name, _fn, _f in _TRACEPOINTS
+              if not os.path.isdir(os.path.join(tracefs, "events", cat, name))]
+    out.append(_check("server-end evidence", have_tracefs and not absent,
+                      "tracepoints for EOF/reset, send results and TCP close order: %s" % (
+                          "all present" if not absent else "missing " + ", ".join(absent)),
+                      "a kernel with CONFIG_FTRACE_SYSCALLS and the sock tracepoints (4.16+); without them "
+                      "a server-ended connection is still seen by its dropped socket (bpf_close.sock)"))
     try:
         t0 = time.monotonic()
         import bcc
