@@ -33,7 +33,10 @@ def mark(name, text=""):  # atomic: the test never sees a half-written marker
 for _ in range(int(sys.argv[3])):
     MySQLdb.connect(**kw).close()
 mark("ready", str(os.getpid()))
+deadline = time.monotonic() + 120  # never outlive a failed test by much
 while not os.path.exists(os.path.join(work, "go")):
+    if time.monotonic() > deadline:
+        sys.exit(99)
     time.sleep(0.01)
 for _ in range(5):
     MySQLdb.connect(**kw).close()
@@ -192,10 +195,31 @@ def _one_kill(phase, server, tmp_path, index):
 
 @pytest.mark.parametrize("phase", ["attach", "steady", "detach"])
 def test_sigkilled_tracer_leaves_the_program_and_the_system_intact(phase, server, tmp_path):
-    for index in range(KILLS_PER_PHASE):
-        cap = _one_kill(phase, server, tmp_path, index)
-        if phase == "steady":
-            assert any(e["k"] == "conn_open" for e in cap.events)  # flushed before the kill
+    try:
+        for index in range(KILLS_PER_PHASE):
+            cap = _one_kill(phase, server, tmp_path, index)
+            if phase == "steady":
+                assert any(e["k"] == "conn_open" for e in cap.events)  # flushed before the kill
+    finally:
+        # A failed iteration may leave its program waiting: release it, then reap it (we are its subreaper).
+        # Only the programs this test started (their pids are in the ready files): the
+        # session's server processes are our children too and must not be reaped here.
+        for work in tmp_path.iterdir():
+            if work.is_dir():
+                (work / "go").write_text("")
+        for ready in tmp_path.glob("*/ready"):
+            _reap(int(ready.read_text()))
+
+
+def _reap(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return  # already reaped (or not ours)
+        time.sleep(0.05)
 
 
 CRASHES = {
