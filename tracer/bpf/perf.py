@@ -143,6 +143,26 @@ def attach_tracepoint(prog_fd, category, name):
     return fd
 
 
+_NR_BPF = 321               # x86-64
+BPF_RAW_TRACEPOINT_OPEN = 17
+
+
+def attach_raw_tracepoint(prog_fd, name):
+    """Attach a BPF_PROG_TYPE_RAW_TRACEPOINT program to raw tracepoint ``name``; returns the link fd.
+
+    The attachment lives as long as the fd (closed, or the tracer dies: gone), like a perf fd.
+    """
+    cname = ctypes.create_string_buffer(name.encode() if isinstance(name, str) else name)
+    attr = bytearray(16)  # union bpf_attr.raw_tracepoint: __u64 name; __u32 prog_fd; (zero tail)
+    struct.pack_into("<QI", attr, 0, ctypes.addressof(cname), prog_fd)
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    fd = _libc.syscall(_NR_BPF, ctypes.c_int(BPF_RAW_TRACEPOINT_OPEN), buf, ctypes.c_uint(len(attr)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise AttachError(err, "raw tracepoint %s: %s" % (name, os.strerror(err)))
+    return fd
+
+
 def close_all(fds, threads=None):
     """Close perf fds, in parallel: each close waits for an RCU grace period (~0.1 s here)."""
     fds = list(fds)

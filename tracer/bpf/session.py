@@ -48,26 +48,17 @@ assert EVENT.size == 72 and RECORD.size == 80
 _TRACEPOINTS = [
     ("task", "task_newtask", "on_newtask", {"TP_NEWTASK_PID": "pid", "TP_NEWTASK_FLAGS": "clone_flags"}),
     ("sched", "sched_process_exit", "on_exit", {"TP_EXIT_GROUP_DEAD": "group_dead"}),
-    ("syscalls", "sys_enter_write", "on_sys_write", {"TP_WRITE_FD": "fd", "TP_WRITE_BUF": "buf", "TP_WRITE_LEN": "count"}),
-    ("syscalls", "sys_enter_sendto", "on_sys_sendto", {"TP_SENDTO_FD": "fd", "TP_SENDTO_BUF": "buff", "TP_SENDTO_LEN": "len"}),
-    ("syscalls", "sys_enter_writev", "on_sys_writev", {"TP_WRITEV_FD": "fd", "TP_WRITEV_VEC": "vec"}),
-    ("syscalls", "sys_enter_sendmsg", "on_sys_sendmsg", {"TP_SENDMSG_FD": "fd", "TP_SENDMSG_MSG": "msg"}),
-    # The server ending a connection first (cause "server"): its socket's EOF/reset, the
-    # result of sends inside mysql_close, the TCP state the client's close leaves.
-    ("syscalls", "sys_enter_read", "on_sys_read", {"TP_READ_FD": "fd", "TP_READ_LEN": "count"}),
-    ("syscalls", "sys_enter_recvfrom", "on_sys_recvfrom", {"TP_RECVFROM_FD": "fd", "TP_RECVFROM_LEN": "size"}),
-    ("syscalls", "sys_exit_read", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_exit_recvfrom", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_exit_write", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_exit_sendto", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_exit_writev", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_exit_sendmsg", "on_sys_io_exit", {"TP_EXIT_RET": "ret"}),
-    ("syscalls", "sys_enter_connect", "on_sys_connect", {"TP_CONNECT_FD": "fd"}),
-    ("syscalls", "sys_enter_close", "on_sys_close", {"TP_CLOSE_FD": "fd"}),
     ("sock", "inet_sock_set_state", "on_sock_state", {"TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate",
                                                        "TP_SOCKSTATE_PROTO": "protocol", "TP_SOCKSTATE_SKADDR": "skaddr"}),
 ]
 _OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back to tid == tgid
+#: Raw tracepoints (probes.c: every system call the programs look at, in two programs):
+#: sends inside mysql_close (wire), and reads/writes on connections' sockets, connect() in
+#: mysql_real_connect, close() (the server ending a connection first).
+_RAW_TRACEPOINTS = [
+    ("sys_enter", "on_sys_enter", ("write", "sendto", "writev", "sendmsg", "read", "recvfrom", "connect", "close")),
+    ("sys_exit", "on_sys_exit", ("write", "sendto", "writev", "sendmsg", "read", "recvfrom")),
+]
 
 #: Ring buffer pages (4 KiB each, power of two). 8 MiB holds ~100k events: a quarter of a
 #: second at 400k events/s (tests/bench/throughput.py), far more than a 20 ms drain sees.
@@ -192,7 +183,9 @@ class BpfSession:
         with self._lock:
             t0 = time.monotonic()
             b = self._bpf
-            b[b"traced"][ctypes.c_uint(root_pid)] = ctypes.c_ubyte(1)
+            words = b[b"traced"]  # one bit per tgid (probes.c)
+            idx = ctypes.c_int(root_pid >> 6)
+            words[idx] = ctypes.c_uint64(words[idx].value | (1 << (root_pid & 63)))
             self._reader = RingReader(b[b"events"].map_fd, self.defines["RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE"))
             self.root_pid = root_pid
             ref_ctr_ok = perf.supports_ref_ctr()
@@ -225,6 +218,19 @@ class BpfSession:
                 self._fds.append(fd)
                 self._attached.append({"role": "tracepoint", "fn": fn_name, "symbol": "%s:%s" % (cat, name),
                                        "how": "tracepoint"})
+            for name, fn_name, calls in _RAW_TRACEPOINTS:
+                try:
+                    fn = b.load_func(fn_name.encode(), self._bcc.BPF.RAW_TRACEPOINT)
+                    fd = perf.attach_raw_tracepoint(fn.fd, name)
+                except Exception as exc:
+                    self._missing.append({"what": "raw tracepoint %s" % name, "why": str(exc)})
+                    continue
+                self._fds.append(fd)
+                # One entry per system call the program looks at, named like its trace event
+                # (what a reader checks for: e.g. the send calls mean wire confirmation).
+                for call in calls:
+                    self._attached.append({"role": "tracepoint", "fn": fn_name, "how": "raw_tracepoint",
+                                           "symbol": "syscalls:%s_%s" % (name, call), "via": "raw_syscalls:" + name})
             self._timings["attach_s"] = round(time.monotonic() - t0, 4)
             if not any(a["how"] != "tracepoint" for a in self._attached) and self.targets.probes:
                 self.detach()
