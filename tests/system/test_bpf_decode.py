@@ -88,3 +88,13 @@ def test_close_and_close_ret_keys():
     unread = decode_event((1, 0x10, 0, 0, 7, 8, 2, 0, 0, 0, -1, 0, -1, bytes(16)))
     assert (unread["sock"], unread["last_errno"], unread["eof"]) == (None, None, False)
     assert session.TCP_STATES[8] == "close_wait"
+
+
+def test_a_failing_formatter_falls_back_to_one_record_at_a_time(monkeypatch):
+    records = _records(200, seed=3)
+    sink = _Sink()
+    monkeypatch.setattr(session, "_CLOSE_LINE", "%d")  # wrong arity: the batch formatter raises
+    _session(sink, lines=True)._deliver(_pack(records))
+    expected = [d for d in (decode_event(r) for r in records) if d is not None]
+    assert [json.loads(line) for line in "".join(sink.text).splitlines()] == expected
+    assert [d["k"] for d in sink.dicts] == ["note"]  # said once

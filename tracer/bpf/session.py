@@ -261,14 +261,14 @@ class BpfSession:
         n = len(data)
         fast = n % RECORD.size == 0
         if fast:
-            try:
-                if self.emit_text is not None:
+            if self.emit_text is not None:
+                try:
                     done = self._deliver_lines(data)
-                else:
-                    done = self._deliver_dicts(data)
-            except Exception as exc:
-                self._decode_error(exc)
-                return
+                except Exception as exc:  # a formatting bug: say so, then take the careful path
+                    self._decode_error(exc)
+                    done = 0
+            else:
+                done = self._deliver_dicts(data)
             if done == n // RECORD.size:
                 return
             data = data[done * RECORD.size:]
@@ -289,10 +289,13 @@ class BpfSession:
                     self._decode_error(exc)
                     out = None
                 if out is not None:
-                    if self.emit_text is not None:
-                        self.emit_text(ev.encode(out), {out["k"]: 1}, int(out["k"] == ev.BPF_CONNECT and out["ok"]))
-                    else:
-                        self.emit(out)
+                    try:
+                        if self.emit_text is not None:
+                            self.emit_text(ev.encode(out), {out["k"]: 1}, int(out["k"] == ev.BPF_CONNECT and out["ok"]))
+                        else:
+                            self.emit(out)
+                    except Exception as exc:
+                        self._decode_error(exc)
             off += step
 
     def _deliver_dicts(self, data):
@@ -300,11 +303,14 @@ class BpfSession:
         emit = self.emit
         for rec in RECORD.iter_unpack(data):
             if rec[0] != EVENT.size:
-                return count
+                break
             count += 1
-            out = decode_event(rec[2:])
-            if out is not None:
-                emit(out)
+            try:
+                out = decode_event(rec[2:])
+                if out is not None:
+                    emit(out)
+            except Exception as exc:  # one bad record (or a failing sink) must not cost the rest
+                self._decode_error(exc)
         self.drain_stats["records"] += count
         return count
 
