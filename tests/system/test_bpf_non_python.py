@@ -80,3 +80,20 @@ def test_a_shell_that_starts_python_later_gets_the_kernel_side_causes(server, tm
         assert pids != {shell_pid}
         assert proc.stdout.startswith("starting\n") and proc.stdout.endswith("done\n")
     assert cap.trailer["lost"]["bpf"] == 0
+
+
+def test_nothing_to_probe_runs_the_command_with_no_probe_attached(tmp_path, monkeypatch):
+    # No python3 on PATH and an empty loader cache: resolve_targets finds nothing to probe;
+    # the session then attaches nothing and says why, and the command still runs.
+    from bpf_harness import trace_command
+    from trace_quit.tracer.bpf import elf
+
+    monkeypatch.setattr(elf, "ld_cache", lambda path="/etc/ld.so.cache": {})
+    out = tmp_path / "out"
+    run = trace_command(["/bin/echo", "hi"], env=dict(os.environ, PATH="/nonexistent"),
+                        output_path=str(out))
+    assert run.status == 0 and run.output == "hi\n"
+    assert run.describe["probes"] == []
+    assert [m["what"] for m in run.describe["missing"]] == ["eBPF probes"]
+    assert "neither a Python nor a MySQL client library" in run.describe["missing"][0]["why"]
+    assert {e["k"] for e in run.events} == {"bpf_stats"} and run.stats == {"emitted": 0, "dropped": 0}

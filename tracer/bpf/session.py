@@ -188,6 +188,12 @@ class BpfSession:
             words[idx] = ctypes.c_uint64(words[idx].value | (1 << (root_pid & 63)))
             self._reader = RingReader(b[b"events"].map_fd, self.defines["RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE"))
             self.root_pid = root_pid
+            if getattr(self.targets, "nothing_to_probe", None):
+                # Not one uprobe to place (resolve_targets says why): attach nothing at all, so
+                # the run costs nothing, and say so in the capture (describe()["missing"]).
+                self._missing.append({"what": "eBPF probes", "why": self.targets.nothing_to_probe})
+                self._timings["attach_s"] = round(time.monotonic() - t0, 4)
+                return
             ref_ctr_ok = perf.supports_ref_ctr()
             for site in self.targets.probes:
                 entry = site.describe()
