@@ -261,7 +261,9 @@ def main(argv=None):
         tracer_us = None
         if len(run["cpu_samples"]) == 2:
             (t1, c1), (t2, c2) = run["cpu_samples"]
-            tracer_us = 1e6 * (c2 - c1) / (per_event_ring * b["rate"] * (t2 - t1))
+            # Events delivered in that interval: the pace times the share that was not dropped.
+            delivered = events / max(1, run["stats"]["emitted"] + run["stats"]["dropped"])
+            tracer_us = 1e6 * (c2 - c1) / (per_event_ring * b["rate"] * (t2 - t1) * delivered)
             tracer_share = (c2 - c1) / (t2 - t1)
         # Start-up and detach.
         h, cs, tr = run["header"], run["child_start"], run["trailer"]
@@ -277,13 +279,13 @@ def main(argv=None):
         print("traced flat out (2 s):     %.0f mysql_close/s (%.0f ns each): probes cost %.0f ns per mysql_close, "
               "%.0f ns per event (%.2f events per close)" % (flat["burst"]["rate"], ns_traced, per_close_kernel,
                                                            per_close_kernel / per_event_ring, per_event_ring))
-        print("traced at --rate %.0f:     %.0f mysql_close/s for %.2f s = %d closes, %d events (%.0f events/s)" % (
+        print("traced at --rate %.0f:   %.0f mysql_close/s for %.2f s = %d closes, %d events (%.0f events/s)" % (
             args.rate, b["rate"], b["seconds"], b["closes"], events, events / b["seconds"]))
         print("kernel counters:           emitted %s, dropped %s; capture: bpf_close %d, bpf_close_ret %d" % (
             run["stats"]["emitted"], run["stats"]["dropped"], run["counts"].get("bpf_close", 0),
             run["counts"].get("bpf_close_ret", 0)))
         if tracer_us is not None:
-            print("tracer (user space):       %.2f us CPU per event in steady state (%.0f%% of a CPU)" % (
+            print("tracer (user space):       %.2f us CPU per delivered event in steady state (%.0f%% of a CPU)" % (
                 tracer_us, 100 * tracer_share))
         print("capture:                   %.1f MB, %.0f bytes/event" % (run["size"] / 1e6, run["size"] / max(1, events)))
         print("start-up:                  trace-quit start -> burst main() %.3f s; -> header %.3f s; header -> "
