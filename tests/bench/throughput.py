@@ -273,6 +273,15 @@ def main(argv=None):
 
         print("machine: %s, kernel %s, %d CPUs, Python %s, %s" % (
             platform.node(), platform.release(), os.cpu_count(), platform.python_version(), time.strftime("%Y-%m-%d")))
+        try:
+            from trace_quit.tracer.capture import CaptureWriter
+
+            batched = hasattr(CaptureWriter, "emit_text")
+        except ImportError:
+            batched = False
+        if not batched:
+            print("NOTE: the recorder does not take batched eBPF lines (BpfSession emit_text): every event is a dict "
+                  "JSON-encoded on its own, which caps the tracer near 190,000 events/s on this VM")
         if foreign:
             print("NOTE: another tracer's uprobe is on this machine's mysql_close: every rate below includes its cost")
         print("untraced burst:            %.0f mysql_close/s (%.0f ns each)" % (base["rate"], ns_untraced))
