@@ -30,12 +30,15 @@ client-side cause of the later close (which the reason still names) on any of th
   error (``join.SERVER_GONE_CODES``: 2006, 2013, 2055, 4031, 1927, 1053). A program without
   SQLAlchemy has no pool events: only the kernel's evidence counts then.
 
+- ``kernel_fin_first``: over TCP, the server's FIN had arrived before mysql_close was entered
+  (``bpf_close_ret.fin_first``): an idle connection the server ended (KILL, wait_timeout, stop).
+
 Not evidence: ``bpf_close_ret.tcp_from == "close_wait"``. It is the state the client's close()
 syscall found, after the COM_QUIT was sent, and on loopback the server often answers a COM_QUIT
 with its FIN before the client reaches close(): 13 of 39 known-causes closes and 126 of 300
 hidden-threads closes over TCP, all with a confirmed COM_QUIT, showed it. Only the state
-*before* the COM_QUIT would tell an idle connection the server had already ended (KILL,
-wait_timeout) from a normal close; such a connection is attributed to its client-side cause.
+*before* the COM_QUIT (``fin_first``, above) tells an idle connection the server had already
+ended from a normal close.
 
 One disagreement is possible: a client-detected error (2006/2013/2055: the library drops
 the socket on it) and yet the kernel saw the COM_QUIT go out, unfailed, with no kernel sign
@@ -64,6 +67,7 @@ SERVER_EVIDENCE = {
     "kernel_not_sent": "kernel: mysql_close sent no COM_QUIT on a connection that had opened",
     "kernel_send_failed": "kernel: the COM_QUIT send failed (EPIPE/ECONNRESET)",
     "kernel_eof": "kernel: the socket saw the server's EOF/reset before the client's close",
+    "kernel_fin_first": "kernel: the server's FIN had arrived before mysql_close began (TCP)",
     "agent_error": "agent: the pool invalidated it with a server-gone error",
 }
 
@@ -263,6 +267,9 @@ def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
         out.append("kernel_send_failed")
     if life.eof:
         out.append("kernel_eof")
+    # The FIN recorded *before* mysql_close, unlike the close_wait state found after it.
+    if life.bpf_ret is not None and life.bpf_ret.get("fin_first") is True:
+        out.append("kernel_fin_first")
     return out
 
 
@@ -285,6 +292,8 @@ def _said(kind: str, life: Life) -> str:
             return "the socket saw the server's %s on a %s first" % (
                 PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.get("op") or "read")
         return "the socket saw the server's EOF/reset first"
+    if kind == "kernel_fin_first":
+        return "the server's FIN had arrived before its mysql_close began"
     return kind
 
 

@@ -129,14 +129,16 @@ class SynthCapture:
               agent_cause: Optional[str] = None, bpf_gen: Optional[int] = None, thread: Optional[str] = None,
               stack: Optional[List[str]] = None, pid: Optional[int] = None, send: bool = True,
               send_ret: Optional[int] = None, eof: bool = False, sock: Optional[bool] = None,
-              last_errno: Optional[int] = None, tcp_from: Optional[str] = None) -> None:
+              last_errno: Optional[int] = None, tcp_from: Optional[str] = None,
+              fin_first: Optional[bool] = None) -> None:
         """End ``conn`` by ``cause`` as each layer would record it (override per layer to disagree).
 
         ``send=False``: mysql_close sent nothing; ``send_ret``: the COM_QUIT send's return value
         (-32 EPIPE, -104 ECONNRESET: then not confirmed, as the kernel decides); ``eof``: a peer
         end was seen before the close; ``sock``: whether the library still had its socket (False:
-        dropped after ``last_errno``); ``tcp_from``: the TCP state the client's close() found
-        (keys of the bpf layer, tracer/events.py; left out when None, as older captures)."""
+        dropped after ``last_errno``); ``tcp_from``: the TCP state the client's close() found;
+        ``fin_first``: the server's FIN had arrived before mysql_close began (keys of the bpf
+        layer, tracer/events.py; left out when None, as older captures)."""
         pid = pid or self.pid
         tid = tid or pid
         t = self.ns(t_s)
@@ -174,6 +176,8 @@ class SynthCapture:
         if tcp_from is not None:
             ret["tcp_from"] = tcp_from
             ret["tcp_to"] = "last_ack" if tcp_from == "close_wait" else "fin_wait1"
+        if fin_first is not None:
+            ret["fin_first"] = fin_first
         self._bpf(ret)
 
     # --- processes ----------------------------------------------------------------------

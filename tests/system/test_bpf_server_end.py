@@ -198,7 +198,7 @@ def test_the_kernel_sees_the_server_end_each_connection_first(ended_run):
 #: Cases whose report needs evidence the analysis does not use yet: when the server is
 #: stopped, the never-queried control's TCP COM_QUIT still goes out (the server had only sent
 #: its FIN), so the one kernel sign is bpf_close_ret.fin_first (FIN in before mysql_close).
-PENDING = {("server_stopped", "tcp"): "analysis rule pending: bpf_close_ret.fin_first is not yet server evidence"}
+PENDING = {}  # every case is attributed now (fin_first became server evidence)
 
 
 def test_the_report_attributes_them_to_the_server(ended_run, request):

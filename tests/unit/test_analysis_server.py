@@ -204,6 +204,20 @@ def test_tcp_close_wait_after_a_sent_com_quit_is_not_evidence(tmp_path):
     assert r.com_quit.by_cause["server"] == 0
 
 
+def test_tcp_fin_before_mysql_close_is_server(tmp_path):
+    # An idle connection the server ended (KILL, wait_timeout, stop): its FIN came in before
+    # mysql_close began, and the COM_QUIT still went out into the closed connection.
+    s = SynthCapture(str(tmp_path / "f.tq"))
+    a, b = s.open(0.1), s.open(0.2)
+    s.close(1.0, a, ev.EXPLICIT_CLOSE, sock=True, last_errno=0, tcp_from="close_wait", fin_first=True)
+    s.close(1.1, b, ev.EXPLICIT_CLOSE, sock=True, last_errno=0, tcp_from="close_wait", fin_first=False)
+    s.finish(2.0)
+    r = report_of(s.path)
+    assert [(q.cause, q.wire, q.evidence) for q in r.quits] == [
+        ("server", "confirmed", ["kernel_fin_first"]), ("explicit_close", "confirmed", None)]
+    assert "FIN had arrived before its mysql_close began" in r.quits[0].reason
+
+
 def test_client_detected_error_with_a_kernel_sign_of_the_server_end_is_server(tmp_path):
     # 2013 and a confirmed COM_QUIT, but the kernel also saw the server's EOF first: no contradiction.
     s = SynthCapture(str(tmp_path / "z.tq"))
