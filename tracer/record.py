@@ -226,13 +226,10 @@ class Recorder:
         self._threads.append(thread)
 
     def _agent_loop(self):
-        import select
-
-        fd = self.channel.fd
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready:
-                self._drain_agent()
+        # A timer, not select(): waking on every write would make the tracer compete with the
+        # program for the CPU once per connection event; the 1 MiB FIFO holds a period's lines.
+        while not self._stop.wait(POLL_INTERVAL_S):
+            self._drain_agent()
 
     def _drain_agent(self):
         for event in self.channel.read_events():
