@@ -10,8 +10,8 @@ on a read, or EPIPE/ECONNRESET on a write) before the close, and a ``bpf_close``
 control shows whether the server had also ended it (timeout and stop) by the result of its
 COM_QUIT send or the TCP state its close left, and a normal close after a KILL of the others.
 
-The report's ``by_cause["server"]`` is asserted in a separate test (strict xfail where the
-analysis does not use the evidence yet: ``PENDING``).
+The report's ``by_cause["server"]`` is asserted in a separate test: the 3 (and the control
+when the server ended it too; over TCP after a stop, only ``fin_first`` says so).
 """
 
 import collections
@@ -195,16 +195,8 @@ def test_the_kernel_sees_the_server_end_each_connection_first(ended_run):
     assert wires[0]["ret"] == (5 if cret["send_err"] == 0 else -cret["send_err"])
 
 
-#: Cases whose report needs evidence the analysis does not use yet: when the server is
-#: stopped, the never-queried control's TCP COM_QUIT still goes out (the server had only sent
-#: its FIN), so the one kernel sign is bpf_close_ret.fin_first (FIN in before mysql_close).
-PENDING = {}  # every case is attributed now (fin_first became server evidence)
-
-
-def test_the_report_attributes_them_to_the_server(ended_run, request):
+def test_the_report_attributes_them_to_the_server(ended_run):
     case, transport, info, capture = ended_run
-    if (case, transport) in PENDING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=PENDING[(case, transport)]))
     expected = N + (1 if CASES[case][1] else 0)
     r = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
