@@ -71,13 +71,13 @@ class CaptureWriter:
             self._buf.append(line)
             self._counts[event.get("k")] += 1
 
-    def emit_line(self, line, kind):
-        """Queue an already-encoded event line (the agent's lines pass through unparsed)."""
+    def emit_text(self, text, counts):
+        """Queue already-encoded event lines (one string of whole lines), counted per kind."""
         with self._lock:
             if self._closed:
                 return
-            self._buf.append(line)
-            self._counts[kind] += 1
+            self._buf.append(text)
+            self._counts.update(counts)
 
     @property
     def counts(self):

@@ -95,6 +95,10 @@ class RunCommand:
         targets = None
         if use_bpf:
             targets = _resolve_bpf_targets(argv, run_as)
+            if getattr(targets, "nothing_to_probe", None):
+                # Not an error: the program still runs (and the agent still loads into any Python it starts).
+                _err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
+                use_bpf, targets = False, None
         options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
                              run_as=run_as, status=not args.quiet)

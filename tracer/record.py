@@ -80,6 +80,12 @@ class Recorder:
             self.tally.add(event)
         self.writer.emit(event)
 
+    def emit_text(self, text, counts, connects_ok):
+        """A batch of eBPF events already encoded as capture lines (BpfSession's fast path)."""
+        with self._emit_lock:
+            self.tally.add_counts(counts, connects_ok)
+        self.writer.emit_text(text, counts)
+
     def note(self, text, level="warning"):
         self.notes.append(text)
         self.on_note(text)
@@ -172,7 +178,7 @@ class Recorder:
         t_attach = time.monotonic()
         with _stderr_captured() as compile_output:
             try:
-                self.bpf = bpf.BpfSession(self.bpf_targets, self.emit)
+                self.bpf = bpf.BpfSession(self.bpf_targets, self.emit, emit_text=self.emit_text)
             except bpf.BpfUnavailable as exc:
                 raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
         self.bpf.attach(root_pid)

@@ -37,6 +37,11 @@ class Tally:
         elif kind == ev.BPF_STATS:
             self.lost["bpf"] = int(event.get("dropped") or 0)
 
+    def add_counts(self, counts, connects_ok=0):
+        """What a batch of eBPF events adds (BpfSession's emit_text): closes and successful connects."""
+        self.bpf_opens += connects_ok
+        self.bpf_closes += counts.get(ev.BPF_CLOSE, 0)
+
     @property
     def live(self):
         """Open connections now: the agent's count when it runs, else the kernel's."""
