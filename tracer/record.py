@@ -187,6 +187,8 @@ class Recorder:
                           **_redacted(self.bpf.describe())})
         for note in getattr(self.bpf_targets, "notes", None) or []:
             self.note(note, level="info")
+        for item in getattr(self.bpf_targets, "missing", None) or []:
+            self.note("eBPF: no %s: %s" % (item.get("what"), item.get("why")))
 
     def _header(self, run_as, pid=None):
         opts = self.options

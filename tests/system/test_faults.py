@@ -289,3 +289,24 @@ def test_missing_kernel_headers_is_one_line_with_the_fix(tmp_path):
     assert proc.returncode == 69, proc.stderr
     assert "Traceback" not in proc.stderr and "header" in proc.stderr and "setup.sh" in proc.stderr
     assert "ran" not in proc.stdout
+
+
+def test_a_client_library_without_the_expected_symbols_is_said_and_the_program_runs(tmp_path):
+    # A MySQLdb whose _mysql extension is some other library (libz): no mysql_close to find
+    # through it and no _mysql_ConnectionObject_* symbols.
+    import importlib.machinery
+    import shutil
+
+    fake = tmp_path / "fake" / "MySQLdb"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    libz = next(p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1")
+                if os.path.exists(p))
+    shutil.copy(libz, fake / ("_mysql" + importlib.machinery.EXTENSION_SUFFIXES[0]))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"))
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "print('ran')"], bpf=True, env=env)
+    assert proc.returncode == 0 and proc.stdout == "ran\n", proc.stderr
+    assert "_mysql_ConnectionObject_close" in proc.stderr and "mysql_close" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    notes = [e["text"] for e in load_events(capture).events if e["k"] == "note"]
+    assert any("no client library" in text for text in notes)
