@@ -90,3 +90,51 @@ def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, o
         with open(output_path) as f:
             output = f.read()
     return Traced(pid, events, status, session.describe(), session.stats(), output)
+
+
+# --- what a probe leaves in a live process (shared by the detach and fault tests) -----------
+
+def mapped_address(pid, path, file_offset):
+    """The address where ``file_offset`` of ``path`` is mapped in process ``pid``."""
+    real = os.path.realpath(path)
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and os.path.realpath(parts[5]) == real:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                off = int(parts[2], 16)
+                if off <= file_offset < off + (end - start):
+                    return start + file_offset - off
+    raise LookupError("%s+%#x not mapped in %d" % (path, file_offset, pid))
+
+
+def perf_holders(exclude=()):
+    """Pids other than ours (and ``exclude``) holding perf event fds: other tracers on this machine."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (os.getpid(),) + tuple(exclude):
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % name)
+            if any(os.readlink("/proc/%s/fd/%s" % (name, fd)) == "anon_inode:[perf_event]" for fd in fds):
+                out.append(int(name))
+        except OSError:
+            continue
+    return out
+
+
+def our_perf_fds():
+    return [fd for fd in os.listdir("/proc/self/fd")
+            if os.path.exists("/proc/self/fd/" + fd) and os.readlink("/proc/self/fd/" + fd) == "anon_inode:[perf_event]"]
+
+
+def read_mem(pid, address, n):
+    with open("/proc/%d/mem" % pid, "rb") as f:
+        f.seek(address)
+        return f.read(n)
+
+
+def file_bytes(path, offset, n):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(n)

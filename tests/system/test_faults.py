@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bpf_harness import file_bytes, mapped_address, perf_holders, read_mem
 from tq_support import TRACE_QUIT, load_events, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server, pytest.mark.slow]
@@ -91,46 +92,18 @@ def _code_bytes_match_files(pid, probes, timeout=10.0):
             time.sleep(0.05)
 
 
-def _other_tracers():
-    """Processes other than ours holding perf-event fds (their uprobes patch the same files)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+def _code_bytes_match_files_now(pid, probes):
+    checked = 0
+    for probe in probes:
+        if probe.get("how") not in ("uprobe", "uretprobe", "usdt") or "offset" not in probe:
             continue
         try:
-            fds = os.listdir("/proc/%s/fd" % entry)
-            if any(os.readlink("/proc/%s/fd/%s" % (entry, fd)) == "anon_inode:[perf_event]" for fd in fds):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def _code_bytes_match_files_now(pid, probes):
-    maps = []
-    with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 6 and "x" in parts[1]:
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                maps.append((parts[5], start, end, int(parts[2], 16)))
-    checked = 0
-    with open("/proc/%d/mem" % pid, "rb", buffering=0) as mem:
-        for probe in probes:
-            if probe.get("how") not in ("uprobe", "uretprobe", "usdt") or "offset" not in probe:
-                continue
-            real = os.path.realpath(probe["path"])
-            for path, start, end, file_off in maps:
-                if os.path.realpath(path) != real:
-                    continue
-                addr = start + probe["offset"] - file_off
-                if start <= addr < end:
-                    with open(real, "rb") as f:
-                        f.seek(probe["offset"])
-                        expected = f.read(1)
-                    mem.seek(addr)
-                    assert mem.read(1) == expected, "probe byte still patched at %s+%#x" % (real, probe["offset"])
-                    checked += 1
+            addr = mapped_address(pid, probe["path"], probe["offset"])
+        except LookupError:
+            continue  # a library this process never loaded
+        expected = file_bytes(os.path.realpath(probe["path"]), probe["offset"], 1)
+        assert read_mem(pid, addr, 1) == expected, "probe byte still patched at %s+%#x" % (probe["path"], probe["offset"])
+        checked += 1
     return checked
 
 
@@ -171,7 +144,7 @@ def _one_kill(phase, server, tmp_path, index):
             # Uprobes patch every process that maps the probed file: another live tracer's
             # probes would show here as ours. The check is only meaningful without one.
             # A previous run's probes are released in the background for ~1 s: wait for them.
-            _wait_for(lambda: not _other_tracers(), 15, "no other process to hold uprobes")
+            _wait_for(lambda: not perf_holders(), 15, "no other process to hold uprobes")
             checked = _code_bytes_match_files(child, probes_events[0]["probes"])
             assert checked > 0
         (work / "go").write_text("")
