@@ -483,24 +483,30 @@ int on_close_ret(struct pt_regs *ctx)
 
 /* ---- CPython: GC brackets and finalisation -------------------------------------------- */
 
+// A collection starts on this thread: open its bracket (read at mysql_close) and say so.
+// Shared by the USDT and the symbol variants; only one of them is compiled per run.
+static __always_inline void gc_begin(u32 tid, s32 gen)
+{
+    struct gc_state gs = {};
+    gs.gen = gen;
+    gs.depth = 1;
+    gc_thread.update(&tid, &gs);
+    struct event *e = reserve(EV_GC_START);
+    if (e) {
+        e->val = gen;
+        e->gen = gen;
+        submit(e);
+    }
+}
+
 #ifdef GC_START_ARG_KIND
 int on_gc_start_usdt(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32))
         return 0;
-    u32 tid = (u32)id;
-    struct gc_state gs = {};
-    gs.gen = (s32)usdt_arg(ctx, GC_START_ARG_KIND, GC_START_ARG_REG, GC_START_ARG_OFF,
-                           GC_START_ARG_SIZE, GC_START_ARG_SIGNED);
-    gs.depth = 1;
-    gc_thread.update(&tid, &gs);
-    struct event *e = reserve(EV_GC_START);
-    if (e) {
-        e->val = gs.gen;
-        e->gen = gs.gen;
-        submit(e);
-    }
+    gc_begin((u32)id, (s32)usdt_arg(ctx, GC_START_ARG_KIND, GC_START_ARG_REG, GC_START_ARG_OFF,
+                                    GC_START_ARG_SIZE, GC_START_ARG_SIGNED));
     return 0;
 }
 
@@ -535,20 +541,11 @@ int on_gc_start_sym(struct pt_regs *ctx)
         cur->depth += 1;
         return 0;
     }
-    struct gc_state gs = {};
 #if GC_SYM_GEN_REG >= 0
-    gs.gen = (s32)reg_at(ctx, GC_SYM_GEN_REG);
+    gc_begin(tid, (s32)reg_at(ctx, GC_SYM_GEN_REG));
 #else
-    gs.gen = -1;    // the build's clone of the collection function hides the generation
+    gc_begin(tid, -1);    // the build's clone of the collection function hides the generation
 #endif
-    gs.depth = 1;
-    gc_thread.update(&tid, &gs);
-    struct event *e = reserve(EV_GC_START);
-    if (e) {
-        e->val = gs.gen;
-        e->gen = gs.gen;
-        submit(e);
-    }
     return 0;
 }
 
