@@ -113,26 +113,19 @@ def figure(report: Report, xmax: Optional[float] = None):
     return fig
 
 
-def timeline_svg(report: Report, xmax: Optional[float] = None) -> str:
-    """The plot as a standalone SVG document (text)."""
-    plt = _pyplot()
-    fig = figure(report, xmax)
+def _svg(fig) -> str:
+    """``fig`` as an inline SVG element (the XML prolog dropped), then closed."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     svg = buf.getvalue()
     start = svg.find("<svg")
     return svg[start:] if start >= 0 else svg
 
 
-def timeline_png(report: Report, xmax: Optional[float] = None) -> bytes:
-    """The plot as PNG bytes."""
-    plt = _pyplot()
-    fig = figure(report, xmax)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+def timeline_svg(report: Report, xmax: Optional[float] = None) -> str:
+    """The plot as a standalone SVG document (text)."""
+    return _svg(figure(report, xmax))
 
 
 def common_xmax(reports: Sequence[Report]) -> float:
@@ -165,9 +158,4 @@ def comparison_svg(reports: Sequence[Report]) -> str:
     ax.grid(alpha=0.25)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
     fig.subplots_adjust(left=0.07, right=0.99, top=0.96, bottom=0.14)
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", dpi=110)
-    plt.close(fig)
-    svg = buf.getvalue()
-    start = svg.find("<svg")
-    return svg[start:] if start >= 0 else svg
+    return _svg(fig)
