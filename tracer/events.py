@@ -123,6 +123,32 @@ TRACER_NOTE = "note"             # level, text: something the user should know (
 #: The trailer's kind: its presence means the capture was finished cleanly.
 TRAILER = "trailer"
 
+#: The kinds the in-process agent may send through its channel; any other kind arriving there
+#: is forged and rejected (tracer/channel.py).
+AGENT_KINDS = frozenset((AGENT_START, MODULE, GC_START, GC_STOP, GC_COUNTS, CONN_OPEN, CONN_FAIL,
+                         CONN_CLOSE, CONN_DESTROY, ENGINE_CREATE, ENGINE_DESTROY, ENGINE_DISPOSE,
+                         POOL, AGENT_LOST))
+
+
+class SchemaError(ValueError):
+    """A record that does not match its kind's declared fields."""
+
+
+def check(record):
+    """Return ``record`` if it is a well-formed event, else raise ``SchemaError`` saying why.
+
+    Interface only for now: the common keys. The per-kind field declarations extend it."""
+    if not isinstance(record, dict):
+        raise SchemaError("not a JSON object")
+    kind = record.get("k")
+    if not isinstance(kind, str):
+        raise SchemaError("no kind")
+    for key in ("t", "pid"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise SchemaError("%s: %s is not an integer" % (kind, key))
+    return record
+
 
 def encode(event):
     """One event as a capture line (compact JSON, newline-terminated)."""

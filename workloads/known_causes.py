@@ -1,13 +1,19 @@
 """known-causes: close MySQL connections by known causes in prime counts.
 
 The exact-count fixture of every layer (agent, eBPF, analysis). With the defaults it sends
-39 COM_QUITs:
+44 COM_QUITs:
 
     7   explicit_close   close() called from a worker thread
     11  refcount         ``del`` of the last reference
     5   gc, generation 0 in reference cycles, freed by gc.collect(0)
     13  gc, generation 2 in reference cycles promoted to generation 2, freed by gc.collect(2)
+    2   refcount         the last reference dropped inside an atexit handler
+    3   gc, generation 2 in reference cycles freed by gc.collect() inside an atexit handler
     3   shutdown         still open in a module global when the interpreter finalises
+
+so 7 explicit_close, 13 refcount, 21 gc (5 of generation 0, 16 of generation 2), 3 shutdown.
+An atexit handler is still the program's own code: what it drops is refcount or gc, and
+``shutdown`` begins only after the last atexit handler has run (the interpreter finalising).
 
 Automatic collection is disabled so that only the explicit collections above run
 (gc.collect() still works with gc.disable()). Stdlib + mysqlclient only.
@@ -16,6 +22,7 @@ Automatic collection is disabled so that only the explicit collections above run
 """
 
 import argparse
+import atexit
 import gc
 import sys
 import threading
@@ -24,6 +31,10 @@ from trace_quit.workloads import dsn as dsnlib
 
 #: Connections left open for the interpreter's finalisation to destroy (cause: shutdown).
 LEFT_OPEN = []
+#: Connections an atexit handler drops (cause: refcount) ...
+AT_EXIT_DROP = []
+#: ... and Holders (cycles) it frees with gc.collect() (cause: gc, generation 2).
+AT_EXIT_CYCLES = []
 
 
 class Holder:
@@ -41,6 +52,8 @@ def main(argv=None):
     parser.add_argument("--refcount", type=int, default=11)
     parser.add_argument("--gen0", type=int, default=5)
     parser.add_argument("--gen2", type=int, default=13)
+    parser.add_argument("--atexit-refcount", type=int, default=2)
+    parser.add_argument("--atexit-gc", type=int, default=3)
     parser.add_argument("--shutdown", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -85,10 +98,22 @@ def main(argv=None):
 
     gc.collect(2)  # the 13 old ones
 
+    # refcount and gc inside an atexit handler: the program's own code still runs there.
+    AT_EXIT_DROP.extend(connect() for _ in range(args.atexit_refcount))
+    AT_EXIT_CYCLES.extend(Holder(connect()) for _ in range(args.atexit_gc))
+    atexit.register(_at_exit)
+
     # shutdown: destroyed when the interpreter clears this module at exit.
     LEFT_OPEN.extend(connect() for _ in range(args.shutdown))
     sys.stdout.write("known-causes: done\n")
     return 0
+
+
+def _at_exit():
+    """Drop the atexit rows: refcount first, then one full collection for the cycles."""
+    del AT_EXIT_DROP[:]
+    del AT_EXIT_CYCLES[:]
+    gc.collect()
 
 
 if __name__ == "__main__":

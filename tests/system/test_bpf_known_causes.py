@@ -1,11 +1,12 @@
 """issue 5: the kernel side alone explains every COM_QUIT of the known-causes workload.
 
 known-causes closes 7 connections with close(), 11 by refcount, 5 in a generation-0 and 13
-in a generation-2 collection, and leaves 3 to interpreter shutdown: exactly 39 COM_QUITs.
+in a generation-2 collection, drops 2 by refcount and 3 by gc.collect() inside an atexit handler,
+and leaves 3 to interpreter shutdown: exactly 44 COM_QUITs.
 Each case must match exactly, over TCP and the Unix socket, on Debian's /usr/bin/python3.11
 (GC brackets from USDT, semaphores set by the kernel) and on pyenv's 3.11 (GC brackets from
 gc_collect_main in libpython's .symtab), and the server's general log must show the same
-39 Quit commands for the workload's user.
+44 Quit commands for the workload's user.
 """
 
 import os
@@ -13,11 +14,11 @@ import os
 import pytest
 
 from bpf_harness import read_uprobe_events, trace_command
-from tq_support import VENV_PY, venv_python_for
+from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, VENV_PY, venv_python_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
-EXPECTED = {("explicit_close", None): 7, ("refcount", None): 11, ("gc", 0): 5, ("gc", 2): 13, ("shutdown", None): 3}
+EXPECTED = KNOWN_CAUSES
 
 INTERPRETERS = {
     # Debian's python3.11 (static, stripped, USDT): the project venv is made from it.
@@ -51,16 +52,16 @@ def test_known_causes_from_the_kernel_side_alone(bpf_server, tmp_path, interp, t
     assert run.describe["targets"]["gc_mode"] == gc_mode
     assert run.describe["missing"] == []
     closes = run.of("bpf_close")
-    assert len(closes) == 39
+    assert len(closes) == KNOWN_CAUSES_TOTAL
     assert dict(run.close_causes()) == EXPECTED
     assert {e["pid"] for e in closes} == {run.pid}
     # Wire: each mysql_close sent exactly one 5-byte COM_QUIT on its own thread.
-    assert run.wire_states() == {"confirmed": 39}
+    assert run.wire_states() == {"confirmed": KNOWN_CAUSES_TOTAL}
     quits = [e for e in run.of("bpf_wire") if e["quit"]]
-    assert len(quits) == 39 and all(e["head"] == "0100000001" for e in quits)
-    assert sum(1 for e in run.of("bpf_connect") if e["ok"]) == 39
-    # The server agrees: 39 Quit commands from the workload's user.
-    assert quits_for_user(bpf_server, since, bpf_server.user) == 39
+    assert len(quits) == KNOWN_CAUSES_TOTAL and all(e["head"] == "0100000001" for e in quits)
+    assert sum(1 for e in run.of("bpf_connect") if e["ok"]) == KNOWN_CAUSES_TOTAL
+    # The server agrees: 44 Quit commands from the workload's user.
+    assert quits_for_user(bpf_server, since, bpf_server.user) == KNOWN_CAUSES_TOTAL
     assert run.stats["dropped"] == 0
     assert run.stats["emitted"] == len([e for e in run.events if e["k"] != "bpf_stats"])
     # fd-based attach only: nothing left in tracefs.

@@ -3,7 +3,7 @@
 `trace-quit -- /bin/echo hi` runs and reports that no MySQL client was seen; a shell that
 starts the Python later (`bash -c "python ..."`, a `./run.sh`) is traced through the guesses
 resolve_targets makes from the shell text, and the kernel side alone still gives the
-known-causes workload's exact 39 causes.
+known-causes workload's exact 44 causes.
 """
 
 import collections
@@ -14,11 +14,11 @@ import subprocess
 
 import pytest
 
-from tq_support import TRACE_QUIT, VENV_PY, load_events, run_traced
+from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, TRACE_QUIT, VENV_PY, load_events, run_traced
 
 pytestmark = [pytest.mark.bpf]
 
-EXPECTED = {("explicit_close", None): 7, ("refcount", None): 11, ("gc", 0): 5, ("gc", 2): 13, ("shutdown", None): 3}
+EXPECTED = KNOWN_CAUSES
 
 
 def _probes_event(cap):
@@ -69,9 +69,9 @@ def test_a_shell_that_starts_python_later_gets_the_kernel_side_causes(server, tm
     assert targets["guesses"][0]["why"].startswith("run by the s")  # shell command / script
     assert probes["missing"] == []
     closes = [e for e in cap.events if e["k"] == "bpf_close"]
-    assert len(closes) == 39
+    assert len(closes) == KNOWN_CAUSES_TOTAL
     assert collections.Counter((e["cause"], e["gen"]) for e in closes) == EXPECTED
-    assert collections.Counter(e["wire"] for e in cap.events if e["k"] == "bpf_close_ret") == {"confirmed": 39}
+    assert collections.Counter(e["wire"] for e in cap.events if e["k"] == "bpf_close_ret") == {"confirmed": KNOWN_CAUSES_TOTAL}
     # The Python is a child of the shell (run.sh's sh forks it): every close comes from it.
     shell_pid = cap.header["child_pid"]
     pids = {e["pid"] for e in closes}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tq_support import TRACE_QUIT, kinds, load_events, run_traced
+from tq_support import KNOWN_CAUSES_TOTAL, TRACE_QUIT, kinds, load_events, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -104,7 +104,7 @@ def test_cut_and_garbage_captures_are_read_up_to_the_damage(server, tmp_path):
         assert result.returncode == 0, result.stderr
         assert status in result.stderr
         report = json.loads(result.stdout)
-        assert report["connections"]["opened"] == 39
+        assert report["connections"]["opened"] == KNOWN_CAUSES_TOTAL
     rnd = tmp_path / "random.bin"
     rnd.write_bytes(os.urandom(4096))
     result = subprocess.run(TRACE_QUIT + ["report", str(rnd)], capture_output=True, text=True)
