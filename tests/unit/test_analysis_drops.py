@@ -4,7 +4,7 @@ import pytest
 
 from trace_quit.analysis import build_report, load
 from trace_quit.analysis.drops import MIN_DROP, find_patterns
-from trace_quit.analysis.synth import SynthCapture, engine_per_call
+from synth import SynthCapture, engine_per_call
 from trace_quit.tracer import events as ev
 
 SITE = "config/database.py:22 in get_db_session"

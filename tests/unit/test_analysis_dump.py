@@ -1,7 +1,7 @@
 """trace-quit dump's helper: every record, one line each, times relative to the start."""
 
 from trace_quit.analysis.dump import dump_lines, format_record
-from trace_quit.analysis.synth import SynthCapture, strip_trailer
+from synth import SynthCapture, strip_trailer
 from trace_quit.tracer import events as ev
 
 

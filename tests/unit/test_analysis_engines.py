@@ -3,7 +3,7 @@
 from trace_quit.analysis import build_report, load
 from trace_quit.analysis.engines import pool_bound
 from trace_quit.analysis.findings import FIX_ENGINE_PER_CALL
-from trace_quit.analysis.synth import SynthCapture
+from synth import SynthCapture
 from trace_quit.tracer import events as ev
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from trace_quit.analysis import build_report, load, render
 from trace_quit.analysis.join import server_gone_code
-from trace_quit.analysis.synth import SynthCapture
+from synth import SynthCapture
 from trace_quit.tracer import events as ev
 
 TITLE = "connections were ended by the server first (KILL, wait_timeout, restart)"
