@@ -59,7 +59,7 @@ from typing import Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import CLIENT_DETECTED, PEER_END_ERRNO, SEND_PEER_GONE, SERVER_GONE_CODES, Collection, Life, as_int
+from .join import CLIENT_DETECTED, PEER_END_ERRNO, SEND_PEER_GONE, SERVER_GONE_CODES, Collection, Life
 
 #: What each kind of ``server`` evidence means (report text).
 SERVER_EVIDENCE = {
@@ -136,10 +136,10 @@ def attribute(life: Life, ctx: Context) -> None:
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
     if b is not None:
         life.t_end = b["t"]
-        life.end_tid = as_int(b.get("tid"))
+        life.end_tid = b["tid"]
     else:
         life.t_end = a["t"]
-        life.end_tid = as_int(a.get("tid"))
+        life.end_tid = a["tid"]
 
     a_cause = a_gen = None
     if a is not None:
@@ -149,7 +149,7 @@ def attribute(life: Life, ctx: Context) -> None:
             c = a.get("cause")
             a_cause = c if c in _AGENT_CAUSES else ev.UNKNOWN
         if a_cause == ev.GC:
-            a_gen = as_int(a.get("gen"))
+            a_gen = a["gen"]
             if a_gen is None and life.agent_collection is not None:
                 a_gen = life.agent_collection.gen
     b_cause = b_gen = None
@@ -157,7 +157,7 @@ def attribute(life: Life, ctx: Context) -> None:
         c = b.get("cause")
         b_cause = c if c in _BPF_CAUSES else ev.UNKNOWN
         if b_cause == ev.GC:
-            b_gen = as_int(b.get("gen"))
+            b_gen = b["gen"]
             if b_gen is None and life.bpf_collection is not None:
                 b_gen = life.bpf_collection.gen
 
@@ -243,8 +243,7 @@ def _opened_ok(life: Life) -> bool:
     if life.failed or root.failed:
         return False
     if root.bpf_open is not None:
-        ok = root.bpf_open.get("ok")
-        return ok is True or ok == 1
+        return root.bpf_open["ok"]
     return root.agent_open is not None and root.agent_open.get("k") == ev.CONN_OPEN
 
 
@@ -278,7 +277,7 @@ def _said(kind: str, life: Life) -> str:
     if kind == "agent_error":
         return "the pool invalidated it with %s" % life.server_error
     if kind == "kernel_socket_dropped":
-        errno = as_int(life.bpf_end.get("last_errno")) if life.bpf_end is not None else None
+        errno = life.bpf_end.get("last_errno") if life.bpf_end is not None else None
         return "the client library had dropped its socket%s" % (" after error %d" % errno if errno else "")
     if kind == "kernel_not_sent":
         return "its mysql_close sent no COM_QUIT"
@@ -288,7 +287,7 @@ def _said(kind: str, life: Life) -> str:
     if kind == "kernel_eof":
         pe = life.peer_end
         if pe is not None:
-            ret = as_int(pe.get("ret"))
+            ret = pe["ret"]
             return "the socket saw the server's %s on a %s first" % (
                 PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.get("op") or "read")
         return "the socket saw the server's EOF/reset first"

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import Collection, Life, as_int
+from .join import Collection, Life
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
@@ -171,7 +171,7 @@ def _open_tid(life: Life) -> Optional[int]:
     if life.root is not None:
         return None  # a fork copy: opened by another process's thread
     e = life.open_event()
-    return as_int(e.get("tid")) if e is not None else None
+    return e["tid"] if e is not None else None
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,

@@ -297,8 +297,8 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                            "Reduce the event rate (fewer probes) or let the tracer drain more often.", None,
                            total_lost))
     if malformed:
-        out.append(Finding("warning", "%s without a usable time or key were ignored" % plural(malformed, "record"),
-                           "Their fields did not match the event schema (tracer/events.py).",
+        out.append(Finding("warning", "%s not matching the event schema were left out" % plural(malformed, "record"),
+                           "Their fields did not match their kind's declaration (tracer/events.py, KINDS).",
                            "Record with a matching trace-quit version.", None, malformed))
     if not layers.bpf:
         out.append(Finding("info", "the eBPF layer was not attached",

@@ -14,7 +14,7 @@ from . import engines as engineslib
 from . import findings as findingslib
 from .attribute import Context, attribute, count_families
 from .capture import Capture
-from .join import Collection, Joined, as_int, join
+from .join import Collection, Joined, join
 from .model import (
     ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline,
 )
@@ -90,7 +90,7 @@ class _Collections:
         for pid in pids:
             if pid in j.gc_counts:
                 for g, n in j.gc_counts[pid].items():
-                    counts[as_int(g)] += n
+                    counts[int(g) if g.isdigit() else None] += n
             else:
                 src = bpf if pid in bpf_pids else agent
                 counts.update(c.gen for c in src if c.pid == pid)
@@ -227,7 +227,7 @@ def build_report(capture: Capture) -> Report:
     findings = findingslib.find(
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
-        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=j.malformed,
+        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=sum(capture.invalid.values()),
         shared=shared)
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
@@ -274,7 +274,7 @@ def build_report(capture: Capture) -> Report:
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
-        malformed=j.malformed)
+        malformed=sum(capture.invalid.values()))
 
 
 _CAUSE_PROSE = {

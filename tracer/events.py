@@ -276,8 +276,8 @@ def _check_fields(record, kind, revision, label):
 
 def check(record, revision=VERSION):
     """Return ``record`` if it is a well-formed event of a capture of ``revision``, else raise
-    ``SchemaError`` saying why. A kind not declared here only needs ``k`` (and an integer ``t``
-    and ``pid`` when present): readers skip kinds they do not know."""
+    ``SchemaError`` saying why. A kind not declared here only needs ``k``, an integer ``t`` and,
+    when present, an integer ``pid``: readers skip kinds they do not know."""
     if not isinstance(record, dict):
         raise SchemaError("not a JSON object")
     kind = record.get("k")
@@ -285,10 +285,10 @@ def check(record, revision=VERSION):
         raise SchemaError("no kind")
     if kind in KINDS:
         return _check_fields(record, kind, revision, kind)
-    for key in ("t", "pid"):
-        value = record.get(key)
-        if value is not None and type(value) is not int:
-            raise SchemaError("%s: %s is not an integer" % (kind, key))
+    if type(record.get("t")) is not int:
+        raise SchemaError("%s: t is not an integer" % kind)
+    if "pid" in record and type(record["pid"]) is not int:
+        raise SchemaError("%s: pid is not an integer" % kind)
     return record
 
 

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from synth import SynthCapture, engine_per_call, known_causes
+from trace_quit.analysis import build_report
 from trace_quit.analysis.capture import describe_lacks, load
 from trace_quit.tracer import events as ev
 
@@ -109,3 +110,20 @@ def test_events_module_parses_as_python_3_8():
     # The agent loads tracer/events.py by path inside the traced interpreter (3.8+).
     with open(ev.__file__, encoding="utf-8") as f:
         ast.parse(f.read(), feature_version=(3, 8))
+
+
+def test_records_the_schema_refuses_are_left_out_and_counted(tmp_path):
+    s = SynthCapture(str(tmp_path / "bad.tq"))
+    a = s.open(0.1)
+    # A forged kernel close with a string address, and an agent close without its address.
+    s.emit_raw({"k": ev.BPF_CLOSE, "t": s.ns(0.2), "src": "bpf", "pid": s.pid, "tid": s.pid, "conn": str(a),
+                "cause": "gc", "gen": 2, "self": 0, "sock": True, "last_errno": 0, "eof": False})
+    s.emit_raw({"k": ev.CONN_CLOSE, "t": s.ns(0.2), "src": "agent", "pid": s.pid, "tid": s.pid, "stack": []})
+    s.close(0.3, a, ev.EXPLICIT_CLOSE)
+    s.finish(1.0)
+    cap = load(s.path)
+    assert cap.invalid == {ev.BPF_CLOSE: 1, ev.CONN_CLOSE: 1}
+    assert cap.invalid_examples == ["bpf_close: conn is str, not int", "conn_close: conn is missing"]
+    r = build_report(cap)
+    assert r.malformed == 2 and r.com_quit.by_cause["explicit_close"] == 1 and r.com_quit.by_cause["gc"] == 0
+    assert any(f.title == "2 records not matching the event schema were left out" for f in r.findings)
