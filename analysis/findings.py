@@ -12,7 +12,7 @@ from trace_quit.tracer import events as ev
 from .drops import Origins, fmt_int, fmt_s, plural
 from .engines import pool_bound
 from .join import Life
-from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES
+from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES, largest_drop
 
 FIX_ENGINE_PER_CALL = (
     "Create the Engine once, at import or start-up, and reuse it from every call and thread "
@@ -195,7 +195,7 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             _gen_text(com_quit.gc_by_generation), plural(ncoll, "collection"))
         gc_drops = [d for d in drops if d.cause == ev.GC]
         if gc_drops:
-            big = max(gc_drops, key=lambda d: (d.fall, d.connections))
+            big = largest_drop(gc_drops, at_exit=True)
             evidence += "The largest fall: %s. " % big.explanation
         for p in patterns:
             if p.regular and p.drops:

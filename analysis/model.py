@@ -6,7 +6,7 @@ Times are ``t_s``: seconds since the traced program started (``child_start``).
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 SCHEMA = "trace-quit/report/1"
 
@@ -113,6 +113,13 @@ class Drop:
     def fall(self) -> int:
         """How many live connections it took away."""
         return self.from_ - self.to
+
+
+def largest_drop(drops: Sequence["Drop"], at_exit: bool = False) -> Optional["Drop"]:
+    """The one definition of "the largest drop": the greatest fall (then the most ends), among
+    the drops while the program ran unless ``at_exit``; None when there is none."""
+    running = [d for d in drops if at_exit or not d.at_exit]
+    return max(running, key=lambda d: (d.fall, d.connections)) if running else None
 
 
 @dataclasses.dataclass
@@ -235,8 +242,7 @@ class Report:
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""
-        running = [d for d in self.drops if not d.at_exit]
-        return max(running, key=lambda d: (d.fall, d.connections)) if running else None
+        return largest_drop(self.drops)
 
     @property
     def name(self) -> str:

@@ -1,7 +1,7 @@
 """build_report(capture) -> Report: join, attribute, timeline, drops, engines, findings.
 
-The order of the pipeline is the order of DESIGN.md's picture: load → join → attribute →
-timeline → drops → causes. Nothing here formats output; renderers receive the Report.
+The order of the pipeline is docs/architecture.md's: load → join → attribute → timeline →
+drops → findings. Nothing here formats output; renderers receive the Report.
 """
 
 from collections import Counter
@@ -12,11 +12,11 @@ from trace_quit.tracer import events as ev
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
-from .attribute import Context, attribute, count_families
+from .attribute import Context, attribute_all
 from .capture import Capture
 from .join import Collection, Joined, join
 from .model import (
-    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline,
+    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline, largest_drop,
 )
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
@@ -139,36 +139,11 @@ def build_report(capture: Capture) -> Report:
         return None
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
-    failed = 0
-    for life in j.lives:
-        if life.failed:
-            failed += 1
-            continue
-        attribute(life, ctx)
-    # One end per server connection: a forked child's handle on its parent's connection is a
-    # copy, and only the first end among the handles is counted (attribute.count_families).
-    families = count_families(j.lives)
-    ended: List = []
-    copies: List = []     # ended handles whose connection's end is counted on another handle
-    counted: List = []    # every life that counts once (failed connects excluded)
-    open_at_end = before_capture = opened = 0
-    for life in j.lives:
-        if life.failed:
-            continue
-        if life.copy_of is not None:
-            if life.cause is not None:
-                copies.append(life)
-            continue
-        counted.append(life)
-        if life.family.opened:
-            opened += 1
-        elif life.cause is not None:
-            before_capture += 1
-        if life.cause is None:
-            open_at_end += 1
-        else:
-            ended.append(life)
-    shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
+    # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
+    att = attribute_all(j.lives, ctx)
+    ended, copies, counted, failed = att.ended, att.copies, att.counted, att.failed
+    opened, before_capture, open_at_end = att.opened, att.opened_before_capture, att.open_at_end
+    families, shared = att.families, att.shared
 
     # --- counts ---------------------------------------------------------------------------
     by_cause = Counter(lf.cause for lf in ended)
@@ -325,9 +300,8 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     out.append("At most %s open at once%s." % (
         pl(connections.max_live, "connection was", "connections were"),
         " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))
-    running = [d for d in drops if not d.at_exit]
-    if running:
-        big = max(running, key=lambda d: (d.fall, d.connections))
+    big = largest_drop(drops)
+    if big is not None:
         out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
     for d in drops:
         if d.at_exit:
