@@ -199,11 +199,11 @@ def build_report(capture: Capture) -> Report:
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
     capture_status = ("damaged" if capture.damaged_at_line is not None
                       else "truncated" if capture.trailer is None else "complete")
-    findings = findingslib.find(
+    findings = findingslib.find(findingslib.Facts(
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
-        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=sum(capture.invalid.values()),
-        shared=shared)
+        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes,
+        malformed=sum(capture.invalid.values()), shared=shared))
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
