@@ -145,7 +145,7 @@ class Facts:
 
 def _engine_per_call(f: Facts) -> List[Finding]:
     """Engines created per call and never disposed (the incident's root cause)."""
-    connections, engines = f.connections, f.engines
+    engines = f.engines
     out: List[Finding] = []
     for site in engines:
         if site.created < 2 or site.disposed >= site.created:
@@ -330,7 +330,8 @@ def _implicit_closes(f: Facts) -> List[Finding]:
     shutdown = [lf for lf in ended if lf.cause == ev.SHUTDOWN]
     if shutdown:
         out.append(Finding(
-            "info", "%s still open at interpreter shutdown" % plural(len(shutdown), "connection was", "connections were"),
+            "info", "%s still open at interpreter shutdown" % plural(
+                len(shutdown), "connection was", "connections were"),
             "Destroyed while the interpreter was finalising (GC callbacks do not run then). Opened at: %s."
             % _sites_text(shutdown, origins),
             "Close connections (or dispose the Engine) before the program ends; the order of destruction "

@@ -5,7 +5,7 @@ added). Several captures give ``{"schema": "trace-quit/reports/1", "reports": [.
 """
 
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from .model import Report, SCHEMA
 

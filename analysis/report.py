@@ -18,7 +18,7 @@ from .join import Collection, Joined, join
 from .model import (
     ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline, largest_drop,
 )
-from .sites import app_frame, relative_site
+from .sites import relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
 
 #: The syscalls whose tracepoints see the bytes mysql_close sends (tracer/bpf/session.py).
@@ -128,7 +128,8 @@ def build_report(capture: Capture) -> Report:
 
     # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
     finished = trailer is not None or j.child_exit is not None
-    end_all = j.child_exit[0] if j.child_exit else (trailer.get("t") if trailer and type(trailer.get("t")) is int else j.t_last)
+    end_all = j.child_exit[0] if j.child_exit else (
+        trailer.get("t") if trailer and type(trailer.get("t")) is int else j.t_last)
 
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
@@ -313,7 +314,8 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     if engines and with_engines:
         top = engines[0]
         if len(engines) == 1:
-            scope = "All" if with_engines == connections.opened + connections.opened_before_capture else fi(with_engines) + " of the"
+            every = with_engines == connections.opened + connections.opened_before_capture
+            scope = "All" if every else fi(with_engines) + " of the"
             out.append("%s %s belonged to %s created at %s (%s disposed)." % (
                 scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.call_site,
                 fi(top.disposed)))

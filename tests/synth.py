@@ -357,7 +357,8 @@ ENGINE_SITE = "/srv/app/config/database.py:22 in get_db_session"
 def engine_per_call(path: str, n: int = 500, layers: Sequence[str] = ("agent", "bpf"), spacing_s: float = 0.12,
                     gen1_every_s: float = 6.5, gen1_size: int = 33, gen0_every_s: float = 15.0, gen0_size: int = 2,
                     gen2_every: int = 6, workers: int = 20, sampler: bool = True, **kwargs) -> Dict[str, object]:
-    """Experiment 1 of the study behind trace-quit as a capture (docs/causes.md): one Engine per call at ``ENGINE_SITE``, never closed.
+    """Experiment 1 of the study behind trace-quit as a capture (docs/causes.md): one Engine per
+    call at ``ENGINE_SITE``, never closed.
 
     Connection i opens at 0.5 + i × ``spacing_s`` with its own Engine (QueuePool 5+10). Every
     ``gen1_every_s`` a generation-1 collection destroys the ``gen1_size`` oldest open ones; every

@@ -100,9 +100,9 @@ AGENT_LOST = "agent_lost"        # n: events the agent dropped because its chann
 # came before this close; bpf_wire.ret = the send syscall's return value (bytes sent, or
 # -errno: -32 EPIPE, -104 ECONNRESET).
 BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0, fd
-BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry with its native cause
+BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry (native cause)
 BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0, send_err, tcp_from, tcp_to, fin_first: mysql_close returned
-BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex of first <=16 bytes), quit, tls, ret: a send during mysql_close
+BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex, first <=16 bytes), quit, tls, ret: a send in mysql_close
 BPF_GC_START = "bpf_gc_start"    # gen (None when the build hides it)
 BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown), gen
 BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered

@@ -92,7 +92,8 @@ def test_kernel_alone_with_a_missing_bracket_probe_is_unknown(tmp_path):
 
 def test_never_closed_at_process_exit(tmp_path):
     s = SynthCapture(str(tmp_path / "n.tq"))
-    a, b, c = s.open(0.1), s.open(0.2), s.open(0.3)
+    a = s.open(0.1)
+    s.open(0.2), s.open(0.3)  # b and c
     s.close(0.4, a, ev.EXPLICIT_CLOSE)
     s.finish(2.0, status=137)  # killed: b and c never sent COM_QUIT
     r = report_of(s.path)
@@ -107,7 +108,8 @@ def test_never_closed_at_process_exit(tmp_path):
 
 def test_open_at_the_end_of_a_truncated_capture_has_no_cause(tmp_path):
     s = SynthCapture(str(tmp_path / "t.tq"))
-    a, b = s.open(0.1), s.open(0.2)
+    a = s.open(0.1)
+    s.open(0.2)
     s.close(0.3, a, ev.REFCOUNT)
     path = str(tmp_path / "t.tq")
     s.w.close({})

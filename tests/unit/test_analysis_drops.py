@@ -71,7 +71,8 @@ def test_periodic_summary(study):
     _, r = study
     [p0, p1] = r.patterns
     assert (p0.generation, p0.collections, p0.every_s, p0.connections_each, p0.total, p0.drops) == (0, 4, 15.0, 2, 8, 0)
-    assert (p1.generation, p1.collections, p1.every_s, p1.connections_each, p1.total, p1.drops) == (1, 10, 6.5, 33, 330, 10)
+    assert (p1.generation, p1.collections, p1.every_s, p1.connections_each, p1.total, p1.drops) == (
+        1, 10, 6.5, 33, 330, 10)
     assert p1.regular and p1.text == ("a generation-1 collection every ~6.5 s destroys ~33 connections "
                                       "(10 collections, 33 each, 330 in all): the saw-tooth of the connection count")
 

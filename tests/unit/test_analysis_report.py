@@ -137,7 +137,8 @@ _event = st.fixed_dictionaries(
     {"k": _kinds, "t": st.one_of(st.integers(0, 10 ** 10), _scalar)},
     optional={"pid": st.one_of(st.integers(1, 3), _scalar), "tid": st.one_of(st.integers(1, 3), _scalar),
               "conn": st.one_of(st.integers(1, 4), _scalar), "engine": st.one_of(st.integers(1, 3), _scalar),
-              "cause": _scalar, "gen": st.one_of(st.integers(0, 2), _scalar), "cid": st.one_of(st.integers(1, 3), _scalar),
+              "cause": _scalar, "gen": st.one_of(st.integers(0, 2), _scalar),
+              "cid": st.one_of(st.integers(1, 3), _scalar),
               "ev": st.sampled_from(["connect", "checkout", "close", "invalidate", None]), "src": _scalar,
               "count": _scalar, "status": _scalar, "head": _scalar, "wire": _scalar, "stack": _value,
               "site": _scalar, "by_gen": _value, "probes": _value, "error": _scalar, "thread": _scalar,
@@ -145,7 +146,8 @@ _event = st.fixed_dictionaries(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_event, max_size=40), st.one_of(st.none(), st.fixed_dictionaries({"lost": _value, "exit_status": _scalar})),
+@given(st.lists(_event, max_size=40),
+       st.one_of(st.none(), st.fixed_dictionaries({"lost": _value, "exit_status": _scalar})),
        st.dictionaries(st.sampled_from(["layers", "cwd", "argv", "child_pid", "t"]), _value, max_size=3))
 def test_any_events_give_a_report_and_every_renderer_works(events, trailer, header):
     header = dict(header, format=ev.FORMAT, version=ev.VERSION)
