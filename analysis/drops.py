@@ -10,9 +10,9 @@ are not a drop. A group is a *drop* when live connections fell across it by at l
 the fall, so a steady open/close churn is not a drop). The threshold is local so that an
 early tooth of 33 out of 50 is a drop even when the capture later peaks in the thousands.
 
-The study's shape (STUDY.md) is what this must find: generation-1 collections every ~6.5 s
-destroying ~33 connections each (the saw-tooth) and one generation-2 collection destroying
-83 at once (the sudden drop). ``tests/unit/test_analysis_drops.py`` pins it.
+The study's shape (the engine-per-call fixture, tests/synth.engine_per_call) is what this must
+find: generation-1 collections every ~6.5 s destroying ~33 connections each (the saw-tooth)
+and one generation-2 collection destroying 83 at once (the sudden drop). ``tests/unit/test_analysis_drops.py`` pins it.
 """
 
 import math

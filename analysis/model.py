@@ -1,6 +1,6 @@
 """The report model: one dataclass tree that every renderer receives finished.
 
-Field names follow the report JSON contract (DESIGN.md) wherever one exists; ``render_json``
+Field names follow the report JSON contract (docs/report.schema.json) wherever one exists; ``render_json``
 maps the few that cannot (``from`` is a keyword) and is the only place the contract is spelt.
 Times are ``t_s``: seconds since the traced program started (``child_start``).
 """

@@ -1,4 +1,4 @@
-"""The report as JSON: the contract of DESIGN.md ("trace-quit/report/1"), spelt out here only.
+"""The report as JSON: the contract "trace-quit/report/1", its JSON Schema in docs/report.schema.json.
 
 Contract keys are never removed or renamed; everything else is an addition (keys may be
 added). Several captures give ``{"schema": "trace-quit/reports/1", "reports": [...]}``.

@@ -12,7 +12,7 @@ SITE = "config/database.py:22 in get_db_session"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Experiment 1's shape (STUDY.md), 500 connections: the plan and its report."""
+    """Experiment 1's shape (tests/synth.engine_per_call), 500 connections: the plan and its report."""
     path = str(tmp_path_factory.mktemp("study") / "epc.tq")
     plan = engine_per_call(path)
     return plan, build_report(load(path))

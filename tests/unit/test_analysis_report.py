@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +146,7 @@ _event = st.fixed_dictionaries(
               "collected": _scalar, "ok": _scalar, "n": _scalar, "dropped": _scalar, "text": _scalar})
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_event, max_size=40),
        st.one_of(st.none(), st.fixed_dictionaries({"lost": _value, "exit_status": _scalar})),

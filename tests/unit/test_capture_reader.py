@@ -136,6 +136,7 @@ def test_iter_records_gives_header_events_trailer_and_damage_marker(tmp_path, sm
     assert recs[-1] == {"k": "damaged", "line": 2}
 
 
+@pytest.mark.slow
 def test_truncated_at_every_byte_offset_reads_or_raises_capture_error(tmp_path, tiny_capture):
     path = str(tmp_path / "cut.tq")
     header_end = tiny_capture.index(b"\n")
@@ -174,6 +175,7 @@ _json_values = st.recursive(
     max_leaves=10)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(_json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=50)), max_size=20),
        st.booleans())
