@@ -276,5 +276,5 @@ def describe_lacks(capture: Capture) -> Optional[str]:
     """One sentence naming what an older revision's records lack, or None."""
     if not capture.lacks:
         return None
-    return "a revision-%d capture: it lacks %s (added by a later revision, so unknown here, not false)" % (
+    return "a revision-%d capture: its records lack %s (added by a later revision: unknown here, not false)" % (
         capture.revision, "; ".join("%s.%s" % (kind, ", ".join(fields)) for kind, fields in capture.lacks.items()))

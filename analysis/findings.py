@@ -137,6 +137,7 @@ class Facts:
     notes: Sequence[dict]
     malformed: int
     shared: Sequence[Sequence[Life]] = ()
+    lacks: Optional[str] = None   # analysis.capture.describe_lacks: an older revision's missing fields
 
     @property
     def by_cause(self) -> Dict[str, int]:
@@ -377,6 +378,14 @@ def _lost_and_malformed(f: Facts) -> List[Finding]:
     return out
 
 
+def _older_revision(f: Facts) -> List[Finding]:
+    """A capture of an older schema revision: the fields it lacks are unknown, not false."""
+    if not f.lacks:
+        return []
+    return [Finding("info", "the capture is of an older format revision", f.lacks[0].upper() + f.lacks[1:] + ".",
+                    "Record again with this trace-quit to have every field.", None, None)]
+
+
 def _missing_layers(f: Facts) -> List[Finding]:
     """A layer that did not record: what the report cannot say without it."""
     layers = f.layers
@@ -418,8 +427,8 @@ def _failed_connects_and_notes(f: Facts) -> List[Finding]:
 #: The rules, each a small function of the report's facts; their findings are sorted errors first.
 RULES: List[Callable[[Facts], List[Finding]]] = [
     _engine_per_call, _pool_bound_exceeded, _closed_by_gc, _never_closed, _unattributed, _not_on_the_wire,
-    _server_ended, _shared_through_fork, _implicit_closes, _capture_status, _lost_and_malformed, _missing_layers,
-    _failed_connects_and_notes,
+    _server_ended, _shared_through_fork, _implicit_closes, _capture_status, _lost_and_malformed, _older_revision,
+    _missing_layers, _failed_connects_and_notes,
 ]
 
 

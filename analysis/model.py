@@ -238,6 +238,8 @@ class Report:
     notes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     events: int = 0
     malformed: int = 0
+    revision: int = 0             # the capture's schema revision (its header's version)
+    lacks: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # kind -> fields that revision lacks
     schema: str = SCHEMA
 
     def largest_drop(self) -> Optional[Drop]:

@@ -58,7 +58,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         # --- additions ---
         "lost_by_source": r.lost_by_source,
         "capture": {"path": r.path, "status": r.capture_status, "detail": r.capture_detail, "events": r.events,
-                    "malformed": r.malformed},
+                    "malformed": r.malformed, "revision": r.revision, "lacks": r.lacks},
         "capture_status": r.capture_status,
         "summary": r.summary,
         "notes": r.notes,

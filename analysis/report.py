@@ -13,7 +13,7 @@ from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
 from .attribute import Context, attribute_all
-from .capture import Capture
+from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
 from .model import (
     ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline, largest_drop,
@@ -204,7 +204,7 @@ def build_report(capture: Capture) -> Report:
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
         capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes,
-        malformed=sum(capture.invalid.values()), shared=shared))
+        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture)))
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
@@ -250,7 +250,8 @@ def build_report(capture: Capture) -> Report:
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
-        malformed=sum(capture.invalid.values()))
+        malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
+        lacks=dict(capture.lacks))
 
 
 _CAUSE_PROSE = {

@@ -180,7 +180,7 @@ _GLOBAL_COMMON = (F("t", INT), F("src", STR))
 KINDS = {
     # agent (inside the traced program; through the channel, so also the channel's validation)
     AGENT_START: (SRC_AGENT, _AGENT_COMMON + (
-        F("ppid", INT), F("python", STR), F("executable", STR), F("argv", LIST), F("basicsize", INT),
+        F("ppid", INT), F("python", STR), F("executable", STR, null=True), F("argv", LIST), F("basicsize", INT),
         F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
         _opt("forked_from", INT, null=True))),
     MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),

@@ -40,7 +40,7 @@ def test_revision_1_captures_read_and_say_what_they_lack(tmp_path):
                          ["fin_first", "send_err", "tcp_from", "tcp_to"], "bpf_connect": ["fd"], "bpf_wire": ["ret"]}
     # Not filled in: a lacking key stays absent, so "unknown" is never read as False/0.
     assert all("sock" not in e for e in cap.events if e["k"] == ev.BPF_CLOSE)
-    assert describe_lacks(cap).startswith("a revision-1 capture: it lacks bpf_close.eof, last_errno, sock;")
+    assert describe_lacks(cap).startswith("a revision-1 capture: its records lack bpf_close.eof, last_errno, sock;")
 
 
 def test_synthetic_captures_validate_at_the_current_revision(tmp_path):
