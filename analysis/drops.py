@@ -70,7 +70,7 @@ class Origins:
     def end_thread(self, life: Life) -> Optional[str]:
         """The name of the thread that ended ``life``."""
         e = life.agent_end
-        if e is not None and isinstance(e.get("thread"), str) and e["thread"]:
+        if e is not None and e.get("thread"):
             return e["thread"]
         return self.thread(life.pid, life.end_tid)
 

@@ -61,15 +61,10 @@ def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
 
 def _lost(trailer: Optional[Dict[str, Any]], j: Joined) -> Dict[str, int]:
     lost = {ev.SRC_AGENT: j.agent_lost, ev.SRC_BPF: j.bpf_dropped}
-    declared = trailer.get("lost") if trailer else None
-    if isinstance(declared, dict):
-        for src, n in declared.items():
-            if isinstance(n, int) and not isinstance(n, bool) and isinstance(src, str):
-                lost[src] = max(lost.get(src, 0), n)
-    elif isinstance(declared, int) and not isinstance(declared, bool):
-        known = sum(lost.values())
-        if declared > known:
-            lost["unattributed"] = declared - known
+    declared = trailer.get("lost") if trailer else None  # an object (tracer/events.py), per source
+    for src, n in (declared or {}).items():
+        if type(n) is int:
+            lost[src] = max(lost.get(src, 0), n)
     return {s: n for s, n in lost.items() if n}
 
 
@@ -112,7 +107,7 @@ class _Collections:
 def build_report(capture: Capture) -> Report:
     """Explain one capture."""
     header = capture.header if isinstance(capture.header, dict) else {}
-    trailer = capture.trailer if isinstance(capture.trailer, dict) else None
+    trailer = capture.trailer
     j = join(capture.events, header)
     cwd = header.get("cwd") if isinstance(header.get("cwd"), str) else None
 
@@ -128,8 +123,7 @@ def build_report(capture: Capture) -> Report:
 
     # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
     finished = trailer is not None or j.child_exit is not None
-    end_all = j.child_exit[0] if j.child_exit else (
-        trailer.get("t") if trailer and type(trailer.get("t")) is int else j.t_last)
+    end_all = j.child_exit[0] if j.child_exit else (trailer["t"] if trailer else j.t_last)
 
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
@@ -178,9 +172,9 @@ def build_report(capture: Capture) -> Report:
 
     # --- program --------------------------------------------------------------------------
     exit_status = None
-    if trailer is not None and isinstance(trailer.get("exit_status"), int):
+    if trailer is not None and trailer.get("exit_status") is not None:
         exit_status = trailer["exit_status"]
-    elif j.child_exit is not None and isinstance(j.child_exit[1], int):
+    elif j.child_exit is not None and j.child_exit[1] is not None:
         exit_status = j.child_exit[1]
     t_stop = j.child_exit[0] if j.child_exit else j.t_last
     duration_s = to_s(t_stop) if t_stop is not None else None
