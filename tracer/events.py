@@ -12,7 +12,12 @@ An event is a flat JSON object, one per line in the capture, with these common k
 
 ``conn`` is always the ``MYSQL*`` address as an int: ``id(connection) + __basicsize__``
 on the Python side, the first argument of ``mysql_close`` on the kernel side.
-Keys may be added to a kind; a reader ignores keys it does not know.
+
+Every kind's fields are declared below in ``KINDS`` (type, required, the capture revision
+that added it) and enforced by ``check()``: by the capture reader on every record, by the
+agent channel on the agent's kinds, by the synthetic captures of the tests.
+docs/capture-format.md follows the table (tests/unit/test_docs.py). Keys may be added to a kind (declare
+them, with the revision, in the kind's entry); a reader ignores keys it does not know.
 """
 
 import re
