@@ -240,6 +240,11 @@ KINDS = {
                            _opt("lost", DICT), _opt("timings", DICT))),
 }
 
+#: The sources a kind may come from (its declared source unless listed here). A kernel or
+#: tracer kind stamped ``agent`` came through the agent's channel: it is forged, and refused.
+SOURCES = {kind: (src,) for kind, (src, _) in KINDS.items() if kind != TRAILER}
+SOURCES[TRACER_NOTE] = (SRC_TRACER, SRC_BPF)  # the kernel layer's decode errors are notes too
+
 #: The header (the first line; it has no ``k``): what tracer/capture.py and tracer/record.py write.
 #: The writer always writes them all but ``targets``/``dsn``/``attached_pid``; only the three
 #: the reader cannot do without are required, the others are type-checked when present.
@@ -289,7 +294,11 @@ def check(record, revision=VERSION):
     if not isinstance(kind, str):
         raise SchemaError("no kind")
     if kind in KINDS:
-        return _check_fields(record, kind, revision, kind)
+        _check_fields(record, kind, revision, kind)
+        sources = SOURCES.get(kind)
+        if sources is not None and record["src"] not in sources:
+            raise SchemaError("%s: src is %r, not %s" % (kind, record["src"], " or ".join(sources)))
+        return record
     if type(record.get("t")) is not int:
         raise SchemaError("%s: t is not an integer" % kind)
     if "pid" in record and type(record["pid"]) is not int:

@@ -127,3 +127,22 @@ def test_records_the_schema_refuses_are_left_out_and_counted(tmp_path):
     r = build_report(cap)
     assert r.malformed == 2 and r.com_quit.by_cause["explicit_close"] == 1 and r.com_quit.by_cause["gc"] == 0
     assert any(f.title == "2 records not matching the event schema were left out" for f in r.findings)
+
+
+@pytest.mark.parametrize("kind", [ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.CHILD_EXIT, ev.SERVER_COUNT, ev.BPF_PROBES])
+def test_a_kernel_or_tracer_record_stamped_agent_is_refused(kind):
+    # What the agent channel stamps on every line it passes: such a record was forged in the program.
+    record = {"k": kind, "t": 1, "src": "agent", "pid": 1, "tid": 1, "conn": 1, "cause": "gc", "gen": 2, "self": 0,
+              "sock": True, "last_errno": 0, "eof": False, "wire": "confirmed", "sends": 1, "t0": 0, "send_err": 0,
+              "tcp_from": None, "tcp_to": None, "fin_first": None, "status": 0, "count": 1, "probes": [],
+              "missing": []}
+    with pytest.raises(ev.SchemaError, match="src is 'agent'"):
+        ev.check(record)
+    ev.check(dict(record, src=ev.KINDS[kind][0]))
+
+
+def test_notes_come_from_the_tracer_or_the_kernel_layer():
+    for src in ("tracer", "bpf"):
+        ev.check({"k": ev.TRACER_NOTE, "t": 1, "src": src, "level": "error", "text": "x"})
+    with pytest.raises(ev.SchemaError):
+        ev.check({"k": ev.TRACER_NOTE, "t": 1, "src": "agent", "level": "error", "text": "x"})
