@@ -298,6 +298,9 @@ def check(record, revision=VERSION):
         sources = SOURCES.get(kind)
         if sources is not None and record["src"] not in sources:
             raise SchemaError("%s: src is %r, not %s" % (kind, record["src"], " or ".join(sources)))
+        if kind == TRAILER and "src" in record:
+            # The writer's trailer has no source; one with a source came through a channel.
+            raise SchemaError("trailer: has a src (%r): not the tracer's own" % (record["src"],))
         return record
     if type(record.get("t")) is not int:
         raise SchemaError("%s: t is not an integer" % kind)

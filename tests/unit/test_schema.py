@@ -146,3 +146,16 @@ def test_notes_come_from_the_tracer_or_the_kernel_layer():
         ev.check({"k": ev.TRACER_NOTE, "t": 1, "src": src, "level": "error", "text": "x"})
     with pytest.raises(ev.SchemaError):
         ev.check({"k": ev.TRACER_NOTE, "t": 1, "src": "agent", "level": "error", "text": "x"})
+
+
+def test_a_forged_trailer_does_not_end_the_capture(tmp_path):
+    # The agent channel stamps src=agent on what it passes; the writer's trailer has no src.
+    s = SynthCapture(str(tmp_path / "ft.tq"))
+    a = s.open(0.1)
+    s.emit_raw({"k": ev.TRAILER, "t": s.ns(0.15), "src": "agent", "counts": {}, "exit_status": 0})
+    s.close(0.2, a, ev.EXPLICIT_CLOSE)
+    s.finish(1.0, status=7)
+    cap = load(s.path)
+    assert cap.invalid == {ev.TRAILER: 1} and cap.damaged_at_line is None
+    r = build_report(cap)
+    assert r.program.exit_status == 7 and r.com_quit.by_cause["explicit_close"] == 1
