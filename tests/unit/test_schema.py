@@ -159,3 +159,17 @@ def test_a_forged_trailer_does_not_end_the_capture(tmp_path):
     assert cap.invalid == {ev.TRAILER: 1} and cap.damaged_at_line is None
     r = build_report(cap)
     assert r.program.exit_status == 7 and r.com_quit.by_cause["explicit_close"] == 1
+
+
+def test_the_kernel_decoder_writes_exactly_the_declared_bpf_fields():
+    # tracer/bpf/session.decode_event, for every kind code it knows: keys and types as declared.
+    from trace_quit.tracer.bpf import session
+
+    head = ev.COM_QUIT_BYTES + bytes(11)  # the event's 16-byte head buffer
+    for code, kind in session._KINDS.items():
+        # ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head
+        for flags, gen, aux in ((0, -1, -1), (7, 2, 0), (1, 1, 5)):
+            record = session.decode_event((10, 0x7F00, 5, 3, 42, 43, code, 3, 1, flags, gen, 5, aux, head))
+            declared = {f.name for f in ev.KINDS[kind][1]} | {"k"}
+            assert set(record) == declared, kind
+            ev.check(record)
