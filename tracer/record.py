@@ -21,6 +21,7 @@ from typing import Callable, List, Optional
 from trace_quit.tracer import __version__, agent
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
+from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
 from trace_quit.tracer.launch import CorkedChild, RunAs
 from trace_quit.tracer.status import StatusLine, Tally
@@ -237,11 +238,20 @@ class Recorder:
         # A timer, not select(): waking on every write would make the tracer compete with the
         # program for the CPU once per connection event; the 1 MiB FIFO holds a period's lines.
         while not self._stop.wait(POLL_INTERVAL_S):
-            self._drain_agent()
+            try:
+                self._drain_agent()
+            except Exception as exc:  # nothing the program writes may stop this thread
+                self.note("agent channel: %s (reading goes on)" % exc)
 
     def _drain_agent(self):
         for event in self.channel.read_events():
-            self.emit(event)
+            try:
+                with self._emit_lock:
+                    self.tally.add(event)
+            except Exception as exc:  # valid by its schema, yet unusable: rejected, not fatal
+                self.channel.reject(event, "%s: %s" % (event.get("k"), exc))
+                continue
+            self.writer.emit(event)
 
     def _bpf_loop(self):
         while not self._stop.wait(POLL_INTERVAL_S):
@@ -292,9 +302,12 @@ class Recorder:
             except Exception:
                 pass
         if self.channel is not None:
-            self._drain_agent()
+            try:
+                self._drain_agent()
+            except Exception as exc:
+                self.note("agent channel: %s" % exc)
             if self.channel.invalid_lines:
-                self.note("%d unreadable lines on the agent channel were dropped" % self.channel.invalid_lines)
+                self.note(_rejected_text(self.channel))
         lost_bpf = 0
         if self.bpf is not None:
             try:
@@ -312,9 +325,22 @@ class Recorder:
                 self.note("eBPF detach failed: %s" % exc)
         if self.channel is not None:
             self.channel.close()
-        self.writer.close({"exit_status": exit_status,
-                           "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
-                           "timings": dict(self.timings)})
+        trailer = {"exit_status": exit_status,
+                   "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
+                   "timings": dict(self.timings)}
+        if self.channel is not None:
+            trailer["rejected"] = self.channel.rejected_summary()
+        self.writer.close(trailer)
+
+
+def _rejected_text(channel):
+    """The note that says how many channel lines were rejected, and from which process."""
+    parts = []
+    for pid, n in sorted(channel.rejected.items(), key=lambda kv: str(kv[0])):
+        who = "no process named" if pid == channel_mod.UNKNOWN_PID else "pid %d" % pid
+        parts.append("%s: %d (first: %s)" % (who, n, channel.first_reason.get(pid, "?")))
+    return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
+            % (channel.invalid_lines, "line was" if channel.invalid_lines == 1 else "lines were", "; ".join(parts)))
 
 
 @contextlib.contextmanager

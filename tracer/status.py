@@ -27,9 +27,9 @@ class Tally:
         elif kind == ev.CONN_DESTROY:
             self.quits[event.get("cause") or ev.UNKNOWN] += 1
         elif kind == ev.GC_COUNTS:
-            self.collections[event.get("pid")] = event.get("by_gen") or {}
+            self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()}
         elif kind == ev.AGENT_LOST:
-            self.lost["agent"] += int(event.get("n") or 0)
+            self.lost["agent"] += _count(event.get("n") or 0)
         elif kind == ev.BPF_CONNECT and event.get("ok"):
             self.bpf_opens += 1
         elif kind == ev.BPF_CLOSE:
@@ -55,6 +55,13 @@ class Tally:
             for gen, n in by_gen.items():
                 total[gen] += n
         return total
+
+
+def _count(value):
+    """A non-negative int, else ValueError: the channel rejects the record (tracer/channel.py)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("%.40r is not a count" % (value,))
+    return value
 
 
 class StatusLine:
