@@ -12,6 +12,7 @@ before the program starts: 2 usage, 126 not runnable, 127 not found, 69 eBPF una
 import argparse
 import os
 import shlex
+import signal
 import sys
 import textwrap
 
@@ -71,6 +72,19 @@ class RunCommand:
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
+        from trace_quit.tracer.record import STOP_SIGNALS, Interrupted
+
+        def stop_now(signum, frame):  # nothing started yet: stopping here leaves nothing behind
+            raise Interrupted(signum)
+
+        previous = {sig: signal.signal(sig, stop_now) for sig in STOP_SIGNALS}
+        try:
+            return self._run(args)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, args):
         argv = list(args.command)
         if argv and argv[0] == "--":
             argv = argv[1:]
@@ -121,6 +135,10 @@ class RunCommand:
         except ImportError as exc:
             raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
                            "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
+        if result.interrupted is not None:
+            _err("interrupted by %s while starting: the program was not run; the capture %s says so"
+                 % (signal.Signals(result.interrupted).name, result.capture))
+            return result.exit_status
         _print_run_report(result, args.format)
         return result.exit_status
 
@@ -499,6 +517,13 @@ def main(argv=None):
         _err("internal error: %s: %s (set TRACE_QUIT_DEBUG=1 for the traceback, and please report it)"
              % (type(exc).__name__, exc))
         return EX_SOFTWARE
+    except BaseException as exc:
+        from trace_quit.tracer.record import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        _err("interrupted by %s before the program started: it was not run" % signal.Signals(exc.signum).name)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -99,14 +99,17 @@ class CorkedChild:
         return pid
 
     def _child(self, cork_r, err_w):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+        stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT)
+        for sig in stop:
             signal.signal(sig, signal.SIG_DFL)
+        # The tracer forks with its stop signals blocked; exec would pass that mask on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
         go = os.read(cork_r, 1)
         os.close(cork_r)
-        if go == b"x":
-            os._exit(125)  # the tracer gave up before starting the program
-        # b"g", or EOF: the tracer died while attaching. The user asked for the program to
-        # run; it runs (untraced or partly traced) rather than being lost with the tracer.
+        if go != b"g":
+            # b"x": the tracer gave up; EOF: it died while attaching. Either way the program
+            # is not run: untraced, it would run while the user believes it is traced.
+            os._exit(125)
         try:
             run_as = self.run_as
             if not run_as.is_current:
@@ -138,7 +141,10 @@ class CorkedChild:
     def abandon(self):
         """Tell a still-corked child to exit without running anything."""
         if self._cork_w is not None:
-            os.write(self._cork_w, b"x")
+            try:
+                os.write(self._cork_w, b"x")
+            except OSError:
+                pass  # it is already gone (a Ctrl-C at the terminal reaches it too)
             os.close(self._cork_w)
             self._cork_w = None
             self.wait()

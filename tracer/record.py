@@ -54,6 +54,8 @@ class RunResult:
     tally: Tally
     lost: dict
     notes: List[str]
+    started: bool = True
+    interrupted: Optional[int] = None   # the signal that stopped the start-up (program not run)
 
 
 class Recorder:
@@ -74,6 +76,8 @@ class Recorder:
         self._threads: List[threading.Thread] = []
         self._emit_lock = threading.Lock()
         self.timings = {}
+        self.started = False
+        self.interrupted: Optional[int] = None
 
     # --- events from every source pass through here ------------------------------
     def emit(self, event):
@@ -96,46 +100,72 @@ class Recorder:
 
     # --- the run -------------------------------------------------------------------
     def run(self) -> RunResult:
-        opts = self.options
-        run_as = opts.run_as or RunAs.invoking_user()
-        t0 = time.monotonic()
-        env = dict(os.environ)
-        if opts.agent:
-            self.channel = AgentChannel(run_as.uid, run_as.gid)
-            env = agent.child_env(env, self.channel.path)
-        if not run_as.is_current:
-            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
-            for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
-                env.pop(key, None)
-        self.started = False
-        self.child = CorkedChild(opts.argv, env, run_as)
-        self.child.spawn()  # before any thread exists: fork is safe
-        exit_status = None
-        previous_handlers = {}
+        # SIGINT/SIGTERM/SIGHUP are ours from the first instruction: before the program is
+        # released they only stop the start-up (it is never run, the trailer says so, the
+        # FIFO goes); after, they are forwarded to it (tests/system/test_trust.py::
+        # test_a_signal_while_attaching_never_starts_the_program).
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
-            self.writer.write_header(self._header(run_as))
-            if opts.bpf:
-                self._attach_bpf(self.child.pid)
-            self._start_threads()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous_handlers[sig] = signal.signal(sig, self._forward_signal)
-            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
-            self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                              "pid": self.child.pid, **self.timings})
-            self.child.release()
-            self.started = True
-            exit_status = self.child.wait()
-            self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                              "pid": self.child.pid, "status": exit_status})
+            return self._run()
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-            if self.child.status is None and self.child._cork_w is not None:
+
+    def _on_signal(self, signum, frame):
+        if self.started:
+            self._forward_signal(signum, frame)
+        elif self.interrupted is None:
+            self.interrupted = signum  # acted on at the next checkpoint: nothing is torn mid-way
+
+    def _checkpoint(self):
+        """Stop the start-up here if a signal came in (the program has not run)."""
+        if self.interrupted is not None and not self.started:
+            raise Interrupted(self.interrupted)
+
+    def _run(self) -> RunResult:
+        opts = self.options
+        run_as = opts.run_as or RunAs.invoking_user()
+        t0 = time.monotonic()
+        exit_status = None
+        try:
+            env = dict(os.environ)
+            if opts.agent:
+                self.channel = AgentChannel(run_as.uid, run_as.gid)
+                env = agent.child_env(env, self.channel.path)
+            if not run_as.is_current:
+                env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+                for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
+                    env.pop(key, None)
+            self._checkpoint()
+            self.child = CorkedChild(opts.argv, env, run_as)
+            with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
+                self.child.spawn()  # before any thread exists: fork is safe
+            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            self.writer.write_header(self._header(run_as))
+            self._checkpoint()
+            if opts.bpf:
+                self._attach_bpf(self.child.pid)
+            self._start_threads()
+            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
+            with _signals_blocked():  # the last check and the release are one step
+                self._checkpoint()
+                self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                                  "pid": self.child.pid, **self.timings})
+                self.started = True
+                self.child.release()
+            exit_status = self.child.wait()
+            self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                              "pid": self.child.pid, "status": exit_status})
+        except Interrupted as exc:
+            exit_status = 128 + exc.signum
+            self.note("%s while starting: the program was not run" % _signal_name(exc.signum))
+        finally:
+            if self.child is not None and self.child.status is None and self.child._cork_w is not None:
                 self.child.abandon()
             self._finish(exit_status)
         return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
-                         lost=dict(self.tally.lost), notes=self.notes)
+                         lost=dict(self.tally.lost), notes=self.notes, started=self.started,
+                         interrupted=self.interrupted if not self.started else None)
 
     def run_attached(self, pid) -> RunResult:
         """Trace an already running process (eBPF only) until it exits or we are interrupted."""
@@ -182,7 +212,9 @@ class Recorder:
                 self.bpf = bpf.BpfSession(self.bpf_targets, self.emit, emit_text=self.emit_text)
             except bpf.BpfUnavailable as exc:
                 raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
+        self._checkpoint()
         self.bpf.attach(root_pid)
+        self._checkpoint()
         self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
         self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                           **_redacted(self.bpf.describe())})
@@ -325,12 +357,43 @@ class Recorder:
                 self.note("eBPF detach failed: %s" % exc)
         if self.channel is not None:
             self.channel.close()
-        trailer = {"exit_status": exit_status,
+        trailer = {"exit_status": exit_status, "program_started": self.started,
                    "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
                    "timings": dict(self.timings)}
+        if self.interrupted is not None and not self.started:
+            trailer["interrupted"] = {"signal": self.interrupted, "name": _signal_name(self.interrupted),
+                                      "program_started": False}
         if self.channel is not None:
             trailer["rejected"] = self.channel.rejected_summary()
         self.writer.close(trailer)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal before the program was released (BaseException: no ``except Exception`` eats it)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+@contextlib.contextmanager
+def _signals_blocked():
+    """Hold the stop signals (their handler runs on unblock) around a step that must not be split."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _rejected_text(channel):

@@ -3,8 +3,10 @@
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -86,3 +88,34 @@ def test_forged_channel_lines_change_nothing_the_tracer_wrote_and_are_counted(tm
     parsed = json.loads(report.stdout)
     assert any("%d lines were rejected" % total in n["text"] for n in parsed["notes"])
     assert load_events(capture).status == "complete"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_attaching_never_starts_the_program(sig, tmp_path):
+    """Sent while the probes compile/attach: not run, trailer says so, no FIFO dir left, 128+N."""
+    capture = tmp_path / "sig.tqcap"
+    marker = tmp_path / "ran"
+    private_tmp = tmp_path / "tmp"  # the channel's directory is made here (TMPDIR)
+    private_tmp.mkdir()
+    tracer = subprocess.Popen(TRACE_QUIT + ["--quiet", "-o", str(capture), "--", sys.executable, "-c",
+                                            "open(%r, 'w').close()" % str(marker)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, TMPDIR=str(private_tmp)), start_new_session=True)
+    deadline = time.monotonic() + 60
+    # The header is on disk before compiling starts; child_start only after attaching ends.
+    while not (capture.exists() and capture.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert b"child_start" not in capture.read_bytes(), "too late: attaching was already over"
+    tracer.send_signal(sig)
+    _, err = tracer.communicate(timeout=60)
+    time.sleep(0.5)  # a released child would have created the marker by now
+    assert tracer.returncode == 128 + sig, err
+    assert not marker.exists()
+    assert os.listdir(private_tmp) == []
+    cap = load_events(capture)
+    assert cap.status == "complete"
+    assert cap.trailer["exit_status"] == 128 + sig
+    assert cap.trailer["interrupted"] == {"signal": int(sig), "name": sig.name, "program_started": False}
+    assert [e["k"] for e in cap.events if e["k"] in ("child_start", "child_exit")] == []
+    assert err.decode().count("\n") <= 2 and b"Traceback" not in err
+    assert ("interrupted by %s while starting: the program was not run" % sig.name).encode() in err
