@@ -16,6 +16,8 @@ import signal
 import struct
 from typing import Dict, List, Optional, Tuple
 
+from trace_quit.tracer.errors import TraceQuitError
+
 
 @dataclasses.dataclass(frozen=True)
 class RunAs:
@@ -60,12 +62,11 @@ class RunAs:
         return names
 
 
-class LaunchError(Exception):
+class LaunchError(TraceQuitError):
     """The program could not be started; ``code`` is 127 (not found) or 126 (not runnable)."""
 
     def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 class CorkedChild:

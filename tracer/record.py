@@ -23,6 +23,7 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
 from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
+from trace_quit.tracer.errors import OutputError
 from trace_quit.tracer.launch import CorkedChild, RunAs
 from trace_quit.tracer.status import StatusLine, Tally
 
@@ -56,6 +57,7 @@ class RunResult:
     notes: List[str]
     started: bool = True
     interrupted: Optional[int] = None   # the signal that stopped the start-up (program not run)
+    capture_error: Optional[str] = None  # what could not be written (the disk filled up), else None
 
 
 class Recorder:
@@ -141,7 +143,10 @@ class Recorder:
             with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
-            self.writer.write_header(self._header(run_as))
+            try:
+                self.writer.write_header(self._header(run_as))
+            except OSError as exc:  # before the program runs: one line, the program not started
+                raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
             self._checkpoint()
             if opts.bpf:
                 self._attach_bpf(self.child.pid)
@@ -165,7 +170,8 @@ class Recorder:
             self._finish(exit_status)
         return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes, started=self.started,
-                         interrupted=self.interrupted if not self.started else None)
+                         interrupted=self.interrupted if not self.started else None,
+                         capture_error=self.writer.failure() if self.writer is not None else None)
 
     def run_attached(self, pid) -> RunResult:
         """Trace an already running process (eBPF only) until it exits or we are interrupted."""
