@@ -12,7 +12,7 @@ import pytest
 
 from tq_support import TRACE_QUIT, load_events, run_traced
 
-pytestmark = [pytest.mark.bpf]
+pytestmark = [pytest.mark.root]
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -48,6 +48,7 @@ def _kinds():
     return {"other": other, "agent": sorted(ev.AGENT_KINDS)}
 
 
+@pytest.mark.bpf
 def test_forged_channel_lines_change_nothing_the_tracer_wrote_and_are_counted(tmp_path):
     kinds = _kinds()
     os.chmod(tmp_path, 0o777)
@@ -90,6 +91,7 @@ def test_forged_channel_lines_change_nothing_the_tracer_wrote_and_are_counted(tm
     assert load_events(capture).status == "complete"
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_attaching_never_starts_the_program(sig, tmp_path):
     """Sent while the probes compile/attach: not run, trailer says so, no FIFO dir left, 128+N."""
@@ -119,3 +121,35 @@ def test_a_signal_while_attaching_never_starts_the_program(sig, tmp_path):
     assert [e["k"] for e in cap.events if e["k"] in ("child_start", "child_exit")] == []
     assert err.decode().count("\n") <= 2 and b"Traceback" not in err
     assert ("interrupted by %s while starting: the program was not run" % sig.name).encode() in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs of this test's own, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("not root (mounting a tmpfs needs root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_loses_the_capture_not_the_exit_status(small_disk, tmp_path):
+    """It exited 70 ("internal error"); now the program's 3 and one line saying what was lost."""
+    capture = small_disk / "x.tqcap"
+    program = "import gc\nfor _ in range(6000): gc.collect(1)\nraise SystemExit(3)\n"
+    proc = subprocess.run(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", str(capture), "--",
+                                        sys.executable, "-c", program],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("trace-quit: the capture %s could not be written (No space left on device): " % capture)
+    assert lines[0].endswith(" events and its trailer were lost; what is in it is cut short; "
+                             "the program's exit status follows")
+    lost = int(lines[0].split("): ")[1].split(" ")[0])
+    assert lost > 0
+    assert load_events(capture).status == "truncated"
