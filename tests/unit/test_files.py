@@ -119,3 +119,24 @@ def test_run_format_html_obeys_force(capsys, tmp_path):
                            sys.executable, "-c", "open(%r, 'w')" % str(marker))
     assert code == 0, err
     assert page.read_text().startswith("<!DOCTYPE html>") and stat.S_IMODE(page.stat().st_mode) == 0o600
+
+
+def test_a_capture_named_like_math_text_renders_and_a_failed_render_leaves_nothing(tmp_path, monkeypatch):
+    """`x$\\frac$.tqcap` crashed matplotlib's math text and left a 0-byte page that blocked a rerun."""
+    from trace_quit import analysis
+    from trace_quit.analysis import render_html
+    from trace_quit.analysis.capture import load
+
+    capture = tmp_path / "x$\\frac$.tqcap"
+    with gzip.open(REAL, "rb") as f:
+        capture.write_bytes(f.read())
+    page = tmp_path / "x$\\frac$.html"
+    code = cli.main(["report", str(capture), "--format", "html", "-o", str(page)])
+    assert code == 0
+    assert "x$\\frac$" in page.read_text()
+
+    report = analysis.build_report(load(str(capture)))
+    monkeypatch.setattr(render_html, "render", lambda reports: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        analysis.render(report, "html", path=str(tmp_path / "broken.html"))
+    assert sorted(os.listdir(tmp_path)) == sorted([capture.name, page.name])
