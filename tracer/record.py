@@ -250,7 +250,7 @@ class Recorder:
             except Exception as exc:
                 header["targets"] = {"error": str(exc)}
         if opts.dsn:
-            from trace_quit.workloads import dsn as dsnlib
+            from trace_quit.tracer import dsn as dsnlib
 
             header["dsn"] = dsnlib.redact(opts.dsn)
         return header

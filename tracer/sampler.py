@@ -30,7 +30,7 @@ import sys
 import threading
 
 from trace_quit.tracer import events as ev
-from trace_quit.workloads import dsn as dsnlib
+from trace_quit.tracer import dsn as dsnlib
 
 QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
          "WHERE USER = %s AND ID <> CONNECTION_ID()")
