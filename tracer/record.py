@@ -229,6 +229,19 @@ class Recorder:
         for item in getattr(self.bpf_targets, "missing", None) or []:
             self.note("eBPF: no %s: %s" % (item.get("what"), item.get("why")))
 
+    def _note_missing_agent(self):
+        """Say, with the reason when the command line shows it, that the program ran without the agent."""
+        argv = list(self.options.argv)
+        reason = why_no_agent(argv)
+        if reason is None and not _looks_like_python(argv):
+            if self.tally.agent_pids:
+                return  # a launcher (shell, make...) whose Python children did load it
+            reason = "no Python process that reads PYTHONPATH ran (the agent loads through sitecustomize)"
+        self.note("the agent did not load in pid %d: %s%s" % (
+            self.child.pid, reason or "its Python never ran the agent's sitecustomize (PYTHONPATH changed?)",
+            "" if not self.tally.agent_pids else
+            " (it did in pid %s)" % ", ".join(str(p) for p in sorted(self.tally.agent_pids, key=str))))
+
     def _header(self, run_as, pid=None):
         opts = self.options
         header = {
@@ -311,7 +324,11 @@ class Recorder:
             def sink(t_ns, count):
                 self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
 
-            self.sampler = sampler_mod.Sampler(self.options.dsn, sink, user=self.options.sample_user)
+            # Its first error is said at once (a wrong password gives no samples at all), and
+            # again in the report (tests/integration/test_trust_sampler.py).
+            self.sampler = sampler_mod.Sampler(
+                self.options.dsn, sink, user=self.options.sample_user,
+                on_first_error=lambda text: self.note("server sampler: %s" % text))
             self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)
@@ -337,6 +354,9 @@ class Recorder:
         if self.sampler is not None:
             try:
                 self.sampler.stop()
+                if not self.sampler.samples:
+                    self.note("server sampler: no samples%s" % (
+                        " (first error: %s)" % self.sampler.first_error if self.sampler.first_error else ""))
             except Exception:
                 pass
         if self.channel is not None:
@@ -346,6 +366,8 @@ class Recorder:
                 self.note("agent channel: %s" % exc)
             if self.channel.invalid_lines:
                 self.note(_rejected_text(self.channel))
+            if self.started and self.child is not None and self.child.pid not in self.tally.agent_pids:
+                self._note_missing_agent()
         lost_bpf = 0
         if self.bpf is not None:
             try:
@@ -372,6 +394,54 @@ class Recorder:
         if self.channel is not None:
             trailer["rejected"] = self.channel.rejected_summary()
         self.writer.close(trailer)
+
+
+def _looks_like_python(argv):
+    return bool(argv) and os.path.basename(argv[0]).startswith("python")
+
+
+def why_no_agent(argv):
+    """Why this command line keeps the agent out (it loads through PYTHONPATH's sitecustomize), or None.
+
+    Follows ``env`` (``-i``, ``-u PYTHONPATH``, ``PYTHONPATH=…``) to the interpreter and reads
+    its flags (``-I``, ``-E``, ``-S``) up to the script, ``-c`` or ``-m``."""
+    argv = list(argv)
+    while argv and os.path.basename(argv[0]) == "env":
+        i = 1
+        while i < len(argv):
+            arg = argv[i]
+            if arg in ("-i", "--ignore-environment", "-"):
+                return "env -i clears the environment, PYTHONPATH with it"
+            if arg in ("-u", "--unset") and argv[i + 1:i + 2] == ["PYTHONPATH"] or arg == "--unset=PYTHONPATH":
+                return "env -u PYTHONPATH removes the agent's path"
+            if arg.startswith("PYTHONPATH="):
+                return "the command sets PYTHONPATH itself, replacing the agent's"
+            if arg in ("-u", "--unset", "-C", "--chdir", "-S", "--split-string"):
+                i += 2
+                continue
+            if arg.startswith("-") or "=" in arg:
+                i += 1
+                continue
+            break
+        argv = argv[i:]
+    if not _looks_like_python(argv):
+        return None
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
+            break
+        letters = arg[1:]
+        for j, letter in enumerate(letters):
+            if letter == "I":
+                return "python -I ignores PYTHONPATH"
+            if letter == "E":
+                return "python -E ignores PYTHONPATH"
+            if letter == "S":
+                return "python -S skips sitecustomize, which loads the agent"
+            if letter in "cmWXQ":  # the rest of the argument is this option's value
+                break
+        if letters[:1] in ("c", "m"):
+            break
+    return None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

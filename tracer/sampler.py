@@ -39,7 +39,7 @@ QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
 class Sampler:
     """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
 
-    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5):
+    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5, on_first_error=None):
         self._params = dsnlib.parse(dsn)
         self._params["connect_timeout"] = int(max(1, connect_timeout))
         self._redacted = dsnlib.redact(dsn)
@@ -49,6 +49,9 @@ class Sampler:
         self.samples = 0
         self.errors = 0
         self.last_error = None
+        self.first_error = None
+        #: called once, from the sampler's thread, with the first error's one-line text
+        self.on_first_error = on_first_error
         self._stop = threading.Event()
         self._thread = None
         self._conn = None
@@ -77,6 +80,13 @@ class Sampler:
     def _error(self, what, exc):
         self.errors += 1
         self.last_error = "%s: %s" % (what, ev.redact(str(exc)))
+        if self.first_error is None:
+            self.first_error = self.last_error
+            if self.on_first_error is not None:
+                try:
+                    self.on_first_error(self.first_error)
+                except Exception:
+                    pass
 
     def _close(self):
         conn, self._conn = self._conn, None

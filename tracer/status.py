@@ -17,10 +17,13 @@ class Tally:
         self.lost = {"agent": 0, "bpf": 0}
         self.bpf_closes = 0
         self.bpf_opens = 0
+        self.agent_pids = set()                  # processes whose agent said agent_start
 
     def add(self, event):
         kind = event.get("k")
-        if kind == ev.CONN_OPEN:
+        if kind == ev.AGENT_START:
+            self.agent_pids.add(event.get("pid"))
+        elif kind == ev.CONN_OPEN:
             self.opened += 1
         elif kind == ev.CONN_CLOSE:
             self.quits[ev.EXPLICIT_CLOSE] += 1
