@@ -107,10 +107,11 @@ class CorkedChild:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
         go = os.read(cork_r, 1)
         os.close(cork_r)
-        if go != b"g":
-            # b"x": the tracer gave up; EOF: it died while attaching. Either way the program
-            # is not run: untraced, it would run while the user believes it is traced.
-            os._exit(125)
+        if go == b"x":
+            os._exit(125)  # the tracer gave up before starting the program (a stop signal, an error)
+        # b"g", or EOF: the tracer was SIGKILLed while attaching (every catchable signal
+        # ends in b"x"). The user asked for the program to run; it runs, partly traced,
+        # rather than being lost with the tracer (tests/system/test_faults.py).
         try:
             run_as = self.run_as
             if not run_as.is_current:
