@@ -297,15 +297,9 @@ def default_capture_name(argv):
 
 
 def _resolve_bpf_targets(argv, run_as):
-    try:
-        from trace_quit.tracer import bpf
-    except ImportError as exc:
-        raise CliError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
-                       EX_UNAVAILABLE) from None
-    try:
-        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
-    except bpf.BpfUnavailable as exc:
-        raise CliError(str(exc), EX_UNAVAILABLE) from None
+    from trace_quit.tracer.record import resolve_bpf_targets
+
+    return resolve_bpf_targets(argv, run_as)
 
 
 def _remove_unstarted_capture(path):

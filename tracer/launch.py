@@ -9,7 +9,6 @@ The child is forked before the tracer starts any thread, so the fork is safe.
 
 import dataclasses
 import errno
-import grp
 import os
 import pwd
 import signal
@@ -52,15 +51,6 @@ class RunAs:
     def is_current(self):
         return self.uid == os.geteuid() and self.gid == os.getegid()
 
-    def group_names(self):
-        names = []
-        for gid in self.groups:
-            try:
-                names.append(grp.getgrgid(gid).gr_name)
-            except KeyError:
-                names.append(str(gid))
-        return names
-
 
 class LaunchError(TraceQuitError):
     """The program could not be started; ``code`` is 127 (not found) or 126 (not runnable)."""
@@ -72,11 +62,10 @@ class LaunchError(TraceQuitError):
 class CorkedChild:
     """A forked child waiting on a pipe; ``release()`` lets it exec the program."""
 
-    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs, cwd: Optional[str] = None):
+    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs):
         self.argv = argv
         self.env = env
         self.run_as = run_as
-        self.cwd = cwd
         self.pid: Optional[int] = None
         self.status: Optional[int] = None
         self._cork_w = None
@@ -118,8 +107,6 @@ class CorkedChild:
                 os.setgroups(list(run_as.groups))
                 os.setgid(run_as.gid)
                 os.setuid(run_as.uid)
-            if self.cwd:
-                os.chdir(self.cwd)
             os.execvpe(self.argv[0], self.argv, self.env)
         except OSError as exc:
             os.write(err_w, struct.pack("i", exc.errno or errno.EPERM))
@@ -164,14 +151,6 @@ class CorkedChild:
         if self.status is None:
             _, raw = os.waitpid(self.pid, 0)
             self.status = exit_status(raw)
-        return self.status
-
-    def poll(self) -> Optional[int]:
-        """The child's status if it has exited, else None."""
-        if self.status is None:
-            pid, raw = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = exit_status(raw)
         return self.status
 
 

@@ -23,7 +23,7 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
 from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
-from trace_quit.tracer.errors import OutputError
+from trace_quit.tracer.errors import EX_UNAVAILABLE, OutputError, TraceQuitError
 from trace_quit.tracer.launch import CorkedChild, RunAs
 from trace_quit.tracer.status import StatusLine, Tally
 
@@ -394,6 +394,19 @@ class Recorder:
         if self.channel is not None:
             trailer["rejected"] = self.channel.rejected_summary()
         self.writer.close(trailer)
+
+
+def resolve_bpf_targets(argv, run_as):
+    """What the eBPF layer will probe for ``argv`` run as ``run_as``; a TraceQuitError (69) when it cannot."""
+    try:
+        from trace_quit.tracer import bpf
+    except ImportError as exc:
+        raise TraceQuitError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
+                             EX_UNAVAILABLE) from None
+    try:
+        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
+    except bpf.BpfUnavailable as exc:
+        raise TraceQuitError(str(exc), EX_UNAVAILABLE) from None
 
 
 def _looks_like_python(argv):
