@@ -36,6 +36,10 @@ QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
          "WHERE USER = %s AND ID <> CONNECTION_ID()")
 
 
+class MissingGrant(Exception):
+    """The sampler's account cannot see other accounts' connections."""
+
+
 class Sampler:
     """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
 
@@ -99,6 +103,7 @@ class Sampler:
     def _poll(self, MySQLdb):
         if self._conn is None:
             self._conn = MySQLdb.connect(autocommit=True, **self._params)
+            self._check_grant()
         cur = self._conn.cursor()
         try:
             t0 = ev.now_ns()
@@ -108,6 +113,19 @@ class Sampler:
         finally:
             cur.close()
         return (t0 + t1) // 2, int(row[0])
+
+    def _check_grant(self):
+        """Without PROCESS an account sees only its own threads: a count of 0 would be a lie."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute("SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS'")
+            has_process = int(cur.fetchone()[0]) > 0
+        finally:
+            cur.close()
+        if not has_process:
+            raise MissingGrant("the account %s lacks the PROCESS privilege, so PROCESSLIST shows it only its own "
+                               "connections: GRANT PROCESS ON *.* TO it, or give --dsn an account that has it"
+                               % self._params.get("user", ""))
 
     def _run(self):
         try:
@@ -121,6 +139,9 @@ class Sampler:
             while not self._stop.is_set():
                 try:
                     t, count = self._poll(MySQLdb)
+                except MissingGrant as exc:  # no retry can fix it: say it once and stop
+                    self._error("query on %s" % self._redacted, exc)
+                    return
                 except Exception as exc:
                     self._error("query on %s" % self._redacted, exc)
                     self._close()

@@ -35,3 +35,31 @@ def test_a_wrong_dsn_password_is_said_and_the_sampler_is_not_a_layer(server, tmp
     assert "server sampler –" in text and "Access denied" in text
     with open(capture) as f:
         assert server.password not in f.read()
+
+
+def test_a_monitor_account_without_the_process_grant_is_said_not_counted(server, tmp_path):
+    """It counted 0 (it sees only its own threads) and the report said `server sampler ✓`."""
+    import MySQLdb
+
+    from trace_quit.tracer import dsn as dsnlib
+
+    admin = MySQLdb.connect(**dsnlib.parse(server.admin_dsn))
+    try:
+        cur = admin.cursor()
+        cur.execute("CREATE USER IF NOT EXISTS 'tq_nogrant'@'127.0.0.1' IDENTIFIED BY 'ng-pw'")
+        admin.commit()
+    finally:
+        admin.close()
+    capture = str(tmp_path / "x.tqcap")
+    dsn = "mysql://tq_nogrant:ng-pw@127.0.0.1:%d/" % server.port
+    proc = subprocess.run(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", capture, "--dsn", dsn,
+                                        "--sample-user", server.user, "--", sys.executable, "-c", "import time; time.sleep(1)"],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    expected = ("trace-quit: server sampler: query on mysql://tq_nogrant:***@127.0.0.1:%d/: the account tq_nogrant "
+                "lacks the PROCESS privilege, so PROCESSLIST shows it only its own connections: GRANT PROCESS ON *.* "
+                "TO it, or give --dsn an account that has it\n" % server.port)
+    assert proc.stderr.startswith(expected)
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True,
+                                       text=True, check=True).stdout)
+    assert report["layers"]["sampler"] is False
