@@ -1,12 +1,15 @@
-"""trace-quit's command line: run · report · doctor · demo · dump (contract in DESIGN.md).
+"""trace-quit's command line: run · report · doctor · demo · dump (the exit codes below are its contract).
 
 Each subcommand is a small class with ``prepare_parser(parser)`` and ``run(args) -> int``;
-its docstring is its help. ``main(argv)`` turns a ``CliError`` into one line on stderr and
-its exit code — never a traceback.
+its docstring is its help. ``main(argv)`` turns every ``TraceQuitError`` (tracer/errors.py)
+into one line on stderr and its exit code, in one place — never a traceback.
 
-Exit codes: a traced run exits with the program's own status (128+N for signal N);
-before the program starts: 2 usage, 126 not runnable, 127 not found, 69 eBPF unavailable,
-77 needs root; report/dump: 65 not a readable capture, 66 no such file, 73 output exists.
+Exit codes: a traced run exits with the program's own status (128+N for signal N), also
+when our stderr is gone or the capture's disk filled up (one line says what was lost);
+a stop signal before the program started gives 128+N too; before the program starts:
+2 usage, 126 not runnable, 127 not found, 69 eBPF unavailable, 77 needs root, 73 output
+exists or cannot be created; report/dump: 65 not a readable capture (or not a regular
+file), 66 no such file, 73 output exists.
 """
 
 import argparse
