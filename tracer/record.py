@@ -80,6 +80,7 @@ class Recorder:
         self.timings = {}
         self.started = False
         self.interrupted: Optional[int] = None
+        self.agent_missing = {}   # pid -> why the agent did not load there
 
     # --- events from every source pass through here ------------------------------
     def emit(self, event):
@@ -237,8 +238,10 @@ class Recorder:
             if self.tally.agent_pids:
                 return  # a launcher (shell, make...) whose Python children did load it
             reason = "no Python process that reads PYTHONPATH ran (the agent loads through sitecustomize)"
+        reason = reason or "its Python never ran the agent's sitecustomize (PYTHONPATH changed?)"
+        self.agent_missing[self.child.pid] = reason
         self.note("the agent did not load in pid %d: %s%s" % (
-            self.child.pid, reason or "its Python never ran the agent's sitecustomize (PYTHONPATH changed?)",
+            self.child.pid, reason,
             "" if not self.tally.agent_pids else
             " (it did in pid %s)" % ", ".join(str(p) for p in sorted(self.tally.agent_pids, key=str))))
 
@@ -393,6 +396,9 @@ class Recorder:
                                       "program_started": False}
         if self.channel is not None:
             trailer["rejected"] = self.channel.rejected_summary()
+            # Per process, from evidence: where the agent said agent_start, and where it did not and why.
+            trailer["agent"] = {"loaded_in": sorted(p for p in self.tally.agent_pids if isinstance(p, int)),
+                                "missing": {str(pid): why for pid, why in self.agent_missing.items()}}
         self.writer.close(trailer)
 
 

@@ -1,6 +1,7 @@
 """Why the agent stays out of a process, read from its command line (tracer/record.py)."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -36,6 +37,9 @@ def test_python_minus_i_is_said_and_the_report_shows_no_agent(tmp_path):
     assert proc.returncode == 0, proc.stderr
     pid = int(proc.stdout)
     assert "trace-quit: the agent did not load in pid %d: python -I ignores PYTHONPATH\n" % pid in proc.stderr
+    from trace_quit.analysis.capture import load
+
+    assert load(capture).trailer["agent"] == {"loaded_in": [], "missing": {str(pid): "python -I ignores PYTHONPATH"}}
     report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True,
                                        text=True, check=True).stdout)
     assert report["layers"]["agent"] is False
@@ -43,3 +47,16 @@ def test_python_minus_i_is_said_and_the_report_shows_no_agent(tmp_path):
                for n in report["notes"])
     text = subprocess.run(TRACE_QUIT + ["report", capture], capture_output=True, text=True, check=True).stdout
     assert "agent –" in text and "python -I ignores PYTHONPATH" in text
+
+
+def test_a_spawned_python_that_loads_the_agent_is_listed_by_pid(tmp_path):
+    capture = str(tmp_path / "y.tqcap")
+    child = "import os; print(os.getpid())"
+    proc = subprocess.run(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", capture, "--",
+                                        "sh", "-c", "%s -c %s" % (sys.executable, shlex.quote(child))],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    from trace_quit.analysis.capture import load
+
+    assert load(capture).trailer["agent"] == {"loaded_in": [int(proc.stdout)], "missing": {}}
+    assert "did not load" not in proc.stderr
