@@ -180,18 +180,21 @@ class Recorder:
         run_as = opts.run_as or RunAs.invoking_user()
         t0 = time.monotonic()
         stop = threading.Event()
-        previous_handlers = {}
+        # Ours from the first instruction here too: a stop signal while attaching ends the
+        # session after the attach step, with a trailer, instead of killing the tracer.
+        previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
         status = None
         try:
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
-            self.writer.write_header(self._header(run_as, pid=pid))
+            try:
+                self.writer.write_header(self._header(run_as, pid=pid))
+            except OSError as exc:
+                raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
             self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
                       "alone and connections opened before now are reported as opened before the capture" % pid,
                       level="info")
             self._attach_bpf(pid)
             self._start_threads()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             # The report's time origin: tracing starts now (the program started earlier).
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
@@ -207,7 +210,8 @@ class Recorder:
                 signal.signal(sig, handler)
             self._finish(None)
         return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
-                         lost=dict(self.tally.lost), notes=self.notes)
+                         lost=dict(self.tally.lost), notes=self.notes,
+                         capture_error=self.writer.failure() if self.writer is not None else None)
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""

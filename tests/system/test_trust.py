@@ -153,3 +153,26 @@ def test_a_full_disk_loses_the_capture_not_the_exit_status(small_disk, tmp_path)
     lost = int(lines[0].split("): ")[1].split(" ")[0])
     assert lost > 0
     assert load_events(capture).status == "truncated"
+
+
+@pytest.mark.bpf
+def test_sigterm_while_attaching_to_a_pid_still_ends_with_a_trailer(tmp_path):
+    """--pid: a SIGTERM during compile/attach used to kill the tracer and leave a header-only capture."""
+    program = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    capture = tmp_path / "pid.tqcap"
+    try:
+        tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--quiet", "--format", "none",
+                                                "-o", str(capture)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (capture.exists() and capture.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert b"child_start" not in capture.read_bytes(), "too late: attaching was already over"
+        tracer.send_signal(signal.SIGTERM)
+        _, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
+        assert load_events(capture).status == "complete"
+        assert program.poll() is None  # the traced process is not ours to stop
+    finally:
+        program.kill()
+        program.wait()
