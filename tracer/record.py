@@ -157,8 +157,13 @@ class Recorder:
                 self._checkpoint()
                 self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                                   "pid": self.child.pid, **self.timings})
-                self.started = True
                 self.child.release()
+                self.started = True
+            if self.interrupted is not None:
+                # Another thread took the signal and the handler ran after the last check
+                # (blocking it in this thread does not hold Python's handler): the program
+                # was released, so it gets the signal now rather than never.
+                self.child.signal(self.interrupted)
             exit_status = self.child.wait()
             self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                               "pid": self.child.pid, "status": exit_status})
