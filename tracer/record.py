@@ -492,7 +492,10 @@ def _signal_name(signum):
 
 @contextlib.contextmanager
 def _signals_blocked():
-    """Hold the stop signals (their handler runs on unblock) around a step that must not be split."""
+    """Hold the stop signals in this thread around a step that must not be split.
+
+    Enough before any thread exists (the fork); once threads run, the kernel may hand the
+    signal to one of them and Python still runs the handler here, so callers re-check after."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
