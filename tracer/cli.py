@@ -337,14 +337,10 @@ def _print_run_report(result, fmt, force=False):
         except TraceQuitError as exc:
             _err(str(exc))
         except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.EBADF):  # our stderr is gone: nothing to say it on
-                _err("the report could not be written (%s); the capture is complete: %s" % (exc, result.capture))
-            _silence(out)
-            return
-        except ValueError as exc:  # a closed stream, or a report that could not be built
-
-            _err(str(exc))
-            _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
+            if exc.errno in (errno.EPIPE, errno.EBADF):  # our stderr is gone: nothing to say it on
+                _silence(out)
+                return
+            _err("the report could not be written (%s); the capture is complete: %s" % (exc, result.capture))
         except Exception as exc:  # the capture is safe on disk: say so and point at it
             _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
     _say(out, "trace-quit: capture written to %s\n" % result.capture)
