@@ -32,6 +32,12 @@ def series_label(key: str) -> str:
     return "gc gen %s" % gen if cause == ev.GC else cause
 
 
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib shows it literally: ``$`` would open math text (a capture named
+    ``x$\\frac$.tqcap`` crashed the HTML report; tests/unit/test_files.py pins it)."""
+    return str(text).replace("$", r"\$")  # outside math text only "\$" is special
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg", force=True)
@@ -71,7 +77,7 @@ def figure(report: Report, xmax: Optional[float] = None):
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.25)
     ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
-    ax.set_title(report.name, fontsize=10, loc="left")
+    ax.set_title(plain_text(report.name), fontsize=10, loc="left")
 
     # Every collection as a tick, one row per generation.
     rows, colors, offsets = [], [], []
@@ -146,7 +152,7 @@ def comparison_svg(reports: Sequence[Report]) -> str:
         if tl.live:
             xs = [p[0] for p in tl.live] + [max(tl.end_s, tl.live[-1][0])]
             ys = [p[1] for p in tl.live] + [tl.live[-1][1]]
-            ax.step(xs, ys, where="post", color=color, lw=1.1, label="%s (max %d)" % (r.name, r.connections.max_live),
+            ax.step(xs, ys, where="post", color=color, lw=1.1, label="%s (max %d)" % (plain_text(r.name), r.connections.max_live),
                     rasterized=len(xs) > 2000)
         if tl.server:
             ax.plot([p[0] for p in tl.server], [p[1] for p in tl.server], ".", ms=1.5, color=color, alpha=0.5,

@@ -1,7 +1,8 @@
 """render(reports, fmt, stream/path, color): the one entry point of every renderer."""
 
 import os
-from typing import IO, Optional, Sequence, Union
+import sys
+from typing import IO, Optional, Sequence, Tuple, Union
 
 from .model import Report
 
@@ -19,10 +20,13 @@ def want_color(stream: Optional[IO]) -> bool:
 
 
 def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: Optional[IO] = None,
-           path: Optional[str] = None, color: Optional[bool] = None) -> str:
+           path: Optional[str] = None, color: Optional[bool] = None, force: bool = False,
+           owner: Optional[Tuple[int, int]] = None) -> str:
     """Render one report (or several side by side) as text, json or html.
 
-    Writes to ``path`` (created or replaced) or ``stream`` when given, and returns the text.
+    Writes to ``path`` or ``stream`` when given, and returns the text. ``path`` is written
+    whole by the tracer's one safe writer (tracer/files.py: 0600, chowned to ``owner``, never
+    through a symlink, never over an existing file unless ``force``, nothing left on failure).
     ``color=None`` means: colour when ``stream`` is a tty; NO_COLOR set always means none (text only).
     """
     if isinstance(reports, Report):
@@ -45,8 +49,9 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
         from . import render_html
         out = render_html.render(reports)
     if path is not None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(out)
+        from trace_quit.tracer.files import write_private
+
+        write_private(path, out, force=force, owner=owner)
     elif stream is not None:
         _write(stream, out, fmt)
     return out

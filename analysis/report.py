@@ -40,9 +40,11 @@ def _gen_dict(counter: Counter) -> Dict[str, int]:
 
 def _layers(header: Dict[str, Any], j: Joined) -> Layers:
     declared = header.get("layers") if isinstance(header.get("layers"), dict) else {}
-    agent = bool(declared.get("agent")) or j.sources.get(ev.SRC_AGENT, 0) > 0
+    # The agent and the sampler from what arrived, not from what was asked for: an agent that
+    # never loaded (python -I) or a sampler that never got a sample is not a layer that ran.
+    agent = j.sources.get(ev.SRC_AGENT, 0) > 0
     bpf = bool(declared.get("bpf")) or j.sources.get(ev.SRC_BPF, 0) > 0
-    sampler = bool(declared.get("sampler")) or bool(j.server_counts)
+    sampler = bool(j.server_counts)
     return Layers(bpf=bpf, agent=agent, sampler=sampler, wire=bpf and _wire_attached(declared, j))
 
 

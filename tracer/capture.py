@@ -12,32 +12,14 @@ import platform
 import threading
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.errors import OutputExistsError
+from trace_quit.tracer.files import open_private  # noqa: F401  (re-exported: the capture's opener)
 
 FLUSH_INTERVAL_S = 0.1
 
 
-class CaptureExistsError(Exception):
-    """The output path exists and ``--force`` was not given."""
-
-
-def open_private(path, force=False, owner=None, mode=0o600):
-    """Create ``path`` 0600 without following a symlink; chown it to ``owner=(uid, gid)``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    if force:
-        # A symlink planted at the path is never followed, even with --force: replace the link.
-        if os.path.islink(path):
-            os.unlink(path)
-        flags |= os.O_TRUNC
-    else:
-        flags |= os.O_EXCL
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        raise CaptureExistsError(path) from None
-    os.fchmod(fd, mode)  # umask may have narrowed it, never widened; force 0600 exactly
-    if owner is not None:
-        os.fchown(fd, owner[0], owner[1])
-    return fd
+#: The output path exists and ``--force`` was not given (the one writer's error, tracer/files.py).
+CaptureExistsError = OutputExistsError
 
 
 class CaptureWriter:
@@ -50,6 +32,13 @@ class CaptureWriter:
         self._buf = []
         self._counts = collections.Counter()
         self._closed = False
+        self._buf_events = 0
+        #: the first OSError writing the capture (disk full, file system gone): from then on
+        #: events are counted in ``lost_events`` instead of written, and nothing raises
+        #: (tests/system/test_trust.py::test_a_full_disk_loses_the_capture_not_the_exit_status)
+        self.failed = None
+        self.lost_events = 0
+        self.trailer_written = False
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="trace-quit-flush", daemon=True)
 
@@ -68,16 +57,25 @@ class CaptureWriter:
         with self._lock:
             if self._closed:
                 return
-            self._buf.append(line)
             self._counts[event.get("k")] += 1
+            if self.failed is not None:
+                self.lost_events += 1
+                return
+            self._buf.append(line)
+            self._buf_events += 1
 
     def emit_text(self, text, counts):
         """Queue already-encoded event lines (one string of whole lines), counted per kind."""
         with self._lock:
             if self._closed:
                 return
-            self._buf.append(text)
             self._counts.update(counts)
+            n = sum(counts.values())
+            if self.failed is not None:
+                self.lost_events += n
+                return
+            self._buf.append(text)
+            self._buf_events += n
 
     @property
     def counts(self):
@@ -99,25 +97,41 @@ class CaptureWriter:
             self._flush_locked()
             record = {"k": ev.TRAILER, "t": ev.now_ns(), "counts": dict(self._counts)}
             record.update(trailer)
-            self._write(ev.encode(record))
             self._closed = True
             try:
+                if self.failed is None:
+                    self._write(ev.encode(record))
+                    self.trailer_written = True
                 os.fsync(self._fd)
+            except OSError as exc:
+                self.failed = self.failed or exc
             finally:
                 os.close(self._fd)
 
+    def failure(self):
+        """One sentence on what could not be written, or None when the capture is whole."""
+        if self.failed is None:
+            return None
+        return ("the capture %s could not be written (%s): %d events%s were lost; what is in it is cut short"
+                % (self.path, self.failed.strerror or self.failed, self.lost_events,
+                   "" if self.trailer_written else " and its trailer"))
+
     def _flush_loop(self):
         while not self._stop.wait(FLUSH_INTERVAL_S):
-            try:
-                self.flush()
-            except OSError:
-                return  # disk full or file gone: the main thread reports it at close
+            self.flush()  # never raises: a failure is kept in self.failed and said at the end
 
     def _flush_locked(self):
         if self._buf and not self._closed:
             data = "".join(self._buf)
-            self._buf = []
-            self._write(data)
+            n, self._buf, self._buf_events = self._buf_events, [], 0
+            if self.failed is not None:
+                self.lost_events += n
+                return
+            try:
+                self._write(data)
+            except OSError as exc:
+                self.failed = exc
+                self.lost_events += n
 
     def _write(self, text):
         data = text.encode("utf-8", "replace")

@@ -3,17 +3,26 @@
 A FIFO rather than an inherited pipe fd because ``subprocess`` closes inherited fds: a
 Python program the traced program spawns finds the FIFO by the path in its environment.
 It lives in a private 0700 directory owned by the user the program runs as.
+
+The traced program can write anything into it: only the agent's own kinds
+(``events.AGENT_KINDS``), each valid by ``events.check()``, come out of ``read_events``;
+every other line is counted in ``rejected`` by the process it claims to come from, and no
+line can raise out of the reader (tests/unit/test_channel.py, tests/system/test_trust.py).
 """
 
+import collections
 import fcntl
 import json
 import os
 import shutil
 import tempfile
 
+from trace_quit.tracer import events as ev
+
 F_SETPIPE_SZ = 1031           # linux/fcntl.h
 PIPE_SIZE = 1 << 20           # 1 MiB: the agent's writes never wait for the reader
 MAX_PARTIAL = 1 << 16         # a "line" longer than this without a newline is not the agent's
+UNKNOWN_PID = "?"             # the rejected line named no process (not JSON, or no integer pid)
 
 
 class AgentChannel:
@@ -21,21 +30,44 @@ class AgentChannel:
 
     def __init__(self, owner_uid, owner_gid):
         self.dir = tempfile.mkdtemp(prefix="trace-quit-")
-        self.path = os.path.join(self.dir, "agent.fifo")
-        os.mkfifo(self.path, 0o600)
-        os.chown(self.path, owner_uid, owner_gid)
-        os.chown(self.dir, owner_uid, owner_gid)
-        # O_RDWR: opening never blocks and the FIFO never reports EOF between writers.
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.path = os.path.join(self.dir, "agent.fifo")
+            os.mkfifo(self.path, 0o600)
+            os.chown(self.path, owner_uid, owner_gid)
+            os.chown(self.dir, owner_uid, owner_gid)
+            # O_RDWR: opening never blocks and the FIFO never reports EOF between writers.
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         try:
             fcntl.fcntl(self.fd, F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size for an unprivileged tracer: keep the default
         self._partial = b""
-        self.invalid_lines = 0
+        #: claimed pid (int, or UNKNOWN_PID) -> lines rejected: not JSON, not an object,
+        #: not an agent kind, or not valid for its kind.
+        self.rejected = collections.Counter()
+        #: the first reason a line was rejected, per claimed pid (for the report's note)
+        self.first_reason = {}
+
+    @property
+    def invalid_lines(self):
+        """All rejected lines, whatever process they claimed."""
+        return sum(self.rejected.values())
+
+    def reject(self, line_or_event, reason):
+        """Count one line (bytes, or a decoded record that failed later) as rejected."""
+        pid = UNKNOWN_PID
+        if isinstance(line_or_event, dict):
+            claimed = line_or_event.get("pid")
+            if isinstance(claimed, int) and not isinstance(claimed, bool):
+                pid = claimed
+        self.rejected[pid] += 1
+        self.first_reason.setdefault(pid, reason)
 
     def read_events(self):
-        """Return the complete event dicts available now (never blocks)."""
+        """Return the agent events available now (never blocks, never raises on content)."""
         chunks = []
         while True:
             try:
@@ -52,22 +84,43 @@ class AgentChannel:
         self._partial = lines.pop()
         if len(self._partial) > MAX_PARTIAL:
             self._partial = b""
-            self.invalid_lines += 1
+            self.reject(None, "a line longer than %d bytes" % MAX_PARTIAL)
         events = []
         for line in lines:
             if not line:
                 continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                self.invalid_lines += 1
-                continue
-            if isinstance(event, dict) and isinstance(event.get("k"), str):
-                event["src"] = "agent"  # whatever wrote it, it came through the agent's channel
+            event = self._decode(line)
+            if event is not None:
                 events.append(event)
-            else:
-                self.invalid_lines += 1
         return events
+
+    def _decode(self, line):
+        """One line as an agent event, or None (counted) when it is not one."""
+        try:
+            event = json.loads(line)
+        except Exception:
+            self.reject(None, "not JSON")
+            return None
+        if not isinstance(event, dict):
+            self.reject(None, "not a JSON object")
+            return None
+        kind = event.get("k")
+        if not isinstance(kind, str) or kind not in ev.AGENT_KINDS:
+            self.reject(event, "kind %.40r is not the agent's" % (kind,))
+            return None
+        try:
+            ev.check(event)
+        except Exception as exc:  # SchemaError, or a validator tripping over odd input
+            self.reject(event, "%s" % (str(exc)[:120] or type(exc).__name__))
+            return None
+        event["src"] = ev.SRC_AGENT  # whatever wrote it, it came through the agent's channel
+        return event
+
+    def rejected_summary(self):
+        """{"total": n, "by_pid": {"pid": n}, "first_reason": {"pid": text}} for the trailer."""
+        return {"total": self.invalid_lines,
+                "by_pid": {str(pid): n for pid, n in sorted(self.rejected.items(), key=lambda kv: str(kv[0]))},
+                "first_reason": {str(pid): r for pid, r in self.first_reason.items()}}
 
     def close(self):
         try:

@@ -1,45 +1,68 @@
-"""trace-quit's command line: run · report · doctor · demo · dump (contract in DESIGN.md).
+"""trace-quit's command line: run · report · doctor · demo · dump (the exit codes below are its contract).
 
 Each subcommand is a small class with ``prepare_parser(parser)`` and ``run(args) -> int``;
-its docstring is its help. ``main(argv)`` turns a ``CliError`` into one line on stderr and
-its exit code — never a traceback.
+its docstring is its help. ``main(argv)`` turns every ``TraceQuitError`` (tracer/errors.py)
+into one line on stderr and its exit code, in one place — never a traceback.
 
-Exit codes: a traced run exits with the program's own status (128+N for signal N);
-before the program starts: 2 usage, 126 not runnable, 127 not found, 69 eBPF unavailable,
-77 needs root; report/dump: 65 not a readable capture, 66 no such file, 73 output exists.
+Exit codes: a traced run exits with the program's own status (128+N for signal N), also
+when our stderr is gone or the capture's disk filled up (one line says what was lost);
+a stop signal before the program started gives 128+N too; before the program starts:
+2 usage, 126 not runnable, 127 not found, 69 eBPF unavailable, 77 needs root, 73 output
+exists or cannot be created; report/dump: 65 not a readable capture (or not a regular
+file), 66 no such file, 73 output exists.
 """
 
 import argparse
+import errno
 import os
 import shlex
+import signal
 import sys
 import textwrap
 
 from trace_quit.tracer import __version__
 
-EX_USAGE = 2
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_NOPERM = 77
-EX_NOTRUNNABLE = 126
-EX_NOTFOUND = 127
+from trace_quit.tracer.errors import (EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_NOPERM,  # noqa: F401
+                                      EX_NOTFOUND, EX_NOTRUNNABLE, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
+                                      TraceQuitError)
 
 CAPTURE_SUFFIX = ".tqcap"
 
 
-class CliError(Exception):
+class CliError(TraceQuitError):
     """A user-facing error: one sentence saying what is wrong and what to do."""
 
     def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
+
+
+def _say(stream, text):
+    """Write to our stderr/stdout; once it is gone (``… 2>&1 | head -c1``) stay silent.
+
+    Losing our own messages must never change the exit status, which is the program's
+    (tests/integration/test_trust_cli.py::test_closed_stderr_keeps_the_programs_status)."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except (OSError, ValueError):
+        _silence(stream)
+        return False
+
+
+def _silence(stream):
+    """Point the dead stream's fd at /dev/null: the interpreter's last flush then succeeds (no exit 120)."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _err(message):
-    sys.stderr.write("trace-quit: %s\n" % message)
+    _say(sys.stderr, "trace-quit: %s\n" % message)
 
 
 # --- run ------------------------------------------------------------------------------
@@ -71,6 +94,19 @@ class RunCommand:
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
+        from trace_quit.tracer.record import STOP_SIGNALS, Interrupted
+
+        def stop_now(signum, frame):  # nothing started yet: stopping here leaves nothing behind
+            raise Interrupted(signum)
+
+        previous = {sig: signal.signal(sig, stop_now) for sig in STOP_SIGNALS}
+        try:
+            return self._run(args)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, args):
         argv = list(args.command)
         if argv and argv[0] == "--":
             argv = argv[1:]
@@ -78,7 +114,7 @@ class RunCommand:
             return self.run_attached(args, argv)
         if not argv:
             raise CliError("no program to trace: put it after --, as in: trace-quit -- python main.py", EX_USAGE)
-        from trace_quit.tracer.launch import LaunchError, RunAs
+        from trace_quit.tracer.launch import RunAs
         from trace_quit.tracer.record import Recorder, RunOptions
 
         use_bpf = not args.no_bpf
@@ -90,8 +126,9 @@ class RunCommand:
         run_as = RunAs.invoking_user(as_root=args.as_root)
         _check_runnable(argv[0])
         output = args.output or default_capture_name(argv)
-        if os.path.lexists(output) and not args.force:
-            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
+        _check_output(output, args.force)
+        if args.format == "html":  # the page goes next to the capture: it obeys --force too
+            _check_output(html_path_for(output), args.force)
         targets = None
         if use_bpf:
             targets = _resolve_bpf_targets(argv, run_as)
@@ -103,25 +140,31 @@ class RunCommand:
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
                              run_as=run_as, status=not args.quiet)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
+        # program that never started is removed, but only one this run created.
         try:
             result = recorder.run()
-        except LaunchError as exc:
-            _remove_unstarted_capture(output)
-            raise CliError(str(exc), exc.code) from None
+        except TraceQuitError:
+            if recorder.writer is not None:
+                _remove_unstarted_capture(output)
+            raise
+        except ImportError as exc:
+            raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
+                           "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
         except Exception as exc:
             if type(exc).__name__ != "BpfUnavailable":
                 raise
             # Nothing ran: the capture holds only a header and the program was not started.
             _remove_unstarted_capture(output)
             raise CliError(str(exc), EX_UNAVAILABLE) from None
-        except FileExistsError:
-            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT) from None
-        except PermissionError as exc:
-            raise CliError("cannot write the capture %s: %s" % (output, exc.strerror), EX_CANTCREAT) from None
-        except ImportError as exc:
-            raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
-                           "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
-        _print_run_report(result, args.format)
+        if result.capture_error:
+            _err(result.capture_error + "; the program's exit status follows")
+            return result.exit_status
+        if result.interrupted is not None:
+            _err("interrupted by %s while starting: the program was not run; the capture %s says so"
+                 % (signal.Signals(result.interrupted).name, result.capture))
+            return result.exit_status
+        _print_run_report(result, args.format, force=args.force)
         return result.exit_status
 
 
@@ -142,8 +185,9 @@ class RunCommand:
         except OSError:
             raise CliError("no process %d: check the pid (ps -p %d)" % (args.pid, args.pid), EX_NOINPUT) from None
         output = args.output or default_capture_name(cmdline or ["pid%d" % args.pid])
-        if os.path.lexists(output) and not args.force:
-            raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
+        _check_output(output, args.force)
+        if args.format == "html":
+            _check_output(html_path_for(output), args.force)
         targets = _resolve_running_targets(args.pid, cmdline)
         options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
@@ -151,13 +195,36 @@ class RunCommand:
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         try:
             result = recorder.run_attached(args.pid)
+        except TraceQuitError:
+            if recorder.writer is not None:
+                _remove_unstarted_capture(output)
+            raise
         except Exception as exc:
             if type(exc).__name__ != "BpfUnavailable":
                 raise
             _remove_unstarted_capture(output)
             raise CliError(str(exc), EX_UNAVAILABLE) from None
-        _print_run_report(result, args.format)
+        if result.capture_error:
+            _err(result.capture_error)
+            return 0
+        _print_run_report(result, args.format, force=args.force)
         return 0
+
+
+def html_path_for(capture):
+    """Where ``run --format html`` writes its page: next to the capture."""
+    return os.path.splitext(capture)[0] + ".html"
+
+
+def _check_output(path, force):
+    """Refuse early (before anything runs) an output that exists, or whose directory does not."""
+    from trace_quit.tracer.errors import OutputError, OutputExistsError
+
+    if os.path.lexists(path) and not force:
+        raise OutputExistsError(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError("cannot write %s: no directory %s (create it, or choose another -o)" % (path, directory))
 
 
 def _proc_cmdline(pid):
@@ -233,15 +300,9 @@ def default_capture_name(argv):
 
 
 def _resolve_bpf_targets(argv, run_as):
-    try:
-        from trace_quit.tracer import bpf
-    except ImportError as exc:
-        raise CliError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
-                       EX_UNAVAILABLE) from None
-    try:
-        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
-    except bpf.BpfUnavailable as exc:
-        raise CliError(str(exc), EX_UNAVAILABLE) from None
+    from trace_quit.tracer.record import resolve_bpf_targets
+
+    return resolve_bpf_targets(argv, run_as)
 
 
 def _remove_unstarted_capture(path):
@@ -255,9 +316,11 @@ def _remove_unstarted_capture(path):
         pass
 
 
-def _print_run_report(result, fmt):
+def _print_run_report(result, fmt, force=False):
+    """The report after a run, on stderr; nothing here changes the exit status (the program's)."""
     out = sys.stderr
-    out.write("\n")
+    if not _say(out, "\n"):
+        return
     if fmt != "none":
         try:
             from trace_quit import analysis
@@ -265,28 +328,47 @@ def _print_run_report(result, fmt):
 
             report = analysis.build_report(load(result.capture))
             if fmt == "html":
-                html_path = os.path.splitext(result.capture)[0] + ".html"
-                write_report_file([report], "html", html_path, force=True,
+                html_path = html_path_for(result.capture)
+                write_report_file([report], "html", html_path, force=force,
                                   owner=(result.run_as.uid, result.run_as.gid))
-                out.write("trace-quit: HTML report: %s\n" % html_path)
+                _say(out, "trace-quit: HTML report: %s\n" % html_path)
             else:
                 analysis.render([report], fmt, stream=out, color=out.isatty())
-        except CliError as exc:
+        except TraceQuitError as exc:
             _err(str(exc))
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF):  # our stderr is gone: nothing to say it on
+                _silence(out)
+                return
+            _err("the report could not be written (%s); the capture is complete: %s" % (exc, result.capture))
         except Exception as exc:  # the capture is safe on disk: say so and point at it
             _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
-    out.write("trace-quit: capture written to %s\n" % result.capture)
-    out.write("trace-quit: next: trace-quit report %s --format html -o %s\n"
-              % (shlex.quote(result.capture), shlex.quote(os.path.splitext(result.capture)[0] + ".html")))
+    _say(out, "trace-quit: capture written to %s\n" % result.capture)
+    _say(out, "trace-quit: next: trace-quit report %s --format html -o %s\n"
+         % (shlex.quote(result.capture), shlex.quote(html_path_for(result.capture))))
 
 
 # --- report / dump ----------------------------------------------------------------------
 
+def _check_capture_path(path):
+    """A capture is a regular file: a FIFO or a device would block or never end (one line instead)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CliError("%s: no such capture file" % path, EX_NOINPUT) from None
+    except OSError as exc:
+        raise CliError("cannot read %s: %s" % (path, exc.strerror), EX_NOINPUT) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CliError("%s is %s, not a capture file: give the .tqcap file trace-quit wrote" % (path, kind), EX_DATAERR)
+
+
 def _load_capture(path):
     from trace_quit.analysis.capture import CaptureError, load
 
-    if not os.path.exists(path):
-        raise CliError("%s: no such capture file" % path, EX_NOINPUT)
+    _check_capture_path(path)
     try:
         return load(path)
     except CaptureError as exc:
@@ -329,18 +411,10 @@ class ReportCommand:
 
 
 def write_report_file(reports, fmt, path, force=False, owner=None):
-    """Render ``reports`` into a new 0600 file owned by ``owner`` (never through a symlink)."""
+    """Render ``reports`` and write them whole into a 0600 file owned by ``owner`` (tracer/files.py)."""
     from trace_quit import analysis
-    from trace_quit.tracer.capture import CaptureExistsError, open_private
 
-    try:
-        fd = open_private(path, force=force, owner=owner)
-    except CaptureExistsError:
-        raise CliError("%s exists: choose another -o, or add --force to overwrite it" % path, EX_CANTCREAT) from None
-    except OSError as exc:
-        raise CliError("cannot write %s: %s" % (path, exc.strerror), EX_CANTCREAT) from None
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        analysis.render(reports, fmt, stream=stream, color=False)
+    analysis.render(reports, fmt, path=path, color=False, force=force, owner=owner)
 
 
 def _sudo_owner():
@@ -363,8 +437,7 @@ class DumpCommand:
 
         from trace_quit.analysis.capture import CaptureError, iter_records
 
-        if not os.path.exists(args.capture):
-            raise CliError("%s: no such capture file" % args.capture, EX_NOINPUT)
+        _check_capture_path(args.capture)
         out = sys.stdout
         try:
             for record in iter_records(args.capture):  # streams: a huge capture is not loaded
@@ -485,13 +558,14 @@ def main(argv=None):
     command = getattr(args, "command_obj", None) if args.subcommand == "run" else args.command
     try:
         return command.run(args)
-    except CliError as exc:
+    except TraceQuitError as exc:  # every intended error, mapped here once
         _err(str(exc))
-        return exc.code
+        return exc.exit_code
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `trace-quit report … | head`: the reader had enough
+        _silence(sys.stdout)
         return 0
     except Exception as exc:  # a bug of ours: one line, the details on request
         if os.environ.get("TRACE_QUIT_DEBUG"):
@@ -499,6 +573,13 @@ def main(argv=None):
         _err("internal error: %s: %s (set TRACE_QUIT_DEBUG=1 for the traceback, and please report it)"
              % (type(exc).__name__, exc))
         return EX_SOFTWARE
+    except BaseException as exc:
+        from trace_quit.tracer.record import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        _err("interrupted by %s before the program started: it was not run" % signal.Signals(exc.signum).name)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

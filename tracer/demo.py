@@ -8,19 +8,19 @@ prints the text report and where everything is.
 import os
 import sys
 
+from trace_quit.tracer.errors import EX_NOPERM, TraceQuitError
 from trace_quit.tracer.launch import RunAs
 
 
-def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=RuntimeError):
+def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=TraceQuitError):
     """Run ``experiment`` traced; returns the workload's exit status."""
     from trace_quit import analysis
     from trace_quit.analysis.capture import load
-    from trace_quit.tracer import cli
-    from trace_quit.tracer.record import Recorder, RunOptions
-    from trace_quit.workloads.server import DisposableServer
+    from trace_quit.tracer.record import Recorder, RunOptions, resolve_bpf_targets
+    from trace_quit.workloads.server import DisposableServer  # the demo drives the workloads' server
 
     if bpf and os.geteuid() != 0:
-        raise fail("the demo's eBPF probes need root: run it with sudo, or add --no-bpf", cli.EX_NOPERM)
+        raise fail("the demo's eBPF probes need root: run it with sudo, or add --no-bpf", EX_NOPERM)
     run_as = RunAs.invoking_user()
     os.makedirs(out_dir, exist_ok=True)
     if not run_as.is_current:
@@ -31,14 +31,14 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=RuntimeError)
     with DisposableServer() as server:
         dsn = server.dsn_tcp
         argv = [sys.executable, "-m", "trace_quit.workloads", experiment, "--dsn", dsn] + list(workload_args)
-        targets = cli._resolve_bpf_targets(argv, run_as) if bpf else None
+        targets = resolve_bpf_targets(argv, run_as) if bpf else None
         sys.stderr.write("trace-quit demo: running %s under the tracer (the study's experiment; "
                          "this takes a while at full size)…\n" % experiment)
         options = RunOptions(argv=argv, output=capture, force=True, bpf=bpf, dsn=server.admin_dsn,
                              sample_user=server.user, run_as=run_as)
         result = Recorder(options, bpf_targets=targets, on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
     report = analysis.build_report(load(capture))
-    cli.write_report_file([report], "html", html, force=True, owner=(run_as.uid, run_as.gid))
+    analysis.render([report], "html", path=html, force=True, owner=(run_as.uid, run_as.gid))
     analysis.render([report], "text", stream=sys.stdout, color=sys.stdout.isatty())
     sys.stdout.write("\ncapture: %s\nHTML report: %s\n" % (capture, html))
     return result.exit_status

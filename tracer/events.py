@@ -20,7 +20,6 @@ docs/capture-format.md follows the table (tests/unit/test_docs.py). Keys may be 
 them, with the revision, in the kind's entry); a reader ignores keys it does not know.
 """
 
-import re
 import time
 
 #: The capture's format name and its schema revision (the header's ``version``). The writer
@@ -332,40 +331,26 @@ def encode(event):
     return json.dumps(event, separators=(",", ":"), default=str) + "\n"
 
 
-# Passwords never reach a capture, a log or a report: scrub them from anything that
-# may carry one (argv, DSNs, connect() keyword arguments).
-_URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
-_FLAG_PASSWORD = re.compile(r"^(?P<pre>--?(?:password|passwd|pwd)(?:=|$))(?P<pw>.*)$", re.IGNORECASE)
-_SHORT_P = re.compile(r"^-p(?P<pw>.+)$")
-REDACTED = "***"
-SECRET_KEYS = frozenset(("password", "passwd", "pwd", "secret", "token"))
+# --- redaction: tracer/secrets.py, re-exported here for the agent (it loads this file by path) ---
+def _load_secrets():
+    if __name__ == "trace_quit.tracer.events":  # the tracer: the package is importable
+        from trace_quit.tracer import secrets
+        return secrets
+    # The agent, inside the traced program: never import our package there, load the file.
+    import importlib.util
+    import os
+    import sys
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "secrets.py")
+    spec = importlib.util.spec_from_file_location("_trace_quit_secrets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["_trace_quit_secrets"] = module
+    return module
 
 
-def redact(text):
-    """Return ``text`` with any password in a URL or ``--password=`` flag replaced."""
-    if not isinstance(text, str):
-        return text
-    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED + m.group("post"), text)
-    m = _FLAG_PASSWORD.match(text)
-    if m and m.group("pw"):
-        return m.group("pre") + REDACTED
-    if _SHORT_P.match(text):
-        return "-p" + REDACTED
-    return text
-
-
-def redact_argv(argv):
-    """Redact each argument, and the argument after a bare ``--password``/``-p`` flag."""
-    out = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        if isinstance(arg, str) and arg.lower() in ("--password", "--passwd", "-p", "--pwd"):
-            hide_next = True
-            out.append(arg)
-            continue
-        out.append(redact(arg))
-    return out
+_secrets = _load_secrets()
+REDACTED = _secrets.REDACTED
+SECRET_KEYS = _secrets.SECRET_KEYS
+redact = _secrets.redact
+redact_argv = _secrets.redact_argv

@@ -9,12 +9,13 @@ The child is forked before the tracer starts any thread, so the fork is safe.
 
 import dataclasses
 import errno
-import grp
 import os
 import pwd
 import signal
 import struct
 from typing import Dict, List, Optional, Tuple
+
+from trace_quit.tracer.errors import TraceQuitError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,32 +51,21 @@ class RunAs:
     def is_current(self):
         return self.uid == os.geteuid() and self.gid == os.getegid()
 
-    def group_names(self):
-        names = []
-        for gid in self.groups:
-            try:
-                names.append(grp.getgrgid(gid).gr_name)
-            except KeyError:
-                names.append(str(gid))
-        return names
 
-
-class LaunchError(Exception):
+class LaunchError(TraceQuitError):
     """The program could not be started; ``code`` is 127 (not found) or 126 (not runnable)."""
 
     def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 class CorkedChild:
     """A forked child waiting on a pipe; ``release()`` lets it exec the program."""
 
-    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs, cwd: Optional[str] = None):
+    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs):
         self.argv = argv
         self.env = env
         self.run_as = run_as
-        self.cwd = cwd
         self.pid: Optional[int] = None
         self.status: Optional[int] = None
         self._cork_w = None
@@ -99,22 +89,24 @@ class CorkedChild:
         return pid
 
     def _child(self, cork_r, err_w):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+        stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT)
+        for sig in stop:
             signal.signal(sig, signal.SIG_DFL)
+        # The tracer forks with its stop signals blocked; exec would pass that mask on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
         go = os.read(cork_r, 1)
         os.close(cork_r)
         if go == b"x":
-            os._exit(125)  # the tracer gave up before starting the program
-        # b"g", or EOF: the tracer died while attaching. The user asked for the program to
-        # run; it runs (untraced or partly traced) rather than being lost with the tracer.
+            os._exit(125)  # the tracer gave up before starting the program (a stop signal, an error)
+        # b"g", or EOF: the tracer was SIGKILLed while attaching (every catchable signal
+        # ends in b"x"). The user asked for the program to run; it runs, partly traced,
+        # rather than being lost with the tracer (tests/system/test_faults.py).
         try:
             run_as = self.run_as
             if not run_as.is_current:
                 os.setgroups(list(run_as.groups))
                 os.setgid(run_as.gid)
                 os.setuid(run_as.uid)
-            if self.cwd:
-                os.chdir(self.cwd)
             os.execvpe(self.argv[0], self.argv, self.env)
         except OSError as exc:
             os.write(err_w, struct.pack("i", exc.errno or errno.EPERM))
@@ -138,7 +130,10 @@ class CorkedChild:
     def abandon(self):
         """Tell a still-corked child to exit without running anything."""
         if self._cork_w is not None:
-            os.write(self._cork_w, b"x")
+            try:
+                os.write(self._cork_w, b"x")
+            except OSError:
+                pass  # it is already gone (a Ctrl-C at the terminal reaches it too)
             os.close(self._cork_w)
             self._cork_w = None
             self.wait()
@@ -156,14 +151,6 @@ class CorkedChild:
         if self.status is None:
             _, raw = os.waitpid(self.pid, 0)
             self.status = exit_status(raw)
-        return self.status
-
-    def poll(self) -> Optional[int]:
-        """The child's status if it has exited, else None."""
-        if self.status is None:
-            pid, raw = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = exit_status(raw)
         return self.status
 
 

@@ -21,7 +21,9 @@ from typing import Callable, List, Optional
 from trace_quit.tracer import __version__, agent
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
+from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
+from trace_quit.tracer.errors import EX_UNAVAILABLE, OutputError, TraceQuitError
 from trace_quit.tracer.launch import CorkedChild, RunAs
 from trace_quit.tracer.status import StatusLine, Tally
 
@@ -53,6 +55,9 @@ class RunResult:
     tally: Tally
     lost: dict
     notes: List[str]
+    started: bool = True
+    interrupted: Optional[int] = None   # the signal that stopped the start-up (program not run)
+    capture_error: Optional[str] = None  # what could not be written (the disk filled up), else None
 
 
 class Recorder:
@@ -73,6 +78,9 @@ class Recorder:
         self._threads: List[threading.Thread] = []
         self._emit_lock = threading.Lock()
         self.timings = {}
+        self.started = False
+        self.interrupted: Optional[int] = None
+        self.agent_missing = {}   # pid -> why the agent did not load there
 
     # --- events from every source pass through here ------------------------------
     def emit(self, event):
@@ -95,46 +103,81 @@ class Recorder:
 
     # --- the run -------------------------------------------------------------------
     def run(self) -> RunResult:
-        opts = self.options
-        run_as = opts.run_as or RunAs.invoking_user()
-        t0 = time.monotonic()
-        env = dict(os.environ)
-        if opts.agent:
-            self.channel = AgentChannel(run_as.uid, run_as.gid)
-            env = agent.child_env(env, self.channel.path)
-        if not run_as.is_current:
-            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
-            for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
-                env.pop(key, None)
-        self.started = False
-        self.child = CorkedChild(opts.argv, env, run_as)
-        self.child.spawn()  # before any thread exists: fork is safe
-        exit_status = None
-        previous_handlers = {}
+        # SIGINT/SIGTERM/SIGHUP are ours from the first instruction: before the program is
+        # released they only stop the start-up (it is never run, the trailer says so, the
+        # FIFO goes); after, they are forwarded to it (tests/system/test_trust.py::
+        # test_a_signal_while_attaching_never_starts_the_program).
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
-            self.writer.write_header(self._header(run_as))
-            if opts.bpf:
-                self._attach_bpf(self.child.pid)
-            self._start_threads()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous_handlers[sig] = signal.signal(sig, self._forward_signal)
-            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
-            self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                              "pid": self.child.pid, **self.timings})
-            self.child.release()
-            self.started = True
-            exit_status = self.child.wait()
-            self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
-                              "pid": self.child.pid, "status": exit_status})
+            return self._run()
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-            if self.child.status is None and self.child._cork_w is not None:
+
+    def _on_signal(self, signum, frame):
+        if self.started:
+            self._forward_signal(signum, frame)
+        elif self.interrupted is None:
+            self.interrupted = signum  # acted on at the next checkpoint: nothing is torn mid-way
+
+    def _checkpoint(self):
+        """Stop the start-up here if a signal came in (the program has not run)."""
+        if self.interrupted is not None and not self.started:
+            raise Interrupted(self.interrupted)
+
+    def _run(self) -> RunResult:
+        opts = self.options
+        run_as = opts.run_as or RunAs.invoking_user()
+        t0 = time.monotonic()
+        exit_status = None
+        try:
+            env = dict(os.environ)
+            if opts.agent:
+                self.channel = AgentChannel(run_as.uid, run_as.gid)
+                env = agent.child_env(env, self.channel.path)
+            if not run_as.is_current:
+                env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+                for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
+                    env.pop(key, None)
+            self._checkpoint()
+            self.child = CorkedChild(opts.argv, env, run_as)
+            with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
+                self.child.spawn()  # before any thread exists: fork is safe
+            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            try:
+                self.writer.write_header(self._header(run_as))
+            except OSError as exc:  # before the program runs: one line, the program not started
+                raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
+            self._checkpoint()
+            if opts.bpf:
+                self._attach_bpf(self.child.pid)
+            self._start_threads()
+            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
+            with _signals_blocked():  # the last check and the release are one step
+                self._checkpoint()
+                self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                                  "pid": self.child.pid, **self.timings})
+                self.child.release()
+                self.started = True
+            if self.interrupted is not None:
+                # Another thread took the signal and the handler ran after the last check
+                # (blocking it in this thread does not hold Python's handler): the program
+                # was released, so it gets the signal now rather than never.
+                self.child.signal(self.interrupted)
+            exit_status = self.child.wait()
+            self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                              "pid": self.child.pid, "status": exit_status})
+        except Interrupted as exc:
+            exit_status = 128 + exc.signum
+            self.note("%s while starting: the program was not run" % _signal_name(exc.signum))
+        finally:
+            if self.child is not None and self.child.status is None and self.child._cork_w is not None:
                 self.child.abandon()
             self._finish(exit_status)
         return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
-                         lost=dict(self.tally.lost), notes=self.notes)
+                         lost=dict(self.tally.lost), notes=self.notes, started=self.started,
+                         interrupted=self.interrupted if not self.started else None,
+                         capture_error=self.writer.failure() if self.writer is not None else None)
 
     def run_attached(self, pid) -> RunResult:
         """Trace an already running process (eBPF only) until it exits or we are interrupted."""
@@ -142,18 +185,21 @@ class Recorder:
         run_as = opts.run_as or RunAs.invoking_user()
         t0 = time.monotonic()
         stop = threading.Event()
-        previous_handlers = {}
+        # Ours from the first instruction here too: a stop signal while attaching ends the
+        # session after the attach step, with a trailer, instead of killing the tracer.
+        previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
         status = None
         try:
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
-            self.writer.write_header(self._header(run_as, pid=pid))
+            try:
+                self.writer.write_header(self._header(run_as, pid=pid))
+            except OSError as exc:
+                raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
             self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
                       "alone and connections opened before now are reported as opened before the capture" % pid,
                       level="info")
             self._attach_bpf(pid)
             self._start_threads()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             # The report's time origin: tracing starts now (the program started earlier).
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
@@ -169,7 +215,8 @@ class Recorder:
                 signal.signal(sig, handler)
             self._finish(None)
         return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
-                         lost=dict(self.tally.lost), notes=self.notes)
+                         lost=dict(self.tally.lost), notes=self.notes,
+                         capture_error=self.writer.failure() if self.writer is not None else None)
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""
@@ -181,7 +228,9 @@ class Recorder:
                 self.bpf = bpf.BpfSession(self.bpf_targets, self.emit, emit_text=self.emit_text)
             except bpf.BpfUnavailable as exc:
                 raise bpf.BpfUnavailable(_with_compile_hint(str(exc), compile_output())) from None
+        self._checkpoint()
         self.bpf.attach(root_pid)
+        self._checkpoint()
         self.timings["attach_s"] = round(time.monotonic() - t_attach, 3)
         self.writer.emit({"k": ev.BPF_PROBES, "t": ev.now_ns(), "src": ev.SRC_TRACER,
                           **_redacted(self.bpf.describe())})
@@ -189,6 +238,21 @@ class Recorder:
             self.note(note, level="info")
         for item in getattr(self.bpf_targets, "missing", None) or []:
             self.note("eBPF: no %s: %s" % (item.get("what"), item.get("why")))
+
+    def _note_missing_agent(self):
+        """Say, with the reason when the command line shows it, that the program ran without the agent."""
+        argv = list(self.options.argv)
+        reason = why_no_agent(argv)
+        if reason is None and not _looks_like_python(argv):
+            if self.tally.agent_pids:
+                return  # a launcher (shell, make...) whose Python children did load it
+            reason = "no Python process that reads PYTHONPATH ran (the agent loads through sitecustomize)"
+        reason = reason or "its Python never ran the agent's sitecustomize (PYTHONPATH changed?)"
+        self.agent_missing[self.child.pid] = reason
+        self.note("the agent did not load in pid %d: %s%s" % (
+            self.child.pid, reason,
+            "" if not self.tally.agent_pids else
+            " (it did in pid %s)" % ", ".join(str(p) for p in sorted(self.tally.agent_pids, key=str))))
 
     def _header(self, run_as, pid=None):
         opts = self.options
@@ -211,7 +275,7 @@ class Recorder:
             except Exception as exc:
                 header["targets"] = {"error": str(exc)}
         if opts.dsn:
-            from trace_quit.workloads import dsn as dsnlib
+            from trace_quit.tracer import dsn as dsnlib
 
             header["dsn"] = dsnlib.redact(opts.dsn)
         return header
@@ -237,11 +301,20 @@ class Recorder:
         # A timer, not select(): waking on every write would make the tracer compete with the
         # program for the CPU once per connection event; the 1 MiB FIFO holds a period's lines.
         while not self._stop.wait(POLL_INTERVAL_S):
-            self._drain_agent()
+            try:
+                self._drain_agent()
+            except Exception as exc:  # nothing the program writes may stop this thread
+                self.note("agent channel: %s (reading goes on)" % exc)
 
     def _drain_agent(self):
         for event in self.channel.read_events():
-            self.emit(event)
+            try:
+                with self._emit_lock:
+                    self.tally.add(event)
+            except Exception as exc:  # valid by its schema, yet unusable: rejected, not fatal
+                self.channel.reject(event, "%s: %s" % (event.get("k"), exc))
+                continue
+            self.writer.emit(event)
 
     def _bpf_loop(self):
         while not self._stop.wait(POLL_INTERVAL_S):
@@ -263,7 +336,11 @@ class Recorder:
             def sink(t_ns, count):
                 self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
 
-            self.sampler = sampler_mod.Sampler(self.options.dsn, sink, user=self.options.sample_user)
+            # Its first error is said at once (a wrong password gives no samples at all), and
+            # again in the report (tests/integration/test_trust_sampler.py).
+            self.sampler = sampler_mod.Sampler(
+                self.options.dsn, sink, user=self.options.sample_user,
+                on_first_error=lambda text: self.note("server sampler: %s" % text))
             self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)
@@ -289,12 +366,20 @@ class Recorder:
         if self.sampler is not None:
             try:
                 self.sampler.stop()
+                if not self.sampler.samples:
+                    self.note("server sampler: no samples%s" % (
+                        " (first error: %s)" % self.sampler.first_error if self.sampler.first_error else ""))
             except Exception:
                 pass
         if self.channel is not None:
-            self._drain_agent()
+            try:
+                self._drain_agent()
+            except Exception as exc:
+                self.note("agent channel: %s" % exc)
             if self.channel.invalid_lines:
-                self.note("%d unreadable lines on the agent channel were dropped" % self.channel.invalid_lines)
+                self.note(_rejected_text(self.channel))
+            if self.started and self.child is not None and self.child.pid not in self.tally.agent_pids:
+                self._note_missing_agent()
         lost_bpf = 0
         if self.bpf is not None:
             try:
@@ -312,9 +397,120 @@ class Recorder:
                 self.note("eBPF detach failed: %s" % exc)
         if self.channel is not None:
             self.channel.close()
-        self.writer.close({"exit_status": exit_status,
-                           "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
-                           "timings": dict(self.timings)})
+        trailer = {"exit_status": exit_status, "program_started": self.started,
+                   "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
+                   "timings": dict(self.timings)}
+        if self.interrupted is not None and not self.started:
+            trailer["interrupted"] = {"signal": self.interrupted, "name": _signal_name(self.interrupted),
+                                      "program_started": False}
+        if self.channel is not None:
+            trailer["rejected"] = self.channel.rejected_summary()
+            # Per process, from evidence: where the agent said agent_start, and where it did not and why.
+            trailer["agent"] = {"loaded_in": sorted(p for p in self.tally.agent_pids if isinstance(p, int)),
+                                "missing": {str(pid): why for pid, why in self.agent_missing.items()}}
+        self.writer.close(trailer)
+
+
+def resolve_bpf_targets(argv, run_as):
+    """What the eBPF layer will probe for ``argv`` run as ``run_as``; a TraceQuitError (69) when it cannot."""
+    try:
+        from trace_quit.tracer import bpf
+    except ImportError as exc:
+        raise TraceQuitError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
+                             EX_UNAVAILABLE) from None
+    try:
+        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
+    except bpf.BpfUnavailable as exc:
+        raise TraceQuitError(str(exc), EX_UNAVAILABLE) from None
+
+
+def _looks_like_python(argv):
+    return bool(argv) and os.path.basename(argv[0]).startswith("python")
+
+
+def why_no_agent(argv):
+    """Why this command line keeps the agent out (it loads through PYTHONPATH's sitecustomize), or None.
+
+    Follows ``env`` (``-i``, ``-u PYTHONPATH``, ``PYTHONPATH=…``) to the interpreter and reads
+    its flags (``-I``, ``-E``, ``-S``) up to the script, ``-c`` or ``-m``."""
+    argv = list(argv)
+    while argv and os.path.basename(argv[0]) == "env":
+        i = 1
+        while i < len(argv):
+            arg = argv[i]
+            if arg in ("-i", "--ignore-environment", "-"):
+                return "env -i clears the environment, PYTHONPATH with it"
+            if arg in ("-u", "--unset") and argv[i + 1:i + 2] == ["PYTHONPATH"] or arg == "--unset=PYTHONPATH":
+                return "env -u PYTHONPATH removes the agent's path"
+            if arg.startswith("PYTHONPATH="):
+                return "the command sets PYTHONPATH itself, replacing the agent's"
+            if arg in ("-u", "--unset", "-C", "--chdir", "-S", "--split-string"):
+                i += 2
+                continue
+            if arg.startswith("-") or "=" in arg:
+                i += 1
+                continue
+            break
+        argv = argv[i:]
+    if not _looks_like_python(argv):
+        return None
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
+            break
+        letters = arg[1:]
+        for j, letter in enumerate(letters):
+            if letter == "I":
+                return "python -I ignores PYTHONPATH"
+            if letter == "E":
+                return "python -E ignores PYTHONPATH"
+            if letter == "S":
+                return "python -S skips sitecustomize, which loads the agent"
+            if letter in "cmWXQ":  # the rest of the argument is this option's value
+                break
+        if letters[:1] in ("c", "m"):
+            break
+    return None
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal before the program was released (BaseException: no ``except Exception`` eats it)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+@contextlib.contextmanager
+def _signals_blocked():
+    """Hold the stop signals in this thread around a step that must not be split.
+
+    Enough before any thread exists (the fork); once threads run, the kernel may hand the
+    signal to one of them and Python still runs the handler here, so callers re-check after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _rejected_text(channel):
+    """The note that says how many channel lines were rejected, and from which process."""
+    parts = []
+    for pid, n in sorted(channel.rejected.items(), key=lambda kv: str(kv[0])):
+        who = "no process named" if pid == channel_mod.UNKNOWN_PID else "pid %d" % pid
+        parts.append("%s: %d (first: %s)" % (who, n, channel.first_reason.get(pid, "?")))
+    return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
+            % (channel.invalid_lines, "line was" if channel.invalid_lines == 1 else "lines were", "; ".join(parts)))
 
 
 @contextlib.contextmanager

@@ -30,16 +30,20 @@ import sys
 import threading
 
 from trace_quit.tracer import events as ev
-from trace_quit.workloads import dsn as dsnlib
+from trace_quit.tracer import dsn as dsnlib
 
 QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
          "WHERE USER = %s AND ID <> CONNECTION_ID()")
 
 
+class MissingGrant(Exception):
+    """The sampler's account cannot see other accounts' connections."""
+
+
 class Sampler:
     """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
 
-    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5):
+    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5, on_first_error=None):
         self._params = dsnlib.parse(dsn)
         self._params["connect_timeout"] = int(max(1, connect_timeout))
         self._redacted = dsnlib.redact(dsn)
@@ -49,6 +53,9 @@ class Sampler:
         self.samples = 0
         self.errors = 0
         self.last_error = None
+        self.first_error = None
+        #: called once, from the sampler's thread, with the first error's one-line text
+        self.on_first_error = on_first_error
         self._stop = threading.Event()
         self._thread = None
         self._conn = None
@@ -77,6 +84,13 @@ class Sampler:
     def _error(self, what, exc):
         self.errors += 1
         self.last_error = "%s: %s" % (what, ev.redact(str(exc)))
+        if self.first_error is None:
+            self.first_error = self.last_error
+            if self.on_first_error is not None:
+                try:
+                    self.on_first_error(self.first_error)
+                except Exception:
+                    pass
 
     def _close(self):
         conn, self._conn = self._conn, None
@@ -89,6 +103,7 @@ class Sampler:
     def _poll(self, MySQLdb):
         if self._conn is None:
             self._conn = MySQLdb.connect(autocommit=True, **self._params)
+            self._check_grant()
         cur = self._conn.cursor()
         try:
             t0 = ev.now_ns()
@@ -98,6 +113,19 @@ class Sampler:
         finally:
             cur.close()
         return (t0 + t1) // 2, int(row[0])
+
+    def _check_grant(self):
+        """Without PROCESS an account sees only its own threads: a count of 0 would be a lie."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute("SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS'")
+            has_process = int(cur.fetchone()[0]) > 0
+        finally:
+            cur.close()
+        if not has_process:
+            raise MissingGrant("the account %s lacks the PROCESS privilege, so PROCESSLIST shows it only its own "
+                               "connections: GRANT PROCESS ON *.* TO it, or give --dsn an account that has it"
+                               % self._params.get("user", ""))
 
     def _run(self):
         try:
@@ -111,6 +139,9 @@ class Sampler:
             while not self._stop.is_set():
                 try:
                     t, count = self._poll(MySQLdb)
+                except MissingGrant as exc:  # no retry can fix it: say it once and stop
+                    self._error("query on %s" % self._redacted, exc)
+                    return
                 except Exception as exc:
                     self._error("query on %s" % self._redacted, exc)
                     self._close()

@@ -1,7 +1,8 @@
 """A running tally of the capture, for the live status line and the end-of-run summary."""
 
 import collections
-import sys
+import os
+import stat
 import time
 
 from trace_quit.tracer import events as ev
@@ -17,19 +18,22 @@ class Tally:
         self.lost = {"agent": 0, "bpf": 0}
         self.bpf_closes = 0
         self.bpf_opens = 0
+        self.agent_pids = set()                  # processes whose agent said agent_start
 
     def add(self, event):
         kind = event.get("k")
-        if kind == ev.CONN_OPEN:
+        if kind == ev.AGENT_START:
+            self.agent_pids.add(event.get("pid"))
+        elif kind == ev.CONN_OPEN:
             self.opened += 1
         elif kind == ev.CONN_CLOSE:
             self.quits[ev.EXPLICIT_CLOSE] += 1
         elif kind == ev.CONN_DESTROY:
             self.quits[event.get("cause") or ev.UNKNOWN] += 1
         elif kind == ev.GC_COUNTS:
-            self.collections[event.get("pid")] = event.get("by_gen") or {}
+            self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()}
         elif kind == ev.AGENT_LOST:
-            self.lost["agent"] += int(event.get("n") or 0)
+            self.lost["agent"] += _count(event.get("n") or 0)
         elif kind == ev.BPF_CONNECT and event.get("ok"):
             self.bpf_opens += 1
         elif kind == ev.BPF_CLOSE:
@@ -57,13 +61,51 @@ class Tally:
         return total
 
 
+def _count(value):
+    """A non-negative int, else ValueError: the channel rejects the record (tracer/channel.py)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("%.40r is not a count" % (value,))
+    return value
+
+
+def private_terminal():
+    """The controlling terminal, open for writing, if the program cannot write to it; else None.
+
+    The program inherits our fds 0-2: a live line rewritten in place (``\\r\\x1b[2K``) on a
+    terminal one of them refers to would erase the program's own output, or the prompt and
+    what the user typed. So the line is drawn only on a terminal none of them is
+    (``trace-quit -- app > app.log 2>&1`` shows it; a shared terminal gets the report at the
+    end only: tests/integration/test_cli_status.py)."""
+    try:
+        fd = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        rdev = os.fstat(fd).st_rdev
+        for shared in (0, 1, 2):
+            try:
+                st = os.fstat(shared)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+                os.close(fd)
+                return None
+        return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class StatusLine:
-    """One line on stderr, rewritten in place, only when stderr is a terminal."""
+    """One line rewritten in place, only on a terminal the traced program does not write to."""
 
     def __init__(self, tally, stream=None, interval_s=0.5):
         self.tally = tally
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.stream = stream if stream is not None else private_terminal()
+        try:
+            self.enabled = self.stream is not None and self.stream.isatty()
+        except (OSError, ValueError):
+            self.enabled = False
         self.interval_s = interval_s
         self.started = time.monotonic()
         self._last = 0.0
@@ -82,12 +124,24 @@ class StatusLine:
         line = "trace-quit %5.1fs | live %d | COM_QUIT %s | gc %d/%d/%d | lost %d" % (
             now - self.started, t.live, quits, gens["0"], gens["1"], gens["2"],
             t.lost["agent"] + t.lost["bpf"])
-        self.stream.write("\r\x1b[2K" + line[:200])
-        self.stream.flush()
+        try:
+            self.stream.write("\r\x1b[2K" + line[:200])
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False  # the terminal went away: the run goes on without the line
+            return
         self._shown = True
 
     def clear(self):
         if self._shown:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
+            try:
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
             self._shown = False
+        if self.stream is not None:
+            try:
+                self.stream.close()
+            except (OSError, ValueError):
+                pass
