@@ -152,8 +152,8 @@ def comparison_svg(reports: Sequence[Report]) -> str:
         if tl.live:
             xs = [p[0] for p in tl.live] + [max(tl.end_s, tl.live[-1][0])]
             ys = [p[1] for p in tl.live] + [tl.live[-1][1]]
-            ax.step(xs, ys, where="post", color=color, lw=1.1, label="%s (max %d)" % (plain_text(r.name), r.connections.max_live),
-                    rasterized=len(xs) > 2000)
+            ax.step(xs, ys, where="post", color=color, lw=1.1,
+                    label="%s (max %d)" % (plain_text(r.name), r.connections.max_live), rasterized=len(xs) > 2000)
         if tl.server:
             ax.plot([p[0] for p in tl.server], [p[1] for p in tl.server], ".", ms=1.5, color=color, alpha=0.5,
                     rasterized=len(tl.server) > 2000)

@@ -108,12 +108,14 @@ class AgentChannel:
         if not isinstance(kind, str) or kind not in ev.AGENT_KINDS:
             self.reject(event, "kind %.40r is not the agent's" % (kind,))
             return None
+        # Whatever wrote it, it came through the agent's channel: stamped before the check, so a
+        # record is judged as what it is (tests/unit/test_channel.py).
+        event["src"] = ev.SRC_AGENT
         try:
             ev.check(event)
         except Exception as exc:  # SchemaError, or a validator tripping over odd input
             self.reject(event, "%s" % (str(exc)[:120] or type(exc).__name__))
             return None
-        event["src"] = ev.SRC_AGENT  # whatever wrote it, it came through the agent's channel
         return event
 
     def rejected_summary(self):

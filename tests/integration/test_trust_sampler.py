@@ -53,7 +53,8 @@ def test_a_monitor_account_without_the_process_grant_is_said_not_counted(server,
     capture = str(tmp_path / "x.tqcap")
     dsn = "mysql://tq_nogrant:ng-pw@127.0.0.1:%d/" % server.port
     proc = subprocess.run(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", capture, "--dsn", dsn,
-                                        "--sample-user", server.user, "--", sys.executable, "-c", "import time; time.sleep(1)"],
+                                        "--sample-user", server.user, "--",
+                                        sys.executable, "-c", "import time; time.sleep(1)"],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     expected = ("trace-quit: server sampler: query on mysql://tq_nogrant:***@127.0.0.1:%d/: the account tq_nogrant "

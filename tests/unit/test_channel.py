@@ -9,9 +9,10 @@ def test_lines_split_across_writes_are_reassembled(tmp_path):
     ch = AgentChannel(os.getuid(), os.getgid())
     try:
         fd = os.open(ch.path, os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b'{"k":"conn_open","t":1}\n{"k":"conn_cl')
+        # Whole agent records (events.check() lets only valid ones through), split mid-line.
+        os.write(fd, b'{"k":"conn_open","t":1,"pid":7,"tid":7,"conn":5,"stack":[]}\n{"k":"conn_cl')
         first = ch.read_events()
-        os.write(fd, b'ose","t":2}\nnot json\n[1,2]\n')
+        os.write(fd, b'ose","t":2,"pid":7,"tid":7,"conn":5,"stack":[]}\nnot json\n[1,2]\n')
         second = ch.read_events()
         os.close(fd)
         assert [e["k"] for e in first] == ["conn_open"]
@@ -37,7 +38,7 @@ def test_only_the_agents_kinds_enter_and_every_other_line_is_counted_by_pid(tmp_
               b'not json', b'[1,2]', b'"k"', b'\xff\xfe']
     try:
         fd = os.open(ch.path, os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b"\n".join(forged) + b'\n{"k":"conn_open","t":5,"pid":43,"conn":7}\n')
+        os.write(fd, b"\n".join(forged) + b'\n{"k":"conn_open","t":5,"pid":43,"tid":43,"conn":7,"stack":[]}\n')
         events = ch.read_events()
         os.close(fd)
     finally:
@@ -65,7 +66,7 @@ def test_a_line_that_crashes_the_tally_is_rejected_and_the_reader_goes_on(tmp_pa
     try:
         fd = os.open(rec.channel.path, os.O_WRONLY | os.O_NONBLOCK)
         os.write(fd, b'{"k":"agent_lost","t":1,"pid":9,"n":"x"}\n{"k":"gc_counts","t":2,"pid":9,"by_gen":{"0":"y"}}\n'
-                     b'{"k":"agent_lost","t":3,"pid":9,"n":2}\n')
+                     b'{"k":"agent_lost","t":3,"pid":9,"tid":9,"n":2}\n')
         os.close(fd)
         rec._drain_agent()
     finally:

@@ -17,7 +17,8 @@ from trace_quit.tracer.record import why_no_agent
     (["python", "-S", "-c", "pass"], "python -S skips sitecustomize, which loads the agent"),
     (["env", "-i", "python3", "app.py"], "env -i clears the environment, PYTHONPATH with it"),
     (["env", "-u", "PYTHONPATH", "python3", "app.py"], "env -u PYTHONPATH removes the agent's path"),
-    (["env", "A=1", "PYTHONPATH=/src", "python3", "app.py"], "the command sets PYTHONPATH itself, replacing the agent's"),
+    (["env", "A=1", "PYTHONPATH=/src", "python3", "app.py"],
+     "the command sets PYTHONPATH itself, replacing the agent's"),
     (["python3", "app.py", "-I"], None),            # the script's own argument
     (["python3", "-c", "-I"], None),
     (["python3", "-m", "pytest", "-E"], None),
