@@ -68,6 +68,13 @@ class RunCommand:
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
         parser.add_argument("--quiet", action="store_true", help="no live status line")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics (OpenMetrics) on this port while it runs")
+        parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                            help="address the metrics endpoint binds to (default: 127.0.0.1, loopback only)")
+        parser.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
+                            help="after the program ends, keep serving until one scrape has read the final "
+                                 "counts, at most this long (default: 0)")
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
@@ -103,6 +110,7 @@ class RunCommand:
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
                              run_as=run_as, status=not args.quiet)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run()
         except LaunchError as exc:
@@ -122,6 +130,7 @@ class RunCommand:
             raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
                            "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
         _print_run_report(result, args.format)
+        _stop_metrics(metrics_server, args)
         return result.exit_status
 
 
@@ -149,6 +158,7 @@ class RunCommand:
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
                              status=not args.quiet)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run_attached(args.pid)
         except Exception as exc:
@@ -157,7 +167,28 @@ class RunCommand:
             _remove_unstarted_capture(output)
             raise CliError(str(exc), EX_UNAVAILABLE) from None
         _print_run_report(result, args.format)
+        _stop_metrics(metrics_server, args)
         return 0
+
+
+def _start_metrics(args, options, recorder):
+    """--metrics-port: serve the run's metrics (tracer/metrics.py); the port in use is one line."""
+    if args.metrics_port is None:
+        return None
+    from trace_quit.tracer import metrics
+
+    try:
+        server = metrics.serve(metrics.header_for(options), args.metrics_addr, args.metrics_port)
+    except metrics.MetricsError as exc:
+        raise CliError(str(exc), EX_UNAVAILABLE) from None
+    recorder.observers.append(server.exporter)
+    return server
+
+
+def _stop_metrics(server, args):
+    if server is not None:
+        server.linger(args.metrics_linger)
+        server.close()
 
 
 def _proc_cmdline(pid):
