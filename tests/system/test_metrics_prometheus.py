@@ -81,10 +81,17 @@ def by_cause(base):
             for r in rows}
 
 
-def test_prometheus_reads_the_known_causes_counts(prometheus, server, tmp_path):
+@pytest.mark.parametrize("layers", [
+    "agent",
+    # Both layers: needs the kernel layer on the shutdown contract (OWNERS.md interface 2: shutdown
+    # begins after the last atexit handler); before it, the 5 atexit closes are "unknown" in the
+    # report and in Prometheus alike.
+    pytest.param("agent+bpf", marks=pytest.mark.bpf),
+])
+def test_prometheus_reads_the_known_causes_counts(layers, prometheus, server, tmp_path):
     base, port = prometheus
     capture = str(tmp_path / "kc.tqcap")
-    cmd = TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", capture, "--metrics-port", str(port),
+    cmd = TRACE_QUIT + (["--no-bpf"] if layers == "agent" else []) + ["--quiet", "--format", "none", "-o", capture, "--metrics-port", str(port),
                         "--metrics-linger", "30", "--", VENV_PY, "-m", "trace_quit.workloads", "known-causes",
                         "--dsn", server.dsn_socket]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
@@ -99,7 +106,6 @@ def test_prometheus_reads_the_known_causes_counts(prometheus, server, tmp_path):
     for gen, n in report["com_quit"]["gc_by_generation"].items():
         if n:
             expected[("gc", int(gen))] = n
-    assert expected == KNOWN_CAUSES
 
     # The final scrape is in (trace-quit lingered for it); give Prometheus a moment to store it.
     deadline = time.monotonic() + 15
@@ -109,6 +115,7 @@ def test_prometheus_reads_the_known_causes_counts(prometheus, server, tmp_path):
             break
         time.sleep(0.5)
     assert got == expected
+    assert expected == KNOWN_CAUSES
     opened = query(base, "sum(last_over_time(trace_quit_connections_opened_total[10m]))")
     assert int(float(opened[0]["value"][1])) == report["connections"]["opened"] == 44
     gcs = query(base, "sum by (generation) (last_over_time(trace_quit_gc_collections_total[10m]))")
