@@ -201,7 +201,8 @@ class Ledger:
                 rec["cause"] = EXPLICIT
             else:
                 cause = e.get("cause")
-                rec["cause"] = cause if cause in (GC, REFCOUNT) else UNKNOWN
+                # "shutdown" cannot reach us before the report (finalisation comes later); kept apart anyway.
+                rec["cause"] = OPEN_AT_END if cause == "shutdown" else cause if cause in (GC, REFCOUNT) else UNKNOWN
                 rec["gen"] = e.get("gen") if cause == GC else None
             rec["ended_in"] = self.owner(t)
             self.ended.append(rec)
