@@ -12,13 +12,14 @@ Causes are the agent's: ``explicit_close``, ``refcount``, ``gc`` (with the gener
 interpreter's finalisation closes it (``shutdown``) or nothing does (``never_closed``); the
 plugin reports before that happens, so both names select it in ``--trace-quit-fail``.
 
-``--trace-quit-fail=gc,shutdown``: after each test's teardown the plugin runs one
-``gc.collect()`` (so cyclic garbage the test left is destroyed now, while the test can still
-fail, and not during a later test) and turns the teardown report of a test that opened such a
+``--trace-quit-fail=gc,shutdown``: after each test's teardown, if a connection the test
+opened is still open, the plugin runs ``gc.collect()`` (up to three passes, while one stays
+open), so cyclic garbage the test left is destroyed now, while the test can still fail, and
+not during a later test; then it turns the teardown report of a test that opened such a
 connection into a failure whose message carries the Engine's creation chain. Connections
 still open at the end can only be known then: they make the session fail and are listed by
-test in the summary. Without a fail mode the plugin runs one ``gc.collect()`` at session
-end, so cyclic garbage counts as ``gc`` rather than ``open_at_end``.
+test in the summary. At session end (every mode) the same collection runs while any
+connection is open, so cyclic garbage counts as ``gc`` rather than ``open_at_end``.
 
 Hard-wired limits (README, "pytest plugin"): the agent is process-wide, so tests running
 threads that open connections after their test ended are charged to the test running then.
@@ -64,8 +65,6 @@ def pytest_addoption(parser):
 
 def _fail_causes(text):
     """``gc,shutdown`` -> the set of our causes it selects; a usage error names the bad word."""
-    import pytest
-
     causes = set()
     for word in (w.strip() for w in (text or "").split(",")):
         if not word:
@@ -373,17 +372,20 @@ def merge_results(parts):
     return merged
 
 
-def collect_all(passes=4):
-    """Collect until a pass finds nothing (at most ``passes``).
+def collect_while(still_open, passes=3):
+    """Run full collections while ``still_open()`` (at most ``passes``): only when it can matter.
 
-    One pass is not always enough: SQLAlchemy's finalizer for a garbage pooled connection
-    returns it to its pool, and that pool (with its Engine) becomes garbage only afterwards —
-    the next pass destroys the connection (test_known_leaks_exact_per_test_counts)."""
+    A full collection of pytest's heap costs ~0.2 s here, so none runs unless a connection it
+    could be about is still open. One pass is not always enough: SQLAlchemy's finalizer for a
+    garbage checked-out connection returns it to its pool, and that pool (with its Engine)
+    becomes garbage only afterwards — the next pass destroys the connection
+    (test_known_leaks_exact_per_test_counts, test_session_never_closed)."""
     import gc
 
     for _ in range(passes):
-        if not gc.collect():
+        if not still_open():
             return
+        gc.collect()
 
 
 # --- the plugin in the process that runs the tests --------------------------------------------
@@ -408,8 +410,6 @@ class TraceQuit:
         self.results = None
 
     def start(self):
-        import pytest
-
         from trace_quit.tracer.channel import AgentChannel
 
         if self.capture:
@@ -487,7 +487,8 @@ class TraceQuit:
             return
         report = outcome.get_result()
         if self.fail:
-            collect_all()  # the test's cyclic garbage dies now, charged to it, while it can still fail
+            # The test's cyclic garbage dies now, charged to it, while it can still fail.
+            collect_while(lambda: self._open_of(item.nodeid))
         self.drain()
         if not self.fail:
             return
@@ -501,6 +502,12 @@ class TraceQuit:
         report.outcome = "failed"
         report.longrepr = message if not report.longrepr else "%s\n\n%s" % (report.longrepr, message)
         report.user_properties.append((USER_PROPERTY, len(leaks)))
+
+    def _open_of(self, nodeid):
+        """Connections still open that ``nodeid`` opened (any test's when None), after a drain."""
+        self.drain()
+        with self._lock:
+            return sum(1 for r in self.ledger.conns.values() if nodeid is None or r["test"] == nodeid)
 
     def _late_leaks(self, current):
         # Leaks of earlier tests that ended only now (a collection during another test).
@@ -523,8 +530,8 @@ class TraceQuit:
     def pytest_sessionfinish(self, session, exitstatus):
         if self.channel is None:
             return
-        if not self.fail:
-            collect_all()  # cyclic garbage left by the run is the GC's, not "open at the end"
+        # Cyclic garbage left by the run is the GC's, not "open at the end".
+        collect_while(lambda: self._open_of(None))
         self.drain()
         with self._lock:
             self.ledger.close_open()
@@ -591,8 +598,6 @@ class Controller:
         self.late = []
         self.workers = []
         if capture and os.path.lexists(capture):
-            import pytest
-
             raise pytest.UsageError("%s exists: remove it or choose another --trace-quit-capture" % capture)
 
     def pytest_testnodedown(self, node, error):
