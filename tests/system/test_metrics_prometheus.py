@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from tq_support import KNOWN_CAUSES, TRACE_QUIT, VENV_PY
+from tq_support import KNOWN_CAUSES, REPO, TRACE_QUIT, VENV_PY
 
 pytestmark = [pytest.mark.server]
 
@@ -125,6 +125,13 @@ def test_prometheus_reads_the_known_causes_counts(layers, prometheus, server, tm
     assert int(float(lost[0]["value"][1])) == 0
     up = query(base, "last_over_time(trace_quit_program_running[10m])")
     assert up[0]["value"][1] == "0"  # the last scrape came after the program ended
+    # Every query of the Grafana dashboard is valid PromQL on this Prometheus.
+    with open(os.path.join(REPO, "docs", "grafana-dashboard.json")) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 6
+    for expr in exprs:
+        query(base, expr.replace("$instance", ".*").replace("$__range", "10m"))
 
 
 def test_metrics_port_in_use_is_one_line(tmp_path):

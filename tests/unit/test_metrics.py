@@ -110,3 +110,23 @@ def test_exporter_serves_openmetrics(tmp_path):
     assert "trace_quit_connections_open 0" in body
     assert "trace_quit_program_running 0" in body
     assert server.exporter.scraped_since_finish()
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(tmp_path):
+    import json
+
+    from trace_quit.tracer.metrics import Exporter
+
+    with open(os.path.join(os.path.dirname(DATA), "..", "..", "docs", "grafana-dashboard.json")) as f:
+        dashboard = json.load(f)
+    exporter = Exporter({"layers": {"agent": True}})
+    exporter.finish()
+    exported = set()
+    for family in exporter.collect():
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"\btrace_quit_[a-z_]+", target["expr"]))
+    assert used and used <= exported, used - exported
+    assert "trace_quit_com_quit_total" in used and "trace_quit_connections_open" in used
