@@ -156,7 +156,8 @@ def _install(runtime, channel_path):
 class Ledger:
     """Agent events in, per-test connection and engine outcomes out (pure: unit-testable)."""
 
-    def __init__(self):
+    def __init__(self, root=None):
+        self.root = root    # sites under this directory are shown relative to it (pytest's rootdir)
         self._starts = []   # t of each test's start, ascending
         self._tests = []    # nodeid for each start (None: between tests)
         self.conns = {}     # (pid, conn) -> record of the live connection at that address
@@ -189,8 +190,9 @@ class Ledger:
         pid = e.get("pid")
         t = e.get("t") or 0
         if k == "conn_open":
+            stack = [_relative(f, self.root) for f in e.get("stack") or [] if isinstance(f, str)]
             self.conns[(pid, e["conn"])] = {
-                "test": self.owner(t), "t": t, "pid": pid, "conn": e["conn"], "stack": e.get("stack") or [],
+                "test": self.owner(t), "t": t, "pid": pid, "conn": e["conn"], "stack": stack,
                 "engine": None, "cause": None, "gen": None, "ended_in": None}
         elif k in ("conn_close", "conn_destroy"):
             rec = self.conns.pop((pid, e["conn"]), None)
@@ -211,7 +213,7 @@ class Ledger:
             if rec is not None and engine is not None:
                 rec["engine"] = engine
         elif k == "engine_create":
-            engine = {"test": self.owner(t), "site": e.get("site"), "url": e.get("url"),
+            engine = {"test": self.owner(t), "site": _relative(e.get("site"), self.root), "url": e.get("url"),
                       "pool_class": e.get("pool_class"), "disposed": False}
             self.engines[(pid, e["engine"])] = engine
             self.engines_all.append(engine)
@@ -254,6 +256,12 @@ class Ledger:
                 entry(engine["test"])["engines_not_disposed"].append(
                     {"site": engine["site"], "url": engine["url"], "pool_class": engine["pool_class"]})
         return out
+
+
+def _relative(site, root):
+    if site and root and site.startswith(root.rstrip(os.sep) + os.sep):
+        return site[len(root.rstrip(os.sep)) + 1:]
+    return site
 
 
 def leak_detail(rec):
@@ -398,7 +406,7 @@ class TraceQuit:
         self.fail = fail
         self.capture = capture
         self.worker = worker
-        self.ledger = Ledger()
+        self.ledger = Ledger(str(getattr(config, "rootpath", "") or "") or None)
         self.agent = None
         self.channel = None
         self.writer = None
