@@ -1,6 +1,6 @@
 """Overhead of the pytest plugin on a small SQLAlchemy-style suite (README, "pytest plugin").
 
-    .venv/bin/python tests/bench/pytest_plugin_overhead.py [--tests 200] [--runs 5]
+    .venv/bin/python tests/bench/pytest_plugin_overhead.py [--tests 200] [--runs 5] [--plugin-args ARGS]
 
 Writes a suite of ``--tests`` tests into a temporary directory — each checks out a pooled
 connection of a session-scoped Engine and runs two queries through an ORM Session, every
@@ -55,6 +55,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--plugin-args", default="--trace-quit", help="the plugin's options (default: --trace-quit)")
     args = parser.parse_args()
     from trace_quit.workloads import dsn
     from trace_quit.workloads.server import DisposableServer
@@ -70,15 +71,15 @@ def main():
             for mode in ("off", "on"):
                 cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", suite]
                 if mode == "on":
-                    cmd.append("--trace-quit")
+                    cmd += args.plugin_args.split()
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True)
                 times[mode].append(time.perf_counter() - t0)
                 if proc.returncode != 0:
                     sys.exit(proc.stdout + proc.stderr)
         off, on = statistics.median(times["off"]), statistics.median(times["on"])
-        print("%d tests, %d runs each: median %.2f s without the plugin, %.2f s with --trace-quit (%+.1f%%, "
-              "%+.2f ms per test)" % (args.tests, args.runs, off, on, 100 * (on - off) / off,
+        print("%d tests, %d runs each: median %.2f s without the plugin, %.2f s with %s (%+.1f%%, "
+              "%+.2f ms per test)" % (args.tests, args.runs, off, on, args.plugin_args, 100 * (on - off) / off,
                                      1000 * (on - off) / args.tests))
 
 
