@@ -97,11 +97,11 @@ SQLA14_PY = os.path.join(REPO, ".venvs", "sqla14", "bin", "python")
 PYTHONS = {"sqla2": os.path.join(REPO, ".venv", "bin", "python"), "sqla14": SQLA14_PY}
 
 
-def run_inner(pytester, server, python, *args):
+def run_inner(pytester, server, python, *args, extra_env=None):
     """Run pytest on pytester's directory with ``python``; return (returncode, stdout)."""
     from trace_quit.workloads import dsn
 
-    env = dict(os.environ, TQ_URL=dsn.sqlalchemy_url(server.dsn_socket))
+    env = dict(os.environ, TQ_URL=dsn.sqlalchemy_url(server.dsn_socket), **(extra_env or {}))
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("TRACE_QUIT_NO_SKIP", None)
     proc = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
@@ -232,3 +232,78 @@ def _report_json(capture):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+KEEPER = '''
+import json
+import os
+import MySQLdb
+
+KEPT = []
+
+
+def test_keeps_a_connection():
+    KEPT.append(MySQLdb.connect(**json.loads(os.environ["TQ_CONNECT"])))
+
+
+def test_clean():
+    MySQLdb.connect(**json.loads(os.environ["TQ_CONNECT"])).close()
+'''
+
+
+def connect_env(server):
+    return {"TQ_CONNECT": json.dumps({"unix_socket": server.socket_path, "user": server.user,
+                                      "password": server.password, "database": server.database})}
+
+
+def test_open_at_session_end_fails_the_session_and_names_the_test(pytester, server):
+    pytester.makepyfile(test_keeper=KEEPER)
+    code, out = run_inner(pytester, server, PYTHONS["sqla2"], "--trace-quit-fail=shutdown",
+                          extra_env=connect_env(server))
+    assert code == 1, out
+    assert "2 passed" in out and "failed" not in out.splitlines()[-1], out
+    assert summary_rows(out) == {"test_keeper.py::test_keeps_a_connection": "1 open_at_end"}, out
+    assert "FAILED test_keeper.py::test_keeps_a_connection: 1 connection still open when the session ended" in out
+    assert "connection opened at test_keeper.py:9 in test_keeps_a_connection" in out
+    # Without a fail mode the same run passes.
+    code, out = run_inner(pytester, server, PYTHONS["sqla2"], "--trace-quit", extra_env=connect_env(server))
+    assert code == 0, out
+
+
+OUTCOMES = '''
+import pytest
+
+
+def test_fails():
+    assert 1 == 2
+
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+
+@pytest.mark.xfail(strict=True)
+def test_xfails():
+    assert False
+
+
+def test_passes():
+    pass
+'''
+
+
+def test_outcomes_unchanged_when_nothing_leaks(pytester, server):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_clean=CLEAN, test_outcomes=OUTCOMES)
+    without = run_inner(pytester, server, PYTHONS["sqla2"], "-rA")
+    with_plugin = run_inner(pytester, server, PYTHONS["sqla2"], "-rA", "--trace-quit-fail=gc,shutdown,unknown")
+    assert without[0] == with_plugin[0] == 1
+
+    def outcomes(out):
+        return sorted(line.split(" - ")[0] for line in out.splitlines()
+                      if line.split(" ")[0] in ("PASSED", "FAILED", "SKIPPED", "XFAIL", "ERROR"))
+
+    assert outcomes(without[1]) == outcomes(with_plugin[1])
+    assert len(outcomes(without[1])) == 7
+    assert re.search(r"1 failed, 4 passed, 1 skipped, 1 xfailed", with_plugin[1]), with_plugin[1]
