@@ -10,6 +10,7 @@ a failed scrape marks the series stale and a plain instant query would return no
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,3 +148,63 @@ def test_metrics_port_in_use_is_one_line(tmp_path):
     assert proc.returncode == 69
     assert proc.stderr == "trace-quit: port %d on 127.0.0.1 is in use: choose another --metrics-port\n" % port
     assert not os.path.exists(str(tmp_path / "x.tqcap"))
+
+
+PID_PROGRAM = '''
+import json, os, sys, time
+import MySQLdb
+
+kw = json.loads(os.environ["TQ_CONNECT"])
+deadline = time.monotonic() + 240
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:   # until the tracer is attached
+    time.sleep(0.05)
+for _ in range(2):
+    MySQLdb.connect(**kw).close()
+for _ in range(3):
+    conn = MySQLdb.connect(**kw)
+    del conn
+'''
+
+
+@pytest.mark.bpf
+def test_metrics_of_an_attached_process_equal_its_report(server, tmp_path):
+    """``--pid PID --metrics-port``: the kernel layer alone, 2 close() and 3 refcount drops."""
+    from trace_quit.workloads.server import free_port
+
+    go = tmp_path / "go"
+    capture = str(tmp_path / "pid.tqcap")
+    env = dict(os.environ, TQ_CONNECT=json.dumps({"unix_socket": server.socket_path, "user": server.user,
+                                                  "password": server.password, "database": server.database}))
+    program = subprocess.Popen([VENV_PY, "-c", PID_PROGRAM, str(go)], env=env)
+    port = free_port()
+    tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--quiet", "--format", "none", "-o", capture,
+                                            "--metrics-port", str(port), "--metrics-linger", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (os.path.exists(capture) and '"child_start"' in open(capture).read()):
+            assert tracer.poll() is None and time.monotonic() < deadline, tracer.communicate()
+            time.sleep(0.1)
+        go.write_text("go")
+        assert program.wait(timeout=120) == 0
+        while True:  # the tracer notices the exit within 0.1 s, then attributes what remains
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+                body = r.read().decode()
+            if "trace_quit_program_running 0.0" in body:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        out, err = tracer.communicate(timeout=120)
+        assert tracer.returncode == 0, err
+    finally:
+        if program.poll() is None:
+            program.kill()
+        if tracer.poll() is None:
+            tracer.kill()
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", "--format", "json", capture], capture_output=True,
+                                       text=True, timeout=120, check=True).stdout)
+    assert {c: n for c, n in report["com_quit"]["by_cause"].items() if n} == {"explicit_close": 2, "refcount": 3}
+    samples = dict(re.findall(r'^trace_quit_com_quit_total\{call_site="[^"]*",cause="(\w+)",generation=""\} (\S+)$',
+                              body, re.M))
+    assert {c: int(float(n)) for c, n in samples.items()} == {"explicit_close": 2, "refcount": 3}
+    assert re.search(r"^trace_quit_connections_opened_total\{[^}]*\} 5\.0$", body, re.M)
