@@ -138,6 +138,10 @@ def load_agent(channel_path):
 
 
 def _install(runtime, channel_path):
+    start = getattr(runtime, "start", None)
+    if start is not None:
+        # The agent's interface (OWNERS.md, 4): start(channel_path, *, attached=False) -> Agent.
+        return start(channel_path)
     from trace_quit.tracer.agent import ENV_CHANNEL
 
     saved = os.environ.get(ENV_CHANNEL)
@@ -565,7 +569,10 @@ class TraceQuit:
             self.drain()
         self._close_capture(None)
         if self.channel is not None:
-            # The agent stays installed (today's runtime has no stop()); its writes go to a FIFO
+            stop = getattr(self.agent, "stop", None)
+            if stop is not None:
+                stop()  # the agent's interface (OWNERS.md, 4): unhook gc.callbacks and the wrappers
+            # Without stop() (today's runtime) the agent stays installed; its writes go to a FIFO
             # it holds a read end of, so they are dropped, never block, never raise.
             self.channel.close()
             self.channel = None
