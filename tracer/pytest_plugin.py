@@ -533,10 +533,7 @@ class TraceQuit:
             self.ledger.end(time.monotonic_ns())
 
     def pytest_report_teststatus(self, report, config):
-        if report.when == "teardown" and report.failed and any(
-                name == USER_PROPERTY for name, _ in getattr(report, "user_properties", ())):
-            return "failed", "F", ("FAILED", {"red": True})
-        return None
+        return leak_status(report)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session, exitstatus):
@@ -577,7 +574,6 @@ class TraceQuit:
             self.channel.close()
             self.channel = None
 
-
     def _close_capture(self, status):
         if self.writer is None:
             return
@@ -601,6 +597,14 @@ def write_summary(terminalreporter, results, late):
                                         red=True)
             for line in chain_lines(leak):
                 terminalreporter.write_line("      " + line)
+
+
+def leak_status(report):
+    """A teardown this plugin failed is the test's failure (F), not a teardown error (E)."""
+    if report.when == "teardown" and report.failed and any(
+            name == USER_PROPERTY for name, _ in getattr(report, "user_properties", ())):
+        return "failed", "F", ("FAILED", {"red": True})
+    return None
 
 
 class Controller:
@@ -627,6 +631,9 @@ class Controller:
     @property
     def results(self):
         return merge_results(self.parts)
+
+    def pytest_report_teststatus(self, report, config):
+        return leak_status(report)
 
     def pytest_sessionfinish(self, session, exitstatus):
         if self.late and session.exitstatus == 0:

@@ -307,3 +307,14 @@ def test_outcomes_unchanged_when_nothing_leaks(pytester, server):
     assert outcomes(without[1]) == outcomes(with_plugin[1])
     assert len(outcomes(without[1])) == 7
     assert re.search(r"1 failed, 4 passed, 1 skipped, 1 xfailed", with_plugin[1]), with_plugin[1]
+
+
+def test_fail_mode_under_xdist(pytester, server):
+    pytest.importorskip("xdist")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_leaky=LEAKY)
+    code, out = run_inner(pytester, server, PYTHONS["sqla2"], "-n", "2", "--trace-quit-fail=gc", "-rf")
+    assert code == 1, out
+    assert "2 failed, 4 passed" in out, out
+    assert "FAILED test_leaky.py::test_engine_per_call" in out
+    assert "FAILED test_leaky.py::test_session_never_closed" in out
