@@ -30,8 +30,9 @@ TICK_S = 0.5
 SETTLE_S = 2.0
 TOP_SITES = 20
 OTHER = "other"
-#: Collection records kept for attribution (a close's collection is recent by construction).
-GC_WINDOW_NS = 60 * 10**9
+#: Collection records kept for attribution: a close's collection is recent by construction (it
+#: is attributed within SETTLE_S), and the kernel records every young collection, so keep few.
+GC_WINDOW_NS = 10 * 10**9
 
 _GC_KINDS = frozenset((ev.GC_START, ev.GC_STOP, ev.BPF_GC_START, ev.BPF_GC_DONE))
 #: Kinds the join needs for attribution; everything else only feeds counters.
@@ -173,6 +174,7 @@ class Exporter:
         self.scrapes = 0
         self.last_scrape = None
         self.tick_seconds = 0.0
+        self.tick_errors = 0
         self._thread = threading.Thread(target=self._loop, name="trace-quit-metrics", daemon=True)
         self._thread.start()
 
@@ -197,8 +199,9 @@ class Exporter:
         while not self._stop.wait(TICK_S):
             try:
                 self._tick(final=False)
-            except Exception:  # a bug here must not stop the recording: the counters just stall
-                pass
+            except Exception:  # a bug here must not stop the recording: the counters stall, and say so
+                with self._lock:
+                    self.tick_errors += 1
 
     def _drain_inbox(self):
         events = []
@@ -293,6 +296,8 @@ class Exporter:
                                     "of their evidence", value=self.attributor.pending)
             yield GaugeMetricFamily("trace_quit_attribution_tick_seconds", "duration of the last attribution pass",
                                     value=self.tick_seconds)
+            yield CounterMetricFamily("trace_quit_attribution_errors", "attribution passes that failed (a bug: "
+                                      "the counters stall)", value=self.tick_errors)
             info = GaugeMetricFamily("trace_quit_tracer_info", "the tracer serving these metrics",
                                      labels=["version"])
             info.add_metric([__version__], 1)
