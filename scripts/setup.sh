@@ -59,6 +59,7 @@ say "system" "${PRETTY_NAME:-unknown}, kernel $(uname -r), database $DB"
 # --- apt packages ----------------------------------------------------------------------
 ARCH="$(dpkg --print-architecture)"
 PKGS=(bpfcc-tools python3-bpfcc libbpfcc pkg-config build-essential python3-venv python3-dev ruby)
+PKGS+=(prometheus)   # the metrics system test scrapes trace-quit with a real Prometheus
 if [ "$DB" = mariadb ]; then
     PKGS+=(mariadb-server mariadb-client libmariadb-dev default-libmysqlclient-dev)
 else
@@ -248,6 +249,8 @@ done
 py="$(pyenv_python 3.11)"
 if [ -z "$py" ] || [ ! -x "$py" ]; then py=/usr/bin/python3; fi   # e.g. the Vagrant VM: no pyenv
 test_venv sqla14 "$py" "SQLAlchemy>=1.4,<2"
+# The pytest plugin's tests run a pytester suite under SQLAlchemy 1.4: that venv needs pytest.
+"$REPO/.venvs/sqla14/bin/python" -c 'import pytest' 2>/dev/null || run "$REPO/.venvs/sqla14/bin/python" -m pip install -q pytest
 
 # --- ownership: a checkout owned by a user (sudo scripts/setup.sh) stays usable by them ------
 OWNER="$(stat -c %u "$REPO")"

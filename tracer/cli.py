@@ -91,6 +91,13 @@ class RunCommand:
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
         parser.add_argument("--quiet", action="store_true", help="no live status line")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics (OpenMetrics) on this port while it runs")
+        parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                            help="address the metrics endpoint binds to (default: 127.0.0.1, loopback only)")
+        parser.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
+                            help="after the program ends, keep serving until one scrape has read the final "
+                                 "counts, at most this long (default: 0)")
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
@@ -142,6 +149,7 @@ class RunCommand:
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
         # program that never started is removed, but only one this run created.
+        metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run()
         except TraceQuitError:
@@ -159,12 +167,15 @@ class RunCommand:
             raise CliError(str(exc), EX_UNAVAILABLE) from None
         if result.capture_error:
             _err(result.capture_error + "; the program's exit status follows")
+            _stop_metrics(metrics_server, args)
             return result.exit_status
         if result.interrupted is not None:
             _err("interrupted by %s while starting: the program was not run; the capture %s says so"
                  % (signal.Signals(result.interrupted).name, result.capture))
+            _stop_metrics(metrics_server, args)
             return result.exit_status
         _print_run_report(result, args.format, force=args.force)
+        _stop_metrics(metrics_server, args)
         return result.exit_status
 
 
@@ -193,6 +204,7 @@ class RunCommand:
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
                              status=not args.quiet)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run_attached(args.pid)
         except TraceQuitError:
@@ -206,8 +218,10 @@ class RunCommand:
             raise CliError(str(exc), EX_UNAVAILABLE) from None
         if result.capture_error:
             _err(result.capture_error)
+            _stop_metrics(metrics_server, args)
             return 0
         _print_run_report(result, args.format, force=args.force)
+        _stop_metrics(metrics_server, args)
         return 0
 
 
@@ -225,6 +239,26 @@ def _check_output(path, force):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OutputError("cannot write %s: no directory %s (create it, or choose another -o)" % (path, directory))
+
+
+def _start_metrics(args, options, recorder):
+    """--metrics-port: serve the run's metrics (tracer/metrics.py); the port in use is one line."""
+    if args.metrics_port is None:
+        return None
+    from trace_quit.tracer import metrics
+
+    try:
+        server = metrics.serve(metrics.header_for(options), args.metrics_addr, args.metrics_port)
+    except metrics.MetricsError as exc:
+        raise CliError(str(exc), EX_UNAVAILABLE) from None
+    recorder.observers.append(server.exporter)
+    return server
+
+
+def _stop_metrics(server, args):
+    if server is not None:
+        server.linger(args.metrics_linger)
+        server.close()
 
 
 def _proc_cmdline(pid):

@@ -81,18 +81,24 @@ class Recorder:
         self.started = False
         self.interrupted: Optional[int] = None
         self.agent_missing = {}   # pid -> why the agent did not load there
+        # Each sees every event too (observe(event), observe_text(lines), finish()): tracer/metrics.py.
+        self.observers: List = []
 
     # --- events from every source pass through here ------------------------------
     def emit(self, event):
         with self._emit_lock:
             self.tally.add(event)
         self.writer.emit(event)
+        for observer in self.observers:
+            observer.observe(event)
 
     def emit_text(self, text, counts, connects_ok):
         """A batch of eBPF events already encoded as capture lines (BpfSession's fast path)."""
         with self._emit_lock:
             self.tally.add_counts(counts, connects_ok)
         self.writer.emit_text(text, counts)
+        for observer in self.observers:
+            observer.observe_text(text)
 
     def note(self, text, level="warning"):
         self.notes.append(text)
@@ -397,6 +403,8 @@ class Recorder:
                 self.note("eBPF detach failed: %s" % exc)
         if self.channel is not None:
             self.channel.close()
+        for observer in self.observers:
+            observer.finish()
         trailer = {"exit_status": exit_status, "program_started": self.started,
                    "lost": {"agent": self.tally.lost["agent"], "bpf": lost_bpf},
                    "timings": dict(self.timings)}

@@ -1,0 +1,361 @@
+"""Prometheus metrics while ``trace-quit run`` runs: ``--metrics-port PORT`` (OpenMetrics).
+
+The recorder hands every event to ``Exporter.observe`` (a deque append: the recorder's
+threads never wait for us). A thread of ours moves them into an ``Attributor`` every
+``TICK_S``; it joins what it holds (analysis/join.py) and gives each ended connection its
+cause through analysis/attribute.py — the report's one cause contract, never re-decided here
+— once its evidence is complete: every layer that runs has spoken (the agent's close or
+destruction; the kernel's mysql_close entry and return), or ``SETTLE_S`` passed since the
+first layer spoke (a lost event must not hold a count back forever), or the run is over.
+Each connection is counted once; its events are then dropped, so memory follows the open
+connections, not the run's length.
+
+Labels: ``call_site`` is the create_engine() line of the connection's Engine, else the
+program's frame that opened it (analysis/drops.Origins, as the report prints it). The first
+``TOP_SITES`` distinct sites keep their own label, later ones are ``other`` (a series never
+changes label, so counters stay monotonic). Sites are file:line in function — no SQL — and
+go through the password redaction anyway.
+"""
+
+import collections
+import json
+import os
+import threading
+import time
+
+from trace_quit.tracer import __version__
+from trace_quit.tracer import events as ev
+
+TICK_S = 0.5
+SETTLE_S = 2.0
+TOP_SITES = 20
+OTHER = "other"
+#: Collection records kept for attribution: a close's collection is recent by construction (it
+#: is attributed within SETTLE_S), and the kernel records every young collection, so keep few.
+GC_WINDOW_NS = 10 * 10**9
+
+_GC_KINDS = frozenset((ev.GC_START, ev.GC_STOP, ev.BPF_GC_START, ev.BPF_GC_DONE))
+#: Kinds the join needs for attribution; everything else only feeds counters.
+_JOIN_KINDS = frozenset((
+    ev.AGENT_START, ev.CONN_OPEN, ev.CONN_FAIL, ev.CONN_CLOSE, ev.CONN_DESTROY, ev.ENGINE_CREATE,
+    ev.ENGINE_DISPOSE, ev.ENGINE_DESTROY, ev.POOL, ev.BPF_CONNECT, ev.BPF_CLOSE, ev.BPF_CLOSE_RET,
+    ev.BPF_WIRE, ev.BPF_PEER_END, ev.BPF_FORK, ev.BPF_EXIT, ev.BPF_FINALIZE, ev.CHILD_START,
+    ev.BPF_PROBES)) | _GC_KINDS
+
+
+class MetricsError(Exception):
+    """The metrics endpoint cannot be served (one line, with the fix)."""
+
+
+class Attributor:
+    """Incremental attribution: events in, (cause, generation, call_site) of each finished close out."""
+
+    def __init__(self, header):
+        self.header = header
+        self.cwd = header.get("cwd")
+        self.events = []
+        self.opened_keys = set()
+        self.sites = {}          # site -> label (first TOP_SITES distinct sites, then OTHER)
+        self.pending = 0         # ended connections waiting for the rest of their evidence
+        self.open = 0
+
+    def add(self, events):
+        self.events.extend(e for e in events if e.get("k") in _JOIN_KINDS)
+
+    def label(self, site):
+        if not site:
+            return "unknown"
+        label = self.sites.get(site)
+        if label is None:
+            label = ev.redact(site) if len(self.sites) < TOP_SITES else OTHER
+            self.sites[site] = label
+        return label
+
+    def tick(self, now_ns, final=False):
+        """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
+        from trace_quit.analysis import drops
+        from trace_quit.analysis.attribute import Context, apply, decide
+        from trace_quit.analysis.join import join
+        from trace_quit.analysis.report import _layers
+
+        j = join(self.events, self.header)
+        layers = _layers(self.header, j)
+
+        def process_ended(pid):
+            t = j.exits.get(pid)
+            if t is not None:
+                return t
+            return now_ns if final else None
+
+        ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+        origins = drops.Origins(self.cwd, j.thread_names)
+        opened, closes, done = [], [], []
+        pending = still_open = 0
+        for life in j.lives:
+            if life.failed:
+                if life.ended:
+                    done.append(life)
+                continue
+            key = (life.pid, life.conn, life.t_start if life.t_start is not None else life.t_open)
+            site = None
+            if life.opened and key not in self.opened_keys:
+                self.opened_keys.add(key)
+                site = self.label(origins.engine_site(life) or origins.open_site(life))
+                opened.append(site)
+            if not life.ended and not final:
+                if life.opened:
+                    still_open += 1
+                continue
+            if not final and not self._complete(life, layers, now_ns):
+                pending += 1
+                continue
+            apply(life, decide(life, ctx))
+            if life.cause is None:
+                continue
+            if site is None:
+                site = self.label(origins.engine_site(life) or origins.open_site(life))
+            closes.append((life.cause, life.generation, site))
+            done.append(life)
+            self.opened_keys.discard(key)
+        self.pending, self.open = pending, still_open
+        self._prune(done, now_ns)
+        return opened, closes
+
+    @staticmethod
+    def _complete(life, layers, now_ns):
+        if life.t_closed is not None and now_ns - life.t_closed >= SETTLE_S * 1e9:
+            return True
+        if layers.agent and life.agent_open is not None and life.agent_end is None:
+            return False
+        if layers.bpf and (life.bpf_end is None or life.bpf_ret is None):
+            return False
+        return True
+
+    def _prune(self, done, now_ns):
+        """Drop the events of counted connections, and collections older than GC_WINDOW_NS."""
+        marks = {}
+        for life in done:
+            ts = [e["t"] for e in (life.agent_open, life.bpf_open, life.agent_end, life.bpf_end, life.bpf_ret)
+                  if e is not None]
+            key = (life.pid, life.conn)
+            marks[key] = max(ts + [marks.get(key, 0)])
+        horizon = now_ns - GC_WINDOW_NS
+        kept = []
+        for e in self.events:
+            k = e.get("k")
+            if k in _GC_KINDS and (e.get("t") or 0) < horizon:
+                continue
+            conn = e.get("conn")
+            if conn is not None and k != ev.ENGINE_CREATE:
+                mark = marks.get((e.get("pid"), conn))
+                if mark is not None and (e.get("t") or 0) <= mark:
+                    continue
+            kept.append(e)
+        self.events = kept
+
+
+class Exporter:
+    """The recorder's observer and the Prometheus collector, over one lock."""
+
+    def __init__(self, header):
+        self.attributor = Attributor(header)
+        self._inbox = collections.deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.com_quit = collections.Counter()      # (cause, generation, call_site) -> n
+        self.opened = collections.Counter()        # call_site -> n
+        self.events_by_src = collections.Counter()
+        self.gc_agent = {}                         # pid -> {gen: cumulative count}
+        self.gc_bpf = collections.Counter()        # gen -> collections the kernel saw
+        self.agent_lost = 0
+        self.bpf_dropped = 0
+        self.running = True
+        self.finished_t = None
+        self.scrapes = 0
+        self.last_scrape = None
+        self.tick_seconds = 0.0
+        self.tick_errors = 0
+        self._thread = threading.Thread(target=self._loop, name="trace-quit-metrics", daemon=True)
+        self._thread.start()
+
+    # --- the recorder's side (any thread; never blocks, never raises) -----------------------
+    def observe(self, event):
+        self._inbox.append(event)
+
+    def observe_text(self, text):
+        self._inbox.append(text)
+
+    def finish(self):
+        """The program ended and every source is drained: attribute what remains, finally."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._tick(final=True)
+        with self._lock:
+            self.running = False
+            self.finished_t = time.monotonic()
+
+    # --- our thread ------------------------------------------------------------------------
+    def _loop(self):
+        while not self._stop.wait(TICK_S):
+            try:
+                self._tick(final=False)
+            except Exception:  # a bug here must not stop the recording: the counters stall, and say so
+                with self._lock:
+                    self.tick_errors += 1
+
+    def _drain_inbox(self):
+        events = []
+        while True:
+            try:
+                item = self._inbox.popleft()
+            except IndexError:
+                break
+            if isinstance(item, str):
+                for line in item.splitlines():
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(e, dict):
+                        events.append(e)
+            elif isinstance(item, dict):
+                events.append(item)
+        return events
+
+    def _tick(self, final):
+        t0 = time.monotonic()
+        events = self._drain_inbox()
+        for e in events:
+            self._count(e)
+        self.attributor.add(events)
+        opened, closes = self.attributor.tick(ev.now_ns(), final=final)
+        with self._lock:
+            self.opened.update(opened)
+            for cause, gen, site in closes:
+                self.com_quit[(cause, "" if gen is None else str(gen), site)] += 1
+            self.tick_seconds = time.monotonic() - t0
+
+    def _count(self, e):
+        k = e.get("k")
+        self.events_by_src[e.get("src") or "?"] += 1
+        if k == ev.GC_COUNTS and isinstance(e.get("by_gen"), dict):
+            self.gc_agent[e.get("pid")] = {str(g): n for g, n in e["by_gen"].items() if isinstance(n, int)}
+        elif k == ev.BPF_GC_DONE:
+            self.gc_bpf[str(e.get("gen"))] += 1
+        elif k == ev.AGENT_LOST and isinstance(e.get("n"), int):
+            self.agent_lost += e["n"]
+        elif k == ev.BPF_STATS and isinstance(e.get("dropped"), int):
+            self.bpf_dropped = max(self.bpf_dropped, e["dropped"])
+
+    # --- the collector (prometheus_client calls these at each scrape) ------------------------
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        with self._lock:
+            self.scrapes += 1
+            self.last_scrape = time.monotonic()
+            quit_ = CounterMetricFamily("trace_quit_com_quit", "COM_QUITs (connection ends) by cause, as the report "
+                                        "attributes them", labels=["cause", "generation", "call_site"])
+            for (cause, gen, site), n in sorted(self.com_quit.items()):
+                quit_.add_metric([cause, gen, site], n)
+            yield quit_
+            opened = CounterMetricFamily("trace_quit_connections_opened", "MySQL connections opened",
+                                         labels=["call_site"])
+            for site, n in sorted(self.opened.items()):
+                opened.add_metric([site], n)
+            yield opened
+            yield GaugeMetricFamily("trace_quit_connections_open", "MySQL connections open now",
+                                    value=self.attributor.open)
+            gcs = CounterMetricFamily("trace_quit_gc_collections", "garbage collections of the traced program",
+                                      labels=["generation"])
+            by_gen = collections.Counter()
+            if self.gc_agent:
+                for counts in self.gc_agent.values():
+                    by_gen.update(counts)
+            else:
+                by_gen.update(self.gc_bpf)
+            for gen in sorted(by_gen):
+                gcs.add_metric([gen], by_gen[gen])
+            yield gcs
+            lost = CounterMetricFamily("trace_quit_lost_events", "events lost on the way to the tracer",
+                                       labels=["source"])
+            lost.add_metric([ev.SRC_AGENT], self.agent_lost)
+            lost.add_metric([ev.SRC_BPF], self.bpf_dropped)
+            yield lost
+            # The tracer's own health.
+            events = CounterMetricFamily("trace_quit_events", "events the tracer received", labels=["source"])
+            for src, n in sorted(self.events_by_src.items()):
+                events.add_metric([src], n)
+            yield events
+            yield GaugeMetricFamily("trace_quit_program_running", "1 while the traced program runs",
+                                    value=1 if self.running else 0)
+            yield GaugeMetricFamily("trace_quit_attribution_pending", "ended connections waiting for the rest "
+                                    "of their evidence", value=self.attributor.pending)
+            yield GaugeMetricFamily("trace_quit_attribution_tick_seconds", "duration of the last attribution pass",
+                                    value=self.tick_seconds)
+            yield CounterMetricFamily("trace_quit_attribution_errors", "attribution passes that failed (a bug: "
+                                      "the counters stall)", value=self.tick_errors)
+            info = GaugeMetricFamily("trace_quit_tracer_info", "the tracer serving these metrics",
+                                     labels=["version"])
+            info.add_metric([__version__], 1)
+            yield info
+
+    def scraped_since_finish(self):
+        with self._lock:
+            return self.finished_t is not None and self.last_scrape is not None and self.last_scrape > self.finished_t
+
+
+class MetricsServer:
+    """The HTTP endpoint (prometheus_client's) serving one Exporter."""
+
+    def __init__(self, exporter, addr, port):
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        self.exporter = exporter
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(exporter)
+        try:
+            served = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsError("port %d on %s is in use: choose another --metrics-port" % (port, addr)) from None
+            raise MetricsError("cannot serve metrics on %s:%d (%s): check --metrics-addr"
+                               % (addr, port, exc.strerror or exc)) from None
+        self.httpd = served[0] if isinstance(served, tuple) else None
+        self.port = self.httpd.server_address[1] if self.httpd is not None else port
+
+    def linger(self, seconds):
+        """After the run: wait (at most ``seconds``) until a scrape has seen the final counts."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while time.monotonic() < deadline and not self.exporter.scraped_since_finish():
+            time.sleep(0.05)
+
+    def close(self):
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+def serve(header, addr, port):
+    """Start the exporter and its endpoint; ``MetricsError`` says why not in one line."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise MetricsError("--metrics-port needs the prometheus_client package: pip install prometheus_client "
+                           "(or re-run scripts/setup.sh)") from None
+    exporter = Exporter(header)
+    try:
+        return MetricsServer(exporter, addr, port)
+    except MetricsError:
+        exporter._stop.set()
+        raise
+
+
+def header_for(options):
+    """What the attribution needs of the capture's header, known before the run starts."""
+    return {"cwd": os.getcwd(), "layers": {"bpf": bool(options.bpf), "agent": bool(options.agent)}}
