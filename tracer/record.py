@@ -41,6 +41,7 @@ class RunOptions:
     sample_user: Optional[str] = None
     run_as: Optional[RunAs] = None
     status: bool = True
+    duration: Optional[float] = None   # --pid: stop tracing after this many seconds
 
 
 @dataclasses.dataclass
@@ -147,9 +148,10 @@ class Recorder:
         try:
             self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
             self.writer.write_header(self._header(run_as, pid=pid))
-            self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
-                      "alone and connections opened before now are reported as opened before the capture" % pid,
-                      level="info")
+            if self.channel is None:  # tracer/attach gives it a channel when it injects the agent
+                self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
+                          "alone and connections opened before now are reported as opened before the capture" % pid,
+                          level="info")
             self._attach_bpf(pid)
             self._start_threads()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -158,7 +160,11 @@ class Recorder:
             # The report's time origin: tracing starts now (the program started earlier).
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
                               "attached": True, **self.timings})
+            t_started = time.monotonic()
+            self._attached_started(pid)
             while not stop.wait(0.1):
+                if opts.duration is not None and time.monotonic() - t_started >= opts.duration:
+                    break
                 if not _alive(pid):
                     self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
                                       "status": None, "attached": True})
@@ -170,6 +176,9 @@ class Recorder:
             self._finish(None)
         return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes)
+
+    def _attached_started(self, pid):
+        """--pid: tracing has started (the time origin is written); tracer/attach injects here."""
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""
