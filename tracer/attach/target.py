@@ -90,23 +90,21 @@ def python_version(pid, exe) -> Tuple[Optional[Tuple[int, int]], bool]:
             maps = f.read()
     except OSError:
         maps = ""
+    return version_from(maps, os.path.realpath(exe))
+
+
+def version_from(maps, exe):
+    """python_version() on the text of /proc/PID/maps and the executable's real path."""
     m = _LIBPYTHON.search(maps)
     if m is None:
-        m = _EXE_PYTHON.search(os.path.basename(os.path.realpath(exe)).replace(" (deleted)", ""))
+        m = _EXE_PYTHON.search(os.path.basename(exe).replace(" (deleted)", ""))
     if m is None:
         return None, False
     return (int(m.group(1)), int(m.group(2))), m.group(3) == "t"
 
 
 def _is_own_tracer(pid):
-    """Is ``pid`` a trace-quit (this one's ancestors, or any process running our CLI)?"""
-    ancestor = os.getppid()
-    seen = 0
-    while ancestor > 1 and seen < 64:
-        if ancestor == pid:
-            return True
-        ancestor = _ppid(ancestor) or 0
-        seen += 1
+    """Is ``pid`` a trace-quit (its command line runs our CLI)?"""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             argv = f.read().split(b"\0")

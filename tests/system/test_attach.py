@@ -1,0 +1,259 @@
+"""trace-quit --pid on a running service: the agent injected, full attribution, then removed.
+
+The service (attach_service.py) runs untraced under a steady loopback load; the test attaches,
+drives the leaking endpoint inside the window, ends trace-quit with Ctrl-C and checks:
+
+* the report's COM_QUITs against the server's general log for the window (every one by the GC,
+  the Engines named at the service's create_engine() line), 0 failed requests;
+* a second injection inspecting the service: gc.callbacks, the wrapped methods, the meta path,
+  the threads and the fds are exactly what they were before attach; uprobe_events unchanged;
+* the pause the program itself felt (a 1 ms heartbeat thread's longest stall) is printed with
+  ``-s``; tests/system/test_attach.py's figures are the README's.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+from tq_support import REPO, TRACE_QUIT, load_events, pyenv_has, venv_python_for
+
+from trace_quit.tracer.attach import target as target_mod
+from trace_quit.tracer.attach.errors import EX_NOT_PYTHON, EX_OWN_TRACER, EX_ZOMBIE
+from trace_quit.tracer.attach.inject import inject
+
+pytestmark = [pytest.mark.bpf, pytest.mark.root, pytest.mark.server, pytest.mark.slow]
+
+SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attach_service.py")
+UPROBE_EVENTS = "/sys/kernel/tracing/uprobe_events"
+LEAKS = 30
+PYTHONS = {"debian": os.path.join(REPO, ".venv", "bin", "python"),
+           "3.8": venv_python_for("3.8"), "3.13": venv_python_for("3.13")}
+
+
+def _leak_line():
+    with open(SERVICE) as f:
+        for number, line in enumerate(f, 1):
+            if "LEAK-SITE" in line:
+                return number
+    raise AssertionError("no LEAK-SITE line in attach_service.py")
+
+
+class Service:
+    """attach_service.py in its own process, and a load generator hitting /ok all along."""
+
+    def __init__(self, python, dsn, tmp_path):
+        port_file = str(tmp_path / "port")
+        self.proc = subprocess.Popen([python, SERVICE, dsn, port_file], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(port_file):
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        with open(port_file) as f:
+            self.port = int(f.read())
+        self.ok = self.failed = 0
+        self.errors = []
+        self.stop_load = threading.Event()
+        self.load_threads = [threading.Thread(target=self._load, daemon=True) for _ in range(2)]
+
+    def get(self, path):
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.port, path), timeout=30) as r:
+            assert r.status == 200
+            return r.read().decode()
+
+    def _load(self):
+        while not self.stop_load.is_set():
+            try:
+                assert self.get("/ok") == "2"
+                self.ok += 1
+            except Exception as exc:  # every failure counts; the test asserts there are none
+                self.failed += 1
+                self.errors.append(repr(exc))
+            time.sleep(0.005)
+
+    def start_load(self):
+        for t in self.load_threads:
+            t.start()
+
+    def end_load(self):
+        self.stop_load.set()
+        for t in self.load_threads:
+            t.join(30)
+
+    def close(self):
+        self.stop_load.set()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def inspect(pid):
+    """A second injection: what the service's interpreter holds now (tracer/agent/attach.inspect)."""
+    session = tempfile.mkdtemp(prefix="trace-quit-test-")
+    try:
+        status = inject(target_mod.check(pid), "inspect", session, "", 10.0)
+    finally:
+        subprocess.run(["rm", "-rf", session])
+    return status["inspect"]
+
+
+def uprobe_events():
+    try:
+        with open(UPROBE_EVENTS) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def wait_for(path, needle, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and needle in open(path, "rb").read():
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    raise AssertionError("%r never appeared in %s" % (needle, path))
+
+
+def attach(pid, capture, *extra):
+    return subprocess.Popen(TRACE_QUIT + ["--pid", str(pid), "--quiet", "--format", "none", "-o", capture]
+                            + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.parametrize("which", sorted(PYTHONS))
+def test_attach_to_a_running_service_and_leave_it_as_it_was(which, bpf_server, tmp_path):
+    python = PYTHONS[which]
+    if not os.path.exists(python):
+        if which != "debian" and not pyenv_has(which):
+            pytest.skip("no Python %s on this machine (pyenv)" % which)
+        pytest.fail("%s is missing: run scripts/setup.sh" % python)
+    probes_before = uprobe_events()
+    service = Service(python, bpf_server.dsn_tcp, tmp_path)
+    try:
+        service.start_load()
+        time.sleep(0.5)
+        before = inspect(service.proc.pid)
+        assert not before["agent_running"] and not before["trace_quit_fds"]
+        service.get("/gap")
+
+        capture = str(tmp_path / "attach.tqcap")
+        tracer = attach(service.proc.pid, capture, "--duration", "10m")
+        wait_for(capture, b"agent injected into process %d" % service.proc.pid, tracer)
+        attach_pause_ms = float(service.get("/gap"))
+
+        log_from = bpf_server.general_log_size()
+        for _ in range(LEAKS):
+            assert service.get("/leak") == "1"
+        assert int(service.get("/collect")) > 0  # every leaked Engine's cycle collected now
+        log = bpf_server.general_log(log_from)
+        quits_in_window = sum(1 for _, command, _ in log if command == "Quit")
+        connects_in_window = sum(1 for _, command, _ in log if command == "Connect")
+        time.sleep(0.3)  # the agent's flusher writes every 50 ms
+
+        service.get("/gap")
+        os.killpg(tracer.pid, signal.SIGINT)  # Ctrl-C: detach
+        _, err = tracer.communicate(timeout=120)
+        assert tracer.returncode == 0, err
+        detach_pause_ms = float(service.get("/gap"))
+        after = inspect(service.proc.pid)
+
+        time.sleep(0.5)
+        service.end_load()
+        assert service.failed == 0, service.errors[:3]
+        assert service.ok > 50
+    finally:
+        service.close()
+
+    # The general log is the truth for the window: one connection and one COM_QUIT per leak.
+    assert connects_in_window == LEAKS and quits_in_window == LEAKS
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    by_cause = report["com_quit"]["by_cause"]
+    assert by_cause["gc"] == LEAKS and report["com_quit"]["wire"]["confirmed"] == LEAKS
+    assert sum(n for cause, n in by_cause.items() if cause not in ("gc", "never_closed")) == 0
+    # never_closed: the shared pool's connections, still open when the trace ended.
+    site = "attach_service.py:%d in leaky_query" % _leak_line()
+    leaky = [e for e in report["engines"] if e["call_site"].endswith(site)]
+    assert len(leaky) == 1 and leaky[0]["created"] == LEAKS and leaky[0]["connections_by_cause"] == {"gc": LEAKS}
+    shared = [e for e in report["engines"] if e["call_site"] == "before attach"]
+    assert len(shared) == 1 and shared[0]["created"] == 1
+    start = [e for e in load_events(capture).events if e.get("k") == "agent_start"]
+    assert len(start) == 1 and start[0]["attached"] is True and len(start[0]["gc_counts"]) == 3
+
+    # Detach left the service as it was.
+    assert after == before
+    assert uprobe_events() == probes_before
+    sys.stderr.write("\n[%s] injection pause felt by the service: attach %.1f ms, detach %.1f ms\n"
+                     % (which, attach_pause_ms, detach_pause_ms))
+    assert attach_pause_ms < 1000 and detach_pause_ms < 1000
+
+
+def test_second_attach_after_detach(bpf_server, tmp_path):
+    service = Service(PYTHONS["debian"], bpf_server.dsn_tcp, tmp_path)
+    try:
+        before = inspect(service.proc.pid)
+        for n in range(2):
+            capture = str(tmp_path / ("attach%d.tqcap" % n))
+            tracer = attach(service.proc.pid, capture, "--duration", "2")
+            _, err = tracer.communicate(timeout=120)
+            assert tracer.returncode == 0, err
+            starts = [e for e in load_events(capture).events if e.get("k") == "agent_start"]
+            assert len(starts) == 1 and starts[0]["pid"] == service.proc.pid
+            assert inspect(service.proc.pid) == before
+    finally:
+        service.close()
+
+
+# --- bad pids: one line, a distinct exit code each -------------------------------------------
+
+def _one_line(result, code, words):
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and re.search(words, result.stderr), result.stderr
+
+
+def test_pid_not_python(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        result = subprocess.run(TRACE_QUIT + ["--pid", str(sleeper.pid), "-o", str(tmp_path / "x.tqcap")],
+                                capture_output=True, text=True, timeout=60)
+        _one_line(result, EX_NOT_PYTHON, "not a Python program")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_pid_zombie(tmp_path):
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while target_mod.proc_state(child.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.02)  # exited, not yet waited for: a zombie
+    try:
+        result = subprocess.run(TRACE_QUIT + ["--pid", str(child.pid), "-o", str(tmp_path / "x.tqcap")],
+                                capture_output=True, text=True, timeout=60)
+        _one_line(result, EX_ZOMBIE, "zombie")
+    finally:
+        child.wait()
+
+
+def test_pid_of_trace_quit_itself(tmp_path):
+    go = tmp_path / "go"
+    first = subprocess.Popen(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", str(tmp_path / "a.tqcap"),
+                                           "--", sys.executable, "-c",
+                                           "import os, time\nwhile not os.path.exists(%r): time.sleep(0.05)" % str(go)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        result = subprocess.run(TRACE_QUIT + ["--pid", str(first.pid), "-o", str(tmp_path / "x.tqcap")],
+                                capture_output=True, text=True, timeout=60)
+        _one_line(result, EX_OWN_TRACER, "trace-quit itself")
+    finally:
+        go.write_text("")
+        first.wait(60)
