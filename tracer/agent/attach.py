@@ -354,7 +354,8 @@ def inspect():
     """What trace-quit could have left behind, as plain data (for the detach test)."""
     out = {"gc_callbacks": [_describe(cb) for cb in gc.callbacks],
            "meta_path": [type(f).__module__ + "." + type(f).__name__ for f in sys.meta_path],
-           "threads": sorted(t.name for t in threading.enumerate()),
+           # The agent's flusher is "trace-quit-agent"; the program's own threads come and go.
+           "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("trace-quit")),
            "agent_running": runtime.AGENT is not None,
            "methods": {}}
     for module_name, cls_name, names in (("MySQLdb.connections", "Connection", ("__init__", "close")),
