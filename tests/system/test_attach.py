@@ -261,3 +261,81 @@ def test_pid_of_trace_quit_itself(tmp_path):
     finally:
         go.write_text("")
         first.wait(60)
+
+
+# --- a pre-forking service: the master's existing workers and the ones it forks later ---------
+
+PREFORK = r'''
+import os, sys, time, MySQLdb
+from trace_quit.workloads import dsn
+kw = dsn.parse(sys.argv[1])
+flags = sys.argv[2]
+def flag(name):
+    return os.path.exists(os.path.join(flags, name))
+def worker():
+    while not flag("stop"):
+        if flag("go"):
+            c = MySQLdb.connect(**kw)
+            del c                    # refcount: one COM_QUIT per loop
+        time.sleep(0.05)
+    os._exit(0)
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        worker()
+    return pid
+workers = [fork(), fork()]
+while not flag("stop"):
+    if flag("fork") and len(workers) == 2:
+        workers.append(fork())   # after attach: inherits the agent, the kernel follows the fork
+    time.sleep(0.05)
+for pid in workers:
+    os.waitpid(pid, 0)
+'''
+
+
+def test_attach_to_a_master_traces_existing_and_later_workers(bpf_server, tmp_path):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    script = tmp_path / "prefork.py"
+    script.write_text(PREFORK)
+    master = subprocess.Popen([PYTHONS["debian"], str(script), bpf_server.dsn_socket, str(flags)])
+    try:
+        deadline = time.monotonic() + 30
+        while len(target_mod.descendants(master.pid)) < 2:
+            assert time.monotonic() < deadline and master.poll() is None
+            time.sleep(0.05)
+        existing = set(target_mod.descendants(master.pid))
+        capture = str(tmp_path / "tree.tqcap")
+        tracer = attach(master.pid, capture)
+        for pid in [master.pid] + sorted(existing):
+            wait_for(capture, b"agent injected into process %d" % pid, tracer)
+        (flags / "fork").write_text("")
+        deadline = time.monotonic() + 30
+        while len(target_mod.descendants(master.pid)) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        later = set(target_mod.descendants(master.pid)) - existing
+        (flags / "go").write_text("")
+        time.sleep(2)
+        (flags / "go").unlink()
+        time.sleep(0.5)
+        os.killpg(tracer.pid, signal.SIGINT)
+        _, err = tracer.communicate(timeout=120)
+        assert tracer.returncode == 0, err
+        for pid in [master.pid] + sorted(existing | later):
+            state = inspect(pid)
+            assert not state["agent_running"] and not state["gc_callbacks"] and not state["trace_quit_fds"], pid
+    finally:
+        (flags / "stop").write_text("")
+        master.wait(30)
+    events = load_events(capture).events
+    workers = existing | later
+    starts = {e["pid"]: e for e in events if e.get("k") == "agent_start"}
+    assert set(starts) == {master.pid} | workers
+    assert [starts[pid].get("forked_from") for pid in sorted(later)] == [master.pid]
+    opened = {e["pid"] for e in events if e.get("k") == "conn_open" and not e.get("before_attach")}
+    closed_in_kernel = {e["pid"] for e in events if e.get("k") == "bpf_close"}
+    assert opened == workers and closed_in_kernel == workers
+    destroyed = [e for e in events if e.get("k") == "conn_destroy"]
+    assert destroyed and {e["cause"] for e in destroyed} == {"refcount"}
