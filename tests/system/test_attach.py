@@ -341,3 +341,86 @@ def test_attach_to_a_master_traces_existing_and_later_workers(bpf_server, tmp_pa
     assert opened == workers and closed_in_kernel == workers
     destroyed = [e for e in events if e.get("k") == "conn_destroy"]
     assert destroyed and {e["cause"] for e in destroyed} == {"refcount"}
+
+
+# --- an injection that cannot happen never leaves the program stopped or trapped ----------------
+
+BUSY = r'''
+import os, sys, time
+flag = sys.argv[1]
+while not os.path.exists(flag):
+    sum(range(1000))          # one thread, pure CPU: never releases the GIL, never a safe point
+time.sleep(0.2)               # PyEval_SaveThread: a breakpoint left behind would kill it here
+open(flag + ".done", "w").write("ok")
+'''
+
+
+def _busy(tmp_path):
+    flag = tmp_path / "flag"
+    (tmp_path / "busy.py").write_text(BUSY)
+    proc = subprocess.Popen([PYTHONS["debian"], str(tmp_path / "busy.py"), str(flag)])
+    time.sleep(0.5)
+    return proc, flag
+
+
+def _gdb_of(pid):
+    return [p for p in os.listdir("/proc") if p.isdigit() and b"-p\0%d\0" % pid in _cmdline(p)]
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read() + b"\0"
+    except OSError:
+        return b""
+
+
+def _still_runs_and_finishes(proc, flag):
+    assert target_mod.proc_state(proc.pid) in ("R", "S")  # not T: not left stopped
+    flag.write_text("")
+    assert proc.wait(30) == 0  # passed PyEval_SaveThread: no breakpoint left in it
+    assert (flag.parent / "flag.done").read_text() == "ok"
+
+
+@pytest.mark.root
+def test_inject_timeout_leaves_the_program_running(tmp_path):
+    from trace_quit.tracer.attach.errors import InjectError
+
+    proc, flag = _busy(tmp_path)
+    try:
+        session = tempfile.mkdtemp(prefix="trace-quit-test-")
+        t0 = time.monotonic()
+        with pytest.raises(InjectError, match="safe"):
+            inject(target_mod.check(proc.pid), "inspect", session, "", 1.0)
+        assert time.monotonic() - t0 < 15
+        assert not _gdb_of(proc.pid)
+        _still_runs_and_finishes(proc, flag)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.root
+def test_tracer_interrupted_mid_injection_leaves_the_program_running(tmp_path):
+    """Ctrl-C while gdb waits for a safe point: gdb is woken and detaches, never killed."""
+    proc, flag = _busy(tmp_path)
+    driver = subprocess.Popen([sys.executable, "-c",
+                               "import sys, tempfile\n"
+                               "from trace_quit.tracer.attach import target, inject\n"
+                               "inject.inject(target.check(int(sys.argv[1])), 'inspect', tempfile.mkdtemp(), '', 60.0)\n",
+                               str(proc.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _gdb_of(proc.pid):  # gdb attached and waiting
+            assert time.monotonic() < deadline and driver.poll() is None
+            time.sleep(0.05)
+        time.sleep(1.0)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=30)
+        assert "KeyboardInterrupt" in err
+        time.sleep(0.2)
+        assert not _gdb_of(proc.pid)
+        _still_runs_and_finishes(proc, flag)
+    finally:
+        proc.kill()
+        proc.wait()
