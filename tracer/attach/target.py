@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import re
-import subprocess
 from typing import List, Optional, Tuple
 
 from trace_quit.tracer.attach.errors import (AttachError, EX_NOT_PYTHON, EX_NOT_RUNNING, EX_NOPERM,
@@ -152,13 +151,3 @@ def same_python_tree(target: Target) -> List[Target]:
             out.append(child)
     return out
 
-
-def run_version_probe(exe) -> Optional[Tuple[int, int]]:
-    """Ask the executable itself (for an interpreter whose file name says nothing)."""
-    try:
-        out = subprocess.run([exe, "-I", "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=10)
-        major, minor = out.stdout.split()
-        return int(major), int(minor)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
