@@ -136,7 +136,7 @@ class RunCommand:
         if argv:
             raise CliError("--pid traces a running process: give no command after --", EX_USAGE)
         if args.no_bpf:
-            raise CliError("--pid works through eBPF only (the agent must be loaded at start-up): drop --no-bpf",
+            raise CliError("--pid needs the eBPF layer (the agent is injected beside it): drop --no-bpf",
                            EX_USAGE)
         if os.geteuid() != 0:
             raise CliError("attaching to a running process needs root: run it with sudo", EX_NOPERM)
