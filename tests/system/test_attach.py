@@ -26,7 +26,7 @@ import pytest
 from tq_support import REPO, TRACE_QUIT, load_events, pyenv_has, venv_python_for
 
 from trace_quit.tracer.attach import target as target_mod
-from trace_quit.tracer.attach.errors import EX_NOT_PYTHON, EX_OWN_TRACER, EX_ZOMBIE
+from trace_quit.tracer.attach.errors import EX_NOT_PYTHON, EX_OWN_TRACER, EX_STOPPED, EX_ZOMBIE
 from trace_quit.tracer.attach.inject import inject
 
 pytestmark = [pytest.mark.bpf, pytest.mark.root, pytest.mark.server, pytest.mark.slow]
@@ -248,6 +248,20 @@ def test_pid_zombie(tmp_path):
         _one_line(result, EX_ZOMBIE, "zombie")
     finally:
         child.wait()
+
+
+def test_pid_stopped(tmp_path):
+    sleeper = subprocess.Popen([PYTHONS["debian"], "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        result = subprocess.run(TRACE_QUIT + ["--pid", str(sleeper.pid), "-o", str(tmp_path / "x.tqcap")],
+                                capture_output=True, text=True, timeout=60)
+        _one_line(result, EX_STOPPED, "is stopped")
+        assert target_mod.proc_state(sleeper.pid) == "T"  # left as the user left it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_pid_of_trace_quit_itself(tmp_path):

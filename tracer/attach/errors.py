@@ -5,6 +5,7 @@ EX_NOPERM = 77        # another user's process without root: the needs-root mess
 EX_NOT_PYTHON = 79    # a process that runs no CPython
 EX_ZOMBIE = 80        # it has exited; only its parent's wait() is missing
 EX_OWN_TRACER = 81    # trace-quit itself
+EX_STOPPED = 82       # stopped (SIGSTOP, job control, a debugger): it could not answer an injection
 
 
 class AttachError(Exception):

@@ -133,6 +133,10 @@ STAND_IN = "/bin/true"
 
 def _gdb(target, code, timeout):
     """Drive one gdb batch session; return what tracer/attach/gdb_script.py reported."""
+    tracer = _tracer_pid(target.pid)
+    if tracer:
+        raise InjectError("process %d is already traced by process %d (a debugger or strace): "
+                          "only one ptrace tracer at a time" % (target.pid, tracer))
     try:
         addresses = symbols.resolve(target.pid)
     except (symbols.SymbolError, OSError) as exc:
@@ -166,6 +170,17 @@ def _gdb(target, code, timeout):
     if interrupted is not None:
         raise interrupted
     return _parse(out, err, gdb.returncode)
+
+
+def _tracer_pid(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _stop_gdb(gdb, pid):

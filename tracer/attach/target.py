@@ -6,7 +6,7 @@ import re
 from typing import List, Optional, Tuple
 
 from trace_quit.tracer.attach.errors import (AttachError, EX_NOT_PYTHON, EX_NOT_RUNNING, EX_NOPERM,
-                                             EX_OWN_TRACER, EX_ZOMBIE)
+                                             EX_OWN_TRACER, EX_STOPPED, EX_ZOMBIE)
 
 _LIBPYTHON = re.compile(r"/libpython(3)\.(\d+)(t?)[^/]*\.so")
 _EXE_PYTHON = re.compile(r"python(3)\.(\d+)(t?)$")
@@ -60,6 +60,11 @@ def check(pid, as_root=None) -> Target:
     if state in ("Z", "X"):
         raise AttachError("process %d has exited (a zombie waiting for its parent): nothing to attach to"
                           % pid, EX_ZOMBIE)
+    if state in ("T", "t"):
+        # Injecting would wait for a thread that cannot run, and our "never leave it stopped"
+        # SIGCONT would resume a process someone stopped on purpose.
+        raise AttachError("process %d is stopped (SIGSTOP, job control or a debugger): continue it first "
+                          "(kill -CONT %d, or detach the debugger)" % (pid, pid), EX_STOPPED)
     if pid == os.getpid() or _is_own_tracer(pid):
         raise AttachError("process %d is trace-quit itself: give the pid of the program to trace" % pid,
                           EX_OWN_TRACER)
