@@ -2,6 +2,7 @@
 
 * ``target``: what a pid is (live, whose, which Python, free-threaded), its process tree;
 * ``inject``: run the bootstrap inside it (gdb on 3.8-3.13, ``sys.remote_exec`` on 3.14+);
+* ``symbols``: the interpreter's entry points in the process, so gdb reads no symbols;
 * ``session``: the Recorder that injects after the eBPF layer attached and detaches at the end;
 * ``gdb_script.py``: runs inside gdb, never imported.
 
