@@ -86,8 +86,11 @@ class RunCommand:
         parser.add_argument("--no-bpf", action="store_true", help="no eBPF probes (no root needed): the agent only")
         parser.add_argument("--no-agent", action="store_true", help="no in-process agent: eBPF only")
         parser.add_argument("--as-root", action="store_true", help="run the program as root even under sudo")
-        parser.add_argument("--pid", type=int, help="attach the eBPF layer to this running process instead "
-                            "(no agent; until it exits or Ctrl-C)")
+        parser.add_argument("--pid", type=int, help="attach to this running Python process (and its children) "
+                            "instead: eBPF plus the agent, injected; until it exits, --duration or Ctrl-C")
+        parser.add_argument("--duration", type=_duration, help="--pid: stop after this long (10m, 90s, 1h)")
+        parser.add_argument("--inject-timeout", type=float, default=None, metavar="SECONDS",
+                            help="--pid: give up injecting the agent after this long (default 5)")
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
         parser.add_argument("--quiet", action="store_true", help="no live status line")
@@ -187,7 +190,7 @@ class RunCommand:
         if argv:
             raise CliError("--pid traces a running process: give no command after --", EX_USAGE)
         if args.no_bpf:
-            raise CliError("--pid works through eBPF only (the agent must be loaded at start-up): drop --no-bpf",
+            raise CliError("--pid needs the eBPF layer (the agent is injected beside it): drop --no-bpf",
                            EX_USAGE)
         if os.geteuid() != 0:
             raise CliError("attaching to a running process needs root: run it with sudo", EX_NOPERM)
@@ -195,6 +198,12 @@ class RunCommand:
             cmdline = _proc_cmdline(args.pid)
         except OSError:
             raise CliError("no process %d: check the pid (ps -p %d)" % (args.pid, args.pid), EX_NOINPUT) from None
+        from trace_quit.tracer import attach
+
+        try:
+            py_target = attach.check_pid(args.pid)  # not Python, a zombie, ourselves: one line each
+        except attach.AttachError as exc:
+            raise CliError(str(exc), exc.code) from None
         output = args.output or default_capture_name(cmdline or ["pid%d" % args.pid])
         _check_output(output, args.force)
         if args.format == "html":
@@ -202,8 +211,17 @@ class RunCommand:
         targets = _resolve_running_targets(args.pid, cmdline)
         options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
-                             status=not args.quiet)
-        recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+                             status=not args.quiet, duration=args.duration)
+        if not args.no_agent and py_target.unsupported:
+            _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (args.pid, py_target.unsupported))
+        if args.no_agent or py_target.unsupported:
+            recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        else:
+            from trace_quit.tracer.attach.session import AttachRecorder
+
+            timeout = args.inject_timeout or attach.DEFAULT_INJECT_TIMEOUT_S
+            recorder = AttachRecorder(options, py_target, timeout, bpf_targets=targets,
+                                      on_note=lambda text: _err(text))
         metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run_attached(args.pid)
@@ -259,6 +277,21 @@ def _stop_metrics(server, args):
     if server is not None:
         server.linger(args.metrics_linger)
         server.close()
+
+
+def _duration(text):
+    """--duration: seconds, or a number with s/m/h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1:] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a duration (examples: 90s, 10m, 1h)" % text) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
 
 
 def _proc_cmdline(pid):

@@ -78,6 +78,13 @@ ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
 POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn,
 #                                  error ("Type: message", <= 200 chars) on invalidate/soft_invalidate
 AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
+# Added by trace-quit --pid (tracer/attach, tracer/agent/attach.py), agent kinds:
+# agent_start.attached = True when the agent was injected into a running process, with
+# .gc_counts (gc.get_count() at attach) and .gc_stats (gc.get_stats()); conn_open.before_attach
+# = True and .origin = "before attach" for a connection alive at attach (stack [], no params;
+# .host = get_host_info()); engine_create.site = "before attach" for an Engine alive then.
+# Tracer kind: note.attach = {pid, method ("gdb"|"remote_exec"), stopped_s, waited_s, call_s,
+# total_s} on the "agent injected" note, one per process.
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------
 # Added keys (tracer/bpf): bpf_connect.t0 and bpf_close_ret.t0 = entry time (ns) of the call;

@@ -43,6 +43,7 @@ class RunOptions:
     sample_user: Optional[str] = None
     run_as: Optional[RunAs] = None
     status: bool = True
+    duration: Optional[float] = None   # --pid: stop tracing after this many seconds
 
 
 @dataclasses.dataclass
@@ -201,16 +202,21 @@ class Recorder:
                 self.writer.write_header(self._header(run_as, pid=pid))
             except OSError as exc:
                 raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
-            self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
-                      "alone and connections opened before now are reported as opened before the capture" % pid,
-                      level="info")
+            if self.channel is None:  # tracer/attach gives it a channel when it injects the agent
+                self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
+                          "alone and connections opened before now are reported as opened before the capture" % pid,
+                          level="info")
             self._attach_bpf(pid)
             self._start_threads()
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             # The report's time origin: tracing starts now (the program started earlier).
             self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
                               "attached": True, **self.timings})
+            t_started = time.monotonic()
+            self._attached_started(pid)
             while not stop.wait(0.1):
+                if opts.duration is not None and time.monotonic() - t_started >= opts.duration:
+                    break
                 if not _alive(pid):
                     self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
                                       "status": None, "attached": True})
@@ -223,6 +229,9 @@ class Recorder:
         return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes,
                          capture_error=self.writer.failure() if self.writer is not None else None)
+
+    def _attached_started(self, pid):
+        """--pid: tracing has started (the time origin is written); tracer/attach injects here."""
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""

@@ -144,7 +144,8 @@ def test_pid_attaches_to_a_running_program(server, tmp_path):
         "gc.collect()\n")
     program = subprocess.Popen([sys.executable, str(prog), server.dsn_socket, str(go)])
     capture = str(tmp_path / "pid.tqcap")
-    tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--quiet", "--format", "none", "-o", capture],
+    tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--no-agent", "--quiet", "--format", "none",
+                               "-o", capture],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # attached once the capture holds its start event

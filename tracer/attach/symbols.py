@@ -1,0 +1,74 @@
+"""Where the interpreter's entry points are in a running process: ELF .dynsym + /proc/PID/maps.
+
+gdb could find them itself, but it would read the interpreter's symbol tables (and a pyenv
+build's DWARF) while the program is stopped: ~1-1.5 s of stop-the-world on this machine. With
+the addresses computed here beforehand, gdb reads no Python symbols at all (only libc's small
+dynamic table, for the malloc it needs to pass a string) and the stop is a few milliseconds.
+"""
+
+from trace_quit.tracer.bpf.elf import Elf, ElfError
+
+#: The functions the injection calls, all exported by every CPython 3.8+ (stable ABI)...
+PYTHON = ("PyEval_SaveThread", "PyGILState_Ensure", "PyRun_SimpleString", "PyGILState_Release")
+#: ... and the C library's allocator, for the buffer that carries the bootstrap's text.
+LIBC = ("malloc", "free")
+
+
+class SymbolError(Exception):
+    """The process's interpreter does not export what the injection needs."""
+
+
+def _mappings(pid):
+    """[(start, end, file offset, path)] of the file-backed mappings of ``pid``."""
+    out = []
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            out.append((start, end, int(parts[2], 16), parts[5].rstrip("\n")))
+    return out
+
+
+def resolve(pid):
+    """{name: address in ``pid``} for PYTHON and LIBC; SymbolError when one is missing."""
+    maps = _mappings(pid)
+    found = {}
+    _find(pid, maps, lambda base: "python" in base, PYTHON, found)
+    _find(pid, maps, lambda base: base.startswith("libc.so") or base.startswith("libc-"), LIBC, found)
+    missing = [n for n in PYTHON + LIBC if n not in found]
+    if missing:
+        raise SymbolError("the interpreter exports no %s" % ", ".join(missing))
+    return found
+
+
+def _find(pid, maps, wanted, names, found):
+    files = []
+    for _s, _e, _o, path in maps:
+        if path not in files and wanted(path.rsplit("/", 1)[-1]):
+            files.append(path)
+    for path in files:
+        # Through map_files: the very file mapped (even if replaced or deleted since), as root.
+        first = next(m for m in maps if m[3] == path)
+        try:
+            elf = Elf("/proc/%d/map_files/%x-%x" % (pid, first[0], first[1]))
+        except (OSError, ElfError):
+            try:
+                elf = Elf(path)
+            except (OSError, ElfError):
+                continue
+        for name in names:
+            if name in found:
+                continue
+            sym = elf.symbol(name)
+            if sym is None or not sym.value:
+                continue
+            try:
+                offset = elf.vaddr_to_offset(sym.value)
+            except ElfError:
+                continue
+            for start, end, map_off, map_path in maps:
+                if map_path == path and map_off <= offset < map_off + (end - start):
+                    found[name] = start + offset - map_off
+                    break
