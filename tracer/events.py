@@ -114,6 +114,34 @@ BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (fi
 #                                  header field, so the header is on disk before attaching begins and
 #                                  a tracer killed while attaching still leaves a readable capture.
 
+# --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, probes.c's socket part) ---
+# PyMySQL (pure Python) has no MYSQL*: a PyMySQL connection's ``conn`` is the inode of its
+# socket (os.fstat(fd).st_ino; the kernel reads the same number from the fd), which both
+# layers see. Agent records about it carry ``driver`` (DRIVERS; absent = mysqlclient):
+# conn_open.fd, .obj (id of the pymysql Connection); conn_close.quit = True (close() writes
+# COM_QUIT); conn_destroy.quit = False (PyMySQL's __del__ closes the socket without it), and
+# conn_destroy.cause may be "server" (PyMySQL dropped the socket after a failed read/write;
+# .error = the exception's type, "eof" for a short read). module.driver names the driver a
+# module is, module.probed = False for a MySQL driver whose connections the agent cannot see.
+DRIVER_MYSQLCLIENT = "mysqlclient"
+DRIVER_PYMYSQL = "pymysql"
+DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
+#: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
+#: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
+DRIVER_SOCKET = "socket"
+# The kernel's view of MySQL sockets opened without the probed client library (PyMySQL, a
+# statically linked client): a socket of a traced process on which the MySQL server greeting
+# (protocol 10) was read. ``lib`` = True when the connect happened inside the probed library's
+# mysql_real_connect (its connections are already bpf_connect's); ``ino`` = the socket inode.
+BPF_SOCK_CONNECT = "bpf_sock_connect"  # conn (= ino), fd, ino, lib
+#: The sampler's reading of the server's counters at the start and at the end of the run
+#: (the end one once they stopped moving): aborted_clients, aborted_connects, at ("start"|"end").
+SERVER_STATUS = "server_status"
+BPF_SOCK_CLOSE = "bpf_sock_close"      # conn (= ino), fd, ino, lib, quit_sent, cause, gen, sends: the last
+#                                        close() of such a socket; quit_sent = a COM_QUIT was written on it
+#                                        before; cause as bpf_close (explicit_close when quit_sent, else gc
+#                                        in a collection, shutdown after finalisation began, refcount)
+
 # --- event kinds: sampler and tracer -------------------------------------------------
 SERVER_COUNT = "server_count"    # count: PROCESSLIST rows for the workload's user
 CHILD_START = "child_start"      # the traced program was released to exec

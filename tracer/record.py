@@ -263,7 +263,11 @@ class Recorder:
             def sink(t_ns, count):
                 self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
 
-            self.sampler = sampler_mod.Sampler(self.options.dsn, sink, user=self.options.sample_user)
+            def status_sink(t_ns, status):  # Aborted_clients at start and end (issue 19)
+                self.emit(dict(status, k=ev.SERVER_STATUS, t=t_ns, src=ev.SRC_SAMPLER))
+
+            self.sampler = sampler_mod.Sampler(self.options.dsn, sink, user=self.options.sample_user,
+                                               status_sink=status_sink)
             self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)

@@ -55,14 +55,19 @@ def main(argv=None):
     parser.add_argument("--atexit-refcount", type=int, default=2)
     parser.add_argument("--atexit-gc", type=int, default=3)
     parser.add_argument("--shutdown", type=int, default=3)
+    parser.add_argument("--driver", choices=("mysqlclient", "pymysql"), default="mysqlclient",
+                        help="the client library (pymysql: known-causes-pymysql)")
     args = parser.parse_args(argv)
 
-    import MySQLdb
+    if args.driver == "pymysql":
+        import pymysql as driver
+    else:
+        import MySQLdb as driver
 
     kwargs = dsnlib.parse(args.dsn)
 
     def connect():
-        return MySQLdb.connect(**kwargs)
+        return driver.connect(**kwargs)
 
     gc.disable()
     gc.collect()  # start from empty young generations
