@@ -126,3 +126,51 @@ def finding(nq: NoQuit) -> Optional[Finding]:
         "Close connections with close() (or a with-block), return them to one shared Engine's pool, "
         "and dispose Engines you create; do not leave PyMySQL connections to the garbage collector.",
         None, n)
+
+
+def explain_drops(drops, nq: NoQuit, com_quit) -> None:
+    """Append to each drop whose cause never sent COM_QUIT in this capture that the server saw aborted clients."""
+    silent = {c for c, n in nq.by_cause.items() if n and n == com_quit.by_cause.get(c)}
+    for d in drops:
+        if d.cause in silent:
+            d.explanation += ", none of them with a COM_QUIT: the server counts each as an aborted client"
+
+
+#: Keys of connections only the kernel saw on a socket outside the client library.
+KERNEL_ONLY_BASE = 1 << 62
+
+
+def pair_sockets(events: List[dict]) -> None:
+    """Give the kernel's bpf_sock_connect/close records (keyed by pid + fd) a ``conn``, in place.
+
+    ``events`` is time-sorted. The agent's PyMySQL conn_open for the same pid and fd, between
+    the kernel's greeting and its close, gives its ``conn`` (the socket inode), so both layers
+    speak of one connection; without it the socket gets a key of its own (KERNEL_ONLY_BASE + n).
+    """
+    pending: Dict[tuple, list] = {}   # (pid, fd) -> [index of bpf_sock_connect, conn]
+    fresh = [KERNEL_ONLY_BASE]
+
+    def key_for(slot):
+        if slot[1] is None:
+            fresh[0] += 1
+            slot[1] = fresh[0]
+        return slot[1]
+
+    for i, e in enumerate(events):
+        k = e.get("k")
+        if k == ev.BPF_SOCK_CONNECT and not e.get("lib") and e.get("conn") is None:
+            pending[(e.get("pid"), e.get("fd"))] = [i, None]
+        elif k == ev.CONN_OPEN and e.get("driver") == ev.DRIVER_PYMYSQL:
+            slot = pending.get((e.get("pid"), e.get("fd")))
+            if slot is not None and slot[1] is None:
+                slot[1] = e.get("conn")
+        elif k == ev.BPF_SOCK_CLOSE and not e.get("lib") and e.get("conn") is None:
+            slot = pending.pop((e.get("pid"), e.get("fd")), None)
+            if slot is None:
+                slot = [None, None]   # connected before the capture
+            conn = key_for(slot)
+            if slot[0] is not None:
+                events[slot[0]] = dict(events[slot[0]], conn=conn)
+            events[i] = dict(e, conn=conn)
+    for slot in pending.values():   # still open at the end
+        events[slot[0]] = dict(events[slot[0]], conn=key_for(slot))

@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from trace_quit.tracer import events as ev
 
+from .aborted import pair_sockets
+
 # Defined in events.py by the eBPF work; spelt here too so this reader works either way.
 _BPF_PROBES = getattr(ev, "BPF_PROBES", "bpf_probes")
 _BPF_PEER_END = getattr(ev, "BPF_PEER_END", "bpf_peer_end")
@@ -293,6 +295,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             e = dict(e, t=t)
         usable.append(e)
     usable.sort(key=_key_t)
+    pair_sockets(usable)  # kernel records of sockets outside the client library get their conn
 
     lives_cur: Dict[Tuple[int, int], Life] = {}
     engines_cur: Dict[Tuple[int, int], EngineLife] = {}
@@ -620,7 +623,10 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             life = life_for_close(pid, conn, "bpf_end")
             life.bpf_end = e
             # The kernel's wire verdict for the socket as a whole (PyMySQL writes COM_QUIT only in close()).
-            life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": ev.WIRE_CONFIRMED if e.get("quit_sent") else ev.WIRE_NOT_SENT}
+            wire = e.get("wire")
+            if wire not in ev.WIRE_STATES:
+                wire = ev.WIRE_CONFIRMED if e.get("quit_sent") else ev.WIRE_NOT_SENT
+            life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": wire}
             if e.get("cause") == ev.GC:
                 life.bpf_collection = bpf_gc_open.get((pid, tid))
         elif k == ev.SERVER_STATUS:

@@ -269,9 +269,10 @@ def build_report(capture: Capture) -> Report:
         step = len(timeline.server) // 8000 + 1
         timeline.server = timeline.server[::step]
 
-    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program)
-    # Aborted clients and drivers (issue 19): after the first line, before the rest.
+    # Aborted clients and drivers (issue 19): a drop of connections that sent no COM_QUIT says so.
     no_quit = abortedlib.summarise(ended, j)
+    abortedlib.explain_drops(drops, no_quit, com_quit)
+    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program)
     summary[1:1] = abortedlib.summary_lines(no_quit)
     unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
     if unsent and summary:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
