@@ -22,7 +22,6 @@ CAUSE_PROSE = {
     ev.GC: "by the garbage collector",
     ev.REFCOUNT: "when their last reference went away",
     ev.SHUTDOWN: "at interpreter shutdown",
-    ev.NEVER_CLOSED: "never closed: the process ended with them open",
     ev.EXPLICIT_CLOSE: "by close() (its COM_QUIT did not go out)",
     ev.UNKNOWN: "for an unknown cause",
 }
@@ -31,7 +30,7 @@ CAUSE_PROSE = {
 DRIVER_NAMES = {
     ev.DRIVER_MYSQLCLIENT: "mysqlclient",
     ev.DRIVER_PYMYSQL: "PyMySQL",
-    ev.DRIVER_SOCKET: "outside the probed client library (kernel only)",
+    ev.DRIVER_SOCKET: "kernel only: a socket outside the client library",
 }
 
 
@@ -76,20 +75,23 @@ def summarise(ended: Sequence, j) -> NoQuit:
 def summary_lines(nq: NoQuit) -> List[str]:
     """The report's sentences about aborted clients, drivers and what it cannot see."""
     out = []
-    if nq.without_quit:
+    never = nq.by_cause.get(ev.NEVER_CLOSED, 0)
+    closed = nq.without_quit - never   # never_closed has a sentence and a finding of its own
+    if closed:
         causes = ", ".join("%d %s" % (n, CAUSE_PROSE.get(c, c))
-                           for c, n in sorted(nq.by_cause.items(), key=lambda kv: -kv[1]))
+                           for c, n in sorted(nq.by_cause.items(), key=lambda kv: -kv[1]) if c != ev.NEVER_CLOSED)
         drivers = ""
         if len(nq.without_quit_by_driver) == 1:
             only = next(iter(nq.without_quit_by_driver))
             drivers = " (%s)" % DRIVER_NAMES.get(only, only)
         out.append("%d %s closed without COM_QUIT%s: %s. The server counts each as an aborted client "
                    "(Aborted_clients; 'Aborted connection' in its error log)." % (
-                       nq.without_quit, "connection was" if nq.without_quit == 1 else "connections were",
-                       drivers, causes))
-    if nq.server_aborted_clients is not None:
+                       closed, "connection was" if closed == 1 else "connections were", drivers, causes))
+    if nq.server_aborted_clients is not None and (nq.without_quit or nq.server_aborted_clients):
         out.append("The server's Aborted_clients rose by %d during the run (trace-quit counted %d "
-                   "connections closed without COM_QUIT)." % (nq.server_aborted_clients, nq.without_quit))
+                   "connections that ended without COM_QUIT%s)." % (
+                       nq.server_aborted_clients, nq.without_quit,
+                       ", %d of them never closed" % never if never else ""))
     if len(nq.by_driver) > 1:
         parts = []
         for driver, causes in nq.by_driver.items():
