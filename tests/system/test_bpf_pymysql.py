@@ -1,0 +1,109 @@
+"""issue 19: the kernel layer sees PyMySQL's sockets (probes.c's msock block) without the agent.
+
+A socket a traced process connects outside mysql_real_connect becomes a MySQL socket when
+the server greeting is read on it; at its close the kernel says whether COM_QUIT was written
+on it and the close's context. known-causes-pymysql must come out exactly from the kernel
+alone, from the agent alone (tests/integration/test_pymysql.py) and from both, with every
+destruction ``not_sent`` and the server's Aborted_clients rising by exactly that many.
+"""
+
+import collections
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bpf_harness import trace_command
+from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, TRACE_QUIT, VENV_PY, run_traced
+
+pytestmark = [pytest.mark.bpf, pytest.mark.server]
+
+CLOSE = KNOWN_CAUSES[("explicit_close", None)]
+#: Without the atexit rows: what the kernel's msock logic decides on its own, whatever moment
+#: the kernel layer takes as the start of shutdown (interface 2 moves it after the last atexit handler).
+NO_ATEXIT = ["--atexit-refcount", "0", "--atexit-gc", "0"]
+NO_ATEXIT_CAUSES = {("explicit_close", None): 7, ("refcount", None): 11, ("gc", 0): 5, ("gc", 2): 13,
+                    ("shutdown", None): 3}
+
+
+def _aborted_clients(server):
+    conn = server.admin_connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")
+        return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+def _report(capture, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "socket"])
+def test_msock_records_of_known_causes_pymysql(bpf_server, tmp_path, transport):
+    dsn = bpf_server.dsn_tcp if transport == "tcp" else bpf_server.dsn_socket
+    run = trace_command([VENV_PY, "-m", "trace_quit.workloads", "known-causes-pymysql", "--dsn", dsn] + NO_ATEXIT,
+                        output_path=str(tmp_path / "out.txt"))
+    assert run.status == 0, run.output
+    connects = run.of("bpf_sock_connect")
+    closes = run.of("bpf_sock_close")
+    total = sum(NO_ATEXIT_CAUSES.values())
+    assert len(connects) == len(closes) == total
+    assert {e["pid"] for e in closes} == {run.pid}
+    assert collections.Counter((e["cause"], e["gen"]) for e in closes) == NO_ATEXIT_CAUSES
+    # COM_QUIT was written exactly on the sockets closed by close(); none on the others.
+    assert collections.Counter((e["cause"] == "explicit_close", e["wire"]) for e in closes) == {
+        (True, "confirmed"): CLOSE, (False, "not_sent"): total - CLOSE}
+    # No mysqlclient connection: the library probes saw nothing.
+    assert run.of("bpf_connect") == [] and run.of("bpf_close") == []
+
+
+#: rows -> (workload arguments, the causes they produce). "default" has the atexit rows, whose
+#: kernel-side causes need interface 2 (shutdown after the last atexit handler) in probes.c,
+#: as tests/system/test_bpf_known_causes.py does for mysqlclient.
+ROWS = {"no-atexit": (NO_ATEXIT, NO_ATEXIT_CAUSES), "default": ([], KNOWN_CAUSES)}
+
+
+def _by_cause(causes):
+    out = collections.Counter()
+    for (cause, _gen), n in causes.items():
+        out[cause] += n
+    return dict(out)
+
+
+@pytest.mark.parametrize("rows", sorted(ROWS))
+@pytest.mark.parametrize("layers", ["kernel", "both"])
+def test_known_causes_pymysql_exact_counts_and_aborted_clients(bpf_server, tmp_path, layers, rows):
+    args, causes = ROWS[rows]
+    total = sum(causes.values())
+    before = _aborted_clients(bpf_server)
+    extra = ["--dsn", bpf_server.dsn_socket] + (["--no-agent"] if layers == "kernel" else [])
+    proc, capture = run_traced(tmp_path, [VENV_PY, "-m", "trace_quit.workloads", "known-causes-pymysql",
+                                          "--dsn", bpf_server.dsn_tcp] + args, bpf=True, extra=extra)
+    assert proc.returncode == 0, proc.stderr
+    report = _report(capture, tmp_path)
+    by_cause = {k: v for k, v in report["com_quit"]["by_cause"].items() if v}
+    assert by_cause == _by_cause(causes)
+    assert report["com_quit"]["gc_by_generation"] == {"0": causes[("gc", 0)], "1": 0, "2": causes[("gc", 2)]}
+    not_sent = total - CLOSE
+    assert report["com_quit"]["wire"] == {"confirmed": CLOSE, "not_sent": not_sent, "encrypted": 0, "unobserved": 0}
+    nq = report["no_quit"]
+    assert nq["without_quit"] == not_sent == nq["server_aborted_clients"]
+    assert _aborted_clients(bpf_server) - before == not_sent
+    # No layer disagreement, no server misreading of PyMySQL's silent closes.
+    assert report["connections"]["server"] == 0
+    assert all(q["cause"] != "unknown" for q in report["quits"])
+    driver = "socket" if layers == "kernel" else "pymysql"
+    assert nq["by_driver"] == {driver: _by_cause(causes)}
+    if layers == "kernel":
+        assert nq["outside_library"] == total
+        assert any("opened outside the probed client library" in s for s in report["summary"])
+    else:
+        assert all(q["reason"] is None for q in report["quits"])
