@@ -162,3 +162,47 @@ def test_engine_per_call_pymysql_drops_are_explained_as_aborted_clients(venv, se
     assert report["drops"], report["summary"]
     assert any("closed without COM_QUIT (PyMySQL)" in s and "aborted client" in s for s in report["summary"])
     assert all("aborted client" in d["explanation"] for d in report["drops"])
+
+
+KILLED = """
+import sys, pymysql
+from trace_quit.workloads import dsn as dsnlib
+kw = dsnlib.parse(sys.argv[1])
+victim, killer = pymysql.connect(**kw), pymysql.connect(**kw)
+killer.cursor().execute("KILL %d" % victim.thread_id())
+try:
+    victim.cursor().execute("SELECT 1")
+except pymysql.err.OperationalError as exc:
+    print("lost", exc.args[0])
+victim.close()  # PyMySQL has dropped the socket: nothing to send
+killer.close()
+"""
+
+
+def test_a_connection_the_server_killed_is_server_not_an_explicit_close(server, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    proc, capture = run_traced(tmp_path, [sys.executable, str(script), server.dsn_tcp])
+    assert proc.returncode == 0, proc.stderr
+    events = load_events(capture).events
+    ends = [(e["k"], e.get("cause")) for e in events if e["k"] in ("conn_close", "conn_destroy")]
+    assert sorted(ends) == [("conn_close", None), ("conn_destroy", "server")]
+    report = _report_json(capture, tmp_path)
+    assert report["connections"]["server"] == 1
+    assert {k: v for k, v in report["com_quit"]["by_cause"].items() if v} == {"explicit_close": 1, "server": 1}
+    assert report["no_quit"]["without_quit"] == 0
+
+
+def test_an_unprobed_mysql_driver_import_is_named_in_the_report(server, tmp_path):
+    # A stand-in package named like a real driver the agent does not probe (test double).
+    pkg = tmp_path / "double" / "asyncmy"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("__version__ = '0.0-test'\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "double"))
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "import asyncmy"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    modules = [e for e in load_events(capture).events if e["k"] == "module"]
+    assert [(e["name"], e["probed"]) for e in modules] == [("asyncmy", False)]
+    report = _report_json(capture, tmp_path)
+    assert report["no_quit"]["unprobed_drivers"] == ["asyncmy"]
+    assert any("The program imported asyncmy: trace-quit does not probe it" in s for s in report["summary"])
