@@ -177,6 +177,19 @@ def hook(agent, module):
                driver=DRIVER)
 
 
+def unhook(module):
+    """Restore the methods ``hook`` wrapped (for Agent.stop(): detach, the pytest plugin)."""
+    cls = getattr(module, "Connection", None)
+    if cls is None or not cls.__dict__.get("_trace_quit_hooked", False):
+        return
+    for name in ("connect", "close", "_force_close", "__del__"):
+        wrapper = cls.__dict__.get(name)
+        original = getattr(wrapper, "__wrapped__", None)
+        if original is not None:
+            setattr(cls, name, original)
+    del cls._trace_quit_hooked
+
+
 def note_unprobed(agent, module):
     """A MySQL driver the agent cannot see into was imported: say so (the report counts it)."""
     name = getattr(module, "__name__", "?")
