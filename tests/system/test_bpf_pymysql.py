@@ -107,3 +107,22 @@ def test_known_causes_pymysql_exact_counts_and_aborted_clients(bpf_server, tmp_p
         assert any("opened outside the probed client library" in s for s in report["summary"])
     else:
         assert all(q["reason"] is None for q in report["quits"])
+
+
+@pytest.mark.parametrize("layers", ["kernel", "both"])
+def test_both_drivers_counted_per_driver_by_the_kernel(bpf_server, tmp_path, layers):
+    # both-drivers-pymysql: mysqlclient 2 close / 3 refcount / 5 gc; PyMySQL 7 / 11 / 13.
+    extra = ["--no-agent"] if layers == "kernel" else []
+    proc, capture = run_traced(tmp_path, [VENV_PY, "-m", "trace_quit.workloads", "both-drivers-pymysql",
+                                          "--dsn", bpf_server.dsn_socket], bpf=True, extra=extra)
+    assert proc.returncode == 0, proc.stderr
+    report = _report(capture, tmp_path)
+    other = "socket" if layers == "kernel" else "pymysql"
+    nq = report["no_quit"]
+    assert nq["by_driver"] == {"mysqlclient": {"explicit_close": 2, "refcount": 3, "gc": 5},
+                               other: {"explicit_close": 7, "refcount": 11, "gc": 13}}
+    assert nq["without_quit_by_driver"] == {other: 24}
+    # mysqlclient's destructions send COM_QUIT; PyMySQL's do not.
+    assert report["com_quit"]["wire"] == {"confirmed": 17, "not_sent": 24, "encrypted": 0, "unobserved": 0}
+    assert report["connections"]["server"] == 0
+    assert all(q["cause"] != "unknown" for q in report["quits"])
