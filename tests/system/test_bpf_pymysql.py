@@ -126,3 +126,26 @@ def test_both_drivers_counted_per_driver_by_the_kernel(bpf_server, tmp_path, lay
     assert report["com_quit"]["wire"] == {"confirmed": 17, "not_sent": 24, "encrypted": 0, "unobserved": 0}
     assert report["connections"]["server"] == 0
     assert all(q["cause"] != "unknown" for q in report["quits"])
+
+
+def test_statically_linked_mariadb_children_are_counted_outside_the_library(bpf_server, tmp_path):
+    # Debian's `mariadb` client carries its own copy of the client library: no library probe
+    # sees it; the kernel's msock does (issue 12, "connections it cannot see").
+    import os
+    import shutil
+
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    if client is None:
+        pytest.skip("no mariadb/mysql command-line client installed")
+    script = ("%s --no-defaults -S %s -u %s -e 'SELECT 1' >/dev/null && "
+              "%s --no-defaults -h 127.0.0.1 -P %d -u %s -e 'SELECT 1' >/dev/null" % (
+                  client, bpf_server.socket_path, bpf_server.user, client, bpf_server.port, bpf_server.user))
+    env = dict(os.environ, MYSQL_PWD=bpf_server.password)
+    proc, capture = run_traced(tmp_path, ["/bin/sh", "-c", script], bpf=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = _report(capture, tmp_path)
+    assert report["connections"]["opened"] == 2
+    assert report["no_quit"]["outside_library"] == 2
+    assert report["no_quit"]["by_driver"] == {"socket": {"explicit_close": 2}}
+    assert report["com_quit"]["wire"]["confirmed"] == 2 and report["no_quit"]["without_quit"] == 0
+    assert any(s.startswith("2 MySQL connections were opened outside the probed client library") for s in report["summary"])
