@@ -10,12 +10,11 @@ destruction ``not_sent`` and the server's Aborted_clients rising by exactly that
 import collections
 import json
 import subprocess
-import sys
 
 import pytest
 
 from bpf_harness import trace_command
-from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, TRACE_QUIT, VENV_PY, run_traced
+from tq_support import KNOWN_CAUSES, TRACE_QUIT, VENV_PY, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
