@@ -129,6 +129,13 @@ DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
 #: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
 #: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
 DRIVER_SOCKET = "socket"
+#: The fields above, for check()'s per-kind declarations (kind -> {field: type(s)}); None allowed.
+PYMYSQL_AGENT_FIELDS = {
+    CONN_OPEN: {"driver": str, "fd": int, "obj": int},
+    CONN_CLOSE: {"driver": str, "fd": int, "quit": bool},
+    CONN_DESTROY: {"driver": str, "fd": int, "quit": bool, "error": str},
+    MODULE: {"driver": str, "probed": bool},
+}
 # The kernel's view of MySQL sockets opened without the probed client library (PyMySQL, a
 # statically linked client): a socket of a traced process on which the MySQL server greeting
 # (protocol 10) was read. ``lib`` = True when the connect happened inside the probed library's
