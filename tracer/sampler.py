@@ -67,7 +67,7 @@ class Sampler:
             self._thread.start()
             if self.status_sink is not None:
                 # The first Aborted_clients reading precedes the program's first connection.
-                self._first_done.wait(self._params["connect_timeout"] + 1)
+                self._first_done.wait(min(self._params["connect_timeout"] + 1, 3))
         return self
 
     def stop(self, timeout=5.0):

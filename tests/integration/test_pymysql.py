@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, TRACE_QUIT, destroy_causes, kinds, load_events, run_traced
+from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, TRACE_QUIT, destroy_causes, kinds,
+                        load_events, pyenv_has, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server
 
@@ -206,3 +207,19 @@ def test_an_unprobed_mysql_driver_import_is_named_in_the_report(server, tmp_path
     report = _report_json(capture, tmp_path)
     assert report["no_quit"]["unprobed_drivers"] == ["asyncmy"]
     assert any("The program imported asyncmy: trace-quit does not probe it" in s for s in report["summary"])
+
+
+@pytest.mark.parametrize("version", AGENT_VERSIONS)
+def test_known_causes_pymysql_on_every_python(version, server, tmp_path):
+    if not pyenv_has(version):
+        pytest.skip("pyenv has no Python %s on this machine" % version)
+    python = venv_python_for(version)
+    assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
+    proc, capture = run_traced(tmp_path, [python, "-m", "trace_quit.workloads", "known-causes-pymysql",
+                                          "--dsn", server.dsn_tcp])
+    assert proc.returncode == 0, proc.stderr
+    events = load_events(capture).events
+    assert [e["python"][:len(version) + 1] for e in events if e["k"] == "agent_start"] == [version + "."]
+    assert kinds(events)["conn_open"] == KNOWN_CAUSES_TOTAL
+    assert kinds(events)["conn_close"] == KNOWN_CAUSES[("explicit_close", None)]
+    assert destroy_causes(events) == DESTROYED
