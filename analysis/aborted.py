@@ -40,10 +40,13 @@ def sent_no_quit(life) -> bool:
         return False
     if life.cause == ev.NEVER_CLOSED or life.wire_state == ev.WIRE_NOT_SENT:
         return True
-    if life.wire_state in (ev.WIRE_CONFIRMED, ev.WIRE_ENCRYPTED):
+    if life.wire_state == ev.WIRE_CONFIRMED:
         return False
-    # The wire unobserved: PyMySQL's code decides (only close() writes COM_QUIT).
-    return life.driver in (ev.DRIVER_PYMYSQL, ev.DRIVER_SOCKET) and life.cause != ev.EXPLICIT_CLOSE
+    # The wire unobserved or encrypted: the driver's code decides. libmysqlclient's mysql_close
+    # always sends COM_QUIT; PyMySQL only from close().
+    if life.cause in (ev.EXPLICIT_CLOSE, ev.UNKNOWN):
+        return False   # never a guess: an unattributed encrypted close is not counted either way
+    return life.driver in (ev.DRIVER_PYMYSQL, ev.DRIVER_SOCKET)
 
 
 def server_aborted_clients(server_status: Sequence) -> Optional[int]:

@@ -148,3 +148,46 @@ def test_statically_linked_mariadb_children_are_counted_outside_the_library(bpf_
     assert report["no_quit"]["by_driver"] == {"socket": {"explicit_close": 2}}
     assert report["com_quit"]["wire"]["confirmed"] == 2 and report["no_quit"]["without_quit"] == 0
     assert any(s.startswith("2 MySQL connections were opened outside the probed client library") for s in report["summary"])
+
+
+TLS_PROG = r"""
+import sys, pymysql
+from trace_quit.workloads import dsn
+kw = dsn.parse(sys.argv[1])
+def connect():
+    c = pymysql.connect(ssl={"ca": sys.argv[2], "check_hostname": False}, **kw)
+    cur = c.cursor()
+    cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+    assert cur.fetchone()[1], "not encrypted"
+    cur.close()
+    return c
+for _ in range(2):
+    connect().close()
+for _ in range(3):
+    c = connect()
+    del c
+"""
+
+
+def test_tls_pymysql_closes_are_encrypted_and_the_agent_names_the_cause(tmp_path):
+    # Over TLS the kernel cannot see COM_QUIT, so it cannot tell close() from a destruction:
+    # its cause is unknown and the agent's stands; the destructions are still aborted clients.
+    from trace_quit.workloads.server import DisposableServer
+
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    script = tmp_path / "tls.py"
+    script.write_text(TLS_PROG)
+    with DisposableServer(extra_args=["--ssl-cert=" + cert, "--ssl-key=" + key]) as server:
+        before = _aborted_clients(server)
+        proc, capture = run_traced(tmp_path, [VENV_PY, str(script), server.dsn_tcp, cert], bpf=True,
+                                   extra=["--dsn", server.dsn_socket])
+        assert proc.returncode == 0, proc.stderr
+        report = _report(capture, tmp_path)
+        aborted = _aborted_clients(server) - before
+    closes = [q for q in report["quits"]]
+    assert {k: v for k, v in report["com_quit"]["by_cause"].items() if v} == {"explicit_close": 2, "refcount": 3}
+    assert report["com_quit"]["wire"]["encrypted"] == 5
+    assert all("the eBPF layer could not attribute it" in q["reason"] for q in closes)
+    assert report["no_quit"]["without_quit"] == 3 == aborted == report["no_quit"]["server_aborted_clients"]

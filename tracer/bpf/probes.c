@@ -927,6 +927,8 @@ static __always_inline void msock_close(u64 fd)
     struct gc_state *gs = gc_thread.lookup(&tid);
     if (cur.quit) {
         cause = CAUSE_EXPLICIT_CLOSE;
+    } else if (cur.tls) {
+        cause = CAUSE_UNKNOWN;      // encrypted: a COM_QUIT inside cannot be seen, so close() neither
     } else if (fin_tid && *fin_tid == tid) {
         cause = CAUSE_SHUTDOWN;
     } else if (gs && gs->depth > 0) {
