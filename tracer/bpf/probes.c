@@ -816,6 +816,35 @@ struct msock_read {
 BPF_TABLE("lru_hash", struct sock_key, struct msock_state, msocks, 65536);  // (tgid, fd) ->
 BPF_TABLE("lru_hash", u32, struct msock_read, msock_reading, 65536);        // tid -> read in flight
 
+/* The two functions below are the only ones that touch shared state outside this block:
+ * the finalising/GC bracket rule (as close_entry's) and the event layout. */
+static __always_inline u8 msock_context(u32 tgid, u32 tid, s32 *gen)
+{
+    u32 *fin_tid = finalizing.lookup(&tgid);
+    struct gc_state *gs = gc_thread.lookup(&tid);
+    if (fin_tid && *fin_tid == tid)
+        return CAUSE_SHUTDOWN;
+    if (gs && gs->depth > 0) {
+        *gen = gs->gen;
+        return CAUSE_GC;
+    }
+    return CAUSE_REFCOUNT;
+}
+
+static __always_inline void msock_emit(u8 kind, u32 fd, u32 sends, u8 cause, s32 gen, u8 wire, u64 t_greeting)
+{
+    struct event *e = reserve(kind);
+    if (!e)
+        return;
+    e->val = sends;
+    e->val2 = fd;
+    e->cause = cause;
+    e->gen = gen;
+    e->wire = wire;
+    e->conn = t_greeting;
+    submit(e);
+}
+
 static __always_inline void msock_connect(u64 fd)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -880,11 +909,7 @@ static __always_inline void msock_read_exit(s64 ret)
     }
     ms->state = MSOCK_MYSQL;
     ms->ts = bpf_ktime_get_ns();
-    struct event *e = reserve(EV_SOCK_CONNECT);
-    if (e) {
-        e->val2 = cur.fd;
-        submit(e);
-    }
+    msock_emit(EV_SOCK_CONNECT, cur.fd, 0, 0, -1, 0, 0);
 }
 
 static __always_inline void msock_send(u64 fd, const void *buf, u64 len)
@@ -923,30 +948,14 @@ static __always_inline void msock_close(u64 fd)
         return;
     u8 cause;
     s32 gen = -1;
-    u32 *fin_tid = finalizing.lookup(&tgid);
-    struct gc_state *gs = gc_thread.lookup(&tid);
-    if (cur.quit) {
+    if (cur.quit)
         cause = CAUSE_EXPLICIT_CLOSE;
-    } else if (cur.tls) {
+    else if (cur.tls)
         cause = CAUSE_UNKNOWN;      // encrypted: a COM_QUIT inside cannot be seen, so close() neither
-    } else if (fin_tid && *fin_tid == tid) {
-        cause = CAUSE_SHUTDOWN;
-    } else if (gs && gs->depth > 0) {
-        cause = CAUSE_GC;
-        gen = gs->gen;
-    } else {
-        cause = CAUSE_REFCOUNT;
-    }
-    struct event *e = reserve(EV_SOCK_CLOSE);
-    if (e) {
-        e->val = cur.sends;
-        e->val2 = (u32)fd;
-        e->cause = cause;
-        e->gen = gen;
-        e->wire = cur.quit ? WIRE_CONFIRMED : (cur.tls ? WIRE_ENCRYPTED : WIRE_NOT_SENT);
-        e->conn = cur.ts;
-        submit(e);
-    }
+    else
+        cause = msock_context(tgid, tid, &gen);
+    msock_emit(EV_SOCK_CLOSE, (u32)fd, cur.sends, cause, gen,
+               cur.quit ? WIRE_CONFIRMED : (cur.tls ? WIRE_ENCRYPTED : WIRE_NOT_SENT), cur.ts);
 }
 
 /* ---- system calls: two raw tracepoints for all of them ---------------------------------
