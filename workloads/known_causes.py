@@ -16,7 +16,7 @@ An atexit handler is still the program's own code: what it drops is refcount or 
 ``shutdown`` begins only after the last atexit handler has run (the interpreter finalising).
 
 Automatic collection is disabled so that only the explicit collections above run
-(gc.collect() still works with gc.disable()). Stdlib + mysqlclient only.
+(gc.collect() still works with gc.disable()). Stdlib + mysqlclient (PyMySQL with --driver pymysql).
 
     python -m trace_quit.workloads known-causes --dsn mysql://u:p@127.0.0.1:3306/db
 """
