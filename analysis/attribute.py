@@ -94,7 +94,7 @@ SERVER_EVIDENCE = {
     "agent_error": "agent: the pool invalidated it with a server-gone error",
 }
 
-_AGENT_CAUSES = (ev.GC, ev.REFCOUNT, ev.SHUTDOWN)
+_AGENT_CAUSES = (ev.GC, ev.REFCOUNT, ev.SHUTDOWN, ev.SERVER)  # server: PyMySQL dropped its socket after an error
 _BPF_CAUSES = (ev.EXPLICIT_CLOSE, ev.GC, ev.REFCOUNT, ev.SHUTDOWN)
 
 #: First bytes of a send inside mysql_close that is the COM_QUIT packet itself.
@@ -129,6 +129,8 @@ def wire_state(life: Life, ctx: Context) -> str:
     them, the kernel's own verdict at mysql_close return wins (it saw every send of the
     bracket); the sends recorded as events decide when that return was lost.
     """
+    if life.bpf_end is not None and life.bpf_end.get("k") == ev.BPF_SOCK_CLOSE:
+        return life.bpf_ret["wire"]  # the socket probes' own verdict (PyMySQL: only close() writes COM_QUIT)
     if not ctx.wire or life.bpf_end is None:
         return ev.WIRE_UNOBSERVED
     verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
@@ -350,7 +352,9 @@ def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
     failed = bool(life.send_errors) and any(r in SEND_PEER_GONE for r in life.send_errors)
     verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
     # Not sent because a send failed for another reason (EAGAIN, ...) is no sign of the server.
-    if ctx.wire and verdict == ev.WIRE_NOT_SENT and wire == ev.WIRE_NOT_SENT and not life.send_errors:
+    # (Only libmysqlclient always sends COM_QUIT: PyMySQL's destructions never do, docs/pymysql.md.)
+    if (ctx.wire and verdict == ev.WIRE_NOT_SENT and wire == ev.WIRE_NOT_SENT and not life.send_errors
+            and life.driver == ev.DRIVER_MYSQLCLIENT):
         out.append("kernel_not_sent")
     if failed:
         out.append("kernel_send_failed")

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from trace_quit.tracer import events as ev
 
+from .aborted import pair_sockets
+
 #: MySQL/MariaDB error codes that mean the server ended the connection first. The client
 #: library detects the first three itself on the socket (and drops the socket: its later
 #: mysql_close sends nothing); the server sends the others in an error packet before it
@@ -144,6 +146,19 @@ class Life:
         """The life that opened the server connection this one is a handle on (itself unless a fork copy)."""
         return self.root if self.root is not None else self
 
+    @property
+    def driver(self) -> str:
+        """The client library: the agent's ``driver``, "socket" for a kernel-only non-libmysqlclient socket."""
+        for e in (self.agent_open, self.agent_end):
+            if e is not None:
+                d = e.get("driver")
+                if isinstance(d, str) and d in ev.DRIVERS:
+                    return d
+        for e in (self.bpf_open, self.bpf_end):
+            if e is not None and e.get("k") in (ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE):
+                return ev.DRIVER_SOCKET  # the kernel alone: a MySQL socket outside libmysqlclient
+        return ev.DRIVER_MYSQLCLIENT
+
     def open_event(self) -> Optional[dict]:
         """The richest open event: the agent's (stack, host) else the kernel's."""
         return self.agent_open or self.bpf_open
@@ -236,6 +251,9 @@ class Joined:
         self.forked_from: Dict[int, int] = {}           # child pid -> parent pid
         self.forks: Dict[int, Tuple[int, int, bool]] = {}  # child pid -> (parent pid, t of the fork, exact)
         self.inherited = 0                              # fork copies (handles on a parent's connection)
+        # Issue 19: the server's Aborted_clients around the run, and drivers nobody probes.
+        self.server_status: List[Tuple[int, dict]] = []  # (t, server_status event)
+        self.unprobed: Dict[str, str] = {}              # module -> driver name (module.probed False)
 
 
 def _key_t(e: dict) -> int:
@@ -249,6 +267,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
     if default_pid is None:
         default_pid = 0
     usable = sorted(events, key=_key_t)
+    pair_sockets(usable)  # kernel records of sockets outside the client library get their conn
 
     lives_cur: Dict[Tuple[int, int], Life] = {}
     engines_cur: Dict[Tuple[int, int], EngineLife] = {}
@@ -519,6 +538,30 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                 c.t_stop = t
                 collected = e["collected"]
                 c.collected = collected if collected >= 0 else None  # -1: unknown
+        elif k == ev.BPF_SOCK_CONNECT:
+            # A MySQL socket outside the probed library (PyMySQL, a static client): conn = its inode.
+            conn = e["conn"]
+            if e.get("lib"):
+                continue  # the library's own socket: bpf_connect already has it
+            life = life_for_open(pid, conn, "bpf_open", t)
+            life.bpf_open = dict(e, ok=True)
+            if life.t_open is None or t < life.t_open:
+                life.t_open = t
+        elif k == ev.BPF_SOCK_CLOSE:
+            conn = e["conn"]
+            if e.get("lib"):
+                continue
+            life = life_for_close(pid, conn, "bpf_end")
+            life.bpf_end = e
+            # The kernel's wire verdict for the socket as a whole (PyMySQL writes COM_QUIT only in close()).
+            wire = e.get("wire")
+            if wire not in ev.WIRE_STATES:
+                wire = ev.WIRE_CONFIRMED if e.get("quit_sent") else ev.WIRE_NOT_SENT
+            life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": wire}
+            if e.get("cause") == ev.GC:
+                life.bpf_collection = bpf_gc_open.get((pid, tid))
+        elif k == ev.SERVER_STATUS:
+            j.server_status.append((t, e))
         elif k == ev.SERVER_COUNT:
             j.server_counts.append((t, e["count"]))
         elif k == ev.CHILD_START:
@@ -549,6 +592,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             name, version = e["name"], e["version"]
             if name and version:
                 j.modules.setdefault(name, version)
+            if name and e.get("probed") is False:
+                j.unprobed.setdefault(name, e.get("driver") or name)
         elif k == ev.AGENT_LOST:
             j.agent_lost += e["n"]
         elif k == ev.BPF_STATS:

@@ -215,6 +215,19 @@ class Timeline:
 
 
 @dataclasses.dataclass
+class NoQuit:
+    """Connections ended without COM_QUIT (aborted clients to the server), and per-driver counts."""
+
+    without_quit: int = 0
+    by_cause: Dict[str, int] = dataclasses.field(default_factory=dict)
+    by_driver: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)   # driver -> cause -> n
+    without_quit_by_driver: Dict[str, int] = dataclasses.field(default_factory=dict)
+    server_aborted_clients: Optional[int] = None   # the sampler's Aborted_clients increase (--dsn)
+    unprobed_drivers: List[str] = dataclasses.field(default_factory=list)  # imported, not probed
+    outside_library: int = 0                       # kernel-only MySQL sockets outside libmysqlclient
+
+
+@dataclasses.dataclass
 class Report:
     """Everything one capture says, explained."""
 
@@ -241,6 +254,7 @@ class Report:
     revision: int = 0             # the capture's schema revision (its header's version)
     lacks: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # kind -> fields that revision lacks
     schema: str = SCHEMA
+    no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

@@ -4,6 +4,7 @@ Contract keys are never removed or renamed; everything else is an addition (keys
 added). Several captures give ``{"schema": "trace-quit/reports/1", "reports": [...]}``.
 """
 
+import dataclasses
 import json
 from typing import Any, Dict, Sequence
 
@@ -66,6 +67,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
                      "collections": r.timeline.collections, "quit_bin_s": r.timeline.quit_bin_s,
                      "quit_bins": r.timeline.quit_bins, "end_s": r.timeline.end_s},
         "quits": [_quit(x) for x in r.quits],
+        # issue 19: connections closed without COM_QUIT (aborted clients), per driver
+        "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,
     }
 
 

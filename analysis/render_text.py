@@ -92,6 +92,10 @@ def _one(o: _Out, r: Report) -> None:
     extra = []
     if c.failed:
         extra.append("%s failed connects" % fmt_int(c.failed))
+    nq = r.no_quit  # issue 19: client closes that sent no COM_QUIT (PyMySQL's destructions)
+    if nq is not None and nq.without_quit - nq.by_cause.get("never_closed", 0):
+        extra.append("%s of them closed without sending it (aborted clients)" % fmt_int(
+            nq.without_quit - nq.by_cause.get("never_closed", 0)))
     if c.server:
         extra.append("%s ended by the server" % fmt_int(c.server))
     if c.open_at_end:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from trace_quit.tracer import events as ev
 
+from . import aborted as abortedlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
@@ -240,14 +241,27 @@ def build_report(capture: Capture) -> Report:
         step = len(timeline.server) // 8000 + 1
         timeline.server = timeline.server[::step]
 
+    # Aborted clients and drivers (issue 19): a drop of connections that sent no COM_QUIT says so.
+    no_quit = abortedlib.summarise(ended, j)
+    abortedlib.explain_drops(drops, no_quit, com_quit)
     summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program)
+    summary[1:1] = abortedlib.summary_lines(no_quit)
+    unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
+    if unsent and summary:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
+        said = dropslib.plural(connections.com_quit, "COM_QUIT")
+        ended = dropslib.plural(connections.com_quit, "ended", "ended")
+        summary[0] = summary[0].replace(", %s:" % said, ", %s by the client (%s with COM_QUIT):" % (
+            ended, dropslib.fmt_int(connections.com_quit - unsent)), 1)
+    extra = abortedlib.finding(no_quit)
+    if extra is not None:
+        findings.insert(0, extra)
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
-        lacks=dict(capture.lacks))
+        lacks=dict(capture.lacks), no_quit=no_quit)
 
 
 _CAUSE_PROSE = {
@@ -266,7 +280,7 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
             or connections.open_at_end or connections.failed):
         line = "No MySQL connection was opened"
-        if layers.agent and "MySQLdb" not in program.modules:
+        if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
             line += " (the program never imported MySQLdb)"
         out.append(line + ".")
         if not layers.bpf:

@@ -221,11 +221,11 @@ test_venv() {  # NAME PYTHON SQLALCHEMY-SPEC
     local base="python=$(readlink -f "$py") sqlalchemy=$spec"
     # The interpreter and libraries: rebuilt only when the interpreter or the spec changes.
     if [ "$(cat "$dir/.trace-quit-base" 2>/dev/null)" != "$base" ] \
-        || ! "$dir/bin/python" -c 'import MySQLdb, sqlalchemy' 2>/dev/null; then
+        || ! "$dir/bin/python" -c 'import MySQLdb, pymysql, sqlalchemy' 2>/dev/null; then
         rm -rf "$dir"
         mkdir -p "$REPO/.venvs"
         run "$py" -m venv "$dir"
-        run "$dir/bin/python" -m pip install -q mysqlclient "$spec"
+        run "$dir/bin/python" -m pip install -q mysqlclient PyMySQL "$spec"
         echo "$base" >"$dir/.trace-quit-base"
         what="built"
     fi

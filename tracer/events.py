@@ -128,6 +128,34 @@ BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (fi
 #                                  header field, so the header is on disk before attaching begins and
 #                                  a tracer killed while attaching still leaves a readable capture.
 
+# --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, probes.c's socket part) ---
+# PyMySQL (pure Python) has no MYSQL*: a PyMySQL connection's ``conn`` is the inode of its
+# socket (os.fstat(fd).st_ino; the kernel reads the same number from the fd), which both
+# layers see. Agent records about it carry ``driver`` (DRIVERS; absent = mysqlclient):
+# conn_open.fd, .obj (id of the pymysql Connection); conn_close.quit = True (close() writes
+# COM_QUIT); conn_destroy.quit = False (PyMySQL's __del__ closes the socket without it), and
+# conn_destroy.cause may be "server" (PyMySQL dropped the socket after a failed read/write;
+# .error = the exception's type, "eof" for a short read). module.driver names the driver a
+# module is, module.probed = False for a MySQL driver whose connections the agent cannot see.
+DRIVER_MYSQLCLIENT = "mysqlclient"
+DRIVER_PYMYSQL = "pymysql"
+DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
+#: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
+#: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
+DRIVER_SOCKET = "socket"
+# The kernel's view of MySQL sockets opened without the probed client library (PyMySQL, a
+# statically linked client): a socket of a traced process on which the MySQL server greeting
+# (protocol 10) was read. ``lib`` = True when the connect happened inside the probed library's
+# mysql_real_connect (its connections are already bpf_connect's); ``ino`` = the socket inode.
+BPF_SOCK_CONNECT = "bpf_sock_connect"  # conn (= ino), fd, ino, lib
+#: The sampler's reading of the server's counters at the start and at the end of the run
+#: (the end one once they stopped moving): aborted_clients, aborted_connects, at ("start"|"end").
+SERVER_STATUS = "server_status"
+BPF_SOCK_CLOSE = "bpf_sock_close"      # conn (= ino), fd, ino, lib, quit_sent, cause, gen, sends: the last
+#                                        close() of such a socket; quit_sent = a COM_QUIT was written on it
+#                                        before; cause as bpf_close (explicit_close when quit_sent, else gc
+#                                        in a collection, shutdown after finalisation began, refcount)
+
 # --- event kinds: sampler and tracer -------------------------------------------------
 SERVER_COUNT = "server_count"    # count: PROCESSLIST rows for the workload's user
 CHILD_START = "child_start"      # the traced program was released to exec
@@ -195,18 +223,24 @@ KINDS = {
         F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
         _opt("forked_from", INT, null=True))),
     MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),
-                                         F("file", STR, null=True))),
+                                         F("file", STR, null=True), _opt("driver", STR, since=2),
+                                         _opt("probed", BOOL, since=2))),
     GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
     GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
-        _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT))),
+        _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT),
+        _opt("driver", STR, since=2), _opt("fd", INT, null=True, since=2), _opt("obj", INT, since=2))),
     CONN_FAIL: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("error", STR))),
-    CONN_CLOSE: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("stack", LIST), _opt("thread", STR))),
+    CONN_CLOSE: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("stack", LIST), _opt("thread", STR),
+                                             _opt("driver", STR, since=2), _opt("fd", INT, null=True, since=2),
+                                             _opt("quit", BOOL, since=2))),
     CONN_DESTROY: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("cause", STR), F("gen", INT, null=True),
-                                               F("cid", INT, null=True))),
+                                               F("cid", INT, null=True), _opt("driver", STR, since=2),
+                                               _opt("fd", INT, null=True, since=2), _opt("quit", BOOL, since=2),
+                                               _opt("error", STR, null=True, since=2))),
     ENGINE_CREATE: (SRC_AGENT, _AGENT_COMMON + (
         F("engine", INT), F("site", STR), F("pool_class", STR), _opt("url", STR), _opt("pool_size", INT),
         _opt("max_overflow", INT))),
@@ -235,9 +269,18 @@ KINDS = {
     BPF_EXIT: (SRC_BPF, _BPF_COMMON),
     BPF_PEER_END: (SRC_BPF, _BPF_COMMON + (F("conn", INT), F("fd", INT), F("ret", INT), F("op", STR, null=True))),
     BPF_STATS: (SRC_BPF, _GLOBAL_COMMON + (F("emitted", INT), F("dropped", INT))),
+    # MySQL sockets outside the probed client library (PyMySQL, static clients): keyed by pid + fd
+    # on disk; the analysis gives them their ``conn`` (analysis/aborted.py: pair_sockets).
+    BPF_SOCK_CONNECT: (SRC_BPF, _BPF_COMMON + (F("fd", INT, since=2), F("lib", BOOL, since=2))),
+    BPF_SOCK_CLOSE: (SRC_BPF, _BPF_COMMON + (
+        F("fd", INT, since=2), F("lib", BOOL, since=2), F("cause", STR, since=2), F("gen", INT, null=True, since=2),
+        F("quit_sent", BOOL, since=2), F("wire", STR, since=2), F("sends", INT, since=2),
+        F("t_greeting", INT, since=2))),
     BPF_PROBES: (SRC_TRACER, _GLOBAL_COMMON + (F("probes", LIST), F("missing", LIST))),
     # sampler and tracer
     SERVER_COUNT: (SRC_SAMPLER, _GLOBAL_COMMON + (F("count", INT),)),
+    SERVER_STATUS: (SRC_SAMPLER, _GLOBAL_COMMON + (F("at", STR, since=2), _opt("aborted_clients", INT, since=2),
+                                                   _opt("aborted_connects", INT, since=2))),
     CHILD_START: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), _opt("attach_s", NUM), _opt("startup_s", NUM),
                                                 _opt("attached", BOOL))),
     CHILD_EXIT: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), F("status", INT, null=True), _opt("attached", BOOL))),
@@ -328,7 +371,8 @@ def added_after(kind, revision):
     """The fields of ``kind`` that captures of ``revision`` may lack (added by a later revision)."""
     if kind not in KINDS:
         return ()
-    return tuple(f.name for f in KINDS[kind][1] if f.since > revision)
+    # Only required fields: an optional one (PyMySQL's ``driver``) may be absent in any revision.
+    return tuple(f.name for f in KINDS[kind][1] if f.since > revision and f.required)
 
 
 def encode(event):

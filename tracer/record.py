@@ -351,11 +351,14 @@ class Recorder:
             def sink(t_ns, count):
                 self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
 
+            def status_sink(t_ns, status):  # Aborted_clients at start and end (issue 19)
+                self.emit(dict(status, k=ev.SERVER_STATUS, t=t_ns, src=ev.SRC_SAMPLER))
+
             # Its first error is said at once (a wrong password gives no samples at all), and
             # again in the report (tests/integration/test_trust_sampler.py).
             self.sampler = sampler_mod.Sampler(
                 self.options.dsn, sink, user=self.options.sample_user,
-                on_first_error=lambda text: self.note("server sampler: %s" % text))
+                on_first_error=lambda text: self.note("server sampler: %s" % text), status_sink=status_sink)
             self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)

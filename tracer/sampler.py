@@ -34,6 +34,8 @@ from trace_quit.tracer import dsn as dsnlib
 
 QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
          "WHERE USER = %s AND ID <> CONNECTION_ID()")
+#: The server's count of connections that ended without COM_QUIT (and of failed connects).
+STATUS_QUERY = "SHOW GLOBAL STATUS WHERE Variable_name IN ('Aborted_clients', 'Aborted_connects')"
 
 
 class MissingGrant(Exception):
@@ -43,7 +45,8 @@ class MissingGrant(Exception):
 class Sampler:
     """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
 
-    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5, on_first_error=None):
+    def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5, on_first_error=None,
+                 status_sink=None):
         self._params = dsnlib.parse(dsn)
         self._params["connect_timeout"] = int(max(1, connect_timeout))
         self._redacted = dsnlib.redact(dsn)
@@ -59,12 +62,20 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = None
         self._conn = None
+        # Aborted_clients before and after (issue 19): status_sink(t_ns, {"aborted_clients": n, ...}).
+        self.status_sink = status_sink
+        self.status_first = None
+        self.status_last = None
+        self._first_done = threading.Event()
 
     def start(self):
         """Start polling in a daemon thread; returns self."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="trace-quit-sampler", daemon=True)
             self._thread.start()
+            if self.status_sink is not None:
+                # The first Aborted_clients reading precedes the program's first connection.
+                self._first_done.wait(min(self._params["connect_timeout"] + 1, 3))
         return self
 
     def stop(self, timeout=5.0):
@@ -132,6 +143,7 @@ class Sampler:
             import MySQLdb
         except Exception as exc:  # no mysqlclient here: say so, poll nothing
             self._error("import MySQLdb", exc)
+            self._first_done.set()
             return
         interval_ns = int(self.interval * 1e9)
         next_ns = ev.now_ns()
@@ -151,6 +163,9 @@ class Sampler:
                         self.sink(t, count)
                     except Exception as exc:
                         self._error("sink", exc)
+                    if self.status_sink is not None and self.status_first is None:
+                        self._status(first=True)
+                self._first_done.set()
                 # Fixed rate: the next tick is one interval after the previous one, not
                 # after this query; a late tick is skipped rather than bunched.
                 next_ns += interval_ns
@@ -161,7 +176,48 @@ class Sampler:
         except BaseException as exc:  # never raise out of the thread
             self._error("sampler", exc)
         finally:
+            if self.status_sink is not None and self.status_first is not None:
+                self._status(first=False)
             self._close()
+
+    # --- Aborted_clients (issue 19; docs/pymysql.md) ---------------------------------------
+    def read_status(self):
+        """``{"aborted_clients": n, "aborted_connects": n}`` from SHOW GLOBAL STATUS."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute(STATUS_QUERY)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        return {str(name).lower(): int(value) for name, value in rows}
+
+    def _status(self, first):
+        """Read the counters once at the start; at the end, until they stop moving.
+
+        The server counts an aborted client when its thread reads the closed socket, a moment
+        after the program's close(): the last reading waits for two equal ones (<= 3 s)."""
+        try:
+            if self._conn is None:
+                import MySQLdb
+
+                self._conn = MySQLdb.connect(autocommit=True, **self._params)
+            status = self.read_status()
+            if not first:
+                deadline = ev.now_ns() + 3 * 10 ** 9
+                while ev.now_ns() < deadline:
+                    threading.Event().wait(0.2)
+                    again = self.read_status()
+                    if again == status:
+                        break
+                    status = again
+            t = ev.now_ns()
+            if first:
+                self.status_first = status
+            else:
+                self.status_last = status
+            self.status_sink(t, dict(status, at="start" if first else "end"))
+        except Exception as exc:
+            self._error("SHOW GLOBAL STATUS on %s" % self._redacted, exc)
 
 
 class CsvSink:

@@ -15,6 +15,9 @@ WORKLOADS = {
     "nullpool-scoped": "nullpool_scoped",
     "hidden-threads": "hidden_threads",
     "known-causes": "known_causes",
+    "known-causes-pymysql": "known_causes_pymysql",
+    "engine-per-call-pymysql": "engine_per_call_pymysql",
+    "both-drivers-pymysql": "both_drivers_pymysql",
 }
 
 PROG = "python -m trace_quit.workloads"

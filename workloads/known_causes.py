@@ -16,7 +16,7 @@ An atexit handler is still the program's own code: what it drops is refcount or 
 ``shutdown`` begins only after the last atexit handler has run (the interpreter finalising).
 
 Automatic collection is disabled so that only the explicit collections above run
-(gc.collect() still works with gc.disable()). Stdlib + mysqlclient only.
+(gc.collect() still works with gc.disable()). Stdlib + mysqlclient (PyMySQL with --driver pymysql).
 
     python -m trace_quit.workloads known-causes --dsn mysql://u:p@127.0.0.1:3306/db
 """
@@ -55,14 +55,19 @@ def main(argv=None):
     parser.add_argument("--atexit-refcount", type=int, default=2)
     parser.add_argument("--atexit-gc", type=int, default=3)
     parser.add_argument("--shutdown", type=int, default=3)
+    parser.add_argument("--driver", choices=("mysqlclient", "pymysql"), default="mysqlclient",
+                        help="the client library (pymysql: known-causes-pymysql)")
     args = parser.parse_args(argv)
 
-    import MySQLdb
+    if args.driver == "pymysql":
+        import pymysql as driver
+    else:
+        import MySQLdb as driver
 
     kwargs = dsnlib.parse(args.dsn)
 
     def connect():
-        return MySQLdb.connect(**kwargs)
+        return driver.connect(**kwargs)
 
     gc.disable()
     gc.collect()  # start from empty young generations

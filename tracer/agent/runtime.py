@@ -71,6 +71,7 @@ class Agent:
         self.gc_counts_reported = None
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
+        self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
         # Bound once, so the hot paths and finalisation never look up module globals.
         self.now = time.monotonic_ns
         self.native_tid = threading.get_native_id
@@ -363,7 +364,7 @@ class Agent:
         def listener(*args, agent=self, engine_id=engine_id, name=name):
             try:
                 dbapi_connection = args[0] if args else None
-                conn = id(dbapi_connection) + agent.conn_offset if dbapi_connection is not None else None
+                conn = agent.conn_of(dbapi_connection) if dbapi_connection is not None else None
                 fields = {"engine": engine_id, "ev": name, "conn": conn}
                 if len(args) > 2 and isinstance(args[2], BaseException):
                     # invalidate/soft_invalidate: the error is the evidence of a server that went away
@@ -373,6 +374,15 @@ class Agent:
             except Exception:
                 pass
         return listener
+
+    def conn_of(self, dbapi_connection):
+        """The ``conn`` key of a DB-API connection: its MYSQL*, or a PyMySQL socket's inode."""
+        tracker = self.pymysql
+        if tracker is not None:
+            key = tracker.conn_of(dbapi_connection)
+            if key is not None:
+                return key
+        return id(dbapi_connection) + self.conn_offset
 
     def on_engine_dispose(self, engine):
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
@@ -487,6 +497,11 @@ def _report_module(agent, name):
 
 
 HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
+
+# --- PyMySQL, and MySQL drivers the agent does not probe: tracer/agent/pymysql.py --------
+from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402
+
+HOOKS.update(_pymysql_hooks.hooks())
 
 
 class _ImportHook:

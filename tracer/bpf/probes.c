@@ -79,6 +79,8 @@ struct pt_regs {
 #define EV_FORK 8
 #define EV_EXIT 9
 #define EV_PEER_END 10
+#define EV_SOCK_CONNECT 11   // MySQL sockets outside the client library (PyMySQL): see "msock" below
+#define EV_SOCK_CLOSE 12
 
 #define OP_READ 1
 #define OP_WRITE 2
@@ -782,6 +784,180 @@ static __always_inline int sys_sendmsg(u64 fd, u64 msg)
     return on_send_iov(fd, (const void *)iov);
 }
 
+/* ---- msock: MySQL sockets the client library does not own (PyMySQL; issue 19) ---------
+ * PyMySQL speaks the protocol itself over a Python socket, so no library probe sees it.
+ * A traced process's socket connect()ed outside mysql_real_connect is a candidate; the
+ * first bytes read on it decide: a MySQL server greeting (packet sequence 0, protocol 10)
+ * makes it a MySQL socket (EV_SOCK_CONNECT). Then the 5 bytes of COM_QUIT written on it
+ * are remembered, and its close() reports whether they went out and the close's context
+ * (EV_SOCK_CLOSE: explicit_close when COM_QUIT was written, PyMySQL sending it only from
+ * close(); else as at mysql_close: shutdown on the finalising thread, gc inside a
+ * collection bracket, refcount). Keyed by (tgid, fd): analysis pairs them with the agent's
+ * records of the same fd (the agent's conn is the socket inode, which this kernel's
+ * headers cannot be trusted to reach). Separate maps: nothing above depends on them. */
+#define MSOCK_CANDIDATE 1   // connected outside the library; no byte read yet
+#define MSOCK_HEADER 2      // a 4-byte packet header with sequence 0 was read; the next byte decides
+#define MSOCK_MYSQL 3       // the server greeting was read: a MySQL connection
+
+struct msock_state {
+    u64 ts;                 // when the greeting was read
+    u32 sends;              // writes on it after the greeting
+    u8 state;               // MSOCK_*
+    u8 quit;                // a 5-byte COM_QUIT was written on it
+    u8 tls;                 // a TLS record was written on it (a COM_QUIT would be unreadable)
+    u8 pad;
+};
+
+struct msock_read {
+    u64 buf;
+    u32 fd;
+};
+
+BPF_TABLE("lru_hash", struct sock_key, struct msock_state, msocks, 65536);  // (tgid, fd) ->
+BPF_TABLE("lru_hash", u32, struct msock_read, msock_reading, 65536);        // tid -> read in flight
+
+/* The two functions below are the only ones that touch shared state outside this block:
+ * the finalising/GC bracket rule (as close_entry's) and the event layout. */
+static __always_inline u8 msock_context(u32 tgid, u32 tid, s32 *gen)
+{
+    u32 *fin_tid = finalizing.lookup(&tgid);
+    struct gc_state *gs = gc_thread.lookup(&tid);
+    if (fin_tid && *fin_tid == tid)
+        return CAUSE_SHUTDOWN;
+    if (gs && gs->depth > 0) {
+        *gen = gs->gen;
+        return CAUSE_GC;
+    }
+    return CAUSE_REFCOUNT;
+}
+
+static __always_inline void msock_emit(u8 kind, u32 fd, u32 sends, u8 cause, s32 gen, u8 wire, u64 t_greeting)
+{
+    struct event *e = reserve(kind);
+    if (!e)
+        return;
+    e->val = sends;
+    e->val2 = fd;
+    e->cause = cause;
+    e->gen = gen;
+    e->wire = wire;
+    e->conn = t_greeting;
+    submit(e);
+}
+
+static __always_inline void msock_connect(u64 fd)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    if (in_connect.lookup(&tid))
+        return;     // the library's own socket: bpf_connect has it
+    struct sock_key sk = {};
+    sk.tgid = id >> 32;
+    sk.fd = (u32)fd;
+    struct msock_state ms = {};
+    ms.state = MSOCK_CANDIDATE;
+    msocks.update(&sk, &ms);
+}
+
+static __always_inline void msock_read_enter(u64 fd, u64 buf)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct sock_key sk = {};
+    sk.tgid = id >> 32;
+    sk.fd = (u32)fd;
+    struct msock_state *ms = msocks.lookup(&sk);
+    if (!ms || ms->state == MSOCK_MYSQL)
+        return;
+    u32 tid = (u32)id;
+    struct msock_read rd = {};
+    rd.buf = buf;
+    rd.fd = (u32)fd;
+    msock_reading.update(&tid, &rd);
+}
+
+static __always_inline void msock_read_exit(s64 ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct msock_read *rd = msock_reading.lookup(&tid);
+    if (!rd)
+        return;
+    struct msock_read cur = *rd;
+    msock_reading.delete(&tid);
+    if (ret < 0)
+        return;     // EAGAIN and the like: the next read decides
+    struct sock_key sk = {};
+    sk.tgid = id >> 32;
+    sk.fd = cur.fd;
+    struct msock_state *ms = msocks.lookup(&sk);
+    if (!ms)
+        return;
+    u8 b[5] = {};
+    int mysql = 0;
+    if (ms->state == MSOCK_HEADER) {
+        if (ret >= 1 && bpf_probe_read_user(b, 1, (void *)cur.buf) == 0)
+            mysql = b[0] == 0x0a;
+    } else if (ret >= 5 && bpf_probe_read_user(b, 5, (void *)cur.buf) == 0) {
+        mysql = b[3] == 0 && b[4] == 0x0a;
+    } else if (ret == 4 && bpf_probe_read_user(b, 4, (void *)cur.buf) == 0 && b[3] == 0) {
+        ms->state = MSOCK_HEADER;
+        return;
+    }
+    if (!mysql) {
+        msocks.delete(&sk);     // another protocol: forget the socket
+        return;
+    }
+    ms->state = MSOCK_MYSQL;
+    ms->ts = bpf_ktime_get_ns();
+    msock_emit(EV_SOCK_CONNECT, cur.fd, 0, 0, -1, 0, 0);
+}
+
+static __always_inline void msock_send(u64 fd, const void *buf, u64 len)
+{
+    struct sock_key sk = {};
+    sk.tgid = bpf_get_current_pid_tgid() >> 32;
+    sk.fd = (u32)fd;
+    struct msock_state *ms = msocks.lookup(&sk);
+    if (!ms || ms->state != MSOCK_MYSQL)
+        return;
+    u8 head[5] = {};
+    u32 n = len < 5 ? (u32)len : 5;
+    if (n > 0 && n <= 5)
+        bpf_probe_read_user(head, n, buf);
+    ms->sends += 1;
+    if (len == 5 && head[0] == 1 && head[1] == 0 && head[2] == 0 && head[3] == 0 && head[4] == 1)
+        ms->quit = 1;
+    if (n >= 2 && head[0] >= 0x14 && head[0] <= 0x17 && head[1] == 0x03)
+        ms->tls = 1;
+}
+
+static __always_inline void msock_close(u64 fd)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 tid = (u32)id;
+    struct sock_key sk = {};
+    sk.tgid = tgid;
+    sk.fd = (u32)fd;
+    struct msock_state *ms = msocks.lookup(&sk);
+    if (!ms)
+        return;
+    struct msock_state cur = *ms;
+    msocks.delete(&sk);
+    if (cur.state != MSOCK_MYSQL)
+        return;
+    u8 cause;
+    s32 gen = -1;
+    if (cur.quit)
+        cause = CAUSE_EXPLICIT_CLOSE;
+    else if (cur.tls)
+        cause = CAUSE_UNKNOWN;      // encrypted: a COM_QUIT inside cannot be seen, so close() neither
+    else
+        cause = msock_context(tgid, tid, &gen);
+    msock_emit(EV_SOCK_CLOSE, (u32)fd, cur.sends, cause, gen,
+               cur.quit ? WIRE_CONFIRMED : (cur.tls ? WIRE_ENCRYPTED : WIRE_NOT_SENT), cur.ts);
+}
+
 /* ---- system calls: two raw tracepoints for all of them ---------------------------------
  * raw_syscalls:sys_enter/sys_exit through BPF_RAW_TRACEPOINT_OPEN: the program runs for
  * every system call of every process, but costs ~30 ns where it returns at once, whereas a
@@ -819,17 +995,23 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
     void *regs = (void *)ctx->args[0];
     if (nr == NR_WRITE || nr == NR_SENDTO) {
         u64 fd = ARG0(regs), len = ARG2(regs);
+        msock_send(fd, (const void *)ARG1(regs), len);   // msock (PyMySQL)
         io_enter(fd, len, OP_WRITE);
         return on_send(fd, (const void *)ARG1(regs), len);
     }
     if (nr == NR_READ || nr == NR_RECVFROM) {
+        msock_read_enter(ARG0(regs), ARG1(regs));        // msock (PyMySQL)
         io_enter(ARG0(regs), ARG2(regs), OP_READ);
         return 0;
     }
-    if (nr == NR_CLOSE)
+    if (nr == NR_CLOSE) {
+        msock_close(ARG0(regs));                          // msock (PyMySQL)
         return sys_close(ARG0(regs));
-    if (nr == NR_CONNECT)
+    }
+    if (nr == NR_CONNECT) {
+        msock_connect(ARG0(regs));                        // msock (PyMySQL)
         return sys_connect(ARG0(regs));
+    }
     if (nr == NR_WRITEV)
         return on_send_iov(ARG0(regs), (const void *)ARG1(regs));
     if (nr == NR_SENDMSG)
@@ -844,6 +1026,8 @@ int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
     long nr = (long)sys_arg((void *)ctx->args[0], 120);   /* orig_ax: the call's number */
     if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM && nr != NR_WRITEV && nr != NR_SENDMSG)
         return 0;
+    if (nr == NR_READ || nr == NR_RECVFROM)
+        msock_read_exit((s64)ctx->args[1]);               // msock (PyMySQL)
     return io_exit((s64)ctx->args[1]);
 }
 
@@ -880,6 +1064,7 @@ int on_exit(void *args)
     in_close.delete(&tid);
     in_connect.delete(&tid);
     io_pending.delete(&tid);
+    msock_reading.delete(&tid);
 #if TP_EXIT_GROUP_DEAD >= 0
     u8 group_dead = 0;
     bpf_probe_read_kernel(&group_dead, 1, (char *)args + TP_EXIT_GROUP_DEAD);

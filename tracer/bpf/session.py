@@ -30,7 +30,8 @@ from trace_quit.tracer.bpf.ringbuf import RingReader
 
 # Kinds and codes shared with probes.c (#define EV_*, CAUSE_*, WIRE_*).
 _KINDS = {1: ev.BPF_CONNECT, 2: ev.BPF_CLOSE, 3: ev.BPF_CLOSE_RET, 4: ev.BPF_WIRE, 5: ev.BPF_GC_START,
-          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT, 10: ev.BPF_PEER_END}
+          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT, 10: ev.BPF_PEER_END,
+          11: ev.BPF_SOCK_CONNECT, 12: ev.BPF_SOCK_CLOSE}   # 11, 12: probes.c's msock (PyMySQL)
 _CAUSES = {0: ev.UNKNOWN, 1: ev.EXPLICIT_CLOSE, 2: ev.REFCOUNT, 3: ev.GC, 4: ev.SHUTDOWN}
 # WIRE_OTHER (bytes sent, none a COM_QUIT) is reported as not_sent, with "sends" > 0.
 _WIRE = {0: ev.WIRE_NOT_SENT, 1: ev.WIRE_CONFIRMED, 2: ev.WIRE_ENCRYPTED, 3: ev.WIRE_NOT_SENT}
@@ -490,6 +491,11 @@ def decode_event(fields):
         out.update(child=val)
     elif kind == 10:
         out.update(conn=conn, fd=val2, ret=val, op=_OPS.get(wire))
+    elif kind == 11:    # a MySQL socket outside the client library (analysis pairs it by fd)
+        out.update(fd=val2, lib=False)
+    elif kind == 12:
+        out.update(fd=val2, lib=False, cause=_CAUSES.get(cause, ev.UNKNOWN), gen=gen if cause == 3 and gen >= 0 else None,
+                   quit_sent=wire == 1, wire=_WIRE.get(wire, ev.WIRE_UNOBSERVED), sends=val, t_greeting=conn)
     return out
 
 
