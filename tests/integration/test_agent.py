@@ -443,3 +443,24 @@ def test_stop_leaves_the_program_as_it_was(server, tmp_path):
     events = load_events(capture).events
     assert kinds(events)["conn_open"] == 1 and kinds(events)["conn_close"] == 1
     assert destroy_causes(events) == {}
+
+
+def test_events_before_exec_and_os_exit_are_written(server, tmp_path):
+    # Both replace or end the process with no atexit: the buffer must go out first.
+    prog = _write(tmp_path, "execer.py", """
+        import os, sys, MySQLdb
+        from trace_quit.workloads import dsn
+        kw = dsn.parse(sys.argv[1])
+        MySQLdb.connect(**kw).close()
+        if os.fork() == 0:
+            c = MySQLdb.connect(**kw); del c
+            os._exit(0)
+        os.wait()
+        c = MySQLdb.connect(**kw); del c
+        os.execl(sys.executable, sys.executable, "-c", "print('exec ok')")
+    """)
+    proc, capture = run_traced(tmp_path, [sys.executable, prog, server.dsn_tcp])
+    assert (proc.returncode, proc.stdout) == (0, "exec ok\n"), proc.stderr
+    events = load_events(capture).events
+    assert kinds(events)["conn_open"] == 3 and kinds(events)["conn_close"] == 1
+    assert destroy_causes(events) == {("refcount", None): 2}
