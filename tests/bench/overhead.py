@@ -15,8 +15,9 @@ a shared machine falls on every mode alike:
 The loop (churn_loop.py) reports its own wall time and its own process CPU (getrusage
 RUSAGE_SELF around the loop: the agent's work is in it, the tracer's is not). The table gives
 per-iteration µs of the fastest round (the least disturbed) and its ratio to untraced's
-fastest, plus the tracer's own CPU per iteration (trace-quit's children CPU minus the
-program's). Needs root for the eBPF modes (otherwise only untraced and agent run).
+fastest, in brackets the median over rounds of each round's ratio to that round's untraced
+run, plus the tracer's own CPU per iteration, start-up included (trace-quit's and its
+children's CPU minus the program's). Needs root for the eBPF modes (otherwise only untraced and agent run).
 """
 
 import argparse
@@ -24,7 +25,8 @@ import json
 import os
 import platform
 import resource
-import signal
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,31 +55,25 @@ def client_library(python):
     raise BenchError("%s links no libmariadb/libmysqlclient" % so)
 
 
-class Bpftrace:
-    """``bpftrace -e 'uprobe:LIB:mysql_close { @closes = count(); }'`` running beside the loop."""
+def run_with_bpftrace(library, command, cwd):
+    """Run ``command`` under the peer one-liner; return the number of mysql_close it counted.
 
-    def __init__(self, library):
-        self.library = library
-        self.proc = None
-
-    def __enter__(self):
-        program = "uprobe:%s:mysql_close { @closes = count(); }" % self.library
-        self.proc = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        line = self.proc.stdout.readline()  # "Attaching 1 probe..." once the probe is in
-        if not line.startswith("Attaching"):
-            self.proc.kill()
-            raise BenchError("bpftrace did not attach: %s %s" % (line.strip(), self.proc.stderr.read().strip()))
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=30)
-        self.closes = 0
-        for line in out.splitlines():
-            if line.startswith("@closes:"):
-                self.closes = int(line.split(":")[1])
-        return False
+    ``bpftrace -c`` starts the command once the probe is in and stops with it; ``cpid``
+    keeps the count to that process (a uprobe fires for every process using the library)."""
+    program = "uprobe:%s:mysql_close /pid == cpid/ { @closes = count(); }" % library
+    # -c splits its argument on spaces, with no quoting: exec the command from a script.
+    script = os.path.join(cwd, "bpftrace-loop.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexec %s >/dev/null\n" % " ".join(shlex.quote(a) for a in command))
+    os.chmod(script, 0o755)
+    proc = subprocess.run(["bpftrace", "-e", program, "-c", "/bin/sh " + script], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise BenchError("bpftrace failed (%d): %s" % (proc.returncode, proc.stderr.strip()[-500:]))
+    for line in proc.stdout.splitlines():
+        if line.startswith("@closes:"):
+            return int(line.split(":")[1])
+    return 0
 
 
 def run_once(mode, dsn, iterations, workdir, python, library, name=None):
@@ -89,9 +85,7 @@ def run_once(mode, dsn, iterations, workdir, python, library, name=None):
     if mode == "untraced":
         subprocess.run(loop, check=True, cwd=workdir, stdout=subprocess.DEVNULL)
     elif mode == "bpftrace":
-        with Bpftrace(library) as peer:
-            subprocess.run(loop, check=True, cwd=workdir, stdout=subprocess.DEVNULL)
-        extra["peer_closes"] = peer.closes
+        extra["peer_closes"] = run_with_bpftrace(library, loop, workdir)
     else:
         capture = os.path.join(workdir, "%s.tqcap" % (name or mode))
         proc = subprocess.run(TRACE_QUIT + ["-o", capture] + FLAGS[mode] + ["--"] + loop, cwd=workdir,
@@ -150,19 +144,27 @@ def summarise(runs, iterations):
         if base:
             row["wall_ratio"] = row["wall_us"] / base["wall_us"]
             row["cpu_ratio"] = row["cpu_us"] / base["cpu_us"]
+            # Paired: each round against the untraced run of the same round, then the median.
+            pairs = list(zip(runs[(transport, mode)], runs[(transport, "untraced")]))
+            row["wall_ratio_paired"] = statistics.median(a["wall_ns"] / b["wall_ns"] for a, b in pairs)
+            row["cpu_ratio_paired"] = statistics.median(a["cpu_ns"] / b["cpu_ns"] for a, b in pairs)
     return rows
 
 
 def table(rows):
     out = ["| transport | mode | wall µs/iter | wall vs untraced | CPU µs/iter | CPU vs untraced "
-           "| connect median µs | close median µs | tracer CPU µs/iter |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| close median µs | tracer CPU µs/iter |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def ratio(row, key):
+        if key not in row:
+            return "-"
+        return "%.3f (%.3f)" % (row[key], row[key + "_paired"])
+
     for (transport, mode), row in rows.items():
-        out.append("| %s | %s | %.0f | %s | %.0f | %s | %.0f | %.1f | %s |" % (
-            transport, mode, row["wall_us"], "%.3f" % row["wall_ratio"] if "wall_ratio" in row else "-",
-            row["cpu_us"], "%.3f" % row["cpu_ratio"] if "cpu_ratio" in row else "-",
-            row["connect_median_us"], row["close_median_us"],
-            "%.0f" % row["tracer_cpu_us"] if mode in FLAGS else "-"))
+        out.append("| %s | %s | %.0f | %s | %.0f | %s | %.1f | %s |" % (
+            transport, mode, row["wall_us"], ratio(row, "wall_ratio"), row["cpu_us"], ratio(row, "cpu_ratio"),
+            row["close_median_us"], "%.0f" % row["tracer_cpu_us"] if mode in FLAGS else "-"))
     return "\n".join(out)
 
 

@@ -99,7 +99,7 @@ class Agent:
         self.pid = os.getpid()
         self.queue = collections.deque()
         self.last_flush = 0
-        self.flushing = False
+        self.flushing = set()    # idents of the threads writing right now
         self.torn = False        # a partial write left a line without its newline
         self.stopped = False
         self.lost = 0
@@ -169,15 +169,20 @@ class Agent:
 
     def flush(self):
         """Encode queued events and write them in self.PIPE_BUF-sized, line-aligned chunks."""
-        if self.flushing or self.stopped:
-            return  # re-entered (a collection set off by our own allocations), or another thread's
-        self.flushing = True
+        ident = self.ident()
+        flushing = self.flushing
+        if ident in flushing or self.stopped:
+            return  # re-entered on this thread (a collection set off by our own allocations)
+        # Other threads may flush at the same time: each pops whole events off the deque and
+        # writes whole lines, so they never mix; they are not waited for (a daemon thread
+        # frozen in a write at exit must not silence the shutdown events).
+        flushing.add(ident)
         try:
             self._flush()
         except Exception:
             pass
         finally:
-            self.flushing = False
+            flushing.discard(ident)
 
     def _flush(self):
         queue = self.queue
@@ -347,7 +352,7 @@ class Agent:
             self.pid = os.getpid()
             self.queue.clear()
             self.collecting.clear()
-            self.flushing = False  # a thread of the parent may have been writing
+            self.flushing = set()  # a thread of the parent may have been writing
             self.emit(self.ev.AGENT_START, forked_from=parent, **self._process_info())
         except Exception:
             pass
