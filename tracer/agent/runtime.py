@@ -75,6 +75,7 @@ class Agent:
     STACK_DEPTH = STACK_DEPTH
     FIELD_LIMITS = FIELD_LIMITS
     STACK_CACHE_MAX = STACK_CACHE_MAX
+    PARAMS_CACHE_MAX = 256
 
     def __init__(self, channel_path, ev, attached=False):
         self.ev = ev
@@ -113,6 +114,7 @@ class Agent:
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.stack_cache = {}    # ((code, line), ...) -> ["file:line in func", ...]
+        self.params_cache = {}   # (args, kwargs items) of connect() -> its event fields
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
         # Bound once, so the hot paths and finalisation never look up module globals.
         self.now = time.monotonic_ns
@@ -130,6 +132,7 @@ class Agent:
         self.weakref = weakref.ref
         self.partial = functools.partial
         self.cut = _cut
+        self.connect_params = _connect_params
         self.os_open = os.open
         self.os_stat = os.stat
         self.is_fifo = stat.S_ISFIFO
@@ -159,7 +162,9 @@ class Agent:
             fields["t"] = self.now()
             fields["src"] = "agent"
             fields["pid"] = self.pid
-            fields["tid"] = self.native_tid()
+            # Thread.native_id: get_native_id() is a gettid() system call each time.
+            thread = self.threads.get(self.ident())
+            fields["tid"] = thread.native_id if thread is not None else self.native_tid()
             if len(self.queue) >= self.MAX_QUEUED:
                 self.lost += 1
                 return
@@ -168,7 +173,7 @@ class Agent:
             pass
 
     def flush(self):
-        """Encode queued events and write them in self.PIPE_BUF-sized, line-aligned chunks."""
+        """Encode queued events and write them in PIPE_BUF-sized, line-aligned chunks."""
         ident = self.ident()
         flushing = self.flushing
         if ident in flushing or self.stopped:
@@ -409,6 +414,7 @@ class Agent:
         self.connections.clear()
         self.engines.clear()
         self.stack_cache.clear()
+        self.params_cache.clear()
 
     def _gc_flush_ok(self):
         """Whether a GC callback may write: nothing else could run Python while it holds the GIL off."""
@@ -482,7 +488,18 @@ class Agent:
         addr = id(conn) + self.conn_offset
         ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
         self.connections[addr] = ref
-        info = _connect_params(args, kwargs)
+        # Connect parameters repeat (a pool, a loop): derived once per distinct set.
+        try:
+            key = (args, tuple(kwargs.items()))
+            info = self.params_cache.get(key)
+        except TypeError:
+            key = info = None  # an unhashable argument: derive it every time
+        if info is None:
+            info = self.connect_params(args, kwargs)
+            if key is not None:
+                if len(self.params_cache) >= self.PARAMS_CACHE_MAX:
+                    self.params_cache.clear()
+                self.params_cache[key] = info
         self.emit(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
 
     def on_conn_fail(self, conn, exc):
