@@ -216,8 +216,15 @@ class Agent:
             try:
                 stack = event.get("stack")
                 if stack.__class__ is tuple:
-                    event["stack"] = self._format_stack(stack)
-                line = (self.dumps(event) + "\n").encode("utf-8", "replace")
+                    # The stack is most of the line and repeats: its JSON comes from the cache,
+                    # spliced in for the null (a key can only appear unescaped as a key).
+                    strings, encoded = self._format_stack(stack)
+                    event["stack"] = None
+                    text = self.dumps(event).replace('"stack":null', '"stack":' + encoded, 1)
+                    event["stack"] = strings
+                else:
+                    text = self.dumps(event)
+                line = (text + "\n").encode("utf-8", "replace")
                 if len(line) > self.PIPE_BUF:
                     line = self._bounded(event)
             except Exception:
@@ -235,13 +242,14 @@ class Agent:
             self._write_chunk(chunk)
 
     def _format_stack(self, stack):
-        """["file:line in func", ...] for (code, line) pairs; cached, as call sites repeat."""
+        """(["file:line in func", ...], its JSON) for (code, line) pairs; cached, as call sites repeat."""
         cache = self.stack_cache
         out = cache.get(stack)
         if out is None:
             if len(cache) >= self.STACK_CACHE_MAX:
                 cache.clear()  # bounded; also lets go of the code objects held as keys
-            out = cache[stack] = ["%s:%d in %s" % (code.co_filename, line, code.co_name) for code, line in stack]
+            strings = ["%s:%d in %s" % (code.co_filename, line, code.co_name) for code, line in stack]
+            out = cache[stack] = (strings, self.dumps(strings))
         return out
 
     def _bounded(self, event):
