@@ -85,6 +85,10 @@ AGENT_LOST = "agent_lost"        # n: events the agent dropped because its chann
 # .host = get_host_info()); engine_create.site = "before attach" for an Engine alive then.
 # Tracer kind: note.attach = {pid, method ("gdb"|"remote_exec"), stopped_s, waited_s, call_s,
 # total_s} on the "agent injected" note, one per process.
+# Agent fields added for issues 12/15 (tracer/agent/runtime.py):
+#   gc_start.counts = [n0, n1, n2], gc.get_count() in the collection's "start" callback (what
+#   set it off); agent_start.attached = True when loaded into a running program (--pid);
+#   agent_lost also counts events dropped while its channel fd had been taken by the program.
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------
 # Added keys (tracer/bpf): bpf_connect.t0 and bpf_close_ret.t0 = entry time (ns) of the call;
@@ -221,11 +225,13 @@ KINDS = {
     AGENT_START: (SRC_AGENT, _AGENT_COMMON + (
         F("ppid", INT), F("python", STR), F("executable", STR, null=True), F("argv", LIST), F("basicsize", INT),
         F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
-        _opt("forked_from", INT, null=True))),
+        _opt("forked_from", INT, null=True), _opt("attached", BOOL, since=2), _opt("gc_counts", LIST, since=2),
+        _opt("gc_stats", LIST, since=2))),
     MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),
                                          F("file", STR, null=True), _opt("driver", STR, since=2),
                                          _opt("probed", BOOL, since=2))),
-    GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR))),
+    GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR),
+                                           _opt("counts", LIST, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
     GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),

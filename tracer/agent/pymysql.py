@@ -85,14 +85,14 @@ class Tracker:
                 info[key] = value if isinstance(value, (int, str)) else str(value)
         if info.get("unix_socket"):
             info.pop("port", None)
-        agent.emit_now(agent.ev.CONN_OPEN, conn=ino, driver=DRIVER, fd=fd, obj=id(obj),
+        agent.emit(agent.ev.CONN_OPEN, conn=ino, driver=DRIVER, fd=fd, obj=id(obj),
                        stack=agent.stack(3), thread=agent.thread_name(), **info)
 
     def on_close(self, obj):
         entry = self._take(obj)
         if entry is not None:
             agent = self.agent
-            agent.emit_now(agent.ev.CONN_CLOSE, conn=entry[1], driver=DRIVER, fd=entry[2], quit=True,
+            agent.emit(agent.ev.CONN_CLOSE, conn=entry[1], driver=DRIVER, fd=entry[2], quit=True,
                            stack=agent.stack(2), thread=agent.thread_name())
 
     def on_del(self, obj):
@@ -100,7 +100,7 @@ class Tracker:
         if entry is not None:
             agent = self.agent
             cause, gen, cid = agent.classify()
-            agent.emit_now(agent.ev.CONN_DESTROY, conn=entry[1], driver=DRIVER, fd=entry[2], quit=False,
+            agent.emit(agent.ev.CONN_DESTROY, conn=entry[1], driver=DRIVER, fd=entry[2], quit=False,
                            cause=cause, gen=gen, cid=cid)
 
     def on_force_close(self, obj):
@@ -109,7 +109,7 @@ class Tracker:
         if entry is not None:
             agent = self.agent
             exc = self.exc_info()[1]
-            agent.emit_now(agent.ev.CONN_DESTROY, conn=entry[1], driver=DRIVER, fd=entry[2], quit=False,
+            agent.emit(agent.ev.CONN_DESTROY, conn=entry[1], driver=DRIVER, fd=entry[2], quit=False,
                            cause=agent.ev.SERVER, gen=None, cid=None,
                            error=type(exc).__name__ if exc is not None else "eof")
 
