@@ -23,7 +23,7 @@
  *   last {kind, self}. mysqlclient calls mysql_close(&self->connection) from exactly one of
  *   them (FACTS.md), with no Python code in between, so at mysql_close(mysql):
  *     mysql == last.self + CONN_OFFSET and kind == close        -> explicit_close
- *     ... kind == dealloc, on the thread that entered Py_FinalizeEx -> shutdown
+ *     ... kind == dealloc, on the finalising thread after atexit     -> shutdown (on_after_atexit)
  *     ... kind == dealloc, inside a GC collection on this thread  -> gc (+ generation)
  *     ... kind == dealloc otherwise                              -> refcount
  *     no match                                                   -> unknown
@@ -141,6 +141,7 @@ struct py_entry {
 struct gc_state {
     s32 gen;
     u32 depth;      // nesting of the symbol-based bracket (USDT brackets never nest)
+    u64 sp;         // symbol bracket: the stack pointer at the outermost entry (its frame)
 };
 
 struct close_state {
@@ -195,7 +196,12 @@ struct io_state {
  * read/write/send system call of every process while we are attached. */
 #define TRACED_WORDS 65536
 BPF_ARRAY(traced, u64, TRACED_WORDS);
-BPF_HASH(finalizing, u32, u32, 8192);         // tgid -> tid that entered Py_FinalizeEx
+struct fin_state {
+    u32 tid;        // the thread that entered Py_FinalizeEx
+    u32 finalizing; // 1: its last atexit handler has run (shutdown has begun)
+};
+
+BPF_HASH(finalizing, u32, struct fin_state, 8192);   // tgid ->
 BPF_TABLE("lru_hash", u32, struct py_entry, py_last, 65536);        // tid ->
 BPF_TABLE("lru_hash", u32, struct gc_state, gc_thread, 65536);      // tid ->
 BPF_TABLE("lru_hash", u32, struct close_state, in_close, 65536);    // tid ->
@@ -405,9 +411,9 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
         if (pe->kind == PY_CLOSE) {
             cause = CAUSE_EXPLICIT_CLOSE;
         } else {
-            u32 *fin_tid = finalizing.lookup(&tgid);
+            struct fin_state *fin = finalizing.lookup(&tgid);
             struct gc_state *gs = gc_thread.lookup(&tid);
-            if (fin_tid && *fin_tid == tid) {
+            if (fin && fin->tid == tid && fin->finalizing) {
                 cause = CAUSE_SHUTDOWN;
             } else if (gs && gs->depth > 0) {
                 cause = CAUSE_GC;
@@ -485,11 +491,12 @@ int on_close_ret(struct pt_regs *ctx)
 
 // A collection starts on this thread: open its bracket (read at mysql_close) and say so.
 // Shared by the USDT and the symbol variants; only one of them is compiled per run.
-static __always_inline void gc_begin(u32 tid, s32 gen)
+static __always_inline void gc_begin(u32 tid, s32 gen, u64 sp)
 {
     struct gc_state gs = {};
     gs.gen = gen;
     gs.depth = 1;
+    gs.sp = sp;
     gc_thread.update(&tid, &gs);
     struct event *e = reserve(EV_GC_START);
     if (e) {
@@ -506,7 +513,7 @@ int on_gc_start_usdt(struct pt_regs *ctx)
     if (!is_traced(id >> 32))
         return 0;
     gc_begin((u32)id, (s32)usdt_arg(ctx, GC_START_ARG_KIND, GC_START_ARG_REG, GC_START_ARG_OFF,
-                                    GC_START_ARG_SIZE, GC_START_ARG_SIGNED));
+                                    GC_START_ARG_SIZE, GC_START_ARG_SIGNED), 0);
     return 0;
 }
 
@@ -517,11 +524,13 @@ int on_gc_done_usdt(struct pt_regs *ctx)
         return 0;
     u32 tid = (u32)id;
     struct gc_state *gs = gc_thread.lookup(&tid);
+    if (!gs)
+        return 0;   // its start came before we attached (--pid mid-collection): no bracket to close
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
         e->val = usdt_arg(ctx, GC_DONE_ARG_KIND, GC_DONE_ARG_REG, GC_DONE_ARG_OFF,
                           GC_DONE_ARG_SIZE, GC_DONE_ARG_SIGNED);
-        e->gen = gs ? gs->gen : -1;
+        e->gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
@@ -529,6 +538,15 @@ int on_gc_done_usdt(struct pt_regs *ctx)
 }
 #endif
 
+/* The symbol bracket is the outermost collection function's frame, identified by the stack
+ * pointer at its entry (the return probe sees that + 8, the return address popped). So the
+ * bracket is right whatever the moment of attach (--pid mid-collection, issue 12):
+ *  - session.attach places the return probes before the entry probes, so an entry we see
+ *    always has its return seen; a return without a seen entry finds no bracket (ignored),
+ *    or a nested one's and closes only when its own frame returns;
+ *  - an entry at or above the open bracket's frame cannot be nested in it: that bracket is
+ *    stale (its return was missed) and the new collection replaces it.
+ * Pinned by tests/system/test_bpf_attach_midcollection.py. */
 #ifdef GC_SYM_GEN_REG
 int on_gc_start_sym(struct pt_regs *ctx)
 {
@@ -536,15 +554,16 @@ int on_gc_start_sym(struct pt_regs *ctx)
     if (!is_traced(id >> 32))
         return 0;
     u32 tid = (u32)id;
+    u64 sp = PT_REGS_SP(ctx);
     struct gc_state *cur = gc_thread.lookup(&tid);
-    if (cur && cur->depth > 0) {
-        cur->depth += 1;
+    if (cur && cur->depth > 0 && sp < cur->sp) {
+        cur->depth += 1;    // deeper on the same stack: nested in the open collection
         return 0;
     }
 #if GC_SYM_GEN_REG >= 0
-    gc_begin(tid, (s32)reg_at(ctx, GC_SYM_GEN_REG));
+    gc_begin(tid, (s32)reg_at(ctx, GC_SYM_GEN_REG), sp);
 #else
-    gc_begin(tid, -1);    // the build's clone of the collection function hides the generation
+    gc_begin(tid, -1, sp);    // the build's clone of the collection function hides the generation
 #endif
     return 0;
 }
@@ -556,8 +575,8 @@ int on_gc_done_sym(struct pt_regs *ctx)
     struct gc_state *gs = gc_thread.lookup(&tid);
     if (!gs)
         return 0;
-    if (gs->depth > 1) {
-        gs->depth -= 1;
+    if (gs->depth > 1 && PT_REGS_SP(ctx) < gs->sp + 8) {
+        gs->depth -= 1;     // a nested call returned; the bracket's own frame is still live
         return 0;
     }
     struct event *e = reserve(EV_GC_DONE);
@@ -571,17 +590,51 @@ int on_gc_done_sym(struct pt_regs *ctx)
 }
 #endif
 
+/* The cause contract (README, "Causes"): shutdown begins after the program's last atexit
+ * handler has run, when the interpreter is finalising (sys.is_finalizing()); what atexit
+ * handlers drop is refcount or gc. Py_FinalizeEx entry only says which thread will finalise
+ * (it first joins non-daemon threads and runs the atexit handlers); on_after_atexit, at the
+ * first call after the handlers (resolve.AFTER_ATEXIT), starts shutdown on that thread.
+ * Without such a site (AFTER_ATEXIT 0) shutdown starts at Py_FinalizeEx entry, as it did.
+ * Pinned by tests/system/test_bpf_known_causes.py (atexit rows: refcount 2, gc 3). */
+static __always_inline void start_shutdown(u32 tgid, u32 tid)
+{
+    struct fin_state fs = {};
+    fs.tid = tid;
+    fs.finalizing = 1;
+    finalizing.update(&tgid, &fs);
+    struct event *e = reserve(EV_FINALIZE);
+    if (e)
+        submit(e);
+}
+
 int on_finalize(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     if (!is_traced(tgid))
         return 0;
+#if AFTER_ATEXIT
+    struct fin_state fs = {};
+    fs.tid = (u32)id;
+    finalizing.update(&tgid, &fs);
+#else
+    start_shutdown(tgid, (u32)id);
+#endif
+    return 0;
+}
+
+/* Also reached outside finalisation (3.9-3.12's _PyThreadState_DeleteExcept runs in a fork
+ * child): only the thread that entered Py_FinalizeEx counts, once. */
+int on_after_atexit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
     u32 tid = (u32)id;
-    finalizing.update(&tgid, &tid);
-    struct event *e = reserve(EV_FINALIZE);
-    if (e)
-        submit(e);
+    struct fin_state *fs = finalizing.lookup(&tgid);
+    if (!fs || fs->tid != tid || fs->finalizing)
+        return 0;
+    start_shutdown(tgid, tid);
     return 0;
 }
 

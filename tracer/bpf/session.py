@@ -110,7 +110,7 @@ def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
     """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
     defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages),
                "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
-               "OWN_PT_REGS": 1}
+               "OWN_PT_REGS": 1, "AFTER_ATEXIT": int(bool(getattr(targets, "after_atexit", False)))}
     defines.update(targets.gc_args)
     defines.update(_tracepoint_defines()[0])
     return defines
@@ -120,6 +120,13 @@ def dump_program(targets):
     """The program as bcc would compile it for ``targets``: cflags, then probes.c (for --dump-bpf)."""
     flags = " ".join("-D%s=%d" % kv for kv in sorted(program_defines(targets).items()))
     return "// cflags: %s\n%s" % (flags, probes_source())
+
+
+def _attach_order(site):
+    """Ends of brackets before their beginnings: attaching to a running program (--pid), an
+    entry we see then always has its return/done seen too, so no bracket (GC, mysql_close,
+    mysql_real_connect) stays open because its end probe came later (probes.c, gc brackets)."""
+    return 0 if site.how == "uretprobe" or site.role == "gc_done" else 1
 
 
 class BpfSession:
@@ -195,7 +202,7 @@ class BpfSession:
                 self._timings["attach_s"] = round(time.monotonic() - t0, 4)
                 return
             ref_ctr_ok = perf.supports_ref_ctr()
-            for site in self.targets.probes:
+            for site in sorted(self.targets.probes, key=_attach_order):
                 entry = site.describe()
                 try:
                     fn = b.load_func(site.fn.encode(), self._bcc.BPF.KPROBE)
