@@ -68,6 +68,8 @@ class RunCommand:
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
         parser.add_argument("--quiet", action="store_true", help="no live status line")
+        # Hidden, like bcc tools' --ebpf: print the eBPF program (cflags + probes.c) for the command; no root.
+        parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
@@ -78,6 +80,12 @@ class RunCommand:
             return self.run_attached(args, argv)
         if not argv:
             raise CliError("no program to trace: put it after --, as in: trace-quit -- python main.py", EX_USAGE)
+        if args.dump_bpf:
+            from trace_quit.tracer import bpf
+            from trace_quit.tracer.bpf.session import dump_program
+
+            sys.stdout.write(dump_program(bpf.resolve_targets(argv, dict(os.environ))))
+            return 0
         from trace_quit.tracer.launch import LaunchError, RunAs
         from trace_quit.tracer.record import Recorder, RunOptions
 

@@ -113,23 +113,77 @@ struct pt_regs {
 
 #define HEAD_LEN 16
 
+/* One ring buffer record: a common head, then the payload of its kind (a tagged union, so no
+ * field changes meaning with the kind). tracer/bpf/decode.py declares the same layouts and
+ * codes in one table; tests/unit/test_bpf_decode.py checks the codes, the layouts' sizes and
+ * the payload members' names against this file. 72 bytes. */
+struct ev_connect {
+    u64 conn;       // MYSQL*
+    u64 t0;         // mysql_real_connect entry (ns)
+    u32 ok;         // it returned non-NULL
+    s32 fd;         // the connection's socket (-1 unknown)
+};
+
+struct ev_close {
+    u64 conn;
+    u64 self;       // the _mysql.connection object (0 no match)
+    s32 gen;        // gc generation, -1 unknown
+    s32 last_errno; // net.last_errno at entry, -1 unknown
+    u8 cause;       // CAUSE_*
+    u8 flags;       // CLOSE_SOCK_* | CLOSE_PEER_ENDED
+};
+
+struct ev_close_ret {
+    u64 conn;
+    u64 t0;         // mysql_close entry (ns)
+    u64 sends;      // send system calls inside it
+    s32 send_err;   // errno of the first failed send (0 none)
+    u8 wire;        // WIRE_*
+    u8 tcp_from;    // TCP state before the client's close() (0 not seen)
+    u8 tcp_to;      // ... and after it
+    u8 fin_first;   // 1: the peer's FIN had come in before mysql_close was entered
+};
+
+struct ev_wire {
+    u64 conn;
+    u64 len;        // bytes the send asked for
+    s64 ret;        // the send's return
+    u32 fd;
+    u32 hlen;       // bytes copied into head
+    u8 head[HEAD_LEN];  // first bytes sent
+};
+
+struct ev_gc {
+    s64 collected;  // gc_done: collected (+ uncollectable from the symbol probe)
+    s32 gen;        // -1 unknown
+};
+
+struct ev_fork {
+    u32 child;
+};
+
+struct ev_peer_end {
+    u64 conn;
+    s64 ret;        // the syscall's return (0 EOF, -errno)
+    u32 fd;
+    u8 op;          // OP_*
+};
+
 struct event {
     u64 ts;         // bpf_ktime_get_ns(): CLOCK_MONOTONIC
-    u64 conn;       // MYSQL*
-    s64 val;        // connect: ok; close_ret: sends; wire: len; gc_start: gen; gc_done: collected; fork: child;
-                    // peer_end: the syscall's return (0 EOF, -errno)
-    s64 val2;       // connect/close_ret: entry ts; close: self (the Python object); wire, peer_end: fd
     u32 pid;        // tgid
     u32 tid;        // kernel thread id
-    u8 kind;        // EV_*
-    u8 cause;       // close: CAUSE_*; close_ret: 1 if the peer's FIN came before mysql_close (TCP)
-    u8 wire;        // close_ret: WIRE_*; peer_end: OP_*
-    u8 flags;       // close: CLOSE_SOCK_*; close_ret: TCP state before the client's close (0 not seen)
-    s32 gen;        // close (gc) and gc_done: generation, -1 unknown; close_ret: TCP state after it
-    u32 hlen;       // wire: bytes copied into head
-    s32 aux;        // close: net.last_errno (-1 unknown); close_ret: errno of the first failed send
-                    // (0 none); connect: the socket fd (-1 unknown); wire: the send's return
-    u8 head[HEAD_LEN];  // wire: first bytes sent
+    u8 kind;        // EV_*: which member of the union follows
+    u8 pad[7];
+    union {
+        struct ev_connect connect;
+        struct ev_close close;
+        struct ev_close_ret close_ret;
+        struct ev_wire wire;
+        struct ev_gc gc;
+        struct ev_fork fork;
+        struct ev_peer_end peer_end;
+    };
 };
 
 struct py_entry {
@@ -243,20 +297,11 @@ static __always_inline struct event *reserve(u8 kind)
     if (!e)
         return NULL;
     u64 id = bpf_get_current_pid_tgid();
+    __builtin_memset(e, 0, sizeof(*e));
     e->ts = bpf_ktime_get_ns();
     e->pid = id >> 32;
     e->tid = (u32)id;
     e->kind = kind;
-    e->conn = 0;
-    e->val = 0;
-    e->val2 = 0;
-    e->cause = 0;
-    e->gen = -1;
-    e->wire = 0;
-    e->flags = 0;
-    e->hlen = 0;
-    e->aux = 0;
-    __builtin_memset(e->head, 0, HEAD_LEN);
     return e;
 }
 
@@ -365,10 +410,10 @@ int on_connect_ret(struct pt_regs *ctx)
     }
     struct event *e = reserve(EV_CONNECT);
     if (e) {
-        e->conn = cs->conn;
-        e->val = ok;
-        e->val2 = cs->ts;
-        e->aux = cs->fd;
+        e->connect.conn = cs->conn;
+        e->connect.ok = ok;
+        e->connect.t0 = cs->ts;
+        e->connect.fd = cs->fd;
         submit(e);
     }
     in_connect.delete(&tid);
@@ -443,12 +488,12 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
     in_close.update(&tid, &st);
     struct event *e = reserve(EV_CLOSE);
     if (e) {
-        e->conn = mysql;
-        e->cause = cause;
-        e->gen = gen;
-        e->val2 = self;
-        e->flags = flags;
-        e->aux = last_errno;
+        e->close.conn = mysql;
+        e->close.cause = cause;
+        e->close.gen = gen;
+        e->close.self = self;
+        e->close.flags = flags;
+        e->close.last_errno = last_errno;
         submit(e);
     }
     return 0;
@@ -466,21 +511,21 @@ int on_close_ret(struct pt_regs *ctx)
         return 0;
     struct event *e = reserve(EV_CLOSE_RET);
     if (e) {
-        e->conn = st->conn;
-        e->val = st->sends;
-        e->val2 = st->ts;
-        e->aux = st->err;
-        e->flags = st->tcp_old;
-        e->gen = st->tcp_new;
-        e->cause = st->fin_first;
+        e->close_ret.conn = st->conn;
+        e->close_ret.sends = st->sends;
+        e->close_ret.t0 = st->ts;
+        e->close_ret.send_err = st->err;
+        e->close_ret.tcp_from = st->tcp_old;
+        e->close_ret.tcp_to = st->tcp_new;
+        e->close_ret.fin_first = st->fin_first;
         if (st->quit)
-            e->wire = WIRE_CONFIRMED;
+            e->close_ret.wire = WIRE_CONFIRMED;
         else if (st->tls)
-            e->wire = WIRE_ENCRYPTED;
+            e->close_ret.wire = WIRE_ENCRYPTED;
         else if (st->sends)
-            e->wire = WIRE_OTHER;
+            e->close_ret.wire = WIRE_OTHER;
         else
-            e->wire = WIRE_NOT_SENT;
+            e->close_ret.wire = WIRE_NOT_SENT;
         submit(e);
     }
     in_close.delete(&tid);
@@ -500,8 +545,7 @@ static __always_inline void gc_begin(u32 tid, s32 gen, u64 sp)
     gc_thread.update(&tid, &gs);
     struct event *e = reserve(EV_GC_START);
     if (e) {
-        e->val = gen;
-        e->gen = gen;
+        e->gc.gen = gen;
         submit(e);
     }
 }
@@ -528,9 +572,9 @@ int on_gc_done_usdt(struct pt_regs *ctx)
         return 0;   // its start came before we attached (--pid mid-collection): no bracket to close
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
-        e->val = usdt_arg(ctx, GC_DONE_ARG_KIND, GC_DONE_ARG_REG, GC_DONE_ARG_OFF,
-                          GC_DONE_ARG_SIZE, GC_DONE_ARG_SIGNED);
-        e->gen = gs->gen;
+        e->gc.collected = usdt_arg(ctx, GC_DONE_ARG_KIND, GC_DONE_ARG_REG, GC_DONE_ARG_OFF,
+                                   GC_DONE_ARG_SIZE, GC_DONE_ARG_SIGNED);
+        e->gc.gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
@@ -581,8 +625,8 @@ int on_gc_done_sym(struct pt_regs *ctx)
     }
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
-        e->val = PT_REGS_RC(ctx);  // Py_ssize_t: collected + uncollectable
-        e->gen = gs->gen;
+        e->gc.collected = PT_REGS_RC(ctx);  // Py_ssize_t: collected + uncollectable
+        e->gc.gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
@@ -711,12 +755,12 @@ static __always_inline int io_exit(s64 ret)
         }
         struct event *e = reserve(EV_WIRE);
         if (e) {
-            e->conn = st->conn;
-            e->val = st->p_len;
-            e->val2 = st->p_fd;
-            e->hlen = st->p_hlen;
-            e->aux = (s32)ret;
-            __builtin_memcpy(e->head, st->p_head, HEAD_LEN);
+            e->wire.conn = st->conn;
+            e->wire.len = st->p_len;
+            e->wire.fd = st->p_fd;
+            e->wire.hlen = st->p_hlen;
+            e->wire.ret = ret;
+            __builtin_memcpy(e->wire.head, st->p_head, HEAD_LEN);
             submit(e);
         }
         return 0;
@@ -741,10 +785,10 @@ static __always_inline int io_exit(s64 ret)
         cv->ended = 1;
     struct event *e = reserve(EV_PEER_END);
     if (e) {
-        e->conn = cur.conn;
-        e->val = ret;
-        e->val2 = cur.fd;
-        e->wire = cur.op;
+        e->peer_end.conn = cur.conn;
+        e->peer_end.ret = ret;
+        e->peer_end.fd = cur.fd;
+        e->peer_end.op = cur.op;
         submit(e);
     }
     return 0;
@@ -915,7 +959,7 @@ int on_newtask(void *args)
     set_traced(child, 1);
     struct event *e = reserve(EV_FORK);
     if (e) {
-        e->val = child;
+        e->fork.child = child;
         submit(e);
     }
     return 0;

@@ -14,35 +14,19 @@ would get, encoded as ``events.encode`` does), ``counts`` per kind and the numbe
 successful ``bpf_connect`` among them; ``emit`` still carries notes and ``bpf_stats``.
 """
 
-import collections
 import ctypes
 import importlib.resources
-import json
 import os
-import struct
 import threading
 import time
 
 from trace_quit.tracer import events as ev
-from trace_quit.tracer.bpf import perf
+from trace_quit.tracer.bpf import decode, perf
 from trace_quit.tracer.bpf.errors import BpfUnavailable
 from trace_quit.tracer.bpf.ringbuf import RingReader
 
-# Kinds and codes shared with probes.c (#define EV_*, CAUSE_*, WIRE_*).
-_KINDS = {1: ev.BPF_CONNECT, 2: ev.BPF_CLOSE, 3: ev.BPF_CLOSE_RET, 4: ev.BPF_WIRE, 5: ev.BPF_GC_START,
-          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT, 10: ev.BPF_PEER_END}
-_CAUSES = {0: ev.UNKNOWN, 1: ev.EXPLICIT_CLOSE, 2: ev.REFCOUNT, 3: ev.GC, 4: ev.SHUTDOWN}
-# WIRE_OTHER (bytes sent, none a COM_QUIT) is reported as not_sent, with "sends" > 0.
-_WIRE = {0: ev.WIRE_NOT_SENT, 1: ev.WIRE_CONFIRMED, 2: ev.WIRE_ENCRYPTED, 3: ev.WIRE_NOT_SENT}
-#: Linux TCP states (include/net/tcp_states.h), as bpf_close_ret.tcp_from / tcp_to.
-TCP_STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
-              7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing", 12: "new_syn_recv"}
-_OPS = {1: "read", 2: "write"}
-
-#: struct event in probes.c (72 bytes), and as a ring buffer record (8-byte header first).
-EVENT = struct.Struct("<QQqqIIBBBBiIi16s")
-RECORD = struct.Struct("<II" + EVENT.format[1:])
-assert EVENT.size == 72 and RECORD.size == 80
+#: Linux TCP states, as bpf_close_ret.tcp_from / tcp_to (kept here for existing importers).
+TCP_STATES = decode.TCP_STATES
 
 #: Tracepoints: (category, name, BPF function, {-D name: format field}).
 _TRACEPOINTS = [
@@ -270,34 +254,32 @@ class BpfSession:
         self.drain_stats["seconds"] += time.monotonic() - t0
 
     def _deliver(self, data):
-        """Decode a run of ring buffer records and hand them to emit_text or emit."""
-        n = len(data)
-        fast = n % RECORD.size == 0
-        if fast:
-            if self.emit_text is not None:
-                try:
-                    done = self._deliver_lines(data)
-                except Exception as exc:  # a formatting bug: say so, then take the careful path
-                    self._decode_error(exc)
-                    done = 0
+        """Decode a run of ring buffer records (tracer/bpf/decode.py) and hand them to emit_text or emit."""
+        done = 0
+        if self.emit_text is not None:
+            try:
+                text, counts, connects_ok, done = decode.lines(data)
+            except Exception as exc:  # a formatting bug: say so, then take the careful path
+                self._decode_error(exc)
+                done = 0
             else:
-                done = self._deliver_dicts(data)
-            if done == n // RECORD.size:
-                return
-            data = data[done * RECORD.size:]
-        self._deliver_walk(data)
+                self.drain_stats["records"] += done
+                if text:
+                    self.emit_text(text, counts, connects_ok)
+        if done * decode.RECORD_SIZE < len(data):
+            self._deliver_walk(data[done * decode.RECORD_SIZE:])
 
     def _deliver_walk(self, data):
         """The general path: walk headers one by one (records of other sizes, discarded ones)."""
         off, n = 0, len(data)
-        while off + 8 <= n:
-            length = struct.unpack_from("<I", data, off)[0]
+        while off + decode.RECORD_HEADER.size <= n:
+            length = decode.RECORD_HEADER.unpack_from(data, off)[0]
             size = length & 0x3FFFFFFF
             step = 8 + ((size + 7) & ~7)
-            if not length & (1 << 30) and size == EVENT.size:
+            if not length & (1 << 30) and size == decode.EVENT_SIZE and off + 8 + size <= n:
                 self.drain_stats["records"] += 1
                 try:
-                    out = decode_event(EVENT.unpack_from(data, off + 8))
+                    out = decode.decode(data, off + 8)
                 except Exception as exc:
                     self._decode_error(exc)
                     out = None
@@ -307,65 +289,9 @@ class BpfSession:
                             self.emit_text(ev.encode(out), {out["k"]: 1}, int(out["k"] == ev.BPF_CONNECT and out["ok"]))
                         else:
                             self.emit(out)
-                    except Exception as exc:
+                    except Exception as exc:  # one bad record (or a failing sink) must not cost the rest
                         self._decode_error(exc)
             off += step
-
-    def _deliver_dicts(self, data):
-        count = 0
-        emit = self.emit
-        for rec in RECORD.iter_unpack(data):
-            if rec[0] != EVENT.size:
-                break
-            count += 1
-            try:
-                out = decode_event(rec[2:])
-                if out is not None:
-                    emit(out)
-            except Exception as exc:  # one bad record (or a failing sink) must not cost the rest
-                self._decode_error(exc)
-        self.drain_stats["records"] += count
-        return count
-
-    def _deliver_lines(self, data):
-        """The hot path: records straight to JSON lines (same content as ``decode_event``)."""
-        lines = []
-        append = lines.append
-        counts = collections.Counter()
-        closes = close_rets = connects_ok = count = 0
-        causes, wires, tcp = _CAUSE_JSON, _WIRE_JSON, _TCP_JSON
-        for (hl, _pg, ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux,
-             head) in RECORD.iter_unpack(data):
-            if hl != 72:
-                break
-            count += 1
-            if kind == 2:
-                closes += 1
-                append(_CLOSE_LINE % (ts, pid, tid, conn, causes.get(cause, '"unknown"'),
-                                      gen if cause == 3 and gen >= 0 else "null", val2,
-                                      ("true" if flags & 1 else "false") if flags & 2 else "null",
-                                      aux if flags & 2 and aux >= 0 else "null",
-                                      "true" if flags & 4 else "false"))
-            elif kind == 3:
-                close_rets += 1
-                append(_CLOSE_RET_LINE % (ts, pid, tid, conn, wires.get(wire, '"unobserved"'), val, val2, aux,
-                                          tcp.get(flags, "null"), tcp.get(gen, "null"),
-                                          ("true" if cause else "false") if flags else "null"))
-            else:
-                out = decode_event((ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head))
-                if out is not None:
-                    append(_encode(out))
-                    counts[out["k"]] += 1
-                    if kind == 1 and val:
-                        connects_ok += 1
-        if closes:
-            counts[ev.BPF_CLOSE] += closes
-        if close_rets:
-            counts[ev.BPF_CLOSE_RET] += close_rets
-        self.drain_stats["records"] += count
-        if lines:
-            self.emit_text("".join(lines), dict(counts), connects_ok)
-        return count
 
     def _decode_error(self, exc):
         # Never let one bad record stop the drain; say so once.
@@ -462,52 +388,3 @@ class BpfSession:
                     os.close(fd)
                 except OSError:
                     pass
-
-
-# --- decoding (module level: also used by tests) -------------------------------------------
-
-def decode_event(fields):
-    """One struct event (EVENT's fields, in order) as an event dict, or None for an unknown kind."""
-    ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head = fields
-    k = _KINDS.get(kind)
-    if k is None:
-        return None
-    out = {"k": k, "t": ts, "src": ev.SRC_BPF, "pid": pid, "tid": tid}
-    if kind == 1:
-        out.update(conn=conn, ok=bool(val), t0=val2, fd=aux if aux >= 0 else None)
-    elif kind == 2:
-        known = bool(flags & 2)
-        out.update(conn=conn, cause=_CAUSES.get(cause, ev.UNKNOWN), gen=gen if cause == 3 and gen >= 0 else None,
-                   self=val2, sock=bool(flags & 1) if known else None,
-                   last_errno=aux if known and aux >= 0 else None, eof=bool(flags & 4))
-    elif kind == 3:
-        out.update(conn=conn, wire=_WIRE.get(wire, ev.WIRE_UNOBSERVED), sends=val, t0=val2, send_err=aux,
-                   tcp_from=TCP_STATES.get(flags), tcp_to=TCP_STATES.get(gen),
-                   fin_first=bool(cause) if flags else None)
-    elif kind == 4:
-        head = bytes(head[:hlen])
-        out.update(conn=conn, len=val, fd=val2, head=head.hex(),
-                   quit=val == 5 and head == ev.COM_QUIT_BYTES,
-                   tls=len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3, ret=aux)
-    elif kind == 5:
-        out.update(gen=val if val >= 0 else None)
-    elif kind == 6:
-        out.update(collected=val, gen=gen if gen >= 0 else None)
-    elif kind == 8:
-        out.update(child=val)
-    elif kind == 10:
-        out.update(conn=conn, fd=val2, ret=val, op=_OPS.get(wire))
-    return out
-
-
-def _encode(event):
-    return json.dumps(event, separators=(",", ":")) + "\n"
-
-
-_CAUSE_JSON = {code: json.dumps(name) for code, name in _CAUSES.items()}
-_WIRE_JSON = {code: json.dumps(name) for code, name in _WIRE.items()}
-_TCP_JSON = {code: json.dumps(name) for code, name in TCP_STATES.items()}
-_CLOSE_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"cause":%%s,"gen":%%s,"self":%%d,'
-               '"sock":%%s,"last_errno":%%s,"eof":%%s}\n' % (ev.BPF_CLOSE, ev.SRC_BPF))
-_CLOSE_RET_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"wire":%%s,"sends":%%d,"t0":%%d,'
-                   '"send_err":%%d,"tcp_from":%%s,"tcp_to":%%s,"fin_first":%%s}\n' % (ev.BPF_CLOSE_RET, ev.SRC_BPF))
