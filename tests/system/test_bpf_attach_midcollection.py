@@ -1,9 +1,9 @@
 """issue 12: `trace-quit --pid` attached to a program that is inside a collection.
 
-The program (pyenv's 3.11: GC brackets from gc_collect_main's entry and return) spends most of
-its time in gc.collect() over a large heap while it waits, so the attach lands mid-collection.
-Before the fix the bracket opened by an entry whose return probe came later stayed open forever
-and every later refcount close read as gc (6 of 6 tries). Now each of the program's refcount
+The program (pyenv's 3.11: GC brackets from gc_collect_main's entry and return) collects every
+few allocations while it waits, so collections are entered while the probes are being placed.
+Before the fix an entry seen before its return probe was placed opened a bracket that stayed
+open forever and every later refcount close read as gc (6 of 6 tries in the issue). Now each of the program's refcount
 closes after the attach must be refcount, and none server-ended, on every try.
 """
 
@@ -19,21 +19,19 @@ from tq_support import TRACE_QUIT, load_events, venv_python_for
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
 DROPS = 6
-TRIES = 3
+TRIES = 2
 
 BUSY = """
 import gc, os, sys, time, MySQLdb
 from trace_quit.workloads import dsn
 kw = dsn.parse(sys.argv[1])
-heap = [[i] for i in range(300000)]     # long-lived: each full collection walks it
 class Cycle:
     def __init__(self):
         self.me = self
-gc.set_threshold(50)
-while not os.path.exists(sys.argv[2]):   # inside a collection most of the time
-    for _ in range(200):
+gc.set_threshold(1)     # a collection every few allocations: one is entered at any moment of attach
+while not os.path.exists(sys.argv[2]):
+    for _ in range(1000):
         Cycle()
-    gc.collect()
 for _ in range(%d):
     for _ in range(200):
         Cycle()                          # automatic collections keep running around the drops
@@ -44,9 +42,10 @@ for _ in range(%d):
 """ % DROPS
 
 
+@pytest.mark.parametrize("version", ["3.8", "3.11", "3.13"])
 @pytest.mark.parametrize("attempt", range(TRIES))
-def test_refcount_after_attaching_mid_collection_is_refcount(server, tmp_path, attempt):
-    python = venv_python_for("3.11")
+def test_refcount_after_attaching_mid_collection_is_refcount(server, tmp_path, attempt, version):
+    python = venv_python_for(version)
     if not os.path.exists(python):
         pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
     go = tmp_path / "go"
@@ -83,3 +82,21 @@ def test_refcount_after_attaching_mid_collection_is_refcount(server, tmp_path, a
     by_cause = {k: v for k, v in report["com_quit"]["by_cause"].items() if v}
     assert by_cause == {"refcount": DROPS}
     assert report["com_quit"]["wire"]["confirmed"] == DROPS
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.13"])
+def test_bracket_ends_are_attached_before_their_beginnings(version):
+    """An entry seen while attaching always has its return/done probe already in place."""
+    from bpf_harness import trace_command
+
+    python = venv_python_for(version)
+    if not os.path.exists(python):
+        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    run = trace_command([python, "-c", "import MySQLdb"])
+    assert run.status == 0
+    order = [(p["symbol"], p["how"], p["role"]) for p in run.describe["probes"] if p["how"] != "tracepoint"
+             and p["how"] != "raw_tracepoint"]
+    ends = [i for i, (_, how, role) in enumerate(order) if how == "uretprobe" or role == "gc_done"]
+    begins = [i for i, (_, how, role) in enumerate(order) if i not in ends]
+    assert {role for _, _, role in order} >= {"gc_start", "gc_done", "close", "close_ret", "connect", "connect_ret"}
+    assert max(ends) < min(begins)
