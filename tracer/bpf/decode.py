@@ -2,9 +2,9 @@
 
 One table, ``KINDS``, says for each event kind its code (``EV_*`` in probes.c), the layout of
 its payload (the member of the C union, field by field), and how each JSON key of the record
-is made from the payload. Both paths are built from it: ``decode`` (one record to a dict) and
-``lines`` (a batch of ring buffer records straight to JSON lines, the hot path), so they
-cannot disagree. The JSON keys are those of tracer/events.py. tests/unit/test_bpf_decode.py
+is made from the payload. Both paths are generated from it (Python source, compiled once at
+import): ``decode`` (one record to a dict) and ``lines`` (a batch of ring buffer records
+straight to JSON lines in one loop, the hot path), so they cannot disagree. The JSON keys are those of tracer/events.py. tests/unit/test_bpf_decode.py
 checks the codes and layouts against probes.c and both paths against each other.
 """
 
@@ -34,9 +34,6 @@ OPS = {OP["OP_READ"]: "read", OP["OP_WRITE"]: "write"}
 TCP_STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
               7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing", 12: "new_syn_recv"}
 
-_SOCK_PRESENT, _SOCK_KNOWN, _PEER_ENDED = (CLOSE_FLAGS[n] for n in ("CLOSE_SOCK_PRESENT", "CLOSE_SOCK_KNOWN",
-                                                                    "CLOSE_PEER_ENDED"))
-_GC = CAUSE["CAUSE_GC"]
 
 # --- layout -----------------------------------------------------------------------------------
 #: struct event's head: ts, pid, tid, kind, 7 bytes of padding; the union follows at 24.
@@ -48,135 +45,155 @@ RECORD_HEADER = struct.Struct("<II")
 RECORD_SIZE = RECORD_HEADER.size + EVENT_SIZE
 
 
-def _none_if_negative(v):
-    return v if v >= 0 else None
-
-
-def _close(conn, self_, gen, last_errno, cause, flags):
-    known = flags & _SOCK_KNOWN
-    return (conn, CAUSES.get(cause, ev.UNKNOWN), gen if cause == _GC and gen >= 0 else None, self_,
-            bool(flags & _SOCK_PRESENT) if known else None, last_errno if known and last_errno >= 0 else None,
-            bool(flags & _PEER_ENDED))
-
-
-def _close_ret(conn, t0, sends, send_err, wire, tcp_from, tcp_to, fin_first):
-    return (conn, WIRES.get(wire, ev.WIRE_UNOBSERVED), sends, t0, send_err, TCP_STATES.get(tcp_from),
-            TCP_STATES.get(tcp_to), bool(fin_first) if tcp_from else None)
-
-
-def _wire(conn, length, ret, fd, hlen, head):
-    head = head[:hlen]
-    return (conn, length, fd, head.hex(), length == 5 and head == ev.COM_QUIT_BYTES,
-            len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3, ret)
-
-
-Kind = collections.namedtuple("Kind", "c_name k c_struct c_fields fmt keys row")
-#: Per kind: its EV_* name, record kind, the C union member's struct and fields (in order),
-#: their struct format, the record's JSON keys (after k, t, src, pid, tid) and the function
-#: from the payload's fields to the keys' values.
+Kind = collections.namedtuple("Kind", "c_name k c_struct c_fields fmt keys")
+#: Per kind: its EV_* name, record kind, the C union member's struct and fields (in order)
+#: with their struct format, and the record's keys after k, t, src, pid, tid: (JSON key,
+#: JSON type, Python expression over the C fields). Both decoders are generated from these.
 KINDS = [
-    Kind("EV_CONNECT", ev.BPF_CONNECT, "ev_connect", ("conn", "t0", "ok", "fd"), "QQIi",
-         ("conn", "ok", "t0", "fd"), lambda conn, t0, ok, fd: (conn, bool(ok), t0, _none_if_negative(fd))),
-    Kind("EV_CLOSE", ev.BPF_CLOSE, "ev_close", ("conn", "self", "gen", "last_errno", "cause", "flags"), "QQiiBB",
-         ("conn", "cause", "gen", "self", "sock", "last_errno", "eof"), _close),
+    Kind("EV_CONNECT", ev.BPF_CONNECT, "ev_connect", ("conn", "t0", "ok", "fd"), "QQIi", (
+        ("conn", "int", "conn"),
+        ("ok", "bool", "ok != 0"),
+        ("t0", "int", "t0"),
+        ("fd", "int?", "fd if fd >= 0 else None"))),
+    Kind("EV_CLOSE", ev.BPF_CLOSE, "ev_close", ("conn", "self", "gen", "last_errno", "cause", "flags"), "QQiiBB", (
+        ("conn", "int", "conn"),
+        ("cause", "str", "CAUSES.get(cause, UNKNOWN)"),
+        ("gen", "int?", "gen if cause == CAUSE_GC and gen >= 0 else None"),
+        ("self", "int", "self"),
+        ("sock", "bool?", "(flags & SOCK_PRESENT != 0) if flags & SOCK_KNOWN else None"),
+        ("last_errno", "int?", "last_errno if flags & SOCK_KNOWN and last_errno >= 0 else None"),
+        ("eof", "bool", "flags & PEER_ENDED != 0"))),
     Kind("EV_CLOSE_RET", ev.BPF_CLOSE_RET, "ev_close_ret",
-         ("conn", "t0", "sends", "send_err", "wire", "tcp_from", "tcp_to", "fin_first"), "QQQiBBBB",
-         ("conn", "wire", "sends", "t0", "send_err", "tcp_from", "tcp_to", "fin_first"), _close_ret),
-    Kind("EV_WIRE", ev.BPF_WIRE, "ev_wire", ("conn", "len", "ret", "fd", "hlen", "head"), "QQqII16s",
-         ("conn", "len", "fd", "head", "quit", "tls", "ret"), _wire),
-    Kind("EV_GC_START", ev.BPF_GC_START, "ev_gc", ("collected", "gen"), "qi",
-         ("gen",), lambda collected, gen: (_none_if_negative(gen),)),
-    Kind("EV_GC_DONE", ev.BPF_GC_DONE, "ev_gc", ("collected", "gen"), "qi",
-         ("collected", "gen"), lambda collected, gen: (collected, _none_if_negative(gen))),
-    Kind("EV_FINALIZE", ev.BPF_FINALIZE, None, (), "", (), lambda: ()),
-    Kind("EV_FORK", ev.BPF_FORK, "ev_fork", ("child",), "I", ("child",), lambda child: (child,)),
-    Kind("EV_EXIT", ev.BPF_EXIT, None, (), "", (), lambda: ()),
-    Kind("EV_PEER_END", ev.BPF_PEER_END, "ev_peer_end", ("conn", "ret", "fd", "op"), "QqIB",
-         ("conn", "fd", "ret", "op"), lambda conn, ret, fd, op: (conn, fd, ret, OPS.get(op))),
+         ("conn", "t0", "sends", "send_err", "wire", "tcp_from", "tcp_to", "fin_first"), "QQQiBBBB", (
+             ("conn", "int", "conn"),
+             ("wire", "str", "WIRES.get(wire, WIRE_UNOBSERVED)"),
+             ("sends", "int", "sends"),
+             ("t0", "int", "t0"),
+             ("send_err", "int", "send_err"),
+             ("tcp_from", "str?", "TCP_STATES.get(tcp_from)"),
+             ("tcp_to", "str?", "TCP_STATES.get(tcp_to)"),
+             ("fin_first", "bool?", "(fin_first != 0) if tcp_from else None"))),
+    Kind("EV_WIRE", ev.BPF_WIRE, "ev_wire", ("conn", "len", "ret", "fd", "hlen", "head"), "QQqII16s", (
+        ("conn", "int", "conn"),
+        ("len", "int", "len"),
+        ("fd", "int", "fd"),
+        ("head", "str", "head[:hlen].hex()"),
+        ("quit", "bool", "len == 5 and head[:hlen] == COM_QUIT"),
+        ("tls", "bool", "hlen >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3"),
+        ("ret", "int", "ret"))),
+    Kind("EV_GC_START", ev.BPF_GC_START, "ev_gc", ("collected", "gen"), "qi", (
+        ("gen", "int?", "gen if gen >= 0 else None"),)),
+    Kind("EV_GC_DONE", ev.BPF_GC_DONE, "ev_gc", ("collected", "gen"), "qi", (
+        ("collected", "int", "collected"),
+        ("gen", "int?", "gen if gen >= 0 else None"))),
+    Kind("EV_FINALIZE", ev.BPF_FINALIZE, None, (), "", ()),
+    Kind("EV_FORK", ev.BPF_FORK, "ev_fork", ("child",), "I", (("child", "int", "child"),)),
+    Kind("EV_EXIT", ev.BPF_EXIT, None, (), "", ()),
+    Kind("EV_PEER_END", ev.BPF_PEER_END, "ev_peer_end", ("conn", "ret", "fd", "op"), "QqIB", (
+        ("conn", "int", "conn"),
+        ("fd", "int", "fd"),
+        ("ret", "int", "ret"),
+        ("op", "str?", "OPS.get(op)"))),
 ]
 
-
-def _json_value(v):
-    if v is None:
-        return "null"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    return str(v)
+#: How each JSON type is written into a line (``v`` is the value; strings are identifiers
+#: from the tables above or hex, which need no escaping).
+_LITERAL = {"int": "{v}", "int?": '("null" if {v} is None else {v})', "bool": '("true" if {v} else "false")',
+            "bool?": '("null" if {v} is None else "true" if {v} else "false")', "str": "{v}",
+            "str?": '("null" if {v} is None else \'"\' + {v} + \'"\')'}
+_NAMES = {"CAUSES": CAUSES, "WIRES": WIRES, "TCP_STATES": TCP_STATES, "OPS": OPS, "UNKNOWN": ev.UNKNOWN,
+          "WIRE_UNOBSERVED": ev.WIRE_UNOBSERVED, "CAUSE_GC": CAUSE["CAUSE_GC"], "COM_QUIT": ev.COM_QUIT_BYTES,
+          "SOCK_PRESENT": CLOSE_FLAGS["CLOSE_SOCK_PRESENT"], "SOCK_KNOWN": CLOSE_FLAGS["CLOSE_SOCK_KNOWN"],
+          "PEER_ENDED": CLOSE_FLAGS["CLOSE_PEER_ENDED"]}
 
 
 class _Compiled:
-    """One kind's decoder: payload Struct, dict keys, and its JSON line template."""
+    """One kind's dict decoder ``record``, generated from its KINDS entry (taking the whole ring
+    buffer record's fields as ``rec`` unpacks them), and its JSON line ``template`` (used by
+    the generated ``lines``)."""
 
     def __init__(self, kind):
         self.kind = kind
         self.k = kind.k
         self.payload = struct.Struct("<" + kind.fmt)
         assert self.payload.size <= PAYLOAD_SIZE, kind
-        self.keys = ("k", "t", "src", "pid", "tid") + kind.keys
-        self.row = kind.row
-        head = '{"k":%s,"t":%%d,"src":%s,"pid":%%d,"tid":%%d' % (json.dumps(kind.k), json.dumps(ev.SRC_BPF))
-        self.template = head + "".join(',%s:%%s' % json.dumps(key) for key in kind.keys) + "}\n"
-
-    def values(self, buf, off):
-        """The JSON values of the record whose payload starts at ``off``."""
-        return self.row(*self.payload.unpack_from(buf, off))
+        #: The whole ring buffer record: kernel header, event head, this kind's payload.
+        self.rec = struct.Struct("<IIQIIB7x" + kind.fmt)
+        self.keys = ("k", "t", "src", "pid", "tid") + tuple(key for key, _, _ in kind.keys)
+        head = '{"k":%s,"t":%%s,"src":%s,"pid":%%s,"tid":%%s' % (json.dumps(kind.k), json.dumps(ev.SRC_BPF))
+        # Strings ("str") are quoted by the template itself: one concatenation less per field.
+        template = head + "".join((',%s:"%%s"' if typ == "str" else ",%s:%%s") % json.dumps(key)
+                                  for key, typ, _ in kind.keys) + "}\n"
+        args = ", ".join(("_hl", "_pg", "ts", "pid", "tid", "_code") + kind.c_fields)
+        body = "".join("    v%d = %s\n" % (i, expr) for i, (_, _, expr) in enumerate(kind.keys))
+        items = "".join(", %s: v%d" % (json.dumps(key), i) for i, (key, _, _) in enumerate(kind.keys))
+        src = ("def record(%s):\n%s    return {'k': K, 't': ts, 'src': SRC, 'pid': pid, 'tid': tid%s}\n"
+               % (args, body, items))
+        names = dict(_NAMES, K=kind.k, SRC=ev.SRC_BPF)
+        exec(compile(src, "<decode %s>" % kind.c_name, "exec"), names)
+        self.source, self.template, self.args = src, template, args.split(", ")
+        self.record = names["record"]
 
 
 _BY_CODE = {EV[kind.c_name]: _Compiled(kind) for kind in KINDS}
+_KIND_AT = RECORD_HEADER.size + 16    # the kind byte, in a ring buffer record
 
 
 def decode(buf, off=0):
     """The event at ``buf[off:off + EVENT_SIZE]`` as a bpf_* record dict, or None (unknown kind)."""
-    ts, pid, tid, code = HEAD.unpack_from(buf, off)
-    c = _BY_CODE.get(code)
+    c = _BY_CODE.get(buf[off + 16])
     if c is None:
         return None
-    return dict(zip(c.keys, (c.k, ts, ev.SRC_BPF, pid, tid) + c.values(buf, off + HEAD.size)))
+    return c.record(*c.rec.unpack_from(bytes(RECORD_HEADER.size) + bytes(buf[off:off + EVENT_SIZE])))
 
 
-def decode_records(data):
-    """Every record of a run of whole ring buffer records of EVENT_SIZE, as dicts (Nones skipped)."""
-    out = []
-    for off in range(RECORD_HEADER.size, len(data), RECORD_SIZE):
-        d = decode(data, off)
-        if d is not None:
-            out.append(d)
-    return out
+#: Kinds in the order the generated fast path tests them: the frequent ones first.
+_HOT = ("EV_CLOSE", "EV_CLOSE_RET", "EV_WIRE", "EV_CONNECT", "EV_GC_START", "EV_GC_DONE")
 
 
-def lines(data, count_limit=None):
+def _generate_lines():
+    """The hot path as one generated function: every kind's line inline (no call per record)."""
+    order = [k for k in _HOT] + [k.c_name for k in KINDS if k.c_name not in _HOT]
+    names = dict(_NAMES, EVENT_SIZE=EVENT_SIZE, KIND_AT=_KIND_AT, length=RECORD_HEADER.unpack_from)
+    src = ["def lines(data, end):",
+           "    out = []", "    append = out.append", "    n = 0",
+           "    counts = [0] * %d" % (max(EV.values()) + 1), "    connects_ok = 0",
+           "    for off in range(0, end, %d):" % RECORD_SIZE,
+           "        code = data[off + KIND_AT]"]
+    for i, c_name in enumerate(order):
+        c = _BY_CODE[EV[c_name]]
+        code = EV[c_name]
+        names["unpack_%d" % code] = c.rec.unpack_from
+        names["TEMPLATE_%d" % code] = c.template
+        src.append("        %s code == %d:" % ("if" if i == 0 else "elif", code))
+        src.append("            (%s) = unpack_%d(data, off)" % (", ".join(c.args), code))
+        src += ["            if _hl != EVENT_SIZE:", "                break"]
+        src += ["            v%d = %s" % (j, expr) for j, (_, _, expr) in enumerate(c.kind.keys)
+                if expr not in c.kind.c_fields]
+        lits = "".join(", " + _LITERAL[typ].format(v=expr if expr in c.kind.c_fields else "v%d" % j)
+                       for j, (_, typ, expr) in enumerate(c.kind.keys))
+        src.append("            append(TEMPLATE_%d %% (ts, pid, tid%s))" % (code, lits))
+        src.append("            counts[code] += 1")
+        if c_name == "EV_CONNECT":
+            src.append("            connects_ok += v1")
+    src += ["        elif length(data, off)[0] != EVENT_SIZE:", "            break",
+            "        n += 1", "    return out, counts, connects_ok, n", ""]
+    exec(compile("\n".join(src), "<decode lines>", "exec"), names)
+    return names["lines"], "\n".join(src)
+
+
+_lines, LINES_SOURCE = _generate_lines()
+
+
+def lines(data):
     """The hot path: a run of whole records of EVENT_SIZE -> (JSON text, counts per kind, connects ok, n).
 
     Stops at the first record whose length is not EVENT_SIZE (a discarded or foreign record)
-    and returns how many it consumed; the caller walks the rest one by one.
+    and returns how many it consumed; the caller walks the rest one by one. Records of an
+    unknown kind are consumed and skipped.
     """
-    out = []
-    append = out.append
-    counts = collections.Counter()
-    connects_ok = 0
-    by_code = _BY_CODE
-    head = HEAD.unpack_from
-    hdr = RECORD_HEADER.unpack_from
-    n = 0
-    connect = EV["EV_CONNECT"]
-    for off in range(0, len(data) - RECORD_SIZE + 1, RECORD_SIZE):
-        if hdr(data, off)[0] != EVENT_SIZE:
-            break
-        n += 1
-        ts, pid, tid, code = head(data, off + RECORD_HEADER.size)
-        c = by_code.get(code)
-        if c is None:
-            continue
-        vals = c.values(data, off + RECORD_HEADER.size + HEAD.size)
-        append(c.template % ((ts, pid, tid) + tuple(map(_json_value, vals))))
-        counts[c.k] += 1
-        if code == connect and vals[1]:
-            connects_ok += 1
-    return "".join(out), dict(counts), connects_ok, n
+    out, counts, connects_ok, n = _lines(data, len(data) - RECORD_SIZE + 1)
+    return "".join(out), {_BY_CODE[code].k: m for code, m in enumerate(counts) if m}, int(connects_ok), n
 
 
 def pack(code, ts=0, pid=0, tid=0, **payload):
