@@ -4,8 +4,9 @@ One table, ``KINDS``, says for each event kind its code (``EV_*`` in probes.c), 
 its payload (the member of the C union, field by field), and how each JSON key of the record
 is made from the payload. Both paths are generated from it (Python source, compiled once at
 import): ``decode`` (one record to a dict) and ``lines`` (a batch of ring buffer records
-straight to JSON lines in one loop, the hot path), so they cannot disagree. The JSON keys are those of tracer/events.py. tests/unit/test_bpf_decode.py
-checks the codes and layouts against probes.c and both paths against each other.
+straight to JSON lines in one loop, the hot path), so they cannot disagree. The JSON keys
+are those of tracer/events.py. tests/unit/test_bpf_decode.py checks the codes and layouts
+against probes.c and both paths against each other.
 """
 
 import collections
