@@ -102,6 +102,9 @@ class RunCommand:
             raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
         targets = None
         if use_bpf:
+            from trace_quit.tracer.bpf.session import start_compile
+
+            start_compile()  # the probes compile while the command is resolved (start-up)
             targets = _resolve_bpf_targets(argv, run_as)
             if getattr(targets, "nothing_to_probe", None):
                 # Not an error: the program still runs (and the agent still loads into any Python it starts).
@@ -152,6 +155,9 @@ class RunCommand:
         output = args.output or default_capture_name(cmdline or ["pid%d" % args.pid])
         if os.path.lexists(output) and not args.force:
             raise CliError("%s exists: choose another -o, or add --force to overwrite it" % output, EX_CANTCREAT)
+        from trace_quit.tracer.bpf.session import start_compile
+
+        start_compile()  # the probes compile while the process is resolved (start-up)
         targets = _resolve_running_targets(args.pid, cmdline)
         options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),

@@ -162,6 +162,18 @@ def test_dump_bpf_prints_the_program_without_running_anything(tmp_path):
     out = subprocess.run([sys.executable, "-m", "trace_quit.tracer.cli", "--dump-bpf", "--", sys.executable, "-c",
                           "open(%r, 'w')" % str(marker)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    first, rest = out.stdout.split("\n", 1)
-    assert first.startswith("// cflags: ") and "-DAFTER_ATEXIT=" in first and "-DCONN_OFFSET=" in first
+    first, second, rest = out.stdout.split("\n", 2)
+    assert first.startswith("// cflags: ") and "-DRINGBUF_PAGES=" in first
+    assert second.startswith("// config: ") and "AFTER_ATEXIT=" in second and "CONN_OFFSET=16" in second
     assert rest == C and not marker.exists()
+
+
+def test_config_slots_match_probes_c():
+    """session.CONFIG (what depends on the program, written at run time) is probes.c's CFG_* slots."""
+    defines = c_defines()
+    slots = {name: defines["CFG_" + name] for name in ("CONN_OFFSET", "LAST_ERRNO_OFF", "AFTER_ATEXIT",
+                                                       "GC_SYM_GEN_REG")}
+    for i, part in enumerate(("KIND", "REG", "OFF", "SIZE", "SIGNED")):
+        slots["GC_START_ARG_" + part] = defines["CFG_GC_START_ARG"] + i
+        slots["GC_DONE_ARG_" + part] = defines["CFG_GC_DONE_ARG"] + i
+    assert session.CONFIG == slots and max(slots.values()) < defines["CFG_SLOTS"]

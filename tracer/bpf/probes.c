@@ -1,22 +1,26 @@
 /*
  * trace-quit: the kernel side. Why each COM_QUIT was sent, decided where it happens.
  *
- * Loaded by tracer/bpf/session.py (bcc compiles it at run time); parameters arrive as
- * -D flags, chosen per run by tracer/bpf/resolve.py:
+ * Loaded by tracer/bpf/session.py (bcc compiles it at run time). Compile-time parameters
+ * (-D flags) depend only on the machine:
+ *   RINGBUF_PAGES          ring buffer size in pages (power of two).
+ *   TP_*                   field offsets of the tracepoints used, read from tracefs format
+ *                          files at load time (sched_process_exit changed across kernels).
+ *   OWN_PT_REGS            declare struct pt_regs here instead of including kernel headers.
+ * What depends on the traced program is in the `config` array (CFG_*), chosen per run by
+ * tracer/bpf/resolve.py and written by session.py before attaching:
  *   CONN_OFFSET            object.__basicsize__ of the traced interpreter: the MYSQL* that
  *                          mysql_close receives is self + CONN_OFFSET (mysqlclient's
  *                          _mysql_ConnectionObject starts with PyObject_HEAD, then MYSQL).
- *   RINGBUF_PAGES          ring buffer size in pages (power of two).
  *   GC_START_ARG_*,        how to read USDT python:gc__start's generation and gc__done's
  *   GC_DONE_ARG_*          collected count: KIND 1 register, 2 memory at reg+OFF, 3 constant;
  *                          REG is a byte offset into struct pt_regs.
  *   GC_SYM_GEN_REG         pt_regs offset of the generation argument of the collection
  *                          function (gc_collect_main & co) when there is no USDT; -1 when
  *                          unknown (3.8's GCC clones collect.constprop.N).
- *   TP_*                   field offsets of the tracepoints used, read from tracefs format
- *                          files at load time (sched_process_exit changed across kernels).
  *   LAST_ERRNO_OFF         offsetof(MYSQL, net.last_errno), decoded from the client library's
  *                          own mysql_errno (resolve.last_errno_offset); -1 when unknown.
+ *   AFTER_ATEXIT           1: shutdown starts at on_after_atexit (resolve.AFTER_ATEXIT).
  *
  * Attribution at mysql_close (no uretprobes on CPython or mysqlclient code needed):
  *   _mysql_ConnectionObject_close(self) / _dealloc(self) entries store, per thread, the
@@ -265,6 +269,25 @@ BPF_TABLE("lru_hash", struct conn_key, struct conn_sock, conn_fds, 65536);  // (
 BPF_TABLE("lru_hash", u32, struct io_state, io_pending, 65536);     // tid -> read/write on a MySQL socket in flight
 BPF_TABLE("lru_hash", u64, u64, fin_in, 16384);                     // TCP sock -> when the peer's FIN came in (CLOSE_WAIT)
 BPF_PERCPU_ARRAY(counters, u64, 2);
+
+/* What depends on the traced program is read at run time from `config` (written by
+ * session.py before any probe is attached, session.CONFIG names the slots), not compiled
+ * in: the program's text then depends only on this file and the kernel, so it compiles
+ * while the command is still being resolved (session.start_compile, start-up). */
+#define CFG_CONN_OFFSET 0
+#define CFG_LAST_ERRNO_OFF 1
+#define CFG_AFTER_ATEXIT 2
+#define CFG_GC_SYM_GEN_REG 3
+#define CFG_GC_START_ARG 4      /* KIND, REG, OFF, SIZE, SIGNED */
+#define CFG_GC_DONE_ARG 9       /* KIND, REG, OFF, SIZE, SIGNED */
+#define CFG_SLOTS 14
+BPF_ARRAY(config, s64, CFG_SLOTS);
+
+static __always_inline s64 cfg(u32 slot)
+{
+    s64 *v = config.lookup(&slot);
+    return v ? *v : -1;
+}
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 static __always_inline int is_traced(u32 tgid)
@@ -317,6 +340,19 @@ static __always_inline u64 reg_at(struct pt_regs *ctx, int off)
     return v;
 }
 
+/* A register chosen at run time (config): the verifier allows only constant offsets into the
+ * context, so one case per slot of struct pt_regs (21 on x86-64). */
+#define REG_CASE(n) case (n) * 8: return reg_at(ctx, (n) * 8);
+static __always_inline u64 reg_var(struct pt_regs *ctx, s64 off)
+{
+    switch (off) {
+    REG_CASE(0) REG_CASE(1) REG_CASE(2) REG_CASE(3) REG_CASE(4) REG_CASE(5) REG_CASE(6)
+    REG_CASE(7) REG_CASE(8) REG_CASE(9) REG_CASE(10) REG_CASE(11) REG_CASE(12) REG_CASE(13)
+    REG_CASE(14) REG_CASE(15) REG_CASE(16) REG_CASE(17) REG_CASE(18) REG_CASE(19) REG_CASE(20)
+    }
+    return 0;
+}
+
 static __always_inline s64 extend(u64 raw, int size, int is_signed)
 {
     if (size == 1)
@@ -333,9 +369,9 @@ static __always_inline s64 usdt_arg(struct pt_regs *ctx, int kind, int reg, s64 
 {
     u64 raw = 0;
     if (kind == 1) {
-        raw = reg_at(ctx, reg);
+        raw = reg_var(ctx, reg);
     } else if (kind == 2) {
-        u64 addr = reg_at(ctx, reg) + off;
+        u64 addr = reg_var(ctx, reg) + off;
         if (size == 1)
             bpf_probe_read_user(&raw, 1, (void *)addr);
         else if (size == 2)
@@ -451,7 +487,7 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
     s32 gen = -1;
     u64 self = 0;
     struct py_entry *pe = py_last.lookup(&tid);
-    if (pe && pe->self + CONN_OFFSET == mysql) {
+    if (pe && pe->self + cfg(CFG_CONN_OFFSET) == mysql) {
         self = pe->self;
         if (pe->kind == PY_CLOSE) {
             cause = CAUSE_EXPLICIT_CLOSE;
@@ -499,7 +535,7 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
     return 0;
 }
 
-int on_close(struct pt_regs *ctx) { return close_entry(ctx, LAST_ERRNO_OFF); }
+int on_close(struct pt_regs *ctx) { return close_entry(ctx, (int)cfg(CFG_LAST_ERRNO_OFF)); }
 int on_close_noerrno(struct pt_regs *ctx) { return close_entry(ctx, -1); }
 
 int on_close_ret(struct pt_regs *ctx)
@@ -550,14 +586,14 @@ static __always_inline void gc_begin(u32 tid, s32 gen, u64 sp)
     }
 }
 
-#ifdef GC_START_ARG_KIND
 int on_gc_start_usdt(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32))
         return 0;
-    gc_begin((u32)id, (s32)usdt_arg(ctx, GC_START_ARG_KIND, GC_START_ARG_REG, GC_START_ARG_OFF,
-                                    GC_START_ARG_SIZE, GC_START_ARG_SIGNED), 0);
+    gc_begin((u32)id, (s32)usdt_arg(ctx, cfg(CFG_GC_START_ARG), cfg(CFG_GC_START_ARG + 1),
+                                    cfg(CFG_GC_START_ARG + 2), cfg(CFG_GC_START_ARG + 3),
+                                    cfg(CFG_GC_START_ARG + 4)), 0);
     return 0;
 }
 
@@ -572,15 +608,15 @@ int on_gc_done_usdt(struct pt_regs *ctx)
         return 0;   // its start came before we attached (--pid mid-collection): no bracket to close
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
-        e->gc.collected = usdt_arg(ctx, GC_DONE_ARG_KIND, GC_DONE_ARG_REG, GC_DONE_ARG_OFF,
-                                   GC_DONE_ARG_SIZE, GC_DONE_ARG_SIGNED);
+        e->gc.collected = usdt_arg(ctx, cfg(CFG_GC_DONE_ARG), cfg(CFG_GC_DONE_ARG + 1),
+                                   cfg(CFG_GC_DONE_ARG + 2), cfg(CFG_GC_DONE_ARG + 3),
+                                   cfg(CFG_GC_DONE_ARG + 4));
         e->gc.gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
     return 0;
 }
-#endif
 
 /* The symbol bracket is the outermost collection function's frame, identified by the stack
  * pointer at its entry (the return probe sees that + 8, the return address popped). So the
@@ -591,7 +627,6 @@ int on_gc_done_usdt(struct pt_regs *ctx)
  *  - an entry at or above the open bracket's frame cannot be nested in it: that bracket is
  *    stale (its return was missed) and the new collection replaces it.
  * Pinned by tests/system/test_bpf_attach_midcollection.py. */
-#ifdef GC_SYM_GEN_REG
 int on_gc_start_sym(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -604,11 +639,8 @@ int on_gc_start_sym(struct pt_regs *ctx)
         cur->depth += 1;    // deeper on the same stack: nested in the open collection
         return 0;
     }
-#if GC_SYM_GEN_REG >= 0
-    gc_begin(tid, (s32)reg_at(ctx, GC_SYM_GEN_REG), sp);
-#else
-    gc_begin(tid, -1, sp);    // the build's clone of the collection function hides the generation
-#endif
+    s64 gen_reg = cfg(CFG_GC_SYM_GEN_REG);   // -1: the build's clone of the collection function hides it
+    gc_begin(tid, gen_reg >= 0 ? (s32)reg_var(ctx, gen_reg) : -1, sp);
     return 0;
 }
 
@@ -632,7 +664,6 @@ int on_gc_done_sym(struct pt_regs *ctx)
     gc_thread.delete(&tid);
     return 0;
 }
-#endif
 
 /* The cause contract (README, "Causes"): shutdown begins after the program's last atexit
  * handler has run, when the interpreter is finalising (sys.is_finalizing()); what atexit
@@ -658,13 +689,13 @@ int on_finalize(struct pt_regs *ctx)
     u32 tgid = id >> 32;
     if (!is_traced(tgid))
         return 0;
-#if AFTER_ATEXIT
-    struct fin_state fs = {};
-    fs.tid = (u32)id;
-    finalizing.update(&tgid, &fs);
-#else
-    start_shutdown(tgid, (u32)id);
-#endif
+    if (cfg(CFG_AFTER_ATEXIT) > 0) {
+        struct fin_state fs = {};
+        fs.tid = (u32)id;
+        finalizing.update(&tgid, &fs);
+    } else {
+        start_shutdown(tgid, (u32)id);
+    }
     return 0;
 }
 

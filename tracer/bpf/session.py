@@ -90,20 +90,97 @@ def _tracepoint_defines():
     return defines, missing
 
 
-def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
-    """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
-    defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages),
-               "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
-               "OWN_PT_REGS": 1, "AFTER_ATEXIT": int(bool(getattr(targets, "after_atexit", False)))}
-    defines.update(targets.gc_args)
+#: probes.c's `config` slots (CFG_*): what depends on the traced program, written at run time.
+CONFIG = {"CONN_OFFSET": 0, "LAST_ERRNO_OFF": 1, "AFTER_ATEXIT": 2, "GC_SYM_GEN_REG": 3}
+for _i, _part in enumerate(("KIND", "REG", "OFF", "SIZE", "SIGNED")):
+    CONFIG["GC_START_ARG_" + _part] = 4 + _i
+    CONFIG["GC_DONE_ARG_" + _part] = 9 + _i
+
+
+def machine_defines(ringbuf_pages=RINGBUF_PAGES):
+    """The -D parameters of probes.c: they depend on this machine only, not on the program."""
+    defines = {"RINGBUF_PAGES": int(ringbuf_pages), "OWN_PT_REGS": 1}
     defines.update(_tracepoint_defines()[0])
     return defines
 
 
+def program_config(targets):
+    """probes.c's `config` values for ``targets`` (no root, no bcc needed)."""
+    config = {"CONN_OFFSET": int(targets.basicsize or 0),
+              "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
+              "AFTER_ATEXIT": int(bool(getattr(targets, "after_atexit", False))), "GC_SYM_GEN_REG": -1}
+    for prefix in ("GC_START_ARG_", "GC_DONE_ARG_"):
+        config.update({prefix + "KIND": 0, prefix + "REG": 0, prefix + "OFF": 0, prefix + "SIZE": 8,
+                       prefix + "SIGNED": 1})
+    config.update((k, int(v)) for k, v in targets.gc_args.items() if k in CONFIG)
+    return config
+
+
 def dump_program(targets):
-    """The program as bcc would compile it for ``targets``: cflags, then probes.c (for --dump-bpf)."""
-    flags = " ".join("-D%s=%d" % kv for kv in sorted(program_defines(targets).items()))
-    return "// cflags: %s\n%s" % (flags, probes_source())
+    """The program as bcc would compile it for ``targets``: cflags, config, then probes.c (--dump-bpf)."""
+    flags = " ".join("-D%s=%d" % kv for kv in sorted(machine_defines().items()))
+    config = " ".join("%s=%d" % kv for kv in sorted(program_config(targets).items()))
+    return "// cflags: %s\n// config: %s\n%s" % (flags, config, probes_source())
+
+
+def _compile(defines):
+    """bcc.BPF for probes.c with ``defines`` (updated in place if the headers fallback is used)."""
+    import bcc  # the one place bcc is imported (BpfSession checks it first, with the fix)
+
+    def cflags():
+        return ["-D%s=%d" % kv for kv in sorted(defines.items())]
+
+    try:
+        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
+    except Exception:
+        # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
+        defines["OWN_PT_REGS"] = 0
+        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
+
+
+_early = {}     # {"job": the compile start_compile() began: {"defines", "thread", "bpf", "error", "seconds"}}
+
+
+def start_compile(ringbuf_pages=RINGBUF_PAGES):
+    """Begin compiling probes.c in the background now (start-up: it takes most of it).
+
+    The program text depends only on the machine (machine_defines), so the compile runs while
+    the command is resolved; BpfSession takes it if its parameters match, else compiles again.
+    bcc's compile is C code called through ctypes, which lets the resolving thread run.
+    Never raises: a failure here is found again, and explained, by BpfSession.
+    """
+    if _early or os.geteuid() != 0:
+        return
+    try:
+        defines = machine_defines(ringbuf_pages)
+    except Exception:
+        return
+    job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            job["bpf"] = _compile(job["defines"])
+        except BaseException as exc:
+            job["error"] = exc
+        job["seconds"] = round(time.monotonic() - t0, 4)
+
+    job["thread"] = threading.Thread(target=run, name="trace-quit-compile", daemon=True)
+    _early["job"] = job
+    job["thread"].start()
+
+
+def _take_early(defines):
+    """The early compile's BPF object if it was made with ``defines``, else None (discarded)."""
+    if not _early:
+        return None, None
+    job = _early.pop("job")
+    job["thread"].join()
+    if job["bpf"] is not None and job["defines"] == defines:
+        return job["bpf"], job["seconds"]
+    if job["bpf"] is not None:
+        job["bpf"].cleanup()
+    return None, None
 
 
 def _attach_order(site):
@@ -135,7 +212,8 @@ class BpfSession:
         self._final_stats = None
         self.headers = headers_info()
         self._tp_missing = _tracepoint_defines()[1]
-        self.defines = program_defines(targets, ringbuf_pages)
+        self.defines = machine_defines(ringbuf_pages)
+        self.config = program_config(targets)
         if os.geteuid() != 0:
             raise BpfUnavailable("eBPF tracing needs root; run with sudo, or use --no-bpf")
         if not self.headers["build"] and not self.headers["ikheaders"]:
@@ -151,18 +229,21 @@ class BpfSession:
                                  "made with --system-site-packages, or use --no-bpf")
         self._timings["bcc_import_s"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
-        try:
+        self._bpf, early_s = _take_early(self.defines)
+        if self._bpf is not None:
+            self._timings["compile_s"] = early_s    # in the background, while resolving
+            self._timings["compile_wait_s"] = round(time.monotonic() - t0, 4)
+        else:
             try:
-                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
-            except Exception:
-                # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
-                self.defines["OWN_PT_REGS"] = 0
-                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
-        except Exception as exc:  # bcc raises bare Exception on compile/load failure
-            raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
-                                 "or use --no-bpf" % exc)
-        self._timings["compile_s"] = round(time.monotonic() - t0, 4)
+                self._bpf = _compile(self.defines)
+            except Exception as exc:  # bcc raises bare Exception on compile/load failure
+                raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
+                                     "or use --no-bpf" % exc)
+            self._timings["compile_s"] = round(time.monotonic() - t0, 4)
         self._bcc = bcc
+        config = self._bpf[b"config"]
+        for name, value in self.config.items():
+            config[ctypes.c_int(CONFIG[name])] = ctypes.c_int64(value)
 
     def cflags(self):
         """The -D flags passed to the compiler (also shown by --dump-bpf)."""
@@ -338,6 +419,7 @@ class BpfSession:
             "missing": list(self._missing),
             "headers": dict(self.headers),
             "cflags": self.cflags(),
+            "config": dict(self.config),
             "targets": self.targets.describe(),
             "timings": dict(self._timings),
             "ringbuf_pages": self.defines["RINGBUF_PAGES"],
