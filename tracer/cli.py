@@ -101,6 +101,8 @@ class RunCommand:
         parser.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
                             help="after the program ends, keep serving until one scrape has read the final "
                                  "counts, at most this long (default: 0)")
+        # Hidden, like bcc tools' --ebpf: print the eBPF program (cflags + probes.c) for the command; no root.
+        parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
@@ -124,6 +126,12 @@ class RunCommand:
             return self.run_attached(args, argv)
         if not argv:
             raise CliError("no program to trace: put it after --, as in: trace-quit -- python main.py", EX_USAGE)
+        if args.dump_bpf:
+            from trace_quit.tracer import bpf
+            from trace_quit.tracer.bpf.session import dump_program
+
+            sys.stdout.write(dump_program(bpf.resolve_targets(argv, dict(os.environ))))
+            return 0
         from trace_quit.tracer.launch import RunAs
         from trace_quit.tracer.record import Recorder, RunOptions
 
@@ -141,6 +149,9 @@ class RunCommand:
             _check_output(html_path_for(output), args.force)
         targets = None
         if use_bpf:
+            from trace_quit.tracer.bpf.session import start_compile
+
+            start_compile()  # the probes compile while the command is resolved (start-up)
             targets = _resolve_bpf_targets(argv, run_as)
             if getattr(targets, "nothing_to_probe", None):
                 # Not an error: the program still runs (and the agent still loads into any Python it starts).

@@ -7,7 +7,7 @@ import pytest
 
 from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
 from trace_quit.tracer.bpf import elf, resolve, x86
-from tq_support import VENV_PY
+from tq_support import VENV_PY, venv_python_for
 
 
 def test_probe_site_skips_a_leading_null_check():
@@ -76,7 +76,7 @@ def test_a_non_python_command_is_probed_on_guesses_with_reasons():
         (os.path.join(os.path.dirname(VENV_PY), "python3"), "the python3 on the program's PATH")]
     assert t.guesses[0]["mysql_so"] == t.mysql_so and t.mysql_so.startswith(os.path.dirname(os.path.dirname(VENV_PY)))
     assert t.nothing_to_probe is None
-    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize", "py_close", "py_dealloc",
+    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize", "after_atexit", "py_close", "py_dealloc",
                                          "close", "close_ret", "connect", "connect_ret"}
     assert [c["path"] for c in t.client_libs] == [resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0).client_lib]
     assert any("not a Python interpreter: probes are placed on guesses" in n for n in t.notes)
@@ -128,4 +128,19 @@ def test_without_mysqlclient_only_the_interpreter_probes_remain():
     t = resolve_targets(["/usr/bin/python3.11", "-I", "-c", "pass"], None, 0, 0)
     assert t.mysql_so is None
     assert any(m["what"] == "mysqlclient" for m in t.missing)
-    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize"}
+    assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize", "after_atexit"}
+
+
+@pytest.mark.parametrize("version, symbol, how", [("3.8", "flush_std_files", "uprobe"),
+                                                  ("3.11", "_PyThreadState_DeleteExcept", "uprobe"),
+                                                  ("3.13", "_PyAtExit_Call", "uretprobe"),
+                                                  ("debian", "_PyThreadState_DeleteExcept", "uprobe")])
+def test_shutdown_starts_after_the_atexit_handlers_on_every_build(version, symbol, how):
+    """resolve.AFTER_ATEXIT: the first call after atexit handlers in Py_FinalizeEx, per build."""
+    python = "/usr/bin/python3.11" if version == "debian" else venv_python_for(version)
+    if not os.path.exists(python):
+        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    t = resolve_targets([python, "-c", "pass"], None, 0, 0)
+    sites = [(p.symbol, p.how) for p in t.probes if p.role == "after_atexit"]
+    assert sites == [(symbol, how)] and t.after_atexit is True
+    assert not [m for m in t.missing if "atexit" in m["what"]]

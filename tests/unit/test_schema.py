@@ -66,12 +66,15 @@ def test_synthetic_records_carry_every_key_the_real_tracer_writes(tmp_path):
 
 
 def test_the_fast_path_lines_of_the_kernel_decoder_validate():
-    from trace_quit.tracer.bpf import session
+    # tracer/bpf/decode.py's generated hot path (JSON lines) for every kind: each line is valid.
+    from trace_quit.tracer.bpf import decode
 
-    close = json.loads(session._CLOSE_LINE % (1, 2, 3, 4, '"gc"', "2", 5, "true", "0", "false"))
-    ret = json.loads(session._CLOSE_RET_LINE % (1, 2, 3, 4, '"confirmed"', 1, 0, 0, "null", "null", "null"))
-    ev.check(close)
-    ev.check(ret)
+    data = b"".join(decode.RECORD_HEADER.pack(decode.EVENT_SIZE, 0) + decode.pack(code, 10, 42, 43, gen=-1)
+                    for code in sorted(decode._BY_CODE))
+    text, counts, _, n = decode.lines(data)
+    assert n == len(decode._BY_CODE)
+    for line in text.splitlines():
+        ev.check(json.loads(line))
 
 
 @pytest.mark.parametrize("record, why", [
@@ -164,14 +167,14 @@ def test_a_forged_trailer_does_not_end_the_capture(tmp_path):
 
 
 def test_the_kernel_decoder_writes_exactly_the_declared_bpf_fields():
-    # tracer/bpf/session.decode_event, for every kind code it knows: keys and types as declared.
-    from trace_quit.tracer.bpf import session
+    # tracer/bpf/decode.py, for every kind code it knows: keys and types as declared.
+    from trace_quit.tracer.bpf import decode
 
-    head = ev.COM_QUIT_BYTES + bytes(11)  # the event's 16-byte head buffer
-    for code, kind in session._KINDS.items():
-        # ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head
-        for flags, gen, aux in ((0, -1, -1), (7, 2, 0), (1, 1, 5)):
-            record = session.decode_event((10, 0x7F00, 5, 3, 42, 43, code, 3, 1, flags, gen, 5, aux, head))
+    for code in sorted(decode._BY_CODE):
+        for cause, gen, flags in ((0, -1, 0), (3, 2, 7), (1, 1, 1)):
+            record = decode.decode(decode.pack(code, 10, 42, 43, conn=0x7F00, gen=gen, cause=cause, flags=flags,
+                                               hlen=5, head=ev.COM_QUIT_BYTES + bytes(11), wire=1))
+            kind = record["k"]
             declared = {f.name for f in ev.KINDS[kind][1]} | {"k"}
             assert set(record) == declared, kind
             ev.check(record)

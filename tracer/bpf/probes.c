@@ -1,29 +1,33 @@
 /*
  * trace-quit: the kernel side. Why each COM_QUIT was sent, decided where it happens.
  *
- * Loaded by tracer/bpf/session.py (bcc compiles it at run time); parameters arrive as
- * -D flags, chosen per run by tracer/bpf/resolve.py:
+ * Loaded by tracer/bpf/session.py (bcc compiles it at run time). Compile-time parameters
+ * (-D flags) depend only on the machine:
+ *   RINGBUF_PAGES          ring buffer size in pages (power of two).
+ *   TP_*                   field offsets of the tracepoints used, read from tracefs format
+ *                          files at load time (sched_process_exit changed across kernels).
+ *   OWN_PT_REGS            declare struct pt_regs here instead of including kernel headers.
+ * What depends on the traced program is in the `config` array (CFG_*), chosen per run by
+ * tracer/bpf/resolve.py and written by session.py before attaching:
  *   CONN_OFFSET            object.__basicsize__ of the traced interpreter: the MYSQL* that
  *                          mysql_close receives is self + CONN_OFFSET (mysqlclient's
  *                          _mysql_ConnectionObject starts with PyObject_HEAD, then MYSQL).
- *   RINGBUF_PAGES          ring buffer size in pages (power of two).
  *   GC_START_ARG_*,        how to read USDT python:gc__start's generation and gc__done's
  *   GC_DONE_ARG_*          collected count: KIND 1 register, 2 memory at reg+OFF, 3 constant;
  *                          REG is a byte offset into struct pt_regs.
  *   GC_SYM_GEN_REG         pt_regs offset of the generation argument of the collection
  *                          function (gc_collect_main & co) when there is no USDT; -1 when
  *                          unknown (3.8's GCC clones collect.constprop.N).
- *   TP_*                   field offsets of the tracepoints used, read from tracefs format
- *                          files at load time (sched_process_exit changed across kernels).
  *   LAST_ERRNO_OFF         offsetof(MYSQL, net.last_errno), decoded from the client library's
  *                          own mysql_errno (resolve.last_errno_offset); -1 when unknown.
+ *   AFTER_ATEXIT           1: shutdown starts at on_after_atexit (resolve.AFTER_ATEXIT).
  *
  * Attribution at mysql_close (no uretprobes on CPython or mysqlclient code needed):
  *   _mysql_ConnectionObject_close(self) / _dealloc(self) entries store, per thread, the
  *   last {kind, self}. mysqlclient calls mysql_close(&self->connection) from exactly one of
  *   them (FACTS.md), with no Python code in between, so at mysql_close(mysql):
  *     mysql == last.self + CONN_OFFSET and kind == close        -> explicit_close
- *     ... kind == dealloc, on the thread that entered Py_FinalizeEx -> shutdown
+ *     ... kind == dealloc, on the finalising thread after atexit     -> shutdown (on_after_atexit)
  *     ... kind == dealloc, inside a GC collection on this thread  -> gc (+ generation)
  *     ... kind == dealloc otherwise                              -> refcount
  *     no match                                                   -> unknown
@@ -115,23 +119,87 @@ struct pt_regs {
 
 #define HEAD_LEN 16
 
+/* One ring buffer record: a common head, then the payload of its kind (a tagged union, so no
+ * field changes meaning with the kind). tracer/bpf/decode.py declares the same layouts and
+ * codes in one table; tests/unit/test_bpf_decode.py checks the codes, the layouts' sizes and
+ * the payload members' names against this file. 72 bytes. */
+struct ev_connect {
+    u64 conn;       // MYSQL*
+    u64 t0;         // mysql_real_connect entry (ns)
+    u32 ok;         // it returned non-NULL
+    s32 fd;         // the connection's socket (-1 unknown)
+};
+
+struct ev_close {
+    u64 conn;
+    u64 self;       // the _mysql.connection object (0 no match)
+    s32 gen;        // gc generation, -1 unknown
+    s32 last_errno; // net.last_errno at entry, -1 unknown
+    u8 cause;       // CAUSE_*
+    u8 flags;       // CLOSE_SOCK_* | CLOSE_PEER_ENDED
+};
+
+struct ev_close_ret {
+    u64 conn;
+    u64 t0;         // mysql_close entry (ns)
+    u64 sends;      // send system calls inside it
+    s32 send_err;   // errno of the first failed send (0 none)
+    u8 wire;        // WIRE_*
+    u8 tcp_from;    // TCP state before the client's close() (0 not seen)
+    u8 tcp_to;      // ... and after it
+    u8 fin_first;   // 1: the peer's FIN had come in before mysql_close was entered
+};
+
+struct ev_wire {
+    u64 conn;
+    u64 len;        // bytes the send asked for
+    s64 ret;        // the send's return
+    u32 fd;
+    u32 hlen;       // bytes copied into head
+    u8 head[HEAD_LEN];  // first bytes sent
+};
+
+struct ev_gc {
+    s64 collected;  // gc_done: collected (+ uncollectable from the symbol probe)
+    s32 gen;        // -1 unknown
+};
+
+struct ev_fork {
+    u32 child;
+};
+
+struct ev_peer_end {
+    u64 conn;
+    s64 ret;        // the syscall's return (0 EOF, -errno)
+    u32 fd;
+    u8 op;          // OP_*
+};
+
+struct ev_sock {     // EV_SOCK_CONNECT / EV_SOCK_CLOSE (the "msock" block below)
+    u64 t_greeting; // when the server greeting was read on it (ns)
+    u32 fd;
+    u32 sends;      // writes on it (close only)
+    s32 gen;        // gc generation, -1 unknown
+    u8 cause;       // CAUSE_* (close only)
+    u8 wire;        // WIRE_* (close only)
+};
+
 struct event {
     u64 ts;         // bpf_ktime_get_ns(): CLOCK_MONOTONIC
-    u64 conn;       // MYSQL*
-    s64 val;        // connect: ok; close_ret: sends; wire: len; gc_start: gen; gc_done: collected; fork: child;
-                    // peer_end: the syscall's return (0 EOF, -errno)
-    s64 val2;       // connect/close_ret: entry ts; close: self (the Python object); wire, peer_end: fd
     u32 pid;        // tgid
     u32 tid;        // kernel thread id
-    u8 kind;        // EV_*
-    u8 cause;       // close: CAUSE_*; close_ret: 1 if the peer's FIN came before mysql_close (TCP)
-    u8 wire;        // close_ret: WIRE_*; peer_end: OP_*
-    u8 flags;       // close: CLOSE_SOCK_*; close_ret: TCP state before the client's close (0 not seen)
-    s32 gen;        // close (gc) and gc_done: generation, -1 unknown; close_ret: TCP state after it
-    u32 hlen;       // wire: bytes copied into head
-    s32 aux;        // close: net.last_errno (-1 unknown); close_ret: errno of the first failed send
-                    // (0 none); connect: the socket fd (-1 unknown); wire: the send's return
-    u8 head[HEAD_LEN];  // wire: first bytes sent
+    u8 kind;        // EV_*: which member of the union follows
+    u8 pad[7];
+    union {
+        struct ev_connect connect;
+        struct ev_close close;
+        struct ev_close_ret close_ret;
+        struct ev_wire wire;
+        struct ev_gc gc;
+        struct ev_fork fork;
+        struct ev_peer_end peer_end;
+        struct ev_sock sock;
+    };
 };
 
 struct py_entry {
@@ -143,6 +211,7 @@ struct py_entry {
 struct gc_state {
     s32 gen;
     u32 depth;      // nesting of the symbol-based bracket (USDT brackets never nest)
+    u64 sp;         // symbol bracket: the stack pointer at the outermost entry (its frame)
 };
 
 struct close_state {
@@ -197,7 +266,12 @@ struct io_state {
  * read/write/send system call of every process while we are attached. */
 #define TRACED_WORDS 65536
 BPF_ARRAY(traced, u64, TRACED_WORDS);
-BPF_HASH(finalizing, u32, u32, 8192);         // tgid -> tid that entered Py_FinalizeEx
+struct fin_state {
+    u32 tid;        // the thread that entered Py_FinalizeEx
+    u32 finalizing; // 1: its last atexit handler has run (shutdown has begun)
+};
+
+BPF_HASH(finalizing, u32, struct fin_state, 8192);   // tgid ->
 BPF_TABLE("lru_hash", u32, struct py_entry, py_last, 65536);        // tid ->
 BPF_TABLE("lru_hash", u32, struct gc_state, gc_thread, 65536);      // tid ->
 BPF_TABLE("lru_hash", u32, struct close_state, in_close, 65536);    // tid ->
@@ -207,6 +281,25 @@ BPF_TABLE("lru_hash", struct conn_key, struct conn_sock, conn_fds, 65536);  // (
 BPF_TABLE("lru_hash", u32, struct io_state, io_pending, 65536);     // tid -> read/write on a MySQL socket in flight
 BPF_TABLE("lru_hash", u64, u64, fin_in, 16384);                     // TCP sock -> when the peer's FIN came in (CLOSE_WAIT)
 BPF_PERCPU_ARRAY(counters, u64, 2);
+
+/* What depends on the traced program is read at run time from `config` (written by
+ * session.py before any probe is attached, session.CONFIG names the slots), not compiled
+ * in: the program's text then depends only on this file and the kernel, so it compiles
+ * while the command is still being resolved (session.start_compile, start-up). */
+#define CFG_CONN_OFFSET 0
+#define CFG_LAST_ERRNO_OFF 1
+#define CFG_AFTER_ATEXIT 2
+#define CFG_GC_SYM_GEN_REG 3
+#define CFG_GC_START_ARG 4      /* KIND, REG, OFF, SIZE, SIGNED */
+#define CFG_GC_DONE_ARG 9       /* KIND, REG, OFF, SIZE, SIGNED */
+#define CFG_SLOTS 14
+BPF_ARRAY(config, s64, CFG_SLOTS);
+
+static __always_inline s64 cfg(u32 slot)
+{
+    s64 *v = config.lookup(&slot);
+    return v ? *v : -1;
+}
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 static __always_inline int is_traced(u32 tgid)
@@ -239,20 +332,11 @@ static __always_inline struct event *reserve(u8 kind)
     if (!e)
         return NULL;
     u64 id = bpf_get_current_pid_tgid();
+    __builtin_memset(e, 0, sizeof(*e));
     e->ts = bpf_ktime_get_ns();
     e->pid = id >> 32;
     e->tid = (u32)id;
     e->kind = kind;
-    e->conn = 0;
-    e->val = 0;
-    e->val2 = 0;
-    e->cause = 0;
-    e->gen = -1;
-    e->wire = 0;
-    e->flags = 0;
-    e->hlen = 0;
-    e->aux = 0;
-    __builtin_memset(e->head, 0, HEAD_LEN);
     return e;
 }
 
@@ -266,6 +350,19 @@ static __always_inline u64 reg_at(struct pt_regs *ctx, int off)
     u64 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (char *)ctx + off);
     return v;
+}
+
+/* A register chosen at run time (config): the verifier allows only constant offsets into the
+ * context, so one case per slot of struct pt_regs (21 on x86-64). */
+#define REG_CASE(n) case (n) * 8: return reg_at(ctx, (n) * 8);
+static __always_inline u64 reg_var(struct pt_regs *ctx, s64 off)
+{
+    switch (off) {
+    REG_CASE(0) REG_CASE(1) REG_CASE(2) REG_CASE(3) REG_CASE(4) REG_CASE(5) REG_CASE(6)
+    REG_CASE(7) REG_CASE(8) REG_CASE(9) REG_CASE(10) REG_CASE(11) REG_CASE(12) REG_CASE(13)
+    REG_CASE(14) REG_CASE(15) REG_CASE(16) REG_CASE(17) REG_CASE(18) REG_CASE(19) REG_CASE(20)
+    }
+    return 0;
 }
 
 static __always_inline s64 extend(u64 raw, int size, int is_signed)
@@ -284,9 +381,9 @@ static __always_inline s64 usdt_arg(struct pt_regs *ctx, int kind, int reg, s64 
 {
     u64 raw = 0;
     if (kind == 1) {
-        raw = reg_at(ctx, reg);
+        raw = reg_var(ctx, reg);
     } else if (kind == 2) {
-        u64 addr = reg_at(ctx, reg) + off;
+        u64 addr = reg_var(ctx, reg) + off;
         if (size == 1)
             bpf_probe_read_user(&raw, 1, (void *)addr);
         else if (size == 2)
@@ -361,10 +458,10 @@ int on_connect_ret(struct pt_regs *ctx)
     }
     struct event *e = reserve(EV_CONNECT);
     if (e) {
-        e->conn = cs->conn;
-        e->val = ok;
-        e->val2 = cs->ts;
-        e->aux = cs->fd;
+        e->connect.conn = cs->conn;
+        e->connect.ok = ok;
+        e->connect.t0 = cs->ts;
+        e->connect.fd = cs->fd;
         submit(e);
     }
     in_connect.delete(&tid);
@@ -402,14 +499,14 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
     s32 gen = -1;
     u64 self = 0;
     struct py_entry *pe = py_last.lookup(&tid);
-    if (pe && pe->self + CONN_OFFSET == mysql) {
+    if (pe && pe->self + cfg(CFG_CONN_OFFSET) == mysql) {
         self = pe->self;
         if (pe->kind == PY_CLOSE) {
             cause = CAUSE_EXPLICIT_CLOSE;
         } else {
-            u32 *fin_tid = finalizing.lookup(&tgid);
+            struct fin_state *fin = finalizing.lookup(&tgid);
             struct gc_state *gs = gc_thread.lookup(&tid);
-            if (fin_tid && *fin_tid == tid) {
+            if (fin && fin->tid == tid && fin->finalizing) {
                 cause = CAUSE_SHUTDOWN;
             } else if (gs && gs->depth > 0) {
                 cause = CAUSE_GC;
@@ -439,18 +536,18 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
     in_close.update(&tid, &st);
     struct event *e = reserve(EV_CLOSE);
     if (e) {
-        e->conn = mysql;
-        e->cause = cause;
-        e->gen = gen;
-        e->val2 = self;
-        e->flags = flags;
-        e->aux = last_errno;
+        e->close.conn = mysql;
+        e->close.cause = cause;
+        e->close.gen = gen;
+        e->close.self = self;
+        e->close.flags = flags;
+        e->close.last_errno = last_errno;
         submit(e);
     }
     return 0;
 }
 
-int on_close(struct pt_regs *ctx) { return close_entry(ctx, LAST_ERRNO_OFF); }
+int on_close(struct pt_regs *ctx) { return close_entry(ctx, (int)cfg(CFG_LAST_ERRNO_OFF)); }
 int on_close_noerrno(struct pt_regs *ctx) { return close_entry(ctx, -1); }
 
 int on_close_ret(struct pt_regs *ctx)
@@ -462,21 +559,21 @@ int on_close_ret(struct pt_regs *ctx)
         return 0;
     struct event *e = reserve(EV_CLOSE_RET);
     if (e) {
-        e->conn = st->conn;
-        e->val = st->sends;
-        e->val2 = st->ts;
-        e->aux = st->err;
-        e->flags = st->tcp_old;
-        e->gen = st->tcp_new;
-        e->cause = st->fin_first;
+        e->close_ret.conn = st->conn;
+        e->close_ret.sends = st->sends;
+        e->close_ret.t0 = st->ts;
+        e->close_ret.send_err = st->err;
+        e->close_ret.tcp_from = st->tcp_old;
+        e->close_ret.tcp_to = st->tcp_new;
+        e->close_ret.fin_first = st->fin_first;
         if (st->quit)
-            e->wire = WIRE_CONFIRMED;
+            e->close_ret.wire = WIRE_CONFIRMED;
         else if (st->tls)
-            e->wire = WIRE_ENCRYPTED;
+            e->close_ret.wire = WIRE_ENCRYPTED;
         else if (st->sends)
-            e->wire = WIRE_OTHER;
+            e->close_ret.wire = WIRE_OTHER;
         else
-            e->wire = WIRE_NOT_SENT;
+            e->close_ret.wire = WIRE_NOT_SENT;
         submit(e);
     }
     in_close.delete(&tid);
@@ -487,28 +584,28 @@ int on_close_ret(struct pt_regs *ctx)
 
 // A collection starts on this thread: open its bracket (read at mysql_close) and say so.
 // Shared by the USDT and the symbol variants; only one of them is compiled per run.
-static __always_inline void gc_begin(u32 tid, s32 gen)
+static __always_inline void gc_begin(u32 tid, s32 gen, u64 sp)
 {
     struct gc_state gs = {};
     gs.gen = gen;
     gs.depth = 1;
+    gs.sp = sp;
     gc_thread.update(&tid, &gs);
     struct event *e = reserve(EV_GC_START);
     if (e) {
-        e->val = gen;
-        e->gen = gen;
+        e->gc.gen = gen;
         submit(e);
     }
 }
 
-#ifdef GC_START_ARG_KIND
 int on_gc_start_usdt(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32))
         return 0;
-    gc_begin((u32)id, (s32)usdt_arg(ctx, GC_START_ARG_KIND, GC_START_ARG_REG, GC_START_ARG_OFF,
-                                    GC_START_ARG_SIZE, GC_START_ARG_SIGNED));
+    gc_begin((u32)id, (s32)usdt_arg(ctx, cfg(CFG_GC_START_ARG), cfg(CFG_GC_START_ARG + 1),
+                                    cfg(CFG_GC_START_ARG + 2), cfg(CFG_GC_START_ARG + 3),
+                                    cfg(CFG_GC_START_ARG + 4)), 0);
     return 0;
 }
 
@@ -519,35 +616,43 @@ int on_gc_done_usdt(struct pt_regs *ctx)
         return 0;
     u32 tid = (u32)id;
     struct gc_state *gs = gc_thread.lookup(&tid);
+    if (!gs)
+        return 0;   // its start came before we attached (--pid mid-collection): no bracket to close
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
-        e->val = usdt_arg(ctx, GC_DONE_ARG_KIND, GC_DONE_ARG_REG, GC_DONE_ARG_OFF,
-                          GC_DONE_ARG_SIZE, GC_DONE_ARG_SIGNED);
-        e->gen = gs ? gs->gen : -1;
+        e->gc.collected = usdt_arg(ctx, cfg(CFG_GC_DONE_ARG), cfg(CFG_GC_DONE_ARG + 1),
+                                   cfg(CFG_GC_DONE_ARG + 2), cfg(CFG_GC_DONE_ARG + 3),
+                                   cfg(CFG_GC_DONE_ARG + 4));
+        e->gc.gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
     return 0;
 }
-#endif
 
-#ifdef GC_SYM_GEN_REG
+/* The symbol bracket is the outermost collection function's frame, identified by the stack
+ * pointer at its entry (the return probe sees that + 8, the return address popped). So the
+ * bracket is right whatever the moment of attach (--pid mid-collection, issue 12):
+ *  - session.attach places the return probes before the entry probes, so an entry we see
+ *    always has its return seen; a return without a seen entry finds no bracket (ignored),
+ *    or a nested one's and closes only when its own frame returns;
+ *  - an entry at or above the open bracket's frame cannot be nested in it: that bracket is
+ *    stale (its return was missed) and the new collection replaces it.
+ * Pinned by tests/system/test_bpf_attach_midcollection.py. */
 int on_gc_start_sym(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32))
         return 0;
     u32 tid = (u32)id;
+    u64 sp = PT_REGS_SP(ctx);
     struct gc_state *cur = gc_thread.lookup(&tid);
-    if (cur && cur->depth > 0) {
-        cur->depth += 1;
+    if (cur && cur->depth > 0 && sp < cur->sp) {
+        cur->depth += 1;    // deeper on the same stack: nested in the open collection
         return 0;
     }
-#if GC_SYM_GEN_REG >= 0
-    gc_begin(tid, (s32)reg_at(ctx, GC_SYM_GEN_REG));
-#else
-    gc_begin(tid, -1);    // the build's clone of the collection function hides the generation
-#endif
+    s64 gen_reg = cfg(CFG_GC_SYM_GEN_REG);   // -1: the build's clone of the collection function hides it
+    gc_begin(tid, gen_reg >= 0 ? (s32)reg_var(ctx, gen_reg) : -1, sp);
     return 0;
 }
 
@@ -558,20 +663,37 @@ int on_gc_done_sym(struct pt_regs *ctx)
     struct gc_state *gs = gc_thread.lookup(&tid);
     if (!gs)
         return 0;
-    if (gs->depth > 1) {
-        gs->depth -= 1;
+    if (gs->depth > 1 && PT_REGS_SP(ctx) < gs->sp + 8) {
+        gs->depth -= 1;     // a nested call returned; the bracket's own frame is still live
         return 0;
     }
     struct event *e = reserve(EV_GC_DONE);
     if (e) {
-        e->val = PT_REGS_RC(ctx);  // Py_ssize_t: collected + uncollectable
-        e->gen = gs->gen;
+        e->gc.collected = PT_REGS_RC(ctx);  // Py_ssize_t: collected + uncollectable
+        e->gc.gen = gs->gen;
         submit(e);
     }
     gc_thread.delete(&tid);
     return 0;
 }
-#endif
+
+/* The cause contract (README, "Causes"): shutdown begins after the program's last atexit
+ * handler has run, when the interpreter is finalising (sys.is_finalizing()); what atexit
+ * handlers drop is refcount or gc. Py_FinalizeEx entry only says which thread will finalise
+ * (it first joins non-daemon threads and runs the atexit handlers); on_after_atexit, at the
+ * first call after the handlers (resolve.AFTER_ATEXIT), starts shutdown on that thread.
+ * Without such a site (AFTER_ATEXIT 0) shutdown starts at Py_FinalizeEx entry, as it did.
+ * Pinned by tests/system/test_bpf_known_causes.py (atexit rows: refcount 2, gc 3). */
+static __always_inline void start_shutdown(u32 tgid, u32 tid)
+{
+    struct fin_state fs = {};
+    fs.tid = tid;
+    fs.finalizing = 1;
+    finalizing.update(&tgid, &fs);
+    struct event *e = reserve(EV_FINALIZE);
+    if (e)
+        submit(e);
+}
 
 int on_finalize(struct pt_regs *ctx)
 {
@@ -579,11 +701,27 @@ int on_finalize(struct pt_regs *ctx)
     u32 tgid = id >> 32;
     if (!is_traced(tgid))
         return 0;
+    if (cfg(CFG_AFTER_ATEXIT) > 0) {
+        struct fin_state fs = {};
+        fs.tid = (u32)id;
+        finalizing.update(&tgid, &fs);
+    } else {
+        start_shutdown(tgid, (u32)id);
+    }
+    return 0;
+}
+
+/* Also reached outside finalisation (3.9-3.12's _PyThreadState_DeleteExcept runs in a fork
+ * child): only the thread that entered Py_FinalizeEx counts, once. */
+int on_after_atexit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
     u32 tid = (u32)id;
-    finalizing.update(&tgid, &tid);
-    struct event *e = reserve(EV_FINALIZE);
-    if (e)
-        submit(e);
+    struct fin_state *fs = finalizing.lookup(&tgid);
+    if (!fs || fs->tid != tid || fs->finalizing)
+        return 0;
+    start_shutdown(tgid, tid);
     return 0;
 }
 
@@ -660,12 +798,12 @@ static __always_inline int io_exit(s64 ret)
         }
         struct event *e = reserve(EV_WIRE);
         if (e) {
-            e->conn = st->conn;
-            e->val = st->p_len;
-            e->val2 = st->p_fd;
-            e->hlen = st->p_hlen;
-            e->aux = (s32)ret;
-            __builtin_memcpy(e->head, st->p_head, HEAD_LEN);
+            e->wire.conn = st->conn;
+            e->wire.len = st->p_len;
+            e->wire.fd = st->p_fd;
+            e->wire.hlen = st->p_hlen;
+            e->wire.ret = ret;
+            __builtin_memcpy(e->wire.head, st->p_head, HEAD_LEN);
             submit(e);
         }
         return 0;
@@ -690,10 +828,10 @@ static __always_inline int io_exit(s64 ret)
         cv->ended = 1;
     struct event *e = reserve(EV_PEER_END);
     if (e) {
-        e->conn = cur.conn;
-        e->val = ret;
-        e->val2 = cur.fd;
-        e->wire = cur.op;
+        e->peer_end.conn = cur.conn;
+        e->peer_end.ret = ret;
+        e->peer_end.fd = cur.fd;
+        e->peer_end.op = cur.op;
         submit(e);
     }
     return 0;
@@ -820,9 +958,11 @@ BPF_TABLE("lru_hash", u32, struct msock_read, msock_reading, 65536);        // t
  * the finalising/GC bracket rule (as close_entry's) and the event layout. */
 static __always_inline u8 msock_context(u32 tgid, u32 tid, s32 *gen)
 {
-    u32 *fin_tid = finalizing.lookup(&tgid);
+    // The same rule as close_entry's: shutdown once the finalising thread ran the last atexit
+    // handler (tests/system/test_bpf_pymysql.py pins the atexit rows), else the GC bracket.
+    struct fin_state *fin = finalizing.lookup(&tgid);
     struct gc_state *gs = gc_thread.lookup(&tid);
-    if (fin_tid && *fin_tid == tid)
+    if (fin && fin->tid == tid && fin->finalizing)
         return CAUSE_SHUTDOWN;
     if (gs && gs->depth > 0) {
         *gen = gs->gen;
@@ -836,12 +976,12 @@ static __always_inline void msock_emit(u8 kind, u32 fd, u32 sends, u8 cause, s32
     struct event *e = reserve(kind);
     if (!e)
         return;
-    e->val = sends;
-    e->val2 = fd;
-    e->cause = cause;
-    e->gen = gen;
-    e->wire = wire;
-    e->conn = t_greeting;
+    e->sock.t_greeting = t_greeting;
+    e->sock.fd = fd;
+    e->sock.sends = sends;
+    e->sock.gen = gen;
+    e->sock.cause = cause;
+    e->sock.wire = wire;
     submit(e);
 }
 
@@ -1046,7 +1186,7 @@ int on_newtask(void *args)
     set_traced(child, 1);
     struct event *e = reserve(EV_FORK);
     if (e) {
-        e->val = child;
+        e->fork.child = child;
         submit(e);
     }
     return 0;

@@ -159,6 +159,9 @@ class Targets:
     #: Set (one sentence) when not a single uprobe could be placed: the eBPF layer has nothing
     #: to watch. The run should still go ahead; the caller decides whether to load anything.
     nothing_to_probe: str = None
+    #: True when every interpreter's end of atexit handlers is probed (AFTER_ATEXIT): probes.c
+    #: then starts "shutdown" there instead of at Py_FinalizeEx entry (-D AFTER_ATEXIT).
+    after_atexit: bool = None
 
     def uprobe_count(self):
         return sum(1 for p in self.probes if p.how != "tracepoint")
@@ -816,6 +819,7 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
         targets.missing.append({"what": "Py_FinalizeEx", "why": "not found in %s: shutdown closes will read as refcount/gc" % libpython})
     else:
         _add_probe(targets, fin)
+        _add_after_atexit(targets, pyelf, version, libpython)
 
     # mysqlclient and its client library.
     mysql_so = info.get("mysql_so")
@@ -844,6 +848,46 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
     if not primary:
         targets.guesses[-1]["client_lib"] = os.path.realpath(client.path)
     _add_client_probes(targets, client, "linked by %s" % mysql_so)
+
+
+#: Where "shutdown" begins (the cause contract: after the program's last atexit handler, when
+#: the interpreter is finalising), per version: the first of these present in libpython is
+#: probed, and only counts on a thread that entered Py_FinalizeEx (probes.c, on_after_atexit),
+#: because some of them also run elsewhere (the fork child deletes other threads' states too).
+#: Read from the disassembly of Py_FinalizeEx of 3.8-3.13 (pyenv) and Debian's python3.11:
+#:   3.8   call_py_exitfuncs is inlined (an indirect call to atexit's callfuncs); the next
+#:         call is the static flush_std_files (.symtab only).
+#:   3.9-3.12  _PyThreadState_DeleteExcept, right after _PyRuntimeState_SetFinalizing;
+#:         exported (PyAPI_FUNC), so also in Debian's stripped, statically linked python3.11,
+#:         whose _PyAtExit_Call is local after LTO.
+#:   3.13  _PyAtExit_Call's return (local: .symtab only); entry of _PyThreadState_RemoveExcept
+#:         otherwise. The uretprobe fires once, on the finalising main thread, whose C stack
+#:         does not switch under it (a greenlet switch inside an atexit handler still returns
+#:         through the same frame).
+#: Objects the atexit module frees after the last handler (a handler's arguments) fall before
+#: the mark; the agent says shutdown for those: an edge the known-causes workload avoids.
+AFTER_ATEXIT = (
+    ((3, 13), (("_PyAtExit_Call", "uretprobe"), ("_PyThreadState_RemoveExcept", "uprobe"))),
+    ((3, 9), (("_PyThreadState_DeleteExcept", "uprobe"), ("_PyAtExit_Call", "uretprobe"))),
+    ((3, 8), (("flush_std_files", "uprobe"),)),
+)
+
+
+def _add_after_atexit(targets, pyelf, version, libpython):
+    """Probe where the interpreter starts finalising (AFTER_ATEXIT), or say shutdown starts earlier."""
+    for since, choices in AFTER_ATEXIT:
+        if tuple(version[:2]) < since:
+            continue
+        for symbol, how in choices:
+            site = _site("after_atexit", "on_after_atexit", pyelf, symbol, how)
+            if site is not None:
+                _add_probe(targets, site)
+                targets.after_atexit = targets.after_atexit is not False
+                return
+        break
+    targets.after_atexit = False
+    targets.missing.append({"what": "end of atexit handlers", "why": "no known call after them in %s: shutdown is "
+                            "counted from Py_FinalizeEx entry (drops in atexit handlers read as shutdown)" % libpython})
 
 
 #: Client libraries looked up in the loader cache for a command that is not Python.

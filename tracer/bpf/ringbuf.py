@@ -71,10 +71,6 @@ class RingReader:
         self._data = self._prod_addr + self.page
         self.closed = False
 
-    def pending(self):
-        """Bytes between the consumer and producer positions (committed or not)."""
-        return self._prod.value - self._cons.value
-
     def read(self, max_bytes=None):
         """A copy of the committed records from the consumer position (headers included).
 

@@ -14,36 +14,19 @@ would get, encoded as ``events.encode`` does), ``counts`` per kind and the numbe
 successful ``bpf_connect`` among them; ``emit`` still carries notes and ``bpf_stats``.
 """
 
-import collections
 import ctypes
 import importlib.resources
-import json
 import os
-import struct
 import threading
 import time
 
 from trace_quit.tracer import events as ev
-from trace_quit.tracer.bpf import perf
+from trace_quit.tracer.bpf import decode, perf
 from trace_quit.tracer.bpf.errors import BpfUnavailable
 from trace_quit.tracer.bpf.ringbuf import RingReader
 
-# Kinds and codes shared with probes.c (#define EV_*, CAUSE_*, WIRE_*).
-_KINDS = {1: ev.BPF_CONNECT, 2: ev.BPF_CLOSE, 3: ev.BPF_CLOSE_RET, 4: ev.BPF_WIRE, 5: ev.BPF_GC_START,
-          6: ev.BPF_GC_DONE, 7: ev.BPF_FINALIZE, 8: ev.BPF_FORK, 9: ev.BPF_EXIT, 10: ev.BPF_PEER_END,
-          11: ev.BPF_SOCK_CONNECT, 12: ev.BPF_SOCK_CLOSE}   # 11, 12: probes.c's msock (PyMySQL)
-_CAUSES = {0: ev.UNKNOWN, 1: ev.EXPLICIT_CLOSE, 2: ev.REFCOUNT, 3: ev.GC, 4: ev.SHUTDOWN}
-# WIRE_OTHER (bytes sent, none a COM_QUIT) is reported as not_sent, with "sends" > 0.
-_WIRE = {0: ev.WIRE_NOT_SENT, 1: ev.WIRE_CONFIRMED, 2: ev.WIRE_ENCRYPTED, 3: ev.WIRE_NOT_SENT}
-#: Linux TCP states (include/net/tcp_states.h), as bpf_close_ret.tcp_from / tcp_to.
-TCP_STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
-              7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing", 12: "new_syn_recv"}
-_OPS = {1: "read", 2: "write"}
-
-#: struct event in probes.c (72 bytes), and as a ring buffer record (8-byte header first).
-EVENT = struct.Struct("<QQqqIIBBBBiIi16s")
-RECORD = struct.Struct("<II" + EVENT.format[1:])
-assert EVENT.size == 72 and RECORD.size == 80
+#: Linux TCP states, as bpf_close_ret.tcp_from / tcp_to (kept here for existing importers).
+TCP_STATES = decode.TCP_STATES
 
 #: Tracepoints: (category, name, BPF function, {-D name: format field}).
 _TRACEPOINTS = [
@@ -107,20 +90,104 @@ def _tracepoint_defines():
     return defines, missing
 
 
-def program_defines(targets, ringbuf_pages=RINGBUF_PAGES):
-    """The -D parameters of probes.c for ``targets`` (no root, no bcc needed)."""
-    defines = {"CONN_OFFSET": int(targets.basicsize), "RINGBUF_PAGES": int(ringbuf_pages),
-               "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
-               "OWN_PT_REGS": 1}
-    defines.update(targets.gc_args)
+#: probes.c's `config` slots (CFG_*): what depends on the traced program, written at run time.
+CONFIG = {"CONN_OFFSET": 0, "LAST_ERRNO_OFF": 1, "AFTER_ATEXIT": 2, "GC_SYM_GEN_REG": 3}
+for _i, _part in enumerate(("KIND", "REG", "OFF", "SIZE", "SIGNED")):
+    CONFIG["GC_START_ARG_" + _part] = 4 + _i
+    CONFIG["GC_DONE_ARG_" + _part] = 9 + _i
+
+
+def machine_defines(ringbuf_pages=RINGBUF_PAGES):
+    """The -D parameters of probes.c: they depend on this machine only, not on the program."""
+    defines = {"RINGBUF_PAGES": int(ringbuf_pages), "OWN_PT_REGS": 1}
     defines.update(_tracepoint_defines()[0])
     return defines
 
 
+def program_config(targets):
+    """probes.c's `config` values for ``targets`` (no root, no bcc needed)."""
+    config = {"CONN_OFFSET": int(targets.basicsize or 0),
+              "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
+              "AFTER_ATEXIT": int(bool(getattr(targets, "after_atexit", False))), "GC_SYM_GEN_REG": -1}
+    for prefix in ("GC_START_ARG_", "GC_DONE_ARG_"):
+        config.update({prefix + "KIND": 0, prefix + "REG": 0, prefix + "OFF": 0, prefix + "SIZE": 8,
+                       prefix + "SIGNED": 1})
+    config.update((k, int(v)) for k, v in targets.gc_args.items() if k in CONFIG)
+    return config
+
+
 def dump_program(targets):
-    """The program as bcc would compile it for ``targets``: cflags, then probes.c (for --dump-bpf)."""
-    flags = " ".join("-D%s=%d" % kv for kv in sorted(program_defines(targets).items()))
-    return "// cflags: %s\n%s" % (flags, probes_source())
+    """The program as bcc would compile it for ``targets``: cflags, config, then probes.c (--dump-bpf)."""
+    flags = " ".join("-D%s=%d" % kv for kv in sorted(machine_defines().items()))
+    config = " ".join("%s=%d" % kv for kv in sorted(program_config(targets).items()))
+    return "// cflags: %s\n// config: %s\n%s" % (flags, config, probes_source())
+
+
+def _compile(defines):
+    """bcc.BPF for probes.c with ``defines`` (updated in place if the headers fallback is used)."""
+    import bcc  # the one place bcc is imported (BpfSession checks it first, with the fix)
+
+    def cflags():
+        return ["-D%s=%d" % kv for kv in sorted(defines.items())]
+
+    try:
+        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
+    except Exception:
+        # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
+        defines["OWN_PT_REGS"] = 0
+        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
+
+
+_early = {}     # {"job": the compile start_compile() began: {"defines", "thread", "bpf", "error", "seconds"}}
+
+
+def start_compile(ringbuf_pages=RINGBUF_PAGES):
+    """Begin compiling probes.c in the background now (start-up: it takes most of it).
+
+    The program text depends only on the machine (machine_defines), so the compile runs while
+    the command is resolved; BpfSession takes it if its parameters match, else compiles again.
+    bcc's compile is C code called through ctypes, which lets the resolving thread run.
+    Never raises: a failure here is found again, and explained, by BpfSession.
+    """
+    if _early or os.geteuid() != 0:
+        return
+    try:
+        defines = machine_defines(ringbuf_pages)
+    except Exception:
+        return
+    job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            job["bpf"] = _compile(job["defines"])
+        except BaseException as exc:
+            job["error"] = exc
+        job["seconds"] = round(time.monotonic() - t0, 4)
+
+    job["thread"] = threading.Thread(target=run, name="trace-quit-compile", daemon=True)
+    _early["job"] = job
+    job["thread"].start()
+
+
+def _take_early(defines):
+    """The early compile's BPF object if it was made with ``defines``, else None (discarded)."""
+    if not _early:
+        return None, None
+    job = _early.pop("job")
+    job["thread"].join()
+    if job["bpf"] is not None and job["defines"] == defines:
+        return job["bpf"], job["seconds"]
+    if job["bpf"] is not None:
+        job["bpf"].cleanup()
+    return None, None
+
+
+def _attach_order(site):
+    """Ends of brackets before their beginnings: attaching to a running program (--pid), an
+    entry we see then always has its return/done seen too, so no bracket (GC, mysql_close,
+    mysql_real_connect) stays open because its end probe came later (probes.c, gc brackets)."""
+    return 0 if site.how == "uretprobe" or site.role == "gc_done" else 1
 
 
 class BpfSession:
@@ -145,7 +212,8 @@ class BpfSession:
         self._final_stats = None
         self.headers = headers_info()
         self._tp_missing = _tracepoint_defines()[1]
-        self.defines = program_defines(targets, ringbuf_pages)
+        self.defines = machine_defines(ringbuf_pages)
+        self.config = program_config(targets)
         if os.geteuid() != 0:
             raise BpfUnavailable("eBPF tracing needs root; run with sudo, or use --no-bpf")
         if not self.headers["build"] and not self.headers["ikheaders"]:
@@ -161,18 +229,21 @@ class BpfSession:
                                  "made with --system-site-packages, or use --no-bpf")
         self._timings["bcc_import_s"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
-        try:
+        self._bpf, early_s = _take_early(self.defines)
+        if self._bpf is not None:
+            self._timings["compile_s"] = early_s    # in the background, while resolving
+            self._timings["compile_wait_s"] = round(time.monotonic() - t0, 4)
+        else:
             try:
-                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
-            except Exception:
-                # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
-                self.defines["OWN_PT_REGS"] = 0
-                self._bpf = bcc.BPF(text=probes_source().encode(), cflags=self.cflags())
-        except Exception as exc:  # bcc raises bare Exception on compile/load failure
-            raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
-                                 "or use --no-bpf" % exc)
-        self._timings["compile_s"] = round(time.monotonic() - t0, 4)
+                self._bpf = _compile(self.defines)
+            except Exception as exc:  # bcc raises bare Exception on compile/load failure
+                raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
+                                     "or use --no-bpf" % exc)
+            self._timings["compile_s"] = round(time.monotonic() - t0, 4)
         self._bcc = bcc
+        config = self._bpf[b"config"]
+        for name, value in self.config.items():
+            config[ctypes.c_int(CONFIG[name])] = ctypes.c_int64(value)
 
     def cflags(self):
         """The -D flags passed to the compiler (also shown by --dump-bpf)."""
@@ -196,7 +267,7 @@ class BpfSession:
                 self._timings["attach_s"] = round(time.monotonic() - t0, 4)
                 return
             ref_ctr_ok = perf.supports_ref_ctr()
-            for site in self.targets.probes:
+            for site in sorted(self.targets.probes, key=_attach_order):
                 entry = site.describe()
                 try:
                     fn = b.load_func(site.fn.encode(), self._bcc.BPF.KPROBE)
@@ -264,34 +335,32 @@ class BpfSession:
         self.drain_stats["seconds"] += time.monotonic() - t0
 
     def _deliver(self, data):
-        """Decode a run of ring buffer records and hand them to emit_text or emit."""
-        n = len(data)
-        fast = n % RECORD.size == 0
-        if fast:
-            if self.emit_text is not None:
-                try:
-                    done = self._deliver_lines(data)
-                except Exception as exc:  # a formatting bug: say so, then take the careful path
-                    self._decode_error(exc)
-                    done = 0
+        """Decode a run of ring buffer records (tracer/bpf/decode.py) and hand them to emit_text or emit."""
+        done = 0
+        if self.emit_text is not None:
+            try:
+                text, counts, connects_ok, done = decode.lines(data)
+            except Exception as exc:  # a formatting bug: say so, then take the careful path
+                self._decode_error(exc)
+                done = 0
             else:
-                done = self._deliver_dicts(data)
-            if done == n // RECORD.size:
-                return
-            data = data[done * RECORD.size:]
-        self._deliver_walk(data)
+                self.drain_stats["records"] += done
+                if text:
+                    self.emit_text(text, counts, connects_ok)
+        if done * decode.RECORD_SIZE < len(data):
+            self._deliver_walk(data[done * decode.RECORD_SIZE:])
 
     def _deliver_walk(self, data):
         """The general path: walk headers one by one (records of other sizes, discarded ones)."""
         off, n = 0, len(data)
-        while off + 8 <= n:
-            length = struct.unpack_from("<I", data, off)[0]
+        while off + decode.RECORD_HEADER.size <= n:
+            length = decode.RECORD_HEADER.unpack_from(data, off)[0]
             size = length & 0x3FFFFFFF
             step = 8 + ((size + 7) & ~7)
-            if not length & (1 << 30) and size == EVENT.size:
+            if not length & (1 << 30) and size == decode.EVENT_SIZE and off + 8 + size <= n:
                 self.drain_stats["records"] += 1
                 try:
-                    out = decode_event(EVENT.unpack_from(data, off + 8))
+                    out = decode.decode(data, off + 8)
                 except Exception as exc:
                     self._decode_error(exc)
                     out = None
@@ -301,65 +370,9 @@ class BpfSession:
                             self.emit_text(ev.encode(out), {out["k"]: 1}, int(out["k"] == ev.BPF_CONNECT and out["ok"]))
                         else:
                             self.emit(out)
-                    except Exception as exc:
+                    except Exception as exc:  # one bad record (or a failing sink) must not cost the rest
                         self._decode_error(exc)
             off += step
-
-    def _deliver_dicts(self, data):
-        count = 0
-        emit = self.emit
-        for rec in RECORD.iter_unpack(data):
-            if rec[0] != EVENT.size:
-                break
-            count += 1
-            try:
-                out = decode_event(rec[2:])
-                if out is not None:
-                    emit(out)
-            except Exception as exc:  # one bad record (or a failing sink) must not cost the rest
-                self._decode_error(exc)
-        self.drain_stats["records"] += count
-        return count
-
-    def _deliver_lines(self, data):
-        """The hot path: records straight to JSON lines (same content as ``decode_event``)."""
-        lines = []
-        append = lines.append
-        counts = collections.Counter()
-        closes = close_rets = connects_ok = count = 0
-        causes, wires, tcp = _CAUSE_JSON, _WIRE_JSON, _TCP_JSON
-        for (hl, _pg, ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux,
-             head) in RECORD.iter_unpack(data):
-            if hl != 72:
-                break
-            count += 1
-            if kind == 2:
-                closes += 1
-                append(_CLOSE_LINE % (ts, pid, tid, conn, causes.get(cause, '"unknown"'),
-                                      gen if cause == 3 and gen >= 0 else "null", val2,
-                                      ("true" if flags & 1 else "false") if flags & 2 else "null",
-                                      aux if flags & 2 and aux >= 0 else "null",
-                                      "true" if flags & 4 else "false"))
-            elif kind == 3:
-                close_rets += 1
-                append(_CLOSE_RET_LINE % (ts, pid, tid, conn, wires.get(wire, '"unobserved"'), val, val2, aux,
-                                          tcp.get(flags, "null"), tcp.get(gen, "null"),
-                                          ("true" if cause else "false") if flags else "null"))
-            else:
-                out = decode_event((ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head))
-                if out is not None:
-                    append(_encode(out))
-                    counts[out["k"]] += 1
-                    if kind == 1 and val:
-                        connects_ok += 1
-        if closes:
-            counts[ev.BPF_CLOSE] += closes
-        if close_rets:
-            counts[ev.BPF_CLOSE_RET] += close_rets
-        self.drain_stats["records"] += count
-        if lines:
-            self.emit_text("".join(lines), dict(counts), connects_ok)
-        return count
 
     def _decode_error(self, exc):
         # Never let one bad record stop the drain; say so once.
@@ -406,6 +419,7 @@ class BpfSession:
             "missing": list(self._missing),
             "headers": dict(self.headers),
             "cflags": self.cflags(),
+            "config": dict(self.config),
             "targets": self.targets.describe(),
             "timings": dict(self._timings),
             "ringbuf_pages": self.defines["RINGBUF_PAGES"],
@@ -456,57 +470,3 @@ class BpfSession:
                     os.close(fd)
                 except OSError:
                     pass
-
-
-# --- decoding (module level: also used by tests) -------------------------------------------
-
-def decode_event(fields):
-    """One struct event (EVENT's fields, in order) as an event dict, or None for an unknown kind."""
-    ts, conn, val, val2, pid, tid, kind, cause, wire, flags, gen, hlen, aux, head = fields
-    k = _KINDS.get(kind)
-    if k is None:
-        return None
-    out = {"k": k, "t": ts, "src": ev.SRC_BPF, "pid": pid, "tid": tid}
-    if kind == 1:
-        out.update(conn=conn, ok=bool(val), t0=val2, fd=aux if aux >= 0 else None)
-    elif kind == 2:
-        known = bool(flags & 2)
-        out.update(conn=conn, cause=_CAUSES.get(cause, ev.UNKNOWN), gen=gen if cause == 3 and gen >= 0 else None,
-                   self=val2, sock=bool(flags & 1) if known else None,
-                   last_errno=aux if known and aux >= 0 else None, eof=bool(flags & 4))
-    elif kind == 3:
-        out.update(conn=conn, wire=_WIRE.get(wire, ev.WIRE_UNOBSERVED), sends=val, t0=val2, send_err=aux,
-                   tcp_from=TCP_STATES.get(flags), tcp_to=TCP_STATES.get(gen),
-                   fin_first=bool(cause) if flags else None)
-    elif kind == 4:
-        head = bytes(head[:hlen])
-        out.update(conn=conn, len=val, fd=val2, head=head.hex(),
-                   quit=val == 5 and head == ev.COM_QUIT_BYTES,
-                   tls=len(head) >= 2 and 0x14 <= head[0] <= 0x17 and head[1] == 3, ret=aux)
-    elif kind == 5:
-        out.update(gen=val if val >= 0 else None)
-    elif kind == 6:
-        out.update(collected=val, gen=gen if gen >= 0 else None)
-    elif kind == 8:
-        out.update(child=val)
-    elif kind == 10:
-        out.update(conn=conn, fd=val2, ret=val, op=_OPS.get(wire))
-    elif kind == 11:    # a MySQL socket outside the client library (analysis pairs it by fd)
-        out.update(fd=val2, lib=False)
-    elif kind == 12:
-        out.update(fd=val2, lib=False, cause=_CAUSES.get(cause, ev.UNKNOWN), gen=gen if cause == 3 and gen >= 0 else None,
-                   quit_sent=wire == 1, wire=_WIRE.get(wire, ev.WIRE_UNOBSERVED), sends=val, t_greeting=conn)
-    return out
-
-
-def _encode(event):
-    return json.dumps(event, separators=(",", ":")) + "\n"
-
-
-_CAUSE_JSON = {code: json.dumps(name) for code, name in _CAUSES.items()}
-_WIRE_JSON = {code: json.dumps(name) for code, name in _WIRE.items()}
-_TCP_JSON = {code: json.dumps(name) for code, name in TCP_STATES.items()}
-_CLOSE_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"cause":%%s,"gen":%%s,"self":%%d,'
-               '"sock":%%s,"last_errno":%%s,"eof":%%s}\n' % (ev.BPF_CLOSE, ev.SRC_BPF))
-_CLOSE_RET_LINE = ('{"k":"%s","t":%%d,"src":"%s","pid":%%d,"tid":%%d,"conn":%%d,"wire":%%s,"sends":%%d,"t0":%%d,'
-                   '"send_err":%%d,"tcp_from":%%s,"tcp_to":%%s,"fin_first":%%s}\n' % (ev.BPF_CLOSE_RET, ev.SRC_BPF))
