@@ -158,7 +158,7 @@ def test_attach_to_a_running_service_and_leave_it_as_it_was(which, bpf_server, t
         deadline = time.monotonic() + 30
         while True:  # until every leaked Engine's cycle is collected and the server logged its Quit
             service.get("/collect")
-            time.sleep(0.3)  # the server's log write; the agent's flusher (every 50 ms)
+            time.sleep(0.3)  # the server's log write (the agent writes at detach at the latest)
             log = bpf_server.general_log(log_from)
             quits_in_window = sum(1 for _, command, _ in log if command == "Quit")
             connects_in_window = sum(1 for _, command, _ in log if command == "Connect")

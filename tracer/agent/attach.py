@@ -5,22 +5,24 @@ the interpreter, or ``sys.remote_exec`` on 3.14+); the bootstrap loads this pack
 under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
 ``start``, ``stop`` or ``inspect`` here. Stdlib only, Python 3.8+, never raises, never prints.
 
-What differs from launch mode, and why:
+The agent is runtime.py's, started with ``runtime.start(channel, attached=True)`` and undone
+by ``Agent.stop()`` (gc.callbacks entry, import hook, atexit handler, every wrapped method,
+the channel fds; the fork handler Python cannot unregister does nothing after it). What is
+attach-specific lives here:
 
 * what was there before: live MySQLdb connections and SQLAlchemy Engines are found once with
-  ``gc.get_objects()`` and announced with the origin "before attach"; the GC state (counts,
-  thresholds) goes in ``agent_start`` so the next collections can be explained;
+  ``gc.get_objects()`` and announced with the origin "before attach";
 * Engines created after attach are seen at ``Engine.__init__`` rather than ``create_engine``:
   a running service bound ``create_engine`` into its own module at import time
-  (``from sqlalchemy import create_engine``), so replacing the module attribute now would
-  never be called. The class attribute is looked up at every construction;
-* everything installed is undone by ``stop()``: the ``gc.callbacks`` entry, the meta path
-  finder, the atexit handler, every wrapped method, the pool listeners, the flusher thread and
-  the channel fds (tests/system/test_attach.py checks it with a second injection). The one
-  thing Python cannot undo is ``os.register_at_fork``: that callback stays and does nothing.
+  (``from sqlalchemy import create_engine``), so a new module attribute would never be
+  called. The class attribute is looked up at every construction. The wrapper goes in the
+  agent's ``restore`` list, so ``Agent.stop()`` puts the original back;
+* pool listeners are recorded with a weak reference to their pool (a strong one would keep
+  every leaked Engine's pool, and the connection in it, alive) and removed at stop.
+
+tests/system/test_attach.py checks the whole round trip with a second injection (``inspect``).
 """
 
-import atexit
 import gc
 import os
 import sys
@@ -31,31 +33,32 @@ from _trace_quit_agent import runtime
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
-STOP_JOIN_S = 1.0
 
 #: The running attachment in this process (one at a time), or None.
 CURRENT = None
 
 
 class Attachment:
-    """What ``start`` installed, so that ``stop`` can take exactly that away again."""
+    """What attach adds to the runtime's agent, so that ``stop`` can take it away again."""
 
-    def __init__(self, agent):
-        self.agent = agent
-        self.active = True
-        self.finder = None
-        # (weak reference to the pool, event name, listener), removed on stop. Weak: a strong
-        # reference would keep every leaked Engine's pool, and the connection in it, alive.
+    def __init__(self):
+        self.agent = None
+        # (weak reference to the pool, event name, listener), removed on stop.
         self.pool_listeners = []
         self.prune_at = 64
-        self.wrapped = []            # (owner, attribute name, original, had its own attribute)
+
+    def prepare(self, agent):
+        """runtime.start's ``prepare``: before anything is hooked, so no Engine escapes us."""
+        self.agent = agent
+        agent._listen_pool = self.listen_pool
+        agent.more_hooks[runtime.SQLALCHEMY_MODULE] = _hook_engine_init
 
     # --- what the program had before we came ---------------------------------------------
     def announce_existing(self):
         """Register the connections and Engines alive now (origin "before attach")."""
         agent = self.agent
         connections = engines = 0
-        conn_cls = _class_of("MySQLdb.connections", "Connection")
+        conn_cls = _class_of(runtime.CONNECTION_MODULE, "Connection")
         engine_cls = _class_of(ENGINE_MODULE, "Engine")
         if conn_cls is None and engine_cls is None:
             return 0, 0
@@ -65,8 +68,10 @@ class Attachment:
                     if self._announce_connection(obj):
                         connections += 1
                 elif engine_cls is not None and type(obj) is engine_cls:
-                    agent.on_engine_create(obj, ORIGIN_BEFORE_ATTACH)
-                    engines += 1
+                    ref = agent.engines.get(id(obj))
+                    if ref is None or ref() is not obj:  # not one created since the hook went in
+                        agent.on_engine_create(obj, ORIGIN_BEFORE_ATTACH)
+                        engines += 1
             except Exception:
                 pass
         return connections, engines
@@ -79,6 +84,9 @@ class Attachment:
         except Exception:
             return False
         addr = id(conn) + agent.conn_offset
+        ref = agent.connections.get(addr)
+        if ref is not None and ref() is conn:
+            return False  # opened by another thread since the hooks went in: announced already
         agent.connections[addr] = agent.weakref(
             conn, agent._destroyed_callback(agent.connections, addr, agent.ev.CONN_DESTROY, "conn"))
         info = {}
@@ -90,70 +98,12 @@ class Attachment:
                    before_attach=True, thread="", **info)
         return True
 
-    # --- hooks ------------------------------------------------------------------------------
-    def hook_modules(self):
-        """Hook MySQLdb and SQLAlchemy if they are loaded; a finder hooks them when they are."""
-        if runtime.CONNECTION_MODULE in sys.modules:
-            self.hook_mysqldb(sys.modules[runtime.CONNECTION_MODULE])
-        if ENGINE_MODULE in sys.modules:
-            self.hook_engine(sys.modules[ENGINE_MODULE])
-        self.finder = _Finder(self)
-        sys.meta_path.insert(0, self.finder)
-
-    def hook_mysqldb(self, module):
-        cls = getattr(module, "Connection", None)
-        if cls is None or getattr(cls, "_trace_quit_hooked", False):
-            return
-        self._remember(cls, "__init__")
-        self._remember(cls, "close")
-        self._remember(cls, "_trace_quit_hooked")
-        runtime._hook_mysqldb(self.agent, module)  # the launch path's wrappers, unchanged
-
-    def hook_engine(self, module):
-        """Wrap Engine.__init__ (every Engine, however create_engine was imported) and dispose."""
-        cls = getattr(module, "Engine", None)
-        if cls is None or getattr(cls, "_trace_quit_hooked", False):
-            return
-        agent = self.agent
-        original_init = cls.__init__
-        original_dispose = cls.dispose
-
-        def __init__(engine, *args, **kwargs):
-            original_init(engine, *args, **kwargs)
-            try:
-                if type(engine) is cls:  # not OptionEngine copies: they share the parent's pool
-                    agent.on_engine_create(engine, agent.call_site(1))
-            except Exception:
-                pass
-
-        def dispose(engine, *args, **kwargs):
-            try:
-                agent.on_engine_dispose(engine)
-            except Exception:
-                pass
-            return original_dispose(engine, *args, **kwargs)
-
-        for wrapper, original in ((__init__, original_init), (dispose, original_dispose)):
-            wrapper.__name__ = original.__name__
-            wrapper.__qualname__ = getattr(original, "__qualname__", original.__name__)
-            wrapper.__doc__ = original.__doc__
-            wrapper.__wrapped__ = original
-        for name in ("__init__", "dispose", "_trace_quit_hooked"):
-            self._remember(cls, name)
-        cls.__init__ = __init__
-        cls.dispose = dispose
-        cls._trace_quit_hooked = True
-        sqlalchemy = sys.modules.get("sqlalchemy")
-        if sqlalchemy is not None and getattr(sqlalchemy, "__file__", None):
-            agent.skip_dirs = agent.skip_dirs + (os.path.dirname(sqlalchemy.__file__),)
-        runtime._report_module(agent, "sqlalchemy")
-
-    def _remember(self, owner, name):
-        own = name in vars(owner)
-        self.wrapped.append((owner, name, vars(owner).get(name), own))
-
+    # --- pools --------------------------------------------------------------------------------
     def listen_pool(self, engine_id, pool):
-        """The launch path's pool listeners, recorded so that stop() can remove them."""
+        """The runtime's pool listeners (Agent._listen_pool), recorded so that stop() removes them."""
+        agent = self.agent
+        if agent.stopped:
+            return
         try:
             from sqlalchemy import event
         except Exception:
@@ -163,66 +113,27 @@ class Attachment:
             self.prune_at = max(64, 2 * len(self.pool_listeners))
         ref = weakref.ref(pool)
         for name in runtime.POOL_EVENTS:
-            listener = self.agent._pool_listener(engine_id, name)
+            listener = agent._pool_listener(engine_id, name)
             try:
                 event.listen(pool, name, listener)
                 self.pool_listeners.append((ref, name, listener))
             except Exception:
-                pass
+                pass  # an event this SQLAlchemy version does not have
 
     # --- undo -------------------------------------------------------------------------------
     def stop(self):
-        """Flush, then take away everything start() installed. Safe to call twice."""
-        if not self.active:
-            return
-        self.active = False
+        """Flush and undo (Agent.stop()), then remove the pool listeners. Safe to call twice."""
         agent = self.agent
-        for step in (self._remove_hooks, self._remove_listeners, self._stop_flusher):
-            try:
-                step()
-            except Exception:
-                pass
         try:
-            agent.periodic()  # the last counters and losses
+            agent.stop()
         except Exception:
             pass
-        fds = (agent.fd, agent.keepalive_fd)
-        _silence(agent)
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if runtime.AGENT is agent:
-            runtime.AGENT = None
-
-    def _remove_hooks(self):
-        agent = self.agent
+        listeners, self.pool_listeners = self.pool_listeners, []
         try:
-            gc.callbacks.remove(agent.gc_callback)
-        except ValueError:
-            pass
-        if self.finder is not None:
-            try:
-                sys.meta_path.remove(self.finder)
-            except ValueError:
-                pass
-        atexit.unregister(agent.at_exit)
-        # Newest first: a name wrapped twice gets back what it had first.
-        for owner, name, original, own in reversed(self.wrapped):
-            try:
-                if own:
-                    setattr(owner, name, original)
-                elif name in vars(owner):
-                    delattr(owner, name)
-            except Exception:
-                pass
-        self.wrapped = []
-
-    def _remove_listeners(self):
-        from sqlalchemy import event
-
-        for ref, name, listener in self.pool_listeners:
+            from sqlalchemy import event
+        except Exception:
+            return
+        for ref, name, listener in listeners:
             pool = ref()
             if pool is None:
                 continue
@@ -230,70 +141,33 @@ class Attachment:
                 event.remove(pool, name, listener)
             except Exception:
                 pass
-        self.pool_listeners = []
-
-    def _stop_flusher(self):
-        agent = self.agent
-        agent.stop_flusher.set()
-        flusher = agent.flusher
-        if flusher is not None and flusher is not threading.current_thread():
-            flusher.join(STOP_JOIN_S)
 
 
-def _silence(agent):
-    """After stop the agent says nothing more: a wrapper the program kept a reference to
-    (``from MySQLdb.connections import Connection`` binds the class, not the method, but a
-    saved bound method would do) or a weakref callback still due must find a mute agent
-    and must never write to a closed fd number the program may have reused."""
-    def nothing(*args, **kwargs):
-        return None
+def _hook_engine_init(agent, module):
+    """Wrap Engine.__init__: every Engine, however the program reached create_engine."""
+    base = sys.modules.get(ENGINE_MODULE)
+    cls = getattr(base, "Engine", None)
+    if cls is None or getattr(cls.__dict__.get("__init__"), "_trace_quit_hooked", False):
+        return
+    original = cls.__init__
+    own = cls.__dict__.get("__init__", runtime._DELETE)
 
-    for name in ("emit", "emit_now", "flush", "periodic", "on_conn_open", "on_conn_fail",
-                 "on_conn_close", "on_engine_create", "on_engine_dispose", "after_fork_in_child",
-                 "_listen_pool"):
-        setattr(agent, name, nothing)
-    agent.connections.clear()
-    agent.engines.clear()
-    agent.queue.clear()
-    agent.fd = agent.keepalive_fd = -1
-
-
-class _Finder:
-    """Hooks MySQLdb / SQLAlchemy's engine module when the program imports them after attach."""
-
-    def __init__(self, attachment):
-        self.attachment = attachment
-        self.busy = set()
-        self.hooks = {runtime.CONNECTION_MODULE: attachment.hook_mysqldb, ENGINE_MODULE: attachment.hook_engine}
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.hooks or name in self.busy or not self.attachment.active:
-            return None
-        self.busy.add(name)
+    def __init__(engine, *args, **kwargs):
+        original(engine, *args, **kwargs)
         try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self.busy.discard(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader_exec = spec.loader.exec_module
-        hook = self.hooks[name]
+            # Not OptionEngine copies (execution_options()): they share the parent's pool.
+            if type(engine) is cls and not agent.stopped:
+                agent.on_engine_create(engine, agent.call_site(1))
+        except Exception:
+            pass
 
-        def exec_module(module):
-            loader_exec(module)
-            try:
-                hook(module)
-            except Exception:
-                pass
-
-        spec.loader.exec_module = exec_module
-        return spec
+    __init__.__name__ = original.__name__
+    __init__.__qualname__ = getattr(original, "__qualname__", original.__name__)
+    __init__.__doc__ = original.__doc__
+    __init__.__wrapped__ = original
+    __init__._trace_quit_hooked = True
+    cls.__init__ = __init__
+    agent.restore.append((cls, "__init__", own, __init__))
 
 
 def _class_of(module_name, name):
@@ -301,41 +175,24 @@ def _class_of(module_name, name):
     return getattr(module, name, None) if module is not None else None
 
 
-def _fork_callback(attachment):
-    def after_in_child():
-        if attachment.active:
-            attachment.agent.after_fork_in_child()
-    return after_in_child
-
-
 def start(channel_path):
     """Start the agent on ``channel_path`` in this running process; return a status dict."""
     global CURRENT
-    if CURRENT is not None and CURRENT.active:
-        return {"ok": True, "already": True}
-    if runtime.AGENT is not None:
+    running = runtime.AGENT
+    if running is not None and not running.stopped:
+        if running.attached:
+            return {"ok": True, "already": True}
         return {"ok": False, "error": "the program was started under trace-quit: its agent is already running"}
-    agent = runtime.Agent(channel_path, runtime._load_events())
-    attachment = Attachment(agent)
-    agent._listen_pool = attachment.listen_pool
-    runtime.AGENT = agent
-    CURRENT = attachment
-    atexit.register(agent.at_exit)
-    gc.callbacks.append(agent.gc_callback)
-    os.register_at_fork(after_in_child=_fork_callback(attachment))
-    attachment.hook_modules()
-    if runtime.CONNECTION_MODULE in sys.modules:
-        runtime._report_module(agent, "MySQLdb")
-    info = agent._process_info()
-    info.update(attached=True, gc_counts=list(gc.get_count()))
+    attachment = Attachment()
     try:
-        info["gc_stats"] = gc.get_stats()
-    except Exception:
-        pass
-    agent.emit(agent.ev.AGENT_START, **info)
+        agent = runtime.start(channel_path, attached=True, prepare=attachment.prepare)
+    except BaseException:
+        if attachment.agent is not None:  # hooked part of the way: take it all back
+            attachment.stop()
+        raise
+    CURRENT = attachment
     connections, engines = attachment.announce_existing()
     agent.flush()
-    agent.start_flusher()
     return {"ok": True, "connections": connections, "engines": engines, "python": sys.version.split()[0]}
 
 
@@ -347,20 +204,25 @@ def stop():
         return {"ok": True, "attached": False}
     CURRENT = None
     attachment.stop()
+    if runtime.AGENT is attachment.agent:
+        runtime.AGENT = None
     return {"ok": True, "attached": True}
 
 
 def inspect():
     """What trace-quit could have left behind, as plain data (for the detach test)."""
+    agent = runtime.AGENT
     out = {"gc_callbacks": [_describe(cb) for cb in gc.callbacks],
            "meta_path": [type(f).__module__ + "." + type(f).__name__ for f in sys.meta_path],
-           # The agent's flusher is "trace-quit-agent"; the program's own threads come and go.
+           # The agent has no thread; a "trace-quit" one would be a regression.
            "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("trace-quit")),
-           "agent_running": runtime.AGENT is not None,
+           "agent_running": agent is not None and not agent.stopped,
            "methods": {}}
     for module_name, cls_name, names in (("MySQLdb.connections", "Connection", ("__init__", "close")),
                                          (ENGINE_MODULE, "Engine", ("__init__", "dispose")),
-                                         ("sqlalchemy.engine.create", None, ("create_engine",))):
+                                         ("sqlalchemy.engine.create", None, ("create_engine",)),
+                                         ("sqlalchemy", None, ("create_engine",)),
+                                         ("os", None, runtime.EXEC_FUNCTIONS + ("_exit",))):
         module = sys.modules.get(module_name)
         owner = getattr(module, cls_name, None) if cls_name else module
         if owner is None:

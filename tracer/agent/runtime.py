@@ -117,6 +117,7 @@ class Agent:
         self.stack_cache = {}    # ((code, line), ...) -> ["file:line in func", ...]
         self.params_cache = {}   # (args, kwargs items) of connect() -> its event fields
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
+        self.more_hooks = {}     # module name -> hook(agent, module), run after HOOKS' (attach.py)
         # Bound once, so the hot paths and finalisation never look up module globals.
         self.now = time.monotonic_ns
         self.native_tid = threading.get_native_id
@@ -377,7 +378,13 @@ class Agent:
                 "gc_thresholds": list(gc.get_threshold()), "gc_enabled": gc.isenabled(),
                 "implementation": sys.implementation.name}
         if self.attached:
+            # What the collector had done before we came, to explain its next collections.
             info["attached"] = True
+            info["gc_counts"] = list(gc.get_count())
+            try:
+                info["gc_stats"] = gc.get_stats()
+            except Exception:
+                pass
         return info
 
     def stop(self):
@@ -748,7 +755,7 @@ def _hook_sqlalchemy(agent, module):
     except KeyError:
         return
     original = create.create_engine
-    if getattr(original, "_trace_quit_hooked", False):
+    if getattr(original, "_trace_quit_hooked", False) or getattr(base.Engine.dispose, "_trace_quit_hooked", False):
         return
 
     def create_engine(*args, **kwargs):
@@ -763,7 +770,10 @@ def _hook_sqlalchemy(agent, module):
     create_engine.__doc__ = original.__doc__
     create_engine.__wrapped__ = original
     create_engine._trace_quit_hooked = True
-    for name in ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.engine.create"):
+    # Attached to a running program: its modules bound create_engine at import time, so a new
+    # module attribute would go unseen; tracer/agent/attach.py wraps Engine.__init__ instead
+    # (and wrapping both would announce an Engine twice).
+    for name in () if agent.attached else ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.engine.create"):
         mod = sys.modules.get(name)
         if mod is not None and getattr(mod, "create_engine", None) is original:
             mod.create_engine = create_engine
@@ -780,6 +790,7 @@ def _hook_sqlalchemy(agent, module):
 
     dispose.__name__ = "dispose"
     dispose.__wrapped__ = original_dispose
+    dispose._trace_quit_hooked = True
     base.Engine.dispose = dispose
     agent.restore.append((base.Engine, "dispose", original_dispose, dispose))
     agent.skip_dirs = agent.skip_dirs + (os.path.dirname(module.__file__),)
@@ -810,7 +821,7 @@ class _ImportHook:
         self.busy = set()
 
     def find_spec(self, name, path=None, target=None):
-        if name not in HOOKS or name in self.busy:
+        if (name not in HOOKS and name not in self.agent.more_hooks) or name in self.busy:
             return None
         self.busy.add(name)
         try:
@@ -830,10 +841,12 @@ class _ImportHook:
 
         def exec_module(module):
             loader_exec(module)
-            try:
-                HOOKS[name](agent, module)
-            except Exception:
-                pass
+            for hook in (HOOKS.get(name), agent.more_hooks.get(name)):
+                try:
+                    if hook is not None:
+                        hook(agent, module)
+                except Exception:
+                    pass
 
         spec.loader.exec_module = exec_module
         return spec
@@ -866,15 +879,19 @@ _DELETE = object()
 AGENT = None
 
 
-def start(channel_path, *, attached=False):
+def start(channel_path, *, attached=False, prepare=None):
     """Start an agent writing to the FIFO ``channel_path``; return it (``Agent.stop()`` undoes it).
 
     ``attached``: loaded into a program already running (tracer/agent/attach.py), so its
-    atexit handler runs first, not last. Raises OSError when the channel cannot be opened."""
+    atexit handler runs first, not last, and create_engine is not wrapped. ``prepare(agent)``
+    runs before anything is hooked (attach.py adds its ``more_hooks`` there). Raises OSError
+    when the channel cannot be opened."""
     global AGENT
     agent = Agent(channel_path, _load_events() if "_trace_quit_events" not in sys.modules
                   else sys.modules["_trace_quit_events"], attached=attached)
     AGENT = agent
+    if prepare is not None:
+        prepare(agent)
     # First registered, last run: anything destroyed after it is destroyed by finalisation.
     atexit.register(agent.at_exit)
     gc.callbacks.append(agent.gc_callback)
@@ -882,9 +899,10 @@ def start(channel_path, *, attached=False):
     os.register_at_fork(before=agent.before_fork, after_in_child=agent.after_fork_in_child)
     _hook_process_exits(agent)
     sys.meta_path.insert(0, _ImportHook(agent))
-    for name, hook in HOOKS.items():
-        if name in sys.modules:
-            hook(agent, sys.modules[name])
+    for hooks in (HOOKS, agent.more_hooks):
+        for name, hook in list(hooks.items()):
+            if name in sys.modules:
+                hook(agent, sys.modules[name])
     agent.emit(agent.ev.AGENT_START, **agent._process_info())
     return agent
 
