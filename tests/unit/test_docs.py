@@ -43,7 +43,7 @@ def test_causes_doc_names_every_cause_and_the_one_deciding_file():
 #: Files whose owners' branches (kernel: tracer/bpf; trust: tracer/cli.py) still cite design
 #: notes that are not in the repository; each must leave this set when its line is fixed (the
 #: test fails on a stale entry too), and the set must end empty.
-PENDING = {"tracer/bpf/perf.py", "tracer/bpf/probes.c", "tracer/bpf/resolve.py", "tracer/bpf/x86.py"}
+PENDING = {"tracer/bpf/resolve.py"}
 
 
 def test_no_file_points_outside_the_repository():

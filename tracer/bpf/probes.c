@@ -25,7 +25,7 @@
  * Attribution at mysql_close (no uretprobes on CPython or mysqlclient code needed):
  *   _mysql_ConnectionObject_close(self) / _dealloc(self) entries store, per thread, the
  *   last {kind, self}. mysqlclient calls mysql_close(&self->connection) from exactly one of
- *   them (FACTS.md), with no Python code in between, so at mysql_close(mysql):
+ *   them (mysqlclient's MySQLdb/_mysql.c), with no Python code in between, so at mysql_close(mysql):
  *     mysql == last.self + CONN_OFFSET and kind == close        -> explicit_close
  *     ... kind == dealloc, on the finalising thread after atexit     -> shutdown (on_after_atexit)
  *     ... kind == dealloc, inside a GC collection on this thread  -> gc (+ generation)
@@ -57,7 +57,7 @@
  * extended at task_newtask for non-thread clones of a traced process, pruned at exit.
  *
  * Output: one ring buffer, submitted with BPF_RB_NO_WAKEUP (user space drains it every
- * ~20 ms; waking the reader per event costs ~7x more, FACTS.md). Every reserve is counted
+ * ~20 ms; waking the reader per event cost ~7x more when measured, tests/bench/throughput.py). Every reserve is counted
  * in `counters`: [0] emitted, [1] dropped (reserve failed: buffer full).
  */
 /* Compile time is most of the tracer's start-up, and most of it is kernel headers: with
