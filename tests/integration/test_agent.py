@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, destroy_causes, kinds, load_events,
-                        pyenv_has, run_traced, venv_python_for)
+                        cpython_param, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server
 
@@ -24,10 +24,8 @@ pytestmark = pytest.mark.server
 DESTROYED = {key: n for key, n in KNOWN_CAUSES.items() if key[0] != "explicit_close"}
 
 
-@pytest.mark.parametrize("version", AGENT_VERSIONS)
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
 def test_known_causes_exact_counts_on_every_python(version, server, tmp_path):
-    if not pyenv_has(version):
-        pytest.skip("pyenv has no Python %s on this machine" % version)
     python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
     proc, capture = run_traced(tmp_path, [python, "-m", "trace_quit.workloads", "known-causes",

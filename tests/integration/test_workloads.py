@@ -10,13 +10,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.sampler import Sampler
+from tq_support import AGENT_VERSIONS, cpython_param
 
 pytestmark = pytest.mark.server
 
@@ -29,8 +29,8 @@ SUMMARY = re.compile(r"^(?P<name>[\w-]+): tasks=(?P<tasks>\d+) done=(?P<done>\d+
 def venv_python(name):
     py = os.path.join(REPO, ".venvs", name, "bin", "python")
     if not os.access(py, os.X_OK):
-        pytest.skip("no test venv .venvs/%s: scripts/setup.sh builds it from pyenv's CPython "
-                    "(sqla14: pyenv 3.11 or /usr/bin/python3)" % name)
+        pytest.skip("no test venv .venvs/%s: scripts/setup.sh builds it from the CPython present "
+                    "(pyenv's or /usr/bin/python3.X; sqla14: pyenv 3.11 or /usr/bin/python3)" % name)
     return py
 
 
@@ -175,7 +175,7 @@ def test_engine_per_call_on_sqlalchemy_1_4(own_server):
     assert run.after_exit[-1] == 0
 
 
-@pytest.mark.parametrize("version", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"])
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
 def test_workloads_run_on_every_python(server, version):
     py = venv_python("py" + version)
     for name in ("engine-per-call", "nullpool-scoped"):
@@ -210,7 +210,9 @@ def test_without_dsn_a_disposable_server_is_started_and_removed(tmp_path):
     # Gone after the run: no process listening on its port, no directory whose log names it.
     port = m.group(1)
     assert not processes_with_arg("--port=" + port)
-    base = tempfile.gettempdir()
+    from trace_quit.workloads.server import _base_tmpdir
+
+    base = _base_tmpdir()  # this run's own temp root (tests/conftest.py)
     assert not [d for d in os.listdir(base) if d.startswith("trace-quit-db-")
                 and "port: " + port in read_or_empty(os.path.join(base, d, "error.log"))]
 

@@ -7,7 +7,7 @@ import pytest
 
 from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
 from trace_quit.tracer.bpf import elf, resolve, x86
-from tq_support import VENV_PY
+from tq_support import VENV_PY, expected_close_site, system_python
 
 
 def test_probe_site_skips_a_leading_null_check():
@@ -15,6 +15,14 @@ def test_probe_site_skips_a_leading_null_check():
     code = bytes.fromhex("4885ff0f844701000055") + b"\x90" * 6
     assert x86.choose_probe_offset(code)[0] == 9
     assert "NULL" in x86.choose_probe_offset(code)[2]
+    assert expected_close_site(code) == 9
+
+
+def test_probe_site_after_endbr64_and_the_null_check():
+    # Debian 13's libmariadb3 is built with CET: endbr64; test %rdi,%rdi; je rel32; push %rbp.
+    code = bytes.fromhex("f30f1efa4885ff0f844701000055") + b"\x90" * 4
+    assert x86.choose_probe_offset(code)[0] == 13
+    assert expected_close_site(code) == 13
 
 
 def test_probe_site_stays_at_entry_when_push_comes_first_or_the_prefix_is_unsafe():
@@ -120,12 +128,17 @@ def test_the_project_venv_resolves_to_debian_python_and_libmariadb():
     assert t.mysql_so.startswith(os.path.dirname(os.path.dirname(VENV_PY)))
     close = [p for p in t.probes if p.role == "close"][0]
     lib = elf.Elf(close.path)
-    assert close.offset - lib.vaddr_to_offset(lib.symbol("mysql_close").value) == 9
+    entry = lib.vaddr_to_offset(lib.symbol("mysql_close").value)
+    with open(close.path, "rb") as f:
+        f.seek(entry)
+        code = f.read(32)
+    # Debian 12's libmariadb3: +9 (after test; je); Debian 13's CET build: +13 (after endbr64 too).
+    assert close.offset - entry == expected_close_site(code) > 0
     assert t.timings["find_spec_helper_s"] < 2
 
 
 def test_without_mysqlclient_only_the_interpreter_probes_remain():
-    t = resolve_targets(["/usr/bin/python3.11", "-I", "-c", "pass"], None, 0, 0)
+    t = resolve_targets([system_python(), "-I", "-c", "pass"], None, 0, 0)
     assert t.mysql_so is None
     assert any(m["what"] == "mysqlclient" for m in t.missing)
     assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize"}

@@ -1,6 +1,7 @@
 """scripts/setup.sh, scripts/test, scripts/demo and .ci/run: syntax, modes, exit codes."""
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", ".ci/run"]
+SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian13-check", ".ci/run"]
 
 
 @pytest.mark.parametrize("path", SCRIPTS)
@@ -50,7 +51,12 @@ def test_scripts_test_runs_setup_then_all_tests_and_fails_on_no_tests(fake_repo,
     proc = subprocess.run([str(fake_repo / "scripts/test"), "-x"], capture_output=True, text=True, env=env,
                           cwd="/")
     assert proc.returncode == expected, proc.stdout + proc.stderr
-    assert (fake_repo / "log").read_text() == "setup-ran\npytest -m pytest tests -ra -x\n"
+    setup, run = (fake_repo / "log").read_text().splitlines()
+    assert setup == "setup-ran"
+    # pytest's tmp_path and the disposable servers live in this run's own temp root, removed after.
+    m = re.match(r"^pytest -m pytest tests -ra --basetemp=(/tmp/tq-run-\w{6})/pytest -x$", run)
+    assert m, run
+    assert not os.path.exists(m.group(1))
     assert ("collected no tests" in proc.stderr) == (pytest_status == 5)
 
 
