@@ -103,6 +103,10 @@ class Drop:
     triggered_at: Optional[str] = None
     collected: Optional[int] = None
     call_sites: List[str] = dataclasses.field(default_factory=list)
+    # platform (issue 14): the collection behind a gc drop, and why it ran then (analysis/gcwhy.py).
+    pid: Optional[int] = None
+    cid: Optional[int] = None
+    why_now: Optional[Dict[str, Any]] = None
 
     @property
     def at_exit(self) -> bool:
@@ -232,6 +236,7 @@ class Report:
     events: int = 0
     malformed: int = 0
     schema: str = SCHEMA
+    gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

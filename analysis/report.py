@@ -12,6 +12,7 @@ from trace_quit.tracer import events as ev
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
+from . import gcwhy
 from .attribute import Context, attribute, count_families
 from .capture import Capture
 from .join import Collection, Joined, as_int, join
@@ -218,6 +219,11 @@ def build_report(capture: Capture) -> Report:
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
     drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
+    # platform (issue 14): the thresholds in effect, and why each collection behind a drop ran then.
+    thresholds = gcwhy.Thresholds(capture.events, header)
+    for d in drops:
+        if d.cause == ev.GC:
+            d.why_now = thresholds.why_now(d.pid, d.cid, d.generation)
     patterns = dropslib.find_patterns(colls.closing, drop_collections)
     engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
@@ -274,7 +280,7 @@ def build_report(capture: Capture) -> Report:
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
-        malformed=j.malformed)
+        malformed=j.malformed, gc_thresholds=thresholds.summary(program.pid))
 
 
 _CAUSE_PROSE = {

@@ -56,6 +56,7 @@ AGENT_START = "agent_start"      # python, executable, argv, basicsize, gc_thres
 #                                  forked_from (parent pid: a forked child inherits its open connections)
 MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
 GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
+#                                  thresholds: gc.get_threshold() in effect (platform, issue 14)
 GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
 #   gc_start/gc_stop are written for every generation-1/2 collection, and for a generation-0
 #   one only when it destroyed a connection or engine (then with its own start time, so

@@ -142,3 +142,45 @@ def test_without_mysqlclient_only_the_interpreter_probes_remain():
     assert t.mysql_so is None
     assert any(m["what"] == "mysqlclient" for m in t.missing)
     assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize"}
+
+
+# --- builds we cannot run here (tracer/bpf/compat.py): the real files, the helper's answer changed
+
+
+def _as_if(monkeypatch, **answer):
+    """resolve_targets on the project venv, with the interpreter's self-description altered."""
+    real = resolve._run_helper
+
+    def helper(*args, **kwargs):
+        return dict(real(*args, **kwargs), **answer)
+
+    monkeypatch.setattr(resolve, "_run_helper", helper)
+    return resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
+
+
+def test_the_project_venv_is_a_generational_collector_with_mysql_verified_first():
+    t = resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
+    assert t.gc_collector == "generational" and t.gc_args["GC_START_ARG_KIND"] != 0
+    assert t.mysqlclient_layout["verified"] and t.mysqlclient_layout["mysql_offset"] == t.basicsize == 16
+    assert {"py_close", "py_dealloc"} <= {p.role for p in t.probes}
+
+
+def test_python_3_14_early_releases_get_brackets_without_a_generation(monkeypatch):
+    t = _as_if(monkeypatch, version=[3, 14, 2])
+    assert t.gc_collector == "incremental"
+    assert t.gc_args["GC_START_ARG_KIND"] == 0  # the kernel records -1: no generation claimed
+    assert {"gc_start", "gc_done"} <= {p.role for p in t.probes}
+    assert any("3.14.0-3.14.4" in n and "without a generation" in n for n in t.notes)
+    t = _as_if(monkeypatch, version=[3, 14, 5])
+    assert t.gc_collector == "generational" and t.gc_args["GC_START_ARG_KIND"] != 0
+
+
+def test_a_free_threaded_build_has_no_generations_and_a_larger_header(monkeypatch):
+    t = _as_if(monkeypatch, gil_disabled=True, basicsize=32)
+    assert t.gc_collector == "free-threaded" and t.gc_args["GC_START_ARG_KIND"] == 0
+    assert t.basicsize == 32
+    # This _mysql.so passes &self->connection at +16: with a 32-byte header that is not MYSQL,
+    # so close()/dealloc are not attributed, and the report says why.
+    assert not {"py_close", "py_dealloc"} & {p.role for p in t.probes}
+    assert any("layout" in m["what"] and "+16" in m["why"] and "not attributed" in m["why"] for m in t.missing)
+    assert "close" in {p.role for p in t.probes}  # mysql_close itself is still seen

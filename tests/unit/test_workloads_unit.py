@@ -49,6 +49,16 @@ def test_bad_dsn_is_refused_with_its_password_hidden():
 def test_gc_threshold_takes_one_to_three_numbers():
     proc = run("engine-per-call", "--gc-threshold", "1", "2", "3", "4", "--dsn", "mysql://u@h/d")
     assert proc.returncode == 2 and "1 to 3 numbers" in proc.stderr
+    proc = run("engine-per-call", "--gc-threshold", "lots", "--dsn", "mysql://u@h/d")
+    assert proc.returncode == 2 and "or 'python'" in proc.stderr
+
+
+def test_engine_per_call_runs_with_the_studys_gc_thresholds_unless_told_otherwise():
+    # The study ran CPython 3.10: (700, 10, 10) on every Python, 3.13's (2000, 10, 10) included.
+    assert parse(engine_per_call).gc_threshold == ["700", "10", "10"]
+    assert parse(engine_per_call, "--gc-threshold", "python").gc_threshold == ["python"]
+    assert parse(shared_engine).gc_threshold is None  # the others keep the interpreter's
+    assert "700 10 10" in " ".join(harness.build_parser("x", engine_per_call).format_help().split())
 
 
 def parse(module, *argv):

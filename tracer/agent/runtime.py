@@ -83,6 +83,7 @@ class Agent:
         self.weakref = weakref.ref
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
         self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
+        self.gc_get_threshold = gc.get_threshold  # platform (issue 14): a C call returning a tuple
         self.stop_flusher = threading.Event()
         self.flusher = None
         # Frames from these are not the program's own when naming a create_engine() call site.
@@ -243,6 +244,9 @@ class Agent:
         site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
         event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid, "tid": self.native_tid(),
                  "gen": state[1], "cid": state[0], "site": site, "thread": name}
+        # platform (issue 14): the thresholds in effect now -- the program may have called
+        # gc.set_threshold() since agent_start -- for the report's why_now (analysis/gcwhy.py).
+        event["thresholds"] = self.gc_get_threshold()
         self.queue.append(event)
 
     def classify(self):

@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import time
 
+from trace_quit.tracer.bpf import compat
 from trace_quit.tracer.bpf import elf as elflib
 from trace_quit.tracer.bpf import x86
 from trace_quit.tracer.bpf.errors import BpfUnavailable
@@ -136,6 +137,11 @@ class Targets:
     libpython_static: bool = None
     basicsize: int = 16              # object.__basicsize__: MYSQL* = id(conn) + basicsize
     gil_disabled: bool = False
+    #: The interpreter's collector (compat.collector): generational | incremental | free-threaded
+    #: | unknown; only a generational one's generation numbers are ages, and only those are read.
+    gc_collector: str = None
+    #: What mysqlclient's _mysql says about its connection struct (compat.mysqlclient_layout).
+    mysqlclient_layout: dict = dataclasses.field(default_factory=dict)
     mysqldb: str = None              # MySQLdb/__init__.py the interpreter would import
     mysql_so: str = None             # MySQLdb/_mysql*.so
     mysqlclient_version: str = None
@@ -782,8 +788,15 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
     if not primary:
         targets.guesses.append({"interpreter": interp, "why": why, "python_version": ".".join(map(str, version)),
                                 "libpython": libpython, "mysql_so": info.get("mysql_so")})
-    if info.get("gil_disabled") and primary:
-        targets.notes.append("free-threaded build: the GC has no generations; gc causes carry generation -1")
+    kind, generation_is_age, why_kind = compat.collector(version, bool(info.get("gil_disabled")))
+    if primary or targets.gc_collector is None:
+        targets.gc_collector = kind
+    if why_kind:
+        targets.notes.append(why_kind)
+    header = compat.expected_header(bool(info.get("gil_disabled")))
+    if int(info["basicsize"]) != header:
+        targets.notes.append("%s reports a %s-byte object header where this build should have %d: MYSQL* is taken "
+                             "at +%s as the interpreter says" % (interp, info["basicsize"], header, info["basicsize"]))
 
     # GC: USDT where the interpreter has it (Debian's python3.11), else the collection function.
     scratch = Targets(argv=[])
@@ -799,6 +812,13 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
             else:
                 scratch.missing.append({"what": "gc brackets", "why": "no collection function known for Python %s in %s" % (
                     ".".join(map(str, version)), libpython)})
+    if sites and not generation_is_age:
+        # Brackets only: the number this collector reports is not the age of what it scanned
+        # (tests/unit/test_compat.py), so the kernel records no generation rather than a wrong one.
+        if mode == "usdt":
+            scratch.gc_args.update(GC_START_ARG_KIND=0, GC_START_ARG_REG=0, GC_START_ARG_OFF=0)
+        else:
+            scratch.gc_args["GC_SYM_GEN_REG"] = -1
     if sites and any(targets.gc_args.get(k, v) != v for k, v in scratch.gc_args.items()):
         targets.missing.append({"what": "gc brackets in %s" % libpython,
                                 "why": "their operands differ from %s's and one program serves every interpreter "
@@ -825,11 +845,21 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
                        else "MySQLdb has no compiled _mysql module (%s)" % info.get("mysqldb"))
             targets.missing.append({"what": "mysqlclient", "why": why_not + "; no MySQL probes attached"})
         return
+    so = None
     if int(info["basicsize"]) != targets.basicsize:
         targets.missing.append({"what": "mysqlclient in %s" % mysql_so, "why": "its interpreter's object header "
                                 "(%s bytes) differs from %s's: its closes are not attributed" % (info["basicsize"], targets.interpreter)})
     else:
         so = elflib.Elf(mysql_so)
+        layout = compat.mysqlclient_layout(so, int(info["basicsize"]))
+        if primary or not targets.mysqlclient_layout:
+            targets.mysqlclient_layout = layout
+        if layout["mysql_offset"] is not None and not layout["verified"]:
+            targets.missing.append({"what": "mysqlclient's connection layout in %s" % mysql_so, "why": layout["why"]})
+            so = None
+        elif not layout["verified"]:
+            targets.notes.append(layout["why"])
+    if so is not None and int(info["basicsize"]) == targets.basicsize:
         for role, fn, sym in (("py_close", "on_py_close", "_mysql_ConnectionObject_close"),
                               ("py_dealloc", "on_py_dealloc", "_mysql_ConnectionObject_dealloc")):
             s = _site(role, fn, so, sym, "uprobe")
