@@ -217,19 +217,21 @@ def test_without_dsn_a_disposable_server_is_started_and_removed(tmp_path):
     assert max(int(r.split(",")[1]) for r in rows[1:]) <= 5
     # Gone after the run: no process listening on its port, no directory whose log names it.
     port = m.group(1)
-    assert not processes_with_arg("--port=" + port)
     from trace_quit.workloads.server import _base_tmpdir
 
-    base = _base_tmpdir()  # this run's own temp root (tests/conftest.py)
+    base = _base_tmpdir()  # this run's own temp root (tests/conftest.py): other suites' servers
+    # may reuse the port by now, but never live under it
+    assert not processes_with_arg("--port=" + port, within=base)
     assert not [d for d in os.listdir(base) if d.startswith("trace-quit-db-")
                 and "port: " + port in read_or_empty(os.path.join(base, d, "error.log"))]
 
 
-def processes_with_arg(arg):
+def processes_with_arg(arg, within=""):
+    """Pids with ``arg`` as one argument and ``within`` (a directory) somewhere in their command line."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         cmdline = read_or_empty("/proc/%s/cmdline" % pid)
-        if arg in cmdline.split("\0"):
+        if arg in cmdline.split("\0") and within in cmdline:
             found.append(int(pid))
     return found
 

@@ -59,10 +59,14 @@ def test_shebang_and_env_lead_to_the_interpreter(tmp_path):
     direct = _script(tmp_path / "a", "#!%s\nprint(1)\n" % VENV_PY)
     via_env = _script(tmp_path / "b", "#!/usr/bin/env -S python3 -u\nprint(1)\n")
     env = dict(os.environ, PATH=os.path.dirname(VENV_PY) + os.pathsep + os.environ.get("PATH", ""))
-    assert resolve.resolve_interpreter([direct], env) == (VENV_PY, [direct])
-    interp, args = resolve.resolve_interpreter([via_env, "x"], env)
+    def interpreter(argv):
+        cmd = resolve.follow_command(argv, env)
+        return cmd.interpreter, cmd.args
+
+    assert interpreter([direct]) == (VENV_PY, [direct])
+    interp, args = interpreter([via_env, "x"])
     assert os.path.realpath(interp) == os.path.realpath(VENV_PY) and args == ["-u", via_env, "x"]
-    assert resolve.resolve_interpreter(["env", "A=1", VENV_PY, "-c", "pass"], env) == (VENV_PY, ["-c", "pass"])
+    assert interpreter(["env", "A=1", VENV_PY, "-c", "pass"]) == (VENV_PY, ["-c", "pass"])
 
 
 def test_a_missing_command_is_the_only_resolution_error():

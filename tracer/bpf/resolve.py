@@ -166,9 +166,6 @@ class Targets:
     #: to watch. The run should still go ahead; the caller decides whether to load anything.
     nothing_to_probe: str = None
 
-    def uprobe_count(self):
-        return sum(1 for p in self.probes if p.how != "tracepoint")
-
     def describe(self):
         """A JSON-able dict for the capture header."""
         d = dataclasses.asdict(self)
@@ -286,15 +283,6 @@ def follow_command(argv, env):
             new = [interp] + shlex.split(arg) + [path] + args[1:]
         args = new
     return Command(path, args[1:], scripts=scripts, why="too many levels of #! interpreters in %s" % argv[0])
-
-
-def resolve_interpreter(argv, env):
-    """Follow argv to the Python interpreter it will run: (interpreter_path, python_args) or raise."""
-    cmd = follow_command(argv, env)
-    if cmd.interpreter is None:
-        raise BpfUnavailable("%s, so eBPF probes cannot be placed on it directly; run the Python program "
-                             "directly (trace-quit -- python prog.py) or use --no-bpf" % cmd.why)
-    return cmd.interpreter, cmd.args
 
 
 # ---------------------------------------------------------------------------------------
