@@ -78,12 +78,8 @@ def cpython_param(version, *rest):
 
 def bcc_free_python():
     """A Python with trace-quit installed but not bcc: any test venv (none sees system site packages)."""
-    names = ["py" + v for v in cpython_matrix()] + ["sqla14"]
-    for name in names:
-        py = os.path.join(REPO, ".venvs", name, "bin", "python")
-        if os.access(py, os.X_OK):
-            return py
-    return None
+    found = sorted(glob.glob(os.path.join(REPO, ".venvs", "*", "bin", "python")))
+    return next((py for py in found if os.access(py, os.X_OK)), None)
 
 
 # --- the system's interpreter and the client library's probe site ---------------------------

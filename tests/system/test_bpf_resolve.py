@@ -7,7 +7,7 @@ import pytest
 
 from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
 from trace_quit.tracer.bpf import elf, resolve, x86
-from tq_support import VENV_PY, expected_close_site, system_python
+from tq_support import AGENT_VERSIONS, VENV_PY, cpython_param, expected_close_site, system_python, venv_python_for
 
 
 def test_probe_site_skips_a_leading_null_check():
@@ -166,6 +166,8 @@ def test_the_project_venv_is_a_generational_collector_with_mysql_verified_first(
     t = resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
     assert t.gc_collector == "generational" and t.gc_args["GC_START_ARG_KIND"] != 0
     assert t.mysqlclient_layout["verified"] and t.mysqlclient_layout["mysql_offset"] == t.basicsize == 16
+    # mysqlclient 2.3 takes a per-connection lock in close() (a field after `open`); 2.2 does not.
+    assert t.mysqlclient_layout["lock"] == (tuple(map(int, t.mysqlclient_version.split(".")[:2])) >= (2, 3))
     assert {"py_close", "py_dealloc"} <= {p.role for p in t.probes}
 
 
@@ -188,3 +190,14 @@ def test_a_free_threaded_build_has_no_generations_and_a_larger_header(monkeypatc
     assert not {"py_close", "py_dealloc"} & {p.role for p in t.probes}
     assert any("layout" in m["what"] and "+16" in m["why"] and "not attributed" in m["why"] for m in t.missing)
     assert "close" in {p.role for p in t.probes}  # mysql_close itself is still seen
+
+
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
+def test_every_test_venvs_mysqlclient_is_read_with_mysql_right_after_the_header(version):
+    # Real extensions, both layouts: 2.2.7 (3.8, 3.9 here) without a lock, 2.3 with one.
+    t = resolve_targets([venv_python_for(version), "-c", "pass"], None, 0, 0)
+    layout = t.mysqlclient_layout
+    assert layout["verified"] and layout["mysql_offset"] == t.basicsize == 16, layout
+    assert layout["lock"] == (tuple(map(int, t.mysqlclient_version.split(".")[:2])) >= (2, 3))
+    assert t.gc_collector == "generational"
+    assert {"py_close", "py_dealloc"} <= {p.role for p in t.probes}

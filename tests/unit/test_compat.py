@@ -35,7 +35,7 @@ def test_object_header_by_build():
     assert compat.expected_header(True) == 32  # ob_tid, flags/mutex/gc bits/local rc, shared rc, ob_type
 
 
-# _mysql_ConnectionObject_close of the mysqlclient installed here (with its per-connection lock):
+# _mysql_ConnectionObject_close of mysqlclient 2.3.2 as pip builds it here (its per-connection lock):
 #   push %rbp; xor %esi,%esi; push %rbx; mov %rdi,%rbx; sub $8,%rsp; mov 0x518(%rdi),%rdi;
 #   call PyThread_acquire_lock; cmp $1,%eax; jne ..; cmpb $0,0x508(%rbx); je ..;
 #   call PyEval_SaveThread; lea 0x10(%rbx),%rdi; mov %rax,%rbp; call mysql_close
