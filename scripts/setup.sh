@@ -254,8 +254,8 @@ for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
     else
         # A venv left from an interpreter that is gone would be tested as if present.
         rm -rf "$REPO/.venvs/py$v"
-        if [ -n "$PYENV_ROOT_DIR" ]; then where="under $PYENV_ROOT_DIR/versions"; else where="(no pyenv)"; fi
-        say ".venvs/py$v" "none: no CPython $v here (not $where, no /usr/bin/python$v)"
+        if [ -n "$PYENV_ROOT_DIR" ]; then where="none under $PYENV_ROOT_DIR/versions"; else where="no pyenv"; fi
+        say ".venvs/py$v" "none: no CPython $v here ($where, no /usr/bin/python$v)"
     fi
 done
 say "CPython matrix" "${COVERED[*]:-none}"
