@@ -63,6 +63,18 @@ def cpython_matrix():
     return {v: found for v in AGENT_VERSIONS for found in [cpython_for(v)] if found}
 
 
+def venv_base(version):
+    """(interpreter, "pyenv"|"system") the test venv for ``version`` was actually built from
+    (its pyvenv.cfg home), or None: what a test expects of it (symbols or USDT) follows the venv."""
+    try:
+        with open(os.path.join(REPO, ".venvs", "py" + version, "pyvenv.cfg")) as f:
+            cfg = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in f if "=" in line)}
+    except OSError:
+        return None
+    home = cfg.get("home", "").strip()
+    return os.path.join(home, "python" + version), ("system" if home in ("/usr/bin", "/bin") else "pyenv")
+
+
 def required_cpythons():
     """Versions that must be present ($TQ_REQUIRE_CPYTHONS, e.g. "3.8 3.13" on a known CI image)."""
     return os.environ.get("TQ_REQUIRE_CPYTHONS", "").split()

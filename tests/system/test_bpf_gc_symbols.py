@@ -11,7 +11,7 @@ import os
 import pytest
 
 from bpf_harness import trace_command
-from tq_support import VENV_PY, cpython_for, cpython_param, venv_python_for
+from tq_support import VENV_PY, cpython_param, venv_base, venv_python_for
 
 pytestmark = [pytest.mark.bpf]
 
@@ -27,7 +27,7 @@ def _contains_in_order(seq, sub):
 
 def _gc_mode(which):
     """pyenv's CPythons are probed through symbols, the distribution's through USDT."""
-    return "usdt" if which == "debian" or cpython_for(which)[1] == "system" else "symbol"
+    return "usdt" if which == "debian" or (venv_base(which) or ("", "pyenv"))[1] == "system" else "symbol"
 
 
 @pytest.mark.parametrize("which", ["debian"] + [cpython_param(v) for v in ("3.9", "3.10", "3.11", "3.12", "3.13")])

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from bpf_harness import our_uprobe_events, trace_command
-from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, VENV_PY, cpython_for, cpython_param, venv_python_for
+from tq_support import KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, VENV_PY, cpython_param, venv_base, venv_python_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -25,7 +25,7 @@ INTERPRETERS = {
     "debian": (VENV_PY, "usdt"),
     # The 3.11 test venv: pyenv's CPython 3.11 (libpython3.11.so with .symtab, no USDT) where
     # pyenv has it; on a machine without pyenv, Debian 12's own python3.11 (USDT again).
-    "py3.11": (venv_python_for("3.11"), "symbol" if (cpython_for("3.11") or ("", ""))[1] == "pyenv" else "usdt"),
+    "py3.11": (venv_python_for("3.11"), "usdt" if (venv_base("3.11") or ("", ""))[1] == "system" else "symbol"),
 }
 
 

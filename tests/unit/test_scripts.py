@@ -69,3 +69,19 @@ def test_setup_refuses_to_run_without_root():
         proc = subprocess.run(["bash", os.path.join(REPO, "scripts/setup.sh")], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "run as root" in proc.stderr
+
+
+def test_every_cpython_here_has_a_test_venv_built_from_it():
+    # Strict matrix: what tq_support finds (pyenv's, else /usr/bin/python3.X) is what
+    # scripts/setup.sh built the venvs from; a stale or missing venv fails here, by name.
+    import tq_support
+
+    matrix = tq_support.cpython_matrix()
+    assert matrix, "no CPython 3.8-3.13 found at all"
+    for version, (python, kind) in matrix.items():
+        base = tq_support.venv_base(version)
+        assert base is not None, ".venvs/py%s missing: run scripts/setup.sh" % version
+        assert (os.path.realpath(base[0]), base[1]) == (os.path.realpath(python), kind), \
+            ".venvs/py%s was built from %s, not %s: run scripts/setup.sh" % (version, base[0], python)
+    for version in tq_support.required_cpythons():
+        assert version in matrix, "TQ_REQUIRE_CPYTHONS names %s, which this machine lacks" % version
