@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from bpf_harness import file_bytes, mapped_address, our_perf_fds, our_uprobe_events, read_mem, site_holders
+from bpf_harness import (file_bytes, mapped_address, our_perf_fds, our_uprobe_events, read_mem, site_holders,
+                         uprobes_of)
 from tq_support import VENV_PY, system_python
 
 pytestmark = [pytest.mark.bpf]
@@ -70,6 +71,22 @@ def test_detach_restores_the_code(mapped_libmariadb, wait):
     assert our_perf_fds() == []
     assert_restored(lambda: read_mem(os.getpid(), addr, 1), original, (path, offset))
     assert our_uprobe_events() == []
+
+
+def test_the_kernel_says_which_sites_a_process_probes(mapped_libmariadb):
+    # What assert_restored relies on to tell another tracer's probe from one left behind:
+    # BPF_TASK_FD_QUERY names our own uprobes exactly, and none once detached.
+    path, offset, _ = mapped_libmariadb
+    tracer = subprocess.Popen([VENV_PY, "-c", TRACER, VENV_PY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "attached"
+        sites = {(p, o) for _, p, o in uprobes_of(tracer.pid)}
+        assert (os.path.realpath(path), offset) in sites
+        assert tracer.pid in site_holders(path, offset) and tracer.pid in site_holders(path, None)
+    finally:
+        tracer.kill()
+        tracer.wait()
+    assert uprobes_of(tracer.pid) == []
 
 
 TRACER = r"""
