@@ -35,6 +35,8 @@ TASK_SECONDS = (1.0, 3.0)
 HOLD_SECONDS = 1.0
 POOL_RECYCLE = 10
 USER_IDS = (1, 100)
+#: The interpreter's own GC thresholds, when __main__ changed them before importing the workload.
+INTERPRETER_THRESHOLDS = None
 
 
 class Counter:
@@ -154,7 +156,7 @@ def main(name, module, argv=None):
     args = parser.parse_args(argv)
     if hasattr(module, "check_arguments"):
         module.check_arguments(parser, args)
-    own_thresholds = gc.get_threshold()
+    own_thresholds = INTERPRETER_THRESHOLDS or gc.get_threshold()
     if args.gc_threshold and args.gc_threshold != ["python"]:
         try:
             values = [int(n) for n in args.gc_threshold]

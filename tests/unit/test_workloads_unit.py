@@ -58,6 +58,8 @@ def test_engine_per_call_runs_with_the_studys_gc_thresholds_unless_told_otherwis
     assert parse(engine_per_call).gc_threshold == ["700", "10", "10"]
     assert parse(engine_per_call, "--gc-threshold", "python").gc_threshold == ["python"]
     assert parse(shared_engine).gc_threshold is None  # the others keep the interpreter's
+    # ... set before SQLAlchemy is imported too (workloads/__main__.py), the same values.
+    assert cli.STUDY_GC == {"engine-per-call": engine_per_call.GC_THRESHOLD}
     assert "700 10 10" in " ".join(harness.build_parser("x", engine_per_call).format_help().split())
 
 
