@@ -140,7 +140,12 @@ def _one_kill(phase, server, tmp_path, index):
         cap = load_events(capture)
         probes_events = [e for e in cap.events if e["k"] == "bpf_probes"]
         if probes_events:
-            checked = _code_bytes_match_files(child, probes_events[0]["probes"])
+            # Sites another live tracer probes are skipped; if that left none, wait for one.
+            deadline = time.monotonic() + 30
+            while not checked and time.monotonic() < deadline:
+                checked = _code_bytes_match_files(child, probes_events[0]["probes"])
+                if not checked:
+                    time.sleep(0.5)
             assert checked > 0
         (work / "go").write_text("")
     try:
