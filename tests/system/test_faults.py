@@ -129,8 +129,8 @@ def _one_kill(phase, server, tmp_path, index):
         time.sleep(0.15)  # the tracer is draining and detaching now
     tracer.send_signal(signal.SIGKILL)
     tracer.wait()
-    # Killed, or finished (trailer written) just before the signal: its status says which
-    # (polling before the kill raced with the tracer's own exit; seen on a loaded machine).
+    # Killed, or finished just before the signal: its status says which (a poll before the
+    # kill raced with the tracer's own exit; seen on a loaded machine).
     tracer_killed_at_detach = phase == "detach" and tracer.returncode == -signal.SIGKILL
     _wait_for(lambda: (work / "ready").exists(), 60, "the program to run after the tracer died")
     child = int((work / "ready").read_text())
@@ -161,8 +161,13 @@ def _one_kill(phase, server, tmp_path, index):
     assert our_uprobe_events(tracer.pid) == []
     cap = load_events(capture)
     assert cap.header["format"] == "trace-quit/capture"
-    if phase != "detach" or tracer_killed_at_detach:
+    assert cap.damaged_at_line is None  # every line up to the kill is whole
+    if phase != "detach":
         assert cap.truncated
+    elif tracer_killed_at_detach and not cap.truncated:
+        # Killed after the trailer was on disk (it detaches its probes after writing it):
+        # then the capture must be the complete one, with the program's status.
+        assert cap.trailer["exit_status"] == 5
     return cap
 
 
