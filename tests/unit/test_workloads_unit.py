@@ -96,3 +96,21 @@ def test_create_engine_is_on_one_line_in_get_db_session(module):
     lines = inspect.getsource(module.get_db_session).splitlines()
     calls = [line for line in lines if "create_engine(" in line]
     assert len(calls) == 1 and calls[0].strip().startswith("engine = create_engine(URL, pool_recycle=")
+
+
+@pytest.mark.parametrize("name,argv,expected", [
+    ("engine-per-call", [], (700, 10, 10)),
+    ("engine-per-call", ["--gc-threshold", "python"], None),
+    ("engine-per-call", ["--gc-threshold", "5", "6", "--tasks", "1"], (5, 6)),
+    ("shared-engine", [], None),
+])
+def test_the_thresholds_are_set_before_the_workload_imports_sqlalchemy(name, argv, expected):
+    # On 3.13 the imports under (2000, 10, 10) change which objects are old when the run starts.
+    code = ("import gc, sys; own = gc.get_threshold(); from trace_quit.workloads import __main__ as m, harness; "
+            "m._early_gc_threshold(sys.argv[1], sys.argv[2:]); "
+            "print(gc.get_threshold(), harness.INTERPRETER_THRESHOLDS == own, 'sqlalchemy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, name] + argv, capture_output=True, text=True, check=True).stdout
+    import gc
+
+    want = gc.get_threshold() if expected is None else tuple(expected) + gc.get_threshold()[len(expected):]
+    assert out.split(")")[0] + ")" == str(want) and out.split(")")[1].split() == ["True", "False"]
