@@ -262,6 +262,9 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
             cause=cause, generation=gen if cause == ev.GC else None, connections=len(lives),
             explanation=text, thread=thread, triggered_at=site, collected=collected,
             call_sites=origins.call_sites(lives)[:5]))
+        if c is not None:  # which collection (the agent's numbering: gcwhy reads its gc_start)
+            agent_c = c if c.src == "agent" or c.twin is None else c.twin
+            drops[-1].pid, drops[-1].cid = agent_c.pid, agent_c.cid
     drops.sort(key=lambda d: d.t_s)
     return drops
 

@@ -103,6 +103,10 @@ class Drop:
     triggered_at: Optional[str] = None
     collected: Optional[int] = None
     call_sites: List[str] = dataclasses.field(default_factory=list)
+    # platform (issue 14): the collection behind a gc drop, and why it ran then (analysis/gcwhy.py).
+    pid: Optional[int] = None
+    cid: Optional[int] = None
+    why_now: Optional[Dict[str, Any]] = None
 
     @property
     def at_exit(self) -> bool:
@@ -255,6 +259,7 @@ class Report:
     lacks: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # kind -> fields that revision lacks
     schema: str = SCHEMA
     no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
+    gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

@@ -38,7 +38,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "drops": [{"t_s": d.t_s, "from": d.from_, "to": d.to, "duration_ms": d.duration_ms, "cause": d.cause,
                    "generation": d.generation, "explanation": d.explanation, "connections": d.connections,
                    "thread": d.thread, "triggered_at": d.triggered_at, "collected": d.collected,
-                   "call_sites": d.call_sites, "at_exit": d.at_exit}
+                   "call_sites": d.call_sites, "at_exit": d.at_exit, "why_now": d.why_now}
                   for d in r.drops],
         "patterns": [{"cause": pt.cause, "generation": pt.generation, "collections": pt.collections,
                       "every_s": pt.every_s, "connections_each": pt.connections_each, "min_each": pt.min_each,
@@ -69,6 +69,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "quits": [_quit(x) for x in r.quits],
         # issue 19: connections closed without COM_QUIT (aborted clients), per driver
         "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,
+        "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
     }
 
 

@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
+from . import gcwhy
 from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import shorten
@@ -77,6 +78,9 @@ def _one(o: _Out, r: Report) -> None:
     L = r.layers
     o.add("layers    eBPF %s · agent %s · wire %s · server sampler %s · lost events %s" % (
         _yes(L.bpf), _yes(L.agent), _yes(L.wire), _yes(L.sampler), fmt_int(r.lost_events)))
+    gc_line = gcwhy.thresholds_text(r.gc_thresholds)  # platform (issue 14)
+    if gc_line:
+        o.wrap(gc_line, 10, first="gc        ")
 
     o.heading("SUMMARY")
     for s in r.summary:
@@ -162,6 +166,8 @@ def _one(o: _Out, r: Report) -> None:
         o.add("  %9s s  %s → %s  (%s ms)  %s" % (fmt_s(d.t_s), fmt_int(d.from_), fmt_int(d.to),
                                                 ("%.1f" % d.duration_ms), o.c(what, _CAUSE_COLOR.get(d.cause, ""))))
         o.wrap(d.explanation, 6)
+        if d.why_now and d is r.largest_drop():  # platform (issue 14): why the collection ran then
+            o.wrap("why then: " + d.why_now["text"], 6)
     if len(r.drops) > len(drops):
         o.add(o.c("  … %s smaller drops (all in --format json)" % fmt_int(len(r.drops) - len(drops)), "dim"))
 

@@ -13,6 +13,7 @@ from . import aborted as abortedlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
+from . import gcwhy
 from .attribute import Context, attribute_all
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
@@ -191,6 +192,11 @@ def build_report(capture: Capture) -> Report:
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
     drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
+    # platform (issue 14): the thresholds in effect, and why each collection behind a drop ran then.
+    thresholds = gcwhy.Thresholds(capture.events, header)
+    for d in drops:
+        if d.cause == ev.GC:
+            d.why_now = thresholds.why_now(d.pid, d.cid, d.generation)
     patterns = dropslib.find_patterns(colls.closing, drop_collections)
     engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
@@ -261,7 +267,7 @@ def build_report(capture: Capture) -> Report:
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
-        lacks=dict(capture.lacks), no_quit=no_quit)
+        lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid))
 
 
 _CAUSE_PROSE = {

@@ -2,7 +2,7 @@
 # trace-quit's one set-up script, used by the README, CI (.ci/run -> scripts/test) and the
 # Vagrant VM. Idempotent: every step checks first and skips quickly when already done, so a
 # second run takes seconds. One line of output per step; the commands' own output goes to
-# $TQ_SETUP_LOG (default /tmp/trace-quit-setup.log) and its tail is shown if one fails.
+# $TQ_SETUP_LOG (default /tmp/trace-quit-setup-<checkout>.log) and its tail is shown if one fails.
 #
 # Two paths, chosen from /etc/os-release (override with TQ_DB=mariadb|mysql):
 #   Debian 12     MariaDB 10.11 server + libmariadb (exercised on every CI run)
@@ -11,13 +11,16 @@
 # Steps: apt packages; the kernel-headers fallback for bcc; tracefs; (MySQL) AppArmor
 # allowance for the disposable servers; .venv (system site packages, so bcc imports) with
 # the project and its test extras; /usr/local/bin/trace-quit; the test venvs .venvs/py3.8 ..
-# .venvs/py3.13 (pyenv CPythons, SQLAlchemy 2.x) and .venvs/sqla14 (SQLAlchemy 1.4).
+# .venvs/py3.13 (SQLAlchemy 2.x), one per CPython present -- pyenv's newest X.Y.N, else the
+# system's /usr/bin/python3.X (Debian 13 has no pyenv: 3.13 only) -- and .venvs/sqla14
+# (SQLAlchemy 1.4). tests/tq_support.cpython_matrix() applies the same rule.
 #
 # Run as root: sudo scripts/setup.sh
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LOG="${TQ_SETUP_LOG:-/tmp/trace-quit-setup.log}"
+# One log per checkout: several checkouts on one machine set up at the same time.
+LOG="${TQ_SETUP_LOG:-/tmp/trace-quit-setup-$(printf '%s' "$REPO" | sha256sum | cut -c1-12).log}"
 START=$SECONDS
 
 say() { printf 'setup: %-16s %s\n' "$1" "$2"; }
@@ -35,9 +38,12 @@ run() {
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): it installs packages, mounts tracefs and links /usr/local/bin/trace-quit"
 
-# Concurrent runs (several test sessions on one machine) take turns.
+# Concurrent runs take turns: for the machine-wide steps (apt, headers, tracefs, the PATH
+# link) every checkout shares one lock; the venvs then only lock their own checkout.
 exec 9>"/tmp/trace-quit-setup.lock"
 flock -w 1800 9 || die "another scripts/setup.sh has held /tmp/trace-quit-setup.lock for 30 minutes"
+exec 8>"$LOG.lock"
+flock -w 1800 8 || die "another scripts/setup.sh of this checkout has held $LOG.lock for 30 minutes"
 : >"$LOG"
 
 # --- which system --------------------------------------------------------------------
@@ -163,6 +169,8 @@ if [ "$DB" = mysql ] && [ -f /etc/apparmor.d/usr.sbin.mysqld ]; then
 fi
 
 # --- the project's venv --------------------------------------------------------------------
+# Only this checkout from here on, except the PATH link (a single ln -sfn, atomic).
+flock -u 9
 PYPROJECT_SUM="$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
 VENV="$REPO/.venv"
 venv_ok() {
@@ -197,7 +205,7 @@ else
     say "PATH" "linked /usr/local/bin/trace-quit -> $VENV/bin/trace-quit"
 fi
 
-# --- test venvs: each CPython 3.8..3.13 from pyenv, and SQLAlchemy 1.4 ----------------------
+# --- test venvs: each CPython 3.8..3.13 present (pyenv's, else the system's), SQLAlchemy 1.4 ---
 # mysqlclient + SQLAlchemy, and this project without its dependencies (--no-deps: the
 # workloads need neither Jinja2 nor matplotlib), so `python -m trace_quit.workloads` runs.
 PYENV_ROOT_DIR="${PYENV_ROOT:-}"
@@ -239,15 +247,21 @@ test_venv() {  # NAME PYTHON SQLALCHEMY-SPEC
     fi
     say ".venvs/$1" "$what ($("$dir/bin/python" -c "$VERSIONS"))"
 }
+COVERED=()
 for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
     py="$(pyenv_python "$v")"
+    if [ -z "$py" ] && [ -x "/usr/bin/python$v" ]; then py="/usr/bin/python$v"; fi
     if [ -n "$py" ] && [ -x "$py" ]; then
         test_venv "py$v" "$py" "SQLAlchemy>=2,<3"
+        COVERED+=("$v")
     else
-        if [ -n "$PYENV_ROOT_DIR" ]; then where="under $PYENV_ROOT_DIR/versions"; else where="(pyenv not found)"; fi
-        say ".venvs/py$v" "skipped: no pyenv CPython $v $where"
+        # A venv left from an interpreter that is gone would be tested as if present.
+        rm -rf "$REPO/.venvs/py$v"
+        if [ -n "$PYENV_ROOT_DIR" ]; then where="none under $PYENV_ROOT_DIR/versions"; else where="no pyenv"; fi
+        say ".venvs/py$v" "none: no CPython $v here ($where, no /usr/bin/python$v)"
     fi
 done
+say "CPython matrix" "${COVERED[*]:-none}"
 py="$(pyenv_python 3.11)"
 if [ -z "$py" ] || [ ! -x "$py" ]; then py=/usr/bin/python3; fi   # e.g. the Vagrant VM: no pyenv
 test_venv sqla14 "$py" "SQLAlchemy>=1.4,<2"

@@ -63,6 +63,7 @@ AGENT_START = "agent_start"      # python, executable, argv, basicsize, gc_thres
 #                                  forked_from (parent pid: a forked child inherits its open connections)
 MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
 GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
+#                                  thresholds: gc.get_threshold() in effect (platform, issue 14)
 GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
 #   gc_start/gc_stop are written for every generation-1/2 collection, and for a generation-0
 #   one only when it destroyed a connection or engine (then with its own start time, so
@@ -231,7 +232,7 @@ KINDS = {
                                          F("file", STR, null=True), _opt("driver", STR, since=2),
                                          _opt("probed", BOOL, since=2))),
     GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR),
-                                           _opt("counts", LIST, since=2))),
+                                           _opt("counts", LIST, since=2), _opt("thresholds", LIST, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
     GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),

@@ -7,6 +7,12 @@ cycle (SQLAlchemy's statement cache calls back into it), so dropping the last re
 frees nothing: only the cyclic garbage collector destroys an Engine, its pool and the
 still-open MySQLdb connection in it, whose C destructor then sends COM_QUIT.
 
+The collector runs with the study's thresholds, ``gc.set_threshold(700, 10, 10)`` (what
+CPython 3.8-3.12 use, and the 3.10 the study ran on), on every Python: 3.13 raised generation
+0's threshold to 2000, and with it the 500 tasks never reach a generation-2 collection (the
+largest drop is then a generation-1 one). ``--gc-threshold python`` keeps the interpreter's own;
+the summary line says which were in effect.
+
 Expected (20 workers, 500 tasks, defaults): the server's connection count for the app user
 climbs far past 15 (one pool's limit) in a saw-tooth -- generation-1 collections every few
 seconds each free a few dozen connections -- and falls sharply once, late in the run, when
@@ -15,6 +21,7 @@ No connection is closed by ``close()``. Whatever is left is destroyed at interpr
 after the program ends, every connection it opened is gone.
 
     python -m trace_quit.workloads engine-per-call [--dsn DSN] [--sample-csv counts.csv]
+        [--gc-threshold 700 10 10 | --gc-threshold python]
 """
 
 import sys
@@ -23,6 +30,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
 from trace_quit.workloads import harness
+
+#: The study's collector thresholds (CPython 3.10's defaults), set before the run.
+GC_THRESHOLD = (700, 10, 10)
 
 URL = None
 POOL_RECYCLE = harness.POOL_RECYCLE

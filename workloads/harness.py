@@ -35,6 +35,8 @@ TASK_SECONDS = (1.0, 3.0)
 HOLD_SECONDS = 1.0
 POOL_RECYCLE = 10
 USER_IDS = (1, 100)
+#: The interpreter's own GC thresholds, when __main__ changed them before importing the workload.
+INTERPRETER_THRESHOLDS = None
 
 
 class Counter:
@@ -93,8 +95,12 @@ def build_parser(name, module):
     parser.add_argument("--pool-size", type=int, help="create_engine pool_size (SQLAlchemy default 5)")
     parser.add_argument("--max-overflow", type=int, help="create_engine max_overflow (SQLAlchemy default 10)")
     parser.add_argument("--pool-recycle", type=int, help="create_engine pool_recycle (%d)" % POOL_RECYCLE)
-    parser.add_argument("--gc-threshold", type=int, nargs="+", metavar="N",
-                        help="gc.set_threshold(N [N [N]]) before the run, to shorten it")
+    study = getattr(module, "GC_THRESHOLD", None)
+    parser.add_argument("--gc-threshold", nargs="+", metavar="N",
+                        default=[str(n) for n in study] if study else None,
+                        help="gc.set_threshold(N [N [N]]) before the run; 'python' keeps the interpreter's own "
+                             "(%s)" % ("default: the study's %s, as on the CPython 3.10 it ran on; 3.13's own are "
+                                       "2000 10 10" % " ".join(map(str, study)) if study else "default"))
     parser.add_argument("--sample-csv", metavar="FILE",
                         help="sample the server's connection count for the DSN's user every "
                              "100 ms during the run and write t_s,count to FILE")
@@ -150,10 +156,15 @@ def main(name, module, argv=None):
     args = parser.parse_args(argv)
     if hasattr(module, "check_arguments"):
         module.check_arguments(parser, args)
-    if args.gc_threshold:
-        if len(args.gc_threshold) > 3:
-            parser.error("--gc-threshold takes 1 to 3 numbers")
-        gc.set_threshold(*args.gc_threshold)
+    own_thresholds = INTERPRETER_THRESHOLDS or gc.get_threshold()
+    if args.gc_threshold and args.gc_threshold != ["python"]:
+        try:
+            values = [int(n) for n in args.gc_threshold]
+        except ValueError:
+            values = []
+        if not 1 <= len(values) <= 3 or min(values) < 0:
+            parser.error("--gc-threshold takes 1 to 3 numbers >= 0, or 'python'")
+        gc.set_threshold(*values)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2 ** 31)
 
@@ -221,6 +232,10 @@ def main(name, module, argv=None):
             line += " sampler_errors=%d (%s)" % (sampler.errors, sampler.last_error)
     if extra:
         line += " " + extra
+    # Which thresholds the run had: on 3.13 (2000, 10, 10) the study's run looks different.
+    line += " gc_threshold=%s" % ",".join(map(str, gc.get_threshold()))
+    if gc.get_threshold() != own_thresholds:
+        line += " (python's own: %s)" % ",".join(map(str, own_thresholds))
     sys.stdout.write(line + "\n")
     if counter.first_error:
         sys.stdout.write("%s: first error: %s\n" % (name, counter.first_error))

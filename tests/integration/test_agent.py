@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, destroy_causes, kinds, load_events,
-                        pyenv_has, run_traced, venv_python_for)
+from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, cpython_param, destroy_causes, kinds,
+                        load_events, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server
 
@@ -25,10 +25,8 @@ pytestmark = pytest.mark.server
 DESTROYED = {key: n for key, n in KNOWN_CAUSES.items() if key[0] != "explicit_close"}
 
 
-@pytest.mark.parametrize("version", AGENT_VERSIONS)
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
 def test_known_causes_exact_counts_on_every_python(version, server, tmp_path):
-    if not pyenv_has(version):
-        pytest.skip("pyenv has no Python %s on this machine" % version)
     python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
     proc, capture = run_traced(tmp_path, [python, "-m", "trace_quit.workloads", "known-causes",
@@ -214,10 +212,8 @@ def _untraced(argv, **kw):
 FORK_WARNING_VERSIONS = ("3.12", "3.13")
 
 
-@pytest.mark.parametrize("version", FORK_WARNING_VERSIONS)
+@pytest.mark.parametrize("version", [cpython_param(v) for v in FORK_WARNING_VERSIONS])
 def test_no_thread_of_ours_and_no_fork_warning(version, server, tmp_path):
-    if not pyenv_has(version):
-        pytest.skip("pyenv has no Python %s on this machine" % version)
     python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
     prog = _write(tmp_path, "forker.py", """
@@ -242,7 +238,7 @@ def test_no_thread_of_ours_and_no_fork_warning(version, server, tmp_path):
     assert kinds(events)["conn_close"] == 2
 
 
-@pytest.mark.parametrize("version", ["system", "3.8", "3.13"])
+@pytest.mark.parametrize("version", ["system", cpython_param("3.8"), cpython_param("3.13")])
 def test_close_adds_no_frame_to_the_programs_traceback(version, server, tmp_path):
     # A second close() raises inside the C close; the program prints the traceback, the way
     # SQLAlchemy logs an error from inside close(). Traced, stderr must be byte-for-byte the same.
@@ -263,8 +259,6 @@ def test_close_adds_no_frame_to_the_programs_traceback(version, server, tmp_path
     """)
     python = sys.executable
     if version != "system":
-        if not pyenv_has(version):
-            pytest.skip("pyenv has no Python %s on this machine" % version)
         python = venv_python_for(version)
     argv = [python, prog, server.dsn_tcp]
     plain = _untraced(argv)

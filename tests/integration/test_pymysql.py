@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, TRACE_QUIT, destroy_causes, kinds,
-                        load_events, pyenv_has, run_traced, venv_python_for)
+                        load_events, cpython_param, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server
 
@@ -209,10 +209,8 @@ def test_an_unprobed_mysql_driver_import_is_named_in_the_report(server, tmp_path
     assert any("The program imported asyncmy: trace-quit does not probe it" in s for s in report["summary"])
 
 
-@pytest.mark.parametrize("version", AGENT_VERSIONS)
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
 def test_known_causes_pymysql_on_every_python(version, server, tmp_path):
-    if not pyenv_has(version):
-        pytest.skip("pyenv has no Python %s on this machine" % version)
     python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
     proc, capture = run_traced(tmp_path, [python, "-m", "trace_quit.workloads", "known-causes-pymysql",

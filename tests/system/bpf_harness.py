@@ -108,19 +108,67 @@ def mapped_address(pid, path, file_offset):
     raise LookupError("%s+%#x not mapped in %d" % (path, file_offset, pid))
 
 
-def perf_holders(exclude=()):
-    """Pids other than ours (and ``exclude``) holding perf event fds: other tracers on this machine."""
+def uprobes_of(pid):
+    """[(fd, realpath, file offset)] of the uprobes (BPF programs attached) process ``pid`` holds.
+
+    Asked of the kernel with bpf(BPF_TASK_FD_QUERY) for each perf event fd, so a test can tell
+    another tracer's probe on the *same* site from one of its own left behind, instead of
+    treating every process that holds any perf event on a shared machine as a suspect."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
     out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (os.getpid(),) + tuple(exclude):
-            continue
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return out
+    for fd in fds:
         try:
-            fds = os.listdir("/proc/%s/fd" % name)
-            if any(os.readlink("/proc/%s/fd/%s" % (name, fd)) == "anon_inode:[perf_event]" for fd in fds):
-                out.append(int(name))
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) != "anon_inode:[perf_event]":
+                continue
         except OSError:
             continue
+        name = ctypes.create_string_buffer(4096)
+        attr = (ctypes.c_uint8 * 48)()
+        ctypes.c_uint32.from_buffer(attr, 0).value = pid
+        ctypes.c_uint32.from_buffer(attr, 4).value = int(fd)
+        ctypes.c_uint32.from_buffer(attr, 12).value = len(name)
+        ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(name)
+        if libc.syscall(_SYS_BPF, _BPF_TASK_FD_QUERY, attr, ctypes.sizeof(attr)) != 0:
+            continue  # gone meanwhile, or a perf event without a BPF program
+        if ctypes.c_uint32.from_buffer(attr, 28).value in (_FD_TYPE_UPROBE, _FD_TYPE_URETPROBE):
+            out.append((int(fd), os.path.realpath(name.value.decode(errors="replace")),
+                        ctypes.c_uint64.from_buffer(attr, 32).value))
     return out
+
+
+_SYS_BPF = 321  # x86-64
+_BPF_TASK_FD_QUERY = 20
+_FD_TYPE_UPROBE, _FD_TYPE_URETPROBE = 4, 5
+
+
+def site_holders(path, offset, exclude=()):
+    """Pids other than ours (and ``exclude``) holding a uprobe at ``path``+``offset`` (None: any
+    offset in ``path``): another tracer probing the very same instruction, which legitimately
+    keeps its 0xcc (or a USDT semaphore) in place."""
+    real = os.path.realpath(path)
+    return sorted({pid for pid, p, o in held_sites(exclude) if p == real and offset in (None, o)})
+
+
+def held_sites(exclude=()):
+    """{(pid, realpath, offset)} of every uprobe held by a process other than ours and ``exclude``."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (os.getpid(),) + tuple(exclude):
+            out.update((int(name), p, o) for _, p, o in uprobes_of(int(name)))
+    return out
+
+
+def our_uprobe_events(pid=None):
+    """Lines of tracefs uprobe_events created by process ``pid`` (default: this one): bcc names
+    its tracefs probes ..._bcc_<pid>, so other suites' probes on the machine are not counted."""
+    tag = "_bcc_%d" % (os.getpid() if pid is None else pid)
+    return [line for line in read_uprobe_events().splitlines() if line.split(" ")[0].endswith(tag)]
 
 
 def our_perf_fds():

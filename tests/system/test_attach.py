@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 import pytest
-from tq_support import REPO, TRACE_QUIT, load_events, pyenv_has, venv_python_for
+from tq_support import REPO, TRACE_QUIT, cpython_param, load_events, venv_python_for
 
 from trace_quit.tracer.attach import target as target_mod
 from trace_quit.tracer.attach.errors import EX_NOT_PYTHON, EX_OWN_TRACER, EX_STOPPED, EX_ZOMBIE
@@ -129,13 +129,10 @@ def attach(pid, capture, *extra):
                             start_new_session=True)
 
 
-@pytest.mark.parametrize("which", sorted(PYTHONS))
+@pytest.mark.parametrize("which", [w if w == "debian" else cpython_param(w) for w in sorted(PYTHONS)])
 def test_attach_to_a_running_service_and_leave_it_as_it_was(which, bpf_server, tmp_path):
     python = PYTHONS[which]
-    if not os.path.exists(python):
-        if which != "debian" and not pyenv_has(which):
-            pytest.skip("no Python %s on this machine (pyenv)" % which)
-        pytest.fail("%s is missing: run scripts/setup.sh" % python)
+    assert os.path.exists(python), "%s is missing: run scripts/setup.sh" % python
     probes_before = uprobe_events()
     service = Service(python, bpf_server.dsn_tcp, tmp_path)
     try:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tq_support import TRACE_QUIT, load_events, venv_python_for
+from tq_support import TRACE_QUIT, cpython_param, load_events, venv_python_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -43,12 +43,11 @@ for _ in range(%d):
 """ % DROPS
 
 
-@pytest.mark.parametrize("version", ["3.8", "3.11", "3.13"])
+@pytest.mark.parametrize("version", [cpython_param(v) for v in ("3.8", "3.11", "3.13")])
 @pytest.mark.parametrize("attempt", range(TRIES))
 def test_refcount_after_attaching_mid_collection_is_refcount(server, tmp_path, attempt, version):
     python = venv_python_for(version)
-    if not os.path.exists(python):
-        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    assert os.path.exists(python), "test venv %s missing: run scripts/setup.sh" % python
     go = tmp_path / "go"
     prog = tmp_path / "busy.py"
     prog.write_text(BUSY)
@@ -86,14 +85,13 @@ def test_refcount_after_attaching_mid_collection_is_refcount(server, tmp_path, a
     assert report["com_quit"]["wire"]["confirmed"] == DROPS
 
 
-@pytest.mark.parametrize("version", ["3.11", "3.13"])
+@pytest.mark.parametrize("version", [cpython_param(v) for v in ("3.11", "3.13")])
 def test_bracket_ends_are_attached_before_their_beginnings(version):
     """An entry seen while attaching always has its return/done probe already in place."""
     from bpf_harness import trace_command
 
     python = venv_python_for(version)
-    if not os.path.exists(python):
-        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    assert os.path.exists(python), "test venv %s missing: run scripts/setup.sh" % python
     run = trace_command([python, "-c", "import MySQLdb"])
     assert run.status == 0
     order = [(p["symbol"], p["how"], p["role"]) for p in run.describe["probes"] if p["how"] != "tracepoint"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bpf_harness import read_uprobe_events, trace_command
+from bpf_harness import our_uprobe_events, trace_command
 from tq_support import VENV_PY
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
@@ -22,7 +22,6 @@ for _ in range(int(sys.argv[2])):
 @pytest.mark.slow
 def test_ten_thousand_connections_lose_no_event(bpf_server, tmp_path):
     n = 10000
-    before = read_uprobe_events()
     t0 = time.monotonic()
     run = trace_command([VENV_PY, "-c", CHURN, bpf_server.dsn_socket, str(n)], output_path=str(tmp_path / "out"))
     elapsed = time.monotonic() - t0
@@ -33,7 +32,7 @@ def test_ten_thousand_connections_lose_no_event(bpf_server, tmp_path):
     assert kinds["bpf_close"] == n and kinds["bpf_close_ret"] == n and kinds["bpf_connect"] == n
     assert run.close_causes() == {("explicit_close", None): n}
     assert run.wire_states() == {"confirmed": n}
-    assert read_uprobe_events() == before
+    assert our_uprobe_events() == []  # ours only: other suites run on this machine
     print("churn: %d connections traced in %.1f s, %d events, 0 dropped" % (n, elapsed, run.stats["emitted"]))
 
 

@@ -12,24 +12,25 @@ import time
 
 import pytest
 
-from bpf_harness import file_bytes, mapped_address, our_perf_fds, perf_holders, read_mem, read_uprobe_events
-from tq_support import VENV_PY
+from bpf_harness import (file_bytes, mapped_address, our_perf_fds, our_uprobe_events, read_mem, site_holders,
+                         uprobes_of)
+from tq_support import VENV_PY, system_python
 
 pytestmark = [pytest.mark.bpf]
 
 
-def assert_restored(read, original, timeout=10):
+def assert_restored(read, original, site, timeout=10):
     """The probed bytes (or semaphore) are back to ``original`` once no probe holds them.
 
-    Other trace-quit runs on a shared machine may probe the same library offset: then the
-    byte legitimately stays 0xcc, and what we can assert is that no perf fd of ours is left.
+    Other trace-quit runs on a shared machine may probe the same ``site`` ((path, offset);
+    offset None: anywhere in path): then the byte legitimately stays 0xcc, which is accepted
+    only while another live process really holds a uprobe there, and none of ours is left.
     """
     deadline = time.monotonic() + timeout
     while read() != original and time.monotonic() < deadline:
         time.sleep(0.05)
     if read() != original:
-        holders = perf_holders()
-        assert holders, "probe left behind with no tracer running"
+        assert site_holders(*site), "probe left behind at %s+%s with no other tracer probing it" % site
         assert our_perf_fds() == []
 
 
@@ -57,7 +58,6 @@ def test_detach_restores_the_code(mapped_libmariadb, wait):
 
     path, offset, addr = mapped_libmariadb
     original = file_bytes(path, offset, 1)
-    before = read_uprobe_events()
     s = BpfSession(_targets(), lambda e: None)
     s.attach(os.getpid())
     assert read_mem(os.getpid(), addr, 1) == b"\xcc"  # the uprobe's int3 is in our own copy
@@ -68,8 +68,24 @@ def test_detach_restores_the_code(mapped_libmariadb, wait):
     if not wait:
         assert elapsed < 0.5
     assert our_perf_fds() == []
-    assert_restored(lambda: read_mem(os.getpid(), addr, 1), original)
-    assert read_uprobe_events() == before
+    assert_restored(lambda: read_mem(os.getpid(), addr, 1), original, (path, offset))
+    assert our_uprobe_events() == []
+
+
+def test_the_kernel_says_which_sites_a_process_probes(mapped_libmariadb):
+    # What assert_restored relies on to tell another tracer's probe from one left behind:
+    # BPF_TASK_FD_QUERY names our own uprobes exactly, and none once detached.
+    path, offset, _ = mapped_libmariadb
+    tracer = subprocess.Popen([VENV_PY, "-c", TRACER, VENV_PY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "attached"
+        sites = {(p, o) for _, p, o in uprobes_of(tracer.pid)}
+        assert (os.path.realpath(path), offset) in sites
+        assert tracer.pid in site_holders(path, offset) and tracer.pid in site_holders(path, None)
+    finally:
+        tracer.kill()
+        tracer.wait()
+    assert uprobes_of(tracer.pid) == []
 
 
 TRACER = r"""
@@ -86,13 +102,13 @@ time.sleep(60)
 def test_a_sigkilled_tracer_leaves_nothing(mapped_libmariadb, when):
     path, offset, addr = mapped_libmariadb
     original = file_bytes(path, offset, 1)
-    # A live Debian python3.11 (USDT): its gc__start semaphore must return to 0.
+    # A live Debian python3 (USDT): its gc__start semaphore must return to 0.
     from trace_quit.tracer.bpf import elf
 
-    exe = elf.Elf("/usr/bin/python3.11")
+    python = system_python()
+    exe = elf.Elf(python)
     sem = [p for p in exe.usdt_probes() if p.name == "gc__start"][0].semaphore
-    bystander = subprocess.Popen(["/usr/bin/python3.11", "-c", "import time; time.sleep(60)"])
-    before = read_uprobe_events()
+    bystander = subprocess.Popen([python, "-c", "import time; time.sleep(60)"])
     try:
         tracer = subprocess.Popen([VENV_PY, "-c", TRACER, VENV_PY], stdout=subprocess.PIPE, text=True)
         if when == "after_attach":
@@ -103,9 +119,9 @@ def test_a_sigkilled_tracer_leaves_nothing(mapped_libmariadb, when):
             time.sleep(0.5)
         tracer.send_signal(signal.SIGKILL)
         tracer.wait(timeout=30)
-        assert_restored(lambda: read_mem(os.getpid(), addr, 1), original)
-        assert_restored(lambda: read_mem(bystander.pid, sem, 2), b"\0\0")
-        assert read_uprobe_events() == before
+        assert_restored(lambda: read_mem(os.getpid(), addr, 1), original, (path, offset))
+        assert_restored(lambda: read_mem(bystander.pid, sem, 2), b"\0\0", (python, None))
+        assert our_uprobe_events(tracer.pid) == []
     finally:
         bystander.kill()
         bystander.wait()

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from bpf_harness import trace_command
-from tq_support import VENV_PY, venv_python_for
+from tq_support import VENV_PY, cpython_param, venv_base, venv_python_for
 
 pytestmark = [pytest.mark.bpf]
 
@@ -25,23 +25,27 @@ def _contains_in_order(seq, sub):
     return False
 
 
-@pytest.mark.parametrize("which", ["debian", "3.9", "3.10", "3.11", "3.12", "3.13"])
+def _gc_mode(which):
+    """pyenv's CPythons are probed through symbols, the distribution's through USDT."""
+    return "usdt" if which == "debian" or (venv_base(which) or ("", "pyenv"))[1] == "system" else "symbol"
+
+
+@pytest.mark.parametrize("which", ["debian"] + [cpython_param(v) for v in ("3.9", "3.10", "3.11", "3.12", "3.13")])
 def test_gc_generation_is_read_from_the_kernel_side(which):
     python = VENV_PY if which == "debian" else venv_python_for(which)
-    if not os.path.exists(python):
-        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    assert os.path.exists(python), "test venv %s missing: run scripts/setup.sh" % python
     run = trace_command([python, "-c", PROG])
     assert run.status == 0
-    assert run.describe["targets"]["gc_mode"] == ("usdt" if which == "debian" else "symbol")
+    assert run.describe["targets"]["gc_mode"] == _gc_mode(which)
     starts = [e["gen"] for e in run.of("bpf_gc_start")]
     assert _contains_in_order(starts, [0, 1, 2, 0]), starts
     assert len(run.of("bpf_gc_done")) == len(starts)
 
 
-def test_python38_brackets_without_generation():
-    python = venv_python_for("3.8")
-    if not os.path.exists(python):
-        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+@pytest.mark.parametrize("version", [cpython_param("3.8")])
+def test_python38_brackets_without_generation(version):
+    python = venv_python_for(version)
+    assert os.path.exists(python), "test venv %s missing: run scripts/setup.sh" % python
     run = trace_command([python, "-c", PROG])
     assert run.status == 0
     assert run.describe["targets"]["gc_mode"] == "symbol"

@@ -7,7 +7,7 @@ import pytest
 
 from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
 from trace_quit.tracer.bpf import elf, resolve, x86
-from tq_support import VENV_PY, venv_python_for
+from tq_support import AGENT_VERSIONS, VENV_PY, cpython_param, expected_close_site, system_python, venv_python_for
 
 
 def test_probe_site_skips_a_leading_null_check():
@@ -15,6 +15,14 @@ def test_probe_site_skips_a_leading_null_check():
     code = bytes.fromhex("4885ff0f844701000055") + b"\x90" * 6
     assert x86.choose_probe_offset(code)[0] == 9
     assert "NULL" in x86.choose_probe_offset(code)[2]
+    assert expected_close_site(code) == 9
+
+
+def test_probe_site_after_endbr64_and_the_null_check():
+    # Debian 13's libmariadb3 is built with CET: endbr64; test %rdi,%rdi; je rel32; push %rbp.
+    code = bytes.fromhex("f30f1efa4885ff0f844701000055") + b"\x90" * 4
+    assert x86.choose_probe_offset(code)[0] == 13
+    assert expected_close_site(code) == 13
 
 
 def test_probe_site_stays_at_entry_when_push_comes_first_or_the_prefix_is_unsafe():
@@ -51,10 +59,14 @@ def test_shebang_and_env_lead_to_the_interpreter(tmp_path):
     direct = _script(tmp_path / "a", "#!%s\nprint(1)\n" % VENV_PY)
     via_env = _script(tmp_path / "b", "#!/usr/bin/env -S python3 -u\nprint(1)\n")
     env = dict(os.environ, PATH=os.path.dirname(VENV_PY) + os.pathsep + os.environ.get("PATH", ""))
-    assert resolve.resolve_interpreter([direct], env) == (VENV_PY, [direct])
-    interp, args = resolve.resolve_interpreter([via_env, "x"], env)
+    def interpreter(argv):
+        cmd = resolve.follow_command(argv, env)
+        return cmd.interpreter, cmd.args
+
+    assert interpreter([direct]) == (VENV_PY, [direct])
+    interp, args = interpreter([via_env, "x"])
     assert os.path.realpath(interp) == os.path.realpath(VENV_PY) and args == ["-u", via_env, "x"]
-    assert resolve.resolve_interpreter(["env", "A=1", VENV_PY, "-c", "pass"], env) == (VENV_PY, ["-c", "pass"])
+    assert interpreter(["env", "A=1", VENV_PY, "-c", "pass"]) == (VENV_PY, ["-c", "pass"])
 
 
 def test_a_missing_command_is_the_only_resolution_error():
@@ -120,27 +132,99 @@ def test_the_project_venv_resolves_to_debian_python_and_libmariadb():
     assert t.mysql_so.startswith(os.path.dirname(os.path.dirname(VENV_PY)))
     close = [p for p in t.probes if p.role == "close"][0]
     lib = elf.Elf(close.path)
-    assert close.offset - lib.vaddr_to_offset(lib.symbol("mysql_close").value) == 9
+    entry = lib.vaddr_to_offset(lib.symbol("mysql_close").value)
+    with open(close.path, "rb") as f:
+        f.seek(entry)
+        code = f.read(32)
+    # Debian 12's libmariadb3: +9 (after test; je); Debian 13's CET build: +13 (after endbr64 too).
+    assert close.offset - entry == expected_close_site(code) > 0
     assert t.timings["find_spec_helper_s"] < 2
 
 
 def test_without_mysqlclient_only_the_interpreter_probes_remain():
-    t = resolve_targets(["/usr/bin/python3.11", "-I", "-c", "pass"], None, 0, 0)
+    t = resolve_targets([system_python(), "-I", "-c", "pass"], None, 0, 0)
     assert t.mysql_so is None
     assert any(m["what"] == "mysqlclient" for m in t.missing)
     assert {p.role for p in t.probes} == {"gc_start", "gc_done", "finalize", "after_atexit"}
 
 
-@pytest.mark.parametrize("version, symbol, how", [("3.8", "flush_std_files", "uprobe"),
-                                                  ("3.11", "_PyThreadState_DeleteExcept", "uprobe"),
-                                                  ("3.13", "_PyAtExit_Call", "uretprobe"),
-                                                  ("debian", "_PyThreadState_DeleteExcept", "uprobe")])
-def test_shutdown_starts_after_the_atexit_handlers_on_every_build(version, symbol, how):
+#: The first call after the atexit handlers in Py_FinalizeEx, per CPython version (pyenv's builds).
+AFTER_ATEXIT_SITES = {"3.8": ("flush_std_files", "uprobe"), "3.11": ("_PyThreadState_DeleteExcept", "uprobe"),
+                      "3.13": ("_PyAtExit_Call", "uretprobe")}
+
+
+@pytest.mark.parametrize("version", [cpython_param(v) for v in sorted(AFTER_ATEXIT_SITES)])
+def test_shutdown_starts_after_the_atexit_handlers_on_every_build(version):
     """resolve.AFTER_ATEXIT: the first call after atexit handlers in Py_FinalizeEx, per build."""
-    python = "/usr/bin/python3.11" if version == "debian" else venv_python_for(version)
-    if not os.path.exists(python):
-        pytest.skip("test venv %s missing: run scripts/setup.sh" % python)
+    python = venv_python_for(version)
+    assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
+    symbol, how = AFTER_ATEXIT_SITES[version]
     t = resolve_targets([python, "-c", "pass"], None, 0, 0)
     sites = [(p.symbol, p.how) for p in t.probes if p.role == "after_atexit"]
     assert sites == [(symbol, how)] and t.after_atexit is True
     assert not [m for m in t.missing if "atexit" in m["what"]]
+
+
+def test_the_system_python_has_a_shutdown_site_after_its_atexit_handlers():
+    """Debian 12's python3.11 is stripped and static: the exported _PyThreadState_DeleteExcept."""
+    python = system_python()
+    t = resolve_targets([python, "-c", "pass"], None, 0, 0)
+    sites = [p.symbol for p in t.probes if p.role == "after_atexit"]
+    if tuple(t.python_version[:2]) == (3, 11):
+        assert sites == ["_PyThreadState_DeleteExcept"]
+    assert t.after_atexit is True and len(sites) == 1, (t.python_version, sites, t.missing)
+
+
+# --- builds we cannot run here (tracer/bpf/compat.py): the real files, the helper's answer changed
+
+
+def _as_if(monkeypatch, **answer):
+    """resolve_targets on the project venv, with the interpreter's self-description altered."""
+    real = resolve._run_helper
+
+    def helper(*args, **kwargs):
+        return dict(real(*args, **kwargs), **answer)
+
+    monkeypatch.setattr(resolve, "_run_helper", helper)
+    return resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
+
+
+def test_the_project_venv_is_a_generational_collector_with_mysql_verified_first():
+    t = resolve_targets([VENV_PY, "-c", "pass"], None, 0, 0)
+    assert t.gc_collector == "generational" and t.gc_args["GC_START_ARG_KIND"] != 0
+    assert t.mysqlclient_layout["verified"] and t.mysqlclient_layout["mysql_offset"] == t.basicsize == 16
+    # mysqlclient 2.3 takes a per-connection lock in close() (a field after `open`); 2.2 does not.
+    assert t.mysqlclient_layout["lock"] == (tuple(map(int, t.mysqlclient_version.split(".")[:2])) >= (2, 3))
+    assert {"py_close", "py_dealloc"} <= {p.role for p in t.probes}
+
+
+def test_python_3_14_early_releases_get_brackets_without_a_generation(monkeypatch):
+    t = _as_if(monkeypatch, version=[3, 14, 2])
+    assert t.gc_collector == "incremental"
+    assert t.gc_args["GC_START_ARG_KIND"] == 0  # the kernel records -1: no generation claimed
+    assert {"gc_start", "gc_done"} <= {p.role for p in t.probes}
+    assert any("3.14.0-3.14.4" in n and "without a generation" in n for n in t.notes)
+    t = _as_if(monkeypatch, version=[3, 14, 5])
+    assert t.gc_collector == "generational" and t.gc_args["GC_START_ARG_KIND"] != 0
+
+
+def test_a_free_threaded_build_has_no_generations_and_a_larger_header(monkeypatch):
+    t = _as_if(monkeypatch, gil_disabled=True, basicsize=32)
+    assert t.gc_collector == "free-threaded" and t.gc_args["GC_START_ARG_KIND"] == 0
+    assert t.basicsize == 32
+    # This _mysql.so passes &self->connection at +16: with a 32-byte header that is not MYSQL,
+    # so close()/dealloc are not attributed, and the report says why.
+    assert not {"py_close", "py_dealloc"} & {p.role for p in t.probes}
+    assert any("layout" in m["what"] and "+16" in m["why"] and "not attributed" in m["why"] for m in t.missing)
+    assert "close" in {p.role for p in t.probes}  # mysql_close itself is still seen
+
+
+@pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])
+def test_every_test_venvs_mysqlclient_is_read_with_mysql_right_after_the_header(version):
+    # Real extensions, both layouts: 2.2.7 (3.8, 3.9 here) without a lock, 2.3 with one.
+    t = resolve_targets([venv_python_for(version), "-c", "pass"], None, 0, 0)
+    layout = t.mysqlclient_layout
+    assert layout["verified"] and layout["mysql_offset"] == t.basicsize == 16, layout
+    assert layout["lock"] == (tuple(map(int, t.mysqlclient_version.split(".")[:2])) >= (2, 3))
+    assert t.gc_collector == "generational"
+    assert {"py_close", "py_dealloc"} <= {p.role for p in t.probes}

@@ -61,6 +61,18 @@ def test_demo_explains_experiment_1_like_the_study(tmp_path):
     largest = max(running, key=lambda d: d["from"] - d["to"])
     assert (largest["cause"], largest["generation"]) == ("gc", 2)
     assert largest["from"] - largest["to"] >= 40
+    # The study's conditions on every Python (3.13's own thresholds are 2000, 10, 10), said in
+    # the report, with why that collection ran then (analysis/gcwhy.py).
+    thresholds = report["gc_thresholds"]
+    assert thresholds["in_effect"] == [700, 10, 10] and thresholds["collector"] == "generational"
+    assert thresholds["changed_at_run_time"] == (thresholds["at_start"] != [700, 10, 10])
+    why = largest["why_now"]
+    assert why["generation"] == 2 and why["thresholds"] == [700, 10, 10]
+    if any("counts" in e for e in load_events(capture).events if e["k"] == "gc_start"):
+        # The agent recorded gc.get_count() at each collection's start: the counters explain it.
+        assert why["trigger"] == "thresholds" and why["counts"][2] > 10 and why["counts"][0] > 700
+        assert "long_lived_total / 4" in why["text"]
+    assert "GC thresholds (700, 10, 10)" in proc.stdout and "why then: " in proc.stdout
     periodic = [p for p in report["patterns"] if p["generation"] == 1 and p["regular"]]
     assert periodic and periodic[0]["collections"] >= 8 and "saw-tooth" in periodic[0]["text"]
 

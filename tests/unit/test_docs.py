@@ -40,10 +40,6 @@ def test_causes_doc_names_every_cause_and_the_one_deciding_file():
     assert "`analysis/attribute.py`" in doc and "`analysis/attribute.py`" in read("README.md")
 
 
-#: Files whose owners' branches (kernel: tracer/bpf; trust: tracer/cli.py) still cite design
-#: notes that are not in the repository; each must leave this set when its line is fixed (the
-#: test fails on a stale entry too), and the set must end empty.
-PENDING = {"tracer/bpf/resolve.py"}
 
 
 def test_no_file_points_outside_the_repository():
@@ -51,4 +47,4 @@ def test_no_file_points_outside_the_repository():
     pattern = "DESIGN" + r"\.md\|FACTS" + r"\.md\|STUDY" + r"\.md\|\.\./" + "shared"
     out = subprocess.run(["git", "grep", "-l", pattern, "--", ".", ":!docs"], cwd=REPO,
                          stdout=subprocess.PIPE, universal_newlines=True).stdout
-    assert set(out.split()) == PENDING, "files citing notes outside the repository: %s" % out.split()
+    assert out.split() == [], "files citing notes outside the repository: %s" % out.split()

@@ -1,6 +1,7 @@
 """scripts/setup.sh, scripts/test, scripts/demo and .ci/run: syntax, modes, exit codes."""
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", ".ci/run"]
+SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian13-check", ".ci/run"]
 
 
 @pytest.mark.parametrize("path", SCRIPTS)
@@ -52,7 +53,12 @@ def test_scripts_test_runs_setup_then_all_tests_and_fails_on_no_tests(fake_repo,
     proc = subprocess.run([str(fake_repo / "scripts/test"), "-x"], capture_output=True, text=True, env=env,
                           cwd="/")
     assert proc.returncode == expected, proc.stdout + proc.stderr
-    assert (fake_repo / "log").read_text() == "setup-ran\nruff check .\npytest -m pytest tests -ra -x\n"
+    setup, lint, run = (fake_repo / "log").read_text().splitlines()
+    assert (setup, lint) == ("setup-ran", "ruff check .")
+    # pytest's tmp_path and the disposable servers live in this run's own temp root, removed after.
+    m = re.match(r"^pytest -m pytest tests -ra --basetemp=(/tmp/tq-run-\w{6})/pytest -x$", run)
+    assert m, run
+    assert not os.path.exists(m.group(1))
     assert ("collected no tests" in proc.stderr) == (pytest_status == 5)
 
 
@@ -75,3 +81,19 @@ def test_setup_refuses_to_run_without_root():
         proc = subprocess.run(["bash", os.path.join(REPO, "scripts/setup.sh")], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "run as root" in proc.stderr
+
+
+def test_every_cpython_here_has_a_test_venv_built_from_it():
+    # Strict matrix: what tq_support finds (pyenv's, else /usr/bin/python3.X) is what
+    # scripts/setup.sh built the venvs from; a stale or missing venv fails here, by name.
+    import tq_support
+
+    matrix = tq_support.cpython_matrix()
+    assert matrix, "no CPython 3.8-3.13 found at all"
+    for version, (python, kind) in matrix.items():
+        base = tq_support.venv_base(version)
+        assert base is not None, ".venvs/py%s missing: run scripts/setup.sh" % version
+        assert (os.path.realpath(base[0]), base[1]) == (os.path.realpath(python), kind), \
+            ".venvs/py%s was built from %s, not %s: run scripts/setup.sh" % (version, base[0], python)
+    for version in tq_support.required_cpythons():
+        assert version in matrix, "TQ_REQUIRE_CPYTHONS names %s, which this machine lacks" % version

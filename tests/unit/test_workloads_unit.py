@@ -49,6 +49,18 @@ def test_bad_dsn_is_refused_with_its_password_hidden():
 def test_gc_threshold_takes_one_to_three_numbers():
     proc = run("engine-per-call", "--gc-threshold", "1", "2", "3", "4", "--dsn", "mysql://u@h/d")
     assert proc.returncode == 2 and "1 to 3 numbers" in proc.stderr
+    proc = run("engine-per-call", "--gc-threshold", "lots", "--dsn", "mysql://u@h/d")
+    assert proc.returncode == 2 and "or 'python'" in proc.stderr
+
+
+def test_engine_per_call_runs_with_the_studys_gc_thresholds_unless_told_otherwise():
+    # The study ran CPython 3.10: (700, 10, 10) on every Python, 3.13's (2000, 10, 10) included.
+    assert parse(engine_per_call).gc_threshold == ["700", "10", "10"]
+    assert parse(engine_per_call, "--gc-threshold", "python").gc_threshold == ["python"]
+    assert parse(shared_engine).gc_threshold is None  # the others keep the interpreter's
+    # ... set before SQLAlchemy is imported too (workloads/__main__.py), the same values.
+    assert cli.STUDY_GC == {"engine-per-call": engine_per_call.GC_THRESHOLD}
+    assert "700 10 10" in " ".join(harness.build_parser("x", engine_per_call).format_help().split())
 
 
 def parse(module, *argv):
@@ -84,3 +96,21 @@ def test_create_engine_is_on_one_line_in_get_db_session(module):
     lines = inspect.getsource(module.get_db_session).splitlines()
     calls = [line for line in lines if "create_engine(" in line]
     assert len(calls) == 1 and calls[0].strip().startswith("engine = create_engine(URL, pool_recycle=")
+
+
+@pytest.mark.parametrize("name,argv,expected", [
+    ("engine-per-call", [], (700, 10, 10)),
+    ("engine-per-call", ["--gc-threshold", "python"], None),
+    ("engine-per-call", ["--gc-threshold", "5", "6", "--tasks", "1"], (5, 6)),
+    ("shared-engine", [], None),
+])
+def test_the_thresholds_are_set_before_the_workload_imports_sqlalchemy(name, argv, expected):
+    # On 3.13 the imports under (2000, 10, 10) change which objects are old when the run starts.
+    code = ("import gc, sys; own = gc.get_threshold(); from trace_quit.workloads import __main__ as m, harness; "
+            "m._early_gc_threshold(sys.argv[1], sys.argv[2:]); "
+            "print(gc.get_threshold(), harness.INTERPRETER_THRESHOLDS == own, 'sqlalchemy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, name] + argv, capture_output=True, text=True, check=True).stdout
+    import gc
+
+    want = gc.get_threshold() if expected is None else tuple(expected) + gc.get_threshold()[len(expected):]
+    assert out.split(")")[0] + ")" == str(want) and out.split(")")[1].split() == ["True", "False"]

@@ -141,6 +141,7 @@ class Agent:
         self.call = operator.methodcaller("__call__")
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
         self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
+        self.gc_get_threshold = gc.get_threshold  # platform (issue 14): a C call returning a tuple
         # Frames from these are not the program's own when naming a create_engine() call site.
         self.skip_dirs = (os.path.dirname(os.path.abspath(__file__)),)
         self.stdlib_dir = os.path.dirname(os.__file__)
@@ -487,9 +488,13 @@ class Agent:
         if len(self.queue) >= self.MAX_QUEUED:
             self.lost += 1
             return
+        # The counts that set it off, and the thresholds in effect now -- the program may have
+        # called gc.set_threshold() since agent_start -- for the report's why_now (analysis/gcwhy.py).
+        threshold = self.gc_get_threshold()
         self.queue.append({"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
                            "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
-                           "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]]})
+                           "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]],
+                           "thresholds": [threshold[0], threshold[1], threshold[2]]})
 
     def classify(self):
         """Why an object is being destroyed right now: (cause, generation, collection id)."""

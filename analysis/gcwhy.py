@@ -1,0 +1,192 @@
+"""Why a garbage collection ran when it did: the generation counters against the thresholds.
+
+CPython's generational collector (3.8-3.13, and again from 3.14.5) keeps one counter per
+generation: generation 0 counts container allocations minus deallocations since its last
+collection, generation N>0 counts collections of generation N-1 since its own last one. When
+generation 0's counter passes its threshold, the interpreter collects the *oldest* generation
+whose counter is over its threshold -- except that a full (generation-2) collection also
+needs the objects that survived into generation 2 since the last full collection to exceed a
+quarter of generation 2 (``long_lived_pending > long_lived_total / 4``). Python exposes the
+counters (``gc.get_count()``) and the thresholds (``gc.get_threshold()``) but not those two
+long-lived totals, so the quarter rule is never claimed from evidence here, only inferred.
+
+The agent reads the counters in its "start" callback (``gc_start.counts``, before the
+collection resets them) and the thresholds then in effect (``gc_start.thresholds``: a program
+may call ``gc.set_threshold()`` after start-up, as the study's workloads do on Python 3.13);
+``agent_start.gc_thresholds`` are the interpreter's at start-up.
+
+Other collectors are said, not guessed: 3.14.0-3.14.4's incremental collector (automatic
+collections are young or incremental, reported as generation 0 or 1; a full one only comes
+from ``gc.collect()``), and free-threaded builds (one generation: the number is no age).
+"""
+
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+GENERATIONAL = "generational"
+INCREMENTAL = "incremental"
+FREE_THREADED = "free-threaded"
+UNKNOWN = "unknown"
+
+#: The study ran CPython 3.10, whose thresholds were (700, 10, 10) (as in 3.8-3.12);
+#: 3.13 raised generation 0's to 2000.
+STUDY_THRESHOLDS = (700, 10, 10)
+
+QUARTER_RULE = ("a full collection also needs the objects that survived into generation 2 since "
+                "the last full one to exceed a quarter of generation 2 (long_lived_pending > "
+                "long_lived_total / 4), which Python does not expose: it held, or generation 2 "
+                "would not have been collected")
+
+
+def collector(python: Optional[str], free_threaded: bool = False) -> str:
+    """Which collector a CPython version runs: generational, incremental, free-threaded, unknown."""
+    if free_threaded:
+        return FREE_THREADED
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", python or "")
+    if not m:
+        return UNKNOWN
+    major, minor, micro = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    if (major, minor) == (3, 14) and micro <= 4:
+        return INCREMENTAL
+    if (major, minor) >= (3, 15):
+        return UNKNOWN  # not read yet: say so rather than apply 3.13's rule
+    return GENERATIONAL
+
+
+def _triple(value: Any) -> Optional[List[int]]:
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(type(v) is int for v in value):
+        return list(value)
+    return None
+
+
+class Thresholds:
+    """Per process: the thresholds at start-up and at each recorded collection."""
+
+    def __init__(self, events: Sequence[Dict[str, Any]], header: Optional[Dict[str, Any]] = None):
+        self.at_start: Dict[int, List[int]] = {}
+        self.python: Dict[int, str] = {}
+        self.free_threaded: Dict[int, bool] = {}
+        self.starts: Dict[tuple, Dict[str, Any]] = {}     # (pid, cid) -> agent gc_start
+        self.in_effect: Dict[int, List[int]] = {}         # the last recorded, per pid
+        # What the kernel layer found the interpreter to be (tracer/bpf/compat.py): a free-threaded
+        # build is not visible in the agent's version string.
+        self.kernel_collector: Optional[str] = None
+        for source in [header or {}] + [e for e in events if isinstance(e, dict) and e.get("k") == "bpf_probes"]:
+            targets = source.get("targets")
+            if isinstance(targets, dict) and isinstance(targets.get("gc_collector"), str):
+                self.kernel_collector = targets["gc_collector"]
+        for e in events:
+            if not isinstance(e, dict) or e.get("src", "agent") != "agent":
+                continue
+            k, pid = e.get("k"), e.get("pid")
+            if type(pid) is not int:
+                continue
+            if k == "agent_start":
+                t = _triple(e.get("gc_thresholds"))
+                if t is not None:
+                    self.at_start.setdefault(pid, t)
+                    self.in_effect.setdefault(pid, t)
+                if isinstance(e.get("python"), str):
+                    self.python.setdefault(pid, e["python"])
+                self.free_threaded[pid] = self.kernel_collector == FREE_THREADED
+            elif k == "gc_start" and type(e.get("cid")) is int:
+                self.starts[(pid, e["cid"])] = e
+                t = _triple(e.get("thresholds"))
+                if t is not None:
+                    self.in_effect[pid] = t
+
+    def summary(self, pid: Optional[int]) -> Optional[Dict[str, Any]]:
+        """The report's ``gc_thresholds`` for process ``pid`` (the program), or None without the agent."""
+        if pid not in self.at_start and self.at_start:
+            pid = next(iter(self.at_start))
+        if pid not in self.at_start:
+            return None
+        start, now = self.at_start[pid], self.in_effect.get(pid, self.at_start[pid])
+        python = self.python.get(pid)
+        return {"pid": pid, "python": python, "collector": collector(python, self.free_threaded.get(pid, False)),
+                "at_start": start, "in_effect": now, "changed_at_run_time": now != start,
+                "study": list(STUDY_THRESHOLDS)}
+
+    def why_now(self, pid: Optional[int], cid: Optional[int], generation: Optional[int]) -> Dict[str, Any]:
+        """Why collection ``cid`` of ``pid`` ran then: the counters it started with against the thresholds."""
+        start = self.starts.get((pid, cid)) if pid is not None and cid is not None else None
+        python = self.python.get(pid) if pid is not None else None
+        kind = collector(python, self.free_threaded.get(pid, False) if pid is not None else False)
+        thresholds = (_triple(start.get("thresholds")) if start else None) or self.in_effect.get(pid)
+        counts = _triple(start.get("counts")) if start else None
+        return explain(generation, counts, thresholds, kind)
+
+
+def explain(generation: Optional[int], counts: Optional[List[int]], thresholds: Optional[List[int]],
+            kind: str = GENERATIONAL) -> Dict[str, Any]:
+    """``why_now``: {generation, collector, counts, thresholds, trigger, text}.
+
+    ``trigger``: "thresholds" (the counters say the interpreter chose it), "explicit" (no
+    counter over its threshold: gc.collect() or the interpreter's own call), or "unknown"
+    (counters or thresholds not recorded, or a collector whose rule this does not apply)."""
+    out: Dict[str, Any] = {"generation": generation, "collector": kind, "counts": counts,
+                           "thresholds": thresholds, "trigger": "unknown", "text": ""}
+    if kind == FREE_THREADED:
+        out["text"] = ("a free-threaded build has a single generation: the collection ran when the count of "
+                       "new objects passed the threshold%s; its number says nothing about the objects' age"
+                       % (" (%d)" % thresholds[0] if thresholds else ""))
+        return out
+    if kind == INCREMENTAL:
+        out["text"] = ("CPython 3.14.0-3.14.4 collect incrementally: automatic collections are young or an "
+                       "increment of the old generation (reported as generation 0 or 1); a full collection "
+                       "only comes from gc.collect(); the generational rule below does not apply")
+        return out
+    if kind == UNKNOWN:
+        out["text"] = "a CPython whose collector trace-quit does not know: no rule applied"
+        return out
+    if generation is None:
+        out["text"] = "the collection's generation is not known (the kernel side could not read it)"
+        return out
+    if counts is None or thresholds is None:
+        out["text"] = ("generation %d; the counters at its start were not recorded (an agent without "
+                       "gc_start counts)%s" % (generation, "" if thresholds is None else
+                                               ", thresholds %s" % _fmt(thresholds)))
+        return out
+    over = [g for g in range(3) if counts[g] > thresholds[g]]
+    parts = ["%s %d %s %d" % (_counter_name(g), counts[g], ">" if counts[g] > thresholds[g] else "≤",
+                              thresholds[g]) for g in range(generation, -1, -1) if g < 3]
+    older = [g for g in range(generation + 1, 3) if counts[g] > thresholds[g]]
+    if counts[0] > thresholds[0] and generation in over:
+        out["trigger"] = "thresholds"
+        why = ("generation 0's counter passed its threshold and generation %d was the oldest one over its "
+               "own" % generation)
+        if older:
+            why += ("; generation %s was over too, but a full collection was not due (the quarter rule)"
+                    % "/".join(map(str, older)))
+        text = "%s: %s" % (why, ", ".join(parts))
+        if generation == 2:
+            text += "; " + QUARTER_RULE
+        out["text"] = text
+    else:
+        out["trigger"] = "explicit"
+        out["text"] = ("not due by the thresholds (%s): an explicit gc.collect(%d), or a collection the "
+                       "interpreter asked for itself" % (", ".join(parts), generation))
+    return out
+
+
+def _counter_name(g: int) -> str:
+    return ("generation 0 (allocations - deallocations)" if g == 0
+            else "generation %d (generation-%d collections since its last)" % (g, g - 1))
+
+
+def _fmt(t: Sequence[int]) -> str:
+    return "(%s)" % ", ".join(str(v) for v in t)
+
+
+def thresholds_text(summary: Optional[Dict[str, Any]]) -> Optional[str]:
+    """One line for the text report: the thresholds in effect and where they came from."""
+    if not summary:
+        return None
+    text = "GC thresholds %s" % _fmt(summary["in_effect"])
+    if summary["changed_at_run_time"]:
+        text += " (set by the program; the interpreter started with %s)" % _fmt(summary["at_start"])
+    if summary["in_effect"] == summary["study"]:
+        text += ", the study's"
+    if summary["python"]:
+        text += " · CPython %s, %s collector" % (summary["python"], summary["collector"])
+    return text

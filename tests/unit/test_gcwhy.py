@@ -1,0 +1,66 @@
+"""Why a collection ran then (analysis/gcwhy.py): counters against thresholds, per collector."""
+
+from trace_quit.analysis import gcwhy
+
+START_313 = {"k": "agent_start", "src": "agent", "pid": 7, "t": 1, "python": "3.13.0", "gc_thresholds": [2000, 10, 10]}
+
+
+def _gc_start(cid, gen, counts=None, thresholds=None):
+    e = {"k": "gc_start", "src": "agent", "pid": 7, "t": 10 + cid, "cid": cid, "gen": gen, "site": "x.py:1"}
+    if counts is not None:
+        e["counts"] = counts
+    if thresholds is not None:
+        e["thresholds"] = thresholds
+    return e
+
+
+def test_a_full_collection_due_by_the_thresholds_names_the_quarter_rule_as_inferred():
+    th = gcwhy.Thresholds([START_313, _gc_start(4, 1, [2001, 11, 9], [2000, 10, 10]),
+                           _gc_start(5, 2, [701, 3, 11], [700, 10, 10])])
+    why = th.why_now(7, 5, 2)
+    assert why["trigger"] == "thresholds" and why["collector"] == "generational"
+    assert why["counts"] == [701, 3, 11] and why["thresholds"] == [700, 10, 10]
+    assert "generation 2 (generation-1 collections since its last) 11 > 10" in why["text"]
+    assert "long_lived_pending > long_lived_total / 4" in why["text"] and "does not expose" in why["text"]
+    # The thresholds changed at run time (the workload's gc.set_threshold): both are reported.
+    s = th.summary(7)
+    assert s["at_start"] == [2000, 10, 10] and s["in_effect"] == [700, 10, 10] and s["changed_at_run_time"]
+    assert gcwhy.thresholds_text(s) == ("GC thresholds (700, 10, 10) (set by the program; the interpreter started "
+                                        "with (2000, 10, 10)), the study's · CPython 3.13.0, generational collector")
+
+
+def test_a_generation_1_collection_with_generation_2_over_says_the_full_one_was_not_due():
+    why = gcwhy.explain(1, [705, 11, 12], [700, 10, 10])
+    assert why["trigger"] == "thresholds"
+    assert "generation 2 was over too, but a full collection was not due (the quarter rule)" in why["text"]
+    assert "long_lived_pending" not in why["text"]  # only said for generation 2 itself
+
+
+def test_counters_under_the_thresholds_mean_an_explicit_collection():
+    why = gcwhy.explain(2, [12, 0, 0], [700, 10, 10])
+    assert why["trigger"] == "explicit" and "gc.collect(2)" in why["text"]
+
+
+def test_missing_counters_or_other_collectors_are_said_not_guessed():
+    th = gcwhy.Thresholds([START_313, _gc_start(5, 2)])
+    why = th.why_now(7, 5, 2)
+    assert why["trigger"] == "unknown" and "not recorded" in why["text"] and why["thresholds"] == [2000, 10, 10]
+    inc = gcwhy.Thresholds([dict(START_313, python="3.14.2"), _gc_start(5, 1, [3000, 1, 0], [2000, 10, 10])])
+    why = inc.why_now(7, 5, 1)
+    assert why["collector"] == "incremental" and why["trigger"] == "unknown" and "3.14.0-3.14.4" in why["text"]
+    ft = gcwhy.Thresholds([START_313, _gc_start(5, 0, [2001, 0, 0], [2000, 10, 10])],
+                          header={"targets": {"gc_collector": "free-threaded"}})
+    why = ft.why_now(7, 5, 0)
+    assert why["collector"] == "free-threaded" and "says nothing about the objects' age" in why["text"]
+    assert gcwhy.explain(None, None, None)["trigger"] == "unknown"
+
+
+def test_collectors_by_version():
+    assert gcwhy.collector("3.10.13") == gcwhy.collector("3.13.5") == gcwhy.collector("3.14.5") == "generational"
+    assert gcwhy.collector("3.14.0") == gcwhy.collector("3.14.4") == "incremental"
+    assert gcwhy.collector("3.15.0") == gcwhy.collector(None) == "unknown"
+    assert gcwhy.collector("3.13.5", free_threaded=True) == "free-threaded"
+
+
+def test_without_the_agent_there_are_no_thresholds():
+    assert gcwhy.Thresholds([]).summary(7) is None
