@@ -330,6 +330,10 @@ class Recorder:
                 self.channel.reject(event, "%s: %s" % (event.get("k"), exc))
                 continue
             self.writer.emit(event)
+            # The observers (tracer/metrics.py) see the agent's events too
+            # (tests/system/test_metrics_prometheus.py, agent layer alone).
+            for observer in self.observers:
+                observer.observe(event)
 
     def _bpf_loop(self):
         while not self._stop.wait(POLL_INTERVAL_S):
