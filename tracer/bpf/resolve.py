@@ -339,11 +339,19 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
 #:   3.13  _PyAtExit_Call's return (local: .symtab only); entry of _PyThreadState_RemoveExcept
 #:         otherwise. The uretprobe fires once, on the finalising main thread, whose C stack
 #:         does not switch under it (a greenlet switch inside an atexit handler still returns
-#:         through the same frame).
+#:         through the same frame). Debian 13's python3.13 is stripped and hides both (its
+#:         Py_FinalizeEx jumps to a local _Py_Finalize whose calls run wait_for_thread_shutdown,
+#:         _Py_FinishPendingCalls, _PyAtExit_Call, stop-the-world, _PyThreadState_RemoveExcept,
+#:         ..., flush_std_files, _PySignal_Fini, PyGC_Collect, finalize_modules): the exported
+#:         PyGC_Collect is the first call after the atexit handlers it can see. Later than the
+#:         interpreter's own mark by the other threads' states and std files: what those free
+#:         (a daemon thread's frames) reads as refcount there, never a connection of a module
+#:         global (tests/system/test_bpf_known_causes.py on Debian 13: scripts/debian13-check).
 #: Objects the atexit module frees after the last handler (a handler's arguments) fall before
 #: the mark; the agent says shutdown for those: an edge the known-causes workload avoids.
 AFTER_ATEXIT = (
-    ((3, 13), (("_PyAtExit_Call", "uretprobe"), ("_PyThreadState_RemoveExcept", "uprobe"))),
+    ((3, 13), (("_PyAtExit_Call", "uretprobe"), ("_PyThreadState_RemoveExcept", "uprobe"),
+               ("PyGC_Collect", "uprobe"))),
     ((3, 9), (("_PyThreadState_DeleteExcept", "uprobe"), ("_PyAtExit_Call", "uretprobe"))),
     ((3, 8), (("flush_std_files", "uprobe"),)),
 )
