@@ -6,7 +6,7 @@ from typing import IO, Optional, Sequence, Union
 
 from .model import Report
 
-FORMATS = ("text", "json", "html")
+FORMATS = ("text", "json", "html", "perfetto")
 
 
 def want_color(stream: Optional[IO]) -> bool:
@@ -21,7 +21,7 @@ def want_color(stream: Optional[IO]) -> bool:
 
 def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: Optional[IO] = None,
            path: Optional[str] = None, color: Optional[bool] = None) -> str:
-    """Render one report (or several side by side) as text, json or html.
+    """Render one report (or several side by side) as text, json, html or a Perfetto trace.
 
     Writes to ``path`` (created or replaced) or ``stream`` when given, and returns the text.
     ``color=None`` means: colour when ``stream`` is a tty; NO_COLOR set always means none (text only).
@@ -42,6 +42,9 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
     elif fmt == "json":
         from . import render_json
         out = render_json.render(reports)
+    elif fmt == "perfetto":
+        from . import render_perfetto
+        out = render_perfetto.render(reports)
     else:
         from . import render_html
         out = render_html.render(reports)

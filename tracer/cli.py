@@ -306,7 +306,7 @@ class ReportCommand:
 
     def prepare_parser(self, parser):
         parser.add_argument("captures", nargs="+", metavar="CAPTURE")
-        parser.add_argument("--format", choices=("text", "json", "html"), default="text")
+        parser.add_argument("--format", choices=("text", "json", "html", "perfetto"), default="text")
         parser.add_argument("-o", "--output", help="write the report here instead of standard output")
         parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
 
