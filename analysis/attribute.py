@@ -1,6 +1,28 @@
 """Attribution: the one place where a connection's end gets its cause, generation and wire state.
 
-Evidence comes from two independent layers (DESIGN.md, causes table):
+``join`` collects evidence per connection life; ``decide`` turns one life's evidence into a
+``Verdict`` (cause, generation, collection, reason, wire, evidence) without changing
+anything; ``attribute_all`` decides every life, applies the verdicts, and applies the rules
+about which ends are counted (failed connects, fork copies). docs/causes.md explains the
+table below with the evidence for each cause.
+
+The decision table, in order (the first row that applies wins):
+
+    1. no close seen by either layer  -> never_closed when the process ended, else still open
+    2. the connect failed             -> not a COM_QUIT at all (counted as ``failed``)
+    3. server evidence (below)        -> server, unless a client-detected error meets a
+                                         confirmed COM_QUIT with no kernel sign: unknown
+    4. both layers name a cause       -> that cause when they agree (gc: same generation);
+                                         one layer's unknown yields to the other's cause;
+                                         otherwise unknown, naming both
+    5. one layer only                 -> its cause, the reason naming the missing layer
+
+Each layer's own cause is evidence, not a verdict: the agent's ``conn_destroy.cause`` (gc
+inside a ``gc.callbacks`` bracket on the thread, shutdown once the interpreter is
+finalising -- after the program's last atexit handler --, else refcount) and the kernel's
+``bpf_close.cause`` (its per-thread brackets). Precedence between them is decided here only.
+
+Evidence comes from two independent layers:
 
 - the agent: ``conn_close`` (an explicit ``close()``) or ``conn_destroy`` with the cause it
   saw in Python (gc + generation + collection id, refcount, shutdown);
@@ -54,12 +76,13 @@ still open, else the last handle's process end (never_closed). The other handles
 ``copy_of`` it: listed with their own cause, counted apart (``Connections.fork_copies``).
 """
 
+import dataclasses
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import CLIENT_DETECTED, PEER_END_ERRNO, SEND_PEER_GONE, SERVER_GONE_CODES, Collection, Life, as_int
+from .join import CLIENT_DETECTED, PEER_END_ERRNO, SEND_PEER_GONE, SERVER_GONE_CODES, Collection, Life
 
 #: What each kind of ``server`` evidence means (report text).
 SERVER_EVIDENCE = {
@@ -120,26 +143,33 @@ def wire_state(life: Life, ctx: Context) -> str:
     return ev.WIRE_NOT_SENT
 
 
-def attribute(life: Life, ctx: Context) -> None:
-    """Decide ``life.cause``/``generation``/``collection``/``reason``/``wire_state``/``t_end``."""
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """How one connection life ended, and why: what ``decide`` returns."""
+
+    cause: str
+    generation: Optional[int]               # the collection's generation, for gc only
+    collection: Optional[Collection]        # the collection that destroyed it (gc only)
+    reason: Optional[str]                   # why, when a layer was missing, disagreed or the server ended it
+    wire: Optional[str]                     # WIRE_STATES (None for never_closed)
+    evidence: Optional[List[str]]           # SERVER_EVIDENCE kinds of a ``server`` cause
+    t_end: int                              # mysql_close entry (kernel) else the agent's hook; process end
+    end_tid: Optional[int] = None
+
+
+def decide(life: Life, ctx: Context) -> Optional[Verdict]:
+    """The verdict on one life from its evidence (None: still open when the capture stopped)."""
     a = life.agent_end
     b = life.bpf_end
     if a is None and b is None:
         end = ctx.process_ended(life.pid)
-        if end is not None:
-            life.cause = ev.NEVER_CLOSED
-            life.t_end = end
-            life.reason = "the process ended with the connection open: no COM_QUIT was sent"
-        # else: still open when the capture stopped (truncated): no cause yet.
-        return
+        if end is None:
+            return None  # still open when the capture stopped (truncated): no cause yet
+        return Verdict(ev.NEVER_CLOSED, None, None, "the process ended with the connection open: no COM_QUIT "
+                       "was sent", None, None, end)
 
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
-    if b is not None:
-        life.t_end = b["t"]
-        life.end_tid = as_int(b.get("tid"))
-    else:
-        life.t_end = a["t"]
-        life.end_tid = as_int(a.get("tid"))
+    t_end, end_tid = (b["t"], b["tid"]) if b is not None else (a["t"], a["tid"])
 
     a_cause = a_gen = None
     if a is not None:
@@ -149,7 +179,7 @@ def attribute(life: Life, ctx: Context) -> None:
             c = a.get("cause")
             a_cause = c if c in _AGENT_CAUSES else ev.UNKNOWN
         if a_cause == ev.GC:
-            a_gen = as_int(a.get("gen"))
+            a_gen = a["gen"]
             if a_gen is None and life.agent_collection is not None:
                 a_gen = life.agent_collection.gen
     b_cause = b_gen = None
@@ -157,7 +187,7 @@ def attribute(life: Life, ctx: Context) -> None:
         c = b.get("cause")
         b_cause = c if c in _BPF_CAUSES else ev.UNKNOWN
         if b_cause == ev.GC:
-            b_gen = as_int(b.get("gen"))
+            b_gen = b["gen"]
             if b_gen is None and life.bpf_collection is not None:
                 b_gen = life.bpf_collection.gen
 
@@ -224,14 +254,74 @@ def attribute(life: Life, ctx: Context) -> None:
                 reason += " and its COM_QUIT went into the closed connection"
             cause, gen, collection = ev.SERVER, None, None
 
-    life.cause = cause
-    life.generation = gen if cause == ev.GC else None
-    life.collection = collection
-    life.reason = reason
-    life.wire_state = wire
-    life.server_evidence = evidence or None
-    if collection is not None:
-        collection.lives.append(life)
+    return Verdict(cause, gen if cause == ev.GC else None, collection, reason, wire, evidence or None, t_end, end_tid)
+
+
+def apply(life: Life, verdict: Optional[Verdict]) -> None:
+    """Record ``verdict`` on ``life`` (and the life on its collection) for the report's readers."""
+    if verdict is None:
+        return
+    life.cause = verdict.cause
+    life.generation = verdict.generation
+    life.collection = verdict.collection
+    life.reason = verdict.reason
+    life.wire_state = verdict.wire
+    life.server_evidence = verdict.evidence
+    life.t_end = verdict.t_end
+    life.end_tid = verdict.end_tid
+    if verdict.collection is not None:
+        verdict.collection.lives.append(life)
+
+
+@dataclasses.dataclass
+class Attribution:
+    """Every life's verdict applied, and which ends are counted."""
+
+    failed: int                    # failed connects: their mysql_close sends nothing, not a COM_QUIT
+    ended: List[Life]              # counted lives that ended (one per server connection)
+    copies: List[Life]             # ended fork-copy handles whose connection's end is counted on another
+    counted: List[Life]            # every life counted once (failed connects excluded)
+    opened: int                    # counted lives whose open was seen
+    opened_before_capture: int     # counted lives that ended but were opened before the capture
+    open_at_end: int               # counted lives still open when the capture stopped
+    families: Dict[int, List[Life]]  # fork families (count_families)
+    shared: List[List[Life]]       # families whose connection more than one handle ended
+
+
+def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
+    """Decide and apply every life's verdict, then which ends count: failed connects are no
+    COM_QUIT; of the handles a fork shares on one server connection only the first end counts."""
+    failed = 0
+    for life in lives:
+        if life.failed:
+            failed += 1
+            continue
+        apply(life, decide(life, ctx))
+    families = count_families(lives)
+    ended: List[Life] = []
+    copies: List[Life] = []
+    counted: List[Life] = []
+    open_at_end = before_capture = opened = 0
+    for life in lives:
+        if life.failed:
+            continue
+        if life.copy_of is not None:
+            if life.cause is not None:
+                copies.append(life)
+            continue
+        counted.append(life)
+        if life.family.opened:
+            opened += 1
+        elif life.cause is not None:
+            before_capture += 1
+        if life.cause is None:
+            open_at_end += 1
+        else:
+            ended.append(life)
+    shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
+    return Attribution(failed=failed, ended=ended, copies=copies, counted=counted, opened=opened,
+                       opened_before_capture=before_capture, open_at_end=open_at_end, families=families,
+                       shared=shared)
 
 
 SERVER_SENT_CODES = frozenset(c for c in SERVER_GONE_CODES if c not in CLIENT_DETECTED)
@@ -243,8 +333,7 @@ def _opened_ok(life: Life) -> bool:
     if life.failed or root.failed:
         return False
     if root.bpf_open is not None:
-        ok = root.bpf_open.get("ok")
-        return ok is True or ok == 1
+        return root.bpf_open["ok"]
     return root.agent_open is not None and root.agent_open.get("k") == ev.CONN_OPEN
 
 
@@ -278,7 +367,7 @@ def _said(kind: str, life: Life) -> str:
     if kind == "agent_error":
         return "the pool invalidated it with %s" % life.server_error
     if kind == "kernel_socket_dropped":
-        errno = as_int(life.bpf_end.get("last_errno")) if life.bpf_end is not None else None
+        errno = life.bpf_end.get("last_errno") if life.bpf_end is not None else None
         return "the client library had dropped its socket%s" % (" after error %d" % errno if errno else "")
     if kind == "kernel_not_sent":
         return "its mysql_close sent no COM_QUIT"
@@ -288,7 +377,7 @@ def _said(kind: str, life: Life) -> str:
     if kind == "kernel_eof":
         pe = life.peer_end
         if pe is not None:
-            ret = as_int(pe.get("ret"))
+            ret = pe["ret"]
             return "the socket saw the server's %s on a %s first" % (
                 PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.get("op") or "read")
         return "the socket saw the server's EOF/reset first"

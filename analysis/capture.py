@@ -5,6 +5,12 @@ whose last line was cut off mid-write (what a SIGKILLed writer leaves). A comple
 is not a JSON object ends the readable part (everything after it is *damaged*).
 Any other format version is refused with one sentence. Never raises anything but
 ``CaptureError`` for bad input.
+
+Every record is checked once, here, against its kind's declared fields (tracer/events.py:
+``KINDS``), so the analysis reads fields without coercing them. A record that does not
+match is left out and counted (``Capture.invalid``); a capture of an older revision is read,
+and the fields its records lack because a later revision added them are listed
+(``Capture.lacks``), never filled in.
 """
 
 import dataclasses
@@ -32,6 +38,14 @@ class Capture:
     trailer: Optional[Dict[str, Any]]
     damaged_at_line: Optional[int] = None  # first unreadable line number (1-based), if any
     partial_line: Optional[int] = None  # a last line cut off mid-write (truncated, not damaged)
+    invalid: Dict[str, int] = dataclasses.field(default_factory=dict)  # kind -> records left out
+    invalid_examples: List[str] = dataclasses.field(default_factory=list)  # the first few reasons
+    lacks: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # kind -> fields a revision lacks
+
+    @property
+    def revision(self) -> int:
+        """The capture's schema revision (the header's ``version``)."""
+        return self.header["version"]
 
     @property
     def truncated(self) -> bool:
@@ -79,18 +93,27 @@ def _parse_header(path: str, first: bytes) -> Dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != ev.FORMAT:
         raise CaptureError("%s is not a trace-quit capture (no capture header on its first line)" % path)
     version = header.get("version")
-    if version != ev.VERSION:
+    if type(version) is not int or version not in ev.READABLE:
         raise CaptureError(
-            "%s is a version %s capture; this trace-quit reads version %d: use a trace-quit that matches"
-            % (path, version, ev.VERSION))
+            "%s is a version %s capture; this trace-quit reads version %s: use a trace-quit that matches"
+            % (path, version, " or ".join(str(v) for v in ev.READABLE)))
+    try:
+        ev.check_header(header)
+    except ev.SchemaError as e:
+        raise CaptureError("%s has a malformed capture header (%s)" % (path, e)) from None
     return header
 
 
 def iter_events(path: str) -> Iterator[Dict[str, Any]]:
-    """Yield the event records of a validated capture (header and trailer excluded), streaming."""
+    """Yield the event records of a validated capture (header and trailer excluded), streaming;
+    records that do not match their kind's schema are left out, as ``load`` does."""
+    revision = read_header(path)["version"]
     for item in _scan(path):
-        if isinstance(item, dict) and item.get("k") != ev.TRAILER:
-            yield item
+        if isinstance(item, dict) and item["k"] != ev.TRAILER:
+            try:
+                yield ev.check(item, revision)
+            except ev.SchemaError:
+                continue
 
 
 class _Sharer:
@@ -161,7 +184,7 @@ def _scan(path: str):
             return
         record = share(record)
         yield record
-        if record.get("k") == ev.TRAILER:
+        if record["k"] == ev.TRAILER and _is_trailer(record):
             # Anything after the trailer is garbage appended to a finished capture.
             try:
                 if next(lines, None) is not None:
@@ -171,6 +194,15 @@ def _scan(path: str):
             return
 
 
+def _is_trailer(record: Dict[str, Any]) -> bool:
+    """The writer's own trailer (a forged one, passed on by the agent channel, does not end the capture)."""
+    try:
+        ev.check(record)
+    except ev.SchemaError:
+        return False
+    return True
+
+
 def load(path: str) -> Capture:
     """Read a whole capture into memory."""
     if not os.path.exists(path):
@@ -178,6 +210,7 @@ def load(path: str) -> Capture:
     if os.path.isdir(path):
         raise CaptureError("%s is a directory, not a capture file" % path)
     header = read_header(path)
+    normal = Normaliser(header["version"])
     events: List[Dict[str, Any]] = []
     trailer = None
     damaged = None
@@ -190,11 +223,67 @@ def load(path: str) -> Capture:
                 else:
                     damaged = item[1]
                 break
-            if item.get("k") == ev.TRAILER:
+            if not normal(item):
+                continue
+            if item["k"] == ev.TRAILER:
                 trailer = item
             else:
                 events.append(item)
     except OSError as e:
         raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
-    return Capture(path=path, header=header, events=events, trailer=trailer, damaged_at_line=damaged,
-                   partial_line=partial)
+    return normal.capture(path, header, events, trailer, damaged_at_line=damaged, partial_line=partial)
+
+
+class Normaliser:
+    """Checks records of one capture revision against the schema, counting what it leaves out."""
+
+    MAX_EXAMPLES = 5
+
+    def __init__(self, revision: int):
+        self.revision = revision
+        self.invalid: Dict[str, int] = {}
+        self.examples: List[str] = []
+        self._lacks: Dict[str, set] = {}
+        self._older = revision < ev.VERSION
+
+    def __call__(self, record: Any) -> bool:
+        """True when ``record`` is a well-formed event of this revision (then kept as it is)."""
+        try:
+            ev.check(record, self.revision)
+        except ev.SchemaError as e:
+            kind = record.get("k") if isinstance(record, dict) and isinstance(record.get("k"), str) else "?"
+            self.invalid[kind] = self.invalid.get(kind, 0) + 1
+            if len(self.examples) < self.MAX_EXAMPLES:
+                self.examples.append(str(e))
+            return False
+        if self._older:
+            kind = record["k"]
+            for name in ev.added_after(kind, self.revision):
+                if name not in record:
+                    self._lacks.setdefault(kind, set()).add(name)
+        return True
+
+    def capture(self, path: str, header: Dict[str, Any], events: List[Dict[str, Any]],
+                trailer: Optional[Dict[str, Any]], **kwargs: Any) -> Capture:
+        return Capture(path=path, header=header, events=events, trailer=trailer, invalid=dict(self.invalid),
+                       invalid_examples=list(self.examples),
+                       lacks={k: sorted(v) for k, v in sorted(self._lacks.items())}, **kwargs)
+
+
+def from_records(path: str, header: Dict[str, Any], records: List[Any],
+                 trailer: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Capture:
+    """A Capture of in-memory records, normalised as ``load`` does (tests, tools)."""
+    revision = header.get("version") if type(header.get("version")) is int else ev.VERSION
+    normal = Normaliser(revision)
+    events = [r for r in records if normal(r)]
+    if trailer is not None and not normal(dict(trailer, k=ev.TRAILER)):
+        trailer = None
+    return normal.capture(path, header, events, trailer, **kwargs)
+
+
+def describe_lacks(capture: Capture) -> Optional[str]:
+    """One sentence naming what an older revision's records lack, or None."""
+    if not capture.lacks:
+        return None
+    return "a revision-%d capture: its records lack %s (added by a later revision: unknown here, not false)" % (
+        capture.revision, "; ".join("%s.%s" % (kind, ", ".join(fields)) for kind, fields in capture.lacks.items()))

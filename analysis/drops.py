@@ -10,9 +10,9 @@ are not a drop. A group is a *drop* when live connections fell across it by at l
 the fall, so a steady open/close churn is not a drop). The threshold is local so that an
 early tooth of 33 out of 50 is a drop even when the capture later peaks in the thousands.
 
-The study's shape (STUDY.md) is what this must find: generation-1 collections every ~6.5 s
-destroying ~33 connections each (the saw-tooth) and one generation-2 collection destroying
-83 at once (the sudden drop). ``tests/unit/test_analysis_drops.py`` pins it.
+The study's shape (the engine-per-call fixture, tests/synth.engine_per_call) is what this must
+find: generation-1 collections every ~6.5 s destroying ~33 connections each (the saw-tooth)
+and one generation-2 collection destroying 83 at once (the sudden drop). ``tests/unit/test_analysis_drops.py`` pins it.
 """
 
 import math
@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import Collection, Life, as_int
+from .join import Collection, Life
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
@@ -70,7 +70,7 @@ class Origins:
     def end_thread(self, life: Life) -> Optional[str]:
         """The name of the thread that ended ``life``."""
         e = life.agent_end
-        if e is not None and isinstance(e.get("thread"), str) and e["thread"]:
+        if e is not None and e.get("thread"):
             return e["thread"]
         return self.thread(life.pid, life.end_tid)
 
@@ -171,7 +171,7 @@ def _open_tid(life: Life) -> Optional[int]:
     if life.root is not None:
         return None  # a fork copy: opened by another process's thread
     e = life.open_event()
-    return as_int(e.get("tid")) if e is not None else None
+    return e["tid"] if e is not None else None
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,

@@ -43,8 +43,7 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
         elif el.disposed:
             s.disposed += 1
         if el.destroy is not None and el.inherited_from is None:
-            cause = el.destroy.get("cause")
-            cause = cause if isinstance(cause, str) else ev.UNKNOWN
+            cause = el.destroy["cause"]
             s.destroyed[cause] = s.destroyed.get(cause, 0) + 1
         if s.pool_class is None and el.pool_class:
             s.pool_class = el.pool_class

@@ -4,15 +4,16 @@ Each rule looks at the finished pieces of the report (never at raw events) and s
 a call site whenever one is known, because that is the line the user will edit.
 """
 
+import dataclasses
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
 from .drops import Origins, fmt_int, fmt_s, plural
 from .engines import pool_bound
 from .join import Life
-from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES
+from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES, largest_drop
 
 FIX_ENGINE_PER_CALL = (
     "Create the Engine once, at import or start-up, and reuse it from every call and thread "
@@ -116,16 +117,37 @@ def _fork_finding(shared: Sequence[Sequence[Life]], origins: Origins) -> Finding
         plural(n, "connection was", "connections were")), evidence, fix, _top_site([m[0] for m in shared], origins), n)
 
 
-def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence[Drop],
-         patterns: Sequence[Pattern], engines: Sequence[EngineSite], layers: Layers, ended: Sequence[Life],
-         origins: Origins, capture_status: str, capture_detail: str, lost: Dict[str, int],
-         exit_status, notes: Sequence[dict], malformed: int,
-         shared: Sequence[Sequence[Life]] = ()) -> List[Finding]:
-    """Every finding, errors first."""
-    out: List[Finding] = []
-    by_cause = com_quit.by_cause
+@dataclasses.dataclass
+class Facts:
+    """The finished pieces of a report that the rules look at (never raw events)."""
 
-    # --- Engines created per call and never disposed (the incident's root cause) ---------
+    connections: Connections
+    com_quit: ComQuit
+    gc: Gc
+    drops: Sequence[Drop]
+    patterns: Sequence[Pattern]
+    engines: Sequence[EngineSite]
+    layers: Layers
+    ended: Sequence[Life]
+    origins: Origins
+    capture_status: str
+    capture_detail: str
+    lost: Dict[str, int]
+    exit_status: Optional[int]
+    notes: Sequence[dict]
+    malformed: int
+    shared: Sequence[Sequence[Life]] = ()
+    lacks: Optional[str] = None   # analysis.capture.describe_lacks: an older revision's missing fields
+
+    @property
+    def by_cause(self) -> Dict[str, int]:
+        return self.com_quit.by_cause
+
+
+def _engine_per_call(f: Facts) -> List[Finding]:
+    """Engines created per call and never disposed (the incident's root cause)."""
+    engines = f.engines
+    out: List[Finding] = []
     for site in engines:
         if site.created < 2 or site.disposed >= site.created:
             continue
@@ -165,8 +187,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             continue
         severity = "error" if (gc_n or site.created >= 10) else "warning"
         out.append(Finding(severity, title, evidence, FIX_ENGINE_PER_CALL, site.call_site, site.created))
+    return out
 
-    # --- Pool bound exceeded by many Engines --------------------------------------------
+
+def _pool_bound_exceeded(f: Facts) -> List[Finding]:
+    """Pool bound exceeded by many Engines."""
+    engines = f.engines
+    out: List[Finding] = []
     for site in engines:
         bound = pool_bound(site)
         if bound is None or site.max_live_connections <= bound or site.engines_at_max < 2:
@@ -184,8 +211,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                "for the number of worker threads; keep servers × (pool_size + max_overflow) below the "
                "server's max_connections.")
         out.append(Finding("error", title, evidence, fix, site.call_site, site.max_live_connections))
+    return out
 
-    # --- Connections destroyed by the garbage collector ---------------------------------
+
+def _closed_by_gc(f: Facts) -> List[Finding]:
+    """Connections destroyed by the garbage collector."""
+    com_quit, gc, drops, patterns, ended, origins = f.com_quit, f.gc, f.drops, f.patterns, f.ended, f.origins
+    out: List[Finding] = []
     gc_lives = [lf for lf in ended if lf.cause == ev.GC]
     if gc_lives:
         n = len(gc_lives)
@@ -195,7 +227,7 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             _gen_text(com_quit.gc_by_generation), plural(ncoll, "collection"))
         gc_drops = [d for d in drops if d.cause == ev.GC]
         if gc_drops:
-            big = max(gc_drops, key=lambda d: (d.fall, d.connections))
+            big = largest_drop(gc_drops, at_exit=True)
             evidence += "The largest fall: %s. " % big.explanation
         for p in patterns:
             if p.regular and p.drops:
@@ -207,8 +239,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                "itself.")
         out.append(Finding("warning", "%s were closed by the garbage collector, not by close()" % (
             plural(n, "connection")), evidence, fix, _top_site(gc_lives, origins), n))
+    return out
 
-    # --- Never closed --------------------------------------------------------------------
+
+def _never_closed(f: Facts) -> List[Finding]:
+    """Never closed."""
+    ended, origins, exit_status = f.ended, f.origins, f.exit_status
+    out: List[Finding] = []
     never = [lf for lf in ended if lf.cause == ev.NEVER_CLOSED]
     if never:
         status = "" if exit_status is None else " (exit status %s)" % exit_status
@@ -220,8 +257,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
         out.append(Finding("warning", "%s never closed: no COM_QUIT was sent" % (
             plural(len(never), "connection was", "connections were")), evidence, fix,
             _top_site(never, origins), len(never)))
+    return out
 
-    # --- Unknown -------------------------------------------------------------------------
+
+def _unattributed(f: Facts) -> List[Finding]:
+    """Unknown."""
+    ended = f.ended
+    out: List[Finding] = []
     unknown = [lf for lf in ended if lf.cause == ev.UNKNOWN]
     if unknown:
         reasons = Counter(lf.reason or "no evidence" for lf in unknown)
@@ -230,8 +272,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                            evidence + ".",
                            "Check `trace-quit doctor` for missing probes; trace-quit never guesses a cause.",
                            None, len(unknown)))
+    return out
 
-    # --- COM_QUIT not seen on the wire ---------------------------------------------------
+
+def _not_on_the_wire(f: Facts) -> List[Finding]:
+    """COM_QUIT not seen on the wire."""
+    ended, origins, lost = f.ended, f.origins, f.lost
+    out: List[Finding] = []
     silent = [lf for lf in ended if lf.wire_state == ev.WIRE_NOT_SENT and lf.cause != ev.SERVER]
     if silent:
         out.append(Finding(
@@ -241,8 +288,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             "(lost events: %s)." % fmt_int(sum(lost.values())),
             "Look for server-side timeouts or kills around those times (wait_timeout, KILL).",
             _top_site(silent, origins), len(silent)))
+    return out
 
-    # --- Server-ended ---------------------------------------------------------------------
+
+def _server_ended(f: Facts) -> List[Finding]:
+    """Server-ended."""
+    ended, origins = f.ended, f.origins
+    out: List[Finding] = []
     server = [lf for lf in ended if lf.cause == ev.SERVER]
     if server:
         out.append(Finding(
@@ -252,12 +304,22 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
             "Lower the pool's pool_recycle below the server's wait_timeout and use pool_pre_ping=True; "
             "handle 2006/2013 by reconnecting.",
             _top_site(server, origins), len(server)))
+    return out
 
-    # --- Shared through fork ---------------------------------------------------------------
+
+def _shared_through_fork(f: Facts) -> List[Finding]:
+    """Shared through fork."""
+    origins, shared = f.origins, f.shared
+    out: List[Finding] = []
     if shared:
         out.append(_fork_finding(shared, origins))
+    return out
 
-    # --- Refcount / shutdown: correct but implicit ---------------------------------------
+
+def _implicit_closes(f: Facts) -> List[Finding]:
+    """Refcount / shutdown: correct but implicit."""
+    ended, origins = f.ended, f.origins
+    out: List[Finding] = []
     refcount = [lf for lf in ended if lf.cause == ev.REFCOUNT]
     if refcount:
         out.append(Finding(
@@ -269,14 +331,20 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
     shutdown = [lf for lf in ended if lf.cause == ev.SHUTDOWN]
     if shutdown:
         out.append(Finding(
-            "info", "%s still open at interpreter shutdown" % plural(len(shutdown), "connection was", "connections were"),
+            "info", "%s still open at interpreter shutdown" % plural(
+                len(shutdown), "connection was", "connections were"),
             "Destroyed while the interpreter was finalising (GC callbacks do not run then). Opened at: %s."
             % _sites_text(shutdown, origins),
             "Close connections (or dispose the Engine) before the program ends; the order of destruction "
             "at shutdown is not defined.",
             _top_site(shutdown, origins), len(shutdown)))
+    return out
 
-    # --- The capture itself --------------------------------------------------------------
+
+def _capture_status(f: Facts) -> List[Finding]:
+    """The capture itself: damaged or truncated."""
+    connections, capture_status, capture_detail = f.connections, f.capture_status, f.capture_detail
+    out: List[Finding] = []
     if capture_status == "damaged":
         out.append(Finding("warning", "the capture is %s" % capture_detail,
                            "Records after the damage were not read; counts cover the readable part only.",
@@ -289,6 +357,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                                "has" if connections.open_at_end == 1 else "have"),
                            "Let the tracer finish (Ctrl-C once stops the program and still writes the trailer).",
                            None, None))
+    return out
+
+
+def _lost_and_malformed(f: Facts) -> List[Finding]:
+    """Events lost by a layer, records the schema refused."""
+    lost, malformed = f.lost, f.malformed
+    out: List[Finding] = []
     total_lost = sum(lost.values())
     if total_lost:
         out.append(Finding("warning", "%s lost" % plural(total_lost, "event was", "events were"),
@@ -297,9 +372,24 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                            "Reduce the event rate (fewer probes) or let the tracer drain more often.", None,
                            total_lost))
     if malformed:
-        out.append(Finding("warning", "%s without a usable time or key were ignored" % plural(malformed, "record"),
-                           "Their fields did not match the event schema (tracer/events.py).",
+        out.append(Finding("warning", "%s not matching the event schema were left out" % plural(malformed, "record"),
+                           "Their fields did not match their kind's declaration (tracer/events.py, KINDS).",
                            "Record with a matching trace-quit version.", None, malformed))
+    return out
+
+
+def _older_revision(f: Facts) -> List[Finding]:
+    """A capture of an older schema revision: the fields it lacks are unknown, not false."""
+    if not f.lacks:
+        return []
+    return [Finding("info", "the capture is of an older format revision", f.lacks[0].upper() + f.lacks[1:] + ".",
+                    "Record again with this trace-quit to have every field.", None, None)]
+
+
+def _missing_layers(f: Facts) -> List[Finding]:
+    """A layer that did not record: what the report cannot say without it."""
+    layers = f.layers
+    out: List[Finding] = []
     if not layers.bpf:
         out.append(Finding("info", "the eBPF layer was not attached",
                            "Causes come from the agent alone and no COM_QUIT is confirmed on the wire "
@@ -316,6 +406,13 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
                            "or Engine call sites.",
                            "Start the program under trace-quit (`trace-quit -- python …`) so the agent loads.",
                            None, None))
+    return out
+
+
+def _failed_connects_and_notes(f: Facts) -> List[Finding]:
+    """Failed connects (no COM_QUIT), and the tracer's own warnings."""
+    connections, notes = f.connections, f.notes
+    out: List[Finding] = []
     if connections.failed:
         out.append(Finding("info", "%s failed" % plural(connections.failed, "connect"),
                            "Their later mysql_close sends no COM_QUIT; they are not counted as COM_QUITs.",
@@ -324,7 +421,22 @@ def find(*, connections: Connections, com_quit: ComQuit, gc: Gc, drops: Sequence
         if n.get("level") in ("error", "warning"):
             out.append(Finding("warning", "tracer: %s" % n.get("text"), "A note the tracer wrote into the capture.",
                                "See `trace-quit doctor`.", None, None))
+    return out
 
+
+#: The rules, each a small function of the report's facts; their findings are sorted errors first.
+RULES: List[Callable[[Facts], List[Finding]]] = [
+    _engine_per_call, _pool_bound_exceeded, _closed_by_gc, _never_closed, _unattributed, _not_on_the_wire,
+    _server_ended, _shared_through_fork, _implicit_closes, _capture_status, _lost_and_malformed, _older_revision,
+    _missing_layers, _failed_connects_and_notes,
+]
+
+
+def find(facts: Facts) -> List[Finding]:
+    """Every finding of every rule, errors first (stable within a severity: rule order)."""
+    out: List[Finding] = []
+    for rule in RULES:
+        out.extend(rule(facts))
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     out.sort(key=lambda f: rank.get(f.severity, len(rank)))
     return out

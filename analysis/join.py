@@ -17,6 +17,10 @@ child), the parent's life that was open at the fork, and starts a *copy* of it w
 ``root`` is the life that opened the connection. ``attribute.count_families`` then counts
 one end per server connection (the first).
 
+Records arrive checked against their kind's schema (analysis/capture.py through
+tracer/events.py): every field read here has its declared type, so nothing is coerced; a
+field a revision-1 capture lacks is absent (``.get``), never guessed.
+
 Engines are keyed by ``(pid, id(engine))`` with the same rule (ids are reused too, and a
 child's copy of an Engine keeps the parent's call site); pool events tie a connection to
 the Engine whose pool opened it. Collections are keyed by the
@@ -28,10 +32,6 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from trace_quit.tracer import events as ev
-
-# Defined in events.py by the eBPF work; spelt here too so this reader works either way.
-_BPF_PROBES = getattr(ev, "BPF_PROBES", "bpf_probes")
-_BPF_PEER_END = getattr(ev, "BPF_PEER_END", "bpf_peer_end")
 
 #: MySQL/MariaDB error codes that mean the server ended the connection first. The client
 #: library detects the first three itself on the socket (and drops the socket: its later
@@ -74,25 +74,6 @@ def server_gone_code(error: Any) -> Optional[int]:
 SEND_PEER_GONE = {-32: "EPIPE", -104: "ECONNRESET"}
 #: Any errno the kernel reports for a socket the other end ended (bpf_peer_end.ret).
 PEER_END_ERRNO = {0: "EOF", -32: "EPIPE", -104: "ECONNRESET", -110: "ETIMEDOUT"}
-
-
-def as_int(value: Any) -> Optional[int]:
-    """An int from an event field (ints, digit strings, 0x-hex strings), else None."""
-    if type(value) is int:
-        return value
-    if isinstance(value, float) and value == value and abs(value) < 1e300:
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            return None
-    return None
-
-
-def as_str(value: Any) -> Optional[str]:
-    """A str from an event field, else None."""
-    return value if isinstance(value, str) else None
 
 
 class Life:
@@ -180,11 +161,11 @@ class EngineLife:
         self.pid = pid
         self.engine = engine
         self.t_create = t
-        self.site = as_str(e.get("site"))
-        self.pool_class = as_str(e.get("pool_class"))
-        self.pool_size = as_int(e.get("pool_size"))
-        self.max_overflow = as_int(e.get("max_overflow"))
-        self.url = as_str(e.get("url"))
+        self.site: Optional[str] = e.get("site")
+        self.pool_class: Optional[str] = e.get("pool_class")
+        self.pool_size: Optional[int] = e.get("pool_size")
+        self.max_overflow: Optional[int] = e.get("max_overflow")
+        self.url: Optional[str] = e.get("url")
         self.disposed = 0
         self.t_dispose: Optional[int] = None
         self.destroy: Optional[dict] = None
@@ -213,12 +194,12 @@ class Collection:
         self.src = src
         self.pid = pid
         self.tid = tid
-        self.cid = as_int(e.get("cid"))
-        self.gen = as_int(e.get("gen"))
+        self.cid: Optional[int] = e.get("cid")      # the agent's collection id (bpf: None)
+        self.gen: Optional[int] = e.get("gen")
         self.t_start = t
         self.t_stop: Optional[int] = None
-        self.thread = as_str(e.get("thread"))
-        self.site = as_str(e.get("site"))
+        self.thread: Optional[str] = e.get("thread")
+        self.site: Optional[str] = e.get("site")
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
@@ -248,7 +229,6 @@ class Joined:
         self.modules: Dict[str, str] = {}               # name -> version
         self.agent_lost = 0
         self.bpf_dropped = 0
-        self.malformed = 0                              # records without a usable t/pid
         self.gc_pids_agent = set()                      # pids whose agent reported collections
         self.gc_counts: Dict[int, Dict[str, int]] = {}  # pid -> latest cumulative counts by generation
         self.thread_names: Dict[Tuple[int, int], str] = {}  # (pid, tid) -> thread name
@@ -265,18 +245,10 @@ def _key_t(e: dict) -> int:
 def join(events: List[dict], header: Dict[str, Any]) -> Joined:
     """One pass over the time-sorted events of every source."""
     j = Joined()
-    default_pid = as_int(header.get("child_pid"))
-    usable = []
-    for e in events:
-        t = e.get("t")
-        if type(t) is not int:
-            t = as_int(t)
-            if t is None:
-                j.malformed += 1
-                continue
-            e = dict(e, t=t)
-        usable.append(e)
-    usable.sort(key=_key_t)
+    default_pid = header.get("child_pid")
+    if default_pid is None:
+        default_pid = 0
+    usable = sorted(events, key=_key_t)
 
     lives_cur: Dict[Tuple[int, int], Life] = {}
     engines_cur: Dict[Tuple[int, int], EngineLife] = {}
@@ -373,7 +345,7 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             forks[child] = (parent, t, exact)
 
     for e in usable:
-        k = e.get("k")
+        k = e["k"]
         t = e["t"]
         src = e.get("src")
         if isinstance(src, str):
@@ -382,20 +354,15 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
         if j.t_first is None:
             j.t_first = t
         j.t_last = t
-        pid = e.get("pid")
-        if type(pid) is not int:
-            pid = as_int(pid)
-            if pid is None:
-                pid = default_pid if default_pid is not None else 0
+        pid = e.get("pid")  # absent on the capture-wide kinds (server_count, bpf_stats, ...)
+        if pid is None:
+            pid = default_pid
         tid = e.get("tid")
-        if src == ev.SRC_AGENT and type(tid) is int and isinstance(e.get("thread"), str) and e["thread"]:
+        if src == ev.SRC_AGENT and tid is not None and e.get("thread"):
             j.thread_names[(pid, tid)] = e["thread"]
 
         if k == ev.CONN_OPEN or k == ev.CONN_FAIL:
-            conn = as_int(e.get("conn"))
-            if conn is None:
-                j.malformed += 1
-                continue
+            conn = e["conn"]
             key = (pid, conn)
             cur = lives_cur.get(key)
             if (k == ev.CONN_FAIL and cur is not None and not cur.ended and cur.agent_open is not None
@@ -409,50 +376,36 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             if life.t_open is None or t < life.t_open:
                 life.t_open = t
         elif k == ev.BPF_CONNECT:
-            conn = as_int(e.get("conn"))
-            if conn is None:
-                j.malformed += 1
-                continue
-            life = life_for_open(pid, conn, "bpf_open", t)
+            life = life_for_open(pid, e["conn"], "bpf_open", t)
             life.bpf_open = e
-            if e.get("ok") is False or e.get("ok") == 0:
+            if not e["ok"]:
                 life.failed = True
             if life.t_open is None or t < life.t_open:
                 life.t_open = t
         elif k == ev.CONN_CLOSE or k == ev.CONN_DESTROY:
-            conn = as_int(e.get("conn"))
-            if conn is None:
-                j.malformed += 1
-                continue
-            life = life_for_close(pid, conn, "agent_end")
+            life = life_for_close(pid, e["conn"], "agent_end")
             life.agent_end = e
-            if k == ev.CONN_DESTROY and e.get("cause") == ev.GC:
+            if k == ev.CONN_DESTROY and e["cause"] == ev.GC:
                 c = None
-                cid = as_int(e.get("cid"))
+                cid = e["cid"]
                 if cid is not None:
                     c = agent_gc.get((pid, cid))
                 if c is None:
                     c = agent_gc_open.get((pid, tid))
                 life.agent_collection = c
         elif k == ev.BPF_CLOSE:
-            conn = as_int(e.get("conn"))
-            if conn is None:
-                j.malformed += 1
-                continue
-            life = life_for_close(pid, conn, "bpf_end")
+            life = life_for_close(pid, e["conn"], "bpf_end")
             life.bpf_end = e
-            if e.get("eof"):
+            if e.get("eof"):  # revision 2
                 life.eof = True
             brackets[(pid, tid)] = life
-            if e.get("cause") == ev.GC:
+            if e["cause"] == ev.GC:
                 life.bpf_collection = bpf_gc_open.get((pid, tid))
         elif k == ev.BPF_CLOSE_RET:
             life = brackets.pop((pid, tid), None)
             if life is not None:
                 life.bpf_ret = e
-                if e.get("eof"):
-                    life.eof = True
-                err = as_int(e.get("send_err"))
+                err = e.get("send_err")  # revision 2: errno, positive
                 if err:
                     err = -abs(err)
                     if life.send_errors is None:
@@ -462,36 +415,27 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
         elif k == ev.BPF_WIRE:
             life = brackets.get((pid, tid))
             if life is None:
-                conn = as_int(e.get("conn"))
-                if conn is not None:
-                    life = lives_cur.get((pid, conn))
+                life = lives_cur.get((pid, e["conn"]))
             if life is not None:
-                head = e.get("head")
-                head = head.replace(" ", "").replace(":", "").lower() if isinstance(head, str) else ""
+                head = e["head"]  # lower-case hex (tracer/bpf/session.py)
                 if life.wire is None:
                     life.wire = [head]
                 else:
                     life.wire.append(head)
-                ret = as_int(e.get("ret"))
+                ret = e.get("ret")  # revision 2
                 if ret is not None and ret < 0:
                     if life.send_errors is None:
                         life.send_errors = [ret]
                     elif ret not in life.send_errors:
                         life.send_errors.append(ret)
-                if e.get("eof"):
-                    life.eof = True
-        elif k == _BPF_PEER_END:
-            conn = as_int(e.get("conn"))
-            if conn is None:
-                continue
-            life = lives_cur.get((pid, conn))
+        elif k == ev.BPF_PEER_END:
+            life = lives_cur.get((pid, e["conn"]))
             if life is not None and not life.ended and life.peer_end is None:
                 life.peer_end = e
                 life.eof = True
         elif k == ev.POOL:
-            engine = as_int(e.get("engine"))
-            el = engine_for(pid, engine, t) if engine is not None else None
-            conn = as_int(e.get("conn"))
+            el = engine_for(pid, e["engine"], t)
+            conn = e["conn"]
             if conn is None:
                 continue
             life = lives_cur.get((pid, conn))
@@ -499,53 +443,47 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                 life = inherit(pid, conn)
             if life is None or life.ended:
                 continue
-            if el is not None and life.engine is None:
+            if life.engine is None:
                 life.engine = el
                 el.connections += 1
-            pev = e.get("ev")
+            pev = e["ev"]
             if pev == "checkout":
                 life.checkouts += 1
             elif pev in ("close", "close_detached", "invalidate", "soft_invalidate", "detach"):
                 if pev != "detach":
                     life.pool_end = pev
                 if pev in ("invalidate", "soft_invalidate") and life.server_error is None:
-                    err = e.get("error") or e.get("exc") or e.get("reason")
+                    err = e.get("error")
                     code = server_gone_code(err)
                     if code is not None:
                         life.server_error = err[:200]
                         life.server_code = code
         elif k == ev.ENGINE_CREATE:
-            engine = as_int(e.get("engine"))
-            if engine is None:
-                j.malformed += 1
-                continue
+            engine = e["engine"]
             el = EngineLife(pid, engine, t, e)
             j.engines.append(el)
             engines_cur[(pid, engine)] = el
         elif k == ev.ENGINE_DISPOSE:
-            engine = as_int(e.get("engine"))
-            if engine is not None:
-                el = engine_for(pid, engine, t)
-                el.disposed += 1
-                if el.t_dispose is None:
-                    el.t_dispose = t
+            el = engine_for(pid, e["engine"], t)
+            el.disposed += 1
+            if el.t_dispose is None:
+                el.t_dispose = t
         elif k == ev.ENGINE_DESTROY:
-            engine = as_int(e.get("engine"))
-            if engine is not None:
-                el = engine_for(pid, engine, t)
-                el.destroy = e
-                el.t_end = t
-                engines_cur.pop((pid, engine), None)
-                if e.get("cause") == ev.GC:
-                    cid = as_int(e.get("cid"))
-                    c = agent_gc.get((pid, cid)) if cid is not None else None
-                    if c is None:
-                        c = agent_gc_open.get((pid, tid))
-                    if c is not None:
-                        c.engines_destroyed += 1
-                        el.destroy_collection = c
+            engine = e["engine"]
+            el = engine_for(pid, engine, t)
+            el.destroy = e
+            el.t_end = t
+            engines_cur.pop((pid, engine), None)
+            if e["cause"] == ev.GC:
+                cid = e["cid"]
+                c = agent_gc.get((pid, cid)) if cid is not None else None
+                if c is None:
+                    c = agent_gc_open.get((pid, tid))
+                if c is not None:
+                    c.engines_destroyed += 1
+                    el.destroy_collection = c
         elif k == ev.GC_START:
-            c = Collection(ev.SRC_AGENT, pid, as_int(tid), t, e)
+            c = Collection(ev.SRC_AGENT, pid, tid, t, e)
             if c.thread and c.tid is not None:
                 j.thread_names[(pid, c.tid)] = c.thread
             j.collections.append(c)
@@ -557,20 +495,19 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             if other is not None and other.twin is None:
                 other.twin, c.twin = c, other
         elif k == ev.GC_STOP:
-            cid = as_int(e.get("cid"))
-            c = agent_gc.get((pid, cid)) if cid is not None else None
+            c = agent_gc.get((pid, e["cid"]))
             if c is None:
                 c = agent_gc_open.get((pid, tid))
             if c is not None:
                 c.t_stop = t
-                c.collected = as_int(e.get("collected"))
-                c.uncollectable = as_int(e.get("uncollectable"))
+                c.collected = e["collected"]
+                c.uncollectable = e["uncollectable"]
                 if c.gen is None:
-                    c.gen = as_int(e.get("gen"))
+                    c.gen = e["gen"]
                 if agent_gc_open.get((pid, tid)) is c:
                     del agent_gc_open[(pid, tid)]
         elif k == ev.BPF_GC_START:
-            c = Collection(ev.SRC_BPF, pid, as_int(tid), t, e)
+            c = Collection(ev.SRC_BPF, pid, tid, t, e)
             j.collections.append(c)
             bpf_gc_open[(pid, tid)] = c
             other = agent_gc_open.get((pid, tid))
@@ -580,27 +517,25 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             c = bpf_gc_open.pop((pid, tid), None)
             if c is not None:
                 c.t_stop = t
-                collected = as_int(e.get("collected"))
-                c.collected = collected if collected is not None and collected >= 0 else None
+                collected = e["collected"]
+                c.collected = collected if collected >= 0 else None  # -1: unknown
         elif k == ev.SERVER_COUNT:
-            n = as_int(e.get("count"))
-            if n is not None:
-                j.server_counts.append((t, n))
+            j.server_counts.append((t, e["count"]))
         elif k == ev.CHILD_START:
             if j.t0 is None:
                 j.t0 = t
-                j.root_pid = as_int(e.get("pid")) or default_pid
+                j.root_pid = e["pid"] or default_pid or None
         elif k == ev.CHILD_EXIT:
-            j.child_exit = (t, e.get("status"))
+            j.child_exit = (t, e["status"])
         elif k == ev.BPF_EXIT:
             j.exits.setdefault(pid, t)
         elif k == ev.BPF_FORK:
-            note_fork(as_int(e.get("child")), pid, t, True)
+            note_fork(e["child"], pid, t, True)
         elif k == ev.BPF_FINALIZE:
             j.finalize.setdefault(pid, t)
         elif k == ev.AGENT_START:
-            j.pids[pid] = as_str(e.get("python")) or ""
-            parent = as_int(e.get("forked_from"))
+            j.pids[pid] = e["python"]
+            parent = e.get("forked_from")
             if parent is not None:
                 j.forked_from[pid] = parent
                 note_fork(pid, parent, t, False)  # after the kernel's bpf_fork when both layers ran
@@ -608,18 +543,17 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             by_gen = e.get("by_gen")
             if isinstance(by_gen, dict):
                 j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
-        elif k == _BPF_PROBES:
+        elif k == ev.BPF_PROBES:
             j.probes = e
         elif k == ev.MODULE:
-            name, version = as_str(e.get("name")), as_str(e.get("version"))
+            name, version = e["name"], e["version"]
             if name and version:
                 j.modules.setdefault(name, version)
         elif k == ev.AGENT_LOST:
-            j.agent_lost += as_int(e.get("n")) or 0
+            j.agent_lost += e["n"]
         elif k == ev.BPF_STATS:
-            j.bpf_dropped = max(j.bpf_dropped, as_int(e.get("dropped")) or 0)
+            j.bpf_dropped = max(j.bpf_dropped, e["dropped"])
         elif k == ev.TRACER_NOTE:
-            text = as_str(e.get("text"))
-            if text:
-                j.notes.append((t, as_str(e.get("level")) or "info", text))
+            if e["text"]:
+                j.notes.append((t, e["level"] or "info", e["text"]))
     return j

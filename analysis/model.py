@@ -1,12 +1,12 @@
 """The report model: one dataclass tree that every renderer receives finished.
 
-Field names follow the report JSON contract (DESIGN.md) wherever one exists; ``render_json``
+Field names follow the report JSON contract (docs/report.schema.json) wherever one exists; ``render_json``
 maps the few that cannot (``from`` is a keyword) and is the only place the contract is spelt.
 Times are ``t_s``: seconds since the traced program started (``child_start``).
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 SCHEMA = "trace-quit/report/1"
 
@@ -113,6 +113,13 @@ class Drop:
     def fall(self) -> int:
         """How many live connections it took away."""
         return self.from_ - self.to
+
+
+def largest_drop(drops: Sequence["Drop"], at_exit: bool = False) -> Optional["Drop"]:
+    """The one definition of "the largest drop": the greatest fall (then the most ends), among
+    the drops while the program ran unless ``at_exit``; None when there is none."""
+    running = [d for d in drops if at_exit or not d.at_exit]
+    return max(running, key=lambda d: (d.fall, d.connections)) if running else None
 
 
 @dataclasses.dataclass
@@ -231,12 +238,13 @@ class Report:
     notes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     events: int = 0
     malformed: int = 0
+    revision: int = 0             # the capture's schema revision (its header's version)
+    lacks: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # kind -> fields that revision lacks
     schema: str = SCHEMA
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""
-        running = [d for d in self.drops if not d.at_exit]
-        return max(running, key=lambda d: (d.fall, d.connections)) if running else None
+        return largest_drop(self.drops)
 
     @property
     def name(self) -> str:

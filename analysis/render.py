@@ -1,7 +1,6 @@
 """render(reports, fmt, stream/path, color): the one entry point of every renderer."""
 
 import os
-import sys
 from typing import IO, Optional, Sequence, Union
 
 from .model import Report

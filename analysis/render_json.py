@@ -1,11 +1,11 @@
-"""The report as JSON: the contract of DESIGN.md ("trace-quit/report/1"), spelt out here only.
+"""The report as JSON: the contract "trace-quit/report/1", its JSON Schema in docs/report.schema.json.
 
 Contract keys are never removed or renamed; everything else is an addition (keys may be
 added). Several captures give ``{"schema": "trace-quit/reports/1", "reports": [...]}``.
 """
 
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from .model import Report, SCHEMA
 
@@ -58,7 +58,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         # --- additions ---
         "lost_by_source": r.lost_by_source,
         "capture": {"path": r.path, "status": r.capture_status, "detail": r.capture_detail, "events": r.events,
-                    "malformed": r.malformed},
+                    "malformed": r.malformed, "revision": r.revision, "lacks": r.lacks},
         "capture_status": r.capture_status,
         "summary": r.summary,
         "notes": r.notes,

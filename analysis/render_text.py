@@ -177,7 +177,8 @@ def _one(o: _Out, r: Report) -> None:
                    "connections" % (fmt_int(s.created), fmt_int(s.disposed), fmt_int(s.connections), pool,
                                     fmt_int(s.max_live_engines), fmt_int(s.max_live_connections)), 6)
             if s.connections_by_cause:
-                o.wrap("ended by: " + ", ".join("%s %s" % (k, fmt_int(v)) for k, v in s.connections_by_cause.items()), 6)
+                o.wrap("ended by: " + ", ".join("%s %s" % (k, fmt_int(v))
+                                                for k, v in s.connections_by_cause.items()), 6)
 
     o.heading("FINDINGS")
     if not r.findings:

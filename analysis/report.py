@@ -1,7 +1,7 @@
 """build_report(capture) -> Report: join, attribute, timeline, drops, engines, findings.
 
-The order of the pipeline is the order of DESIGN.md's picture: load → join → attribute →
-timeline → drops → causes. Nothing here formats output; renderers receive the Report.
+The order of the pipeline is docs/architecture.md's: load → join → attribute → timeline →
+drops → findings. Nothing here formats output; renderers receive the Report.
 """
 
 from collections import Counter
@@ -12,13 +12,13 @@ from trace_quit.tracer import events as ev
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
-from .attribute import Context, attribute, count_families
-from .capture import Capture
-from .join import Collection, Joined, as_int, join
+from .attribute import Context, attribute_all
+from .capture import Capture, describe_lacks
+from .join import Collection, Joined, join
 from .model import (
-    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline,
+    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline, largest_drop,
 )
-from .sites import app_frame, relative_site
+from .sites import relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
 
 #: The syscalls whose tracepoints see the bytes mysql_close sends (tracer/bpf/session.py).
@@ -61,15 +61,10 @@ def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
 
 def _lost(trailer: Optional[Dict[str, Any]], j: Joined) -> Dict[str, int]:
     lost = {ev.SRC_AGENT: j.agent_lost, ev.SRC_BPF: j.bpf_dropped}
-    declared = trailer.get("lost") if trailer else None
-    if isinstance(declared, dict):
-        for src, n in declared.items():
-            if isinstance(n, int) and not isinstance(n, bool) and isinstance(src, str):
-                lost[src] = max(lost.get(src, 0), n)
-    elif isinstance(declared, int) and not isinstance(declared, bool):
-        known = sum(lost.values())
-        if declared > known:
-            lost["unattributed"] = declared - known
+    declared = trailer.get("lost") if trailer else None  # an object (tracer/events.py), per source
+    for src, n in (declared or {}).items():
+        if type(n) is int:
+            lost[src] = max(lost.get(src, 0), n)
     return {s: n for s, n in lost.items() if n}
 
 
@@ -90,7 +85,7 @@ class _Collections:
         for pid in pids:
             if pid in j.gc_counts:
                 for g, n in j.gc_counts[pid].items():
-                    counts[as_int(g)] += n
+                    counts[int(g) if g.isdigit() else None] += n
             else:
                 src = bpf if pid in bpf_pids else agent
                 counts.update(c.gen for c in src if c.pid == pid)
@@ -112,7 +107,7 @@ class _Collections:
 def build_report(capture: Capture) -> Report:
     """Explain one capture."""
     header = capture.header if isinstance(capture.header, dict) else {}
-    trailer = capture.trailer if isinstance(capture.trailer, dict) else None
+    trailer = capture.trailer
     j = join(capture.events, header)
     cwd = header.get("cwd") if isinstance(header.get("cwd"), str) else None
 
@@ -128,7 +123,7 @@ def build_report(capture: Capture) -> Report:
 
     # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
     finished = trailer is not None or j.child_exit is not None
-    end_all = j.child_exit[0] if j.child_exit else (trailer.get("t") if trailer and type(trailer.get("t")) is int else j.t_last)
+    end_all = j.child_exit[0] if j.child_exit else (trailer["t"] if trailer else j.t_last)
 
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
@@ -139,36 +134,11 @@ def build_report(capture: Capture) -> Report:
         return None
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
-    failed = 0
-    for life in j.lives:
-        if life.failed:
-            failed += 1
-            continue
-        attribute(life, ctx)
-    # One end per server connection: a forked child's handle on its parent's connection is a
-    # copy, and only the first end among the handles is counted (attribute.count_families).
-    families = count_families(j.lives)
-    ended: List = []
-    copies: List = []     # ended handles whose connection's end is counted on another handle
-    counted: List = []    # every life that counts once (failed connects excluded)
-    open_at_end = before_capture = opened = 0
-    for life in j.lives:
-        if life.failed:
-            continue
-        if life.copy_of is not None:
-            if life.cause is not None:
-                copies.append(life)
-            continue
-        counted.append(life)
-        if life.family.opened:
-            opened += 1
-        elif life.cause is not None:
-            before_capture += 1
-        if life.cause is None:
-            open_at_end += 1
-        else:
-            ended.append(life)
-    shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
+    # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
+    att = attribute_all(j.lives, ctx)
+    ended, copies, counted, failed = att.ended, att.copies, att.counted, att.failed
+    opened, before_capture, open_at_end = att.opened, att.opened_before_capture, att.open_at_end
+    families, shared = att.families, att.shared
 
     # --- counts ---------------------------------------------------------------------------
     by_cause = Counter(lf.cause for lf in ended)
@@ -202,9 +172,9 @@ def build_report(capture: Capture) -> Report:
 
     # --- program --------------------------------------------------------------------------
     exit_status = None
-    if trailer is not None and isinstance(trailer.get("exit_status"), int):
+    if trailer is not None and trailer.get("exit_status") is not None:
         exit_status = trailer["exit_status"]
-    elif j.child_exit is not None and isinstance(j.child_exit[1], int):
+    elif j.child_exit is not None and j.child_exit[1] is not None:
         exit_status = j.child_exit[1]
     t_stop = j.child_exit[0] if j.child_exit else j.t_last
     duration_s = to_s(t_stop) if t_stop is not None else None
@@ -224,11 +194,11 @@ def build_report(capture: Capture) -> Report:
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
     capture_status = ("damaged" if capture.damaged_at_line is not None
                       else "truncated" if capture.trailer is None else "complete")
-    findings = findingslib.find(
+    findings = findingslib.find(findingslib.Facts(
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
-        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes, malformed=j.malformed,
-        shared=shared)
+        capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes,
+        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture)))
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
@@ -274,7 +244,8 @@ def build_report(capture: Capture) -> Report:
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
-        malformed=j.malformed)
+        malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
+        lacks=dict(capture.lacks))
 
 
 _CAUSE_PROSE = {
@@ -325,9 +296,8 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     out.append("At most %s open at once%s." % (
         pl(connections.max_live, "connection was", "connections were"),
         " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))
-    running = [d for d in drops if not d.at_exit]
-    if running:
-        big = max(running, key=lambda d: (d.fall, d.connections))
+    big = largest_drop(drops)
+    if big is not None:
         out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
     for d in drops:
         if d.at_exit:
@@ -339,7 +309,8 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     if engines and with_engines:
         top = engines[0]
         if len(engines) == 1:
-            scope = "All" if with_engines == connections.opened + connections.opened_before_capture else fi(with_engines) + " of the"
+            every = with_engines == connections.opened + connections.opened_before_capture
+            scope = "All" if every else fi(with_engines) + " of the"
             out.append("%s %s belonged to %s created at %s (%s disposed)." % (
                 scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.call_site,
                 fi(top.disposed)))

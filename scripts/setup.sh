@@ -181,7 +181,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -x "$VENV/bin/trace-quit" ] 
     && "$VENV/bin/python" -c 'import trace_quit.tracer, trace_quit.workloads.server, pytest' 2>/dev/null; then
     say ".venv" "$venv_state, trace-quit installed (sees bcc)"
 else
-    run "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
+    run "$VENV/bin/python" -m pip install -q -e "$REPO[test,workloads]"
     echo "$want" >"$STAMP"
     say ".venv" "$venv_state, installed trace-quit[test] in editable mode (sees bcc)"
 fi

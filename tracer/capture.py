@@ -1,4 +1,4 @@
-"""The capture file writer: header, streamed events, trailer (format in DESIGN.md).
+"""The capture file writer: header, streamed events, trailer (format in docs/capture-format.md).
 
 Line-oriented JSON, append-only. Events are buffered and flushed at least every
 ``FLUSH_INTERVAL_S`` so a SIGKILLed tracer leaves a file readable up to its last flush.

@@ -12,15 +12,23 @@ An event is a flat JSON object, one per line in the capture, with these common k
 
 ``conn`` is always the ``MYSQL*`` address as an int: ``id(connection) + __basicsize__``
 on the Python side, the first argument of ``mysql_close`` on the kernel side.
-Keys may be added to a kind; a reader ignores keys it does not know.
+
+Every kind's fields are declared below in ``KINDS`` (type, required, the capture revision
+that added it) and enforced by ``check()``: by the capture reader on every record, by the
+agent channel on the agent's kinds, by the synthetic captures of the tests.
+docs/capture-format.md follows the table (tests/unit/test_docs.py). Keys may be added to a kind (declare
+them, with the revision, in the kind's entry); a reader ignores keys it does not know.
 """
 
 import re
 import time
 
-#: The capture's format name and version: the reader refuses any other version.
+#: The capture's format name and its schema revision (the header's ``version``). The writer
+#: writes VERSION; the reader reads every revision in READABLE and says what an older one
+#: lacks (``Field.since``), it never defaults a missing field silently.
 FORMAT = "trace-quit/capture"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 
 #: The one clock: CLOCK_MONOTONIC in nanoseconds (bpf_ktime_get_ns() uses the same clock).
 now_ns = time.monotonic_ns
@@ -97,9 +105,9 @@ AGENT_LOST = "agent_lost"        # n: events the agent dropped because its chann
 # came before this close; bpf_wire.ret = the send syscall's return value (bytes sent, or
 # -errno: -32 EPIPE, -104 ECONNRESET).
 BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0, fd
-BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry with its native cause
+BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry (native cause)
 BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0, send_err, tcp_from, tcp_to, fin_first: mysql_close returned
-BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex of first <=16 bytes), quit, tls, ret: a send during mysql_close
+BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex, first <=16 bytes), quit, tls, ret: a send in mysql_close
 BPF_GC_START = "bpf_gc_start"    # gen (None when the build hides it)
 BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown), gen
 BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
@@ -123,31 +131,198 @@ TRACER_NOTE = "note"             # level, text: something the user should know (
 #: The trailer's kind: its presence means the capture was finished cleanly.
 TRAILER = "trailer"
 
-#: The kinds the in-process agent may send through its channel; any other kind arriving there
-#: is forged and rejected (tracer/channel.py).
-AGENT_KINDS = frozenset((AGENT_START, MODULE, GC_START, GC_STOP, GC_COUNTS, CONN_OPEN, CONN_FAIL,
-                         CONN_CLOSE, CONN_DESTROY, ENGINE_CREATE, ENGINE_DESTROY, ENGINE_DISPOSE,
-                         POOL, AGENT_LOST))
-
-
 class SchemaError(ValueError):
     """A record that does not match its kind's declared fields."""
 
 
-def check(record):
-    """Return ``record`` if it is a well-formed event, else raise ``SchemaError`` saying why.
+# --- the executable schema -------------------------------------------------------------
+# Every kind's fields, with their JSON types, whether they are required, and the capture
+# revision that added them. A field added in revision N is required (when ``required``) only
+# in captures of revision >= N; an older capture may lack it, and the reader says so
+# (analysis/capture.py: Capture.lacks). Keys not declared here are allowed and ignored.
+# The kernel's records are declared exactly as tracer/bpf/session.py's decoders write them.
 
-    Interface only for now: the common keys. The per-kind field declarations extend it."""
+INT = (int,)              # a JSON integer (never a bool: type() is compared, not isinstance)
+BOOL = (bool,)
+STR = (str,)
+NUM = (int, float)
+LIST = (list,)
+DICT = (dict,)
+NULL = type(None)
+
+
+class Field(object):
+    """One declared field: ``name``, JSON ``types``, ``required``, ``null`` allowed, ``since`` revision."""
+
+    __slots__ = ("name", "types", "required", "null", "since")
+
+    def __init__(self, name, types, required=True, null=False, since=1):
+        self.name = name
+        self.types = tuple(types) + ((NULL,) if null else ())
+        self.required = required
+        self.null = null
+        self.since = since
+
+    def __repr__(self):
+        return "Field(%r, %s%s%s, since=%d)" % (
+            self.name, "|".join(t.__name__ for t in self.types if t is not NULL),
+            "" if self.required else ", optional", "|null" if self.null else "", self.since)
+
+
+def F(name, types, required=True, null=False, since=1):
+    return Field(name, types, required=required, null=null, since=since)
+
+
+def _opt(name, types, null=False, since=1):
+    return Field(name, types, required=False, null=null, since=since)
+
+
+_AGENT_COMMON = (F("t", INT), F("src", STR), F("pid", INT), F("tid", INT))
+_BPF_COMMON = (F("t", INT), F("src", STR), F("pid", INT), F("tid", INT))
+_GLOBAL_COMMON = (F("t", INT), F("src", STR))
+
+#: kind -> its source and fields (common keys included). ``k`` is implied.
+KINDS = {
+    # agent (inside the traced program; through the channel, so also the channel's validation)
+    AGENT_START: (SRC_AGENT, _AGENT_COMMON + (
+        F("ppid", INT), F("python", STR), F("executable", STR, null=True), F("argv", LIST), F("basicsize", INT),
+        F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
+        _opt("forked_from", INT, null=True))),
+    MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),
+                                         F("file", STR, null=True))),
+    GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR))),
+    GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
+                                          F("uncollectable", INT))),
+    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),
+    CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
+        F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
+        _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT))),
+    CONN_FAIL: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("error", STR))),
+    CONN_CLOSE: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("stack", LIST), _opt("thread", STR))),
+    CONN_DESTROY: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("cause", STR), F("gen", INT, null=True),
+                                               F("cid", INT, null=True))),
+    ENGINE_CREATE: (SRC_AGENT, _AGENT_COMMON + (
+        F("engine", INT), F("site", STR), F("pool_class", STR), _opt("url", STR), _opt("pool_size", INT),
+        _opt("max_overflow", INT))),
+    ENGINE_DISPOSE: (SRC_AGENT, _AGENT_COMMON + (F("engine", INT),)),
+    ENGINE_DESTROY: (SRC_AGENT, _AGENT_COMMON + (F("engine", INT), F("cause", STR), F("gen", INT, null=True),
+                                                 F("cid", INT, null=True))),
+    POOL: (SRC_AGENT, _AGENT_COMMON + (F("engine", INT), F("ev", STR), F("conn", INT, null=True),
+                                       _opt("error", STR))),
+    AGENT_LOST: (SRC_AGENT, _AGENT_COMMON + (F("n", INT),)),
+    # kernel (tracer/bpf/session.py: decode_event and the fast-path line templates)
+    BPF_CONNECT: (SRC_BPF, _BPF_COMMON + (F("conn", INT), F("ok", BOOL), F("t0", INT),
+                                          F("fd", INT, null=True, since=2))),
+    BPF_CLOSE: (SRC_BPF, _BPF_COMMON + (
+        F("conn", INT), F("cause", STR), F("gen", INT, null=True), F("self", INT),
+        F("sock", BOOL, null=True, since=2), F("last_errno", INT, null=True, since=2), F("eof", BOOL, since=2))),
+    BPF_CLOSE_RET: (SRC_BPF, _BPF_COMMON + (
+        F("conn", INT), F("wire", STR), F("sends", INT), F("t0", INT), F("send_err", INT, since=2),
+        F("tcp_from", STR, null=True, since=2), F("tcp_to", STR, null=True, since=2),
+        F("fin_first", BOOL, null=True, since=2))),
+    BPF_WIRE: (SRC_BPF, _BPF_COMMON + (F("conn", INT), F("fd", INT), F("len", INT), F("head", STR),
+                                       F("quit", BOOL), F("tls", BOOL), F("ret", INT, since=2))),
+    BPF_GC_START: (SRC_BPF, _BPF_COMMON + (F("gen", INT, null=True),)),
+    BPF_GC_DONE: (SRC_BPF, _BPF_COMMON + (F("collected", INT), F("gen", INT, null=True))),
+    BPF_FINALIZE: (SRC_BPF, _BPF_COMMON),
+    BPF_FORK: (SRC_BPF, _BPF_COMMON + (F("child", INT),)),
+    BPF_EXIT: (SRC_BPF, _BPF_COMMON),
+    BPF_PEER_END: (SRC_BPF, _BPF_COMMON + (F("conn", INT), F("fd", INT), F("ret", INT), F("op", STR, null=True))),
+    BPF_STATS: (SRC_BPF, _GLOBAL_COMMON + (F("emitted", INT), F("dropped", INT))),
+    BPF_PROBES: (SRC_TRACER, _GLOBAL_COMMON + (F("probes", LIST), F("missing", LIST))),
+    # sampler and tracer
+    SERVER_COUNT: (SRC_SAMPLER, _GLOBAL_COMMON + (F("count", INT),)),
+    CHILD_START: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), _opt("attach_s", NUM), _opt("startup_s", NUM),
+                                                _opt("attached", BOOL))),
+    CHILD_EXIT: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), F("status", INT, null=True), _opt("attached", BOOL))),
+    TRACER_NOTE: (SRC_TRACER, _GLOBAL_COMMON + (F("level", STR), F("text", STR))),
+    TRAILER: (SRC_TRACER, (F("t", INT), F("counts", DICT), _opt("exit_status", INT, null=True),
+                           _opt("lost", DICT), _opt("timings", DICT))),
+}
+
+#: The sources a kind may come from (its declared source unless listed here). A kernel or
+#: tracer kind stamped ``agent`` came through the agent's channel: it is forged, and refused.
+SOURCES = {kind: (src,) for kind, (src, _) in KINDS.items() if kind != TRAILER}
+SOURCES[TRACER_NOTE] = (SRC_TRACER, SRC_BPF)  # the kernel layer's decode errors are notes too
+
+#: The header (the first line; it has no ``k``): what tracer/capture.py and tracer/record.py write.
+#: The writer always writes them all but ``targets``/``dsn``/``attached_pid``; only the three
+#: the reader cannot do without are required, the others are type-checked when present.
+HEADER_FIELDS = (
+    F("format", STR), F("version", INT), F("t", INT), _opt("clock", STR), _opt("kernel", STR),
+    _opt("machine", STR), _opt("argv", LIST), _opt("tracer", DICT), _opt("child_pid", INT), _opt("uid", INT),
+    _opt("gid", INT), _opt("user", STR), _opt("cwd", STR), _opt("layers", DICT), _opt("targets", DICT),
+    _opt("dsn", STR), _opt("attached_pid", INT),
+)
+
+#: The kinds the in-process agent may send through its channel; any other kind arriving there
+#: is forged and rejected (tracer/channel.py).
+AGENT_KINDS = frozenset(k for k, (src, _) in KINDS.items() if src == SRC_AGENT)
+
+_COMPILED = {}
+
+
+def _compiled(kind, revision):
+    """(name, types, required-in-this-revision) per field of ``kind``, cached."""
+    key = (kind, revision)
+    fields = _COMPILED.get(key)
+    if fields is None:
+        decl = HEADER_FIELDS if kind is None else KINDS[kind][1]
+        fields = _COMPILED[key] = tuple((f.name, f.types, f.required and f.since <= revision) for f in decl)
+    return fields
+
+
+def _check_fields(record, kind, revision, label):
+    for name, types, required in _compiled(kind, revision):
+        if name in record:
+            if type(record[name]) not in types:
+                raise SchemaError("%s: %s is %s, not %s" % (
+                    label, name, type(record[name]).__name__ if record[name] is not None else "null",
+                    "|".join("null" if t is NULL else t.__name__ for t in types)))
+        elif required:
+            raise SchemaError("%s: %s is missing" % (label, name))
+    return record
+
+
+def check(record, revision=VERSION):
+    """Return ``record`` if it is a well-formed event of a capture of ``revision``, else raise
+    ``SchemaError`` saying why. A kind not declared here only needs ``k``, an integer ``t`` and,
+    when present, an integer ``pid``: readers skip kinds they do not know."""
     if not isinstance(record, dict):
         raise SchemaError("not a JSON object")
     kind = record.get("k")
     if not isinstance(kind, str):
         raise SchemaError("no kind")
-    for key in ("t", "pid"):
-        value = record.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise SchemaError("%s: %s is not an integer" % (kind, key))
+    if kind in KINDS:
+        _check_fields(record, kind, revision, kind)
+        sources = SOURCES.get(kind)
+        if sources is not None and record["src"] not in sources:
+            raise SchemaError("%s: src is %r, not %s" % (kind, record["src"], " or ".join(sources)))
+        if kind == TRAILER and "src" in record:
+            # The writer's trailer has no source; one with a source came through a channel.
+            raise SchemaError("trailer: has a src (%r): not the tracer's own" % (record["src"],))
+        return record
+    if type(record.get("t")) is not int:
+        raise SchemaError("%s: t is not an integer" % kind)
+    if "pid" in record and type(record["pid"]) is not int:
+        raise SchemaError("%s: pid is not an integer" % kind)
     return record
+
+
+def check_header(header, revision=None):
+    """Return ``header`` if it is a well-formed capture header, else raise ``SchemaError``."""
+    if not isinstance(header, dict):
+        raise SchemaError("not a JSON object")
+    if revision is None:
+        revision = header.get("version") if type(header.get("version")) is int else VERSION
+    return _check_fields(header, None, revision, "header")
+
+
+def added_after(kind, revision):
+    """The fields of ``kind`` that captures of ``revision`` may lack (added by a later revision)."""
+    if kind not in KINDS:
+        return ()
+    return tuple(f.name for f in KINDS[kind][1] if f.since > revision)
 
 
 def encode(event):

@@ -16,7 +16,7 @@ all and the count drops to zero. ``--gc-threshold`` has no effect here.
 import gc
 import sys
 
-from trace_quit.workloads import engine_per_call, harness
+from trace_quit.workloads import harness
 from trace_quit.workloads.engine_per_call import configure, get_db_session  # noqa: F401
 
 

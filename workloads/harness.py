@@ -1,4 +1,4 @@
-"""The study's driver, shared by the experiment workloads (see ../shared/STUDY.md).
+"""The study's driver, shared by the experiment workloads (docs/causes.md, docs/architecture.md).
 
 A ``ThreadPoolExecutor(max_workers=20)`` runs 500 tasks that each sleep a random 1-3 s;
 each future has a done-callback that does the database work:

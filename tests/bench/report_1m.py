@@ -1,6 +1,6 @@
 """Benchmark: report on a 1,000,000-event capture (target: < 30 s and < 2 GiB).
 
-Synthesises the study's experiment-1 shape at scale (analysis/synth.py: one Engine per
+Synthesises the study's experiment-1 shape at scale (tests/synth.py: one Engine per
 call, connections destroyed by generation-1 collections every 6.5 s, a generation-2 mass
 drop, the rest at shutdown; both layers plus the server sampler) with CaptureWriter, then
 reports on it in a fresh process so that only the report's memory is measured:
@@ -29,7 +29,8 @@ EVENTS_PER_CONNECTION = 11
 
 
 def synthesise(path: str, events: int) -> dict:
-    from trace_quit.analysis.synth import engine_per_call
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: synth
+    from synth import engine_per_call
 
     # ~11 events per connection, plus collections (~6 each) and sampler readings (2 per second at
     # 0.12 s per open): solve for the number of connections.

@@ -213,7 +213,7 @@ def check_exact(run):
 def foreign_uprobes(lib_name="libmariadb.so.3"):
     """Whether this process's copy of mysql_close differs from the file (someone else's uprobe)."""
     try:
-        from trace_quit.tracer.bpf import elf, resolve
+        from trace_quit.tracer.bpf import elf
         cache = elf.ld_cache()
         path = os.path.realpath(cache.get(lib_name) or cache.get("libmysqlclient.so.21") or "")
         e = elf.Elf(path)

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, destroy_causes, kinds, load_events,
+from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, destroy_causes, kinds, load_events,
                         pyenv_has, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server

@@ -8,7 +8,6 @@ live process, and /sys/kernel/tracing/uprobe_events. Including a tracer SIGKILLe
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest

@@ -8,7 +8,6 @@ figures are printed (pytest -s) and go into the README's overhead section.
 """
 
 import dataclasses
-import statistics
 
 import pytest
 

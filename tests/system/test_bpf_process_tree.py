@@ -1,7 +1,6 @@
 """Only the traced process tree is seen: forks and execs are followed, other processes are not."""
 
 import collections
-import os
 import subprocess
 
 import pytest

@@ -3,7 +3,7 @@
 import pytest
 
 from trace_quit.analysis import build_report, load, render
-from trace_quit.analysis.synth import SynthCapture, known_causes
+from synth import SynthCapture, known_causes
 from trace_quit.tracer import events as ev
 
 KNOWN = {"explicit_close": 7, "refcount": 11, "gc": 18, "shutdown": 3, "never_closed": 0, "server": 0, "unknown": 0}
@@ -92,7 +92,8 @@ def test_kernel_alone_with_a_missing_bracket_probe_is_unknown(tmp_path):
 
 def test_never_closed_at_process_exit(tmp_path):
     s = SynthCapture(str(tmp_path / "n.tq"))
-    a, b, c = s.open(0.1), s.open(0.2), s.open(0.3)
+    a = s.open(0.1)
+    s.open(0.2), s.open(0.3)  # b and c
     s.close(0.4, a, ev.EXPLICIT_CLOSE)
     s.finish(2.0, status=137)  # killed: b and c never sent COM_QUIT
     r = report_of(s.path)
@@ -107,11 +108,12 @@ def test_never_closed_at_process_exit(tmp_path):
 
 def test_open_at_the_end_of_a_truncated_capture_has_no_cause(tmp_path):
     s = SynthCapture(str(tmp_path / "t.tq"))
-    a, b = s.open(0.1), s.open(0.2)
+    a = s.open(0.1)
+    s.open(0.2)
     s.close(0.3, a, ev.REFCOUNT)
     path = str(tmp_path / "t.tq")
     s.w.close({})
-    from trace_quit.analysis.synth import strip_trailer
+    from synth import strip_trailer
     strip_trailer(path)
     r = report_of(path)
     assert r.capture_status == "truncated"
@@ -177,8 +179,10 @@ def test_wire_from_sends_when_the_kernel_verdict_is_lost(tmp_path):
         t = s.ns(0.2 + i * 0.1)
         s.emit({"k": ev.CONN_CLOSE, "t": t, "src": "agent", "pid": s.pid, "tid": s.pid, "conn": conns[i], "stack": []})
         s.emit({"k": ev.BPF_CLOSE, "t": t + 10, "src": "bpf", "pid": s.pid, "tid": s.pid, "conn": conns[i],
-                "cause": "explicit_close"})
-        s.emit({"k": ev.BPF_WIRE, "t": t + 20, "src": "bpf", "pid": s.pid, "tid": s.pid, "len": 5, "head": head})
+                "cause": "explicit_close", "gen": None, "self": conns[i] - 16, "sock": True, "last_errno": 0,
+                "eof": False})
+        s.emit({"k": ev.BPF_WIRE, "t": t + 20, "src": "bpf", "pid": s.pid, "tid": s.pid, "conn": conns[i], "fd": 6,
+                "len": 5, "head": head, "quit": head == "0100000001", "tls": head.startswith("17"), "ret": 5})
     s.finish(1.0)
     r = report_of(s.path)
     assert [q.wire for q in r.quits] == ["confirmed", "encrypted", "not_sent"]

@@ -4,7 +4,7 @@ import pytest
 
 from trace_quit.analysis import build_report, load
 from trace_quit.analysis.drops import MIN_DROP, find_patterns
-from trace_quit.analysis.synth import SynthCapture, engine_per_call
+from synth import SynthCapture, engine_per_call
 from trace_quit.tracer import events as ev
 
 SITE = "config/database.py:22 in get_db_session"
@@ -12,7 +12,7 @@ SITE = "config/database.py:22 in get_db_session"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Experiment 1's shape (STUDY.md), 500 connections: the plan and its report."""
+    """Experiment 1's shape (tests/synth.engine_per_call), 500 connections: the plan and its report."""
     path = str(tmp_path_factory.mktemp("study") / "epc.tq")
     plan = engine_per_call(path)
     return plan, build_report(load(path))
@@ -71,7 +71,8 @@ def test_periodic_summary(study):
     _, r = study
     [p0, p1] = r.patterns
     assert (p0.generation, p0.collections, p0.every_s, p0.connections_each, p0.total, p0.drops) == (0, 4, 15.0, 2, 8, 0)
-    assert (p1.generation, p1.collections, p1.every_s, p1.connections_each, p1.total, p1.drops) == (1, 10, 6.5, 33, 330, 10)
+    assert (p1.generation, p1.collections, p1.every_s, p1.connections_each, p1.total, p1.drops) == (
+        1, 10, 6.5, 33, 330, 10)
     assert p1.regular and p1.text == ("a generation-1 collection every ~6.5 s destroys ~33 connections "
                                       "(10 collections, 33 each, 330 in all): the saw-tooth of the connection count")
 

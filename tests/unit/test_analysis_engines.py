@@ -3,7 +3,7 @@
 from trace_quit.analysis import build_report, load
 from trace_quit.analysis.engines import pool_bound
 from trace_quit.analysis.findings import FIX_ENGINE_PER_CALL
-from trace_quit.analysis.synth import SynthCapture
+from synth import SynthCapture
 from trace_quit.tracer import events as ev
 
 
@@ -28,7 +28,8 @@ def test_connections_are_tied_to_the_engine_and_its_call_site(tmp_path):
     assert b.connections_by_cause == {"explicit_close": 1, "never_closed": 1}
     assert pool_bound(a) == 15 and pool_bound(b) is None
     [f] = [f for f in r.findings if f.title.startswith("create_engine() ran")]
-    assert f.title == "create_engine() ran 7 times at config/database.py:22 in get_db_session and no Engine was disposed"
+    assert f.title == ("create_engine() ran 7 times at config/database.py:22 in get_db_session and no Engine was "
+                       "disposed")
     assert f.severity == "error" and f.fix == FIX_ENGINE_PER_CALL and f.call_site == a.call_site
     assert "gc 7 (gen 1: 7)" in f.evidence and "reference cycle" in f.evidence
     assert [q.engine_site for q in r.quits[:7]] == [a.call_site] * 7
@@ -45,7 +46,8 @@ def test_pool_bound_exceeded_by_many_engines(tmp_path):
     site = r.engines[0]
     assert (site.max_live_connections, site.engines_at_max, site.max_live_engines) == (40, 40, 40)
     [f] = [f for f in r.findings if "one pool allows" in f.title]
-    assert f.title == "connections from config/database.py:22 in get_db_session reached 40 at once, past the 15 one pool allows"
+    assert f.title == ("connections from config/database.py:22 in get_db_session reached 40 at once, past the 15 "
+                       "one pool allows")
     assert "across 40 Engines" in f.evidence and "pool_size 5 + max_overflow 10" in f.evidence
     assert r.connections.never_closed == 40
 
@@ -109,6 +111,7 @@ def test_nullpool_engine_per_call_with_every_connection_closed_is_only_info(tmp_
     r = build_report(load(s.path))
     [f] = [f for f in r.findings if f.title.startswith("create_engine() ran")]
     assert f.severity == "info"
-    assert f.title == "create_engine() ran 30 times at config/database.py:22 in get_db_session; every connection was closed by close()"
+    assert f.title == ("create_engine() ran 30 times at config/database.py:22 in get_db_session; every connection "
+                       "was closed by close()")
     assert not [f for f in r.findings if f.severity in ("error", "warning")]
     assert r.drops == []

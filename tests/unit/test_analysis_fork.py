@@ -9,7 +9,7 @@ import json
 import pytest
 
 from trace_quit.analysis import build_report, load, render
-from trace_quit.analysis.synth import SynthCapture
+from synth import SynthCapture
 from trace_quit.tracer import events as ev
 
 CHILD, GRANDCHILD = 5151, 6161

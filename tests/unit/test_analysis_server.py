@@ -11,7 +11,7 @@ import pytest
 
 from trace_quit.analysis import build_report, load, render
 from trace_quit.analysis.join import server_gone_code
-from trace_quit.analysis.synth import SynthCapture
+from synth import SynthCapture
 from trace_quit.tracer import events as ev
 
 TITLE = "connections were ended by the server first (KILL, wait_timeout, restart)"
@@ -42,7 +42,8 @@ def test_kernel_alone_nothing_sent_after_a_successful_connect_is_server(tmp_path
     assert "sent no COM_QUIT" in q.reason and "explicit_close" in q.reason
     assert r.com_quit.wire == {"confirmed": 1, "not_sent": 1, "encrypted": 0, "unobserved": 0}
     f = server_finding(r)
-    assert f.severity == "warning" and f.title == "1 connection was ended by the server first (KILL, wait_timeout, restart)"
+    assert f.severity == "warning"
+    assert f.title == "1 connection was ended by the server first (KILL, wait_timeout, restart)"
     assert "mysql_close sent no COM_QUIT on a connection that had opened: 1" in f.evidence
     assert "pool_recycle below the server's wait_timeout" in f.fix and "pool_pre_ping=True" in f.fix
     assert "2006/2013" in f.fix
@@ -143,7 +144,8 @@ def test_client_causes_disagree_but_the_server_ended_it_first(tmp_path):
     s.finish(2.0)
     [q] = report_of(s.path).quits
     assert q.cause == "server" and q.evidence == ["kernel_not_sent"]
-    assert "not attributed (the layers disagree: the agent said refcount, the eBPF layer said explicit_close)" in q.reason
+    assert ("not attributed (the layers disagree: the agent said refcount, the eBPF layer said explicit_close)"
+            in q.reason)
 
 
 @pytest.mark.parametrize("ret,name", [(-32, "EPIPE"), (-104, "ECONNRESET")])

@@ -16,7 +16,7 @@ def test_capture_is_private_and_complete(tmp_path):
     w = CaptureWriter(path)
     w.write_header({"argv": ["x"]})
     for i in range(23):
-        w.emit({"k": ev.CONN_OPEN, "t": i, "conn": i})
+        w.emit({"k": ev.CONN_OPEN, "t": i, "src": "agent", "pid": 1, "tid": 1, "conn": i, "stack": []})
     w.close({"exit_status": 3})
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     cap = load(path)
@@ -54,7 +54,7 @@ def test_events_reach_disk_within_the_flush_interval(tmp_path):
     path = str(tmp_path / "c.tqcap")
     w = CaptureWriter(path)
     w.write_header({})
-    w.emit({"k": ev.CONN_OPEN, "t": 1, "conn": 1})
+    w.emit({"k": ev.CONN_OPEN, "t": 1, "src": "agent", "pid": 1, "tid": 1, "conn": 1, "stack": []})
     time.sleep(FLUSH_INTERVAL_S * 3)
     cap = load(path)  # as a killed tracer would leave it: no trailer yet
     assert cap.status == "truncated"

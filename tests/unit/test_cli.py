@@ -70,7 +70,7 @@ def test_exit_status_follows_the_shell_convention():
 
 
 def test_report_files_are_private_and_never_clobbered(capsys, tmp_path):
-    from trace_quit.analysis import synth
+    import synth
 
     capture = synth.known_causes(str(tmp_path / "kc.tqcap"))
     for fmt in ("html", "json", "text"):

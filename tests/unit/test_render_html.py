@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from trace_quit.analysis import build_report, load, render
-from trace_quit.analysis.synth import SynthCapture, engine_per_call, known_causes
+from synth import SynthCapture, engine_per_call, known_causes
 from trace_quit.tracer import events as ev
 
 
@@ -64,8 +64,9 @@ def test_comparison_page_puts_captures_side_by_side(study, tmp_path):
 def test_odd_values_still_render(tmp_path):
     s = SynthCapture(str(tmp_path / "o.tq"))
     c = s.open(0.1)
-    s.emit({"k": ev.CONN_DESTROY, "t": s.ns(0.2), "src": "agent", "pid": s.pid, "conn": c, "cause": "gc", "gen": 7})
-    s.emit({"k": ev.CONN_OPEN, "t": s.ns(1e6), "src": "agent", "pid": s.pid, "conn": 5})
+    s.emit({"k": ev.CONN_DESTROY, "t": s.ns(0.2), "src": "agent", "pid": s.pid, "tid": s.pid, "conn": c, "cause": "gc",
+            "gen": 7, "cid": None})
+    s.emit({"k": ev.CONN_OPEN, "t": s.ns(1e6), "src": "agent", "pid": s.pid, "tid": s.pid, "conn": 5, "stack": []})
     s.finish(1e6 + 1)
     r = build_report(load(s.path))
     assert r.com_quit.gc_by_generation["7"] == 1

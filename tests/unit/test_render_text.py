@@ -6,7 +6,7 @@ import re
 import pytest
 
 from trace_quit.analysis import build_report, load, render
-from trace_quit.analysis.synth import engine_per_call, known_causes
+from synth import engine_per_call, known_causes
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -36,7 +36,9 @@ def fake_repo(tmp_path):
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/python").write_text("#!/bin/sh\necho \"pytest $*\" >> \"$(dirname \"$0\")/../../log\"\n"
                                                "exit $FAKE_STATUS\n")
-    for p in ("scripts/setup.sh", ".venv/bin/python"):
+    (tmp_path / ".venv/bin/ruff").write_text("#!/bin/sh\necho \"ruff $*\" >> \"$(dirname \"$0\")/../../log\"\n"
+                                             "exit ${FAKE_RUFF:-0}\n")
+    for p in ("scripts/setup.sh", ".venv/bin/python", ".venv/bin/ruff"):
         os.chmod(str(tmp_path / p), 0o755)
     return tmp_path
 
@@ -50,8 +52,18 @@ def test_scripts_test_runs_setup_then_all_tests_and_fails_on_no_tests(fake_repo,
     proc = subprocess.run([str(fake_repo / "scripts/test"), "-x"], capture_output=True, text=True, env=env,
                           cwd="/")
     assert proc.returncode == expected, proc.stdout + proc.stderr
-    assert (fake_repo / "log").read_text() == "setup-ran\npytest -m pytest tests -ra -x\n"
+    assert (fake_repo / "log").read_text() == "setup-ran\nruff check .\npytest -m pytest tests -ra -x\n"
     assert ("collected no tests" in proc.stderr) == (pytest_status == 5)
+
+
+@pytest.mark.root
+def test_scripts_test_stops_on_a_linter_finding_before_any_test(fake_repo):
+    if os.geteuid() != 0:
+        pytest.skip("not root: scripts/test refuses to run without root")
+    env = dict(os.environ, FAKE_STATUS="0", FAKE_RUFF="1")
+    proc = subprocess.run([str(fake_repo / "scripts/test")], capture_output=True, text=True, env=env, cwd="/")
+    assert proc.returncode == 1 and "ruff found the problems above" in proc.stderr
+    assert (fake_repo / "log").read_text() == "setup-ran\nruff check .\n"
 
 
 def test_setup_refuses_to_run_without_root():

@@ -2,7 +2,10 @@
 
 For unit tests and benchmarks that need captures with exactly known causes, without root,
 a server or a traced program. Each method emits the events of every enabled layer in the
-order and with the relative timing the real layers produce (DESIGN.md, tracer/events.py):
+order and with the relative timing the real layers produce, with exactly the keys the real
+tracer writes today (tracer/events.py ``KINDS``, revision ``VERSION``): every record goes
+through ``events.check`` before it is written, so a synthetic capture cannot rely on a key
+or a value the real layers never write (tests/unit/test_schema.py).
 
 - a connection's open: ``bpf_connect`` at mysql_real_connect, then the agent's ``conn_open``;
 - an explicit close: the agent's ``conn_close``, then ``bpf_close`` (+ the wire send) and
@@ -22,6 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
+
+BASICSIZE = 16  # MYSQL* = id(connection) + the connection type's __basicsize__ (CPython 3.11)
 
 T0 = 1_000_000_000_000  # an arbitrary CLOCK_MONOTONIC origin (ns)
 US = 1_000
@@ -50,10 +55,14 @@ class SynthCapture:
         self.gc_counts: Dict[int, List[int]] = {}
         self._ids = itertools.count(0x7F0000001000, 0x1000)
         self._engines = itertools.count(0x7E0000000010, 0x10)
+        self._fds = itertools.count(6)
         self.w = CaptureWriter(path)
-        header = {"argv": argv or ["python", "app.py"], "child_pid": pid, "cwd": cwd}
+        argv = argv or ["python", "app.py"]
+        header = {"argv": argv, "tracer": {"version": "0.1.0", "pid": 1, "python": "3.11.2",
+                                           "argv": ["trace-quit", "--"] + argv},
+                  "child_pid": pid, "uid": 1000, "gid": 1000, "user": "app", "cwd": cwd}
         if declare_layers:
-            header["layers"] = {"bpf": self.bpf, "agent": self.agent, "sampler": sampler, "wire": self.wire}
+            header["layers"] = {"bpf": self.bpf, "agent": self.agent, "sampler": sampler}
         self.w.write_header(header)
         if self.bpf:
             probes = [{"role": "close", "symbol": "mysql_close", "how": "uprobe"},
@@ -62,12 +71,12 @@ class SynthCapture:
             if self.wire:
                 probes += [{"role": "tracepoint", "symbol": "syscalls:sys_enter_%s" % name, "how": "tracepoint"}
                            for name in ("write", "sendto", "writev", "sendmsg")]
-            self.w.emit({"k": "bpf_probes", "t": T0 - 1000 * US, "src": ev.SRC_TRACER, "probes": probes,
-                         "missing": []})
-        self.w.emit({"k": ev.CHILD_START, "t": T0, "src": ev.SRC_TRACER, "pid": pid})
+            self.emit({"k": ev.BPF_PROBES, "t": T0 - 1000 * US, "src": ev.SRC_TRACER, "probes": probes,
+                       "missing": []})
+        self.emit({"k": ev.CHILD_START, "t": T0, "src": ev.SRC_TRACER, "pid": pid, "attach_s": 0.05,
+                   "startup_s": 0.01})
         if self.agent:
-            self._agent({"k": ev.AGENT_START, "t": T0 + 100 * US, "pid": pid, "tid": pid,
-                         "python": "3.11.7", "basicsize": 16})
+            self._agent(self._agent_start(T0 + 100 * US, pid, 0))
 
     # --- plumbing -----------------------------------------------------------------------
     @staticmethod
@@ -79,6 +88,7 @@ class SynthCapture:
         if not self.agent:
             return
         e["src"] = ev.SRC_AGENT
+        ev.check(e)
         if self.batch_agent:
             self._held.append(e)
             if len(self._held) >= self.batch_agent:
@@ -94,8 +104,16 @@ class SynthCapture:
     def _bpf(self, e: dict) -> None:
         if self.bpf:
             e["src"] = ev.SRC_BPF
-            self.w.emit(e)
+            self.w.emit(ev.check(e))
 
+    @staticmethod
+    def _agent_start(t: int, pid: int, parent: int) -> dict:
+        e = {"k": ev.AGENT_START, "t": t, "pid": pid, "tid": pid, "ppid": parent or 1, "python": "3.11.2",
+             "executable": "/usr/bin/python3.11", "argv": ["app.py"], "basicsize": BASICSIZE,
+             "gc_thresholds": [700, 10, 10], "gc_enabled": True, "implementation": "cpython"}
+        if parent:
+            e["forked_from"] = parent
+        return e
     def new_conn(self) -> int:
         """A fresh MYSQL* address."""
         return next(self._ids)
@@ -109,14 +127,15 @@ class SynthCapture:
         pid = pid or self.pid
         tid = tid or pid
         t = self.ns(t_s)
-        self._bpf({"k": ev.BPF_CONNECT, "t": t, "pid": pid, "tid": tid, "conn": conn, "ok": not fail})
+        self._bpf({"k": ev.BPF_CONNECT, "t": t, "pid": pid, "tid": tid, "conn": conn, "ok": not fail,
+                   "t0": t - 2000 * US, "fd": None if fail else next(self._fds)})
         stack = stack or ["%s/app.py:40 in connect_db" % self.cwd, "%s/app.py:90 in main" % self.cwd]
         if fail:
             self._agent({"k": ev.CONN_FAIL, "t": t + 50 * US, "pid": pid, "tid": tid, "conn": conn,
-                         "error": "OperationalError(2003)"})
+                         "error": "OperationalError"})
             return conn
-        self._agent({"k": ev.CONN_OPEN, "t": t + 50 * US, "pid": pid, "tid": tid, "conn": conn,
-                     "host": "127.0.0.1", "port": 3306, "db": "app", "user": "app", "stack": stack})
+        self._agent({"k": ev.CONN_OPEN, "t": t + 50 * US, "pid": pid, "tid": tid, "conn": conn, "stack": stack,
+                     "thread": "MainThread", "host": "127.0.0.1", "user": "app", "port": 3306, "db": "app"})
         if engine is not None:
             self._agent({"k": ev.POOL, "t": t + 60 * US, "pid": pid, "tid": tid, "engine": engine,
                          "ev": "connect", "conn": conn})
@@ -136,49 +155,37 @@ class SynthCapture:
         ``send=False``: mysql_close sent nothing; ``send_ret``: the COM_QUIT send's return value
         (-32 EPIPE, -104 ECONNRESET: then not confirmed, as the kernel decides); ``eof``: a peer
         end was seen before the close; ``sock``: whether the library still had its socket (False:
-        dropped after ``last_errno``); ``tcp_from``: the TCP state the client's close() found;
-        ``fin_first``: the server's FIN had arrived before mysql_close began (keys of the bpf
-        layer, tracer/events.py; left out when None, as older captures)."""
+        dropped after ``last_errno``); ``tcp_from``: the TCP state the client's close() found
+        (None: not TCP); ``fin_first``: the server's FIN had arrived before mysql_close began
+        (None: not TCP). Every key the kernel layer writes is written, as it writes it."""
         pid = pid or self.pid
         tid = tid or pid
         t = self.ns(t_s)
         a_cause = agent_cause or cause
         if a_cause == ev.EXPLICIT_CLOSE:
-            self._agent({"k": ev.CONN_CLOSE, "t": t, "pid": pid, "tid": tid, "conn": conn, "thread": thread,
-                         "stack": stack or ["%s/app.py:55 in close_db" % self.cwd]})
+            self._agent({"k": ev.CONN_CLOSE, "t": t, "pid": pid, "tid": tid, "conn": conn,
+                         "stack": stack or ["%s/app.py:55 in close_db" % self.cwd], "thread": thread or "MainThread"})
         else:
             self._agent({"k": ev.CONN_DESTROY, "t": t, "pid": pid, "tid": tid, "conn": conn, "cause": a_cause,
                          "gen": gen if a_cause == ev.GC else None, "cid": cid if a_cause == ev.GC else None})
         b_cause = bpf_cause or cause
-        close = {"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
-                 "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else -1}
-        if eof:
-            close["eof"] = True
-        if sock is not None:
-            close["sock"] = sock
-        if last_errno is not None:
-            close["last_errno"] = last_errno
-        self._bpf(close)
+        # As tracer/bpf/session.py decodes it: gen only for gc; sock/last_errno read from the handle.
+        self._bpf({"k": ev.BPF_CLOSE, "t": t + 10 * US, "pid": pid, "tid": tid, "conn": conn, "cause": b_cause,
+                   "gen": (bpf_gen if bpf_gen is not None else gen) if b_cause == ev.GC else None,
+                   "self": conn - BASICSIZE, "sock": True if sock is None else sock,
+                   "last_errno": last_errno if last_errno is not None else 0, "eof": eof})
         sent = self.wire and send and wire in WIRE_HEADS
         if sent:
             head = WIRE_HEADS[wire]
-            send_ev = {"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "conn": conn,
-                       "len": len(head) // 2, "head": head, "quit": wire == ev.WIRE_CONFIRMED,
-                       "tls": wire == ev.WIRE_ENCRYPTED}
-            if send_ret is not None:
-                send_ev["ret"] = send_ret
-            self._bpf(send_ev)
+            self._bpf({"k": ev.BPF_WIRE, "t": t + 20 * US, "pid": pid, "tid": tid, "conn": conn,
+                       "len": len(head) // 2, "fd": 6, "head": head, "quit": wire == ev.WIRE_CONFIRMED,
+                       "tls": wire == ev.WIRE_ENCRYPTED, "ret": send_ret if send_ret is not None else len(head) // 2})
         failed = sent and send_ret is not None and send_ret < 0
-        ret = {"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn,
-               "wire": wire if sent and not failed else ev.WIRE_NOT_SENT, "sends": 1 if sent else 0}
-        if failed:
-            ret["send_err"] = -send_ret
-        if tcp_from is not None:
-            ret["tcp_from"] = tcp_from
-            ret["tcp_to"] = "last_ack" if tcp_from == "close_wait" else "fin_wait1"
-        if fin_first is not None:
-            ret["fin_first"] = fin_first
-        self._bpf(ret)
+        self._bpf({"k": ev.BPF_CLOSE_RET, "t": t + 30 * US, "pid": pid, "tid": tid, "conn": conn,
+                   "wire": wire if sent and not failed else ev.WIRE_NOT_SENT, "sends": 1 if sent else 0,
+                   "t0": t + 10 * US, "send_err": -send_ret if failed else 0, "tcp_from": tcp_from,
+                   "tcp_to": None if tcp_from is None else "last_ack" if tcp_from == "close_wait" else "fin_wait1",
+                   "fin_first": fin_first})
 
     # --- processes ----------------------------------------------------------------------
     def fork(self, t_s: float, child: int, parent: Optional[int] = None) -> int:
@@ -186,14 +193,13 @@ class SynthCapture:
         parent = parent or self.pid
         t = self.ns(t_s)
         self._bpf({"k": ev.BPF_FORK, "t": t, "pid": parent, "tid": parent, "child": child})
-        self._agent({"k": ev.AGENT_START, "t": t + 300 * US, "pid": child, "tid": child, "python": "3.11.7",
-                     "basicsize": 16, "ppid": parent, "forked_from": parent})
+        self._agent(self._agent_start(t + 300 * US, child, parent))
         return child
 
     def peer_end(self, t_s: float, conn: int, op: str = "read", ret: int = 0, pid: Optional[int] = None) -> None:
         """The kernel saw the server's EOF (read returned 0) or a reset on the connection's socket."""
         pid = pid or self.pid
-        self._bpf({"k": "bpf_peer_end", "t": self.ns(t_s), "pid": pid, "tid": pid, "conn": conn, "fd": 6,
+        self._bpf({"k": ev.BPF_PEER_END, "t": self.ns(t_s), "pid": pid, "tid": pid, "conn": conn, "fd": 6,
                    "op": op, "ret": ret})
 
     def exit(self, t_s: float, pid: int) -> None:
@@ -241,10 +247,12 @@ class SynthCapture:
         """A create_engine() at ``site``; returns the engine id."""
         pid = pid or self.pid
         engine = next(self._engines)
-        self._agent({"k": ev.ENGINE_CREATE, "t": self.ns(t_s), "pid": pid, "tid": pid, "engine": engine,
-                     "site": site or "%s/config/database.py:22 in get_db_session" % self.cwd,
-                     "pool_class": pool_class, "pool_size": pool_size, "max_overflow": max_overflow,
-                     "url": "mysql+mysqldb://app:***@127.0.0.1:3306/app"})
+        e = {"k": ev.ENGINE_CREATE, "t": self.ns(t_s), "pid": pid, "tid": pid, "engine": engine,
+             "site": site or "%s/config/database.py:22 in get_db_session" % self.cwd, "pool_class": pool_class,
+             "url": "mysql+mysqldb://app:***@127.0.0.1:3306/app"}
+        if pool_size is not None:  # the agent leaves both out when the pool has no size() (NullPool)
+            e.update(pool_size=pool_size, max_overflow=max_overflow)
+        self._agent(e)
         return engine
 
     def pool(self, t_s: float, engine: int, what: str, conn: Optional[int] = None, pid: Optional[int] = None,
@@ -262,7 +270,7 @@ class SynthCapture:
     # --- other sources --------------------------------------------------------------------
     def server_count(self, t_s: float, count: int) -> None:
         """One sampler reading of the server's PROCESSLIST count."""
-        self.w.emit({"k": ev.SERVER_COUNT, "t": self.ns(t_s), "src": ev.SRC_SAMPLER, "count": count})
+        self.emit({"k": ev.SERVER_COUNT, "t": self.ns(t_s), "src": ev.SRC_SAMPLER, "count": count})
 
     def finalize(self, t_s: float) -> None:
         """Py_FinalizeEx entered."""
@@ -270,25 +278,28 @@ class SynthCapture:
 
     def note(self, t_s: float, text: str, level: str = "warning") -> None:
         """A tracer note."""
-        self.w.emit({"k": ev.TRACER_NOTE, "t": self.ns(t_s), "src": ev.SRC_TRACER, "level": level, "text": text})
+        self.emit({"k": ev.TRACER_NOTE, "t": self.ns(t_s), "src": ev.SRC_TRACER, "level": level, "text": text})
 
     def emit(self, event: dict) -> None:
-        """Any raw event."""
+        """Any event, checked against its kind's schema; ``emit_raw`` for deliberately bad ones."""
+        self.w.emit(ev.check(event))
+
+    def emit_raw(self, event: dict) -> None:
+        """Any record as it is: for tests of what the reader does with a record the schema refuses."""
         self.w.emit(event)
 
     def finish(self, t_s: float, status: int = 0, trailer: bool = True, lost: Optional[dict] = None) -> str:
         """Child exit and trailer (or none: a truncated capture); returns the path."""
         for pid, counts in sorted(self.gc_counts.items()):
-            self._agent({"k": "gc_counts", "t": self.ns(t_s) - 1000 * US, "pid": pid, "tid": pid,
+            self._agent({"k": ev.GC_COUNTS, "t": self.ns(t_s) - 1000 * US, "pid": pid, "tid": pid,
                          "by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}})
         self._flush_agent()
         if self.bpf:
-            self._bpf({"k": ev.BPF_STATS, "t": self.ns(t_s), "pid": self.pid, "emitted": 0,
-                       "dropped": (lost or {}).get("bpf", 0)})
+            self._bpf({"k": ev.BPF_STATS, "t": self.ns(t_s), "emitted": 0, "dropped": (lost or {}).get("bpf", 0)})
             self._bpf({"k": ev.BPF_EXIT, "t": self.ns(t_s), "pid": self.pid, "tid": self.pid})
-        self.w.emit({"k": ev.CHILD_EXIT, "t": self.ns(t_s) + 100 * US, "src": ev.SRC_TRACER, "pid": self.pid,
-                     "status": status})
-        self.w.close({"lost": lost or {}, "exit_status": status})
+        self.emit({"k": ev.CHILD_EXIT, "t": self.ns(t_s) + 100 * US, "src": ev.SRC_TRACER, "pid": self.pid,
+                   "status": status})
+        self.w.close({"exit_status": status, "lost": lost or {}, "timings": {}})
         if not trailer:
             strip_trailer(self.path)
         return self.path
@@ -346,7 +357,8 @@ ENGINE_SITE = "/srv/app/config/database.py:22 in get_db_session"
 def engine_per_call(path: str, n: int = 500, layers: Sequence[str] = ("agent", "bpf"), spacing_s: float = 0.12,
                     gen1_every_s: float = 6.5, gen1_size: int = 33, gen0_every_s: float = 15.0, gen0_size: int = 2,
                     gen2_every: int = 6, workers: int = 20, sampler: bool = True, **kwargs) -> Dict[str, object]:
-    """STUDY.md's experiment 1 as a capture: one Engine per call at ``ENGINE_SITE``, never closed.
+    """Experiment 1 of the study behind trace-quit as a capture (docs/causes.md): one Engine per
+    call at ``ENGINE_SITE``, never closed.
 
     Connection i opens at 0.5 + i × ``spacing_s`` with its own Engine (QueuePool 5+10). Every
     ``gen1_every_s`` a generation-1 collection destroys the ``gen1_size`` oldest open ones; every
