@@ -226,6 +226,7 @@ class Joined:
         self.exits: Dict[int, int] = {}                 # pid -> t of bpf_exit
         self.finalize: Dict[int, int] = {}              # pid -> t of Py_FinalizeEx
         self.pids: Dict[int, str] = {}                  # pid -> python version (agent_start)
+        self.gc_disabled: set = set()                   # pids whose agent_start saw gc.isenabled() false
         self.modules: Dict[str, str] = {}               # name -> version
         self.agent_lost = 0
         self.bpf_dropped = 0
@@ -535,6 +536,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             j.finalize.setdefault(pid, t)
         elif k == ev.AGENT_START:
             j.pids[pid] = e["python"]
+            if e["gc_enabled"] is False:
+                j.gc_disabled.add(pid)
             parent = e.get("forked_from")
             if parent is not None:
                 j.forked_from[pid] = parent

@@ -37,7 +37,8 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
         if color is None:
             color = path is None and want_color(stream)
         # NO_COLOR wins even over color=True (https://no-color.org): callers pass isatty().
-        out = render_text.render(reports, color=bool(color) and not os.environ.get("NO_COLOR"))
+        out = render_text.render(reports, color=bool(color) and not os.environ.get("NO_COLOR"),
+                                 width=render_text.WIDTH if path is not None else None)  # a file: 100
     elif fmt == "json":
         from . import render_json
         out = render_json.render(reports)
