@@ -103,6 +103,9 @@ class RunCommand:
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
                              run_as=run_as, status=not args.quiet)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
+        # --format json: the report is all that goes to stdout (`… > r.json`), so the program's
+        # own stdout goes to stderr while it runs (tests/integration/test_cli_json.py).
+        report_out = _divert_stdout() if args.format == "json" else None
         try:
             result = recorder.run()
         except LaunchError as exc:
@@ -121,6 +124,8 @@ class RunCommand:
         except ImportError as exc:
             raise CliError("the eBPF layer cannot load (%s): install bcc (scripts/setup.sh), "
                            "or add --no-bpf" % exc, EX_UNAVAILABLE) from None
+        finally:
+            _restore_stdout(report_out)
         _print_run_report(result, args.format)
         return result.exit_status
 
@@ -255,6 +260,21 @@ def _remove_unstarted_capture(path):
         pass
 
 
+def _divert_stdout():
+    """Point fd 1 at stderr (the child inherits it); returns the saved stdout fd."""
+    sys.stdout.flush()
+    saved = os.dup(1)  # not inheritable (PEP 446): the program never sees it
+    os.dup2(2, 1)
+    return saved
+
+
+def _restore_stdout(saved):
+    if saved is not None:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _print_run_report(result, fmt):
     out = sys.stderr
     out.write("\n")
@@ -269,6 +289,8 @@ def _print_run_report(result, fmt):
                 write_report_file([report], "html", html_path, force=True,
                                   owner=(result.run_as.uid, result.run_as.gid))
                 out.write("trace-quit: HTML report: %s\n" % html_path)
+            elif fmt == "json":  # stdout alone: `trace-quit --format json -- … > r.json`
+                analysis.render([report], fmt, stream=sys.stdout)
             else:
                 analysis.render([report], fmt, stream=out, color=out.isatty())
         except CliError as exc:
@@ -276,8 +298,13 @@ def _print_run_report(result, fmt):
         except Exception as exc:  # the capture is safe on disk: say so and point at it
             _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
     out.write("trace-quit: capture written to %s\n" % result.capture)
-    out.write("trace-quit: next: trace-quit report %s --format html -o %s\n"
-              % (shlex.quote(result.capture), shlex.quote(os.path.splitext(result.capture)[0] + ".html")))
+    html_path = os.path.splitext(result.capture)[0] + ".html"
+    if fmt == "html" or os.path.lexists(html_path):  # `report -o` refuses an existing file (73)
+        out.write("trace-quit: next: open %s in a browser, or: trace-quit report %s\n"
+                  % (shlex.quote(html_path), shlex.quote(result.capture)))
+    else:
+        out.write("trace-quit: next: trace-quit report %s --format html -o %s\n"
+                  % (shlex.quote(result.capture), shlex.quote(html_path)))
 
 
 # --- report / dump ----------------------------------------------------------------------
