@@ -59,6 +59,7 @@ say "system" "${PRETTY_NAME:-unknown}, kernel $(uname -r), database $DB"
 # --- apt packages ----------------------------------------------------------------------
 ARCH="$(dpkg --print-architecture)"
 PKGS=(bpfcc-tools python3-bpfcc libbpfcc pkg-config build-essential python3-venv python3-dev ruby)
+PKGS+=(bpftrace)  # the peer in the overhead benchmark (tests/bench/overhead.py)
 if [ "$DB" = mariadb ]; then
     PKGS+=(mariadb-server mariadb-client libmariadb-dev default-libmysqlclient-dev)
 else

@@ -79,6 +79,10 @@ ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
 POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn,
 #                                  error ("Type: message", <= 200 chars) on invalidate/soft_invalidate
 AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
+# Agent fields added for issues 12/15 (tracer/agent/runtime.py):
+#   gc_start.counts = [n0, n1, n2], gc.get_count() in the collection's "start" callback (what
+#   set it off); agent_start.attached = True when loaded into a running program (--pid);
+#   agent_lost also counts events dropped while its channel fd had been taken by the program.
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------
 # Added keys (tracer/bpf): bpf_connect.t0 and bpf_close_ret.t0 = entry time (ns) of the call;

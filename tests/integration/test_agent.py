@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -51,6 +52,9 @@ def test_known_causes_exact_counts_on_every_python(version, server, tmp_path):
     opened = {e["conn"] for e in events if e["k"] == "conn_open"}
     assert {e["conn"] for e in events if e["k"] == "conn_destroy"} <= opened
     assert start[0]["basicsize"] == 16
+    # Each written collection says what set it off: gc.get_count() in its "start" callback.
+    gc_starts = [e for e in events if e["k"] == "gc_start"]
+    assert gc_starts and all(len(e["counts"]) == 3 and all(type(n) is int for n in e["counts"]) for e in gc_starts)
     # The generation-2 destructions happened in two collections (the program's, then the atexit
     # handler's), each reported with its stop.
     gen2 = collections.Counter(e["cid"] for e in events if e["k"] == "conn_destroy" and e["gen"] == 2)
@@ -189,3 +193,274 @@ def _create_engine_line(path):
             elif in_func and "create_engine(" in text:
                 return number
     raise AssertionError("no create_engine( line in get_db_session of %s" % path)
+
+
+def _program_stderr(proc):
+    """The traced program's stderr: the tracer's own closing lines ("trace-quit: ...") removed."""
+    lines = proc.stderr.splitlines(True)
+    if lines and lines[-1].startswith("trace-quit: "):
+        while lines and lines[-1].startswith("trace-quit: "):
+            lines.pop()
+        if lines and lines[-1] == "\n":
+            lines.pop()  # the blank line the tracer puts before them
+    return "".join(lines)
+
+
+def _untraced(argv, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
+
+
+#: Pythons whose os.fork() warns about threads (3.12+): the agent must have none.
+FORK_WARNING_VERSIONS = ("3.12", "3.13")
+
+
+@pytest.mark.parametrize("version", FORK_WARNING_VERSIONS)
+def test_no_thread_of_ours_and_no_fork_warning(version, server, tmp_path):
+    if not pyenv_has(version):
+        pytest.skip("pyenv has no Python %s on this machine" % version)
+    python = venv_python_for(version)
+    assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
+    prog = _write(tmp_path, "forker.py", """
+        import os, sys, threading, MySQLdb
+        from trace_quit.workloads import dsn
+        MySQLdb.connect(**dsn.parse(sys.argv[1])).close()
+        print([t.name for t in threading.enumerate()], threading.active_count())
+        pid = os.fork()
+        if pid == 0:
+            MySQLdb.connect(**dsn.parse(sys.argv[1])).close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    argv = [python, "-W", "always::DeprecationWarning", prog, server.dsn_tcp]
+    plain = _untraced(argv)
+    proc, capture = run_traced(tmp_path, argv)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, "['MainThread'] 1\n", "")
+    assert (proc.returncode, proc.stdout, _program_stderr(proc)) == (0, plain.stdout, "")
+    events = load_events(capture).events
+    # The agent was there in both processes (the child's close went out through os._exit).
+    assert len([e for e in events if e["k"] == "agent_start"]) == 2
+    assert kinds(events)["conn_close"] == 2
+
+
+def test_close_adds_no_frame_to_the_programs_traceback(server, tmp_path):
+    # A second close() raises inside the C close; the program prints the traceback, the way
+    # SQLAlchemy logs an error from inside close(). Traced, stderr must be byte-for-byte the same.
+    prog = _write(tmp_path, "twice.py", """
+        import logging, sys, traceback, MySQLdb
+        from trace_quit.workloads import dsn
+        conn = MySQLdb.connect(**dsn.parse(sys.argv[1]))
+        conn.close()
+        try:
+            conn.close()
+        except Exception:
+            traceback.print_exc()
+        logging.basicConfig(format="%(message)s")
+        try:
+            conn.close()
+        except Exception:
+            logging.getLogger("pool").error("Exception closing connection", exc_info=True)
+    """)
+    argv = [sys.executable, prog, server.dsn_tcp]
+    plain = _untraced(argv)
+    proc, capture = run_traced(tmp_path, argv)
+    assert plain.returncode == 0 and plain.stderr.count("Traceback") == 2, plain.stderr
+    assert (proc.returncode, proc.stdout, _program_stderr(proc)) == (plain.returncode, plain.stdout, plain.stderr)
+    events = load_events(capture).events
+    closes = [e for e in events if e["k"] == "conn_close"]
+    assert len(closes) == 1 and re.search(r"twice\.py:5 in <module>$", closes[0]["stack"][0])
+
+
+def test_program_that_reuses_the_agents_fds_is_never_written_to(server, tmp_path):
+    # A daemon closes every fd above 2 and opens its own file and MySQL socket, which get the
+    # numbers the agent's channel had. The agent must notice (fstat identity), re-open the FIFO
+    # by path, and never write into the program's file or socket.
+    prog = _write(tmp_path, "daemon.py", """
+        import os, sys, time, MySQLdb
+        from trace_quit.workloads import dsn
+        kw = dsn.parse(sys.argv[1])
+        MySQLdb.connect(**kw).close()
+        os.closerange(3, 1024)
+        own = open(sys.argv[2], "wb", buffering=0)      # the lowest free fd: the agent's old one
+        keep = MySQLdb.connect(**kw)                    # its socket: the next old number
+        print("fds", own.fileno(), keep.fileno() if hasattr(keep, "fileno") else "-")
+        for i in range(40):
+            MySQLdb.connect(**kw).close()
+            c = MySQLdb.connect(**kw); del c
+            own.write(b"line %d\\n" % i)
+            cur = keep.cursor(); cur.execute("SELECT %s", (i,)); assert cur.fetchall() == ((i,),); cur.close()
+            time.sleep(0.003)
+        keep.close()
+        print("ok")
+    """)
+    own = tmp_path / "own.txt"
+    proc, capture = run_traced(tmp_path, [sys.executable, prog, server.dsn_tcp, str(own)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("ok\n")
+    assert own.read_bytes() == b"".join(b"line %d\n" % i for i in range(40))
+    events = load_events(capture).events
+    # Everything after the closerange still arrived, through the re-opened FIFO.
+    assert kinds(events)["conn_open"] == 1 + 1 + 80
+    assert kinds(events)["conn_close"] == 1 + 40 + 1
+    assert destroy_causes(events) == {("refcount", None): 40}
+
+
+def _raw_agent_run(tmp_path, source, timeout=60):
+    """Run ``source`` with the agent writing into a FIFO this test reads itself: its raw lines."""
+    import select
+
+    from trace_quit.tracer import agent
+
+    fifo = str(tmp_path / "channel")
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    prog = _write(tmp_path, "raw.py", source)
+    env = agent.child_env(os.environ, fifo)
+    child = subprocess.Popen([sys.executable, prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    data = []
+    try:
+        while True:
+            ready, _, _ = select.select([reader], [], [], 0.05)
+            if ready:
+                chunk = os.read(reader, 65536)
+                data.append(chunk)
+                if chunk or child.poll() is None:
+                    if not chunk:
+                        time.sleep(0.01)  # no writer yet
+                    continue
+            if child.poll() is not None:
+                chunk = os.read(reader, 65536)
+                if not chunk:
+                    break
+                data.append(chunk)
+        out, err = child.communicate(timeout=timeout)
+    finally:
+        os.close(reader)
+    return child.returncode, out.decode(), err.decode(), b"".join(data)
+
+
+def test_every_line_fits_in_pipe_buf_and_is_cut_not_dropped(tmp_path):
+    # Eight frames in a module whose path is ~1,500 characters: a stack of ~12 KB.
+    deep = tmp_path
+    for i in range(6):
+        deep = deep / ("d%d" % i + "x" * 240)
+    deep.mkdir(parents=True)
+    (deep / "deepmod.py").write_text(textwrap.dedent("""
+        def down(n, fn):
+            if n == 0:
+                return fn()
+            return down(n - 1, fn)
+    """))
+    code, out, err, raw = _raw_agent_run(tmp_path, """
+        import sys
+        sys.path.insert(0, %r)
+        import deepmod
+        import _trace_quit_agent.runtime as runtime
+        agent = runtime.AGENT
+        # The connection path's own call, with the program's deep stack above it.
+        deepmod.down(10, lambda: agent.emit("conn_close", conn=1, stack=agent.stack(0), thread="t"))
+        agent.emit("pool", engine=1, ev="x" * 10000, conn=None)
+        print("ok")
+    """ % str(deep))
+    assert (code, out, err) == (0, "ok\n", ""), err
+    lines = raw.split(b"\n")
+    assert lines[-1] == b""
+    import json
+    records = [json.loads(line) for line in lines[:-1]]
+    assert all(len(line) + 1 <= 4096 for line in lines[:-1])
+    close = [r for r in records if r["k"] == "conn_close"]
+    pool = [r for r in records if r["k"] == "pool"]
+    assert len(close) == 1 and len(pool) == 1
+    stack = close[0]["stack"]
+    assert len(stack) == 8 and stack[0].endswith("raw.py:8 in <lambda>")
+    assert all(s.endswith("...") and len(s) <= 515 for s in stack[1:])
+    assert pool[0]["ev"].startswith("xxx") and pool[0]["ev"].endswith("...")
+
+
+def test_a_partial_write_never_leaves_a_torn_line(tmp_path):
+    code, out, err, raw = _raw_agent_run(tmp_path, """
+        import os
+        import _trace_quit_agent.runtime as runtime
+        agent = runtime.AGENT
+        agent.flush()
+        real = os.write
+        agent.write = lambda fd, data: real(fd, data[:len(data) - 5])  # a short write, mid-line
+        for i in range(10):
+            agent._queue("pool", {"engine": i, "ev": "checkout", "conn": None})
+        agent.flush()
+        lost = agent.lost
+        agent.write = real
+        agent.emit("pool", engine=99, ev="after", conn=None)
+        agent.flush()
+        print(lost)
+    """)
+    assert code == 0, err
+    lost = int(out)
+    lines = raw.split(b"\n")
+    assert lines[-1] == b""
+    import json
+    good, torn = [], []
+    for line in lines[:-1]:
+        try:
+            good.append(json.loads(line))
+        except ValueError:
+            torn.append(line)
+    pools = [r for r in good if r["k"] == "pool"]
+    # What went out whole is intact, the one cut line stands alone, the rest is counted.
+    assert len(torn) == 1
+    assert lost == 1 and len([r for r in pools if r["ev"] == "checkout"]) == 9
+    assert pools[-1]["ev"] == "after"
+    assert [r["n"] for r in good if r["k"] == "agent_lost"] == [lost]
+
+
+def test_stop_leaves_the_program_as_it_was(server, tmp_path):
+    prog = _write(tmp_path, "detach.py", """
+        import gc, os, posix, sys, MySQLdb
+        from MySQLdb.connections import Connection
+        from trace_quit.workloads import dsn
+        import _trace_quit_agent.runtime as runtime
+        kw = dsn.parse(sys.argv[1])
+        MySQLdb.connect(**kw).close()
+        agent = runtime.AGENT
+        fds = (agent.fd, agent.keepalive_fd)
+        before = (len(gc.callbacks), len(sys.meta_path))
+        agent.stop()
+        closed = []
+        for fd in fds:
+            try:
+                os.fstat(fd)
+            except OSError:
+                closed.append(fd)
+        print(before[0] - len(gc.callbacks), before[1] - len(sys.meta_path),
+              "close" in Connection.__dict__, hasattr(Connection, "_trace_quit_hooked"),
+              Connection.__init__.__module__, os.execv is posix.execv, os._exit is posix._exit,
+              closed == list(fds))
+        MySQLdb.connect(**kw).close()                   # no longer seen
+        c = MySQLdb.connect(**kw); del c
+    """)
+    proc, capture = run_traced(tmp_path, [sys.executable, prog, server.dsn_tcp])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "1 1 False False MySQLdb.connections True True True\n"
+    events = load_events(capture).events
+    assert kinds(events)["conn_open"] == 1 and kinds(events)["conn_close"] == 1
+    assert destroy_causes(events) == {}
+
+
+def test_events_before_exec_and_os_exit_are_written(server, tmp_path):
+    # Both replace or end the process with no atexit: the buffer must go out first.
+    prog = _write(tmp_path, "execer.py", """
+        import os, sys, MySQLdb
+        from trace_quit.workloads import dsn
+        kw = dsn.parse(sys.argv[1])
+        MySQLdb.connect(**kw).close()
+        if os.fork() == 0:
+            c = MySQLdb.connect(**kw); del c
+            os._exit(0)
+        os.wait()
+        c = MySQLdb.connect(**kw); del c
+        os.execl(sys.executable, sys.executable, "-c", "print('exec ok')")
+    """)
+    proc, capture = run_traced(tmp_path, [sys.executable, prog, server.dsn_tcp])
+    assert (proc.returncode, proc.stdout) == (0, "exec ok\n"), proc.stderr
+    events = load_events(capture).events
+    assert kinds(events)["conn_open"] == 3 and kinds(events)["conn_close"] == 1
+    assert destroy_causes(events) == {("refcount", None): 2}

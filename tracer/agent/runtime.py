@@ -3,12 +3,21 @@
 Rules it lives by (it runs inside someone else's program):
 
 * stdlib only, Python 3.8+; never prints; never raises into user code (every hook is
-  wrapped, and a failing hook only goes quiet);
-* GC callbacks do constant, cheap work: a dict store and a deque append, no I/O, no locks
-  (a lock taken by the flusher could be wanted again by a collection on the same thread);
-* events leave through a non-blocking FIFO in writes of at most PIPE_BUF bytes, so the
-  lines of forked processes sharing it never interleave; when it is full, events are
-  counted as lost, never waited for;
+  wrapped, and a failing hook only goes quiet); no thread of its own;
+* GC callbacks do constant, cheap work: a list store and a deque append, no I/O, no locks.
+  Writing from a GC callback would release the GIL while the collector's "collecting" flag
+  is set, and another thread's ``gc.collect()`` then returns 0 without collecting; so a
+  callback writes only when no other Python thread exists (``_gc_flush_ok``);
+* events are buffered and written in batches at safe points: connection opens and closes
+  (when the buffer is old or large), before ``fork``/``exec``, on ``os._exit``, at exit
+  (the last atexit handler) and after it; JSON is encoded only then, and call sites are kept
+  as (code, line) pairs until then;
+* lines leave through a non-blocking FIFO in writes of at most PIPE_BUF bytes (each line is
+  bounded to fit), so the lines of forked processes sharing it never interleave; when it is
+  full, events are counted as lost, never waited for;
+* it writes only to an fd whose (st_dev, st_ino) is still its channel's: a program that
+  closed it and reused the number is never written to; the FIFO is re-opened by path, or
+  the agent goes quiet and counts what it lost;
 * after start-up the hot paths reach nothing through module globals, only through the
   ``Agent`` instance: during interpreter finalisation module dicts are cleared, and the
   destructions that happen then are exactly the ``shutdown`` cause we must still record.
@@ -18,9 +27,12 @@ Rules it lives by (it runs inside someone else's program):
 
 import atexit
 import collections
+import functools
 import gc
 import json
+import operator
 import os
+import stat
 import sys
 import threading
 import time
@@ -29,13 +41,17 @@ import weakref
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
 
 PIPE_BUF = 4096
-FLUSH_INTERVAL_S = 0.05
-MAX_QUEUED = 200000          # events; beyond this they are counted as lost
-STACK_DEPTH = 8              # frames kept for open/close stacks (a line stays < PIPE_BUF)
+FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer once it is this old ...
+FLUSH_EVENTS = 256                    # ... or this long
+MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
+STACK_DEPTH = 8                       # frames kept for open/close stacks
+FIELD_LIMITS = (512, 128, 32)         # string lengths tried, in turn, when a line exceeds PIPE_BUF
+STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by their (code, line) pairs)
 CONNECTION_MODULE = "MySQLdb.connections"
 SQLALCHEMY_MODULE = "sqlalchemy"
 POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
                "invalidate", "soft_invalidate")
+EXEC_FUNCTIONS = ("execv", "execve")  # os.execl*/execvp* reach these through os's globals
 
 
 def _load_events():
@@ -51,40 +67,78 @@ def _load_events():
 class Agent:
     """One per process: the channel, the GC bookkeeping and the registries of live objects."""
 
-    def __init__(self, channel_path, ev):
+    # Class attributes, not module globals: read on hot paths that also run during finalisation.
+    PIPE_BUF = PIPE_BUF
+    FLUSH_INTERVAL_NS = FLUSH_INTERVAL_NS
+    FLUSH_EVENTS = FLUSH_EVENTS
+    MAX_QUEUED = MAX_QUEUED
+    STACK_DEPTH = STACK_DEPTH
+    FIELD_LIMITS = FIELD_LIMITS
+    STACK_CACHE_MAX = STACK_CACHE_MAX
+    PARAMS_CACHE_MAX = 256
+
+    def __init__(self, channel_path, ev, attached=False):
         self.ev = ev
         self.channel_path = channel_path
+        self.attached = attached
         # Hold a read end too (never read): if the tracer is killed, the FIFO keeps a reader,
         # so writes fill it and count as lost instead of raising SIGPIPE in a program that
         # restored SIGPIPE's default action.
         self.keepalive_fd = os.open(channel_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.fd = os.open(channel_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(channel_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            st = os.fstat(self.fd)
+        except OSError:
+            os.close(self.keepalive_fd)
+            raise
+        if not stat.S_ISFIFO(st.st_mode):
+            os.close(self.fd)
+            os.close(self.keepalive_fd)
+            raise OSError("%s is not a FIFO" % channel_path)
+        #: What our channel is: an fd whose fstat says otherwise is the program's now.
+        self.channel_id = (st.st_dev, st.st_ino)
         self.pid = os.getpid()
         self.queue = collections.deque()
+        self.last_flush = 0
+        self.flushing = set()    # idents of the threads writing right now
+        self.torn = False        # a partial write left a line without its newline
+        self.stopped = False
         self.lost = 0
         self.lost_reported = 0
         self.finalizing = False
-        # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written]
+        # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
         self.collecting = {}
         self.cid = 0
         self.gc_counts = [0, 0, 0]
         self.gc_counts_reported = None
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
+        self.stack_cache = {}    # ((code, line), ...) -> ["file:line in func", ...]
+        self.params_cache = {}   # (args, kwargs items) of connect() -> its event fields
+        self.restore = []        # (owner, attribute, original, ours): undone by stop()
         # Bound once, so the hot paths and finalisation never look up module globals.
         self.now = time.monotonic_ns
         self.native_tid = threading.get_native_id
         self.ident = threading.get_ident
-        self.current_thread = threading.current_thread
+        # Thread names without threading.current_thread(), which would register a dummy Thread
+        # (visible in threading.enumerate()) for a thread threading did not start.
+        self.threads = threading._active
         self.write = os.write
+        self.fstat = os.fstat
         self.dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
         self.is_finalizing = sys.is_finalizing
         self.getframe = sys._getframe
+        self.get_count = gc.get_count
         self.weakref = weakref.ref
+        self.partial = functools.partial
+        self.cut = _cut
+        self.connect_params = _connect_params
+        self.os_open = os.open
+        self.os_stat = os.stat
+        self.is_fifo = stat.S_ISFIFO
+        self.call = operator.methodcaller("__call__")
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
         self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
-        self.stop_flusher = threading.Event()
-        self.flusher = None
         # Frames from these are not the program's own when naming a create_engine() call site.
         self.skip_dirs = (os.path.dirname(os.path.abspath(__file__)),)
         self.stdlib_dir = os.path.dirname(os.__file__)
@@ -92,28 +146,26 @@ class Agent:
 
     # --- transport -------------------------------------------------------------
     def emit(self, kind, **fields):
-        """Queue one event; during finalisation, write it at once (no flusher thread then)."""
+        """Queue one event; write the buffer out when it is due and this is a safe point."""
         self._queue(kind, fields)
-        if self.finalizing:
-            self.flush()
-
-    def emit_now(self, kind, **fields):
-        """Queue one event and write the queue out now, unless a collection runs on this thread.
-
-        For connection opens and closes: they come at connection cadence, and a program that
-        leaves through os._exit() (no atexit, no flusher) must still have them on record."""
-        self._queue(kind, fields)
-        if self.ident() not in self.collecting:
-            self.flush()
+        if (fields.get("t", 0) - self.last_flush >= self.FLUSH_INTERVAL_NS or len(self.queue) >= self.FLUSH_EVENTS
+                or self.finalizing or self.is_finalizing()):
+            # Never from inside a collection on this thread (a destroy callback, a __del__).
+            if self.ident() not in self.collecting:
+                self.flush()
 
     def _queue(self, kind, fields):
         try:
+            if self.stopped:
+                return
             fields["k"] = kind
             fields["t"] = self.now()
             fields["src"] = "agent"
             fields["pid"] = self.pid
-            fields["tid"] = self.native_tid()
-            if len(self.queue) >= MAX_QUEUED:
+            # Thread.native_id: get_native_id() is a gettid() system call each time.
+            thread = self.threads.get(self.ident())
+            fields["tid"] = thread.native_id if thread is not None else self.native_tid()
+            if len(self.queue) >= self.MAX_QUEUED:
                 self.lost += 1
                 return
             self.queue.append(fields)
@@ -122,7 +174,38 @@ class Agent:
 
     def flush(self):
         """Encode queued events and write them in PIPE_BUF-sized, line-aligned chunks."""
+        ident = self.ident()
+        flushing = self.flushing
+        if ident in flushing or self.stopped:
+            return  # re-entered on this thread (a collection set off by our own allocations)
+        # Other threads may flush at the same time: each pops whole events off the deque and
+        # writes whole lines, so they never mix; they are not waited for (a daemon thread
+        # frozen in a write at exit must not silence the shutdown events).
+        flushing.add(ident)
+        try:
+            self._flush()
+        except Exception:
+            pass
+        finally:
+            flushing.discard(ident)
+
+    def _flush(self):
         queue = self.queue
+        self.last_flush = self.now()
+        counts = tuple(self.gc_counts)
+        if counts != self.gc_counts_reported:
+            self.gc_counts_reported = counts
+            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}})
+        if not queue:
+            return
+        if not self._channel_ok():
+            self.lost += len(queue)
+            queue.clear()
+            return
+        if self.lost != self.lost_reported:
+            n = self.lost - self.lost_reported
+            self.lost_reported = self.lost
+            self._queue(self.ev.AGENT_LOST, {"n": n})
         chunk = []
         size = 0
         while queue:
@@ -131,11 +214,25 @@ class Agent:
             except IndexError:
                 break
             try:
-                line = (self.dumps(event) + "\n").encode("utf-8", "replace")
+                stack = event.get("stack")
+                if stack.__class__ is tuple:
+                    # The stack is most of the line and repeats: its JSON comes from the cache,
+                    # spliced in for the null (a key can only appear unescaped as a key).
+                    strings, encoded = self._format_stack(stack)
+                    event["stack"] = None
+                    text = self.dumps(event).replace('"stack":null', '"stack":' + encoded, 1)
+                    event["stack"] = strings
+                else:
+                    text = self.dumps(event)
+                line = (text + "\n").encode("utf-8", "replace")
+                if len(line) > self.PIPE_BUF:
+                    line = self._bounded(event)
             except Exception:
+                line = None
+            if line is None:
                 self.lost += 1
                 continue
-            if size + len(line) > PIPE_BUF and chunk:
+            if size + len(line) > self.PIPE_BUF and chunk:
                 self._write_chunk(chunk)
                 chunk = []
                 size = 0
@@ -144,61 +241,192 @@ class Agent:
         if chunk:
             self._write_chunk(chunk)
 
+    def _format_stack(self, stack):
+        """(["file:line in func", ...], its JSON) for (code, line) pairs; cached, as call sites repeat."""
+        cache = self.stack_cache
+        out = cache.get(stack)
+        if out is None:
+            if len(cache) >= self.STACK_CACHE_MAX:
+                cache.clear()  # bounded; also lets go of the code objects held as keys
+            strings = ["%s:%d in %s" % (code.co_filename, line, code.co_name) for code, line in stack]
+            out = cache[stack] = (strings, self.dumps(strings))
+        return out
+
+    def _bounded(self, event):
+        """The event as one line of at most self.PIPE_BUF bytes: strings cut, lists shortened; None if it cannot."""
+        for limit in self.FIELD_LIMITS:
+            small = {}
+            for key, value in event.items():
+                small[key] = self.cut(value, limit)
+            line = (self.dumps(small) + "\n").encode("utf-8", "replace")
+            if len(line) <= self.PIPE_BUF:
+                return line
+        return None
+
     def _write_chunk(self, lines):
         data = b"".join(lines)
         try:
-            self.write(self.fd, data)  # <= PIPE_BUF: atomic, all or nothing (EAGAIN)
-        except BlockingIOError:
-            self.lost += len(lines)
+            if self.torn and self.write(self.fd, b"\n") == 1:
+                self.torn = False
+            if self.torn:
+                raise BlockingIOError  # a cut line still open: nothing may follow it yet
+            written = self.write(self.fd, data)  # <= PIPE_BUF to a FIFO: all or nothing (EAGAIN)
         except OSError:
-            self.lost += len(lines)  # the tracer is gone: stay quiet
+            self.lost += len(lines)  # full (EAGAIN), or the tracer is gone: stay quiet
+            return
+        if written == len(data):
+            return
+        # A partial write (not a FIFO after all?): what did not go is lost, and the line cut
+        # short is ended by a newline before anything else goes out, so it cannot run into
+        # the next one (the reader rejects it as one malformed line).
+        done = 0
+        for line in lines:
+            if written < len(line):
+                break
+            written -= len(line)
+            done += 1
+        self.lost += len(lines) - done
+        if written:
+            self.torn = True
+            try:
+                if self.write(self.fd, b"\n") == 1:
+                    self.torn = False
+            except OSError:
+                pass
 
-    def _flush_loop(self):
-        while not self.stop_flusher.wait(FLUSH_INTERVAL_S):
-            self.periodic()
+    def _channel_ok(self):
+        """True when self.fd is still our FIFO (a program may close it and reuse the number)."""
+        if self.fd >= 0:
+            try:
+                st = self.fstat(self.fd)
+                if (st.st_dev, st.st_ino) == self.channel_id:
+                    return True
+            except OSError:
+                pass
+            self.fd = -1  # the program's now (or closed): never write to it nor close it
+            self.torn = False
+        return self._reopen()
 
-    def periodic(self):
-        """Report GC counters and losses when they changed, then flush."""
+    def _reopen(self):
+        """Open our FIFO again by path, if it is still the same FIFO; else stay quiet."""
+        path = self.channel_path
         try:
-            counts = tuple(self.gc_counts)
-            if counts != self.gc_counts_reported:
-                self.gc_counts_reported = counts
-                self.emit(self.ev.GC_COUNTS, by_gen={"0": counts[0], "1": counts[1], "2": counts[2]})
-            if self.lost != self.lost_reported:
-                self.emit(self.ev.AGENT_LOST, n=self.lost - self.lost_reported)
-                self.lost_reported = self.lost
-            self.flush()
+            st = self.os_stat(path)
+            if not self.is_fifo(st.st_mode) or (st.st_dev, st.st_ino) != self.channel_id:
+                return False
+            if not self._is_ours(self.keepalive_fd):
+                self.keepalive_fd = -1
+                self.keepalive_fd = self.os_open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = self.os_open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        if not self._is_ours(fd):
+            os.close(fd)  # replaced between stat and open
+            return False
+        self.fd = fd
+        return True
+
+    def _is_ours(self, fd):
+        if fd < 0:
+            return False
+        try:
+            st = self.fstat(fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.channel_id
+
+    def at_exit(self):
+        """Registered first, so it runs after every other atexit handler: what dies after is shutdown.
+
+        (Attached to a running program it was registered last and runs first: then shutdown
+        is left to ``sys.is_finalizing()``, which turns true right after the last handler.)"""
+        if not self.attached:
+            self.finalizing = True
+        self.flush()
+
+    def before_exit(self):
+        """Just before exec or os._exit: nothing runs after, so write everything out now."""
+        try:
+            if self.ident() not in self.collecting:
+                self.flush()
         except Exception:
             pass
 
-    def start_flusher(self):
-        self.stop_flusher = threading.Event()
-        self.flusher = threading.Thread(target=self._flush_loop, name="trace-quit-agent", daemon=True)
-        self.flusher.start()
-
-    def at_exit(self):
-        """Registered first, so it runs after every other atexit handler: what dies after is shutdown."""
-        self.finalizing = True
-        self.stop_flusher.set()
-        self.periodic()
+    def before_fork(self):
+        """Write the buffer out in the parent, so the child starts with nothing of its parent's."""
+        self.flush()
 
     def after_fork_in_child(self):
-        """A forked child: own pid, empty queue (the parent flushes its own), a new flusher."""
+        """A forked child: own pid, empty queue (the parent wrote its own out)."""
         try:
+            if self.stopped:
+                return
             parent = self.pid
             self.pid = os.getpid()
             self.queue.clear()
             self.collecting.clear()
+            self.flushing = set()  # a thread of the parent may have been writing
             self.emit(self.ev.AGENT_START, forked_from=parent, **self._process_info())
-            self.start_flusher()
         except Exception:
             pass
 
     def _process_info(self):
-        return {"ppid": os.getppid(), "python": sys.version.split()[0], "executable": sys.executable,
+        info = {"ppid": os.getppid(), "python": sys.version.split()[0], "executable": sys.executable,
                 "argv": self.ev.redact_argv(list(sys.argv)), "basicsize": self.conn_offset,
                 "gc_thresholds": list(gc.get_threshold()), "gc_enabled": gc.isenabled(),
                 "implementation": sys.implementation.name}
+        if self.attached:
+            info["attached"] = True
+        return info
+
+    def stop(self):
+        """Leave the program as it was: hooks restored, GC callback removed, fds closed."""
+        if self.stopped:
+            return
+        try:
+            self.flush()
+        except Exception:
+            pass
+        self.stopped = True
+        try:
+            self.gc_callbacks.remove(self.gc_callback)
+        except ValueError:
+            pass
+        try:
+            atexit.unregister(self.at_exit)
+        except Exception:
+            pass
+        for owner, name, original, ours in reversed(self.restore):
+            try:
+                if owner.__dict__.get(name) is not ours:
+                    continue  # the program replaced it since: leave theirs (ours is inert now)
+                if original is _DELETE:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, original)
+            except Exception:
+                pass
+        self.restore = []
+        try:
+            sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "agent", None) is not self]
+        except Exception:
+            pass
+        for fd in (self.fd, self.keepalive_fd):
+            if self._is_ours(fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd = self.keepalive_fd = -1
+        self.queue.clear()
+        self.connections.clear()
+        self.engines.clear()
+        self.stack_cache.clear()
+        self.params_cache.clear()
+
+    def _gc_flush_ok(self):
+        """Whether a GC callback may write: nothing else could run Python while it holds the GIL off."""
+        return len(self.threads) <= 1 and not self.collecting
 
     # --- garbage collector -----------------------------------------------------
     def gc_callback(self, phase, info):
@@ -210,20 +438,24 @@ class Agent:
                 gen = info["generation"]
                 # The frame that set the collection off; its site is formatted only if this
                 # collection is written out (most generation-0 ones are only counted), which
-                # happens during the collection, while the frame is still running.
-                state = [self.cid, gen, self.now(), self.getframe(1), False]
+                # happens during the collection, while the frame is still running. The counts
+                # are the ones that set it off (the collector resets them after this callback).
+                state = [self.cid, gen, self.now(), self.getframe(1), False, self.get_count()]
                 self.collecting[ident] = state
                 if gen > 0:
                     self._emit_gc_start(state)
             else:
                 state = self.collecting.pop(ident, None)
                 if state is None:
-                    return
+                    return  # began before we were attached
                 gen = state[1]
                 self.gc_counts[gen] += 1
                 if state[4]:
-                    self.emit(self.ev.GC_STOP, gen=gen, cid=state[0], collected=info.get("collected", 0),
-                              uncollectable=info.get("uncollectable", 0))
+                    self._queue(self.ev.GC_STOP, {"gen": gen, "cid": state[0], "collected": info.get("collected", 0),
+                                                  "uncollectable": info.get("uncollectable", 0)})
+                if (self.queue and self.now() - self.last_flush >= self.FLUSH_INTERVAL_NS
+                        and self._gc_flush_ok()):
+                    self.flush()
         except Exception:
             pass
 
@@ -231,19 +463,19 @@ class Agent:
         # Young collections are frequent: one is only written out when it destroyed something
         # we track (then late, with its own start time); the others are only counted.
         state[4] = True
-        try:
-            name = self.current_thread().name
-        except Exception:
-            name = ""
         frame = state[3]
         state[3] = None  # hold no frame past this point
         # Name the program's line, not ours, when our own allocation set it off.
         while frame is not None and frame.f_code.co_filename == self.own_file:
             frame = frame.f_back
         site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
-        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid, "tid": self.native_tid(),
-                 "gen": state[1], "cid": state[0], "site": site, "thread": name}
-        self.queue.append(event)
+        counts = state[5]
+        if len(self.queue) >= self.MAX_QUEUED:
+            self.lost += 1
+            return
+        self.queue.append({"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
+                           "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
+                           "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]]})
 
     def classify(self):
         """Why an object is being destroyed right now: (cause, generation, collection id)."""
@@ -264,49 +496,64 @@ class Agent:
         addr = id(conn) + self.conn_offset
         ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
         self.connections[addr] = ref
-        info = _connect_params(args, kwargs)
-        self.emit_now(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
+        # Connect parameters repeat (a pool, a loop): derived once per distinct set.
+        try:
+            key = (args, tuple(kwargs.items()))
+            info = self.params_cache.get(key)
+        except TypeError:
+            key = info = None  # an unhashable argument: derive it every time
+        if info is None:
+            info = self.connect_params(args, kwargs)
+            if key is not None:
+                if len(self.params_cache) >= self.PARAMS_CACHE_MAX:
+                    self.params_cache.clear()
+                self.params_cache[key] = info
+        self.emit(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
 
     def on_conn_fail(self, conn, exc):
-        self.emit_now(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
+        self.emit(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
 
     def on_conn_close(self, conn):
-        addr = id(conn) + self.conn_offset
-        ref = self.connections.pop(addr, None)
-        if ref is not None and ref() is conn:
-            self.emit_now(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(2), thread=self.thread_name())
+        """Called by close() (``_CloseHook``) with the program's frame right above this one."""
+        try:
+            addr = id(conn) + self.conn_offset
+            ref = self.connections.pop(addr, None)
+            if ref is not None and ref() is conn:
+                self.emit(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(1), thread=self.thread_name())
+        except Exception:
+            pass
+        # None: the close chain goes on to the real close (see _CloseHook)
 
     def _destroyed_callback(self, registry, key, kind, field):
         """A weakref callback: ``registry[key]`` died while still tracked — say why (``kind`` event)."""
         def destroyed(ref, agent=self, registry=registry, key=key, kind=kind, field=field):
             try:
-                if registry.get(key) is not ref:
+                if agent.stopped or registry.get(key) is not ref:
                     return  # closed (or disposed of) explicitly before, or the address was reused
                 del registry[key]
                 cause, gen, cid = agent.classify()
-                agent.emit_now(kind, **{field: key, "cause": cause, "gen": gen, "cid": cid})
+                agent.emit(kind, **{field: key, "cause": cause, "gen": gen, "cid": cid})
             except Exception:
                 pass
         return destroyed
 
     def thread_name(self):
         try:
-            return self.current_thread().name
+            return self.threads[self.ident()].name
         except Exception:
             return ""
 
     def stack(self, skip):
-        """A short stack of the caller as ["file:line in func", ...], innermost first."""
+        """A short stack of the caller as ((code, line), ...), innermost first; formatted at flush."""
         out = []
         try:
             frame = self.getframe(skip + 1)
-            while frame is not None and len(out) < STACK_DEPTH:
-                code = frame.f_code
-                out.append("%s:%d in %s" % (code.co_filename, frame.f_lineno, code.co_name))
+            while frame is not None and len(out) < self.STACK_DEPTH:
+                out.append((frame.f_code, frame.f_lineno))
                 frame = frame.f_back
         except Exception:
             pass
-        return out
+        return tuple(out)
 
     # --- SQLAlchemy ------------------------------------------------------------
     def call_site(self, skip):
@@ -378,6 +625,17 @@ class Agent:
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
 
 
+def _cut(value, limit):
+    """``value`` with strings (also inside lists and dicts) cut to ``limit`` characters."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "..."
+    if isinstance(value, (list, tuple)):
+        return [_cut(v, limit) for v in value[:limit]]
+    if isinstance(value, dict):
+        return {k: _cut(v, limit) for k, v in list(value.items())[:limit]}
+    return value
+
+
 def _connect_params(args, kwargs):
     """Where a connection goes (never its password): MySQLdb.connect()'s arguments."""
     names = ("host", "user", "passwd", "db", "port", "unix_socket")
@@ -394,13 +652,47 @@ def _connect_params(args, kwargs):
 
 # --- hooks installed when the program imports the modules ---------------------------
 
+class _CloseHook:
+    """``Connection.close`` that tells the agent first, and adds no frame to a traceback.
+
+    A Python wrapper around the C ``close()`` would be on the stack when close raises (a
+    second close: ProgrammingError), so programs that print the traceback (SQLAlchemy logs
+    one) would show a frame of ours. Instead, looking the attribute up (Python, finished by
+    the time the call happens) returns a chain of C callables: ``next(filter(None,
+    map(call, (note_close, bound_close))), None)``. Calling it runs ``agent.on_conn_close``
+    (which returns None, so the filter moves on), then the real close, from C: an exception
+    from close() reaches the caller through no Python frame. Pinned by
+    tests/integration/test_agent.py::test_close_adds_no_frame_to_the_programs_traceback."""
+
+    def __init__(self, agent, original):
+        self.agent = agent
+        self.original = original
+        self.__doc__ = getattr(original, "__doc__", None)
+
+    def __get__(self, conn, owner=None):
+        original = self.original
+        if conn is None:
+            return original  # Connection.close itself: the C method (class-level calls go unseen)
+        agent = self.agent
+        bound = original.__get__(conn, owner)
+        if agent.stopped:
+            return bound
+        partial = agent.partial
+        return partial(next, filter(None, map(agent.call, (partial(agent.on_conn_close, conn), bound))), None)
+
+
 def _hook_mysqldb(agent, module):
     """Wrap MySQLdb.connections.Connection's __init__ and close (it has no Python close)."""
     cls = getattr(module, "Connection", None)
     if cls is None or getattr(cls, "_trace_quit_hooked", False):
         return
-    original_init = cls.__init__
-    original_close = cls.close
+    original_init = cls.__dict__.get("__init__", cls.__init__)
+    original_close = cls.__dict__.get("close")
+    if original_close is None:
+        original_close = getattr(cls, "close")
+        had_close = False
+    else:
+        had_close = True
 
     def __init__(self, *args, **kwargs):
         try:
@@ -412,25 +704,23 @@ def _hook_mysqldb(agent, module):
                 pass
             raise
         try:
-            agent.on_conn_open(self, args, kwargs)
+            if not agent.stopped:
+                agent.on_conn_open(self, args, kwargs)
         except Exception:
             pass
 
-    def close(self):
-        try:
-            agent.on_conn_close(self)
-        except Exception:
-            pass
-        return original_close(self)
-
-    for wrapper, original in ((__init__, original_init), (close, original_close)):
-        wrapper.__name__ = original.__name__
-        wrapper.__qualname__ = getattr(original, "__qualname__", original.__name__)
-        wrapper.__doc__ = original.__doc__
-        wrapper.__wrapped__ = original
+    __init__.__name__ = original_init.__name__
+    __init__.__qualname__ = getattr(original_init, "__qualname__", original_init.__name__)
+    __init__.__doc__ = original_init.__doc__
+    __init__.__wrapped__ = original_init
+    # C close() lives on the base class (_mysql.connection): its method descriptor binds as usual.
+    close = _CloseHook(agent, original_close)
     cls.__init__ = __init__
     cls.close = close
     cls._trace_quit_hooked = True
+    agent.restore.append((cls, "__init__", original_init, __init__))
+    agent.restore.append((cls, "close", original_close if had_close else _DELETE, close))
+    agent.restore.append((cls, "_trace_quit_hooked", _DELETE, True))
     _report_module(agent, "MySQLdb")
 
 
@@ -461,6 +751,7 @@ def _hook_sqlalchemy(agent, module):
         mod = sys.modules.get(name)
         if mod is not None and getattr(mod, "create_engine", None) is original:
             mod.create_engine = create_engine
+            agent.restore.append((mod, "create_engine", original, create_engine))
 
     original_dispose = base.Engine.dispose
 
@@ -474,6 +765,7 @@ def _hook_sqlalchemy(agent, module):
     dispose.__name__ = "dispose"
     dispose.__wrapped__ = original_dispose
     base.Engine.dispose = dispose
+    agent.restore.append((base.Engine, "dispose", original_dispose, dispose))
     agent.skip_dirs = agent.skip_dirs + (os.path.dirname(module.__file__),)
     _report_module(agent, "sqlalchemy")
 
@@ -526,28 +818,62 @@ class _ImportHook:
         return spec
 
 
+def _hook_process_exits(agent):
+    """Write the buffer out before the process image goes: exec, and os._exit (no atexit)."""
+    def wrap(name):
+        original = getattr(os, name)
+
+        def before_exit(*args, **kwargs):
+            agent.before_exit()
+            return original(*args, **kwargs)
+
+        before_exit.__name__ = original.__name__
+        before_exit.__qualname__ = original.__name__
+        before_exit.__doc__ = original.__doc__
+        before_exit.__wrapped__ = original
+        setattr(os, name, before_exit)
+        agent.restore.append((os, name, original, before_exit))
+
+    for name in EXEC_FUNCTIONS + ("_exit",):
+        if hasattr(os, name):
+            wrap(name)
+
+
+#: Marks an attribute stop() deletes rather than restores (it did not exist before us).
+_DELETE = object()
+
 AGENT = None
 
 
-def install():
-    """Start the agent if the tracer asked for it (the channel is in the environment)."""
+def start(channel_path, *, attached=False):
+    """Start an agent writing to the FIFO ``channel_path``; return it (``Agent.stop()`` undoes it).
+
+    ``attached``: loaded into a program already running (tracer/agent/attach.py), so its
+    atexit handler runs first, not last. Raises OSError when the channel cannot be opened."""
     global AGENT
-    path = os.environ.get(ENV_CHANNEL)
-    if not path or AGENT is not None:
-        return None
-    try:
-        agent = Agent(path, _load_events())
-    except OSError:
-        return None  # no tracer listening: stay out of the way
+    agent = Agent(channel_path, _load_events() if "_trace_quit_events" not in sys.modules
+                  else sys.modules["_trace_quit_events"], attached=attached)
     AGENT = agent
     # First registered, last run: anything destroyed after it is destroyed by finalisation.
     atexit.register(agent.at_exit)
     gc.callbacks.append(agent.gc_callback)
-    os.register_at_fork(after_in_child=agent.after_fork_in_child)
+    # Fork handlers cannot be unregistered: after stop() they do nothing.
+    os.register_at_fork(before=agent.before_fork, after_in_child=agent.after_fork_in_child)
+    _hook_process_exits(agent)
     sys.meta_path.insert(0, _ImportHook(agent))
     for name, hook in HOOKS.items():
         if name in sys.modules:
             hook(agent, sys.modules[name])
     agent.emit(agent.ev.AGENT_START, **agent._process_info())
-    agent.start_flusher()
     return agent
+
+
+def install():
+    """Start the agent if the tracer asked for it (the channel is in the environment)."""
+    path = os.environ.get(ENV_CHANNEL)
+    if not path or (AGENT is not None and not AGENT.stopped):
+        return None
+    try:
+        return start(path)
+    except OSError:
+        return None  # no tracer listening: stay out of the way

@@ -1,0 +1,41 @@
+"""CI smoke run of the overhead benchmark (tests/bench/overhead.py): every mode, both
+transports, a few iterations, one round. Exact counts of what each mode saw; no timing
+assertions (the full run and its table are in the README's Overhead section).
+"""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import overhead  # noqa: E402  (tests/bench/overhead.py)
+
+pytestmark = [pytest.mark.bpf]
+
+N = 25
+
+
+def test_every_mode_runs_the_loop_and_sees_every_close(tmp_path):
+    if shutil.which("bpftrace") is None:
+        pytest.skip("bpftrace is not installed (scripts/setup.sh installs Debian's bpftrace)")
+    from trace_quit.analysis.capture import load
+
+    runs = overhead.measure(overhead.MODES, ("socket", "tcp"), N, 1, sys.executable, keep_in=str(tmp_path))
+    assert sorted(runs) == sorted((t, m) for t in ("socket", "tcp") for m in overhead.MODES)
+    for (transport, mode), [run] in runs.items():
+        assert run["iterations"] == N and len(run["close_ns"]) == N, (transport, mode)
+        assert run["cpu_ns"] > 0 and run["wall_ns"] > 0
+        if mode == "bpftrace":
+            assert run["peer_closes"] == N, transport
+        if mode in ("ebpf", "agent", "both"):
+            counts = {}
+            for e in load(run["capture"]).events:
+                counts[e["k"]] = counts.get(e["k"], 0) + 1
+            assert counts.get("conn_close", 0) == (N if mode != "ebpf" else 0), (transport, mode)
+            assert counts.get("bpf_close", 0) == (N if mode != "agent" else 0), (transport, mode)
+    rows = overhead.summarise(runs, N)
+    assert rows[("tcp", "untraced")]["wall_ratio"] == rows[("socket", "untraced")]["cpu_ratio"] == 1.0
+    assert len(overhead.table(rows).splitlines()) == 2 + 2 * len(overhead.MODES)
