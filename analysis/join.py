@@ -154,7 +154,7 @@ class EngineLife:
 
     __slots__ = ("pid", "engine", "t_create", "site", "pool_class", "pool_size", "max_overflow",
                  "url", "disposed", "t_dispose", "destroy", "destroy_collection", "connections",
-                 "t_end", "inherited_from")
+                 "t_end", "inherited_from", "chain")
 
     def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[dict]):
         e = e or {}
@@ -162,6 +162,7 @@ class EngineLife:
         self.engine = engine
         self.t_create = t
         self.site: Optional[str] = e.get("site")
+        self.chain: List[str] = [f for f in e.get("chain") or () if isinstance(f, str)]  # innermost first
         self.pool_class: Optional[str] = e.get("pool_class")
         self.pool_size: Optional[int] = e.get("pool_size")
         self.max_overflow: Optional[int] = e.get("max_overflow")
@@ -179,6 +180,7 @@ class EngineLife:
         """A forked child's copy of ``parent``: same call site and pool, not a new create_engine()."""
         el = cls(pid, parent.engine, None, None)
         el.site, el.pool_class, el.pool_size = parent.site, parent.pool_class, parent.pool_size
+        el.chain = parent.chain
         el.max_overflow, el.url = parent.max_overflow, parent.url
         el.inherited_from = parent
         return el

@@ -160,6 +160,15 @@ class EngineSite:
     connections_by_cause: Dict[str, int] = dataclasses.field(default_factory=dict)
     gc_by_generation: Dict[str, int] = dataclasses.field(default_factory=dict)
     urls: List[str] = dataclasses.field(default_factory=list)
+    chain: List[str] = dataclasses.field(default_factory=list)  # the program's frames, outermost first
+
+    @property
+    def where(self) -> str:
+        """The call site, and the program's callers above it when the agent recorded them."""
+        callers = [f for f in self.chain if f != self.call_site]
+        if not callers:
+            return self.call_site
+        return "%s (called from %s)" % (self.call_site, " ← ".join(reversed(callers)))
 
 
 @dataclasses.dataclass

@@ -49,7 +49,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
                      "pool_size": s.pool_size, "max_overflow": s.max_overflow,
                      "max_live_engines": s.max_live_engines, "max_live_connections": s.max_live_connections,
                      "engines_at_max": s.engines_at_max, "connections_by_cause": s.connections_by_cause,
-                     "gc_by_generation": s.gc_by_generation, "urls": s.urls}
+                     "gc_by_generation": s.gc_by_generation, "urls": s.urls, "chain": s.chain}
                     for s in r.engines],
         "findings": [{"severity": f.severity, "title": f.title, "evidence": f.evidence, "fix": f.fix,
                       "call_site": f.call_site, "count": f.count}

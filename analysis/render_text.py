@@ -232,7 +232,7 @@ def _one(o: _Out, r: Report) -> None:
     if r.engines:
         o.heading("ENGINES (create_engine() call sites)")
         for s in r.engines:
-            o.add("  " + shorten(s.call_site, o.width - 2))
+            o.wrap(s.where, 4, first="  ")
             pool = s.pool_class or "pool ?"
             if s.pool_size is not None:
                 pool += " %d+%s" % (s.pool_size, s.max_overflow if s.max_overflow is not None else "?")

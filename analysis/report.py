@@ -348,12 +348,13 @@ def _engines_summary(engines, connections) -> List[str]:
         every = with_engines == connections.opened + connections.opened_before_capture
         scope = "All" if every else fi(with_engines) + " of the"
         return ["%s %s belonged to %s created at %s (%s disposed)%s." % (
-            scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.call_site, fi(top.disposed),
+            scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.where, fi(top.disposed),
             rest)]
-    parts = ["%s to %s created at %s" % (fi(s.connections), pl(s.created, "Engine"), s.call_site)
+    parts = ["%s to %s created at %s" % (fi(s.connections), pl(s.created, "Engine"), s.where)
              for s in used[:3]]
     if len(used) > 3:
         parts.append("%s to %d more call sites" % (fi(sum(s.connections for s in used[3:])), len(used) - 3))
     lead = "most" if used[0].connections * 2 > with_engines else "by call site"
-    return ["%s belonged to Engines from %d call sites%s; %s: %s." % (
-        pl(with_engines, "connection"), len(used), rest, lead, "; ".join(parts))]
+    what = "call sites" if len({s.call_site for s in used}) == len(used) else "call chains"
+    return ["%s belonged to Engines from %d %s%s; %s: %s." % (
+        pl(with_engines, "connection"), len(used), what, rest, lead, "; ".join(parts))]

@@ -45,6 +45,8 @@ FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer onc
 FLUSH_EVENTS = 256                    # ... or this long
 MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
 STACK_DEPTH = 8                       # frames kept for open/close stacks
+CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
+CHAIN_WALK = 48                       # frames looked at for them (a deep stack costs no more)
 FIELD_LIMITS = (512, 128, 32)         # string lengths tried, in turn, when a line exceeds PIPE_BUF
 STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by their (code, line) pairs)
 CONNECTION_MODULE = "MySQLdb.connections"
@@ -73,6 +75,7 @@ class Agent:
     FLUSH_EVENTS = FLUSH_EVENTS
     MAX_QUEUED = MAX_QUEUED
     STACK_DEPTH = STACK_DEPTH
+    CHAIN_DEPTH = CHAIN_DEPTH
     FIELD_LIMITS = FIELD_LIMITS
     STACK_CACHE_MAX = STACK_CACHE_MAX
     PARAMS_CACHE_MAX = 256
@@ -569,16 +572,37 @@ class Agent:
             pass
         return "?"
 
+    def call_chain(self, skip):
+        """The program's own frames from the create_engine() call outwards, innermost first: a
+        shared helper (get_session) does not hide its callers. Library and site-packages frames
+        are skipped; only code objects and line numbers are read, a few strings formatted."""
+        chain = []
+        try:
+            frame = self.getframe(skip + 1)
+            walked = 0
+            while frame is not None and len(chain) < self.CHAIN_DEPTH and walked < CHAIN_WALK:
+                code = frame.f_code
+                filename = code.co_filename
+                if not self._is_library(filename) and "-packages" not in filename:
+                    chain.append("%s:%d in %s" % (filename, frame.f_lineno, code.co_name))
+                frame = frame.f_back
+                walked += 1
+        except Exception:
+            pass
+        return chain
+
     def _is_library(self, filename):
         if filename.startswith("<") or filename.startswith(self.skip_dirs):
             return True
         # The standard library, but not packages installed beside it (a non-venv site-packages).
         return filename.startswith(self.stdlib_dir) and "-packages" not in filename[len(self.stdlib_dir):]
 
-    def on_engine_create(self, engine, site):
+    def on_engine_create(self, engine, site, chain=None):
         engine_id = id(engine)
         pool = getattr(engine, "pool", None)
         info = {"engine": engine_id, "site": site, "pool_class": type(pool).__name__}
+        if chain:
+            info["chain"] = chain
         try:
             info["url"] = engine.url.render_as_string(hide_password=True)
         except Exception:
@@ -738,7 +762,7 @@ def _hook_sqlalchemy(agent, module):
     def create_engine(*args, **kwargs):
         engine = original(*args, **kwargs)
         try:
-            agent.on_engine_create(engine, agent.call_site(1))
+            agent.on_engine_create(engine, agent.call_site(1), agent.call_chain(1))
         except Exception:
             pass
         return engine
