@@ -354,7 +354,7 @@ def _engines_summary(engines, connections) -> List[str]:
              for s in used[:3]]
     if len(used) > 3:
         parts.append("%s to %d more call sites" % (fi(sum(s.connections for s in used[3:])), len(used) - 3))
-    lead = "most" if used[0].connections * 2 > with_engines else "by call site"
+    # The counts say which site had most: no "most" for a site with a half or less.
     what = "call sites" if len({s.call_site for s in used}) == len(used) else "call chains"
-    return ["%s belonged to Engines from %d %s%s; %s: %s." % (
-        pl(with_engines, "connection"), len(used), what, rest, lead, "; ".join(parts))]
+    return ["%s belonged to Engines from %d %s%s: %s." % (
+        pl(with_engines, "connection"), len(used), what, rest, "; ".join(parts))]

@@ -198,7 +198,7 @@ def test_two_engine_sites_of_equal_weight_are_not_most(tmp_path):
     r = build_report(load(s.finish(10)))
     line = next(x for x in r.summary if "belonged" in x)
     assert "most" not in line
-    assert line == ("4 connections belonged to Engines from 2 call sites; by call site: 2 to 1 Engine created at "
+    assert line == ("4 connections belonged to Engines from 2 call sites: 2 to 1 Engine created at "
                     "a.py:1 in f; 2 to 1 Engine created at b.py:1 in g.")
 
 
