@@ -18,7 +18,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
     return {
         "schema": SCHEMA,
         "program": {"argv": p.argv, "exit_status": p.exit_status, "duration_s": p.duration_s,
-                    "pid": p.pid, "python": p.python, "modules": p.modules},
+                    "pid": p.pid, "python": p.python, "modules": p.modules, "attached": p.attached,
+                    "gc_disabled": p.gc_disabled},
         "layers": {"bpf": L.bpf, "agent": L.agent, "sampler": L.sampler, "wire": L.wire},
         "connections": {"opened": c.opened, "com_quit": c.com_quit, "never_closed": c.never_closed,
                         "max_live": c.max_live, "max_live_t_s": c.max_live_t_s, "failed": c.failed,

@@ -251,3 +251,8 @@ def test_attached_capture_labels_times_since_attach(tmp_path):
     r = build_report(load(path))
     assert r.program.attached
     assert "attached to a running process: times are seconds since attach" in render(r, "text")
+    assert "attached to a running process: times are seconds since attach" in render(r, "html")
+    assert json.loads(render(r, "json"))["program"]["attached"] is True
+    plain = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
+    assert json.loads(render(plain, "json"))["program"]["attached"] is False
+    assert "since attach" not in render(plain, "text") + render(plain, "html")
