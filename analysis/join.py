@@ -201,7 +201,8 @@ class Collection:
         self.t_start = t
         self.t_stop: Optional[int] = None
         self.thread: Optional[str] = e.get("thread")
-        self.site: Optional[str] = e.get("site")
+        # The program's own frame when the agent found one above a library frame (gc_start.app_site).
+        self.site: Optional[str] = e.get("app_site") or e.get("site")
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer

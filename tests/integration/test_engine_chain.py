@@ -88,3 +88,40 @@ def test_report_names_the_callers_of_a_shared_create_engine_helper(server, tmp_p
     head = " ".join(" ".join(text.splitlines()[:25]).split())
     assert ("create_engine() ran 5 times at config/database.py:6 in get_session (called from "
             "app/worker.py:7 in handle ← main.py:6 in <module>)") in head
+
+
+GC_PROGRAM = {
+    "vendor/site-packages/fakelib.py": """\
+        import gc
+        def collect():
+            gc.collect(1)  # line 3: library code sets the collection off
+        """,
+    "main.py": """\
+        import sys
+        sys.path.insert(0, "vendor/site-packages")
+        import MySQLdb
+        import fakelib
+        from trace_quit.workloads import dsn
+        conn = MySQLdb.connect(**dsn.parse(sys.argv[1]))
+        conn.me = conn  # a reference cycle: only a collection ends it
+        del conn
+        fakelib.collect()  # line 9
+        """,
+}
+
+
+def test_a_collection_set_off_in_library_code_names_the_programs_frame(server, tmp_path):
+    for name, text in GC_PROGRAM.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    proc, capture = run_traced(tmp_path, [__import__("sys").executable, "main.py", server.dsn_tcp])
+    assert proc.returncode == 0, proc.stderr
+    starts = [json.loads(line) for line in open(capture) if '"k":"gc_start"' in line]
+    ours = [e for e in starts if e["site"].endswith("fakelib.py:3")]
+    assert len(ours) == 1 and ours[0]["gen"] == 1
+    assert ours[0]["app_site"] == "%s/main.py:9" % tmp_path
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True,
+                                       text=True, cwd=str(tmp_path), timeout=60, check=True).stdout)
+    closing = report["gc"]["that_closed_connections"]
+    assert [(c["generation"], c["connections"], c["triggered_at"]) for c in closing] == [(1, 1, "main.py:9")]

@@ -476,9 +476,22 @@ class Agent:
         if len(self.queue) >= self.MAX_QUEUED:
             self.lost += 1
             return
-        self.queue.append({"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
-                           "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
-                           "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]]})
+        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
+                 "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
+                 "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]]}
+        # A library's allocation often sets a collection off: name the program's nearest frame
+        # above it too (a bounded walk, only for collections written out; test_engine_chain.py).
+        app = frame
+        walked = 0
+        while app is not None and walked < CHAIN_WALK:
+            filename = app.f_code.co_filename
+            if not self._is_library(filename) and "-packages" not in filename:
+                if app is not frame:
+                    event["app_site"] = "%s:%d" % (filename, app.f_lineno)
+                break
+            app = app.f_back
+            walked += 1
+        self.queue.append(event)
 
     def classify(self):
         """Why an object is being destroyed right now: (cause, generation, collection id)."""
