@@ -88,6 +88,11 @@ def test_report_names_the_callers_of_a_shared_create_engine_helper(server, tmp_p
     head = " ".join(" ".join(text.splitlines()[:25]).split())
     assert ("create_engine() ran 5 times at config/database.py:6 in get_session (called from "
             "app/worker.py:7 in handle ← main.py:6 in <module>)") in head
+    subprocess.run(TRACE_QUIT + ["report", capture, "--format", "html", "-o", "r.html"], cwd=str(tmp_path),
+                   timeout=60, check=True, capture_output=True)
+    html = (tmp_path / "r.html").read_text()
+    assert "<small>(called from app/worker.py:7 in handle ← main.py:6 in &lt;module&gt;)</small>" in html
+    assert "<small>(called from app/health.py:7 in ping ← main.py:8 in &lt;module&gt;)</small>" in html
 
 
 GC_PROGRAM = {
