@@ -549,6 +549,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             by_gen = e.get("by_gen")
             if isinstance(by_gen, dict):
                 j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
+            if e.get("enabled") is False:  # gc.disable() called after the agent started
+                j.gc_disabled.add(pid)
         elif k == ev.BPF_PROBES:
             j.probes = e
         elif k == ev.MODULE:

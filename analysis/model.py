@@ -23,7 +23,7 @@ class Program:
     pid: Optional[int] = None
     python: Optional[str] = None
     modules: Dict[str, str] = dataclasses.field(default_factory=dict)  # MySQLdb, sqlalchemy versions
-    gc_disabled: bool = False   # the agent saw gc.disable() in effect (agent_start.gc_enabled false)
+    gc_disabled: bool = False   # the agent saw gc.disable() in effect (agent_start.gc_enabled or gc_counts.enabled)
     attached: bool = False      # --pid: the capture began at attach, so times are since attach
 
 

@@ -319,8 +319,8 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
         if p.regular and p.drops:
             out.append("Periodically, %s." % p.text)
     if program.gc_disabled:
-        out.append("gc.disable() was in effect when the agent started: only explicit gc.collect() calls "
-                   "collect cycles, so connections in reference cycles stay open until one runs or the "
+        out.append("gc.disable() was in effect (for some or all of the run): only explicit gc.collect() calls "
+                   "collect cycles then, so connections in reference cycles stay open until one runs or the "
                    "program ends.")
     sites = _engines_summary(engines, connections)
     # The verdict already names the one call site and its Engines: the first screen says it once.

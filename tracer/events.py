@@ -199,7 +199,7 @@ KINDS = {
                                            _opt("app_site", STR, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
-    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),
+    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2))),
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
         _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT))),

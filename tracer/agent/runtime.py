@@ -195,10 +195,12 @@ class Agent:
     def _flush(self):
         queue = self.queue
         self.last_flush = self.now()
-        counts = tuple(self.gc_counts)
+        # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
+        counts = tuple(self.gc_counts) + (gc.isenabled(),)
         if counts != self.gc_counts_reported:
             self.gc_counts_reported = counts
-            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}})
+            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]},
+                                            "enabled": counts[3]})
         if not queue:
             return
         if not self._channel_ok():
