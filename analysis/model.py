@@ -163,12 +163,18 @@ class EngineSite:
     chain: List[str] = dataclasses.field(default_factory=list)  # the program's frames, outermost first
 
     @property
+    def callers(self) -> List[str]:
+        """The program's frames that led to the call site, nearest first."""
+        return [f for f in reversed(self.chain) if f != self.call_site]
+
+    @property
     def where(self) -> str:
-        """The call site, and the program's callers above it when the agent recorded them."""
-        callers = [f for f in self.chain if f != self.call_site]
+        """The call site and its two nearest callers (the whole chain is in ``chain``): short
+        enough for a finding's title on the report's first screen."""
+        callers = self.callers
         if not callers:
             return self.call_site
-        return "%s (called from %s)" % (self.call_site, " ← ".join(reversed(callers)))
+        return "%s (called from %s%s)" % (self.call_site, " ← ".join(callers[:2]), " ← …" if len(callers) > 2 else "")
 
 
 @dataclasses.dataclass

@@ -233,6 +233,8 @@ def _one(o: _Out, r: Report) -> None:
         o.heading("ENGINES (create_engine() call sites)")
         for s in r.engines:
             o.wrap(s.where, 4, first="  ")
+            if len(s.callers) > 2:
+                o.wrap("call chain: " + " ← ".join(s.callers), 6)
             pool = s.pool_class or "pool ?"
             if s.pool_size is not None:
                 pool += " %d+%s" % (s.pool_size, s.max_overflow if s.max_overflow is not None else "?")

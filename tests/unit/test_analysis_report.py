@@ -256,3 +256,24 @@ def test_attached_capture_labels_times_since_attach(tmp_path):
     plain = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
     assert json.loads(render(plain, "json"))["program"]["attached"] is False
     assert "since attach" not in render(plain, "text") + render(plain, "html")
+
+
+def test_a_long_call_chain_is_cut_in_titles_and_whole_in_the_engines_section(tmp_path):
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    chain = ["/srv/app/db.py:6 in get_session", "/srv/app/a.py:7 in handle", "/srv/app/b.py:8 in route",
+             "/srv/app/main.py:9 in <module>"]
+    for i in range(3):
+        s.engine(0.1 + i / 10, site=chain[0])
+    # the agent's engine_create with its chain (SynthCapture.engine writes none)
+    s._agent({"k": ev.ENGINE_CREATE, "t": s.ns(0.5), "pid": s.pid, "tid": s.pid, "engine": 0x1234,
+              "site": chain[0], "pool_class": "QueuePool", "pool_size": 5, "max_overflow": 10, "chain": chain})
+    for i in range(3):
+        s.close(2 + i, s.open(1 + i / 10, engine=0x1234), ev.GC, gen=1, cid=None)
+    r = build_report(load(s.finish(10)))
+    site = next(x for x in r.engines if x.chain)
+    assert site.chain == ["main.py:9 in <module>", "b.py:8 in route", "a.py:7 in handle", "db.py:6 in get_session"]
+    assert site.where == "db.py:6 in get_session (called from a.py:7 in handle ← b.py:8 in route ← …)"
+    text = render(r, "text")
+    assert "call chain: a.py:7 in handle ← b.py:8 in route ← main.py:9 in <module>" in " ".join(text.split())
+    # the Engines without a chain (an older agent) are a group of their own
+    assert [(x.created, x.chain != []) for x in r.engines] == [(1, True), (3, False)]
