@@ -26,7 +26,8 @@ _CAUSE_COLOR = {ev.EXPLICIT_CLOSE: "green", ev.REFCOUNT: "cyan", ev.GC: "red", e
 
 #: For streams that cannot encode them (LANG=C).
 ASCII = str.maketrans(dict({"█": "#", "→": "->", "·": "|", "✓": "yes", "–": "-", "—": "-", "…": "...",
-                       "×": "x", "≤": "<=", "═": "="}, **{c: ".:-=+*%#"[i] for i, c in enumerate(SPARK)}, **{"•": "*"}))
+                       "×": "x", "≤": "<=", "═": "=", "←": "<-", "•": "*"},
+                           **{c: ".:-=+*%#"[i] for i, c in enumerate(SPARK)}))
 
 
 def terminal_width() -> int:

@@ -177,3 +177,15 @@ def test_sparkline_scales_to_its_width():
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == " ▂▃▄▅▆▇█"  # 0 is blank, the max full
     assert sparkline(list(range(1000)), 10)[-1] == "█" and len(sparkline(list(range(1000)), 10)) == 10
     assert sparkline([], 10) == ""
+
+
+def test_ascii_stream_gets_the_new_characters_too(demo):
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    render(demo, "text", stream=stream)
+    text = stream.buffer.getvalue().decode("ascii")
+    from trace_quit.analysis.render_text import ASCII
+    used = {ord(ch) for ch in render(demo, "text") if ord(ch) > 127} | {ord("←")}  # ← in call chains
+    assert used <= set(ASCII)  # none left for 'replace' to mangle
+    line = next(x for x in text.splitlines() if x.startswith("  server (PROCESSLIST) max 91"))
+    assert "#" in line and set(line[len("  server (PROCESSLIST) max 91 at 49.5 s  "):]) <= set(" .:-=+*%#")
+    assert "\n  * 500 connections opened" in text
