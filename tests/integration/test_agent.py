@@ -242,7 +242,8 @@ def test_no_thread_of_ours_and_no_fork_warning(version, server, tmp_path):
     assert kinds(events)["conn_close"] == 2
 
 
-def test_close_adds_no_frame_to_the_programs_traceback(server, tmp_path):
+@pytest.mark.parametrize("version", ["system", "3.8", "3.13"])
+def test_close_adds_no_frame_to_the_programs_traceback(version, server, tmp_path):
     # A second close() raises inside the C close; the program prints the traceback, the way
     # SQLAlchemy logs an error from inside close(). Traced, stderr must be byte-for-byte the same.
     prog = _write(tmp_path, "twice.py", """
@@ -260,7 +261,12 @@ def test_close_adds_no_frame_to_the_programs_traceback(server, tmp_path):
         except Exception:
             logging.getLogger("pool").error("Exception closing connection", exc_info=True)
     """)
-    argv = [sys.executable, prog, server.dsn_tcp]
+    python = sys.executable
+    if version != "system":
+        if not pyenv_has(version):
+            pytest.skip("pyenv has no Python %s on this machine" % version)
+        python = venv_python_for(version)
+    argv = [python, prog, server.dsn_tcp]
     plain = _untraced(argv)
     proc, capture = run_traced(tmp_path, argv)
     assert plain.returncode == 0 and plain.stderr.count("Traceback") == 2, plain.stderr

@@ -13,8 +13,12 @@ from tq_support import TRACE_QUIT
 
 pytestmark = pytest.mark.server
 
+# The connections are opened 60 ms apart: the agent (no thread) writes its buffer at a
+# connection event once it is 50 ms old, so three opens in a burst followed by a sleep would
+# reach the tracer only at exit (README, Caveats).
 PROGRAM = ("import sys, time, MySQLdb; from trace_quit.workloads import dsn; "
-           "conns = [MySQLdb.connect(**dsn.parse(sys.argv[1])) for _ in range(3)]; time.sleep(2.5)")
+           "conns = [(time.sleep(0.06), MySQLdb.connect(**dsn.parse(sys.argv[1])))[1] for _ in range(3)]; "
+           "time.sleep(2.5)")
 
 
 def _read_all(fd, proc, timeout=60):
