@@ -46,6 +46,16 @@ def fmt_s(x: float) -> str:
     return ("%.1f" % x) if abs(x) < 100 else ("%.0f" % x)
 
 
+def fmt_approx(x: float) -> str:
+    """An approximate number of seconds to two significant figures: '0.53', '5.1', '66', '810'."""
+    r = float("%.2g" % x)
+    if r == 0:
+        return "0"
+    if abs(r) >= 10:
+        return "%d" % r
+    return "%.*f" % (1 - int(math.floor(math.log10(abs(r)))), r)
+
+
 def plural(n: int, word: str, words: Optional[str] = None) -> str:
     """'1 connection', '2 connections'."""
     return "%s %s" % (fmt_int(n), word if n == 1 else (words or word + "s"))
@@ -301,7 +311,7 @@ def find_patterns(collections: Sequence[Collection], drop_collections: Optional[
         drops = sum(1 for c in cs if id(c) in (drop_collections or ()))
         if regular:
             text = "a %s every ~%s s destroys ~%s (%s)" % (
-                name, fmt_s(every), plural(each, "connection"), detail)
+                name, fmt_approx(every), plural(each, "connection"), detail)
             if drops * 2 > len(cs):
                 text += ": the saw-tooth of the connection count"
         else:

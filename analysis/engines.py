@@ -1,4 +1,5 @@
-"""Engines grouped by their create_engine() call site: how many, disposed or not, what they held.
+"""Engines grouped by their create_engine() call site and the program's call chain above it (a
+shared helper's callers apart): how many, disposed or not, what they held.
 
 The site is where to change the program, so everything about Engines is summed per site:
 created/disposed/destroyed counts, the pool configuration, the connections their pools opened
@@ -22,16 +23,24 @@ def _gen_key(gen: Optional[int]) -> str:
     return str(gen) if gen is not None else "unknown"
 
 
+def _key(el: EngineLife, cwd: Optional[str]):
+    """(call site, chain) with paths relative to the program's directory; the chain outermost first."""
+    site = relative_site(el.site, cwd) or UNKNOWN_SITE
+    chain = tuple(relative_site(f, cwd) or f for f in reversed(el.chain))
+    return site, chain
+
+
 def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optional[str],
               to_s: Callable[[int], float]) -> List[EngineSite]:
-    """One EngineSite per call site, most connections first."""
-    sites: Dict[str, EngineSite] = {}
-    engine_events: Dict[str, list] = {}
+    """One EngineSite per call site and chain, most connections first."""
+    sites: Dict[tuple, EngineSite] = {}
+    engine_events: Dict[tuple, list] = {}
     for el in engines:
-        site = relative_site(el.site, cwd) or UNKNOWN_SITE
+        site = _key(el, cwd)
         s = sites.get(site)
         if s is None:
-            s = sites[site] = EngineSite(call_site=site, created=0, disposed=0, connections=0)
+            s = sites[site] = EngineSite(call_site=site[0], created=0, disposed=0, connections=0,
+                                         chain=list(site[1]))
             engine_events[site] = []
         if el.t_create is not None:
             s.created += 1
@@ -55,12 +64,12 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
             s.urls.append(el.url)
 
     # Connections per site: counts by cause, and the most held at once (sweep).
-    conn_events: Dict[str, list] = {}
+    conn_events: Dict[tuple, list] = {}
     for life in lives:
         el = life.engine
         if el is None or life.failed:
             continue
-        site = relative_site(el.site, cwd) or UNKNOWN_SITE
+        site = _key(el, cwd)
         s = sites[site]
         s.connections += 1
         if life.cause is not None:
@@ -96,7 +105,7 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
             best = max(best, live)
         sites[site].max_live_engines = best
 
-    return sorted(sites.values(), key=lambda s: (-s.connections, -s.created, s.call_site))
+    return sorted(sites.values(), key=lambda s: (-s.connections, -s.created, s.call_site, s.chain))
 
 
 def pool_bound(site: EngineSite) -> Optional[int]:

@@ -182,11 +182,12 @@ def thresholds_text(summary: Optional[Dict[str, Any]]) -> Optional[str]:
     """One line for the text report: the thresholds in effect and where they came from."""
     if not summary:
         return None
-    text = "GC thresholds %s" % _fmt(summary["in_effect"])
+    # Short: it stands on the report's first screen (the Python version is on the line above).
+    text = "thresholds %s" % _fmt(summary["in_effect"])
     if summary["changed_at_run_time"]:
         text += " (set by the program; the interpreter started with %s)" % _fmt(summary["at_start"])
     if summary["in_effect"] == summary["study"]:
         text += ", the study's"
-    if summary["python"]:
-        text += " · CPython %s, %s collector" % (summary["python"], summary["collector"])
+    if summary["collector"]:
+        text += " · %s collector" % summary["collector"]
     return text

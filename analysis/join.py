@@ -169,7 +169,7 @@ class EngineLife:
 
     __slots__ = ("pid", "engine", "t_create", "site", "pool_class", "pool_size", "max_overflow",
                  "url", "disposed", "t_dispose", "destroy", "destroy_collection", "connections",
-                 "t_end", "inherited_from")
+                 "t_end", "inherited_from", "chain")
 
     def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[dict]):
         e = e or {}
@@ -177,6 +177,7 @@ class EngineLife:
         self.engine = engine
         self.t_create = t
         self.site: Optional[str] = e.get("site")
+        self.chain: List[str] = [f for f in e.get("chain") or () if isinstance(f, str)]  # innermost first
         self.pool_class: Optional[str] = e.get("pool_class")
         self.pool_size: Optional[int] = e.get("pool_size")
         self.max_overflow: Optional[int] = e.get("max_overflow")
@@ -194,6 +195,7 @@ class EngineLife:
         """A forked child's copy of ``parent``: same call site and pool, not a new create_engine()."""
         el = cls(pid, parent.engine, None, None)
         el.site, el.pool_class, el.pool_size = parent.site, parent.pool_class, parent.pool_size
+        el.chain = parent.chain
         el.max_overflow, el.url = parent.max_overflow, parent.url
         el.inherited_from = parent
         return el
@@ -214,7 +216,8 @@ class Collection:
         self.t_start = t
         self.t_stop: Optional[int] = None
         self.thread: Optional[str] = e.get("thread")
-        self.site: Optional[str] = e.get("site")
+        # The program's own frame when the agent found one above a library frame (gc_start.app_site).
+        self.site: Optional[str] = e.get("app_site") or e.get("site")
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
@@ -241,6 +244,7 @@ class Joined:
         self.exits: Dict[int, int] = {}                 # pid -> t of bpf_exit
         self.finalize: Dict[int, int] = {}              # pid -> t of Py_FinalizeEx
         self.pids: Dict[int, str] = {}                  # pid -> python version (agent_start)
+        self.gc_disabled: set = set()                   # pids whose agent_start saw gc.isenabled() false
         self.modules: Dict[str, str] = {}               # name -> version
         self.agent_lost = 0
         self.bpf_dropped = 0
@@ -578,6 +582,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             j.finalize.setdefault(pid, t)
         elif k == ev.AGENT_START:
             j.pids[pid] = e["python"]
+            if e["gc_enabled"] is False:
+                j.gc_disabled.add(pid)
             parent = e.get("forked_from")
             if parent is not None:
                 j.forked_from[pid] = parent
@@ -586,6 +592,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             by_gen = e.get("by_gen")
             if isinstance(by_gen, dict):
                 j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
+            if e.get("enabled") is False:  # gc.disable() called after the agent started
+                j.gc_disabled.add(pid)
         elif k == ev.BPF_PROBES:
             j.probes = e
         elif k == ev.MODULE:

@@ -23,6 +23,8 @@ class Program:
     pid: Optional[int] = None
     python: Optional[str] = None
     modules: Dict[str, str] = dataclasses.field(default_factory=dict)  # MySQLdb, sqlalchemy versions
+    gc_disabled: bool = False   # the agent saw gc.disable() in effect (agent_start.gc_enabled or gc_counts.enabled)
+    attached: bool = False      # --pid: the capture began at attach, so times are since attach
 
 
 @dataclasses.dataclass
@@ -162,6 +164,21 @@ class EngineSite:
     connections_by_cause: Dict[str, int] = dataclasses.field(default_factory=dict)
     gc_by_generation: Dict[str, int] = dataclasses.field(default_factory=dict)
     urls: List[str] = dataclasses.field(default_factory=list)
+    chain: List[str] = dataclasses.field(default_factory=list)  # the program's frames, outermost first
+
+    @property
+    def callers(self) -> List[str]:
+        """The program's frames that led to the call site, nearest first."""
+        return [f for f in reversed(self.chain) if f != self.call_site]
+
+    @property
+    def where(self) -> str:
+        """The call site and its two nearest callers (the whole chain is in ``chain``): short
+        enough for a finding's title on the report's first screen."""
+        callers = self.callers
+        if not callers:
+            return self.call_site
+        return "%s (called from %s%s)" % (self.call_site, " ← ".join(callers[:2]), " ← …" if len(callers) > 2 else "")
 
 
 @dataclasses.dataclass

@@ -10,12 +10,21 @@ from typing import Optional, Sequence
 from trace_quit.tracer import events as ev
 
 from .model import Report
+from .timeline import nice_bin, quit_histogram, quit_key
 
 CAUSE_COLORS = {
     ev.EXPLICIT_CLOSE: "#2e7d32", ev.REFCOUNT: "#0288d1", ev.GC: "#c62828", ev.SHUTDOWN: "#7b1fa2",
     ev.NEVER_CLOSED: "#f9a825", ev.SERVER: "#6d4c41", ev.UNKNOWN: "#9e9e9e",
 }
 GEN_COLORS = {0: "#90a4ae", 1: "#fb8c00", 2: "#c62828"}
+#: Told apart by more than colour: each cause's bars carry a hatch, each generation's
+#: collection lines a dash pattern (tests/unit/test_render_html.py pins both).
+CAUSE_HATCHES = {
+    ev.EXPLICIT_CLOSE: "", ev.REFCOUNT: "//", ev.GC: "xx", ev.SHUTDOWN: "..", ev.NEVER_CLOSED: "\\\\",
+    ev.SERVER: "--", ev.UNKNOWN: "oo",
+}
+GEN_HATCHES = {0: "++", 1: "xx", 2: "**"}
+GEN_STYLES = {0: ":", 1: "--", 2: "-"}
 
 
 def series_color(key: str) -> str:
@@ -24,6 +33,14 @@ def series_color(key: str) -> str:
     if cause == ev.GC and gen.isdigit() and int(gen) in GEN_COLORS:
         return GEN_COLORS[int(gen)]
     return CAUSE_COLORS.get(cause, "#9e9e9e")
+
+
+def series_hatch(key: str) -> str:
+    """Hatch of a COM_QUIT histogram series (a generation's own for "gc.N")."""
+    cause, _, gen = key.partition(".")
+    if cause == ev.GC and gen.isdigit() and int(gen) in GEN_HATCHES:
+        return GEN_HATCHES[int(gen)]
+    return CAUSE_HATCHES.get(cause, "")
 
 
 def series_label(key: str) -> str:
@@ -45,8 +62,11 @@ def _pyplot():
     return plt
 
 
-def figure(report: Report, xmax: Optional[float] = None):
-    """The matplotlib Figure for one report (x axis in seconds since start)."""
+def figure(report: Report, xmax: Optional[float] = None, ymax: Optional[float] = None,
+           bin_s: Optional[float] = None):
+    """The matplotlib Figure for one report (x axis in seconds since start).
+
+    A comparison page passes one ``xmax``, ``ymax`` and COM_QUIT ``bin_s`` for all its plots."""
     plt = _pyplot()
     tl = report.timeline
     fig, (ax, axg, axq) = plt.subplots(
@@ -71,10 +91,10 @@ def figure(report: Report, xmax: Optional[float] = None):
         xs = [t for t, g, d in zip(ts, gens, destroyed) if g == gen and d]
         if xs:
             ax.vlines(xs, 0, 1, transform=ax.get_xaxis_transform(), colors=GEN_COLORS[gen],
-                      lw=1.6 if gen == 2 else 0.8, alpha=0.8 if gen == 2 else 0.5,
+                      linestyles=GEN_STYLES[gen], lw=1.6 if gen == 2 else 0.8, alpha=0.8 if gen == 2 else 0.5,
                       label="gen-%d collection that closed connections" % gen, rasterized=len(xs) > 2000)
     ax.set_ylabel("connections")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, ymax if ymax else max(_peak(report) * 1.12, 1))
     ax.grid(alpha=0.25)
     ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
     ax.set_title(plain_text(report.name), fontsize=10, loc="left")
@@ -95,9 +115,13 @@ def figure(report: Report, xmax: Optional[float] = None):
     axg.set_ylabel("GC", fontsize=8)
 
     # COM_QUITs per bin, stacked by cause.
-    width = tl.quit_bin_s
+    width, quit_bins = tl.quit_bin_s, tl.quit_bins
+    if bin_s and bin_s != width:
+        width, quit_bins = quit_histogram(
+            [(q.t_s, quit_key(q.cause, q.generation)) for q in report.quits if q.counted and q.t_s is not None],
+            tl.end_s, width=bin_s)
     bottom = None
-    for key, counts in tl.quit_bins.items():
+    for key, counts in quit_bins.items():
         if not counts:
             continue
         xs = [i * width for i in range(len(counts))]
@@ -106,11 +130,14 @@ def figure(report: Report, xmax: Optional[float] = None):
         if len(bottom) < len(counts):
             bottom.extend([0] * (len(counts) - len(bottom)))
         axq.bar(xs, counts, width=width, bottom=bottom[:len(counts)], align="edge",
-                color=series_color(key), label=series_label(key), linewidth=0)
+                color=series_color(key), label=series_label(key), hatch=series_hatch(key),
+                edgecolor="#ffffff", linewidth=0)
         bottom = [b + c for b, c in zip(bottom, counts)] + bottom[len(counts):]
     axq.set_ylabel("COM_QUIT / %gs" % width, fontsize=8)
+    if bottom:
+        axq.set_ylim(0, max(bottom) * 1.25 + 1)  # headroom: the tallest bar never touches the legend
     axq.set_xlabel("seconds since the program started")
-    if tl.quit_bins:
+    if quit_bins:
         axq.legend(loc="upper left", fontsize=7, ncol=4, framealpha=0.85)
     axq.grid(alpha=0.25)
     right = xmax if xmax else max(tl.end_s, 1e-3)
@@ -119,24 +146,73 @@ def figure(report: Report, xmax: Optional[float] = None):
     return fig
 
 
-def _svg(fig) -> str:
-    """``fig`` as an inline SVG element (the XML prolog dropped), then closed."""
+def _svg(fig, title: str, desc: str) -> str:
+    """``fig`` as an inline SVG element (the XML prolog dropped), then closed.
+
+    It carries ``role="img"`` with a ``<title>`` and a ``<desc>`` that say in words what it
+    shows, for screen readers (ids unique per page: several plots share one)."""
+    global _SVG_SERIAL
     buf = io.StringIO()
     fig.savefig(buf, format="svg", dpi=110)
     _pyplot().close(fig)
     svg = buf.getvalue()
     start = svg.find("<svg")
-    return svg[start:] if start >= 0 else svg
+    svg = svg[start:] if start >= 0 else svg
+    end = svg.find(">")
+    if svg.startswith("<svg") and end > 0:
+        _SVG_SERIAL += 1
+        ident = "tq-plot-%d" % _SVG_SERIAL
+        svg = ('%s role="img" aria-labelledby="%s-t %s-d">\n<title id="%s-t">%s</title>\n<desc id="%s-d">%s</desc>%s'
+               % (svg[:end], ident, ident, ident, _xml(title), ident, _xml(desc), svg[end + 1:]))
+    return svg
 
 
-def timeline_svg(report: Report, xmax: Optional[float] = None) -> str:
+_SVG_SERIAL = 0
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _peak(report: Report) -> float:
+    """The highest connection count the plot shows (client's live, or the server's samples)."""
+    tl = report.timeline
+    return max([p[1] for p in tl.live] + [p[1] for p in tl.server] + [0])
+
+
+def _describe(report: Report) -> str:
+    """The timeline plot in words: the peak, the largest drop, how COM_QUITs divide by cause."""
+    parts = ["Live client-side connections over %.1f s, at most %d." % (report.timeline.end_s,
+                                                                        report.connections.max_live)]
+    largest = report.largest_drop()
+    if largest is not None:
+        why = largest.cause + (" generation %d" % largest.generation if largest.generation is not None else "")
+        parts.append("Largest drop %d to %d at %.1f s (%s)." % (largest.from_, largest.to, largest.t_s, why))
+    causes = ", ".join("%s %d" % (c, n) for c, n in report.com_quit.by_cause.items() if n)
+    if causes:
+        parts.append("COM_QUITs by cause: %s." % causes)
+    return " ".join(parts)
+
+
+def timeline_svg(report: Report, xmax: Optional[float] = None, ymax: Optional[float] = None,
+                 bin_s: Optional[float] = None) -> str:
     """The plot as a standalone SVG document (text)."""
-    return _svg(figure(report, xmax))
+    return _svg(figure(report, xmax, ymax, bin_s), "Timeline of %s" % report.name, _describe(report))
 
 
 def common_xmax(reports: Sequence[Report]) -> float:
     """One x range for side-by-side plots."""
     return max([r.timeline.end_s for r in reports] + [1e-3])
+
+
+def common_ymax(reports: Sequence[Report]) -> float:
+    """One y range for side-by-side plots, with headroom."""
+    return max(max(_peak(r) for r in reports) * 1.12, 1)
+
+
+def common_bin(reports: Sequence[Report]) -> float:
+    """One COM_QUIT bin width for side-by-side plots (the longest capture's)."""
+    return nice_bin(common_xmax(reports))
 
 
 OVERLAY_COLORS = ("#c62828", "#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037", "#455a64")
@@ -159,9 +235,10 @@ def comparison_svg(reports: Sequence[Report]) -> str:
                     rasterized=len(tl.server) > 2000)
     ax.set_xlabel("seconds since the program started")
     ax.set_ylabel("live connections")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, common_ymax(reports))
     ax.set_xlim(0, common_xmax(reports) * 1.01)
     ax.grid(alpha=0.25)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
     fig.subplots_adjust(left=0.07, right=0.99, top=0.96, bottom=0.14)
-    return _svg(fig)
+    desc = " ".join("%s: at most %d live connections." % (r.name, r.connections.max_live) for r in reports)
+    return _svg(fig, "Live connections of %d captures on one time axis" % len(reports), desc)

@@ -5,7 +5,7 @@ from typing import IO, Optional, Sequence, Tuple, Union
 
 from .model import Report
 
-FORMATS = ("text", "json", "html")
+FORMATS = ("text", "json", "html", "perfetto")
 
 
 def want_color(stream: Optional[IO]) -> bool:
@@ -21,7 +21,7 @@ def want_color(stream: Optional[IO]) -> bool:
 def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: Optional[IO] = None,
            path: Optional[str] = None, color: Optional[bool] = None, force: bool = False,
            owner: Optional[Tuple[int, int]] = None) -> str:
-    """Render one report (or several side by side) as text, json or html.
+    """Render one report (or several side by side) as text, json, html or a Perfetto trace.
 
     Writes to ``path`` or ``stream`` when given, and returns the text. ``path`` is written
     whole by the tracer's one safe writer (tracer/files.py: 0600, chowned to ``owner``, never
@@ -40,10 +40,14 @@ def render(reports: Union[Report, Sequence[Report]], fmt: str = "text", stream: 
         if color is None:
             color = path is None and want_color(stream)
         # NO_COLOR wins even over color=True (https://no-color.org): callers pass isatty().
-        out = render_text.render(reports, color=bool(color) and not os.environ.get("NO_COLOR"))
+        out = render_text.render(reports, color=bool(color) and not os.environ.get("NO_COLOR"),
+                                 width=render_text.WIDTH if path is not None else None)  # a file: 100
     elif fmt == "json":
         from . import render_json
         out = render_json.render(reports)
+    elif fmt == "perfetto":
+        from . import render_perfetto
+        out = render_perfetto.render(reports)
     else:
         from . import render_html
         out = render_html.render(reports)

@@ -30,12 +30,16 @@ def _env():
 def render(reports: Sequence[Report]) -> str:
     """The page for one report, or a comparison page for several."""
     import markupsafe
-    xmax = plot.common_xmax(reports) if len(reports) > 1 else None
+    # A comparison page: one time axis, one y scale and one COM_QUIT bin width for every plot.
+    several = len(reports) > 1
+    xmax = plot.common_xmax(reports) if several else None
+    ymax = plot.common_ymax(reports) if several else None
+    bin_s = plot.common_bin(reports) if several else None
     items = []
     for r in reports:
         items.append({
             "r": r,
-            "svg": markupsafe.Markup(plot.timeline_svg(r, xmax)),
+            "svg": markupsafe.Markup(plot.timeline_svg(r, xmax, ymax, bin_s)),
             "quits": r.quits[:MAX_QUITS],
             "more_quits": max(0, len(r.quits) - MAX_QUITS),
             "largest": r.largest_drop(),
@@ -43,4 +47,5 @@ def render(reports: Sequence[Report]) -> str:
     overlay = markupsafe.Markup(plot.comparison_svg(reports)) if len(reports) > 1 else None
     return _env().get_template(TEMPLATE).render(
         items=items, overlay=overlay, causes=ev.CAUSES, wire_states=ev.WIRE_STATES, colors=plot.CAUSE_COLORS,
+        gen_colors={str(g): c for g, c in plot.GEN_COLORS.items()},
         comparison=len(reports) > 1, title=("trace-quit: " + ", ".join(r.name for r in reports)))

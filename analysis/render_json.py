@@ -19,7 +19,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
     return {
         "schema": SCHEMA,
         "program": {"argv": p.argv, "exit_status": p.exit_status, "duration_s": p.duration_s,
-                    "pid": p.pid, "python": p.python, "modules": p.modules},
+                    "pid": p.pid, "python": p.python, "modules": p.modules, "attached": p.attached,
+                    "gc_disabled": p.gc_disabled},
         "layers": {"bpf": L.bpf, "agent": L.agent, "sampler": L.sampler, "wire": L.wire},
         "connections": {"opened": c.opened, "com_quit": c.com_quit, "never_closed": c.never_closed,
                         "max_live": c.max_live, "max_live_t_s": c.max_live_t_s, "failed": c.failed,
@@ -50,7 +51,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
                      "pool_size": s.pool_size, "max_overflow": s.max_overflow,
                      "max_live_engines": s.max_live_engines, "max_live_connections": s.max_live_connections,
                      "engines_at_max": s.engines_at_max, "connections_by_cause": s.connections_by_cause,
-                     "gc_by_generation": s.gc_by_generation, "urls": s.urls}
+                     "gc_by_generation": s.gc_by_generation, "urls": s.urls, "chain": s.chain}
                     for s in r.engines],
         "findings": [{"severity": f.severity, "title": f.title, "evidence": f.evidence, "fix": f.fix,
                       "call_site": f.call_site, "count": f.count}

@@ -1,5 +1,8 @@
-"""The text report: fits 100 columns; colour only when asked (a tty without NO_COLOR)."""
+"""The text report: fits the terminal (COLUMNS, else its size, else 100 columns); colour only when
+asked (a tty without NO_COLOR)."""
 
+import os
+import shutil
 import textwrap
 from typing import List, Optional, Sequence
 
@@ -8,9 +11,11 @@ from trace_quit.tracer import events as ev
 from . import gcwhy
 from .drops import fmt_int, fmt_s
 from .model import Report
-from .sites import shorten
+from .sites import program_frame, shorten
 
-WIDTH = 100
+WIDTH = 100          # files, pipes and anything that is not a terminal
+MIN_WIDTH, MAX_WIDTH = 60, 160
+SPARK = "▁▂▃▄▅▆▇█"
 BAR = 30
 MAX_COLLECTIONS = 10
 MAX_DROPS = 12
@@ -21,13 +26,34 @@ _CAUSE_COLOR = {ev.EXPLICIT_CLOSE: "green", ev.REFCOUNT: "cyan", ev.GC: "red", e
                 ev.NEVER_CLOSED: "yellow", ev.SERVER: "yellow", ev.UNKNOWN: "dim"}
 
 #: For streams that cannot encode them (LANG=C).
-ASCII = str.maketrans({"█": "#", "→": "->", "·": "|", "✓": "yes", "–": "-", "—": "-", "…": "...",
-                       "×": "x", "≤": "<=", "═": "="})
+ASCII = str.maketrans(dict({"█": "#", "→": "->", "·": "|", "✓": "yes", "–": "-", "—": "-", "…": "...",
+                       "×": "x", "≤": "<=", "═": "=", "←": "<-", "•": "*"},
+                           **{c: ".:-=+*%#"[i] for i, c in enumerate(SPARK)}))
+
+
+def terminal_width() -> int:
+    """COLUMNS when set, else the terminal's width, else WIDTH; kept between MIN_WIDTH and MAX_WIDTH."""
+    cols = os.environ.get("COLUMNS", "")
+    n = int(cols) if cols.isdigit() else shutil.get_terminal_size((WIDTH, 24)).columns
+    return max(MIN_WIDTH, min(MAX_WIDTH, n))
+
+
+def sparkline(values: Sequence[float], width: int) -> str:
+    """``values`` as one line of block characters, at most ``width`` wide (each cell a bin's max)."""
+    if not values or width <= 0:
+        return ""
+    n = min(width, len(values))
+    cells = [max(values[i * len(values) // n:max((i + 1) * len(values) // n, i * len(values) // n + 1)])
+             for i in range(n)]
+    top = max(cells) or 1
+    return "".join(SPARK[min(len(SPARK) - 1, int(v * (len(SPARK) - 1) / top + 0.5))] if v else " "
+                   for v in cells)
 
 
 class _Out:
-    def __init__(self, color: bool):
+    def __init__(self, color: bool, width: int = WIDTH):
         self.color = color
+        self.width = width
         self.lines: List[str] = []
 
     def c(self, text: str, *styles: str) -> str:
@@ -40,9 +66,9 @@ class _Out:
         self.lines.append(line)
 
     def wrap(self, text: str, indent: int, first: Optional[str] = None, style: Sequence[str] = ()) -> None:
-        """Wrap ``text`` to WIDTH; ``first`` replaces the first line's indent (same visible width)."""
+        """Wrap ``text`` to the width; ``first`` replaces the first line's indent (same visible width)."""
         pad = " " * indent
-        lines = textwrap.wrap(text, WIDTH - indent, break_long_words=True, break_on_hyphens=False) or [""]
+        lines = textwrap.wrap(text, self.width - indent, break_long_words=True, break_on_hyphens=False) or [""]
         for i, line in enumerate(lines):
             prefix = first if (i == 0 and first is not None) else pad
             self.add(prefix + self.c(line, *style))
@@ -56,9 +82,17 @@ def _yes(on: bool) -> str:
     return "✓" if on else "–"
 
 
+def _frame_cell(site: Optional[str], width: int) -> str:
+    """The program's frame, or "library: <path>" cut from the left of its path, in ``width``."""
+    text = program_frame(site) or "?"
+    if text.startswith("library: ") and len(text) > width:
+        return "library: " + shorten(text[len("library: "):], width - len("library: "))
+    return shorten(text, width)
+
+
 def _one(o: _Out, r: Report) -> None:
     p = r.program
-    o.add(o.c("trace-quit report", "bold") + "  " + shorten(r.path, WIDTH - 40) + "  (" + r.capture_detail + ")")
+    o.add(o.c("trace-quit report", "bold") + "  " + shorten(r.path, o.width - 40) + "  (" + r.capture_detail + ")")
     cmd = " ".join(p.argv) or "(argv unknown)"
     facts = []
     if p.exit_status is not None:
@@ -70,21 +104,30 @@ def _one(o: _Out, r: Report) -> None:
     for name in ("MySQLdb", "mysqlclient", "sqlalchemy", "SQLAlchemy"):
         if name in p.modules:
             facts.append("%s %s" % (name, p.modules[name]))
-    if len(cmd) > WIDTH - 10:  # keep the program's start (what ran), cut its tail
-        cmd = cmd[:WIDTH - 11] + "…"
+    if len(cmd) > o.width - 10:  # keep the program's start (what ran), cut its tail
+        cmd = cmd[:o.width - 11] + "…"
     o.add("program   " + cmd)
     if facts:
-        o.add("          " + "  ·  ".join(facts))
+        o.wrap(" · ".join(facts), 10)
     L = r.layers
-    o.add("layers    eBPF %s · agent %s · wire %s · server sampler %s · lost events %s" % (
-        _yes(L.bpf), _yes(L.agent), _yes(L.wire), _yes(L.sampler), fmt_int(r.lost_events)))
-    gc_line = gcwhy.thresholds_text(r.gc_thresholds)  # platform (issue 14)
-    if gc_line:
-        o.wrap(gc_line, 10, first="gc        ")
+    o.wrap("eBPF %s · agent %s · wire %s · server sampler %s · lost events %s" % (
+        _yes(L.bpf), _yes(L.agent), _yes(L.wire), _yes(L.sampler), fmt_int(r.lost_events)), 10, first="layers    ")
+
+    if p.attached:
+        o.add(o.c("          attached to a running process: times are seconds since attach", "dim"))
 
     o.heading("SUMMARY")
-    for s in r.summary:
-        o.wrap(s, 4, first="  • ")
+    top = next((f for f in r.findings if f.severity in ("error", "warning")), None)
+    verdict = "%s: %s." % (top.severity.upper(), top.title) if top is not None else None
+    for i, line in enumerate(r.summary):
+        if verdict is not None and i == 0 and line == verdict:
+            label = "%-8s" % top.severity.upper()
+            o.wrap(top.title, 10, first="  " + o.c(label, "bold", _SEVERITY_COLOR.get(top.severity, "")),
+                   style=("bold",))
+        elif top is not None and i == len(r.summary) - 1 and line == "Fix: " + top.fix:
+            o.wrap(top.fix, 10, first="  " + o.c("fix:    ", "bold"))
+        else:
+            o.wrap(line, 4, first="  • ")
 
     c = r.connections
     o.heading("CONNECTIONS")
@@ -92,7 +135,7 @@ def _one(o: _Out, r: Report) -> None:
         fmt_int(c.opened), fmt_int(c.com_quit), fmt_int(c.never_closed), fmt_int(c.max_live))
     if c.max_live_t_s is not None:
         line += " (at %s s)" % fmt_s(c.max_live_t_s)
-    o.add(line)
+    o.wrap(line.strip(), 2, first="  ")
     extra = []
     if c.failed:
         extra.append("%s failed connects" % fmt_int(c.failed))
@@ -111,6 +154,11 @@ def _one(o: _Out, r: Report) -> None:
             fmt_int(c.forked), fmt_int(c.fork_copies), "end" if c.fork_copies == 1 else "ends"))
     if extra:
         o.add("  " + " · ".join(extra))
+    if r.timeline.server:
+        counts = [n for _, n in r.timeline.server]
+        peak_t, peak = max(r.timeline.server, key=lambda s: s[1])
+        label = "  server (PROCESSLIST) max %s at %s s  " % (fmt_int(int(peak)), fmt_s(peak_t))
+        o.add(label + sparkline(counts, o.width - len(label)))
 
     q = r.com_quit
     o.heading("COM_QUIT BY CAUSE")
@@ -127,30 +175,38 @@ def _one(o: _Out, r: Report) -> None:
         if cause == ev.GC and n:
             gens = " · ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in q.gc_by_generation.items() if k)
             visible = 2 + 15 + 1 + 8 + 2 + len(bar)
-            if visible + 2 + len(gens) <= WIDTH:
+            if visible + 2 + len(gens) <= o.width:
                 o.lines[-1] += "  " + gens
             else:
                 o.wrap(gens, 28)
 
     g = r.gc
     o.heading("GARBAGE COLLECTIONS")
-    o.add("  %s (%s); %s destroyed open connections" % (
+    n_closing = len(g.that_closed_connections)
+    o.wrap("%s (%s); %s destroyed open connections" % (
         fmt_int(g.collections), " · ".join("gen %s: %s" % (k, fmt_int(v)) for k, v in g.by_generation.items()),
-        fmt_int(len(g.that_closed_connections))))
+        "1 collection" if n_closing == 1 else "%s collections" % fmt_int(n_closing)), 2, first="  ")
+    gc_line = gcwhy.thresholds_text(r.gc_thresholds)  # the program's thresholds (issue 14), always said
+    if gc_line:
+        o.wrap(gc_line, 4, first="  ")
+    if r.program.gc_disabled:
+        o.add("  gc.disable() was in effect: only explicit gc.collect() calls collected")
     if g.that_closed_connections:
         order = sorted(range(len(g.that_closed_connections)),
                        key=lambda i: -g.that_closed_connections[i].connections)[:MAX_COLLECTIONS]
         shown = [g.that_closed_connections[i] for i in sorted(order)]  # the largest, in time order
-        o.add(o.c("  %9s  %3s  %9s  %5s  %-24s  %s" % ("t (s)", "gen", "objects", "conns", "thread",
+        tw = min(24, max(10, (o.width - 38) // 2 - 7))  # the thread column; the frame gets the rest
+        row = "  %9s  %3s  %9s  %5s  %-" + str(tw) + "s  %s"
+        o.add(o.c(row % ("t (s)", "gen", "objects", "conns", "thread",
                                                       "triggered at"), "dim"))
         for s in shown:
             thread = s.thread or "?"
-            if len(thread) > 24:  # names differ at their end (ThreadPoolExecutor-0_15): keep it
-                thread = shorten(thread, 24)
-            o.add(("  %9s  %3s  %9s  %5s  %-24s  %s" % (
+            if len(thread) > tw:  # names differ at their end (ThreadPoolExecutor-0_15): keep it
+                thread = shorten(thread, tw)
+            o.add((row % (
                 fmt_s(s.t_s), "?" if s.generation is None else s.generation,
                 "?" if s.collected is None else fmt_int(s.collected), fmt_int(s.connections),
-                thread, shorten(s.triggered_at or "?", WIDTH - 63))).rstrip())
+                thread, _frame_cell(s.triggered_at, o.width - 38 - tw))).rstrip())
         if len(g.that_closed_connections) > len(shown):
             o.add(o.c("  … %s more (all in --format json)" % fmt_int(len(g.that_closed_connections) - len(shown)),
                       "dim"))
@@ -161,13 +217,21 @@ def _one(o: _Out, r: Report) -> None:
     drops = r.drops
     if len(drops) > MAX_DROPS:
         drops = sorted(sorted(drops, key=lambda d: -d.fall)[:MAX_DROPS], key=lambda d: d.t_s)
+    # A table; the long sentence once, for the largest (the others differ only in numbers).
+    if drops:
+        o.add(o.c("  %9s  %-13s  %7s  %-10s  %s" % ("t (s)", "live", "ms", "cause", "thread"), "dim"))
     for d in drops:
         what = d.cause + (" gen %d" % d.generation if d.generation is not None else "")
-        o.add("  %9s s  %s → %s  (%s ms)  %s" % (fmt_s(d.t_s), fmt_int(d.from_), fmt_int(d.to),
-                                                ("%.1f" % d.duration_ms), o.c(what, _CAUSE_COLOR.get(d.cause, ""))))
-        o.wrap(d.explanation, 6)
-        if d.why_now and d is r.largest_drop():  # platform (issue 14): why the collection ran then
-            o.wrap("why then: " + d.why_now["text"], 6)
+        live = "%s → %s" % (fmt_int(d.from_), fmt_int(d.to))
+        thread = shorten(d.thread or "", max(8, o.width - 50))
+        o.add("  %9s  %-13s  %7s  %s" % (
+            fmt_s(d.t_s), live, "%.1f" % d.duration_ms,
+            o.c("%-10s  " % what if thread else what, _CAUSE_COLOR.get(d.cause, "")) + thread))
+    big = r.largest_drop()
+    if big is not None:
+        o.wrap("largest: " + big.explanation, 4, first="  ")
+        if big.why_now:  # platform (issue 14): why the collection ran then
+            o.wrap("why then: " + big.why_now["text"], 4, first="  ")
     if len(r.drops) > len(drops):
         o.add(o.c("  … %s smaller drops (all in --format json)" % fmt_int(len(r.drops) - len(drops)), "dim"))
 
@@ -179,7 +243,9 @@ def _one(o: _Out, r: Report) -> None:
     if r.engines:
         o.heading("ENGINES (create_engine() call sites)")
         for s in r.engines:
-            o.add("  " + shorten(s.call_site, WIDTH - 2))
+            o.wrap(s.where, 4, first="  ")
+            if len(s.callers) > 2:
+                o.wrap("call chain: " + " ← ".join(s.callers), 6)
             pool = s.pool_class or "pool ?"
             if s.pool_size is not None:
                 pool += " %d+%s" % (s.pool_size, s.max_overflow if s.max_overflow is not None else "?")
@@ -203,7 +269,7 @@ def _one(o: _Out, r: Report) -> None:
 def _comparison(o: _Out, reports: Sequence[Report]) -> None:
     n = len(reports)
     label_w = 22
-    col = max(10, (WIDTH - label_w) // n - 1)
+    col = max(10, (o.width - label_w) // n - 1)
     o.add(o.c("trace-quit comparison of %d captures" % n, "bold"))
 
     def row(label, values, style=()):
@@ -230,14 +296,15 @@ def _comparison(o: _Out, reports: Sequence[Report]) -> None:
     row("lost events", [fmt_int(r.lost_events) for r in reports])
 
 
-def render(reports: Sequence[Report], color: bool = False) -> str:
-    """The text of one report, or a comparison table followed by each report."""
-    o = _Out(color)
+def render(reports: Sequence[Report], color: bool = False, width: Optional[int] = None) -> str:
+    """The text of one report, or a comparison table followed by each report; ``width`` columns
+    (default: the terminal's, see terminal_width)."""
+    o = _Out(color, width or terminal_width())
     if len(reports) > 1:
         _comparison(o, reports)
         for r in reports:
             o.add()
-            o.add("═" * WIDTH)
+            o.add("═" * o.width)
             _one(o, r)
     elif reports:
         _one(o, reports[0])

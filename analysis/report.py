@@ -187,7 +187,8 @@ def build_report(capture: Capture) -> Report:
     python = next((v for v in j.pids.values() if v), None)
     program = Program(argv=argv, exit_status=exit_status, duration_s=duration_s,
                       pid=j.root_pid or (header.get("child_pid") if isinstance(header.get("child_pid"), int) else None),
-                      python=python, modules=dict(j.modules))
+                      python=python, modules=dict(j.modules), gc_disabled=bool(j.gc_disabled),
+                      attached=type(header.get("attached_pid")) is int)
 
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
@@ -250,17 +251,20 @@ def build_report(capture: Capture) -> Report:
     # Aborted clients and drivers (issue 19): a drop of connections that sent no COM_QUIT says so.
     no_quit = abortedlib.summarise(ended, j)
     abortedlib.explain_drops(drops, no_quit, com_quit)
-    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program)
-    summary[1:1] = abortedlib.summary_lines(no_quit)
-    unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
-    if unsent and summary:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
-        said = dropslib.plural(connections.com_quit, "COM_QUIT")
-        ended = dropslib.plural(connections.com_quit, "ended", "ended")
-        summary[0] = summary[0].replace(", %s:" % said, ", %s by the client (%s with COM_QUIT):" % (
-            ended, dropslib.fmt_int(connections.com_quit - unsent)), 1)
     extra = abortedlib.finding(no_quit)
     if extra is not None:
         findings.insert(0, extra)
+    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
+                       timeline.server)
+    said = dropslib.plural(connections.com_quit, "COM_QUIT")
+    at = next((i for i, line in enumerate(summary) if ", %s:" % said in line), None)
+    if at is not None:
+        summary[at + 1:at + 1] = abortedlib.summary_lines(no_quit)
+        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
+        if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
+            ended_by = dropslib.plural(connections.com_quit, "ended", "ended")
+            summary[at] = summary[at].replace(", %s:" % said, ", %s by the client (%s with COM_QUIT):" % (
+                ended_by, dropslib.fmt_int(connections.com_quit - unsent)), 1)
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -279,10 +283,16 @@ _CAUSE_PROSE = {
 }
 
 
-def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program) -> List[str]:
-    """The explanation in a few sentences, most important first."""
+def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
+             server=()) -> List[str]:
+    """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
     fi, pl = dropslib.fmt_int, dropslib.plural
     out = []
+    # The first screen of the text report is this list: what is wrong, where, what to change
+    # (tests/unit/test_render_text.py::test_first_screen_has_verdict_place_and_fix).
+    top = next((f for f in findings if f.severity in ("error", "warning")), None)
+    if top is not None:
+        out.append("%s: %s." % (top.severity.upper(), top.title))
     if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
             or connections.open_at_end or connections.failed):
         line = "No MySQL connection was opened"
@@ -315,9 +325,14 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
         out.append("%s held by forked processes too: counted once each, by the first end of any of their "
                    "handles (%s)." % (pl(connections.forked, "connection was", "connections were"),
                                       pl(connections.fork_copies, "other handle end")))
-    out.append("At most %s open at once%s." % (
+    line = "At most %s open at once%s" % (
         pl(connections.max_live, "connection was", "connections were"),
-        " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else ""))
+        " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else "")
+    if server:  # --dsn: the number the user watches, next to ours
+        peak_t, peak = max(server, key=lambda s: s[1])
+        line += "; the server's PROCESSLIST showed at most %s (at %s s)" % (
+            dropslib.fmt_int(int(peak)), dropslib.fmt_s(peak_t))
+    out.append(line + ".")
     big = largest_drop(drops)
     if big is not None:
         out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
@@ -327,20 +342,43 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
     for p in patterns:
         if p.regular and p.drops:
             out.append("Periodically, %s." % p.text)
-    with_engines = sum(s.connections for s in engines)
-    if engines and with_engines:
-        top = engines[0]
-        if len(engines) == 1:
-            every = with_engines == connections.opened + connections.opened_before_capture
-            scope = "All" if every else fi(with_engines) + " of the"
-            out.append("%s %s belonged to %s created at %s (%s disposed)." % (
-                scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.call_site,
-                fi(top.disposed)))
-        else:
-            out.append("%s belonged to Engines from %d call sites; most (%s) to %s created at %s." % (
-                pl(with_engines, "connection"), len(engines), fi(top.connections), pl(top.created, "Engine"),
-                top.call_site))
+    if program.gc_disabled:
+        out.append("gc.disable() was in effect (for some or all of the run): only explicit gc.collect() calls "
+                   "collect cycles then, so connections in reference cycles stay open until one runs or the "
+                   "program ends.")
+    sites = _engines_summary(engines, connections)
+    # The verdict already names the one call site and its Engines: the first screen says it once.
+    if not (top is not None and len(engines) == 1 and top.call_site == engines[0].call_site):
+        out.extend(sites)
     missing = [name for name, on in (("eBPF", layers.bpf), ("agent", layers.agent)) if not on]
     if missing:
         out.append("Missing layer: %s (see findings)." % " and ".join(missing))
+    if top is not None:
+        out.append("Fix: " + top.fix)
     return out
+
+
+def _engines_summary(engines, connections) -> List[str]:
+    """Which create_engine() call sites the connections belonged to (sites that opened none apart)."""
+    fi, pl = dropslib.fmt_int, dropslib.plural
+    used = [s for s in engines if s.connections]
+    if not used:
+        return []
+    idle = len(engines) - len(used)
+    rest = (" (%s opened no connection)" % pl(idle, "other call site")) if idle else ""
+    with_engines = sum(s.connections for s in used)
+    if len(used) == 1:
+        top = used[0]
+        every = with_engines == connections.opened + connections.opened_before_capture
+        scope = "All" if every else fi(with_engines) + " of the"
+        return ["%s %s belonged to %s created at %s (%s disposed)%s." % (
+            scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.where, fi(top.disposed),
+            rest)]
+    parts = ["%s to %s created at %s" % (fi(s.connections), pl(s.created, "Engine"), s.where)
+             for s in used[:3]]
+    if len(used) > 3:
+        parts.append("%s to %d more call sites" % (fi(sum(s.connections for s in used[3:])), len(used) - 3))
+    # The counts say which site had most: no "most" for a site with a half or less.
+    what = "call sites" if len({s.call_site for s in used}) == len(used) else "call chains"
+    return ["%s belonged to Engines from %d %s%s: %s." % (
+        pl(with_engines, "connection"), len(used), what, rest, "; ".join(parts))]

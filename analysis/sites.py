@@ -43,6 +43,20 @@ def app_frame(stack: Optional[Sequence]) -> Optional[str]:
     return frames[0]
 
 
+def program_frame(site: Optional[str]) -> Optional[str]:
+    """``site`` when it is the program's own frame; a library frame is said to be one, with its
+    path from the package on (``library: sqlalchemy/event/attr.py:349``)."""
+    if not site or not is_library_frame(site):
+        return site
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in site:
+            return "library: " + site.split(marker, 1)[1]
+    head, sep, tail = site.partition("/lib/python3")
+    if sep and "/" in tail:
+        return "library: " + tail.split("/", 1)[1]
+    return "library: " + os.path.basename(site)
+
+
 def relative_site(site: Optional[str], cwd: Optional[str]) -> Optional[str]:
     """``site`` with its path made relative to the program's working directory when under it."""
     if not site or not isinstance(site, str):

@@ -110,11 +110,13 @@ def nice_bin(duration_s: float, bins: int = 100) -> float:
     return float(10 ** (exp + 1))
 
 
-def quit_histogram(ends: Sequence[Tuple[float, str]], duration_s: float) -> Tuple[float, Dict[str, List[int]]]:
+def quit_histogram(ends: Sequence[Tuple[float, str]], duration_s: float,
+                   width: Optional[float] = None) -> Tuple[float, Dict[str, List[int]]]:
     """COM_QUITs per series per bin: (bin width, {series: counts}), empty series left out.
 
-    ``ends`` are (t_s, series) with series from ``quit_key``."""
-    width = nice_bin(duration_s)
+    ``ends`` are (t_s, series) with series from ``quit_key``; ``width`` fixes the bin width
+    (a comparison page uses one for every capture), else a round one for ``duration_s``."""
+    width = width or nice_bin(duration_s)
     nbins = max(1, int(math.ceil(max(duration_s, 0) / width)) + 1)
     bins: Dict[str, List[int]] = {}
     for t_s, cause in ends:

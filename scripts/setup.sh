@@ -77,9 +77,9 @@ if [ "$IS_UBUNTU" -eq 1 ]; then
     HEADERS_PKG="linux-headers-$(uname -r)"   # resolved after apt-get update if unknown
 else
     HEADERS_PKG="linux-headers-$ARCH"         # Debian's meta-package (linux-headers-amd64)
-    # HTML screenshot tests drive a headless browser; Debian packages it as "chromium".
+    # HTML tests drive a headless browser (Debian: "chromium", and "chromium-driver" for selenium).
     # (Ubuntu ships it only as a snap, which a provisioning script cannot rely on.)
-    PKGS+=(chromium)
+    PKGS+=(chromium chromium-driver)  # the driver: the page is measured at 800 and 1400 px
 fi
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }

@@ -164,6 +164,9 @@ class RunCommand:
         # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
         # program that never started is removed, but only one this run created.
         metrics_server = _start_metrics(args, options, recorder)
+        # --format json: the report is all that goes to stdout (`… > r.json`), so the program's
+        # own stdout goes to stderr while it runs (tests/integration/test_cli_json.py).
+        report_out = _divert_stdout() if args.format == "json" else None
         try:
             result = recorder.run()
         except TraceQuitError:
@@ -179,6 +182,8 @@ class RunCommand:
             # Nothing ran: the capture holds only a header and the program was not started.
             _remove_unstarted_capture(output)
             raise CliError(str(exc), EX_UNAVAILABLE) from None
+        finally:
+            _restore_stdout(report_out)
         if result.capture_error:
             _err(result.capture_error + "; the program's exit status follows")
             _stop_metrics(metrics_server, args)
@@ -394,6 +399,21 @@ def _remove_unstarted_capture(path):
         pass
 
 
+def _divert_stdout():
+    """Point fd 1 at stderr (the child inherits it); returns the saved stdout fd."""
+    sys.stdout.flush()
+    saved = os.dup(1)  # not inheritable (PEP 446): the program never sees it
+    os.dup2(2, 1)
+    return saved
+
+
+def _restore_stdout(saved):
+    if saved is not None:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _print_run_report(result, fmt, force=False):
     """The report after a run, on stderr; nothing here changes the exit status (the program's)."""
     out = sys.stderr
@@ -410,6 +430,8 @@ def _print_run_report(result, fmt, force=False):
                 write_report_file([report], "html", html_path, force=force,
                                   owner=(result.run_as.uid, result.run_as.gid))
                 _say(out, "trace-quit: HTML report: %s\n" % html_path)
+            elif fmt == "json":  # stdout alone: `trace-quit --format json -- … > r.json`
+                analysis.render([report], fmt, stream=sys.stdout)
             else:
                 analysis.render([report], fmt, stream=out, color=out.isatty())
         except TraceQuitError as exc:
@@ -422,8 +444,13 @@ def _print_run_report(result, fmt, force=False):
         except Exception as exc:  # the capture is safe on disk: say so and point at it
             _err("the report could not be built (%s); the capture is complete: %s" % (exc, result.capture))
     _say(out, "trace-quit: capture written to %s\n" % result.capture)
-    _say(out, "trace-quit: next: trace-quit report %s --format html -o %s\n"
-         % (shlex.quote(result.capture), shlex.quote(html_path_for(result.capture))))
+    html_path = html_path_for(result.capture)
+    if fmt == "html" or os.path.lexists(html_path):  # `report -o` refuses an existing file (73)
+        _say(out, "trace-quit: next: open %s in a browser, or: trace-quit report %s\n"
+             % (shlex.quote(html_path), shlex.quote(result.capture)))
+    else:
+        _say(out, "trace-quit: next: trace-quit report %s --format html -o %s\n"
+             % (shlex.quote(result.capture), shlex.quote(html_path)))
 
 
 # --- report / dump ----------------------------------------------------------------------
@@ -466,7 +493,7 @@ class ReportCommand:
 
     def prepare_parser(self, parser):
         parser.add_argument("captures", nargs="+", metavar="CAPTURE")
-        parser.add_argument("--format", choices=("text", "json", "html"), default="text")
+        parser.add_argument("--format", choices=("text", "json", "html", "perfetto"), default="text")
         parser.add_argument("-o", "--output", help="write the report here instead of standard output")
         parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
 
@@ -538,24 +565,43 @@ class DoctorCommand:
 
     def prepare_parser(self, parser):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.add_argument("--python", default=None, help="the Python the program will use (default: python3 on PATH)")
+        parser.add_argument("--python", default=None, help="the Python the program will use (default: the "
+                            "command's, else python3 on PATH)")
+        parser.add_argument("-v", "--verbose", action="store_true", help="technical details (probe offsets, headers)")
+        parser.add_argument("program", nargs=argparse.REMAINDER, help="-- the program you will trace (its Python "
+                            "is the one checked)")
 
     def run(self, args):
         from trace_quit.tracer import doctor
 
-        checks = doctor.run_checks(python=args.python)
+        command = list(args.program)
+        if command and command[0] == "--":
+            command = command[1:]
+        checks = doctor.run_checks(python=args.python, command=command)
         if args.json:
             import json
 
             sys.stdout.write(json.dumps(checks, indent=2) + "\n")
         else:
-            for check in checks:
-                mark = "ok  " if check["ok"] else "FAIL"
-                sys.stdout.write("%s %-22s %s\n" % (mark, check["name"], check.get("detail", "")))
-                if not check["ok"] and check.get("fix"):
-                    sys.stdout.write("     %-22s fix: %s\n" % ("", check["fix"]))
+            _print_checks(checks, args.verbose)
         essential = [c for c in checks if c.get("essential", True)]
         return 0 if all(c["ok"] for c in essential) else 1
+
+
+def _print_checks(checks, verbose):
+    """One line per check; optional ones say so; the fix under a failure; jargon only with --verbose."""
+    out = sys.stdout
+    for check in checks:
+        mark = "ok  " if check["ok"] else ("FAIL" if check.get("essential", True) else "miss")
+        name = check["name"] + ("" if check.get("essential", True) else " (optional)")
+        out.write("%s %-31s %s\n" % (mark, name, check.get("detail", "")))
+        if not check["ok"] and check.get("fix"):
+            out.write("     %-31s fix: %s\n" % ("", check["fix"]))
+        if verbose and check.get("more"):
+            out.write("     %-31s %s\n" % ("", check["more"]))
+    failed = [c["name"] for c in checks if not c["ok"] and c.get("essential", True)]
+    out.write("\n%s\n" % ("essential checks failed: %s (exit status 1)" % ", ".join(failed) if failed else
+                            "every essential check passed; 'miss' marks optional ones (fewer details in reports)"))
 
 
 class DemoCommand:

@@ -1,7 +1,8 @@
 """``trace-quit doctor``: what works on this machine and what does not, with the fix for each.
 
 The eBPF checks come from ``tracer/bpf/doctor.py`` (the only layer that imports bcc); this
-module adds the Python side: the interpreter a program would use and its mysqlclient.
+module adds the Python side: the interpreter the program will use (``doctor -- python app.py``,
+else the first ``python3`` on PATH) and its mysqlclient. Both sides check that same interpreter.
 """
 
 import os
@@ -9,13 +10,42 @@ import shutil
 import subprocess
 
 
-def _python_checks(python):
+def _shebang(path):
+    """The interpreter of a script's ``#!`` line (``/usr/bin/env python3`` resolved on PATH), else None."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(256)
+    except OSError:
+        return None
+    if not line.startswith(b"#!"):
+        return None
+    words = line[2:].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+        return shutil.which(words[1])
+    return words[0] if words else None
+
+
+def choose_python(command=None, python=None):
+    """(interpreter, how it was chosen): --python, the command's Python, else python3 on PATH."""
+    if python:
+        return python, "--python"
+    if command:
+        exe = shutil.which(command[0]) or (command[0] if os.path.exists(command[0]) else None)
+        if exe and os.path.basename(exe).startswith("python"):
+            return exe, "the command's interpreter"
+        interp = _shebang(exe) if exe else None
+        if interp and os.path.basename(interp).startswith("python"):
+            return interp, "the #! line of %s" % exe
+    exe = shutil.which("python3") or shutil.which("python")
+    return exe, "the first python3 on PATH"
+
+
+def _python_checks(exe, how):
     checks = []
-    exe = python or shutil.which("python3") or shutil.which("python")
     if not exe:
-        return [{"name": "python", "ok": False, "detail": "no python3 on PATH", "essential": False,
-                 "fix": "pass --python PATH to check the interpreter your program uses"}]
-    checks.append({"name": "python", "ok": True, "detail": exe})
+        return [{"name": "python", "ok": False, "detail": "no python3 on PATH", "essential": True,
+                 "fix": "name the program: trace-quit doctor -- python3 app.py"}]
+    checks.append({"name": "python", "ok": True, "detail": "%s (%s)" % (exe, how), "essential": True})
     probe = ("import importlib.util as u, sys; s = u.find_spec('MySQLdb'); "
              "print(sys.version.split()[0]); print(s.origin if s else '')")
     try:
@@ -26,22 +56,23 @@ def _python_checks(python):
                           "fix": "check that %s runs" % exe}]
     checks.append({"name": "mysqlclient", "ok": bool(origin), "essential": False,
                    "detail": ("Python %s: %s" % (version, os.path.dirname(origin))) if origin
-                   else "Python %s cannot import MySQLdb" % version,
+                   else "Python %s cannot import MySQLdb (PyMySQL programs do not need it)" % version,
                    "fix": "pip install mysqlclient into the environment your program uses"})
     return checks
 
 
-def run_checks(python=None):
-    """Every check as {name, ok, detail, fix, essential}."""
+def run_checks(python=None, command=None):
+    """Every check as {name, ok, detail, fix, essential[, more]}, about the Python the program will use."""
+    exe, how = choose_python(command, python)
     checks = []
     try:
         from trace_quit.tracer.bpf import doctor as bpf_doctor
 
-        checks.extend(bpf_doctor.checks(python=python))
+        checks.extend(bpf_doctor.checks(python=exe))
     except ImportError as exc:
         checks.append({"name": "bcc", "ok": False, "detail": "the eBPF layer cannot load: %s" % exc,
                        "fix": "run scripts/setup.sh (installs python3-bpfcc), or trace with --no-bpf"})
-    checks.extend(_python_checks(python))
+    checks[:0] = _python_checks(exe, how)  # first: every check below is about this interpreter
     for check in checks:
         check.setdefault("essential", True)
         check.setdefault("fix", "")

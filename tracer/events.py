@@ -73,7 +73,8 @@ CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stac
 CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
 CONN_CLOSE = "conn_close"        # conn, stack, thread: an explicit close() of an open connection
 CONN_DESTROY = "conn_destroy"    # conn, cause (gc|refcount|shutdown), gen, cid: destroyed while open
-ENGINE_CREATE = "engine_create"  # engine, site, pool_class, pool_size, max_overflow, url (no password)
+ENGINE_CREATE = "engine_create"  # engine, site, pool_class, pool_size, max_overflow, url (no password),
+#                                  chain (the program's frames from the call outwards, revision 2)
 ENGINE_DISPOSE = "engine_dispose"  # engine
 ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
 POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn,
@@ -232,10 +233,11 @@ KINDS = {
                                          F("file", STR, null=True), _opt("driver", STR, since=2),
                                          _opt("probed", BOOL, since=2))),
     GC_START: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("site", STR), F("thread", STR),
-                                           _opt("counts", LIST, since=2), _opt("thresholds", LIST, since=2))),
+                                           _opt("counts", LIST, since=2), _opt("thresholds", LIST, since=2),
+                                           _opt("app_site", STR, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
-    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT),)),
+    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2))),
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
         _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT),
@@ -250,7 +252,7 @@ KINDS = {
                                                _opt("error", STR, null=True, since=2))),
     ENGINE_CREATE: (SRC_AGENT, _AGENT_COMMON + (
         F("engine", INT), F("site", STR), F("pool_class", STR), _opt("url", STR), _opt("pool_size", INT),
-        _opt("max_overflow", INT))),
+        _opt("max_overflow", INT), _opt("chain", LIST, since=2))),
     ENGINE_DISPOSE: (SRC_AGENT, _AGENT_COMMON + (F("engine", INT),)),
     ENGINE_DESTROY: (SRC_AGENT, _AGENT_COMMON + (F("engine", INT), F("cause", STR), F("gen", INT, null=True),
                                                  F("cid", INT, null=True))),

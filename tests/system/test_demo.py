@@ -72,7 +72,7 @@ def test_demo_explains_experiment_1_like_the_study(tmp_path):
         # The agent recorded gc.get_count() at each collection's start: the counters explain it.
         assert why["trigger"] == "thresholds" and why["counts"][2] > 10 and why["counts"][0] > 700
         assert "long_lived_total / 4" in why["text"]
-    assert "GC thresholds (700, 10, 10)" in proc.stdout and "why then: " in proc.stdout
+    assert "  thresholds (700, 10, 10)" in proc.stdout and "why then: " in proc.stdout
     periodic = [p for p in report["patterns"] if p["generation"] == 1 and p["regular"]]
     assert periodic and periodic[0]["collections"] >= 8 and "saw-tooth" in periodic[0]["text"]
 

@@ -83,7 +83,9 @@ def test_summary_names_the_gen2_drop_the_gen1_sawtooth_and_the_call_site(study):
     assert "The largest drop (162 → 79): at 66.3 s a generation-2 collection" in text
     assert "Periodically, a generation-1 collection every ~6.5 s destroys ~33 connections" in text
     assert "generation-0" not in text  # small, not drops: not in the summary
-    assert "All 500 connections belonged to 500 Engines created at %s (0 disposed)." % SITE in text
+    # The verdict names the call site and its Engines once (the engines line would repeat it).
+    assert r.summary[0] == "ERROR: create_engine() ran 500 times at %s and no Engine was disposed." % SITE
+    assert "All 500 connections belonged" not in text
 
 
 def test_max_live_and_timeline(study):
@@ -182,5 +184,6 @@ def test_exit_teardown_is_not_the_largest_drop(tmp_path):
     r = build_report(load(s.path))
     assert [(d.cause, d.fall, d.at_exit) for d in r.drops] == [("gc", 20, False), ("shutdown", 30, True)]
     assert r.largest_drop().cause == "gc"
-    assert r.summary[2].startswith("The largest drop (50 → 30): at 1.0 s a generation-2 collection")
-    assert r.summary[3].startswith("At exit (30 → 0): at 2.0 s interpreter shutdown destroyed 30")
+    assert r.summary[0].startswith("WARNING: ")  # the verdict comes first (issue 16)
+    assert r.summary[3].startswith("The largest drop (50 → 30): at 1.0 s a generation-2 collection")
+    assert r.summary[4].startswith("At exit (30 → 0): at 2.0 s interpreter shutdown destroyed 30")

@@ -168,3 +168,112 @@ def test_a_program_without_connections_says_so(tmp_path):
     assert r.summary == ["No MySQL connection was opened (the program never imported MySQLdb).",
                          "Missing layer: eBPF (see findings)."]
     assert r.program.exit_status == 7
+
+
+# --- findings and summary say what happened (issue 16) ----------------------------------------
+
+def test_an_engine_site_without_connections_is_not_said_to_close_them(tmp_path):
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    used = s.engine(0.1, site="/srv/app/app/worker.py:10 in run")
+    for i in range(3):
+        s.engine(0.2 + i / 10, site="/srv/app/app/health.py:5 in ping")
+    conns = [s.open(1 + i, engine=used) for i in range(4)]
+    for i, c in enumerate(conns):
+        s.close(5 + i, c, ev.EXPLICIT_CLOSE)
+    r = build_report(load(s.finish(10)))
+    idle = next(f for f in r.findings if "app/health.py:5" in f.title)
+    assert idle.title == "create_engine() ran 3 times at app/health.py:5 in ping; its Engines opened no connection"
+    assert idle.severity == "info"
+    line = next(x for x in r.summary if "belonged" in x)
+    assert line == ("All 4 connections belonged to 1 Engine created at app/worker.py:10 in run (0 disposed) "
+                    "(1 other call site opened no connection).")
+
+
+def test_two_engine_sites_of_equal_weight_are_not_most(tmp_path):
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    a = s.engine(0.1, site="/srv/app/a.py:1 in f")
+    b = s.engine(0.2, site="/srv/app/b.py:1 in g")
+    for i, e in enumerate((a, a, b, b)):
+        s.close(5 + i, s.open(1 + i, engine=e), ev.EXPLICIT_CLOSE)
+    r = build_report(load(s.finish(10)))
+    line = next(x for x in r.summary if "belonged" in x)
+    assert "most" not in line
+    assert line == ("4 connections belonged to Engines from 2 call sites: 2 to 1 Engine created at "
+                    "a.py:1 in f; 2 to 1 Engine created at b.py:1 in g.")
+
+
+class _GcOff(SynthCapture):
+    @staticmethod
+    def _agent_start(t, pid, parent):
+        e = SynthCapture._agent_start(t, pid, parent)
+        e["gc_enabled"] = False
+        return e
+
+
+def test_gc_disable_in_effect_is_said(tmp_path):
+    s = _GcOff(str(tmp_path / "c.tq"))
+    s.close(3, s.open(1), ev.SHUTDOWN)
+    r = build_report(load(s.finish(4)))
+    assert r.program.gc_disabled
+    assert any(x.startswith("gc.disable() was in effect") for x in r.summary)
+    assert "gc.disable() was in effect: only explicit gc.collect() calls collected" in render(r, "text")
+    s2 = SynthCapture(str(tmp_path / "d.tq"))
+    s2.close(3, s2.open(1), ev.SHUTDOWN)
+    assert "gc.disable()" not in render(build_report(load(s2.finish(4))), "text")
+
+
+def test_summary_starts_with_the_verdict_and_ends_with_its_fix(tmp_path):
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    s.open(1)
+    r = build_report(load(s.finish(4)))  # never closed: a warning
+    top = r.findings[0]
+    assert top.severity == "warning"
+    assert r.summary[0] == "WARNING: %s." % top.title and r.summary[-1] == "Fix: " + top.fix
+
+
+def test_approximate_periods_have_two_significant_figures(tmp_path):
+    from synth import engine_per_call
+    engine_per_call(str(tmp_path / "e.tq"), n=120, gen1_every_s=0.531, gen1_size=3, spacing_s=0.02)
+    r = build_report(load(str(tmp_path / "e.tq")))
+    assert any("every ~0.53 s" in p.text for p in r.patterns), [p.text for p in r.patterns]
+
+
+def test_attached_capture_labels_times_since_attach(tmp_path):
+    from trace_quit.tracer.capture import CaptureWriter  # noqa: F401 (the writer SynthCapture uses)
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    s.close(3, s.open(1), ev.EXPLICIT_CLOSE)
+    path = s.finish(4)
+    lines = open(path).read().splitlines()
+    header = json.loads(lines[0])
+    header["attached_pid"] = 4242
+    with open(path, "w") as f:
+        f.write("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    r = build_report(load(path))
+    assert r.program.attached
+    assert "attached to a running process: times are seconds since attach" in render(r, "text")
+    assert "attached to a running process: times are seconds since attach" in render(r, "html")
+    assert json.loads(render(r, "json"))["program"]["attached"] is True
+    plain = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
+    assert json.loads(render(plain, "json"))["program"]["attached"] is False
+    assert "since attach" not in render(plain, "text") + render(plain, "html")
+
+
+def test_a_long_call_chain_is_cut_in_titles_and_whole_in_the_engines_section(tmp_path):
+    s = SynthCapture(str(tmp_path / "c.tq"))
+    chain = ["/srv/app/db.py:6 in get_session", "/srv/app/a.py:7 in handle", "/srv/app/b.py:8 in route",
+             "/srv/app/main.py:9 in <module>"]
+    for i in range(3):
+        s.engine(0.1 + i / 10, site=chain[0])
+    # the agent's engine_create with its chain (SynthCapture.engine writes none)
+    s._agent({"k": ev.ENGINE_CREATE, "t": s.ns(0.5), "pid": s.pid, "tid": s.pid, "engine": 0x1234,
+              "site": chain[0], "pool_class": "QueuePool", "pool_size": 5, "max_overflow": 10, "chain": chain})
+    for i in range(3):
+        s.close(2 + i, s.open(1 + i / 10, engine=0x1234), ev.GC, gen=1, cid=None)
+    r = build_report(load(s.finish(10)))
+    site = next(x for x in r.engines if x.chain)
+    assert site.chain == ["main.py:9 in <module>", "b.py:8 in route", "a.py:7 in handle", "db.py:6 in get_session"]
+    assert site.where == "db.py:6 in get_session (called from a.py:7 in handle ← b.py:8 in route ← …)"
+    text = render(r, "text")
+    assert "call chain: a.py:7 in handle ← b.py:8 in route ← main.py:9 in <module>" in " ".join(text.split())
+    # the Engines without a chain (an older agent) are a group of their own
+    assert [(x.created, x.chain != []) for x in r.engines] == [(1, True), (3, False)]

@@ -57,7 +57,8 @@ def test_comparison_page_puts_captures_side_by_side(study, tmp_path):
     assert html.count("<svg") == 3 and "Side by side" in html  # an overlay, then one plot per capture
     assert "epc.tq (max 214)" in html and "kc.tq (max 18)" in html
     assert "epc.tq" in html and "kc.tq" in html
-    assert "repeat(2, minmax(520px, 1fr))" in html
+    # Side by side where two columns fit, stacked below: tests below check both widths in Chromium.
+    assert "repeat(auto-fit, minmax(min(520px, 100%), 1fr))" in html
 
 
 def test_odd_values_still_render(tmp_path):
@@ -105,3 +106,86 @@ def test_renders_in_headless_chromium_with_the_plot(study, tmp_path):
     # The live-connections line is drawn in its blue somewhere in the plot band.
     blue = ((band[:, 0] < 0.2) & (band[:, 1] > 0.3) & (band[:, 1] < 0.5) & (band[:, 2] > 0.6)).sum()
     assert blue > 200
+
+
+def test_plots_say_in_words_what_they_show(study, tmp_path):
+    kc = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
+    html = render([study, kc], "html")
+    svgs = re.findall(r"<svg[^>]*>", html)
+    assert len(svgs) == 3 and all('role="img"' in s and "aria-labelledby" in s for s in svgs)
+    titles = re.findall(r'<title id="(tq-plot-\d+)-t">([^<]*)</title>', html)
+    assert [t for _, t in titles] == ["Live connections of 2 captures on one time axis",
+                                      "Timeline of epc.tq", "Timeline of kc.tq"]
+    assert len({i for i, _ in titles}) == 3  # ids unique on the page
+    assert "Largest drop 162 to 79 at 66.3 s (gc generation 2)." in html
+    assert "COM_QUITs by cause: explicit_close 7, refcount 11, gc 18, shutdown 3." in html
+
+
+def test_causes_differ_by_more_than_colour_and_share_one_palette(study, tmp_path):
+    from trace_quit.analysis import plot
+    # Every cause and generation has its own hatch (bars) and dash pattern (collection lines).
+    assert len(set(plot.CAUSE_HATCHES.values())) == len(plot.CAUSE_HATCHES)
+    assert len(set(plot.GEN_HATCHES.values())) == len(set(plot.GEN_STYLES.values())) == 3
+    html = render(study, "html")
+    assert html.count("<pattern") >= 3  # the gen-0, gen-1, gen-2 and shutdown bars are hatched
+    # The table's generation swatches are the plot's generation colours.
+    for gen, color in plot.GEN_COLORS.items():
+        if study.com_quit.gc_by_generation.get(str(gen)):
+            assert 'style="background: %s"></span>gen %d:' % (color, gen) in html
+
+
+def test_a_comparison_uses_one_bin_width_and_one_y_scale(study, tmp_path):
+    kc = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
+    assert kc.timeline.quit_bin_s != study.timeline.quit_bin_s  # each alone would bin differently
+    html = render([study, kc], "html")
+    labels = re.findall(r"COM_QUIT / ([0-9.e-]+)s", html)
+    assert len(labels) == 2 and len(set(labels)) == 1, labels
+
+
+def _webdriver(tmp_path):
+    driver_path = shutil.which("chromedriver")
+    browser = _chromium()
+    if browser is None or driver_path is None:
+        pytest.skip("no chromium/chromedriver on PATH: cannot measure the HTML page "
+                    "(apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed: cannot drive Chromium (pip install selenium)")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--user-data-dir=%s" % (tmp_path / "profile")):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    return webdriver.Chrome(service=Service(driver_path), options=opts)
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_pages_never_scroll_sideways_and_comparisons_stay_on_screen(study, tmp_path, width):
+    kc = build_report(load(known_causes(str(tmp_path / "kc.tq"))))
+    one, two = tmp_path / "one.html", tmp_path / "two.html"
+    render(study, "html", path=str(one))
+    render([study, kc], "html", path=str(two))
+    driver = _webdriver(tmp_path)
+    try:
+        driver.set_window_size(width, 1000)
+        for page in (one, two):
+            driver.get(page.as_uri())
+            scroll, client = driver.execute_script(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert scroll <= client, (page.name, width, scroll, client)
+        # Each capture's column lies within the window: stacked at 800 px, side by side at 1400.
+        rects = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.grid > section'))"
+            ".map(function (s) { var r = s.getBoundingClientRect(); return [r.left, r.right, r.top]; })")
+        client = driver.execute_script("return document.documentElement.clientWidth")
+        assert len(rects) == 2 and all(0 <= left and right <= client for left, right, _ in rects)
+        (l1, r1, t1), (l2, r2, t2) = rects
+        if width == 800:
+            assert l1 == l2 and t2 > t1
+        else:
+            assert l2 >= r1 and t1 == t2
+    finally:
+        driver.quit()

@@ -86,3 +86,106 @@ def test_comparison_table_has_a_column_per_capture(reports):
 def test_unknown_format_is_a_clear_error(reports):
     with pytest.raises(ValueError, match="unknown format 'pdf'"):
         render(reports[0], "pdf")
+
+
+# --- the first screen, on the real engine-per-call capture (issue 16) ------------------------
+
+def _real(tmp_path, name):
+    import gzip
+    import os
+    path = tmp_path / name
+    with gzip.open(os.path.join(os.path.dirname(__file__), "data", name + ".gz"), "rb") as f:
+        path.write_bytes(f.read())
+    return build_report(load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return _real(tmp_path_factory.mktemp("demo"), "engine-per-call.tqcap")
+
+
+@pytest.mark.parametrize("columns", ["100", "80"])
+def test_first_screen_has_verdict_place_and_fix(demo, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", columns)
+    lines = render(demo, "text").splitlines()
+    screen = "\n".join(lines[:25])
+    flat = " ".join(screen.split())
+    assert "SUMMARY" in screen
+    assert "ERROR create_engine() ran 500 times at /work/main/workloads/engine_per_call.py:40 in " \
+           "get_db_session and no Engine was disposed" in flat
+    assert "fix: Create the Engine once" in flat
+    # The summary ends with that fix: the next line after it is the next section.
+    fix_at = next(i for i, line in enumerate(lines) if line.startswith("  fix:    Create the Engine once"))
+    rest = lines[fix_at + 1:]
+    assert next(line for line in rest if not line.startswith("          ")) == ""
+    assert all(len(line) <= int(columns) for line in lines)
+    # And the summary no longer repeats the call site's Engines the verdict already names.
+    assert "All 500 connections belonged" not in screen
+
+
+def test_terminal_width_is_followed(demo, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "64")
+    text = render(demo, "text")
+    assert max(len(line) for line in text.splitlines()) <= 64
+    monkeypatch.setenv("COLUMNS", "140")
+    assert max(len(line) for line in render(demo, "text").splitlines()) > 100
+    monkeypatch.delenv("COLUMNS")
+    # pytest's captured stdout is no terminal: the default, 100 columns
+    assert max(len(line) for line in render(demo, "text").splitlines()) <= 100
+
+
+def test_drops_are_a_table_with_the_long_sentence_once(demo, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    lines = render(demo, "text").splitlines()
+    start = lines.index("DROPS IN LIVE CONNECTIONS")
+    section = lines[start + 1:lines.index("", start)]
+    assert section[0].split() == ["t", "(s)", "live", "ms", "cause", "thread"]
+    assert section[1].split() == ["9.4", "37", "→", "12", "7.3", "gc", "gen", "1", "ThreadPoolExecutor-0_17"]
+    rows = [line for line in section[1:] if line[:11].strip().replace(".", "").isdigit()]
+    assert len(rows) == 12
+    text = "\n".join(section)
+    assert text.count("destroyed") == 1 and "largest: at 49.9 s a generation-2 collection" in text
+    assert section[-1] == "  … 4 smaller drops (all in --format json)"
+
+
+def test_collections_name_library_frames_as_such(demo, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    text = render(demo, "text")
+    assert "306 (gen 0: 279 · gen 1: 25 · gen 2: 2); 16 collections destroyed open connections" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("24.7 "))
+    assert row.endswith("ThreadPoolExecutor-0_18   library: sqlalchemy/event/attr.py:349")
+    assert "-packages/" not in text.split("GARBAGE COLLECTIONS")[1].split("DROPS")[0]
+
+
+def test_server_count_max_and_sparkline(demo, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    lines = render(demo, "text").splitlines()
+    assert "the server's PROCESSLIST showed at most 91 (at 49.5 s)" in " ".join(" ".join(lines[:25]).split())
+    line = next(line for line in lines if line.startswith("  server (PROCESSLIST) max 91 at 49.5 s  "))
+    spark = line[len("  server (PROCESSLIST) max 91 at 49.5 s  "):]
+    assert len(line) == 100 and "█" in spark and set(spark) <= set(" ▁▂▃▄▅▆▇█")
+
+
+def test_gc_warning_fix_does_not_contradict_engine_per_call(demo):
+    gc = next(f for f in demo.findings if f.title.endswith("closed by the garbage collector, not by close()"))
+    assert "Close what you open" not in gc.fix
+    assert gc.fix.startswith("Share one Engine") and "reference cycle" in gc.fix
+
+
+def test_sparkline_scales_to_its_width():
+    from trace_quit.analysis.render_text import sparkline
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == " ▂▃▄▅▆▇█"  # 0 is blank, the max full
+    assert sparkline(list(range(1000)), 10)[-1] == "█" and len(sparkline(list(range(1000)), 10)) == 10
+    assert sparkline([], 10) == ""
+
+
+def test_ascii_stream_gets_the_new_characters_too(demo):
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    render(demo, "text", stream=stream)
+    text = stream.buffer.getvalue().decode("ascii")
+    from trace_quit.analysis.render_text import ASCII
+    used = {ord(ch) for ch in render(demo, "text") if ord(ch) > 127} | {ord("←")}  # ← in call chains
+    assert used <= set(ASCII)  # none left for 'replace' to mangle
+    line = next(x for x in text.splitlines() if x.startswith("  server (PROCESSLIST) max 91"))
+    assert "#" in line and set(line[len("  server (PROCESSLIST) max 91 at 49.5 s  "):]) <= set(" .:-=+*%#")
+    assert "\n  * 500 connections opened" in text

@@ -45,6 +45,8 @@ FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer onc
 FLUSH_EVENTS = 256                    # ... or this long
 MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
 STACK_DEPTH = 8                       # frames kept for open/close stacks
+CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
+CHAIN_WALK = 48                       # frames looked at for them (a deep stack costs no more)
 FIELD_LIMITS = (512, 128, 32)         # string lengths tried, in turn, when a line exceeds PIPE_BUF
 STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by their (code, line) pairs)
 CONNECTION_MODULE = "MySQLdb.connections"
@@ -73,6 +75,7 @@ class Agent:
     FLUSH_EVENTS = FLUSH_EVENTS
     MAX_QUEUED = MAX_QUEUED
     STACK_DEPTH = STACK_DEPTH
+    CHAIN_DEPTH = CHAIN_DEPTH
     FIELD_LIMITS = FIELD_LIMITS
     STACK_CACHE_MAX = STACK_CACHE_MAX
     PARAMS_CACHE_MAX = 256
@@ -195,10 +198,12 @@ class Agent:
     def _flush(self):
         queue = self.queue
         self.last_flush = self.now()
-        counts = tuple(self.gc_counts)
+        # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
+        counts = tuple(self.gc_counts) + (gc.isenabled(),)
         if counts != self.gc_counts_reported:
             self.gc_counts_reported = counts
-            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}})
+            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]},
+                                            "enabled": counts[3]})
         if not queue:
             return
         if not self._channel_ok():
@@ -491,10 +496,23 @@ class Agent:
         # The counts that set it off, and the thresholds in effect now -- the program may have
         # called gc.set_threshold() since agent_start -- for the report's why_now (analysis/gcwhy.py).
         threshold = self.gc_get_threshold()
-        self.queue.append({"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
-                           "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
-                           "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]],
-                           "thresholds": [threshold[0], threshold[1], threshold[2]]})
+        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
+                 "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
+                 "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]],
+                 "thresholds": [threshold[0], threshold[1], threshold[2]]}
+        # A library's allocation often sets a collection off: name the program's nearest frame
+        # above it too (a bounded walk, only for collections written out; test_engine_chain.py).
+        app = frame
+        walked = 0
+        while app is not None and walked < CHAIN_WALK:
+            filename = app.f_code.co_filename
+            if not self._is_library(filename) and "-packages" not in filename:
+                if app is not frame:
+                    event["app_site"] = "%s:%d" % (filename, app.f_lineno)
+                break
+            app = app.f_back
+            walked += 1
+        self.queue.append(event)
 
     def classify(self):
         """Why an object is being destroyed right now: (cause, generation, collection id)."""
@@ -588,16 +606,37 @@ class Agent:
             pass
         return "?"
 
+    def call_chain(self, skip):
+        """The program's own frames from the create_engine() call outwards, innermost first: a
+        shared helper (get_session) does not hide its callers. Library and site-packages frames
+        are skipped; only code objects and line numbers are read, a few strings formatted."""
+        chain = []
+        try:
+            frame = self.getframe(skip + 1)
+            walked = 0
+            while frame is not None and len(chain) < self.CHAIN_DEPTH and walked < CHAIN_WALK:
+                code = frame.f_code
+                filename = code.co_filename
+                if not self._is_library(filename) and "-packages" not in filename:
+                    chain.append("%s:%d in %s" % (filename, frame.f_lineno, code.co_name))
+                frame = frame.f_back
+                walked += 1
+        except Exception:
+            pass
+        return chain
+
     def _is_library(self, filename):
         if filename.startswith("<") or filename.startswith(self.skip_dirs):
             return True
         # The standard library, but not packages installed beside it (a non-venv site-packages).
         return filename.startswith(self.stdlib_dir) and "-packages" not in filename[len(self.stdlib_dir):]
 
-    def on_engine_create(self, engine, site):
+    def on_engine_create(self, engine, site, chain=None):
         engine_id = id(engine)
         pool = getattr(engine, "pool", None)
         info = {"engine": engine_id, "site": site, "pool_class": type(pool).__name__}
+        if chain:
+            info["chain"] = chain
         try:
             info["url"] = engine.url.render_as_string(hide_password=True)
         except Exception:
@@ -766,7 +805,7 @@ def _hook_sqlalchemy(agent, module):
     def create_engine(*args, **kwargs):
         engine = original(*args, **kwargs)
         try:
-            agent.on_engine_create(engine, agent.call_site(1))
+            agent.on_engine_create(engine, agent.call_site(1), agent.call_chain(1))
         except Exception:
             pass
         return engine

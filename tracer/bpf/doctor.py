@@ -21,8 +21,20 @@ _BPF_MAP_CREATE = 0
 _BPF_MAP_TYPE_ARRAY = 2
 
 
-def _check(name, ok, detail, fix=""):
-    return {"name": name, "ok": bool(ok), "detail": detail, "fix": "" if ok else fix}
+def _check(name, ok, detail, fix="", essential=True, more=""):
+    """One check; ``more`` is the technical detail `doctor --verbose` adds (offsets, instructions)."""
+    c = {"name": name, "ok": bool(ok), "detail": detail, "fix": "" if ok else fix, "essential": essential}
+    if more:
+        c["more"] = more
+    return c
+
+
+NEEDS_ROOT = "needs root: run `sudo trace-quit doctor` (or trace with --no-bpf, the agent alone)"
+
+
+def _tracefs_unreadable(path):
+    """tracefs is there but this user may not look into it (mode 0700 root): not a kernel problem."""
+    return os.geteuid() != 0 and os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK)
 
 
 def _bpf_syscall():
@@ -44,11 +56,11 @@ def checks(python=None, uid=None, gid=None):
                       "run trace-quit with sudo (the traced program still runs as you), or use --no-bpf"))
     if root:
         ok, detail = _bpf_syscall()
-    else:
-        ok, detail = False, "not tried (needs root)"
-    out.append(_check("bpf syscall", ok, detail,
-                      "the kernel needs CONFIG_BPF_SYSCALL and kernel.unprivileged_bpf_disabled does not matter as root; "
-                      "check dmesg and lockdown (cat /sys/kernel/security/lockdown)"))
+        fix = ("the kernel needs CONFIG_BPF_SYSCALL and kernel.unprivileged_bpf_disabled does not matter as "
+               "root; check dmesg and lockdown (cat /sys/kernel/security/lockdown)")
+    else:  # not a kernel question yet: the user is just not root
+        ok, detail, fix = False, "not tried: needs root", NEEDS_ROOT
+    out.append(_check("bpf syscall", ok, detail, fix))
     pmu = perf.uprobe_pmu_type()
     ref = perf.supports_ref_ctr()
     out.append(_check("uprobes", pmu is not None,
@@ -57,22 +69,32 @@ def checks(python=None, uid=None, gid=None):
     tracefs = "/sys/kernel/tracing"
     have_tracefs = os.path.isdir(os.path.join(tracefs, "events"))
     syscalls = os.path.isdir(os.path.join(tracefs, "events", "syscalls", "sys_enter_sendto"))
-    out.append(_check("tracefs", have_tracefs and syscalls,
-                      "%s mounted: %s; syscall tracepoints (wire confirmation): %s" % (
-                          tracefs, "yes" if have_tracefs else "no", "yes" if syscalls else "no"),
-                      "mount -t tracefs nodev /sys/kernel/tracing" if not have_tracefs else
-                      "the kernel needs CONFIG_FTRACE_SYSCALLS for COM_QUIT wire confirmation"))
+    unreadable = _tracefs_unreadable(tracefs)
+    if unreadable:
+        out.append(_check("tracefs", False, "%s is not readable as uid %d: needs root" % (tracefs, os.geteuid()),
+                          NEEDS_ROOT, essential=False))
+    else:
+        out.append(_check("tracefs", have_tracefs and syscalls,
+                          "%s mounted: %s; syscall tracepoints (wire confirmation): %s" % (
+                              tracefs, "yes" if have_tracefs else "no", "yes" if syscalls else "no"),
+                          "mount -t tracefs nodev /sys/kernel/tracing" if not have_tracefs else
+                          "the kernel needs CONFIG_FTRACE_SYSCALLS for COM_QUIT wire confirmation", essential=False))
     # The server ending a connection first: the socket's EOF/reset and the send results need
     # the syscall exit tracepoints; who closed a TCP connection first needs sock:inet_sock_set_state.
     from trace_quit.tracer.bpf.session import _TRACEPOINTS
 
     absent = [cat + ":" + name for cat, name, _fn, _f in _TRACEPOINTS
               if not os.path.isdir(os.path.join(tracefs, "events", cat, name))]
-    out.append(_check("server-end evidence", have_tracefs and not absent,
-                      "tracepoints for EOF/reset, send results and TCP close order: %s" % (
-                          "all present" if not absent else "missing " + ", ".join(absent)),
-                      "a kernel with CONFIG_FTRACE_SYSCALLS and the sock tracepoints (4.16+); without them "
-                      "a server-ended connection is still seen by its dropped socket (bpf_close.sock)"))
+    if unreadable:
+        out.append(_check("server-end evidence", False, "tracepoints not readable: needs root", NEEDS_ROOT,
+                          essential=False))
+    else:
+        out.append(_check("server-end evidence", have_tracefs and not absent,
+                          "tracepoints for EOF/reset, send results and TCP close order: %s" % (
+                              "all present" if not absent else "missing " + ", ".join(absent)),
+                          "a kernel with CONFIG_FTRACE_SYSCALLS and the sock tracepoints (4.16+); without them "
+                          "a server-ended connection is still seen by its dropped socket (bpf_close.sock)",
+                          essential=False))
     try:
         t0 = time.monotonic()
         import bcc
@@ -104,21 +126,27 @@ def checks(python=None, uid=None, gid=None):
             detail = "no USDT; %s in %s's .symtab (entry + uretprobe)" % (", ".join(syms), targets.libpython)
         else:
             detail = "; ".join(m["why"] for m in targets.missing if m["what"] == "gc brackets") or "none"
-        if targets.notes:
-            detail += " (" + "; ".join(targets.notes) + ")"
-        out.append(_check("gc probes (Python %s)" % ".".join(map(str, targets.python_version)),
-                          targets.gc_mode is not None, detail, gc_fix))
+        more = "; ".join(targets.notes)
+        out.append(_check("gc probes", targets.gc_mode is not None,
+                          "Python %s: %s" % (".".join(map(str, targets.python_version)), detail), gc_fix,
+                          essential=False, more=more))
         close = [p for p in targets.probes if p.role == "close"]
+        more = ""
         if targets.client_lib and close:
-            detail = "%s %s: mysql_close probed at file offset %#x (%s)%s; MySQLdb at %s" % (
-                targets.client_soname, targets.client_lib, close[0].offset, close[0].why,
-                ", misses " + close[0].skipped if close[0].skipped else "", targets.mysql_so)
+            detail = "%s: mysql_close probed; %s" % (targets.client_lib, (
+                "MySQLdb at %s" % targets.mysql_so) if targets.mysql_so else "MySQLdb not found for this Python")
+            more = "%s: mysql_close at file offset %#x (%s)%s" % (
+                targets.client_soname, close[0].offset, close[0].why,
+                ", misses " + close[0].skipped if close[0].skipped else "")
             ok = True
         else:
             detail = "; ".join("%s: %s" % (m["what"], m["why"]) for m in targets.missing) or "not found"
             ok = False
+        # Essential only for a Python that has mysqlclient: without it the mysqlclient check
+        # (optional: PyMySQL programs) already says so.
         out.append(_check("client library", ok, detail,
-                          "install mysqlclient into the environment of %s (pip install mysqlclient)" % python))
+                          "install mysqlclient into the environment of %s (pip install mysqlclient)" % python,
+                          essential=bool(targets.mysql_so), more=more))
     if have_bcc and root:
         from trace_quit.tracer.bpf.session import BpfSession, headers_info
 
@@ -126,18 +154,19 @@ def checks(python=None, uid=None, gid=None):
             s = BpfSession(targets or Targets(argv=[]), lambda e: None)
             hdr = s.headers
             detail = "compiled in %.2f s against %s" % (s.describe()["timings"]["compile_s"], hdr["build"])
-            if hdr["fallback"]:
-                detail += "; headers fallback used: " + hdr["note"]
+            more = ("headers fallback used: " + hdr["note"]) if hdr["fallback"] else ""
             s.detach()
-            out.append(_check("bcc compile", True, detail))
+            out.append(_check("bcc compile", True, detail, more=more))
         except BpfUnavailable as exc:
             hdr = headers_info()
             out.append(_check("bcc compile", False, str(exc),
                               "apt-get install linux-headers-amd64; ln -s /usr/src/linux-headers-<ver>-amd64 "
                               "/lib/modules/%s/build; ln -s /usr/src/linux-headers-<ver>-common "
                               "/lib/modules/%s/source" % (hdr["kernel"], hdr["kernel"])))
+    elif not root:
+        out.append(_check("bcc compile", False, "not tried: needs root", NEEDS_ROOT))
     else:
-        out.append(_check("bcc compile", False, "not tried (needs root and bcc)", "fix the checks above first"))
+        out.append(_check("bcc compile", False, "not tried: bcc does not import", "fix the bcc import above first"))
     return out
 
 
