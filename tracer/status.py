@@ -121,7 +121,8 @@ class StatusLine:
         t = self.tally
         quits = " ".join("%s %d" % (cause, n) for cause, n in sorted(t.quits.items())) or "none"
         gens = t.gc_by_generation()
-        line = "trace-quit %5.1fs | live %d | COM_QUIT %s | gc %d/%d/%d | lost %d" % (
+        # Every number labelled (gen0/gen1/gen2: collections per generation), not "gc 147/13/1".
+        line = "trace-quit %5.1fs | live %d | COM_QUIT %s | collections gen0 %d gen1 %d gen2 %d | lost %d" % (
             now - self.started, t.live, quits, gens["0"], gens["1"], gens["2"],
             t.lost["agent"] + t.lost["bpf"])
         try:

@@ -2,6 +2,7 @@
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def test_status_line_on_a_terminal_the_program_does_not_share(server, tmp_path):
     assert "\r\x1b[2Ktrace-quit" in text          # rewritten in place
     assert "live 3" in text                        # three connections open during the sleep
     assert "lost 0" in text
+    assert re.search(r"collections gen0 \d+ gen1 \d+ gen2 \d+", text)  # each number says what it counts
     assert "\x1b[2K" not in (tmp_path / "program.log").read_text()  # nothing drawn where the program writes
 
 
