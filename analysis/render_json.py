@@ -71,6 +71,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         # issue 19: connections closed without COM_QUIT (aborted clients), per driver
         "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
+        "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
     }
 
 

@@ -181,6 +181,14 @@ def _one(o: _Out, r: Report) -> None:
                 o.wrap(gens, 28)
 
     g = r.gc
+    if len(r.processes) > 1:  # a service's master and workers, forked children: each its own row
+        o.heading("PROCESSES")
+        o.add("  %8s  %8s  %11s  %s" % ("pid", "parent", "connections", "ended by"))
+        for row in r.processes:
+            causes = ", ".join("%s %s" % (c, fmt_int(n)) for c, n in sorted(row["by_cause"].items()))
+            o.wrap("%8d  %8s  %11s  %s" % (row["pid"], row["parent"] or "", fmt_int(row["connections"]), causes),
+                   36, first="  ")
+
     o.heading("GARBAGE COLLECTIONS")
     n_closing = len(g.that_closed_connections)
     o.wrap("%s (%s); %s destroyed open connections" % (

@@ -271,7 +271,25 @@ def build_report(capture: Capture) -> Report:
         engines=engines, findings=findings, lost_events=sum(lost.values()), lost_by_source=lost,
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
-        lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid))
+        lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
+        processes=by_process(quits, j))
+
+
+def by_process(quits, j: Joined) -> List[Dict[str, Any]]:
+    """Connection ends per traced process (a service's master and workers, a forked child):
+    each counted end once, under the pid whose end counts; the parent pid when it forked."""
+    rows: Dict[int, Dict[str, Any]] = {}
+    for q in quits:
+        if not q.counted:
+            continue
+        row = rows.get(q.pid)
+        if row is None:
+            row = rows[q.pid] = {"pid": q.pid, "python": j.pids.get(q.pid),
+                                 "parent": j.forked_from.get(q.pid), "connections": 0, "by_cause": {}}
+        row["connections"] += 1
+        key = q.cause if q.cause != ev.GC or q.generation is None else "gc gen %d" % q.generation
+        row["by_cause"][key] = row["by_cause"].get(key, 0) + 1
+    return [rows[pid] for pid in sorted(rows)]
 
 
 _CAUSE_PROSE = {

@@ -4,7 +4,10 @@ One server connection counts once (opened, by_cause, live curve, engines): by th
 its handles' ends; the other handles' ends are listed as copies (``fork_copies``).
 """
 
+import gzip
 import json
+import os
+import tempfile
 
 import pytest
 
@@ -209,3 +212,22 @@ def test_agent_fork_time_is_late_the_childs_close_still_inherits(tmp_path):
     assert r.connections.opened == 1 and r.connections.opened_before_capture == 0
     assert r.connections.fork_copies == 1 and r.com_quit.by_cause["explicit_close"] == 1
     assert r.com_quit.by_cause["shutdown"] == 0
+
+
+def test_the_report_groups_connection_ends_by_process():
+    """A service's master and workers (or a forked child) each get a row: every counted end once,
+    under the process whose end counts, with the parent that forked it (issue 17)."""
+    data = os.path.join(os.path.dirname(__file__), "data", "server-and-fork.tqcap.gz")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "sf.tqcap")
+        with open(path, "wb") as f:
+            f.write(gzip.open(data).read())
+        r = build_report(load(path))
+    root = r.program.pid
+    assert [(p["pid"] == root, p["parent"], p["connections"], p["by_cause"]) for p in r.processes] == [
+        (True, None, 7, {"server": 4, "explicit_close": 3}),
+        (False, root, 1, {"explicit_close": 1}),
+        (False, root, 1, {"shutdown": 1})]
+    assert sum(p["connections"] for p in r.processes) == sum(1 for q in r.quits if q.counted)
+    text = render(r, "text")
+    assert "PROCESSES" in text and "%8d  %8d  %11d  shutdown 1" % (r.processes[2]["pid"], root, 1) in text
