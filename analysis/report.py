@@ -258,8 +258,10 @@ def build_report(capture: Capture) -> Report:
                        timeline.server)
     said = dropslib.plural(connections.com_quit, "COM_QUIT")
     at = next((i for i, line in enumerate(summary) if ", %s:" % said in line), None)
+    # After the counts line; without one (no connection opened), after the first line.
+    here = at + 1 if at is not None else min(1, len(summary))
+    summary[here:here] = abortedlib.summary_lines(no_quit)
     if at is not None:
-        summary[at + 1:at + 1] = abortedlib.summary_lines(no_quit)
         unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
         if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
             ended_by = dropslib.plural(connections.com_quit, "ended", "ended")
