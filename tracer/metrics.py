@@ -58,9 +58,20 @@ class Attributor:
         self.sites = {}          # site -> label (first TOP_SITES distinct sites, then OTHER)
         self.pending = 0         # ended connections waiting for the rest of their evidence
         self.open = 0
+        self.marks = {}          # (pid, conn) -> last event time of its counted life (_prune)
 
     def add(self, events):
-        self.events.extend(e for e in events if e.get("k") in _JOIN_KINDS)
+        # An event of a connection already counted (its (pid, conn), no later than the counted
+        # life's last event) that arrives after the count is dropped: counted once, whatever the
+        # arrival order. A reused conn value opens after that mark, so it is kept.
+        self.events.extend(e for e in events if e.get("k") in _JOIN_KINDS and not self._counted(e))
+
+    def _counted(self, e):
+        conn = e.get("conn")
+        if conn is None or e.get("k") == ev.ENGINE_CREATE:
+            return False
+        mark = self.marks.get((e.get("pid"), conn))
+        return mark is not None and (e.get("t") or 0) <= mark
 
     def label(self, site):
         if not site:
@@ -125,7 +136,11 @@ class Attributor:
     def _complete(life, layers, now_ns):
         if life.t_closed is not None and now_ns - life.t_closed >= SETTLE_S * 1e9:
             return True
-        if layers.agent and life.agent_open is not None and life.agent_end is None:
+        # The agent's lines arrive in batches, after the kernel's for the same connection: a
+        # close the kernel has finished still waits for the agent's open and end (up to
+        # SETTLE_S), or they would make a second life, counted again
+        # (tests/unit/test_metrics.py::test_agent_events_arriving_after_the_kernels_count_once).
+        if layers.agent and (life.agent_open is None or life.agent_end is None):
             return False
         if layers.bpf and (life.bpf_end is None or life.bpf_ret is None):
             return False
@@ -140,6 +155,9 @@ class Attributor:
             key = (life.pid, life.conn)
             marks[key] = max(ts + [marks.get(key, 0)])
         horizon = now_ns - GC_WINDOW_NS
+        self.marks.update(marks)
+        if len(self.marks) > 4096:  # a late event comes within the agent's flush period: forget old marks
+            self.marks = {k: m for k, m in self.marks.items() if m >= horizon}
         kept = []
         for e in self.events:
             k = e.get("k")

@@ -394,6 +394,12 @@ class DisposableServer:
                 "--innodb-buffer-pool-size=32M"]
         if self.flavor == "mariadb":
             argv += ["--innodb-log-file-size=16M"]
+            # MariaDB 11.4+ (Debian 13's 11.8) makes a certificate of its own and offers TLS,
+            # and PyMySQL 1.2 and the mariadb client take it unasked: the wire of every
+            # connection would be encrypted. Plain unless the caller configures TLS
+            # (tests/integration/test_server.py pins it; the TLS tests pass --ssl-cert/--ssl-key).
+            if not any(a.startswith(("--ssl", "--skip-ssl", "--loose-ssl")) for a in self.extra_args):
+                argv += ["--skip-ssl"]
         else:
             # Oracle MySQL 8: no X Protocol listener (it would take port 33060 and a socket in
             # /var/run/mysqld), and a secure_file_priv directory of our own.

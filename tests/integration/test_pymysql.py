@@ -135,7 +135,8 @@ def test_a_program_using_both_drivers_is_counted_per_driver(server, tmp_path):
 
 
 SQLA_VENVS = {"sqla14": os.path.join(REPO, ".venvs", "sqla14", "bin", "python"),
-              "sqla2": os.path.join(REPO, ".venvs", "py3.11", "bin", "python")}
+              # SQLAlchemy 2 in the matrix venv of the system's CPython (Debian 12: 3.11, 13: 3.13).
+              "sqla2": os.path.join(REPO, ".venvs", "py%d.%d" % sys.version_info[:2], "bin", "python")}
 
 
 @pytest.mark.parametrize("venv", sorted(SQLA_VENVS))

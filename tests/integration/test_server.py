@@ -187,3 +187,21 @@ def test_foreground_command_prints_redacted_dsns_and_cleans_up_on_ctrl_c(tmp_pat
     assert not os.path.exists(tmpdir)
     assert processes_mentioning(tmpdir) == []
     assert not dsn_file.exists()
+
+
+def test_plain_unless_tls_is_configured(server):
+    """MariaDB 11.4+ (Debian 13's 11.8) offers TLS with a certificate of its own, and PyMySQL 1.2
+    takes it unasked (PREFERRED): every wire would be encrypted. The disposable server runs with
+    --skip-ssl unless given --ssl-* options (the TLS tests: tests/system/test_bpf_tls.py)."""
+    import MySQLdb
+    import pymysql
+
+    for connect in (MySQLdb.connect, pymysql.connect):
+        for dsn in (server.dsn_tcp, server.dsn_socket):
+            conn = connect(**dsnlib.parse(dsn))
+            try:
+                cur = conn.cursor()
+                cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+                assert cur.fetchone()[1] in ("", b""), (connect.__module__, dsn)
+            finally:
+                conn.close()

@@ -7,7 +7,8 @@ import pytest
 
 from trace_quit.tracer.bpf import BpfUnavailable, resolve_targets
 from trace_quit.tracer.bpf import elf, resolve, x86
-from tq_support import AGENT_VERSIONS, VENV_PY, cpython_param, expected_close_site, system_python, venv_python_for
+from tq_support import (AGENT_VERSIONS, VENV_PY, cpython_param, expected_close_site, system_python, venv_base,
+                        venv_python_for)
 
 
 def test_probe_site_skips_a_leading_null_check():
@@ -151,6 +152,9 @@ def test_without_mysqlclient_only_the_interpreter_probes_remain():
 #: The first call after the atexit handlers in Py_FinalizeEx, per CPython version (pyenv's builds).
 AFTER_ATEXIT_SITES = {"3.8": ("flush_std_files", "uprobe"), "3.11": ("_PyThreadState_DeleteExcept", "uprobe"),
                       "3.13": ("_PyAtExit_Call", "uretprobe")}
+#: The same where the venv was made from the distribution's stripped interpreter (no .symtab):
+#: Debian 13's python3.13 exports neither _PyAtExit_Call nor _PyThreadState_RemoveExcept.
+AFTER_ATEXIT_SYSTEM_SITES = {"3.11": ("_PyThreadState_DeleteExcept", "uprobe"), "3.13": ("PyGC_Collect", "uprobe")}
 
 
 @pytest.mark.parametrize("version", [cpython_param(v) for v in sorted(AFTER_ATEXIT_SITES)])
@@ -158,7 +162,9 @@ def test_shutdown_starts_after_the_atexit_handlers_on_every_build(version):
     """resolve.AFTER_ATEXIT: the first call after atexit handlers in Py_FinalizeEx, per build."""
     python = venv_python_for(version)
     assert os.path.exists(python), "scripts/setup.sh did not build the test venv for %s" % version
-    symbol, how = AFTER_ATEXIT_SITES[version]
+    base = venv_base(version)
+    sites_of = AFTER_ATEXIT_SYSTEM_SITES if base and base[1] == "system" else AFTER_ATEXIT_SITES
+    symbol, how = sites_of[version]
     t = resolve_targets([python, "-c", "pass"], None, 0, 0)
     sites = [(p.symbol, p.how) for p in t.probes if p.role == "after_atexit"]
     assert sites == [(symbol, how)] and t.after_atexit is True
@@ -166,12 +172,13 @@ def test_shutdown_starts_after_the_atexit_handlers_on_every_build(version):
 
 
 def test_the_system_python_has_a_shutdown_site_after_its_atexit_handlers():
-    """Debian 12's python3.11 is stripped and static: the exported _PyThreadState_DeleteExcept."""
+    """Debian 12's python3.11 and Debian 13's python3.13 are stripped and static: exported sites only."""
     python = system_python()
     t = resolve_targets([python, "-c", "pass"], None, 0, 0)
-    sites = [p.symbol for p in t.probes if p.role == "after_atexit"]
-    if tuple(t.python_version[:2]) == (3, 11):
-        assert sites == ["_PyThreadState_DeleteExcept"]
+    sites = [(p.symbol, p.how) for p in t.probes if p.role == "after_atexit"]
+    version = "%d.%d" % tuple(t.python_version[:2])
+    if version in AFTER_ATEXIT_SYSTEM_SITES:
+        assert sites == [AFTER_ATEXIT_SYSTEM_SITES[version]]
     assert t.after_atexit is True and len(sites) == 1, (t.python_version, sites, t.missing)
 
 

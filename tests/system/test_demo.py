@@ -70,7 +70,11 @@ def test_demo_explains_experiment_1_like_the_study(tmp_path):
     assert why["generation"] == 2 and why["thresholds"] == [700, 10, 10]
     if any("counts" in e for e in load_events(capture).events if e["k"] == "gc_start"):
         # The agent recorded gc.get_count() at each collection's start: the counters explain it.
-        assert why["trigger"] == "thresholds" and why["counts"][2] > 10 and why["counts"][0] > 700
+        assert why["trigger"] == "thresholds" and why["counts"][2] > 10
+        # Up to 3.11 the allocation that passed generation 0's threshold collects at once; 3.12+
+        # run the collection later, when deallocations may have brought the counter back under
+        # it (analysis/gcwhy.py, tests/unit/test_gcwhy.py): then the text says so.
+        assert why["counts"][0] > 700 or "back to %d" % why["counts"][0] in why["text"]
         assert "long_lived_total / 4" in why["text"]
     assert "  thresholds (700, 10, 10)" in proc.stdout and "why then: " in proc.stdout
     periodic = [p for p in report["patterns"] if p["generation"] == 1 and p["regular"]]

@@ -63,6 +63,14 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError("timed out waiting for " + what)
 
 
+def _capture_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 def _capture_lines(path):
     try:
         with open(path, "rb") as f:
@@ -121,7 +129,9 @@ def _one_kill(phase, server, tmp_path, index):
         _wait_for(lambda: _capture_lines(capture) >= 1, 30, "the capture header")
     elif phase == "steady":
         _wait_for(lambda: (work / "ready").exists(), 60, "the program to run")
-        time.sleep(0.3)  # > the capture's flush interval: its connections must be on disk
+        # Its connections on disk before the kill (agent buffer, channel poll, capture flush:
+        # ~0.2 s when idle; a fixed 0.3 s missed on a loaded 2-core machine, scripts/debian13-check).
+        _wait_for(lambda: b'"k":"conn_open"' in _capture_bytes(capture), 10, "the program's connections on disk")
     if phase == "detach":
         _wait_for(lambda: (work / "ready").exists(), 60, "the program to run")
         (work / "go").write_text("")

@@ -64,3 +64,15 @@ def test_collectors_by_version():
 
 def test_without_the_agent_there_are_no_thresholds():
     assert gcwhy.Thresholds([]).summary(7) is None
+
+
+def test_a_deferred_collection_on_3_12_and_later_is_still_due_by_the_thresholds():
+    # 3.12+ schedule the collection when generation 0 passes its threshold and run it at the next
+    # evaluation-loop check: generation 0 may be back under it by then (seen on Debian 13's 3.13).
+    why = gcwhy.explain(2, [689, 0, 11], [700, 10, 10], python="3.13.5")
+    assert why["trigger"] == "thresholds" and "back to 689" in why["text"] and "long_lived_pending" in why["text"]
+    # Up to 3.11 the allocation that passed the threshold collects at once: not due means explicit.
+    assert gcwhy.explain(2, [689, 0, 11], [700, 10, 10], python="3.11.2")["trigger"] == "explicit"
+    # Nothing over its own threshold is explicit on every version; generation 0 is never deferred-due.
+    assert gcwhy.explain(2, [689, 0, 3], [700, 10, 10], python="3.13.5")["trigger"] == "explicit"
+    assert gcwhy.explain(0, [689, 0, 0], [700, 10, 10], python="3.13.5")["trigger"] == "explicit"

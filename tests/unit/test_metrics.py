@@ -130,3 +130,34 @@ def test_grafana_dashboard_uses_only_exported_metrics(tmp_path):
             used.update(re.findall(r"\btrace_quit_[a-z_]+", target["expr"]))
     assert used and used <= exported, used - exported
     assert "trace_quit_com_quit_total" in used and "trace_quit_connections_open" in used
+
+
+@pytest.mark.parametrize("name", ["known-causes.tqcap", "engine-per-call.tqcap"])
+def test_agent_events_arriving_after_the_kernels_count_once(name, tmp_path):
+    """The agent's lines reach the exporter in batches, after the kernel's records of the same
+    connections (recorder's agent loop): a connection the kernel finished first must not be
+    counted again when the agent's open and end arrive (Prometheus showed twice the report's)."""
+    cap = capture(tmp_path, name)
+    report, want = report_counts(cap)
+    delay = 300 * 10**6  # the agent's lines arrive this much after the kernel's (< SETTLE_S)
+    arrival = {id(e): e["t"] + (delay if e.get("src") == "agent" else 0)
+               for e in cap.events if isinstance(e.get("t"), int)}
+    att = metrics.Attributor({"cwd": cap.header.get("cwd"), "layers": cap.header.get("layers")})
+    events = sorted((e for e in cap.events if id(e) in arrival), key=lambda e: arrival[id(e)])
+    opened, closes = collections.Counter(), collections.Counter()
+    i, t = 0, arrival[id(events[0])]
+    while i < len(events):
+        t += 50 * 10**6
+        chunk = []
+        while i < len(events) and arrival[id(events[i])] <= t:
+            chunk.append(dict(events[i]))
+            i += 1
+        att.add(chunk)
+        o, c = att.tick(t)
+        opened.update(o)
+        closes.update((cause, gen) for cause, gen, _ in c)
+    o, c = att.tick(t + 1, final=True)
+    opened.update(o)
+    closes.update((cause, gen) for cause, gen, _ in c)
+    assert closes == want
+    assert sum(opened.values()) == report.connections.opened
