@@ -487,6 +487,24 @@ static __always_inline u8 forget_conn(u32 tgid, u64 conn)
     return ended;
 }
 
+/* Why an object being destroyed on this thread now is: the kernel's evidence for a close
+ * from a destructor (mysqlclient's _dealloc, or a PyMySQL socket's last close). Shutdown once
+ * this thread, the finalising one, ran the last atexit handler (fin_state.finalizing), else
+ * inside a GC bracket on this thread (with its generation), else a reference count reaching
+ * zero. analysis/attribute.py weighs it against the agent's (docs/causes.md). */
+static __always_inline u8 destroy_context(u32 tgid, u32 tid, s32 *gen)
+{
+    struct fin_state *fin = finalizing.lookup(&tgid);
+    struct gc_state *gs = gc_thread.lookup(&tid);
+    if (fin && fin->tid == tid && fin->finalizing)
+        return CAUSE_SHUTDOWN;
+    if (gs && gs->depth > 0) {
+        *gen = gs->gen;
+        return CAUSE_GC;
+    }
+    return CAUSE_REFCOUNT;
+}
+
 static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -504,16 +522,7 @@ static __always_inline int close_entry(struct pt_regs *ctx, int errno_off)
         if (pe->kind == PY_CLOSE) {
             cause = CAUSE_EXPLICIT_CLOSE;
         } else {
-            struct fin_state *fin = finalizing.lookup(&tgid);
-            struct gc_state *gs = gc_thread.lookup(&tid);
-            if (fin && fin->tid == tid && fin->finalizing) {
-                cause = CAUSE_SHUTDOWN;
-            } else if (gs && gs->depth > 0) {
-                cause = CAUSE_GC;
-                gen = gs->gen;
-            } else {
-                cause = CAUSE_REFCOUNT;
-            }
+            cause = destroy_context(tgid, tid, &gen);
         }
         py_last.delete(&tid);
     }
@@ -958,17 +967,7 @@ BPF_TABLE("lru_hash", u32, struct msock_read, msock_reading, 65536);        // t
  * the finalising/GC bracket rule (as close_entry's) and the event layout. */
 static __always_inline u8 msock_context(u32 tgid, u32 tid, s32 *gen)
 {
-    // The same rule as close_entry's: shutdown once the finalising thread ran the last atexit
-    // handler (tests/system/test_bpf_pymysql.py pins the atexit rows), else the GC bracket.
-    struct fin_state *fin = finalizing.lookup(&tgid);
-    struct gc_state *gs = gc_thread.lookup(&tid);
-    if (fin && fin->tid == tid && fin->finalizing)
-        return CAUSE_SHUTDOWN;
-    if (gs && gs->depth > 0) {
-        *gen = gs->gen;
-        return CAUSE_GC;
-    }
-    return CAUSE_REFCOUNT;
+    return destroy_context(tgid, tid, gen);   // the same rule as a mysql_close from _dealloc
 }
 
 static __always_inline void msock_emit(u8 kind, u32 fd, u32 sends, u8 cause, s32 gen, u8 wire, u64 t_greeting)
