@@ -3,9 +3,10 @@
 known-causes closes 7 connections with close(), 11 by refcount, 5 in a generation-0 and 13
 in a generation-2 collection, drops 2 by refcount and 3 by gc.collect() inside an atexit handler,
 and leaves 3 to interpreter shutdown: exactly 44 COM_QUITs.
-Each case must match exactly, over TCP and the Unix socket, on Debian's /usr/bin/python3.11
-(GC brackets from USDT, semaphores set by the kernel) and on pyenv's 3.11 (GC brackets from
-gc_collect_main in libpython's .symtab), and the server's general log must show the same
+Each case must match exactly, over TCP and the Unix socket, on the system's python3 (Debian
+12: 3.11, Debian 13: 3.13; GC brackets from USDT, semaphores set by the kernel) and on a
+3.11 venv (pyenv's: GC brackets from gc_collect_main in libpython's .symtab), and on other
+builds present (3.8, 3.13), and the server's general log must show the same
 44 Quit commands for the workload's user.
 """
 
