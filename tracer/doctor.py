@@ -11,18 +11,18 @@ import subprocess
 
 
 def _shebang(path):
-    """The interpreter of a script's ``#!`` line (``/usr/bin/env python3`` resolved on PATH), else None."""
-    try:
-        with open(path, "rb") as f:
-            line = f.readline(256)
-    except OSError:
+    """The interpreter of a script's ``#!`` line (``/usr/bin/env python3`` resolved on PATH), else None.
+
+    The line is read by the tracer's own parser (tracer/bpf/command.py, no bcc needed)."""
+    from trace_quit.tracer.bpf.command import _shebang as parse_shebang
+
+    found = parse_shebang(path)
+    if found is None:
         return None
-    if not line.startswith(b"#!"):
-        return None
-    words = line[2:].decode("utf-8", "replace").split()
-    if words and os.path.basename(words[0]) == "env" and len(words) > 1:
-        return shutil.which(words[1])
-    return words[0] if words else None
+    interp, arg = found
+    if os.path.basename(interp) == "env" and arg:
+        return shutil.which(arg.split()[0])
+    return interp
 
 
 def choose_python(command=None, python=None):
