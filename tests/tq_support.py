@@ -167,3 +167,16 @@ def kinds(events):
 KNOWN_CAUSES = {("explicit_close", None): 7, ("refcount", None): 13, ("gc", 0): 5, ("gc", 2): 16,
                 ("shutdown", None): 3}
 KNOWN_CAUSES_TOTAL = sum(KNOWN_CAUSES.values())  # 44 COM_QUITs
+
+
+def report_json(capture, tmp_path):
+    """The JSON report of ``capture`` through the real CLI (``report --format json -o``)."""
+    import json
+    import subprocess
+
+    out = tmp_path / "report.json"
+    proc = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        return json.load(f)

@@ -7,30 +7,18 @@ explicit closes (docs/pymysql.md).
 """
 
 import collections
-import json
 import os
 import sys
 
 import pytest
 
-from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, TRACE_QUIT, destroy_causes, kinds,
-                        load_events, cpython_param, run_traced, venv_python_for)
+from tq_support import (AGENT_VERSIONS, KNOWN_CAUSES, KNOWN_CAUSES_TOTAL, REPO, cpython_param, destroy_causes, kinds,
+                        load_events, report_json, run_traced, venv_python_for)
 
 pytestmark = pytest.mark.server
 
 DESTROYED = {key: n for key, n in KNOWN_CAUSES.items() if key[0] != "explicit_close"}
 NOT_SENT = KNOWN_CAUSES_TOTAL - KNOWN_CAUSES[("explicit_close", None)]  # 37
-
-
-def _report_json(capture, tmp_path):
-    import subprocess
-
-    out = tmp_path / "report.json"
-    proc = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    with open(out) as f:
-        return json.load(f)
 
 
 class ServerTruth:
@@ -93,7 +81,7 @@ def test_known_causes_pymysql_agent_counts_match_the_servers_aborted_clients(ser
     assert {e["conn"] for e in conn_events if e["k"] != "conn_open"} <= opened
     assert all(e["quit"] is False for e in events if e["k"] == "conn_destroy")
 
-    report = _report_json(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     by_cause = report["com_quit"]["by_cause"]
     assert {k: v for k, v in by_cause.items() if v} == {"explicit_close": 7, "refcount": 13, "gc": 21, "shutdown": 3}
     assert report["com_quit"]["gc_by_generation"] == {"0": 5, "1": 0, "2": 16}
@@ -123,7 +111,7 @@ def test_a_program_using_both_drivers_is_counted_per_driver(server, tmp_path):
     assert per_driver == {("mysqlclient", "conn_close", None): 2, ("mysqlclient", "conn_destroy", "refcount"): 3,
                           ("mysqlclient", "conn_destroy", "gc"): 5, ("pymysql", "conn_close", None): 7,
                           ("pymysql", "conn_destroy", "refcount"): 11, ("pymysql", "conn_destroy", "gc"): 13}
-    report = _report_json(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     assert report["connections"]["opened"] == 41
     nq = report["no_quit"]
     assert nq["by_driver"] == {"mysqlclient": {"explicit_close": 2, "refcount": 3, "gc": 5},
@@ -151,7 +139,7 @@ def test_engine_per_call_pymysql_drops_are_explained_as_aborted_clients(venv, se
                                           "--gc-threshold", "200", "--seed", "7"])
     assert proc.returncode == 0, proc.stderr
     truth.settle()
-    report = _report_json(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     sqla = report["program"]["modules"].get("sqlalchemy", "")
     assert sqla.startswith("1.4") if venv == "sqla14" else sqla.startswith("2.")
     by_cause = report["com_quit"]["by_cause"]
@@ -189,7 +177,7 @@ def test_a_connection_the_server_killed_is_server_not_an_explicit_close(server, 
     events = load_events(capture).events
     ends = [(e["k"], e.get("cause")) for e in events if e["k"] in ("conn_close", "conn_destroy")]
     assert sorted(ends) == [("conn_close", None), ("conn_destroy", "server")]
-    report = _report_json(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     assert report["connections"]["server"] == 1
     assert {k: v for k, v in report["com_quit"]["by_cause"].items() if v} == {"explicit_close": 1, "server": 1}
     assert report["no_quit"]["without_quit"] == 0
@@ -205,7 +193,7 @@ def test_an_unprobed_mysql_driver_import_is_named_in_the_report(server, tmp_path
     assert proc.returncode == 0, proc.stderr
     modules = [e for e in load_events(capture).events if e["k"] == "module"]
     assert [(e["name"], e["probed"]) for e in modules] == [("asyncmy", False)]
-    report = _report_json(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     assert report["no_quit"]["unprobed_drivers"] == ["asyncmy"]
     assert any("The program imported asyncmy: trace-quit does not probe it" in s for s in report["summary"])
 

@@ -8,13 +8,12 @@ destruction ``not_sent`` and the server's Aborted_clients rising by exactly that
 """
 
 import collections
-import json
 import subprocess
 
 import pytest
 
 from bpf_harness import trace_command
-from tq_support import KNOWN_CAUSES, TRACE_QUIT, VENV_PY, run_traced
+from tq_support import KNOWN_CAUSES, VENV_PY, report_json, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -34,15 +33,6 @@ def _aborted_clients(server):
         return int(cur.fetchone()[1])
     finally:
         conn.close()
-
-
-def _report(capture, tmp_path):
-    out = tmp_path / "report.json"
-    proc = subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    with open(out) as f:
-        return json.load(f)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "socket"])
@@ -87,7 +77,7 @@ def test_known_causes_pymysql_exact_counts_and_aborted_clients(bpf_server, tmp_p
     proc, capture = run_traced(tmp_path, [VENV_PY, "-m", "trace_quit.workloads", "known-causes-pymysql",
                                           "--dsn", bpf_server.dsn_tcp] + args, bpf=True, extra=extra)
     assert proc.returncode == 0, proc.stderr
-    report = _report(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     by_cause = {k: v for k, v in report["com_quit"]["by_cause"].items() if v}
     assert by_cause == _by_cause(causes)
     assert report["com_quit"]["gc_by_generation"] == {"0": causes[("gc", 0)], "1": 0, "2": causes[("gc", 2)]}
@@ -115,7 +105,7 @@ def test_both_drivers_counted_per_driver_by_the_kernel(bpf_server, tmp_path, lay
     proc, capture = run_traced(tmp_path, [VENV_PY, "-m", "trace_quit.workloads", "both-drivers-pymysql",
                                           "--dsn", bpf_server.dsn_socket], bpf=True, extra=extra)
     assert proc.returncode == 0, proc.stderr
-    report = _report(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     other = "socket" if layers == "kernel" else "pymysql"
     nq = report["no_quit"]
     assert nq["by_driver"] == {"mysqlclient": {"explicit_close": 2, "refcount": 3, "gc": 5},
@@ -144,7 +134,7 @@ def test_statically_linked_mariadb_children_are_counted_outside_the_library(bpf_
     env = dict(os.environ, MYSQL_PWD=bpf_server.password)
     proc, capture = run_traced(tmp_path, ["/bin/sh", "-c", script], bpf=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    report = _report(capture, tmp_path)
+    report = report_json(capture, tmp_path)
     assert report["connections"]["opened"] == 2
     assert report["no_quit"]["outside_library"] == 2
     assert report["no_quit"]["by_driver"] == {"socket": {"explicit_close": 2}}
@@ -186,7 +176,7 @@ def test_tls_pymysql_closes_are_encrypted_and_the_agent_names_the_cause(tmp_path
         proc, capture = run_traced(tmp_path, [VENV_PY, str(script), server.dsn_tcp, cert], bpf=True,
                                    extra=["--dsn", server.dsn_socket])
         assert proc.returncode == 0, proc.stderr
-        report = _report(capture, tmp_path)
+        report = report_json(capture, tmp_path)
         aborted = _aborted_clients(server) - before
     closes = [q for q in report["quits"]]
     assert {k: v for k, v in report["com_quit"]["by_cause"].items() if v} == {"explicit_close": 2, "refcount": 3}
