@@ -117,7 +117,7 @@ class Agent:
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
-        self.stack_cache = {}    # ((code, line), ...) -> ["file:line in func", ...]
+        self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
         self.params_cache = {}   # (args, kwargs items) of connect() -> its event fields
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
         self.more_hooks = {}     # module name -> hook(agent, module), run after HOOKS' (attach.py)
@@ -131,12 +131,19 @@ class Agent:
         self.write = os.write
         self.fstat = os.fstat
         self.dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        # json's encode() builds a C encoder on every call; flushing encodes with one made once.
+        self.encode_chunks = _c_encoder() or (lambda obj, level, dumps=self.dumps: (dumps(obj),))
+        self.join = "".join
+        self.loads = json.loads
+        self.encode_str = json.encoder.encode_basestring_ascii  # a string as JSON, quotes included
+        self.who_cache = {}      # thread ident -> (pid, tid, name, _who()'s fragments)
         self.is_finalizing = sys.is_finalizing
         self.getframe = sys._getframe
         self.get_count = gc.get_count
         self.weakref = weakref.ref
         self.partial = functools.partial
         self.cut = _cut
+        self.line_of = _line_of
         self.connect_params = _connect_params
         self.os_open = os.open
         self.os_stat = os.stat
@@ -216,25 +223,23 @@ class Agent:
             self._queue(self.ev.AGENT_LOST, {"n": n})
         chunk = []
         size = 0
+        encode = self.encode_chunks
+        join = self.join
         while queue:
             try:
                 event = queue.popleft()
             except IndexError:
                 break
             try:
-                stack = event.get("stack")
-                if stack.__class__ is tuple:
-                    # The stack is most of the line and repeats: its JSON comes from the cache,
-                    # spliced in for the null (a key can only appear unescaped as a key).
-                    strings, encoded = self._format_stack(stack)
-                    event["stack"] = None
-                    text = self.dumps(event).replace('"stack":null', '"stack":' + encoded, 1)
-                    event["stack"] = strings
+                if event.__class__ is tuple:
+                    text, stack = event
+                    if stack is not None:
+                        text = text + self._format_stack(stack)[1] + "}"
+                    line = (text + "\n").encode("utf-8", "replace")
+                    if len(line) > self.PIPE_BUF:
+                        line = self._bounded(self.loads(text))
                 else:
-                    text = self.dumps(event)
-                line = (text + "\n").encode("utf-8", "replace")
-                if len(line) > self.PIPE_BUF:
-                    line = self._bounded(event)
+                    line = self._encoded(event, encode, join)
             except Exception:
                 line = None
             if line is None:
@@ -249,16 +254,39 @@ class Agent:
         if chunk:
             self._write_chunk(chunk)
 
+    def _encoded(self, event, encode, join):
+        """One queued dict as a line of bytes, at most PIPE_BUF long (``_bounded``); None if it cannot be."""
+        stack = event.get("stack")
+        if stack.__class__ is tuple:
+            # The stack is most of the line and repeats: its JSON comes from the cache,
+            # spliced in for the null (a key can only appear unescaped as a key).
+            strings, encoded = self._format_stack(stack)
+            event["stack"] = None
+            text = join(encode(event, 0)).replace('"stack":null', '"stack":' + encoded, 1)
+            event["stack"] = strings
+        else:
+            text = join(encode(event, 0))
+        line = (text + "\n").encode("utf-8", "replace")
+        if len(line) > self.PIPE_BUF:
+            line = self._bounded(event)
+        return line
+
     def _format_stack(self, stack):
-        """(["file:line in func", ...], its JSON) for (code, line) pairs; cached, as call sites repeat."""
+        """(["file:line in func", ...], its JSON) for a ``stack()``; cached, as call sites repeat.
+
+        The key is (id(code), lasti, ...): ints hash at once, where a code object hashes its
+        constants and names on every lookup. An id stays unique while its entry holds the code."""
+        key, codes = stack
         cache = self.stack_cache
-        out = cache.get(stack)
+        out = cache.get(key)
         if out is None:
             if len(cache) >= self.STACK_CACHE_MAX:
-                cache.clear()  # bounded; also lets go of the code objects held as keys
-            strings = ["%s:%d in %s" % (code.co_filename, line, code.co_name) for code, line in stack]
-            out = cache[stack] = (strings, self.dumps(strings))
-        return out
+                cache.clear()  # bounded; also lets go of the code objects held in the values
+            line_of = self.line_of
+            strings = ["%s:%d in %s" % (code.co_filename, line_of(code, lasti), code.co_name)
+                       for code, lasti in zip(codes, key[1::2])]
+            out = cache[key] = (strings, self.dumps(strings), codes)
+        return out[0], out[1]
 
     def _bounded(self, event):
         """The event as one line of at most self.PIPE_BUF bytes: strings cut, lists shortened; None if it cannot."""
@@ -533,19 +561,23 @@ class Agent:
         addr = id(conn) + self.conn_offset
         ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
         self.connections[addr] = ref
-        # Connect parameters repeat (a pool, a loop): derived once per distinct set.
+        # Connect parameters repeat (a pool, a loop): derived, and encoded, once per distinct set.
         try:
-            key = (args, tuple(kwargs.items()))
-            info = self.params_cache.get(key)
+            # Flat tuples: equal keys compare element by element, mostly by identity.
+            key = (args, tuple(kwargs), tuple(kwargs.values()))
+            info_json = self.params_cache.get(key)
         except TypeError:
-            key = info = None  # an unhashable argument: derive it every time
-        if info is None:
+            key = info_json = None  # an unhashable argument: derive it every time
+        if info_json is None:
             info = self.connect_params(args, kwargs)
+            info_json = self.dumps(info)[1:-1]
+            info_json = "," + info_json if info_json else ""
             if key is not None:
                 if len(self.params_cache) >= self.PARAMS_CACHE_MAX:
                     self.params_cache.clear()
-                self.params_cache[key] = info
-        self.emit(self.ev.CONN_OPEN, conn=addr, stack=self.stack(2), thread=self.thread_name(), **info)
+                self.params_cache[key] = info_json
+        t = self.now()
+        self._push_text(self.OPEN_LINE % (t, self._who()[0], addr, info_json), self.stack(2), t)
 
     def on_conn_fail(self, conn, exc):
         self.emit(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
@@ -556,10 +588,53 @@ class Agent:
             addr = id(conn) + self.conn_offset
             ref = self.connections.pop(addr, None)
             if ref is not None and ref() is conn:
-                self.emit(self.ev.CONN_CLOSE, conn=addr, stack=self.stack(1), thread=self.thread_name())
+                t = self.now()
+                self._push_text(self.CLOSE_LINE % (t, self._who()[0], addr), self.stack(1), t)
         except Exception:
             pass
         # None: the close chain goes on to the real close (see _CloseHook)
+
+    # The records of the connection path (one or two per connection) are written as text at
+    # once, but for the stack: building a dict and JSON-encoding it per record was most of
+    # the agent's cost per connection (tests/bench/agent_path.py). The reader validates them
+    # like every other record (tracer/events.py; tests/integration/test_agent.py).
+    # (The %s after "t" is ``_who()``'s fragment: src, pid, tid and, but for destroy, thread.)
+    OPEN_LINE = '{"k":"conn_open","t":%d%s,"conn":%d%s,"stack":'
+    CLOSE_LINE = '{"k":"conn_close","t":%d%s,"conn":%d,"stack":'
+    DESTROY_LINE = '{"k":"%s","t":%d%s,"%s":%d,"cause":"%s","gen":%s,"cid":%s}'
+
+    def _who(self):
+        """This process and thread as JSON fragments: (with the thread's name, without it); cached."""
+        ident = self.ident()
+        thread = self.threads.get(ident)
+        try:
+            # Thread's own attributes: its name/native_id properties are Python calls.
+            tid, name = thread._native_id, thread._name
+        except AttributeError:
+            tid, name = self.native_tid(), self.thread_name()
+        cached = self.who_cache.get(ident)
+        if cached is not None and cached[0] == self.pid and cached[1] == tid and cached[2] is name:
+            return cached[3]
+        if len(self.who_cache) >= self.PARAMS_CACHE_MAX:
+            self.who_cache.clear()
+        bare = ',"src":"agent","pid":%d,"tid":%s' % (self.pid, "null" if tid is None else int(tid))
+        named = bare + ',"thread":' + self.encode_str(name if name.__class__ is str else str(name))
+        self.who_cache[ident] = (self.pid, tid, name, (named, bare))
+        return named, bare
+
+    def _push_text(self, text, stack, t):
+        """Queue a record already encoded (``text``), its stack (``stack()``) to be appended at flush."""
+        if self.stopped:
+            return
+        queue = self.queue
+        if len(queue) >= self.MAX_QUEUED:
+            self.lost += 1
+            return
+        queue.append((text, stack))
+        if (t - self.last_flush >= self.FLUSH_INTERVAL_NS or len(queue) >= self.FLUSH_EVENTS
+                or self.finalizing or self.is_finalizing()):
+            if self.ident() not in self.collecting:
+                self.flush()
 
     def _destroyed_callback(self, registry, key, kind, field):
         """A weakref callback: ``registry[key]`` died while still tracked — say why (``kind`` event)."""
@@ -569,7 +644,10 @@ class Agent:
                     return  # closed (or disposed of) explicitly before, or the address was reused
                 del registry[key]
                 cause, gen, cid = agent.classify()
-                agent.emit(kind, **{field: key, "cause": cause, "gen": gen, "cid": cid})
+                t = agent.now()
+                agent._push_text(agent.DESTROY_LINE % (kind, t, agent._who()[1], field, key, cause,
+                                                       "null" if gen is None else gen,
+                                                       "null" if cid is None else cid), None, t)
             except Exception:
                 pass
         return destroyed
@@ -581,16 +659,25 @@ class Agent:
             return ""
 
     def stack(self, skip):
-        """A short stack of the caller as ((code, line), ...), innermost first; formatted at flush."""
-        out = []
+        """The caller's short stack, innermost first, as ((id(code), lasti, ...), (code, ...)).
+
+        Line numbers are worked out from ``f_lasti`` when the stack is first formatted
+        (``_format_stack``): ``f_lineno`` scans the code's line table on every read, which
+        was the largest single cost of a connection event (tests/bench/agent_path.py)."""
+        key = []
+        codes = []
         try:
             frame = self.getframe(skip + 1)
-            while frame is not None and len(out) < self.STACK_DEPTH:
-                out.append((frame.f_code, frame.f_lineno))
+            depth = self.STACK_DEPTH
+            while frame is not None and len(codes) < depth:
+                code = frame.f_code
+                codes.append(code)
+                key.append(id(code))
+                key.append(frame.f_lasti)
                 frame = frame.f_back
         except Exception:
             pass
-        return tuple(out)
+        return tuple(key), tuple(codes)
 
     # --- SQLAlchemy ------------------------------------------------------------
     def call_site(self, skip):
@@ -690,6 +777,40 @@ class Agent:
 
     def on_engine_dispose(self, engine):
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
+
+
+def _c_encoder():
+    """json's C encoder with the agent's settings (compact, ASCII, str() for the unknown); None without _json."""
+    try:
+        from json import encoder
+
+        return encoder.c_make_encoder(None, str, encoder.encode_basestring_ascii, None, ":", ",",
+                                      False, False, True)
+    except Exception:
+        return None
+
+
+def _line_of(code, lasti):
+    """The line of the instruction at byte offset ``lasti`` in ``code``: what ``f_lineno`` says."""
+    try:
+        if hasattr(code, "co_lines"):  # 3.10+
+            for start, end, line in code.co_lines():
+                if start <= lasti < end:
+                    return line if line is not None else code.co_firstlineno
+            return code.co_firstlineno
+        # 3.8/3.9: co_lnotab, as PyCode_Addr2Line walks it.
+        table = code.co_lnotab
+        line = code.co_firstlineno
+        addr = 0
+        for i in range(0, len(table) - 1, 2):
+            addr += table[i]
+            if addr > lasti:
+                break
+            step = table[i + 1]
+            line += step - 256 if step >= 128 else step
+        return line
+    except Exception:
+        return 0
 
 
 def _cut(value, limit):
