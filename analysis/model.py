@@ -278,6 +278,7 @@ class Report:
     no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
     gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
     processes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # by_process(): per traced pid
+    bound: Optional[Dict[str, Any]] = None  # --max-capture reached: analysis/bound.py (None: not reached)
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

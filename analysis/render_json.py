@@ -14,9 +14,9 @@ MULTI_SCHEMA = "trace-quit/reports/1"
 
 
 def to_dict(r: Report) -> Dict[str, Any]:
-    """One report as the contract's JSON object."""
+    """One report as the contract's JSON object (``bound`` only when the capture reached it)."""
     p, L, c, q, g = r.program, r.layers, r.connections, r.com_quit, r.gc
-    return {
+    doc = {
         "schema": SCHEMA,
         "program": {"argv": p.argv, "exit_status": p.exit_status, "duration_s": p.duration_s,
                     "pid": p.pid, "python": p.python, "modules": p.modules, "attached": p.attached,
@@ -73,6 +73,9 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
         "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
     }
+    if r.bound is not None:  # --max-capture reached (analysis/bound.py); absent otherwise
+        doc["bound"] = dict(r.bound)
+    return doc
 
 
 def _quit(x) -> Dict[str, Any]:

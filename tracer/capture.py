@@ -155,7 +155,7 @@ class CaptureWriter:
                 return
             write = True
             if self.max_bytes and self._queued >= self.max_bytes and kind not in ALWAYS_WRITTEN:
-                reached = self._reach()
+                reached = self._reach(event.get("t"))
                 write = self._sampled(event, kind, line)
             if write:
                 self._buf.append(line)
@@ -185,11 +185,12 @@ class CaptureWriter:
                 self._queued += len(text)
         self._reached(reached)
 
-    def _reach(self):
-        """Enter the bounded state (under the lock); True the first time."""
+    def _reach(self, t=None):
+        """Enter the bounded state (under the lock); True the first time. ``reached_t`` is the
+        time of the first event not written (now, for a pre-encoded batch)."""
         if self.bound is not None:
             return False
-        self.bound = _Bound(self.max_bytes, ev.now_ns())
+        self.bound = _Bound(self.max_bytes, t if type(t) is int else ev.now_ns())
         return True
 
     def _reached(self, reached):

@@ -1,0 +1,77 @@
+"""A capture that reached its ``--max-capture`` bound: what was counted instead of written.
+
+The writer (tracer/capture.py) stops per-event detail at the bound and counts, into the
+trailer's ``bound``, the events not written per kind and the connection ends after it per
+cause, as the kernel decided them (``bpf_close``/``bpf_sock_close``) and as the agent saw
+them (``conn_close``/``conn_destroy``). The report adds those ends to its totals by cause
+and says where the detail stops; nothing here is inferred beyond the counts. A connection
+opened before the bound and closed after it has its open in the detail and its end among
+the counted, so it is neither "never closed" nor a separate end
+(tests/system/test_bpf_bound.py).
+"""
+
+from collections import Counter
+from typing import Any, Dict, Optional
+
+from trace_quit.tracer import events as ev
+from trace_quit.tracer.capture import format_size
+
+from .drops import fmt_int, fmt_s
+
+
+def _counts(value: Any) -> Dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): n for k, n in value.items() if type(n) is int and n >= 0}
+
+
+def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any]]:
+    """The trailer's ``bound`` as the report's: which layer's counts it uses (the kernel's when
+    the eBPF layer ran, else the agent's), checked; None when the bound was not reached."""
+    bound = trailer.get("bound") if isinstance(trailer, dict) else None
+    if not isinstance(bound, dict) or type(bound.get("max_bytes")) is not int:
+        return None
+    after = bound.get("closes_after") if isinstance(bound.get("closes_after"), dict) else {}
+    kernel = after.get("kernel") if isinstance(after.get("kernel"), dict) else {}
+    agent = after.get("agent") if isinstance(after.get("agent"), dict) else {}
+    layer = "kernel" if bpf else "agent"
+    chosen = kernel if bpf else agent
+    not_written = _counts(bound.get("not_written"))
+    return {"max_bytes": bound["max_bytes"], "reached_t": bound.get("reached_t"),
+            "not_written": sum(not_written.values()), "not_written_by_kind": not_written,
+            "closes_after_from": layer,
+            "closes_after": {c: n for c, n in _counts(chosen.get("by_cause")).items() if n},
+            "closes_after_gc_by_generation": _counts(chosen.get("gc_by_generation")),
+            "closes_after_wire": _counts(kernel.get("wire")),
+            "agent_closes_after": _counts(agent.get("by_cause"))}
+
+
+def add_to_totals(info: Dict[str, Any], by_cause: Counter, gc_gen: Counter) -> None:
+    """The counted ends join the report's totals by cause (and gc by generation)."""
+    for cause, n in info["closes_after"].items():
+        by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
+    for gen, n in info["closes_after_gc_by_generation"].items():
+        gc_gen[int(gen) if gen.isdigit() else None] += n
+
+
+def line(info: Dict[str, Any]) -> str:
+    """The report's sentence: where the detail stops and what was counted after it."""
+    parts = []
+    gens = info["closes_after_gc_by_generation"]
+    for cause, n in sorted(info["closes_after"].items(), key=lambda kv: (-kv[1], kv[0])):
+        text = "%s %s" % (cause, fmt_int(n))
+        if cause == ev.GC and gens:
+            text += " (%s)" % ", ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in sorted(gens.items()) if k)
+        parts.append(text)
+    at = "+%s s" % fmt_s(info["t_s"]) if info.get("t_s") is not None else "an unknown time"
+    out = "Capture bound reached at %s (--max-capture %s): %s not written; connection ends after it by " \
+          "cause (%s): %s" % (at, format_size(info["max_bytes"]), _events(info["not_written"]),
+                              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's",
+                              ", ".join(parts) or "none")
+    if parts:
+        out += " (counted in the totals; no detail for them)"
+    return out + "."
+
+
+def _events(n: int) -> str:
+    return "%s %s" % (fmt_int(n), "event" if n == 1 else "events")
