@@ -43,11 +43,14 @@ def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any
             "closes_after": {c: n for c, n in _counts(chosen.get("by_cause")).items() if n},
             "closes_after_gc_by_generation": _counts(chosen.get("gc_by_generation")),
             "closes_after_wire": _counts(kernel.get("wire")),
-            "agent_closes_after": _counts(agent.get("by_cause"))}
+            "agent_closes_after": _counts(agent.get("by_cause")),
+            "opened_after": chosen.get("opened") if type(chosen.get("opened")) is int else 0}
 
 
-def add_to_totals(info: Dict[str, Any], by_cause: Counter, gc_gen: Counter) -> None:
-    """The counted ends join the report's totals by cause (and gc by generation)."""
+def add_to_totals(info: Dict[str, Any], by_cause: Counter, gc_gen: Counter, wire: Counter) -> None:
+    """The counted ends join the report's totals by cause (gc by generation, the kernel's wire verdicts)."""
+    if info["closes_after_from"] == "kernel":
+        wire.update(info["closes_after_wire"])
     for cause, n in info["closes_after"].items():
         by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
     for gen, n in info["closes_after_gc_by_generation"].items():
@@ -64,10 +67,10 @@ def line(info: Dict[str, Any]) -> str:
             text += " (%s)" % ", ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in sorted(gens.items()) if k)
         parts.append(text)
     at = "+%s s" % fmt_s(info["t_s"]) if info.get("t_s") is not None else "an unknown time"
-    out = "Capture bound reached at %s (--max-capture %s): %s not written; connection ends after it by " \
-          "cause (%s): %s" % (at, format_size(info["max_bytes"]), _events(info["not_written"]),
-                              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's",
-                              ", ".join(parts) or "none")
+    out = "Capture bound reached at %s (--max-capture %s): %s not written; after it %s opened and " \
+          "connection ends by cause (%s): %s" % (
+              at, format_size(info["max_bytes"]), _events(info["not_written"]), fmt_int(info["opened_after"]),
+              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's", ", ".join(parts) or "none")
     if parts:
         out += " (counted in the totals; no detail for them)"
     return out + "."
@@ -75,3 +78,23 @@ def line(info: Dict[str, Any]) -> str:
 
 def _events(n: int) -> str:
     return "%s %s" % (fmt_int(n), "event" if n == 1 else "events")
+
+
+def hold_back_late_agent_ends(lives, events, info: Dict[str, Any]) -> int:
+    """Past the bound, an end that only the agent's record shows, later than the last kernel
+    record written, had its kernel record counted (the agent's channel and the ring buffer
+    arrive at their own pace): it is left without an end here, so it is counted once, among
+    the kernel's counts. Returns how many were held back."""
+    if info["closes_after_from"] != "kernel":
+        return 0
+    last_bpf = max((e["t"] for e in events if e.get("src") == ev.SRC_BPF), default=None)
+    if last_bpf is None:
+        return 0
+    held = 0
+    for life in lives:
+        end = life.agent_end
+        if end is not None and life.bpf_end is None and end.get("t", 0) > last_bpf:
+            life.agent_end = None
+            life.agent_collection = None
+            held += 1
+    return held

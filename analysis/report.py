@@ -143,6 +143,8 @@ def build_report(capture: Capture) -> Report:
         return None
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+    if bound is not None:
+        boundlib.hold_back_late_agent_ends(j.lives, capture.events, bound)
     # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
     att = attribute_all(j.lives, ctx)
     ended, copies, counted, failed = att.ended, att.copies, att.counted, att.failed
@@ -152,11 +154,12 @@ def build_report(capture: Capture) -> Report:
     # --- counts ---------------------------------------------------------------------------
     by_cause = Counter(lf.cause for lf in ended)
     gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
+    wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
     if bound is not None:
-        boundlib.add_to_totals(bound, by_cause, gc_gen)
+        boundlib.add_to_totals(bound, by_cause, gc_gen, wire)
         bound["t_s"] = to_s(bound["reached_t"]) if type(bound["reached_t"]) is int else None
         bound["open_at_bound"] = att.open_at_end
-    wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
+        opened += bound["opened_after"]
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
     connections = Connections(

@@ -35,8 +35,9 @@ ALWAYS_WRITTEN = frozenset((ev.TRACER_NOTE, ev.CHILD_START, ev.CHILD_EXIT, ev.SE
                             ev.AGENT_LOST))
 #: Sampled or cumulative kinds: after the bound, downsampled per key (None: one key; "pid": per process).
 SAMPLED = {ev.SERVER_COUNT: None, ev.BPF_STATS: None, ev.GC_COUNTS: "pid"}
-#: Kernel lines whose cause/wire are counted after the bound (bpf_close, bpf_close_ret, bpf_sock_close).
-_CLOSE_LINE_PREFIXES = ('{"k":"%s"' % ev.BPF_CLOSE, '{"k":"%s"' % ev.BPF_CLOSE_RET, '{"k":"%s"' % ev.BPF_SOCK_CLOSE)
+#: Kernel lines read after the bound: connects (opened), closes (cause), close returns (wire).
+_COUNTED_KERNEL_KINDS = (ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_SOCK_CLOSE, ev.BPF_CONNECT, ev.BPF_SOCK_CONNECT)
+_CLOSE_LINE_PREFIXES = tuple('{"k":"%s"' % k for k in _COUNTED_KERNEL_KINDS)
 
 
 def format_size(n):
@@ -57,6 +58,8 @@ class _Bound:
         self.kernel = collections.Counter()        # connection ends per cause (bpf_close, bpf_sock_close)
         self.kernel_gen = collections.Counter()    # ... of cause gc, per generation ("unknown": hidden)
         self.kernel_wire = collections.Counter()   # the kernel's wire verdicts (bpf_close_ret, bpf_sock_close)
+        self.kernel_opened = 0                     # bpf_connect ok, bpf_sock_connect outside the library
+        self.agent_opened = 0                      # conn_open
         self.agent = collections.Counter()         # conn_close (explicit_close), conn_destroy per cause
         self.agent_gen = collections.Counter()
         self.last_sample = {}                      # (kind, key) -> t of the last one written
@@ -64,6 +67,10 @@ class _Bound:
 
     def count_close(self, event):
         kind = event.get("k")
+        if kind == ev.BPF_CONNECT and event.get("ok") is True or kind == ev.BPF_SOCK_CONNECT and not event.get("lib"):
+            self.kernel_opened += 1
+        elif kind == ev.CONN_OPEN:
+            self.agent_opened += 1
         if kind in (ev.BPF_CLOSE, ev.BPF_SOCK_CLOSE):
             cause = str(event.get("cause"))
             self.kernel[cause] += 1
@@ -92,8 +99,9 @@ class _Bound:
         return {"max_bytes": self.max_bytes, "reached_t": self.reached_t,
                 "not_written": dict(self.not_written),
                 "closes_after": {"kernel": {"by_cause": dict(self.kernel), "gc_by_generation": dict(self.kernel_gen),
-                                            "wire": dict(self.kernel_wire)},
-                                 "agent": {"by_cause": dict(self.agent), "gc_by_generation": dict(self.agent_gen)}}}
+                                            "wire": dict(self.kernel_wire), "opened": self.kernel_opened},
+                                 "agent": {"by_cause": dict(self.agent), "gc_by_generation": dict(self.agent_gen),
+                                           "opened": self.agent_opened}}}
 
 
 def _gen_key(gen):
@@ -177,7 +185,7 @@ class CaptureWriter:
             if self.max_bytes and self._queued >= self.max_bytes:
                 reached = self._reach()
                 self.bound.not_written.update(counts)
-                if any(k in counts for k in (ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_SOCK_CLOSE)):
+                if any(k in counts for k in _COUNTED_KERNEL_KINDS):
                     self.bound.count_lines(text)
             else:  # a batch that starts under the bound is written whole (one chunk past it at most)
                 self._buf.append(text)

@@ -33,14 +33,15 @@ def test_the_report_counts_the_ends_after_the_bound_and_says_where_it_is(tmp_pat
     assert r.com_quit.by_cause == {"explicit_close": 1, "refcount": 2, "gc": 2, "shutdown": 0,
                                    "never_closed": 0, "server": 0, "unknown": 0}
     assert r.com_quit.gc_by_generation == {"0": 0, "1": 0, "2": 2}
-    assert r.connections.opened == 4 and r.connections.com_quit == 5 and r.connections.never_closed == 0
+    assert r.connections.opened == 5 and r.connections.com_quit == 5 and r.connections.never_closed == 0
     assert r.bound["closes_after"] == {"gc": 1, "refcount": 2}
     assert r.bound["closes_after_gc_by_generation"] == {"2": 1}
     assert r.bound["closes_after_from"] == "kernel" and r.bound["open_at_bound"] == 2
-    assert r.bound["t_s"] == 0.4
+    assert r.bound["t_s"] == 0.4 and r.bound["opened_after"] == 1
+    assert r.com_quit.wire["confirmed"] == 5
     line = next(x for x in r.summary if x.startswith("Capture bound reached"))
     assert line.startswith("Capture bound reached at +0.400 s (--max-capture 1 bytes): ")
-    assert "connection ends after it by cause (the kernel's): refcount 2, gc 1 (gen 2: 1)" in line
+    assert "after it 1 opened and connection ends by cause (the kernel's): refcount 2, gc 1 (gen 2: 1)" in line
     text = render([r], "text")
     assert "Capture bound reached at +0.400 s" in text
     assert "open at the bound" in text and "still open when the capture stopped" not in text

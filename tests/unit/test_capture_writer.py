@@ -124,8 +124,9 @@ def test_a_bounded_capture_counts_what_it_does_not_write(tmp_path):
                                     "bpf_close_ret": 1, "server_count": 30}
     assert bound["closes_after"] == {
         "kernel": {"by_cause": {"refcount": 1, "gc": 4, "explicit_close": 1},
-                   "gc_by_generation": {"2": 2, "0": 1, "unknown": 1}, "wire": {"confirmed": 1}},
-        "agent": {"by_cause": {"gc": 3, "refcount": 1, "explicit_close": 1}, "gc_by_generation": {"2": 3}}}
+                   "gc_by_generation": {"2": 2, "0": 1, "unknown": 1}, "wire": {"confirmed": 1}, "opened": 0},
+        "agent": {"by_cause": {"gc": 3, "refcount": 1, "explicit_close": 1}, "gc_by_generation": {"2": 3},
+                  "opened": 5}}
     # counts: every event emitted, written or not
     assert cap.trailer["counts"]["conn_open"] == opened + 5 and cap.trailer["counts"]["server_count"] == 35
     # the size: the bound, plus the line that crossed it, the samples and note after it, the trailer
