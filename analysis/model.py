@@ -198,11 +198,11 @@ class Quit:
 
     __slots__ = ("t_s", "pid", "tid", "conn", "cause", "generation", "collection", "wire",
                  "thread", "engine_site", "opened_t_s", "stack", "reason", "closed_by", "evidence",
-                 "counted", "inherited_from", "counted_pid")
+                 "counted", "inherited_from", "counted_pid", "origin")
 
     def __init__(self, t_s, pid, tid, conn, cause, generation, collection, wire, thread,
                  engine_site, opened_t_s, stack, reason, closed_by, evidence=None, counted=True,
-                 inherited_from=None, counted_pid=None):
+                 inherited_from=None, counted_pid=None, origin=None):
         self.t_s = t_s
         self.pid = pid
         self.tid = tid
@@ -219,6 +219,7 @@ class Quit:
         self.closed_by = closed_by
         self.evidence = evidence              # server cause: evidence types (attribute.SERVER_EVIDENCE)
         self.counted = counted                # False: a fork copy whose connection's end is counted elsewhere
+        self.origin = origin                  # "before attach": open when --pid attached (else None)
         self.inherited_from = inherited_from  # a forked child's handle: the parent pid
         self.counted_pid = counted_pid        # not counted: the pid whose end of the connection is
 

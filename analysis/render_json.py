@@ -79,11 +79,14 @@ def to_dict(r: Report) -> Dict[str, Any]:
 
 
 def _quit(x) -> Dict[str, Any]:
-    return {"t_s": x.t_s, "pid": x.pid, "tid": x.tid, "conn": "0x%x" % x.conn if isinstance(x.conn, int) else x.conn,
-            "cause": x.cause, "generation": x.generation, "collection": x.collection, "wire": x.wire,
-            "thread": x.thread, "engine_site": x.engine_site, "opened_t_s": x.opened_t_s, "stack": x.stack,
-            "reason": x.reason, "closed_by": x.closed_by, "evidence": x.evidence, "counted": x.counted,
-            "inherited_from": x.inherited_from, "counted_pid": x.counted_pid}
+    doc = {"t_s": x.t_s, "pid": x.pid, "tid": x.tid, "conn": "0x%x" % x.conn if isinstance(x.conn, int) else x.conn,
+           "cause": x.cause, "generation": x.generation, "collection": x.collection, "wire": x.wire,
+           "thread": x.thread, "engine_site": x.engine_site, "opened_t_s": x.opened_t_s, "stack": x.stack,
+           "reason": x.reason, "closed_by": x.closed_by, "evidence": x.evidence, "counted": x.counted,
+           "inherited_from": x.inherited_from, "counted_pid": x.counted_pid}
+    if x.origin is not None:  # "before attach" (--pid); absent otherwise
+        doc["origin"] = x.origin
+    return doc
 
 
 def render(reports: Sequence[Report]) -> str:

@@ -246,7 +246,8 @@ def build_report(capture: Capture) -> Report:
             closed_by=lf.pool_end and ("pool " + lf.pool_end), evidence=lf.server_evidence,
             counted=lf.copy_of is None,
             inherited_from=lf.inherited_from.pid if lf.inherited_from is not None else None,
-            counted_pid=lf.copy_of.pid if lf.copy_of is not None else None))
+            counted_pid=lf.copy_of.pid if lf.copy_of is not None else None,
+            origin=dropslib.ORIGIN_BEFORE_ATTACH if origins.open_site(lf) == dropslib.ORIGIN_BEFORE_ATTACH else None))
     end_s = max(duration_s or 0.0, quits[-1].t_s if quits else 0.0)
     bin_s, bins = quit_histogram([(q.t_s, quit_key(q.cause, q.generation)) for q in quits if q.counted], end_s)
     timeline = Timeline(
