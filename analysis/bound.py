@@ -11,7 +11,7 @@ the counted, so it is neither "never closed" nor a separate end
 """
 
 from collections import Counter
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
@@ -80,21 +80,31 @@ def _events(n: int) -> str:
     return "%s %s" % (fmt_int(n), "event" if n == 1 else "events")
 
 
-def hold_back_late_agent_ends(lives, events, info: Dict[str, Any]) -> int:
-    """Past the bound, an end that only the agent's record shows, later than the last kernel
-    record written, had its kernel record counted (the agent's channel and the ring buffer
-    arrive at their own pace): it is left without an end here, so it is counted once, among
-    the kernel's counts. Returns how many were held back."""
+def hold_back_late_agent_records(lives, events, info: Dict[str, Any]) -> List[Any]:
+    """Past the bound, the agent's records later than the last kernel record written may have
+    their kernel twins among the counted (the agent's channel and the ring buffer arrive at
+    their own pace). An end only the agent's record shows is taken off (its life stays open
+    here: the end is counted once, among the kernel's counts), and a life only the agent's
+    conn_open shows, with no end left, is dropped (its connect is among the kernel's counted
+    ones). Not a PyMySQL connection open before attach: the kernel never knew its socket, so
+    its end is the agent's alone. Returns the lives kept."""
     if info["closes_after_from"] != "kernel":
-        return 0
-    last_bpf = max((e["t"] for e in events if e.get("src") == ev.SRC_BPF), default=None)
+        return lives
+    # The kernel's per-event records only: its counters go on being sampled past the bound.
+    last_bpf = max((e["t"] for e in events if e.get("src") == ev.SRC_BPF and e.get("k") != ev.BPF_STATS),
+                   default=None)
     if last_bpf is None:
-        return 0
-    held = 0
+        return lives
+    kept = []
     for life in lives:
+        opened = life.agent_open or {}
+        kernel_blind = opened.get("before_attach") is True and opened.get("driver") == "pymysql"
         end = life.agent_end
-        if end is not None and life.bpf_end is None and end.get("t", 0) > last_bpf:
+        if (end is not None and life.bpf_end is None and end.get("t", 0) > last_bpf and not kernel_blind):
             life.agent_end = None
             life.agent_collection = None
-            held += 1
-    return held
+        if (life.bpf_open is None and opened.get("t", 0) > last_bpf and life.agent_end is None
+                and life.bpf_end is None and not opened.get("before_attach")):
+            continue
+        kept.append(life)
+    return kept

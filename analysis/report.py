@@ -144,7 +144,7 @@ def build_report(capture: Capture) -> Report:
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
     if bound is not None:
-        boundlib.hold_back_late_agent_ends(j.lives, capture.events, bound)
+        j.lives = boundlib.hold_back_late_agent_records(j.lives, capture.events, bound)
     # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
     att = attribute_all(j.lives, ctx)
     ended, copies, counted, failed = att.ended, att.copies, att.counted, att.failed

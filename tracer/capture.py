@@ -36,8 +36,14 @@ ALWAYS_WRITTEN = frozenset((ev.TRACER_NOTE, ev.CHILD_START, ev.CHILD_EXIT, ev.SE
 #: Sampled or cumulative kinds: after the bound, downsampled per key (None: one key; "pid": per process).
 SAMPLED = {ev.SERVER_COUNT: None, ev.BPF_STATS: None, ev.GC_COUNTS: "pid"}
 #: Kernel lines read after the bound: connects (opened), closes (cause), close returns (wire).
-_COUNTED_KERNEL_KINDS = (ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_SOCK_CLOSE, ev.BPF_CONNECT, ev.BPF_SOCK_CONNECT)
+_COUNTED_KERNEL_KINDS = (ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_SOCK_CLOSE, ev.BPF_CONNECT, ev.BPF_SOCK_CONNECT,
+                         ev.BPF_WIRE)
 _CLOSE_LINE_PREFIXES = tuple('{"k":"%s"' % k for k in _COUNTED_KERNEL_KINDS)
+#: A mysql_close's records after its bpf_close: written past the bound when the bpf_close was.
+_CLOSE_TAIL = (ev.BPF_WIRE, ev.BPF_CLOSE_RET)
+#: Kernel batches written last, read when the bound is reached for closes still unfinished.
+_TAIL_BATCHES = 3
+_UNFINISHED_PREFIXES = ('{"k":"%s"' % ev.BPF_CLOSE, '{"k":"%s"' % ev.BPF_CLOSE_RET)
 
 
 def format_size(n):
@@ -45,7 +51,7 @@ def format_size(n):
     for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
         if n >= 1 << shift and n % (1 << shift) == 0:
             return "%d %s" % (n >> shift, unit)
-    return "%d bytes" % n
+    return "%d byte%s" % (n, "" if n == 1 else "s")
 
 
 class _Bound:
@@ -63,6 +69,7 @@ class _Bound:
         self.agent = collections.Counter()         # conn_close (explicit_close), conn_destroy per cause
         self.agent_gen = collections.Counter()
         self.last_sample = {}                      # (kind, key) -> t of the last one written
+        self.unfinished = set()                    # (pid, conn) of closes written whose return was not yet
         self.pending = {}                          # (kind, key) -> the latest one held back (written at close)
 
     def count_close(self, event):
@@ -86,18 +93,51 @@ class _Bound:
             if cause == ev.GC:
                 self.agent_gen[_gen_key(event.get("gen"))] += 1
 
+    def finishes(self, event):
+        """True for the bpf_wire/bpf_close_ret of a close written before the bound: written too,
+        so that no close in the detail lacks its return (its wire verdict)."""
+        key = (event.get("pid"), event.get("conn"))
+        if key not in self.unfinished:
+            return False
+        if event.get("k") == ev.BPF_CLOSE_RET:
+            self.unfinished.discard(key)
+        self.not_written[event["k"]] -= 1
+        return True
+
     def count_lines(self, text):
-        """The close lines of a pre-encoded kernel batch (the fast path), read for their cause."""
-        for line in text.splitlines():
+        """The lines of a pre-encoded kernel batch (the fast path) past the bound: connects and
+        closes counted; the lines that finish a close of the detail returned, to be written."""
+        keep = []
+        for line in text.splitlines(True):
             if line.startswith(_CLOSE_LINE_PREFIXES):
                 try:
-                    self.count_close(json.loads(line))
+                    event = json.loads(line)
                 except ValueError:
-                    pass
+                    continue
+                if self.unfinished and event.get("k") in _CLOSE_TAIL and self.finishes(event):
+                    keep.append(line)
+                else:
+                    self.count_close(event)
+        return keep
+
+    def begun(self, texts):
+        """The closes of the last written batches still waiting for their return."""
+        for text in texts:
+            for line in text.splitlines():
+                if line.startswith(_UNFINISHED_PREFIXES):
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    key = (event.get("pid"), event.get("conn"))
+                    if event.get("k") == ev.BPF_CLOSE:
+                        self.unfinished.add(key)
+                    else:
+                        self.unfinished.discard(key)
 
     def trailer(self):
         return {"max_bytes": self.max_bytes, "reached_t": self.reached_t,
-                "not_written": dict(self.not_written),
+                "not_written": {k: n for k, n in self.not_written.items() if n},
                 "closes_after": {"kernel": {"by_cause": dict(self.kernel), "gc_by_generation": dict(self.kernel_gen),
                                             "wire": dict(self.kernel_wire), "opened": self.kernel_opened},
                                  "agent": {"by_cause": dict(self.agent), "gc_by_generation": dict(self.agent_gen),
@@ -123,6 +163,7 @@ class CaptureWriter:
         self.on_bound = on_bound
         self.bound = None          # a _Bound once reached
         self._queued = 0           # bytes written or queued (the JSON lines are ASCII: chars == bytes)
+        self._tail = collections.deque(maxlen=_TAIL_BATCHES)   # the last kernel batches written
         self._fd = open_private(path, force=force, owner=owner)
         self._lock = threading.Lock()
         self._buf = []
@@ -186,11 +227,17 @@ class CaptureWriter:
                 reached = self._reach()
                 self.bound.not_written.update(counts)
                 if any(k in counts for k in _COUNTED_KERNEL_KINDS):
-                    self.bound.count_lines(text)
+                    keep = self.bound.count_lines(text)
+                    if keep:
+                        self._buf.extend(keep)
+                        self._buf_events += len(keep)
+                        self._queued += sum(map(len, keep))
             else:  # a batch that starts under the bound is written whole (one chunk past it at most)
                 self._buf.append(text)
                 self._buf_events += n
                 self._queued += len(text)
+                if self.max_bytes:
+                    self._tail.append(text)
         self._reached(reached)
 
     def _reach(self, t=None):
@@ -199,6 +246,8 @@ class CaptureWriter:
         if self.bound is not None:
             return False
         self.bound = _Bound(self.max_bytes, t if type(t) is int else ev.now_ns())
+        self.bound.begun(self._tail)
+        self._tail.clear()
         return True
 
     def _reached(self, reached):
@@ -225,6 +274,8 @@ class CaptureWriter:
             bound.pending[key] = line   # the latest is kept: written at close if no later one is
             return False
         bound.not_written[kind] += 1
+        if bound.unfinished and kind in _CLOSE_TAIL and bound.finishes(event):
+            return True
         bound.count_close(event)
         return False
 

@@ -40,7 +40,7 @@ def test_the_report_counts_the_ends_after_the_bound_and_says_where_it_is(tmp_pat
     assert r.bound["t_s"] == 0.4 and r.bound["opened_after"] == 1
     assert r.com_quit.wire["confirmed"] == 5
     line = next(x for x in r.summary if x.startswith("Capture bound reached"))
-    assert line.startswith("Capture bound reached at +0.400 s (--max-capture 1 bytes): ")
+    assert line.startswith("Capture bound reached at +0.400 s (--max-capture 1 byte): ")
     assert "after it 1 opened and connection ends by cause (the kernel's): refcount 2, gc 1 (gen 2: 1)" in line
     text = render([r], "text")
     assert "Capture bound reached at +0.400 s" in text
@@ -61,3 +61,26 @@ def test_without_the_bound_the_report_has_no_bound(tmp_path):
     assert r.bound is None
     assert "bound" not in json.loads(render([r], "json"))
     assert not any("bound" in x for x in r.summary)
+
+
+def test_agent_records_written_before_their_kernel_twins_were_counted_are_counted_once(tmp_path):
+    # The agent's channel and the ring buffer arrive at their own pace: here the agent's
+    # conn_destroy of ``a`` and conn_open of ``f`` are written, then the bound is reached and
+    # the kernel's bpf_close of ``a`` and bpf_connect of ``f`` are counted, not written.
+    s = SynthCapture(str(tmp_path / "late.tqcap"))
+    a = s.open(0.1)
+    f = s.new_conn()
+    s._agent({"k": ev.CONN_DESTROY, "t": s.ns(0.5), "pid": s.pid, "tid": s.pid, "conn": a, "cause": ev.REFCOUNT,
+              "gen": None, "cid": None})
+    s._agent({"k": ev.CONN_OPEN, "t": s.ns(0.6), "pid": s.pid, "tid": s.pid, "conn": f, "stack": [],
+              "thread": "MainThread"})
+    s.w.max_bytes = 1
+    s._bpf({"k": ev.BPF_CLOSE, "t": s.ns(0.5001), "pid": s.pid, "tid": s.pid, "conn": a, "cause": ev.REFCOUNT,
+            "gen": None, "self": 0, "sock": True, "last_errno": 0, "eof": False})
+    s._bpf({"k": ev.BPF_CONNECT, "t": s.ns(0.5999), "pid": s.pid, "tid": s.pid, "conn": f, "ok": True,
+            "t0": s.ns(0.59), "fd": 9})
+    s.close(0.7, f, ev.REFCOUNT)
+    r = build_report(load(s.finish(1.0)))
+    assert r.bound["closes_after"] == {"refcount": 2} and r.bound["opened_after"] == 1
+    assert r.com_quit.by_cause["refcount"] == 2 and r.connections.com_quit == 2
+    assert r.connections.opened == 2 and r.connections.never_closed == 0

@@ -1,5 +1,6 @@
 """The capture writer: private file, never clobbers, readable while still being written."""
 
+import json
 import os
 import stat
 import time
@@ -180,3 +181,38 @@ def test_format_size_says_the_bound_as_given():
 
     assert [format_size(n) for n in (1 << 30, 500 << 20, 64 << 10, 1000)] == ["1 GiB", "500 MiB", "64 KiB",
                                                                             "1000 bytes"]
+
+
+def _ret_line(i, t=6000):
+    return ev.encode({"k": ev.BPF_CLOSE_RET, "t": t + i, "src": "bpf", "pid": 7, "tid": 7, "conn": i,
+                      "wire": "confirmed", "sends": 1, "t0": t, "send_err": 0, "tcp_from": None, "tcp_to": None,
+                      "fin_first": None})
+
+
+def _wire_line(i):
+    return ev.encode({"k": ev.BPF_WIRE, "t": 5500 + i, "src": "bpf", "pid": 7, "tid": 7, "conn": i, "fd": 5, "len": 5,
+                      "head": "0100000001", "quit": True, "tls": False, "ret": 5})
+
+
+def test_a_close_written_before_the_bound_keeps_its_return(tmp_path):
+    # A mysql_close's records can straddle two ring buffer batches: the close written, the bound
+    # reached, its wire send and return in the next batch. They are written too (its wire verdict
+    # is the detail's), and a close counted after the bound is counted with its own return.
+    path = str(tmp_path / "c.tqcap")
+    first = _bpf_close_line(1, "gc", 2) + _bpf_close_line(2, "refcount", None) + _ret_line(2)
+    w = CaptureWriter(path, max_bytes=1)
+    w.write_header({})
+    w.max_bytes = os.path.getsize(path) + len(first)   # the first batch fills it exactly
+    w.emit_text(first, {ev.BPF_CLOSE: 2, ev.BPF_CLOSE_RET: 1})
+    w.emit_text(_wire_line(1) + _ret_line(1) + _bpf_close_line(3, "shutdown", None) + _wire_line(3) + _ret_line(3),
+                {ev.BPF_WIRE: 2, ev.BPF_CLOSE_RET: 2, ev.BPF_CLOSE: 1})
+    w.emit(ev.check(json.loads(_ret_line(1, t=7000))))   # a second return for conn 1: not the detail's
+    w.close({})
+    cap = load(path)
+    written = [(e["k"], e["conn"]) for e in cap.events]
+    assert written == [("bpf_close", 1), ("bpf_close", 2), ("bpf_close_ret", 2), ("bpf_wire", 1),
+                       ("bpf_close_ret", 1)]
+    bound = cap.trailer["bound"]
+    assert bound["not_written"] == {"bpf_close": 1, "bpf_wire": 1, "bpf_close_ret": 2}
+    assert bound["closes_after"]["kernel"]["by_cause"] == {"shutdown": 1}
+    assert bound["closes_after"]["kernel"]["wire"] == {"confirmed": 2}
