@@ -51,6 +51,8 @@ def add_to_totals(info: Dict[str, Any], by_cause: Counter, gc_gen: Counter, wire
     """The counted ends join the report's totals by cause (gc by generation, the kernel's wire verdicts)."""
     if info["closes_after_from"] == "kernel":
         wire.update(info["closes_after_wire"])
+    else:  # the agent alone does not see the wire
+        wire[ev.WIRE_UNOBSERVED] += sum(info["closes_after"].values())
     for cause, n in info["closes_after"].items():
         by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
     for gen, n in info["closes_after_gc_by_generation"].items():
