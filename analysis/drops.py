@@ -61,6 +61,10 @@ def plural(n: int, word: str, words: Optional[str] = None) -> str:
     return "%s %s" % (fmt_int(n), word if n == 1 else (words or word + "s"))
 
 
+#: The origin of a connection open when ``--pid`` attached (the agent's conn_open.origin).
+ORIGIN_BEFORE_ATTACH = "before attach"
+
+
 class Origins:
     """Where a group of connections came from: Engines by call site, else their open site."""
 
@@ -89,6 +93,8 @@ class Origins:
         e = life.family.agent_open  # a fork copy: where its parent opened it
         if e is None:
             return None
+        if e.get("before_attach") is True:  # --pid: open when the agent came in (tracer/agent/attach.py)
+            return ORIGIN_BEFORE_ATTACH
         return relative_site(app_frame(e.get("stack")), self.cwd)
 
     def engine_site(self, life: Life) -> Optional[str]:

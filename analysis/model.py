@@ -198,11 +198,11 @@ class Quit:
 
     __slots__ = ("t_s", "pid", "tid", "conn", "cause", "generation", "collection", "wire",
                  "thread", "engine_site", "opened_t_s", "stack", "reason", "closed_by", "evidence",
-                 "counted", "inherited_from", "counted_pid")
+                 "counted", "inherited_from", "counted_pid", "origin")
 
     def __init__(self, t_s, pid, tid, conn, cause, generation, collection, wire, thread,
                  engine_site, opened_t_s, stack, reason, closed_by, evidence=None, counted=True,
-                 inherited_from=None, counted_pid=None):
+                 inherited_from=None, counted_pid=None, origin=None):
         self.t_s = t_s
         self.pid = pid
         self.tid = tid
@@ -219,6 +219,7 @@ class Quit:
         self.closed_by = closed_by
         self.evidence = evidence              # server cause: evidence types (attribute.SERVER_EVIDENCE)
         self.counted = counted                # False: a fork copy whose connection's end is counted elsewhere
+        self.origin = origin                  # "before attach": open when --pid attached (else None)
         self.inherited_from = inherited_from  # a forked child's handle: the parent pid
         self.counted_pid = counted_pid        # not counted: the pid whose end of the connection is
 
@@ -278,6 +279,7 @@ class Report:
     no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
     gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
     processes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # by_process(): per traced pid
+    bound: Optional[Dict[str, Any]] = None  # --max-capture reached: analysis/bound.py (None: not reached)
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

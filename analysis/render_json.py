@@ -14,9 +14,9 @@ MULTI_SCHEMA = "trace-quit/reports/1"
 
 
 def to_dict(r: Report) -> Dict[str, Any]:
-    """One report as the contract's JSON object."""
+    """One report as the contract's JSON object (``bound`` only when the capture reached it)."""
     p, L, c, q, g = r.program, r.layers, r.connections, r.com_quit, r.gc
-    return {
+    doc = {
         "schema": SCHEMA,
         "program": {"argv": p.argv, "exit_status": p.exit_status, "duration_s": p.duration_s,
                     "pid": p.pid, "python": p.python, "modules": p.modules, "attached": p.attached,
@@ -73,14 +73,20 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
         "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
     }
+    if r.bound is not None:  # --max-capture reached (analysis/bound.py); absent otherwise
+        doc["bound"] = dict(r.bound)
+    return doc
 
 
 def _quit(x) -> Dict[str, Any]:
-    return {"t_s": x.t_s, "pid": x.pid, "tid": x.tid, "conn": "0x%x" % x.conn if isinstance(x.conn, int) else x.conn,
-            "cause": x.cause, "generation": x.generation, "collection": x.collection, "wire": x.wire,
-            "thread": x.thread, "engine_site": x.engine_site, "opened_t_s": x.opened_t_s, "stack": x.stack,
-            "reason": x.reason, "closed_by": x.closed_by, "evidence": x.evidence, "counted": x.counted,
-            "inherited_from": x.inherited_from, "counted_pid": x.counted_pid}
+    doc = {"t_s": x.t_s, "pid": x.pid, "tid": x.tid, "conn": "0x%x" % x.conn if isinstance(x.conn, int) else x.conn,
+           "cause": x.cause, "generation": x.generation, "collection": x.collection, "wire": x.wire,
+           "thread": x.thread, "engine_site": x.engine_site, "opened_t_s": x.opened_t_s, "stack": x.stack,
+           "reason": x.reason, "closed_by": x.closed_by, "evidence": x.evidence, "counted": x.counted,
+           "inherited_from": x.inherited_from, "counted_pid": x.counted_pid}
+    if x.origin is not None:  # "before attach" (--pid); absent otherwise
+        doc["origin"] = x.origin
+    return doc
 
 
 def render(reports: Sequence[Report]) -> str:

@@ -145,7 +145,10 @@ def _one(o: _Out, r: Report) -> None:
             nq.without_quit - nq.by_cause.get("never_closed", 0)))
     if c.server:
         extra.append("%s ended by the server" % fmt_int(c.server))
-    if c.open_at_end:
+    if c.open_at_end and r.bound is not None:  # --max-capture: their ends may be among the counted
+        extra.append("%s with no end in the detail (open at the bound: ended after it, or never)"
+                     % fmt_int(c.open_at_end))
+    elif c.open_at_end:
         extra.append("%s still open when the capture stopped" % fmt_int(c.open_at_end))
     if c.opened_before_capture:
         extra.append("%s opened before the capture" % fmt_int(c.opened_before_capture))

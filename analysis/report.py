@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from trace_quit.tracer import events as ev
 
 from . import aborted as abortedlib
+from . import bound as boundlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
@@ -129,15 +130,21 @@ def build_report(capture: Capture) -> Report:
     finished = trailer is not None or j.child_exit is not None
     end_all = j.child_exit[0] if j.child_exit else (trailer["t"] if trailer else j.t_last)
 
+    # --max-capture: past the bound the detail stops, so a connection with no end in it may have
+    # ended among the counted ones: never_closed only from a process end that is in the detail.
+    bound = boundlib.read(trailer, layers.bpf)
+
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
         if t is not None:
             return t
-        if finished:
+        if finished and bound is None:
             return end_all
         return None
 
     ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+    if bound is not None:
+        j.lives = boundlib.hold_back_late_agent_records(j.lives, capture.events, bound)
     # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
     att = attribute_all(j.lives, ctx)
     ended, copies, counted, failed = att.ended, att.copies, att.counted, att.failed
@@ -148,6 +155,11 @@ def build_report(capture: Capture) -> Report:
     by_cause = Counter(lf.cause for lf in ended)
     gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
     wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
+    if bound is not None:
+        boundlib.add_to_totals(bound, by_cause, gc_gen, wire)
+        bound["t_s"] = to_s(bound["reached_t"]) if type(bound["reached_t"]) is int else None
+        bound["open_at_bound"] = att.open_at_end
+        opened += bound["opened_after"]
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
     connections = Connections(
@@ -234,7 +246,8 @@ def build_report(capture: Capture) -> Report:
             closed_by=lf.pool_end and ("pool " + lf.pool_end), evidence=lf.server_evidence,
             counted=lf.copy_of is None,
             inherited_from=lf.inherited_from.pid if lf.inherited_from is not None else None,
-            counted_pid=lf.copy_of.pid if lf.copy_of is not None else None))
+            counted_pid=lf.copy_of.pid if lf.copy_of is not None else None,
+            origin=dropslib.ORIGIN_BEFORE_ATTACH if origins.open_site(lf) == dropslib.ORIGIN_BEFORE_ATTACH else None))
     end_s = max(duration_s or 0.0, quits[-1].t_s if quits else 0.0)
     bin_s, bins = quit_histogram([(q.t_s, quit_key(q.cause, q.generation)) for q in quits if q.counted], end_s)
     timeline = Timeline(
@@ -267,6 +280,9 @@ def build_report(capture: Capture) -> Report:
             ended_by = dropslib.plural(connections.com_quit, "ended", "ended")
             summary[at] = summary[at].replace(", %s:" % said, ", %s by the client (%s with COM_QUIT):" % (
                 ended_by, dropslib.fmt_int(connections.com_quit - unsent)), 1)
+    if bound is not None:  # right after the counts it is part of
+        bound["text"] = boundlib.line(bound)
+        summary.insert(at + 1 if at is not None else here, bound["text"])
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -274,7 +290,7 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(quits, j))
+        processes=by_process(quits, j), bound=bound)
 
 
 def by_process(quits, j: Joined) -> List[Dict[str, Any]]:

@@ -42,7 +42,7 @@ class SynthCapture:
 
     def __init__(self, path: str, layers: Sequence[str] = ("agent", "bpf"), wire: bool = True,
                  sampler: bool = False, pid: int = 4242, argv: Optional[List[str]] = None,
-                 batch_agent: int = 0, cwd: str = "/srv/app", declare_layers: bool = True):
+                 batch_agent: int = 0, cwd: str = "/srv/app", declare_layers: bool = True, max_bytes: int = 0):
         self.path = path
         self.agent = "agent" in layers
         self.bpf = "bpf" in layers
@@ -56,7 +56,7 @@ class SynthCapture:
         self._ids = itertools.count(0x7F0000001000, 0x1000)
         self._engines = itertools.count(0x7E0000000010, 0x10)
         self._fds = itertools.count(6)
-        self.w = CaptureWriter(path)
+        self.w = CaptureWriter(path, max_bytes=max_bytes)  # max_bytes: --max-capture's bound
         argv = argv or ["python", "app.py"]
         header = {"argv": argv, "tracer": {"version": "0.1.0", "pid": 1, "python": "3.11.2",
                                            "argv": ["trace-quit", "--"] + argv},

@@ -89,6 +89,9 @@ class RunCommand:
         parser.add_argument("--pid", type=int, help="attach to this running Python process (and its children) "
                             "instead: eBPF plus the agent, injected; until it exits, --duration or Ctrl-C")
         parser.add_argument("--duration", type=_duration, help="--pid: stop after this long (10m, 90s, 1h)")
+        parser.add_argument("--max-capture", type=_size, default=None, metavar="SIZE",
+                            help="bound the capture (500M, 2G, 64K; 0: unbounded; default 1G): past it, "
+                                 "events are counted in the trailer instead of written")
         parser.add_argument("--inject-timeout", type=float, default=None, metavar="SECONDS",
                             help="--pid: give up injecting the agent after this long (default 5)")
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
@@ -159,7 +162,7 @@ class RunCommand:
                 use_bpf, targets = False, None
         options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
-                             run_as=run_as, status=not args.quiet)
+                             run_as=run_as, status=not args.quiet, max_capture=_max_capture(args))
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
         # program that never started is removed, but only one this run created.
@@ -227,7 +230,7 @@ class RunCommand:
         targets = _resolve_running_targets(args.pid, cmdline)
         options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
-                             status=not args.quiet, duration=args.duration)
+                             status=not args.quiet, duration=args.duration, max_capture=_max_capture(args))
         if not args.no_agent and py_target.unsupported:
             _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (args.pid, py_target.unsupported))
         if args.no_agent or py_target.unsupported:
@@ -308,6 +311,32 @@ def _duration(text):
     if value <= 0:
         raise argparse.ArgumentTypeError("a duration must be positive")
     return value
+
+
+def _size(text):
+    """--max-capture: bytes, or a number with K/M/G (binary units); 0 is unbounded."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    spelled = text.strip().lower()
+    for suffix in ("ib", "b"):
+        if spelled.endswith(suffix) and spelled[:-len(suffix)][-1:] in units:
+            spelled = spelled[:-len(suffix)]
+    try:
+        if spelled[-1:] in units:
+            value = float(spelled[:-1]) * units[spelled[-1]]
+        else:
+            value = float(spelled)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a size (examples: 500M, 2G, 64K; 0 for no bound)" % text) from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError("a size cannot be negative")
+    return int(value)
+
+
+def _max_capture(args):
+    """The bound in bytes: --max-capture, else the default (1 GiB)."""
+    from trace_quit.tracer.capture import DEFAULT_MAX_BYTES
+
+    return DEFAULT_MAX_BYTES if args.max_capture is None else args.max_capture
 
 
 def _proc_cmdline(pid):

@@ -170,6 +170,10 @@ TRACER_NOTE = "note"             # level, text: something the user should know (
 
 #: The trailer's kind: its presence means the capture was finished cleanly.
 TRAILER = "trailer"
+# trailer.bound (--max-capture, tracer/capture.py), present only when the bound was reached:
+# {"max_bytes": n, "reached_t": ns, "not_written": {kind: n}, "closes_after": {"kernel":
+# {"by_cause": {cause: n}, "gc_by_generation": {"2": n, "unknown": n}, "wire": {state: n}},
+# "agent": {"by_cause": {...}, "gc_by_generation": {...}}}}: what was counted, not written.
 
 class SchemaError(ValueError):
     """A record that does not match its kind's declared fields."""
@@ -295,7 +299,7 @@ KINDS = {
     CHILD_EXIT: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), F("status", INT, null=True), _opt("attached", BOOL))),
     TRACER_NOTE: (SRC_TRACER, _GLOBAL_COMMON + (F("level", STR), F("text", STR))),
     TRAILER: (SRC_TRACER, (F("t", INT), F("counts", DICT), _opt("exit_status", INT, null=True),
-                           _opt("lost", DICT), _opt("timings", DICT))),
+                           _opt("lost", DICT), _opt("timings", DICT), _opt("bound", DICT, since=2))),
 }
 
 #: The sources a kind may come from (its declared source unless listed here). A kernel or

@@ -44,6 +44,7 @@ class RunOptions:
     run_as: Optional[RunAs] = None
     status: bool = True
     duration: Optional[float] = None   # --pid: stop tracing after this many seconds
+    max_capture: int = 0               # --max-capture: the capture's bound in bytes (0: none)
 
 
 @dataclasses.dataclass
@@ -84,6 +85,7 @@ class Recorder:
         self.agent_missing = {}   # pid -> why the agent did not load there
         # Each sees every event too (observe(event), observe_text(lines), finish()): tracer/metrics.py.
         self.observers: List = []
+        self.t_started_ns = None   # the report's time origin (child_start), for the bound's note
 
     # --- events from every source pass through here ------------------------------
     def emit(self, event):
@@ -100,6 +102,19 @@ class Recorder:
         self.writer.emit_text(text, counts)
         for observer in self.observers:
             observer.observe_text(text)
+
+    def _new_writer(self, run_as):
+        opts = self.options
+        return CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid),
+                             max_bytes=opts.max_capture, on_bound=self._bound_reached)
+
+    def _bound_reached(self, t_ns, max_bytes):
+        """The capture reached --max-capture: said once, in the capture and on stderr."""
+        from trace_quit.tracer.capture import format_size
+
+        since = (t_ns - self.t_started_ns) / 1e9 if self.t_started_ns is not None else 0.0
+        self.note("capture reached its %s bound at +%.1fs; from now on events are counted, not written "
+                  "(--max-capture)" % (format_size(max_bytes), since), level="info")
 
     def note(self, text, level="warning"):
         self.notes.append(text)
@@ -150,7 +165,7 @@ class Recorder:
             self.child = CorkedChild(opts.argv, env, run_as)
             with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
-            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            self.writer = self._new_writer(run_as)
             try:
                 self.writer.write_header(self._header(run_as))
             except OSError as exc:  # before the program runs: one line, the program not started
@@ -162,7 +177,8 @@ class Recorder:
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             with _signals_blocked():  # the last check and the release are one step
                 self._checkpoint()
-                self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER,
+                self.t_started_ns = ev.now_ns()
+                self.writer.emit({"k": ev.CHILD_START, "t": self.t_started_ns, "src": ev.SRC_TRACER,
                                   "pid": self.child.pid, **self.timings})
                 self.child.release()
                 self.started = True
@@ -197,7 +213,7 @@ class Recorder:
         previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
         status = None
         try:
-            self.writer = CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid))
+            self.writer = self._new_writer(run_as)
             try:
                 self.writer.write_header(self._header(run_as, pid=pid))
             except OSError as exc:
@@ -210,7 +226,8 @@ class Recorder:
             self._start_threads()
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
             # The report's time origin: tracing starts now (the program started earlier).
-            self.writer.emit({"k": ev.CHILD_START, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
+            self.t_started_ns = ev.now_ns()
+            self.writer.emit({"k": ev.CHILD_START, "t": self.t_started_ns, "src": ev.SRC_TRACER, "pid": pid,
                               "attached": True, **self.timings})
             t_started = time.monotonic()
             self._attached_started(pid)

@@ -435,3 +435,64 @@ def test_tracer_interrupted_mid_injection_leaves_the_program_running(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- PyMySQL connections open before attach ----------------------------------------------------
+
+PYMYSQL_BEFORE = r'''
+import os, sys, time, pymysql
+from trace_quit.workloads import dsn
+kw = dsn.parse(sys.argv[1])
+flags = sys.argv[2]
+def flag(name):
+    return os.path.exists(os.path.join(flags, name))
+closed_later = pymysql.connect(**kw)    # open before attach, close() after: a COM_QUIT
+dropped_later = pymysql.connect(**kw)   # open before attach, its last reference dropped after: none
+open(os.path.join(flags, "ready"), "w").close()
+while not flag("go"):
+    time.sleep(0.05)
+closed_later.close()
+del dropped_later
+open(os.path.join(flags, "done"), "w").close()
+while not flag("stop"):
+    time.sleep(0.05)
+'''
+
+
+def test_pymysql_connections_open_before_attach_are_attributed(bpf_server, tmp_path):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    script = tmp_path / "before.py"
+    script.write_text(PYMYSQL_BEFORE)
+    program = subprocess.Popen([PYTHONS["debian"], str(script), bpf_server.dsn_tcp, str(flags)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (flags / "ready").exists():
+            assert time.monotonic() < deadline and program.poll() is None
+            time.sleep(0.05)
+        log_from = bpf_server.general_log_size()
+        capture = str(tmp_path / "before.tqcap")
+        tracer = attach(program.pid, capture)
+        wait_for(capture, b"agent injected into process %d" % program.pid, tracer)
+        (flags / "go").write_text("")
+        deadline = time.monotonic() + 30
+        while not (flags / "done").exists():
+            assert time.monotonic() < deadline and program.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(tracer.pid, signal.SIGINT)
+        _, err = tracer.communicate(timeout=120)
+        assert tracer.returncode == 0, err
+    finally:
+        (flags / "stop").write_text("")
+        program.wait(30)
+    log = bpf_server.general_log(log_from)
+    assert [command for _, command, _ in log if command in ("Connect", "Quit")] == ["Quit"]
+    opens = [e for e in load_events(capture).events if e.get("k") == "conn_open"]
+    assert len(opens) == 2 and all(e["driver"] == "pymysql" and e["before_attach"] for e in opens)
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    quits = sorted((q["cause"], q.get("origin")) for q in report["quits"])
+    assert quits == [("explicit_close", "before attach"), ("refcount", "before attach")]
+    assert {c: n for c, n in report["com_quit"]["by_cause"].items() if n} == {"explicit_close": 1, "refcount": 1}
+    assert report["no_quit"]["without_quit"] == 1   # PyMySQL's destructor sends no COM_QUIT

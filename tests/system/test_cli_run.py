@@ -126,7 +126,8 @@ def test_no_password_anywhere_in_a_bpf_capture_or_its_reports(server, tmp_path):
     assert len(dump.stdout.splitlines()) == len(open(capture).read().splitlines())
 
 
-def test_pid_attaches_to_a_running_program(server, tmp_path):
+@pytest.mark.parametrize("max_capture", [None, "1"])  # "1": every event past the header is counted, not written
+def test_pid_attaches_to_a_running_program(server, tmp_path, max_capture):
     go = tmp_path / "go"
     prog = tmp_path / "running.py"
     prog.write_text(
@@ -145,7 +146,7 @@ def test_pid_attaches_to_a_running_program(server, tmp_path):
     program = subprocess.Popen([sys.executable, str(prog), server.dsn_socket, str(go)])
     capture = str(tmp_path / "pid.tqcap")
     tracer = subprocess.Popen(TRACE_QUIT + ["--pid", str(program.pid), "--no-agent", "--quiet", "--format", "none",
-                               "-o", capture],
+                               "-o", capture] + (["--max-capture", max_capture] if max_capture else []),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # attached once the capture holds its start event
@@ -164,6 +165,12 @@ def test_pid_attaches_to_a_running_program(server, tmp_path):
     by_cause = report["com_quit"]["by_cause"]
     assert (by_cause["explicit_close"], by_cause["refcount"], by_cause["gc"]) == (5, 3, 2)
     assert report["com_quit"]["wire"]["confirmed"] == 10
+    if max_capture:  # --pid honours --max-capture: the kernel's closes counted by cause, none written
+        assert "capture reached its 1 byte bound" in err
+        assert report["bound"]["closes_after"] == {"explicit_close": 5, "refcount": 3, "gc": 2}
+        assert [e for e in cap.events if e["k"] == "bpf_close"] == []
+    else:
+        assert "bound" not in report and len([e for e in cap.events if e["k"] == "bpf_close"]) == 10
 
 
 def test_pid_of_no_process_is_one_line(tmp_path):

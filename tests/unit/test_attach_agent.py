@@ -93,3 +93,64 @@ def test_attach_sees_each_engine_once_and_stop_undoes_it(when, tmp_path):
     else:
         assert after["methods"]["Engine.__init__"]["file"].endswith("base.py")
         assert after["methods"]["Engine.dispose"]["file"].endswith("base.py")
+
+
+PYMYSQL_CHILD = textwrap.dedent('''
+    import importlib, importlib.util, json, os, socket, sys
+    import pymysql
+    agent_dir, fifo = sys.argv[1:3]
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    # Open before attach (a socket pair stands for the server: no server here), one closed
+    # before attach, and one never connected.
+    open_one = pymysql.connections.Connection(defer_connect=True)
+    ours, theirs = socket.socketpair()
+    open_one._sock = ours
+    open_one._rfile = ours.makefile("rb")
+    open_one._current_timeout = None              # what connect() would have set
+    closed_one = pymysql.connections.Connection(defer_connect=True)
+    spec = importlib.util.spec_from_file_location(
+        "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"), submodule_search_locations=[agent_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_trace_quit_agent"] = module
+    spec.loader.exec_module(module)
+    attach = importlib.import_module("_trace_quit_agent.attach")
+    status = attach.start(fifo)
+    again = attach.CURRENT.announce_existing()    # a second scan: nothing new
+    open_one.close()                              # after attach: COM_QUIT, then the socket closes
+    quit_bytes = theirs.recv(64).hex()
+    attach.stop()
+    data = b""
+    while True:
+        try:
+            chunk = os.read(reader, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    print(json.dumps({"status": status, "again": list(again), "ino": os.fstat(theirs.fileno()).st_ino,
+                      "quit": quit_bytes, "events": [json.loads(line) for line in data.decode().splitlines()]}))
+''')
+
+
+def test_attach_announces_a_pymysql_connection_open_before_it(tmp_path):
+    pytest.importorskip("pymysql", reason="PyMySQL is not installed (the 'workloads' extra)")
+    fifo = tmp_path / "channel"
+    os.mkfifo(fifo, 0o600)
+    child = tmp_path / "child.py"
+    child.write_text(PYMYSQL_CHILD)
+    proc = subprocess.run([sys.executable, str(child), agent_pkg.AGENT_DIR, str(fifo)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"]["connections"] == 1, out["status"]
+    assert out["again"] == [0, 0]
+    assert out["quit"] == "0100000001"
+    opens = [e for e in out["events"] if e["k"] == "conn_open"]
+    assert len(opens) == 1
+    o = opens[0]
+    assert o["driver"] == "pymysql" and o["origin"] == "before attach" and o["before_attach"] is True
+    assert o["stack"] == [] and o["thread"] == ""
+    closes = [e for e in out["events"] if e["k"] == "conn_close"]
+    assert len(closes) == 1 and closes[0]["conn"] == o["conn"] and closes[0]["quit"] is True
+    assert [e for e in out["events"] if e["k"] == "conn_destroy"] == []

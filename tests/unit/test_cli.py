@@ -81,3 +81,11 @@ def test_report_files_are_private_and_never_clobbered(capsys, tmp_path):
         code, _, err = run_cli(capsys, "report", capture, "--format", fmt, "-o", str(out))
         assert code == 73 and "--force" in err
     assert '"schema": "trace-quit/report/1"' in (tmp_path / "report.json").read_text()
+
+
+@pytest.mark.parametrize("value", ["12Q", "-1G", "lots"])
+def test_a_bad_max_capture_is_one_argparse_error(capsys, value):
+    code, _, err = run_cli(capsys, "--no-bpf", "--max-capture=" + value, "--", "true")
+    assert code == 2
+    assert "--max-capture" in err and ("is not a size" in err or "cannot be negative" in err)
+    assert "Traceback" not in err

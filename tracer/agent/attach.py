@@ -10,8 +10,9 @@ by ``Agent.stop()`` (gc.callbacks entry, import hook, atexit handler, every wrap
 the channel fds; the fork handler Python cannot unregister does nothing after it). What is
 attach-specific lives here:
 
-* what was there before: live MySQLdb connections and SQLAlchemy Engines are found once with
-  ``gc.get_objects()`` and announced with the origin "before attach";
+* what was there before: live MySQLdb and PyMySQL connections and SQLAlchemy Engines are
+  found once with ``gc.get_objects()`` and announced with the origin "before attach" (a
+  PyMySQL one keyed by its socket's inode, as the Tracker keys those opened later);
 * Engines created after attach are seen at ``Engine.__init__`` rather than ``create_engine``:
   a running service bound ``create_engine`` into its own module at import time
   (``from sqlalchemy import create_engine``), so a new module attribute would never be
@@ -33,6 +34,7 @@ from _trace_quit_agent import runtime
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
+PYMYSQL_MODULE = "pymysql.connections"
 
 #: The running attachment in this process (one at a time), or None.
 CURRENT = None
@@ -60,12 +62,17 @@ class Attachment:
         connections = engines = 0
         conn_cls = _class_of(runtime.CONNECTION_MODULE, "Connection")
         engine_cls = _class_of(ENGINE_MODULE, "Engine")
-        if conn_cls is None and engine_cls is None:
+        # PyMySQL's, when the program imported it (its hooks went in at start: agent.pymysql).
+        pymysql_cls = _class_of(PYMYSQL_MODULE, "Connection") if agent.pymysql is not None else None
+        if conn_cls is None and engine_cls is None and pymysql_cls is None:
             return 0, 0
         for obj in gc.get_objects():
             try:
                 if conn_cls is not None and isinstance(obj, conn_cls):
                     if self._announce_connection(obj):
+                        connections += 1
+                elif pymysql_cls is not None and isinstance(obj, pymysql_cls):
+                    if self._announce_pymysql(obj):
                         connections += 1
                 elif engine_cls is not None and type(obj) is engine_cls:
                     ref = agent.engines.get(id(obj))
@@ -97,6 +104,16 @@ class Attachment:
         agent.emit(agent.ev.CONN_OPEN, conn=addr, stack=[], origin=ORIGIN_BEFORE_ATTACH,
                    before_attach=True, thread="", **info)
         return True
+
+    def _announce_pymysql(self, conn):
+        """A PyMySQL connection open now (its socket not None): tracked by its socket's inode,
+        as one opened after attach would be (tracer/agent/pymysql.py: Tracker.register)."""
+        tracker = self.agent.pymysql
+        if getattr(conn, "_sock", None) is None:
+            return False  # closed (or never connected): no COM_QUIT to come
+        if tracker.conn_of(conn) is not None:
+            return False  # connected by another thread since the hooks went in: announced already
+        return tracker.register(conn, [], "", origin=ORIGIN_BEFORE_ATTACH, before_attach=True)
 
     # --- pools --------------------------------------------------------------------------------
     def listen_pool(self, engine_id, pool):

@@ -67,15 +67,20 @@ class Tracker:
         return entry
 
     def on_connect(self, obj):
+        self.register(obj, self.agent.stack(3), self.agent.thread_name())  # the same depth as before
+
+    def register(self, obj, stack, thread, **extra):
+        """Track ``obj``'s open socket and say ``conn_open``; False when it has none (closed).
+        ``extra``: attach's origin "before attach" (tracer/agent/attach.py)."""
         agent = self.agent
         sock = getattr(obj, "_sock", None)
         if sock is None:
-            return
+            return False
         ino, fd = self.socket_key(sock)
         if ino is None:
-            return
+            return False
         self.live[id(obj)] = (sock, ino, fd)
-        info = {}
+        info = dict(extra)
         for key, attr in (("host", "host"), ("port", "port"), ("user", "user"), ("db", "db"),
                           ("unix_socket", "unix_socket")):
             value = getattr(obj, attr, None)
@@ -85,8 +90,9 @@ class Tracker:
                 info[key] = value if isinstance(value, (int, str)) else str(value)
         if info.get("unix_socket"):
             info.pop("port", None)
-        agent.emit(agent.ev.CONN_OPEN, conn=ino, driver=DRIVER, fd=fd, obj=id(obj),
-                       stack=agent.stack(3), thread=agent.thread_name(), **info)
+        agent.emit(agent.ev.CONN_OPEN, conn=ino, driver=DRIVER, fd=fd, obj=id(obj), stack=stack, thread=thread,
+                   **info)
+        return True
 
     def on_close(self, obj):
         entry = self._take(obj)
