@@ -17,7 +17,30 @@ from trace_quit.tracer import agent as agent_pkg
 
 pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed (the 'workloads' extra)")
 
-CHILD = textwrap.dedent('''
+# What both children do: load the agent package by path as the --pid bootstrap does (``attach``),
+# and read everything the agent wrote into their FIFO (``data``).
+LOAD_AGENT = """spec = importlib.util.spec_from_file_location(
+    "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"), submodule_search_locations=[agent_dir])
+module = importlib.util.module_from_spec(spec)
+sys.modules["_trace_quit_agent"] = module
+spec.loader.exec_module(module)
+attach = importlib.import_module("_trace_quit_agent.attach")"""
+DRAIN_CHANNEL = """data = b""
+while True:
+    try:
+        chunk = os.read(reader, 65536)
+    except BlockingIOError:
+        break
+    if not chunk:
+        break
+    data += chunk"""
+
+
+def _child(source):
+    return textwrap.dedent(source).replace("LOAD_AGENT", LOAD_AGENT).replace("DRAIN_CHANNEL", DRAIN_CHANNEL)
+
+
+CHILD = _child('''
     import importlib, importlib.util, json, os, sys
     agent_dir, fifo, when = sys.argv[1:4]
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -25,12 +48,7 @@ CHILD = textwrap.dedent('''
         import sqlalchemy
         from sqlalchemy import create_engine
         existing = create_engine("sqlite://")
-    spec = importlib.util.spec_from_file_location(
-        "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"), submodule_search_locations=[agent_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_trace_quit_agent"] = module
-    spec.loader.exec_module(module)
-    attach = importlib.import_module("_trace_quit_agent.attach")
+    LOAD_AGENT
     before = attach.inspect()
     status = attach.start(fifo)
     if when == "after":
@@ -44,15 +62,7 @@ CHILD = textwrap.dedent('''
     stopped = attach.stop()
     c = create_engine("sqlite://")              # after detach: unseen
     after = attach.inspect()
-    data = b""
-    while True:
-        try:
-            chunk = os.read(reader, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    DRAIN_CHANNEL
     events = [json.loads(line) for line in data.decode().splitlines()]
     print(json.dumps({"status": status, "stopped": stopped, "before": before, "during": during,
                       "after": after, "events": events}))
@@ -95,7 +105,7 @@ def test_attach_sees_each_engine_once_and_stop_undoes_it(when, tmp_path):
         assert after["methods"]["Engine.dispose"]["file"].endswith("base.py")
 
 
-PYMYSQL_CHILD = textwrap.dedent('''
+PYMYSQL_CHILD = _child('''
     import importlib, importlib.util, json, os, socket, sys
     import pymysql
     agent_dir, fifo = sys.argv[1:3]
@@ -108,26 +118,13 @@ PYMYSQL_CHILD = textwrap.dedent('''
     open_one._rfile = ours.makefile("rb")
     open_one._current_timeout = None              # what connect() would have set
     closed_one = pymysql.connections.Connection(defer_connect=True)
-    spec = importlib.util.spec_from_file_location(
-        "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"), submodule_search_locations=[agent_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_trace_quit_agent"] = module
-    spec.loader.exec_module(module)
-    attach = importlib.import_module("_trace_quit_agent.attach")
+    LOAD_AGENT
     status = attach.start(fifo)
     again = attach.CURRENT.announce_existing()    # a second scan: nothing new
     open_one.close()                              # after attach: COM_QUIT, then the socket closes
     quit_bytes = theirs.recv(64).hex()
     attach.stop()
-    data = b""
-    while True:
-        try:
-            chunk = os.read(reader, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    DRAIN_CHANNEL
     print(json.dumps({"status": status, "again": list(again), "ino": os.fstat(theirs.fileno()).st_ino,
                       "quit": quit_bytes, "events": [json.loads(line) for line in data.decode().splitlines()]}))
 ''')
