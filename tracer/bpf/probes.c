@@ -249,17 +249,17 @@ struct conn_key {
     u32 pad;
 };
 
+struct io_state {   // a read or write on a MySQL socket that saw the server's end
+    u64 conn;
+    u32 fd;
+    u8 op;          // OP_READ / OP_WRITE
+};
+
 struct conn_sock {
     u32 fd;
     u32 ended;      // EV_PEER_END was emitted: the close reports it (CLOSE_PEER_ENDED)
 };
 
-struct io_state {
-    u64 conn;
-    u64 len;
-    u32 fd;
-    u8 op;          // OP_READ / OP_WRITE
-};
 
 /* One bit per tgid up to PID_MAX_LIMIT (4194304 on 64-bit): 512 KiB. An array lookup is
  * inlined by the verifier (~10 ns against ~50 ns for a hash), and is_traced runs on every
@@ -278,7 +278,6 @@ BPF_TABLE("lru_hash", u32, struct close_state, in_close, 65536);    // tid ->
 BPF_TABLE("lru_hash", u32, struct connect_state, in_connect, 65536); // tid ->
 BPF_TABLE("lru_hash", struct sock_key, u64, socks, 65536);          // (tgid, fd) -> MYSQL* of a live connection
 BPF_TABLE("lru_hash", struct conn_key, struct conn_sock, conn_fds, 65536);  // (MYSQL*, tgid) -> its socket
-BPF_TABLE("lru_hash", u32, struct io_state, io_pending, 65536);     // tid -> read/write on a MySQL socket in flight
 BPF_TABLE("lru_hash", u64, u64, fin_in, 16384);                     // TCP sock -> when the peer's FIN came in (CLOSE_WAIT)
 BPF_PERCPU_ARRAY(counters, u64, 2);
 
@@ -771,29 +770,23 @@ static __always_inline u64 tp_u64(void *args, int off)
     return v;
 }
 
-/* A read or write on a live MySQL connection's socket (outside mysql_close): remember it
- * until the syscall returns, to see the server's EOF or a reset. */
-static __always_inline void io_enter(u64 fd, u64 len, u8 op)
+/* A system call's arguments, from the user registers saved at its entry (x86-64 syscall
+ * ABI: di, si, dx, r10, r8, r9); still there at its exit, which only sets ax. */
+static __always_inline u64 sys_arg(void *regs, int off)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct sock_key sk = {};
-    sk.tgid = id >> 32;
-    sk.fd = (u32)fd;
-    u64 *conn = socks.lookup(&sk);
-    if (!conn)
-        return;
-    u32 tid = (u32)id;
-    struct io_state io = {};
-    io.conn = *conn;
-    io.len = len;
-    io.fd = (u32)fd;
-    io.op = op;
-    io_pending.update(&tid, &io);
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)regs + off);
+    return v;
 }
+#define ARG0(r) sys_arg(r, 112)   /* di */
+#define ARG1(r) sys_arg(r, 104)   /* si */
+#define ARG2(r) sys_arg(r, 96)    /* dx */
 
-/* The exit of read/recvfrom/write/sendto/writev/sendmsg: a failed send inside mysql_close,
- * and the server's EOF / reset on a live connection's socket. */
-static __always_inline int io_exit(s64 ret)
+/* The exit of read/recvfrom/write/sendto/writev/sendmsg: a send inside mysql_close (its wire
+ * record), and the server's EOF / reset on a live connection's socket. Only those results
+ * look further, and they take the fd from the saved registers: nothing is stored at the
+ * entry of every read and write on a MySQL socket (tests/system/test_bpf_server_end.py). */
+static __always_inline int io_exit(s64 ret, void *regs, u8 op)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct close_state *st = in_close.lookup(&tid);
@@ -817,17 +810,21 @@ static __always_inline int io_exit(s64 ret)
         }
         return 0;
     }
-    struct io_state *io = io_pending.lookup(&tid);
-    if (!io)
-        return 0;
-    struct io_state cur = *io;
-    io_pending.delete(&tid);
-    if (!((cur.op == OP_READ && ret == 0 && cur.len > 0) || ret == -E_PIPE || ret == -E_CONNRESET || ret == -E_TIMEDOUT))
-        return 0;
-    // Once per connection: stop watching its fd; the close will carry CLOSE_PEER_ENDED.
+    if (!((op == OP_READ && ret == 0) || ret == -E_PIPE || ret == -E_CONNRESET || ret == -E_TIMEDOUT))
+        return 0;   // the common case: data moved
+    if (op == OP_READ && ARG2(regs) == 0)
+        return 0;   // a read of 0 bytes returns 0 without an EOF
+    struct io_state cur = {};
+    cur.fd = (u32)ARG0(regs);
+    cur.op = op;
     struct sock_key sk = {};
     sk.tgid = bpf_get_current_pid_tgid() >> 32;
     sk.fd = cur.fd;
+    u64 *conn = socks.lookup(&sk);
+    if (!conn)
+        return 0;   // not a live MySQL connection's socket
+    cur.conn = *conn;
+    // Once per connection: stop watching its fd; the close will carry CLOSE_PEER_ENDED.
     socks.delete(&sk);
     struct conn_key ck = {};
     ck.conn = cur.conn;
@@ -1103,7 +1100,7 @@ static __always_inline void msock_close(u64 fd)
  * per-syscall trace event (syscalls:sys_enter_write, ...) builds a perf record before the
  * program runs (~300 ns per hooked call, measured here) and each one is another probe to
  * tear down (~65 ms each). Arguments are read from the user registers saved at entry
- * (x86-64 syscall ABI: di, si, dx, r10, r8, r9). */
+ * (sys_arg, above). */
 #define NR_READ 0
 #define NR_WRITE 1
 #define NR_CLOSE 3
@@ -1112,16 +1109,6 @@ static __always_inline void msock_close(u64 fd)
 #define NR_SENDTO 44
 #define NR_RECVFROM 45
 #define NR_SENDMSG 46
-
-static __always_inline u64 sys_arg(void *regs, int off)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (char *)regs + off);
-    return v;
-}
-#define ARG0(r) sys_arg(r, 112)   /* di */
-#define ARG1(r) sys_arg(r, 104)   /* si */
-#define ARG2(r) sys_arg(r, 96)    /* dx */
 
 int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -1135,12 +1122,10 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
     if (nr == NR_WRITE || nr == NR_SENDTO) {
         u64 fd = ARG0(regs), len = ARG2(regs);
         msock_send(fd, (const void *)ARG1(regs), len);   // msock (PyMySQL)
-        io_enter(fd, len, OP_WRITE);
         return on_send(fd, (const void *)ARG1(regs), len);
     }
     if (nr == NR_READ || nr == NR_RECVFROM) {
         msock_read_enter(ARG0(regs), ARG1(regs));        // msock (PyMySQL)
-        io_enter(ARG0(regs), ARG2(regs), OP_READ);
         return 0;
     }
     if (nr == NR_CLOSE) {
@@ -1167,7 +1152,7 @@ int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     if (nr == NR_READ || nr == NR_RECVFROM)
         msock_read_exit((s64)ctx->args[1]);               // msock (PyMySQL)
-    return io_exit((s64)ctx->args[1]);
+    return io_exit((s64)ctx->args[1], (void *)ctx->args[0], (nr == NR_READ || nr == NR_RECVFROM) ? OP_READ : OP_WRITE);
 }
 
 /* ---- the traced process tree ---------------------------------------------------------- */
@@ -1202,7 +1187,6 @@ int on_exit(void *args)
     gc_thread.delete(&tid);
     in_close.delete(&tid);
     in_connect.delete(&tid);
-    io_pending.delete(&tid);
     msock_reading.delete(&tid);
 #if TP_EXIT_GROUP_DEAD >= 0
     u8 group_dead = 0;
