@@ -10,8 +10,9 @@ Rules it lives by (it runs inside someone else's program):
   callback writes only when no other Python thread exists (``_gc_flush_ok``);
 * events are buffered and written in batches at safe points: connection opens and closes
   (when the buffer is old or large), before ``fork``/``exec``, on ``os._exit``, at exit
-  (the last atexit handler) and after it; JSON is encoded only then, and call sites are kept
-  as (code, line) pairs until then;
+  (the last atexit handler) and after it; call sites are kept as (id(code), f_lasti) until
+  then, and formatted once per site; the connection records are text from cached fragments
+  (the agent's cost per connection: README, Overhead);
 * lines leave through a non-blocking FIFO in writes of at most PIPE_BUF bytes (each line is
   bounded to fit), so the lines of forked processes sharing it never interleave; when it is
   full, events are counted as lost, never waited for;
@@ -48,7 +49,7 @@ STACK_DEPTH = 8                       # frames kept for open/close stacks
 CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
 CHAIN_WALK = 48                       # frames looked at for them (a deep stack costs no more)
 FIELD_LIMITS = (512, 128, 32)         # string lengths tried, in turn, when a line exceeds PIPE_BUF
-STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by their (code, line) pairs)
+STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by (id(code), f_lasti, ...))
 CONNECTION_MODULE = "MySQLdb.connections"
 SQLALCHEMY_MODULE = "sqlalchemy"
 POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
