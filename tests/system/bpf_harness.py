@@ -36,8 +36,11 @@ class Traced:
 
 
 def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, on_attached=None,
-                  poll_interval=0.02, **session_kwargs):
-    """Run ``argv`` traced from its first instruction; return a Traced."""
+                  poll_interval=0.02, before_detach=None, **session_kwargs):
+    """Run ``argv`` traced from its first instruction; return a Traced.
+
+    ``on_attached(session)`` runs before the child is released, ``before_detach(session)``
+    once it has exited, while the probes are still loaded (tests/bench/probe_cost.py)."""
     env = dict(os.environ if env is None else env)
     targets = resolve_targets(argv, env, uid, gid)
     events = []
@@ -83,6 +86,8 @@ def trace_command(argv, env=None, uid=0, gid=0, timeout=300, output_path=None, o
                 os.waitpid(pid, 0)
                 raise TimeoutError("traced command did not finish in %s s: %s" % (timeout, argv))
             time.sleep(0.02)
+        if before_detach:
+            before_detach(session)
     finally:
         session.detach()
     output = None

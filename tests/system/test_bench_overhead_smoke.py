@@ -39,3 +39,23 @@ def test_every_mode_runs_the_loop_and_sees_every_close(tmp_path):
     rows = overhead.summarise(runs, N)
     assert rows[("tcp", "untraced")]["wall_ratio"] == rows[("socket", "untraced")]["cpu_ratio"] == 1.0
     assert len(overhead.table(rows).splitlines()) == 2 + 2 * len(overhead.MODES)
+
+
+def test_probe_cost_counts_each_connection_once_and_puts_the_sysctl_back():
+    # tests/bench/probe_cost.py: the per-program breakdown in the README (issue 15).
+    import probe_cost
+
+    with open(probe_cost.STATS_SYSCTL) as f:
+        before = f.read()
+    rows, loop = probe_cost.measure(N)
+    with open(probe_cost.STATS_SYSCTL) as f:
+        assert f.read() == before
+    assert loop["iterations"] == N
+    # One mysql_real_connect and one mysql_close per iteration, entry and return, exactly
+    # (and the program names read back through bpf_prog_info's layout).
+    for program in ("on_connect", "on_connect_ret", "on_close", "on_close_ret", "on_py_close"):
+        run_cnt, run_time_ns, _ = rows[program]
+        assert run_cnt == N, program
+        assert run_time_ns > 0, program
+    assert rows["on_sys_enter"][0] >= 10 * N  # every system call of the machine passes through it
+    assert len(probe_cost.table(rows, N).splitlines()) == 3 + sum(1 for r in rows.values() if r[0])
