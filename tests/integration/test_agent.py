@@ -359,6 +359,11 @@ def test_every_line_fits_in_pipe_buf_and_is_cut_not_dropped(tmp_path):
         # The connection path's own call, with the program's deep stack above it.
         deepmod.down(10, lambda: agent.emit("conn_close", conn=1, stack=agent.stack(0), thread="t"))
         agent.emit("pool", engine=1, ev="x" * 10000, conn=None)
+        # The connection path's records are written as text (runtime.py OPEN_LINE): cut the same way.
+        class Conn:
+            pass
+        conn = Conn()
+        deepmod.down(10, lambda: agent.on_conn_open(conn, (), {"host": "h" * 3000}))
         print("ok")
     """ % str(deep))
     assert (code, out, err) == (0, "ok\n", ""), err
@@ -374,6 +379,11 @@ def test_every_line_fits_in_pipe_buf_and_is_cut_not_dropped(tmp_path):
     assert len(stack) == 8 and stack[0].endswith("raw.py:8 in <lambda>")
     assert all(s.endswith("...") and len(s) <= 515 for s in stack[1:])
     assert pool[0]["ev"].startswith("xxx") and pool[0]["ev"].endswith("...")
+    [opened] = [r for r in records if r["k"] == "conn_open"]
+    # on_conn_open names its caller's caller (the frame above the Connection.__init__ wrapper).
+    assert len(opened["stack"]) == 8 and all(s.endswith("...") and len(s) <= 515 for s in opened["stack"])
+    assert opened["host"].startswith("hhh") and opened["host"].endswith("...") and len(opened["host"]) <= 515
+    assert opened["src"] == "agent" and opened["thread"] == "MainThread"
 
 
 def test_a_partial_write_never_leaves_a_torn_line(tmp_path):

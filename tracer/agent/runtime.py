@@ -119,7 +119,7 @@ class Agent:
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
         self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
-        self.params_cache = {}   # (args, kwargs items) of connect() -> its event fields
+        self.params_cache = {}   # (args, kwargs keys, kwargs values) of connect() -> its fields as JSON
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
         self.more_hooks = {}     # module name -> hook(agent, module), run after HOOKS' (attach.py)
         # Bound once, so the hot paths and finalisation never look up module globals.
