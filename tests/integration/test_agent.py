@@ -173,9 +173,12 @@ def test_engine_per_call_ties_every_connection_to_the_create_engine_line(server,
     events = load_events(capture).events
     source = engine_per_call.__file__
     line = _create_engine_line(source)
-    engines = {e["engine"]: e for e in events if e["k"] == "engine_create"}
-    assert len(engines) == 24
-    assert {e["site"] for e in engines.values()} == {"%s:%d in get_db_session" % (source, line)}
+    # Counted, not keyed by id: a collected Engine's address may be taken by a later one (seen
+    # once on Debian 13, 23 distinct ids for 24 Engines).
+    creates = [e for e in events if e["k"] == "engine_create"]
+    assert len(creates) == 24
+    engines = {e["engine"] for e in creates}
+    assert {e["site"] for e in creates} == {"%s:%d in get_db_session" % (source, line)}
     connects = {e["conn"]: e["engine"] for e in events if e["k"] == "pool" and e["ev"] == "connect"}
     opens = [e["conn"] for e in events if e["k"] == "conn_open"]
     assert len(opens) == 24

@@ -89,6 +89,14 @@ class Service:
         for t in self.load_threads:
             t.join(30)
 
+    def stderr_so_far(self):
+        """What the service wrote to stderr until now (a handler's traceback), without waiting."""
+        try:
+            os.set_blocking(self.proc.stderr.fileno(), False)
+            return (self.proc.stderr.read() or b"").decode(errors="replace")[-2000:]
+        except (OSError, ValueError):
+            return ""
+
     def close(self):
         self.stop_load.set()
         self.proc.kill()
@@ -171,7 +179,7 @@ def test_attach_to_a_running_service_and_leave_it_as_it_was(which, bpf_server, t
 
         time.sleep(0.5)
         service.end_load()
-        assert service.failed == 0, service.errors[:3]
+        assert service.failed == 0, (service.errors[:3], service.stderr_so_far())
         assert service.ok > 50
     finally:
         service.close()
