@@ -25,17 +25,20 @@ def capture(tmp_path, name):
     return load(str(path))
 
 
-def replay(cap, slice_ns=50 * 10**6):
-    """Feed ``cap`` to an Attributor slice by slice; return (opened by site, closes by (cause, gen))."""
+def replay(cap, slice_ns=50 * 10**6, arrival=None):
+    """Feed ``cap`` to an Attributor slice by slice; return (opened by site, closes by (cause, gen)).
+
+    ``arrival(event)``: when the exporter sees it (default: its own time ``t``)."""
+    arrival = arrival or (lambda e: e["t"])
     att = metrics.Attributor({"cwd": cap.header.get("cwd"), "layers": cap.header.get("layers")})
-    events = sorted((e for e in cap.events if isinstance(e.get("t"), int)), key=lambda e: e["t"])
+    events = sorted((e for e in cap.events if isinstance(e.get("t"), int)), key=arrival)
     opened, closes = collections.Counter(), collections.Counter()
     i = 0
-    t = events[0]["t"]
+    t = arrival(events[0])
     while i < len(events):
         t += slice_ns
         chunk = []
-        while i < len(events) and events[i]["t"] <= t:
+        while i < len(events) and arrival(events[i]) <= t:
             chunk.append(dict(events[i]))
             i += 1
         att.add(chunk)
@@ -140,24 +143,6 @@ def test_agent_events_arriving_after_the_kernels_count_once(name, tmp_path):
     cap = capture(tmp_path, name)
     report, want = report_counts(cap)
     delay = 300 * 10**6  # the agent's lines arrive this much after the kernel's (< SETTLE_S)
-    arrival = {id(e): e["t"] + (delay if e.get("src") == "agent" else 0)
-               for e in cap.events if isinstance(e.get("t"), int)}
-    att = metrics.Attributor({"cwd": cap.header.get("cwd"), "layers": cap.header.get("layers")})
-    events = sorted((e for e in cap.events if id(e) in arrival), key=lambda e: arrival[id(e)])
-    opened, closes = collections.Counter(), collections.Counter()
-    i, t = 0, arrival[id(events[0])]
-    while i < len(events):
-        t += 50 * 10**6
-        chunk = []
-        while i < len(events) and arrival[id(events[i])] <= t:
-            chunk.append(dict(events[i]))
-            i += 1
-        att.add(chunk)
-        o, c = att.tick(t)
-        opened.update(o)
-        closes.update((cause, gen) for cause, gen, _ in c)
-    o, c = att.tick(t + 1, final=True)
-    opened.update(o)
-    closes.update((cause, gen) for cause, gen, _ in c)
+    _, opened, closes = replay(cap, arrival=lambda e: e["t"] + (delay if e.get("src") == "agent" else 0))
     assert closes == want
     assert sum(opened.values()) == report.connections.opened
