@@ -21,7 +21,7 @@ still open at the end can only be known then: they make the session fail and are
 test in the summary. At session end (every mode) the same collection runs while any
 connection is open, so cyclic garbage counts as ``gc`` rather than ``open_at_end``.
 
-Hard-wired limits (README, "pytest plugin"): the agent is process-wide, so tests running
+Hard-wired limits (docs/pytest-plugin.md): the agent is process-wide, so tests running
 threads that open connections after their test ended are charged to the test running then.
 """
 
@@ -140,7 +140,7 @@ def load_agent(channel_path):
 def _install(runtime, channel_path):
     start = getattr(runtime, "start", None)
     if start is not None:
-        # The agent's interface (OWNERS.md, 4): start(channel_path, *, attached=False) -> Agent.
+        # The agent's interface: start(channel_path, *, attached=False) -> Agent.
         return start(channel_path)
     from trace_quit.tracer.agent import ENV_CHANNEL
 
@@ -568,7 +568,7 @@ class TraceQuit:
         if self.channel is not None:
             stop = getattr(self.agent, "stop", None)
             if stop is not None:
-                stop()  # the agent's interface (OWNERS.md, 4): unhook gc.callbacks and the wrappers
+                stop()  # the agent's interface: unhook gc.callbacks and the wrappers
             # Without stop() (today's runtime) the agent stays installed; its writes go to a FIFO
             # it holds a read end of, so they are dropped, never block, never raise.
             self.channel.close()
