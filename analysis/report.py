@@ -15,7 +15,7 @@ from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
 from . import gcwhy
-from .attribute import Context, attribute_all
+from .attribute import Context, Totals, attribute_all
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
 from .model import (
@@ -152,14 +152,13 @@ def build_report(capture: Capture) -> Report:
     families, shared = att.families, att.shared
 
     # --- counts ---------------------------------------------------------------------------
-    by_cause = Counter(lf.cause for lf in ended)
-    gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
-    wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
+    totals = att.totals  # attribute.count(): the one count every view shows
     if bound is not None:
-        boundlib.add_to_totals(bound, by_cause, gc_gen, wire)
+        boundlib.add_to_totals(bound, totals)
         bound["t_s"] = to_s(bound["reached_t"]) if type(bound["reached_t"]) is int else None
         bound["open_at_bound"] = att.open_at_end
         opened += bound["opened_after"]
+    by_cause, gc_gen, wire = totals.by_cause, totals.gc_by_generation, totals.wire
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
     connections = Connections(
@@ -290,24 +289,20 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(quits, j), bound=bound)
+        processes=by_process(totals, j), bound=bound)
 
 
-def by_process(quits, j: Joined) -> List[Dict[str, Any]]:
+def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:
     """Connection ends per traced process (a service's master and workers, a forked child):
     each counted end once, under the pid whose end counts; the parent pid when it forked."""
-    rows: Dict[int, Dict[str, Any]] = {}
-    for q in quits:
-        if not q.counted:
-            continue
-        row = rows.get(q.pid)
-        if row is None:
-            row = rows[q.pid] = {"pid": q.pid, "python": j.pids.get(q.pid),
-                                 "parent": j.forked_from.get(q.pid), "connections": 0, "by_cause": {}}
-        row["connections"] += 1
-        key = q.cause if q.cause != ev.GC or q.generation is None else "gc gen %d" % q.generation
-        row["by_cause"][key] = row["by_cause"].get(key, 0) + 1
-    return [rows[pid] for pid in sorted(rows)]
+    rows = []
+    for pid in sorted(totals.by_process):
+        counts = totals.by_process[pid]
+        rows.append({"pid": pid, "python": j.pids.get(pid), "parent": j.forked_from.get(pid),
+                     "connections": sum(counts.values()),
+                     "by_cause": {cause if cause != ev.GC or gen is None else "gc gen %d" % gen: n
+                                  for (cause, gen), n in counts.items()}})
+    return rows
 
 
 _CAUSE_PROSE = {
