@@ -10,13 +10,15 @@ An event is a flat JSON object, one per line in the capture, with these common k
     src  "agent" | "bpf" | "sampler" | "tracer"
     pid  process id (tgid), tid: native thread id (kernel tid), where they apply
 
-``conn`` is always the ``MYSQL*`` address as an int: ``id(connection) + __basicsize__``
-on the Python side, the first argument of ``mysql_close`` on the kernel side.
+``conn`` is the ``MYSQL*`` address as an int: ``id(connection) + __basicsize__`` on the
+Python side, the first argument of ``mysql_close`` on the kernel side; for a PyMySQL
+connection (no ``MYSQL*``) the inode of its socket, which both layers read.
 
-Every kind's fields are declared below in ``KINDS`` (type, required, the capture revision
-that added it) and enforced by ``check()``: by the capture reader on every record, by the
-agent channel on the agent's kinds, by the synthetic captures of the tests.
-docs/capture-format.md follows the table (tests/unit/test_docs.py). Keys may be added to a kind (declare
+Every kind's fields are declared once, below in ``KINDS`` (type, required, the capture
+revision that added it), and enforced by ``check()``: by the capture reader on every record,
+by the agent channel on the agent's kinds, by the synthetic captures of the tests. What each
+field means is docs/capture-format.md, which tests/unit/test_docs.py checks against ``KINDS``
+both ways (every declared field documented, every documented field declared). Keys may be added to a kind (declare
 them, with the revision, in the kind's entry); a reader ignores keys it does not know.
 """
 
@@ -59,121 +61,57 @@ WIRE_STATES = (WIRE_CONFIRMED, WIRE_NOT_SENT, WIRE_ENCRYPTED, WIRE_UNOBSERVED)
 COM_QUIT_BYTES = b"\x01\x00\x00\x00\x01"
 
 # --- event kinds: agent (inside the traced Python program) --------------------------
-AGENT_START = "agent_start"      # python, executable, argv, basicsize, gc_thresholds, gc_enabled, ppid,
-#                                  forked_from (parent pid: a forked child inherits its open connections)
-MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
-GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
-#                                  thresholds: gc.get_threshold() in effect (platform, issue 14)
-GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
-#   gc_start/gc_stop are written for every generation-1/2 collection, and for a generation-0
-#   one only when it destroyed a connection or engine (then with its own start time, so
-#   order by ``t``, not by file position). All collections are counted in gc_counts.
-GC_COUNTS = "gc_counts"          # by_gen {"0": n, "1": n, "2": n}: cumulative collections per process
-CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack, thread (name)
-CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
-CONN_CLOSE = "conn_close"        # conn, stack, thread: an explicit close() of an open connection
-CONN_DESTROY = "conn_destroy"    # conn, cause (gc|refcount|shutdown), gen, cid: destroyed while open
-ENGINE_CREATE = "engine_create"  # engine, site, pool_class, pool_size, max_overflow, url (no password),
-#                                  chain (the program's frames from the call outwards, revision 2)
-ENGINE_DISPOSE = "engine_dispose"  # engine
-ENGINE_DESTROY = "engine_destroy"  # engine, cause, gen, cid
-POOL = "pool"                    # engine, ev (connect|checkout|checkin|close|detach|...), conn,
-#                                  error ("Type: message", <= 200 chars) on invalidate/soft_invalidate
-AGENT_LOST = "agent_lost"        # n: events the agent dropped because its channel was full
-# Added by trace-quit --pid (tracer/attach, tracer/agent/attach.py), agent kinds:
-# agent_start.attached = True when the agent was injected into a running process, with
-# .gc_counts (gc.get_count() at attach) and .gc_stats (gc.get_stats()); conn_open.before_attach
-# = True and .origin = "before attach" for a connection alive at attach (stack [], no params;
-# .host = get_host_info()); engine_create.site = "before attach" for an Engine alive then.
-# Tracer kind: note.attach = {pid, method ("gdb"|"remote_exec"), stopped_s, waited_s, call_s,
-# total_s} on the "agent injected" note, one per process.
-# Agent fields added for issues 12/15 (tracer/agent/runtime.py):
-#   gc_start.counts = [n0, n1, n2], gc.get_count() in the collection's "start" callback (what
-#   set it off); agent_start.attached = True when loaded into a running program (--pid);
-#   agent_lost also counts events dropped while its channel fd had been taken by the program.
+AGENT_START = "agent_start"
+MODULE = "module"
+GC_START = "gc_start"
+GC_STOP = "gc_stop"
+GC_COUNTS = "gc_counts"
+CONN_OPEN = "conn_open"
+CONN_FAIL = "conn_fail"
+CONN_CLOSE = "conn_close"
+CONN_DESTROY = "conn_destroy"
+ENGINE_CREATE = "engine_create"
+ENGINE_DISPOSE = "engine_dispose"
+ENGINE_DESTROY = "engine_destroy"
+POOL = "pool"
+AGENT_LOST = "agent_lost"
 
 # --- event kinds: bpf (kernel side) --------------------------------------------------
-# Added keys (tracer/bpf): bpf_connect.t0 and bpf_close_ret.t0 = entry time (ns) of the call;
-# bpf_close.self = the _mysql.connection object's address (id(conn)), 0 when unknown, and
-# gen is None unless cause == "gc" (None also when the build hides the generation);
-# bpf_close_ret.wire = one of WIRE_STATES decided in the kernel from this thread's sends
-# inside mysql_close ("not_sent" when nothing, or no COM_QUIT, was sent), .sends = their
-# number; bpf_wire.conn, .fd, .quit (the 5 bytes are COM_QUIT), .tls (a TLS record header);
-# bpf_gc_done.gen = the generation of the collection it ends (None when unknown).
-# The server ending a connection first (cause "server"; tracer/bpf/probes.c says how):
-# bpf_connect.fd = the connection's socket (the last connect() inside mysql_real_connect,
-# None when unseen); bpf_close.sock = whether the client library still had the socket at
-# mysql_close entry (False: it had dropped it after a failed read/write, so no COM_QUIT can
-# be sent; None when unreadable), bpf_close.last_errno = the handle's net.last_errno then
-# (2013 lost connection, 2006 gone away, ...; None when unknown); bpf_close_ret.send_err =
-# errno of the first failed send inside mysql_close (32 EPIPE: the server had closed the
-# socket; 0 none; a failed COM_QUIT is not "confirmed"), bpf_close_ret.tcp_from/tcp_to = the
-# TCP state transition the client's close() made ("close_wait" -> "last_ack": the server's
-# FIN was in; "established" -> "fin_wait1": the client closed first; None when not TCP or
-# not seen), bpf_close_ret.fin_first = True when that FIN had come in before mysql_close was
-# entered (the server ended it; False: it answered our COM_QUIT before we reached close(),
-# or the client closed first; None when not TCP); bpf_peer_end (below) = the server's EOF
-# or a reset on the socket, and bpf_close.eof = True when a bpf_peer_end for this connection
-# came before this close; bpf_wire.ret = the send syscall's return value (bytes sent, or
-# -errno: -32 EPIPE, -104 ECONNRESET).
-BPF_CONNECT = "bpf_connect"      # conn, ok (mysql_real_connect returned non-NULL), t0, fd
-BPF_CLOSE = "bpf_close"          # conn, cause, gen, self, sock, last_errno, eof: mysql_close entry (native cause)
-BPF_CLOSE_RET = "bpf_close_ret"  # conn, wire, sends, t0, send_err, tcp_from, tcp_to, fin_first: mysql_close returned
-BPF_WIRE = "bpf_wire"            # conn, fd, len, head (hex, first <=16 bytes), quit, tls, ret: a send in mysql_close
-BPF_GC_START = "bpf_gc_start"    # gen (None when the build hides it)
-BPF_GC_DONE = "bpf_gc_done"      # collected (-1 when unknown), gen
-BPF_FINALIZE = "bpf_finalize"    # Py_FinalizeEx entered
-BPF_FORK = "bpf_fork"            # child: a traced process forked
-BPF_EXIT = "bpf_exit"            # a traced process exited
-BPF_PEER_END = "bpf_peer_end"    # conn, fd, op ("read"|"write"), ret (0: EOF on a read; -104 ECONNRESET,
-#                                  -32 EPIPE, -110 ETIMEDOUT): the first sign, on a live connection's
-#                                  socket outside mysql_close, that the other end had closed it
-BPF_STATS = "bpf_stats"          # emitted, dropped (cumulative in-kernel counters)
-BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (file, symbol, offset, how),
-#                                  what is missing and why. An event right after attach rather than a
-#                                  header field, so the header is on disk before attaching begins and
-#                                  a tracer killed while attaching still leaves a readable capture.
+BPF_CONNECT = "bpf_connect"
+BPF_CLOSE = "bpf_close"
+BPF_CLOSE_RET = "bpf_close_ret"
+BPF_WIRE = "bpf_wire"
+BPF_GC_START = "bpf_gc_start"
+BPF_GC_DONE = "bpf_gc_done"
+BPF_FINALIZE = "bpf_finalize"
+BPF_FORK = "bpf_fork"
+BPF_EXIT = "bpf_exit"
+BPF_PEER_END = "bpf_peer_end"
+BPF_STATS = "bpf_stats"
+BPF_PROBES = "bpf_probes"
 
 # --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, probes.c's socket part) ---
-# PyMySQL (pure Python) has no MYSQL*: a PyMySQL connection's ``conn`` is the inode of its
-# socket (os.fstat(fd).st_ino; the kernel reads the same number from the fd), which both
-# layers see. Agent records about it carry ``driver`` (DRIVERS; absent = mysqlclient):
-# conn_open.fd, .obj (id of the pymysql Connection); conn_close.quit = True (close() writes
-# COM_QUIT); conn_destroy.quit = False (PyMySQL's __del__ closes the socket without it), and
-# conn_destroy.cause may be "server" (PyMySQL dropped the socket after a failed read/write;
-# .error = the exception's type, "eof" for a short read). module.driver names the driver a
-# module is, module.probed = False for a MySQL driver whose connections the agent cannot see.
 DRIVER_MYSQLCLIENT = "mysqlclient"
 DRIVER_PYMYSQL = "pymysql"
 DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
 #: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
 #: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
 DRIVER_SOCKET = "socket"
-# The kernel's view of MySQL sockets opened without the probed client library (PyMySQL, a
-# statically linked client): a socket of a traced process on which the MySQL server greeting
-# (protocol 10) was read. ``lib`` = True when the connect happened inside the probed library's
-# mysql_real_connect (its connections are already bpf_connect's); ``ino`` = the socket inode.
-BPF_SOCK_CONNECT = "bpf_sock_connect"  # conn (= ino), fd, ino, lib
+BPF_SOCK_CONNECT = "bpf_sock_connect"
 #: The sampler's reading of the server's counters at the start and at the end of the run
 #: (the end one once they stopped moving): aborted_clients, aborted_connects, at ("start"|"end").
 SERVER_STATUS = "server_status"
-BPF_SOCK_CLOSE = "bpf_sock_close"      # conn (= ino), fd, ino, lib, quit_sent, cause, gen, sends: the last
-#                                        close() of such a socket; quit_sent = a COM_QUIT was written on it
-#                                        before; cause as bpf_close (explicit_close when quit_sent, else gc
-#                                        in a collection, shutdown after finalisation began, refcount)
+BPF_SOCK_CLOSE = "bpf_sock_close"
 
 # --- event kinds: sampler and tracer -------------------------------------------------
-SERVER_COUNT = "server_count"    # count: PROCESSLIST rows for the workload's user
-CHILD_START = "child_start"      # the traced program was released to exec
-CHILD_EXIT = "child_exit"        # status (exit code, 128+N for signal N)
-TRACER_NOTE = "note"             # level, text: something the user should know (a probe missing)
+SERVER_COUNT = "server_count"
+CHILD_START = "child_start"
+CHILD_EXIT = "child_exit"
+TRACER_NOTE = "note"
 
 #: The trailer's kind: its presence means the capture was finished cleanly.
 TRAILER = "trailer"
-# trailer.bound (--max-capture, tracer/capture.py), present only when the bound was reached:
-# {"max_bytes": n, "reached_t": ns, "not_written": {kind: n}, "closes_after": {"kernel":
-# {"by_cause": {cause: n}, "gc_by_generation": {"2": n, "unknown": n}, "wire": {state: n}},
-# "agent": {"by_cause": {...}, "gc_by_generation": {...}}}}: what was counted, not written.
+
 
 class SchemaError(ValueError):
     """A record that does not match its kind's declared fields."""
@@ -245,7 +183,8 @@ KINDS = {
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
         _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT),
-        _opt("driver", STR, since=2), _opt("fd", INT, null=True, since=2), _opt("obj", INT, since=2))),
+        _opt("driver", STR, since=2), _opt("fd", INT, null=True, since=2), _opt("obj", INT, since=2),
+        _opt("before_attach", BOOL, since=2), _opt("origin", STR, since=2))),
     CONN_FAIL: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("error", STR))),
     CONN_CLOSE: (SRC_AGENT, _AGENT_COMMON + (F("conn", INT), F("stack", LIST), _opt("thread", STR),
                                              _opt("driver", STR, since=2), _opt("fd", INT, null=True, since=2),
@@ -297,7 +236,7 @@ KINDS = {
     CHILD_START: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), _opt("attach_s", NUM), _opt("startup_s", NUM),
                                                 _opt("attached", BOOL))),
     CHILD_EXIT: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), F("status", INT, null=True), _opt("attached", BOOL))),
-    TRACER_NOTE: (SRC_TRACER, _GLOBAL_COMMON + (F("level", STR), F("text", STR))),
+    TRACER_NOTE: (SRC_TRACER, _GLOBAL_COMMON + (F("level", STR), F("text", STR), _opt("attach", DICT, since=2))),
     TRAILER: (SRC_TRACER, (F("t", INT), F("counts", DICT), _opt("exit_status", INT, null=True),
                            _opt("lost", DICT), _opt("timings", DICT), _opt("bound", DICT, since=2))),
 }

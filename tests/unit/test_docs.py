@@ -100,3 +100,12 @@ def test_one_com_quits_path_is_at_most_six_files_that_exist():
     assert 1 <= len(files) <= 6, files
     for path in files:
         assert os.path.isfile(os.path.join(REPO, path)), path
+
+
+def test_capture_format_documents_no_field_the_schema_does_not_declare():
+    doc = read("docs", "capture-format.md")
+    for kind, (_, fields) in ev.KINDS.items():
+        section = re.search(r"### `%s`.*?(?=\n### |\n## |\Z)" % re.escape(kind), doc, re.S).group(0)
+        declared = {f.name for f in fields}
+        documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", section, re.M))
+        assert documented <= declared, (kind, sorted(documented - declared))

@@ -62,7 +62,7 @@ def test_synthetic_records_carry_every_key_the_real_tracer_writes(tmp_path):
                  ev.AGENT_START):
         declared = {f.name for f in ev.KINDS[kind][1]} | {"k"}
         pymysql_only = {"driver", "fd", "obj", "quit", "error"} if kind.startswith("conn_") else set()
-        attach_only = {"attached", "gc_counts", "gc_stats"}  # written by an agent injected with --pid
+        attach_only = {"attached", "gc_counts", "gc_stats", "before_attach", "origin"}  # an agent injected with --pid
         assert declared - {"forked_from", "unix_socket"} - pymysql_only - attach_only <= set(by_kind[kind]), kind
     assert by_kind[ev.BPF_CLOSE]["gen"] == 2 and by_kind[ev.BPF_CLOSE]["self"] == by_kind[ev.BPF_CLOSE]["conn"] - 16
 
