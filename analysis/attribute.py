@@ -172,61 +172,15 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
 
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
     t_end, end_tid = (b["t"], b.get("tid")) if b is not None else (a["t"], a.get("tid"))
-
-    a_cause = a_gen = None
-    if a is not None:
-        if a.get("k") == ev.CONN_CLOSE:
-            a_cause = ev.EXPLICIT_CLOSE
-        else:
-            c = a.get("cause")
-            a_cause = c if c in _AGENT_CAUSES else ev.UNKNOWN
-        if a_cause == ev.GC:
-            a_gen = a.get("gen")
-            if a_gen is None and life.agent_collection is not None:
-                a_gen = life.agent_collection.gen
-    b_cause = b_gen = None
-    if b is not None:
-        c = b.get("cause")
-        b_cause = c if c in _BPF_CAUSES else ev.UNKNOWN
-        if b_cause == ev.GC:
-            b_gen = b["gen"]
-            if b_gen is None and life.bpf_collection is not None:
-                b_gen = life.bpf_collection.gen
-
-    reason = None
+    a_cause, a_gen = _agent_said(life)
+    b_cause, b_gen = _kernel_said(life)
     if a is not None and b is not None:
-        if b_cause == ev.UNKNOWN and a_cause != ev.UNKNOWN:
-            cause, gen = a_cause, a_gen
-            reason = "the agent said %s; the eBPF layer could not attribute it" % _describe(a_cause, a_gen)
-        elif a_cause == ev.UNKNOWN and b_cause != ev.UNKNOWN:
-            cause, gen = b_cause, b_gen
-            reason = "the eBPF layer said %s; the agent could not attribute it" % _describe(b_cause, b_gen)
-        elif a_cause == b_cause and (a_gen is None or b_gen is None or a_gen == b_gen):
-            cause = a_cause
-            gen = a_gen if a_gen is not None else b_gen
-            if cause == ev.UNKNOWN:
-                reason = "neither the agent nor the eBPF layer could attribute it"
-        else:
-            cause, gen = ev.UNKNOWN, None
-            reason = "the layers disagree: the agent said %s, the eBPF layer said %s" % (
-                _describe(a_cause, a_gen), _describe(b_cause, b_gen))
+        cause, gen, reason = _both_said(a_cause, a_gen, b_cause, b_gen)
     elif a is not None:
-        cause, gen = a_cause, a_gen
-        if ctx.bpf:
-            reason = "seen by the agent only: the eBPF layer saw no mysql_close for it (lost event?)"
-        else:
-            reason = "seen by the agent only: the eBPF layer was not attached"
-        if cause == ev.UNKNOWN:
-            reason = "the agent reported an unknown cause (%r); %s" % (a.get("cause"), reason)
+        cause, gen, reason = a_cause, a_gen, _one_layer_reason(ctx, agent=True, unknown=a_cause == ev.UNKNOWN,
+                                                             said=a.get("cause"))
     else:
-        cause, gen = b_cause, b_gen
-        if ctx.agent:
-            reason = "seen by the eBPF layer only: the agent saw no close() or destruction for it"
-        else:
-            reason = "seen by the eBPF layer only: the agent was not loaded"
-        if cause == ev.UNKNOWN:
-            reason = ("the eBPF layer could not tell close() from a destruction "
-                      "(a bracket probe was missing); " + reason)
+        cause, gen, reason = b_cause, b_gen, _one_layer_reason(ctx, agent=False, unknown=b_cause == ev.UNKNOWN)
 
     collection: Optional[Collection] = None
     if cause == ev.GC:
@@ -239,24 +193,82 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     wire = wire_state(life, ctx)
     evidence = server_evidence(life, ctx, wire)
     if evidence:
-        client = _describe(cause, gen)
-        if cause == ev.UNKNOWN:
-            client = "not attributed (%s)" % (reason or "no evidence")
-        said = [_said(kind, life) for kind in evidence]
-        contradiction = (life.server_code in CLIENT_DETECTED and wire == ev.WIRE_CONFIRMED
-                         and not any(k.startswith("kernel") for k in evidence))
-        if contradiction:
-            cause, gen, collection = ev.UNKNOWN, None, None
-            reason = ("the layers disagree: the pool saw %s (the client library drops the socket on it) "
-                      "but the kernel saw mysql_close send COM_QUIT; the close was %s" % (life.server_error, client))
-            evidence = None
-        else:
-            reason = "the server ended it first: %s; the client's later close was %s" % ("; ".join(said), client)
-            if life.server_code in SERVER_SENT_CODES and wire == ev.WIRE_CONFIRMED:
-                reason += " and its COM_QUIT went into the closed connection"
-            cause, gen, collection = ev.SERVER, None, None
-
+        cause, gen, collection, reason, evidence = _server_ended(life, evidence, wire, cause, gen, collection, reason)
     return Verdict(cause, gen if cause == ev.GC else None, collection, reason, wire, evidence or None, t_end, end_tid)
+
+
+def _agent_said(life: Life):
+    """The agent's own reading of the end: (cause, generation), (None, None) when it saw none."""
+    a = life.agent_end
+    if a is None:
+        return None, None
+    if a.get("k") == ev.CONN_CLOSE:
+        return ev.EXPLICIT_CLOSE, None
+    cause = a.get("cause") if a.get("cause") in _AGENT_CAUSES else ev.UNKNOWN
+    gen = None
+    if cause == ev.GC:
+        gen = a.get("gen")
+        if gen is None and life.agent_collection is not None:
+            gen = life.agent_collection.gen
+    return cause, gen
+
+
+def _kernel_said(life: Life):
+    """The kernel's own reading of the end: (cause, generation), (None, None) when it saw none."""
+    b = life.bpf_end
+    if b is None:
+        return None, None
+    cause = b.get("cause") if b.get("cause") in _BPF_CAUSES else ev.UNKNOWN
+    gen = None
+    if cause == ev.GC:
+        gen = b["gen"]
+        if gen is None and life.bpf_collection is not None:
+            gen = life.bpf_collection.gen
+    return cause, gen
+
+
+def _both_said(a_cause, a_gen, b_cause, b_gen):
+    """Both layers saw the end: (cause, generation, reason) by the decision table's row 4."""
+    if b_cause == ev.UNKNOWN and a_cause != ev.UNKNOWN:
+        return a_cause, a_gen, "the agent said %s; the eBPF layer could not attribute it" % _describe(a_cause, a_gen)
+    if a_cause == ev.UNKNOWN and b_cause != ev.UNKNOWN:
+        return b_cause, b_gen, "the eBPF layer said %s; the agent could not attribute it" % _describe(b_cause, b_gen)
+    if a_cause == b_cause and (a_gen is None or b_gen is None or a_gen == b_gen):
+        reason = "neither the agent nor the eBPF layer could attribute it" if a_cause == ev.UNKNOWN else None
+        return a_cause, a_gen if a_gen is not None else b_gen, reason
+    return ev.UNKNOWN, None, "the layers disagree: the agent said %s, the eBPF layer said %s" % (
+        _describe(a_cause, a_gen), _describe(b_cause, b_gen))
+
+
+def _one_layer_reason(ctx: Context, agent: bool, unknown: bool, said=None) -> str:
+    """Why only one layer speaks (row 5), and what it could not tell."""
+    if agent:
+        reason = ("seen by the agent only: the eBPF layer saw no mysql_close for it (lost event?)" if ctx.bpf
+                  else "seen by the agent only: the eBPF layer was not attached")
+        return "the agent reported an unknown cause (%r); %s" % (said, reason) if unknown else reason
+    reason = ("seen by the eBPF layer only: the agent saw no close() or destruction for it" if ctx.agent
+              else "seen by the eBPF layer only: the agent was not loaded")
+    if unknown:
+        reason = "the eBPF layer could not tell close() from a destruction (a bracket probe was missing); " + reason
+    return reason
+
+
+def _server_ended(life: Life, evidence, wire, cause, gen, collection, reason):
+    """Row 3: the server's evidence overrides the client-side cause, unless it contradicts the wire."""
+    client = _describe(cause, gen)
+    if cause == ev.UNKNOWN:
+        client = "not attributed (%s)" % (reason or "no evidence")
+    said = [_said(kind, life) for kind in evidence]
+    contradiction = (life.server_code in CLIENT_DETECTED and wire == ev.WIRE_CONFIRMED
+                     and not any(k.startswith("kernel") for k in evidence))
+    if contradiction:
+        reason = ("the layers disagree: the pool saw %s (the client library drops the socket on it) "
+                  "but the kernel saw mysql_close send COM_QUIT; the close was %s" % (life.server_error, client))
+        return ev.UNKNOWN, None, None, reason, None
+    reason = "the server ended it first: %s; the client's later close was %s" % ("; ".join(said), client)
+    if life.server_code in SERVER_SENT_CODES and wire == ev.WIRE_CONFIRMED:
+        reason += " and its COM_QUIT went into the closed connection"
+    return ev.SERVER, None, None, reason, evidence
 
 
 #: What the views that read the agent's records as they arrive know: the agent alone.

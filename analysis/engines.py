@@ -54,14 +54,7 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
         if el.destroy is not None and el.inherited_from is None:
             cause = el.destroy["cause"]
             s.destroyed[cause] = s.destroyed.get(cause, 0) + 1
-        if s.pool_class is None and el.pool_class:
-            s.pool_class = el.pool_class
-        if s.pool_size is None and el.pool_size is not None:
-            s.pool_size = el.pool_size
-        if s.max_overflow is None and el.max_overflow is not None:
-            s.max_overflow = el.max_overflow
-        if el.url and el.url not in s.urls and len(s.urls) < 5:
-            s.urls.append(el.url)
+        _describe_pool(s, el)
 
     # Connections per site: counts by cause, and the most held at once (sweep).
     conn_events: Dict[tuple, list] = {}
@@ -84,19 +77,7 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
             evs.append((life.t_end, -1, id(el)))
 
     for site, evs in conn_events.items():
-        evs.sort(key=lambda x: (x[0], x[1]))  # ends before opens at the same instant
-        s = sites[site]
-        live = 0
-        per_engine: Counter = Counter()
-        for t, d, eid in evs:
-            live += d
-            per_engine[eid] += d
-            if per_engine[eid] == 0:
-                del per_engine[eid]
-            if live > s.max_live_connections:
-                s.max_live_connections = live
-                s.max_live_connections_t_s = to_s(t)
-                s.engines_at_max = len(per_engine)
+        _sweep_connections(sites[site], evs, to_s)
     for site, evs in engine_events.items():
         evs.sort()
         live = best = 0
@@ -106,6 +87,34 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
         sites[site].max_live_engines = best
 
     return sorted(sites.values(), key=lambda s: (-s.connections, -s.created, s.call_site, s.chain))
+
+
+def _describe_pool(s: EngineSite, el: EngineLife) -> None:
+    """The site's pool class, size and URLs: the first Engine that says them."""
+    if s.pool_class is None and el.pool_class:
+        s.pool_class = el.pool_class
+    if s.pool_size is None and el.pool_size is not None:
+        s.pool_size = el.pool_size
+    if s.max_overflow is None and el.max_overflow is not None:
+        s.max_overflow = el.max_overflow
+    if el.url and el.url not in s.urls and len(s.urls) < 5:
+        s.urls.append(el.url)
+
+
+def _sweep_connections(s: EngineSite, evs: list, to_s: Callable[[int], float]) -> None:
+    """The most connections of the site open at once, when, and over how many Engines."""
+    evs.sort(key=lambda x: (x[0], x[1]))  # ends before opens at the same instant
+    live = 0
+    per_engine: Counter = Counter()
+    for t, d, eid in evs:
+        live += d
+        per_engine[eid] += d
+        if per_engine[eid] == 0:
+            del per_engine[eid]
+        if live > s.max_live_connections:
+            s.max_live_connections = live
+            s.max_live_connections_t_s = to_s(t)
+            s.engines_at_max = len(per_engine)
 
 
 def pool_bound(site: EngineSite) -> Optional[int]:

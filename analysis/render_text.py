@@ -91,6 +91,12 @@ def _frame_cell(site: Optional[str], width: int) -> str:
 
 
 def _one(o: _Out, r: Report) -> None:
+    for section in (_head, _summary, _connections, _causes, _processes, _collections, _drops, _engines, _findings):
+        section(o, r)
+
+
+def _head(o: _Out, r: Report) -> None:
+    """The program, the layers that ran."""
     p = r.program
     o.add(o.c("trace-quit report", "bold") + "  " + shorten(r.path, o.width - 40) + "  (" + r.capture_detail + ")")
     cmd = " ".join(p.argv) or "(argv unknown)"
@@ -116,9 +122,11 @@ def _one(o: _Out, r: Report) -> None:
     if p.attached:
         o.add(o.c("          attached to a running process: times are seconds since attach", "dim"))
 
+
+def _summary(o: _Out, r: Report) -> None:
+    """The verdict first and its fix last (words.summary() puts them there: no sentence is matched)."""
     o.heading("SUMMARY")
     top = next((f for f in r.findings if f.severity in ("error", "warning")), None)
-    # words.summary() puts the verdict (the top finding) first and its fix last: no sentence is matched.
     for i, line in enumerate(r.summary):
         if top is not None and i == 0:
             label = "%-8s" % top.severity.upper()
@@ -129,6 +137,9 @@ def _one(o: _Out, r: Report) -> None:
         else:
             o.wrap(line, 4, first="  • ")
 
+
+def _connections(o: _Out, r: Report) -> None:
+    """Opened, ended, never closed, the server's count."""
     c = r.connections
     o.heading("CONNECTIONS")
     line = "  %s opened · %s COM_QUIT · %s never closed · max %s live" % (
@@ -163,6 +174,9 @@ def _one(o: _Out, r: Report) -> None:
         label = "  server (PROCESSLIST) max %s at %s s  " % (fmt_int(int(peak)), fmt_s(peak_t))
         o.add(label + sparkline(counts, o.width - len(label)))
 
+
+def _causes(o: _Out, r: Report) -> None:
+    """The counts by cause (attribute.count()), with each cause's colour."""
     q = r.com_quit
     o.heading("COM_QUIT BY CAUSE")
     w = q.wire
@@ -183,7 +197,9 @@ def _one(o: _Out, r: Report) -> None:
             else:
                 o.wrap(gens, 28)
 
-    g = r.gc
+
+def _processes(o: _Out, r: Report) -> None:
+    """Per process, when there are several."""
     if len(r.processes) > 1:  # a service's master and workers, forked children: each its own row
         o.heading("PROCESSES")
         o.add("  %8s  %8s  %11s  %s" % ("pid", "parent", "connections", "ended by"))
@@ -192,6 +208,10 @@ def _one(o: _Out, r: Report) -> None:
             o.wrap("%8d  %8s  %11s  %s" % (row["pid"], row["parent"] or "", fmt_int(row["connections"]), causes),
                    36, first="  ")
 
+
+def _collections(o: _Out, r: Report) -> None:
+    """The collections that destroyed open connections."""
+    g = r.gc
     o.heading("GARBAGE COLLECTIONS")
     n_closing = len(g.that_closed_connections)
     o.wrap("%s (%s); %s destroyed open connections" % (
@@ -222,6 +242,9 @@ def _one(o: _Out, r: Report) -> None:
             o.add(o.c("  … %s more (all in --format json)" % fmt_int(len(g.that_closed_connections) - len(shown)),
                       "dim"))
 
+
+def _drops(o: _Out, r: Report) -> None:
+    """The sudden falls of the live count, the largest explained."""
     o.heading("DROPS IN LIVE CONNECTIONS")
     if not r.drops:
         o.add("  none")
@@ -246,6 +269,9 @@ def _one(o: _Out, r: Report) -> None:
     if len(r.drops) > len(drops):
         o.add(o.c("  … %s smaller drops (all in --format json)" % fmt_int(len(r.drops) - len(drops)), "dim"))
 
+
+def _engines(o: _Out, r: Report) -> None:
+    """The repeating patterns and the create_engine() call sites."""
     if r.patterns:
         o.heading("PATTERNS")
         for pat in r.patterns:
@@ -267,6 +293,9 @@ def _one(o: _Out, r: Report) -> None:
                 o.wrap("ended by: " + ", ".join("%s %s" % (k, fmt_int(v))
                                                 for k, v in s.connections_by_cause.items()), 6)
 
+
+def _findings(o: _Out, r: Report) -> None:
+    """What is wrong, with the evidence and the fix."""
     o.heading("FINDINGS")
     if not r.findings:
         o.add("  none")

@@ -73,26 +73,7 @@ def summary(connections, com_quit, gc, drops, patterns, engines, layers, program
         if top is not None:  # the verdict's fix is always the last line (render_text.py relies on it)
             out.append("Fix: " + top.fix)
         return out
-    parts = []
-    for cause in CLIENT_CLOSES:
-        n = com_quit.by_cause.get(cause, 0)
-        if cause == ev.EXPLICIT_CLOSE or n:
-            text = "%s %s" % (fi(n), CAUSES[cause].words)
-            if cause == ev.GC and n:
-                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
-                                            for g, k in com_quit.gc_by_generation.items() if k)
-            parts.append(text)
-    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
-    unsent = 0
-    if no_quit is not None:
-        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
-    if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
-        line = "%s opened, %s by the client (%s with COM_QUIT)" % (
-            pl(connections.opened, "connection"), pl(connections.com_quit, "ended", "ended"),
-            fi(connections.com_quit - unsent))
-    if parts:
-        line += ": " + ", ".join(parts)
-    out.append(line + ".")
+    out.append(counts_line(connections, com_quit, no_quit))
     # After the counts line: the counts past a capture's bound, the ends without COM_QUIT.
     out.extend(after_counts)
     if connections.never_closed:
@@ -136,6 +117,31 @@ def summary(connections, com_quit, gc, drops, patterns, engines, layers, program
     if top is not None:
         out.append("Fix: " + top.fix)
     return out
+
+
+def counts_line(connections, com_quit, no_quit=None) -> str:
+    """"N connections opened, M COM_QUITs: 7 by close(), ..." (PyMySQL: how many sent one)."""
+    fi, pl = fmt_int, plural
+    parts = []
+    for cause in CLIENT_CLOSES:
+        n = com_quit.by_cause.get(cause, 0)
+        if cause == ev.EXPLICIT_CLOSE or n:
+            text = "%s %s" % (fi(n), CAUSES[cause].words)
+            if cause == ev.GC and n:
+                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
+                                            for g, k in com_quit.gc_by_generation.items() if k)
+            parts.append(text)
+    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
+    unsent = 0
+    if no_quit is not None:
+        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
+    if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
+        line = "%s opened, %s by the client (%s with COM_QUIT)" % (
+            pl(connections.opened, "connection"), pl(connections.com_quit, "ended", "ended"),
+            fi(connections.com_quit - unsent))
+    if parts:
+        line += ": " + ", ".join(parts)
+    return line + "."
 
 
 def engines_summary(engines, connections) -> List[str]:

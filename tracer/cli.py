@@ -79,10 +79,12 @@ class RunCommand:
     name = "run"
 
     def prepare_parser(self, parser):
-        parser.add_argument("-o", "--output", help="capture file (default: trace-quit-<program>.<pid>%s)" % CAPTURE_SUFFIX)
+        parser.add_argument("-o", "--output",
+                            help="capture file (default: trace-quit-<program>.<pid>%s)" % CAPTURE_SUFFIX)
         parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing capture")
         parser.add_argument("--dsn", help="also sample the server's connection count (PROCESSLIST) through this DSN")
-        parser.add_argument("--sample-user", help="the server user whose connections are counted (default: the DSN's user)")
+        parser.add_argument("--sample-user",
+                            help="the server user whose connections are counted (default: the DSN's user)")
         parser.add_argument("--no-bpf", action="store_true", help="no eBPF probes (no root needed): the agent only")
         parser.add_argument("--no-agent", action="store_true", help="no in-process agent: eBPF only")
         parser.add_argument("--as-root", action="store_true", help="run the program as root even under sudo")
@@ -232,7 +234,8 @@ class RunCommand:
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
                              status=not args.quiet, duration=args.duration, max_capture=_max_capture(args))
         if not args.no_agent and py_target.unsupported:
-            _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (args.pid, py_target.unsupported))
+            _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (
+                args.pid, py_target.unsupported))
         if args.no_agent or py_target.unsupported:
             recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         else:
@@ -495,7 +498,8 @@ def _check_capture_path(path):
     except OSError as exc:
         raise CliError("cannot read %s: %s" % (path, exc.strerror), EX_NOINPUT) from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "not a regular file")
         raise CliError("%s is %s, not a capture file: give the .tqcap file trace-quit wrote" % (path, kind), EX_DATAERR)
 
 

@@ -36,7 +36,8 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=TraceQuitErro
                          "this takes a while at full size)…\n" % experiment)
         options = RunOptions(argv=argv, output=capture, force=True, bpf=bpf, dsn=server.admin_dsn,
                              sample_user=server.user, run_as=run_as)
-        result = Recorder(options, bpf_targets=targets, on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
+        result = Recorder(options, bpf_targets=targets,
+                          on_note=lambda t: sys.stderr.write("trace-quit: %s\n" % t)).run()
     report = analysis.build_report(load(capture))
     analysis.render([report], "html", path=html, force=True, owner=(run_as.uid, run_as.gid))
     analysis.render([report], "text", stream=sys.stdout, color=sys.stdout.isatty())

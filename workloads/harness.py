@@ -151,20 +151,26 @@ def study_drive(args, plan, work):
             future.add_done_callback(lambda f: work(f.result()))
 
 
+def _set_gc_threshold(parser, given):
+    """--gc-threshold N [N [N]]: set before the run ('python': the interpreter's own)."""
+    if not given or given == ["python"]:
+        return
+    try:
+        values = [int(n) for n in given]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or min(values) < 0:
+        parser.error("--gc-threshold takes 1 to 3 numbers >= 0, or 'python'")
+    gc.set_threshold(*values)
+
+
 def main(name, module, argv=None):
     parser = build_parser(name, module)
     args = parser.parse_args(argv)
     if hasattr(module, "check_arguments"):
         module.check_arguments(parser, args)
     own_thresholds = INTERPRETER_THRESHOLDS or gc.get_threshold()
-    if args.gc_threshold and args.gc_threshold != ["python"]:
-        try:
-            values = [int(n) for n in args.gc_threshold]
-        except ValueError:
-            values = []
-        if not 1 <= len(values) <= 3 or min(values) < 0:
-            parser.error("--gc-threshold takes 1 to 3 numbers >= 0, or 'python'")
-        gc.set_threshold(*values)
+    _set_gc_threshold(parser, args.gc_threshold)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2 ** 31)
 
@@ -232,7 +238,7 @@ def main(name, module, argv=None):
             line += " sampler_errors=%d (%s)" % (sampler.errors, sampler.last_error)
     if extra:
         line += " " + extra
-    # Which thresholds the run had: on 3.13 (2000, 10, 10) the study's run looks different.
+    # Which thresholds the run had: on 3.13 (2000, 10, 10) the incident's run looks different.
     line += " gc_threshold=%s" % ",".join(map(str, gc.get_threshold()))
     if gc.get_threshold() != own_thresholds:
         line += " (python's own: %s)" % ",".join(map(str, own_thresholds))

@@ -66,8 +66,8 @@ def run_with_bpftrace(library, command, cwd):
     with open(script, "w") as f:
         f.write("#!/bin/sh\nexec %s >/dev/null\n" % " ".join(shlex.quote(a) for a in command))
     os.chmod(script, 0o755)
-    proc = subprocess.run(["bpftrace", "-e", program, "-c", "/bin/sh " + script], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(["bpftrace", "-e", program, "-c", "/bin/sh " + script], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
     if proc.returncode != 0:
         raise BenchError("bpftrace failed (%d): %s" % (proc.returncode, proc.stderr.strip()[-500:]))
     for line in proc.stdout.splitlines():

@@ -296,7 +296,8 @@ def main(argv=None):
         if tracer_us is not None:
             print("tracer (user space):       %.2f us CPU per delivered event in steady state (%.0f%% of a CPU)" % (
                 tracer_us, 100 * tracer_share))
-        print("capture:                   %.1f MB, %.0f bytes/event" % (run["size"] / 1e6, run["size"] / max(1, events)))
+        print("capture:                   %.1f MB, %.0f bytes/event" % (
+            run["size"] / 1e6, run["size"] / max(1, events)))
         print("start-up:                  trace-quit start -> burst main() %.3f s; -> header %.3f s; header -> "
               "child_start %.3f s (attach_s %s, startup_s %s)" % (
                   (b["start_ns"] - run["t_start"]) / 1e9, (h["t"] - run["t_start"]) / 1e9, (cs["t"] - h["t"]) / 1e9,

@@ -67,8 +67,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|")
     for mode in ("untraced", "traced"):
         print("| %s | %.2f | %.2f | %.2f |" % (mode, own[mode], wall[mode], cpu[mode]))
-    print("| traced/untraced | %.3f | %.3f | %.3f |" % (own["traced"] / own["untraced"], wall["traced"] / wall["untraced"],
-                                                       cpu["traced"] / cpu["untraced"]))
+    print("| traced/untraced | %.3f | %.3f | %.3f |" % (
+        own["traced"] / own["untraced"], wall["traced"] / wall["untraced"], cpu["traced"] / cpu["untraced"]))
     return 0
 
 

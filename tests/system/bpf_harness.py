@@ -178,7 +178,8 @@ def our_uprobe_events(pid=None):
 
 def our_perf_fds():
     return [fd for fd in os.listdir("/proc/self/fd")
-            if os.path.exists("/proc/self/fd/" + fd) and os.readlink("/proc/self/fd/" + fd) == "anon_inode:[perf_event]"]
+            if os.path.exists("/proc/self/fd/" + fd)
+            and os.readlink("/proc/self/fd/" + fd) == "anon_inode:[perf_event]"]
 
 
 def read_mem(pid, address, n):

@@ -426,7 +426,8 @@ def test_tracer_interrupted_mid_injection_leaves_the_program_running(tmp_path):
     driver = subprocess.Popen([sys.executable, "-c",
                                "import sys, tempfile\n"
                                "from trace_quit.tracer.attach import target, inject\n"
-                               "inject.inject(target.check(int(sys.argv[1])), 'inspect', tempfile.mkdtemp(), '', 60.0)\n",
+                               "inject.inject(target.check(int(sys.argv[1])), 'inspect', tempfile.mkdtemp(), "
+                               "'', 60.0)\n",
                                str(proc.pid)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

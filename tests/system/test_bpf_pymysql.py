@@ -139,7 +139,8 @@ def test_statically_linked_mariadb_children_are_counted_outside_the_library(bpf_
     assert report["no_quit"]["outside_library"] == 2
     assert report["no_quit"]["by_driver"] == {"socket": {"explicit_close": 2}}
     assert report["com_quit"]["wire"]["confirmed"] == 2 and report["no_quit"]["without_quit"] == 0
-    assert any(s.startswith("2 MySQL connections were opened outside the probed client library") for s in report["summary"])
+    assert any(s.startswith("2 MySQL connections were opened outside the probed client library")
+               for s in report["summary"])
 
 
 TLS_PROG = r"""

@@ -97,14 +97,17 @@ def test_a_non_python_command_is_probed_on_guesses_with_reasons():
 
 def test_a_shell_command_leads_to_the_python_it_names(tmp_path):
     venv_py = VENV_PY
-    t = resolve_targets(["bash", "-c", "cd /tmp && exec %s -m trace_quit.workloads known-causes --dsn x | cat" % venv_py],
-                        dict(os.environ, PATH="/usr/bin:/bin"), 0, 0, cwd=str(tmp_path))
+    t = resolve_targets(
+        ["bash", "-c", "cd /tmp && exec %s -m trace_quit.workloads known-causes --dsn x | cat" % venv_py],
+        dict(os.environ, PATH="/usr/bin:/bin"), 0, 0, cwd=str(tmp_path))
     assert t.guesses[0]["interpreter"] == venv_py
     assert t.guesses[0]["why"].startswith("run by the shell command")
     assert t.interpreter == venv_py and t.mysql_so and t.gc_mode == "usdt"
     # A script run through its #! by a shell, naming the interpreter through a variable.
-    script = _script(tmp_path / "run.sh", "#!/bin/sh\n# start\nexport A=1\nexec \"$VENV/bin/python\" -u app.py \"$@\"\n")
-    t = resolve_targets([script, "x"], dict(os.environ, VENV=os.path.dirname(os.path.dirname(venv_py)), PATH="/usr/bin:/bin"),
+    script = _script(tmp_path / "run.sh",
+                     "#!/bin/sh\n# start\nexport A=1\nexec \"$VENV/bin/python\" -u app.py \"$@\"\n")
+    t = resolve_targets([script, "x"],
+                        dict(os.environ, VENV=os.path.dirname(os.path.dirname(venv_py)), PATH="/usr/bin:/bin"),
                         0, 0, cwd=str(tmp_path))
     assert t.guesses[0] == dict(t.guesses[0], interpreter=venv_py, why="run by the script %s" % script)
     assert t.mysql_so is not None
@@ -124,7 +127,8 @@ def test_nothing_to_probe_is_said_not_raised(monkeypatch):
     monkeypatch.setattr(elf, "ld_cache", lambda path="/etc/ld.so.cache": {})
     t = resolve_targets(["/bin/true"], dict(os.environ, PATH="/nonexistent"), 0, 0)
     assert t.probes == [] and t.client_libs == []
-    assert t.nothing_to_probe.startswith("/bin/true is not a Python interpreter and neither a Python nor a MySQL client")
+    assert t.nothing_to_probe.startswith(
+        "/bin/true is not a Python interpreter and neither a Python nor a MySQL client")
 
 
 def test_the_project_venv_resolves_to_debian_python_and_libmariadb():

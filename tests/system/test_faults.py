@@ -109,7 +109,8 @@ def _code_bytes_match_files_now(pid, probes):
         except LookupError:
             continue  # a library this process never loaded
         expected = file_bytes(os.path.realpath(probe["path"]), probe["offset"], 1)
-        assert read_mem(pid, addr, 1) == expected, "probe byte still patched at %s+%#x" % (probe["path"], probe["offset"])
+        assert read_mem(pid, addr, 1) == expected, "probe byte still patched at %s+%#x" % (
+            probe["path"], probe["offset"])
         checked += 1
     return checked
 

@@ -92,7 +92,8 @@ def by_cause(base):
 def test_prometheus_reads_the_known_causes_counts(layers, prometheus, server, tmp_path):
     base, port = prometheus
     capture = str(tmp_path / "kc.tqcap")
-    cmd = TRACE_QUIT + (["--no-bpf"] if layers == "agent" else []) + ["--quiet", "--format", "none", "-o", capture, "--metrics-port", str(port),
+    cmd = TRACE_QUIT + (["--no-bpf"] if layers == "agent" else []) + [
+        "--quiet", "--format", "none", "-o", capture, "--metrics-port", str(port),
                         "--metrics-linger", "30", "--", VENV_PY, "-m", "trace_quit.workloads", "known-causes",
                         "--dsn", server.dsn_socket]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))

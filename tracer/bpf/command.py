@@ -113,7 +113,8 @@ def follow_command(argv, env):
             return Command(path, args[1:], scripts=scripts, why="%s is not a Python interpreter" % path)
         sb = _shebang(path)
         if sb is None:
-            return Command(path, args[1:], scripts=scripts, why="%s is neither an ELF executable nor a #! script" % path)
+            return Command(path, args[1:], scripts=scripts,
+                           why="%s is neither an ELF executable nor a #! script" % path)
         scripts.append(path)
         interp, arg = sb
         new = [interp] + ([arg] if arg is not None else []) + [path] + args[1:]
@@ -253,7 +254,8 @@ def _scan_words(words, env, cwd, origin, out, depth, seen_texts):
     i = 0
     while i < len(words):  # skip VAR=value, exec/nohup/..., env and its options
         w = words[i]
-        if re.match(r"^[A-Za-z_]\w*=", w) or w in _PREFIXES or w.startswith("-") and i > 0 and words[i - 1] in _PREFIXES:
+        if (re.match(r"^[A-Za-z_]\w*=", w) or w in _PREFIXES
+                or w.startswith("-") and i > 0 and words[i - 1] in _PREFIXES):
             i += 1
         elif os.path.basename(w) == "env":
             j = _skip_env(words[i + 1:])

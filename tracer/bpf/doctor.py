@@ -64,7 +64,8 @@ def checks(python=None, uid=None, gid=None):
     pmu = perf.uprobe_pmu_type()
     ref = perf.supports_ref_ctr()
     out.append(_check("uprobes", pmu is not None,
-                      "uprobe PMU type %s; USDT semaphores by the kernel (ref_ctr_offset): %s" % (pmu, "yes" if ref else "no"),
+                      "uprobe PMU type %s; USDT semaphores by the kernel (ref_ctr_offset): %s" % (
+                          pmu, "yes" if ref else "no"),
                       "the kernel needs CONFIG_UPROBE_EVENTS (uprobe PMU at %s)" % perf.UPROBE_PMU))
     tracefs = "/sys/kernel/tracing"
     have_tracefs = os.path.isdir(os.path.join(tracefs, "events"))

@@ -230,7 +230,8 @@ class Elf:
             desc_off = name_off + ((namesz + 3) & ~3)
             nxt = desc_off + ((descsz + 3) & ~3)
             self._check(desc_off, descsz)
-            if ntype == NT_STAPSDT and self.data[name_off:name_off + namesz].rstrip(b"\0") == b"stapsdt" and descsz >= 24:
+            name = self.data[name_off:name_off + namesz].rstrip(b"\0")
+            if ntype == NT_STAPSDT and name == b"stapsdt" and descsz >= 24:
                 pc, base, sem = struct.unpack_from("<QQQ", self.data, desc_off)
                 strings = self.data[desc_off + 24:desc_off + descsz].split(b"\0")
                 provider = strings[0].decode() if len(strings) > 0 else ""

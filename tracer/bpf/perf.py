@@ -3,9 +3,10 @@
 We do not use bcc's ``attach_uprobe``: its Python wrapper cannot pass a USDT semaphore
 (``ref_ctr_offset``; libbcc's C function takes it as a 7th argument the wrapper does not
 declare), and libbcc falls back to creating tracefs ``uprobe_events`` entries when the
-perf PMU path fails, which outlive a SIGKILLed tracer (tests/system/test_faults.py checks none are left). Here every probe is one
-``perf_event_open`` fd on the ``uprobe`` PMU (or a tracepoint id): the kernel removes it
-when the fd is closed, including when the tracer dies, and nothing is written to tracefs.
+perf PMU path fails, which outlive a SIGKILLed tracer (tests/system/test_faults.py checks none
+are left). Here every probe is one ``perf_event_open`` fd on the ``uprobe`` PMU (or a
+tracepoint id): the kernel removes it when the fd is closed, including when the tracer dies,
+and nothing is written to tracefs.
 
 USDT semaphores: the traced program execs *after* we attach, so there is no process whose
 memory bcc could poke. With ``ref_ctr_offset`` (kernel >= 4.20, format

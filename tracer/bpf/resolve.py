@@ -202,7 +202,7 @@ def _add_client_probes(targets, client, how):
         _add_probe(targets, dataclasses.replace(conn, role="connect_ret", fn="on_connect_ret", how="uretprobe"))
 
 
-def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
+def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):  # noqa: C901
     """Resolve one interpreter (libpython, GC sites, _mysql .so, client library) into ``targets``."""
     info = _run_helper(interp, pyargs, env, uid, gid, cwd)
     version = tuple(info["version"])
@@ -253,14 +253,16 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
     mode = "usdt" if sites else None
     if not sites:
         if not pyelf.has_symtab():
-            scratch.missing.append({"what": "gc brackets", "why": "%s has no USDT notes and no .symtab (stripped)" % libpython})
+            scratch.missing.append({"what": "gc brackets",
+                                    "why": "%s has no USDT notes and no .symtab (stripped)" % libpython})
         else:
             sites = _gc_symbol_sites(pyelf, version, scratch)
             if sites:
                 mode = "symbol"
             else:
-                scratch.missing.append({"what": "gc brackets", "why": "no collection function known for Python %s in %s" % (
-                    ".".join(map(str, version)), libpython)})
+                scratch.missing.append({"what": "gc brackets",
+                                        "why": "no collection function known for Python %s in %s" % (
+                                            ".".join(map(str, version)), libpython)})
     if sites and not generation_is_age:
         # Brackets only: the number this collector reports is not the age of what it scanned
         # (tests/unit/test_compat.py), so the kernel records no generation rather than a wrong one.
@@ -282,7 +284,8 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
         _add_probe(targets, site)
     fin = _site("finalize", "on_finalize", pyelf, "Py_FinalizeEx", "uprobe")
     if fin is None:
-        targets.missing.append({"what": "Py_FinalizeEx", "why": "not found in %s: shutdown closes will read as refcount/gc" % libpython})
+        targets.missing.append({"what": "Py_FinalizeEx",
+                                "why": "not found in %s: shutdown closes will read as refcount/gc" % libpython})
     else:
         _add_probe(targets, fin)
         _add_after_atexit(targets, pyelf, version, libpython)
@@ -298,7 +301,8 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
     so = None
     if int(info["basicsize"]) != targets.basicsize:
         targets.missing.append({"what": "mysqlclient in %s" % mysql_so, "why": "its interpreter's object header "
-                                "(%s bytes) differs from %s's: its closes are not attributed" % (info["basicsize"], targets.interpreter)})
+                                "(%s bytes) differs from %s's: its closes are not attributed" % (
+                                    info["basicsize"], targets.interpreter)})
     else:
         so = elflib.Elf(mysql_so)
         layout = compat.mysqlclient_layout(so, int(info["basicsize"]))
@@ -314,12 +318,14 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
                               ("py_dealloc", "on_py_dealloc", "_mysql_ConnectionObject_dealloc")):
             s = _site(role, fn, so, sym, "uprobe")
             if s is None:
-                targets.missing.append({"what": sym, "why": "not in %s (stripped .symtab?): causes will be unknown" % mysql_so})
+                targets.missing.append({"what": sym,
+                                        "why": "not in %s (stripped .symtab?): causes will be unknown" % mysql_so})
             else:
                 _add_probe(targets, s)
     client = find_defining(elflib.Elf(mysql_so), "mysql_close", env)
     if client is None:
-        targets.missing.append({"what": "client library", "why": "no library defining mysql_close found for %s" % mysql_so})
+        targets.missing.append({"what": "client library",
+                                "why": "no library defining mysql_close found for %s" % mysql_so})
         return
     if not primary:
         targets.guesses[-1]["client_lib"] = os.path.realpath(client.path)
@@ -436,7 +442,8 @@ def resolve_targets(argv, env, uid=None, gid=None, cwd=None):
         targets.notes.append(
             "%s: probes are placed on guesses (%s) and on the MySQL client libraries found (%s); "
             "a Python or library it loads from elsewhere is not seen" % (
-                cmd.why, ", ".join("%s, %s" % (g["interpreter"], g["why"]) for g in targets.guesses) or "no Python found",
+                cmd.why,
+                ", ".join("%s, %s" % (g["interpreter"], g["why"]) for g in targets.guesses) or "no Python found",
                 ", ".join(c["path"] for c in targets.client_libs) or "none"))
         if not targets.probes:
             targets.nothing_to_probe = ("%s and neither a Python nor a MySQL client library was found to probe "

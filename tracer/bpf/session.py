@@ -32,8 +32,9 @@ TCP_STATES = decode.TCP_STATES
 _TRACEPOINTS = [
     ("task", "task_newtask", "on_newtask", {"TP_NEWTASK_PID": "pid", "TP_NEWTASK_FLAGS": "clone_flags"}),
     ("sched", "sched_process_exit", "on_exit", {"TP_EXIT_GROUP_DEAD": "group_dead"}),
-    ("sock", "inet_sock_set_state", "on_sock_state", {"TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate",
-                                                       "TP_SOCKSTATE_PROTO": "protocol", "TP_SOCKSTATE_SKADDR": "skaddr"}),
+    ("sock", "inet_sock_set_state", "on_sock_state", {
+        "TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate", "TP_SOCKSTATE_PROTO": "protocol",
+        "TP_SOCKSTATE_SKADDR": "skaddr"}),
 ]
 _OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back to tid == tgid
 #: Raw tracepoints (probes.c: every system call the programs look at, in two programs):
@@ -285,7 +286,8 @@ class BpfSession:
                 self._attached.append(entry)
             for cat, name, fn_name, _fields in _TRACEPOINTS:
                 if any(m["what"] == "%s:%s" % (cat, name) for m in self._tp_missing):
-                    self._missing.append({"what": "tracepoint %s:%s" % (cat, name), "why": "not available on this kernel"})
+                    self._missing.append({"what": "tracepoint %s:%s" % (cat, name),
+                                          "why": "not available on this kernel"})
                     continue
                 try:
                     fn = b.load_func(fn_name.encode(), self._bcc.BPF.TRACEPOINT)

@@ -117,7 +117,8 @@ def _usdt_sites(e, targets):
         p = probes[name]
         arg = parse_usdt_arg(p.args.split()[0]) if p.args.strip() else None
         if arg is None:
-            targets.notes.append("USDT python:%s argument %r is not decodable; its value is reported as -1" % (name, p.args))
+            targets.notes.append("USDT python:%s argument %r is not decodable; its value is reported as -1" % (
+                name, p.args))
             arg = {"KIND": 0, "REG": 0, "OFF": 0, "SIZE": 8, "SIGNED": 1}
         for k, v in arg.items():
             args["%s_ARG_%s" % (prefix, k)] = v

@@ -4,8 +4,8 @@ Why: the kernel handles a uprobe hit either by *emulating* the probed instructio
 a register, jumps, calls, nops on recent kernels) or by *single-stepping* a copy of it out
 of line, which costs an extra trap. On this VM a hit on libmariadb's ``mysql_close`` (whose
 first instruction is ``test %rdi,%rdi``) cost ~16 us single-stepped against ~0.9 us on the
-``push %rbp`` nine bytes in (tests/system/test_bpf_probe_cost.py measures it). So: probe the first ``push`` if everything before it
-leaves the argument registers and the stack pointer untouched (``endbr64``, nops,
+``push %rbp`` nine bytes in (tests/system/test_bpf_probe_cost.py measures it). So: probe the
+first ``push`` if everything before it leaves the argument registers and the stack pointer untouched (``endbr64``, nops,
 ``test``/``cmp`` of registers) and the only branch before it is the NULL-first-argument
 early return ``test %rdi,%rdi; je`` (the skipped calls then do nothing worth seeing, e.g.
 ``mysql_close(NULL)``). Anything else: probe +0 and say so.
