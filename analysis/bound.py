@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
 
-from .attribute import Totals
+from .attribute import Context, Totals, decide
+from .evidence import Life
 from .drops import fmt_int, fmt_s
 
 
@@ -25,9 +26,12 @@ def _counts(value: Any) -> Dict[str, int]:
     return {str(k): n for k, n in value.items() if type(n) is int and n >= 0}
 
 
-def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any]]:
+def read(trailer: Optional[Dict[str, Any]], bpf: bool, ctx: Optional[Context] = None) -> Optional[Dict[str, Any]]:
     """The trailer's ``bound`` as the report's: which layer's counts it uses (the kernel's when
-    the eBPF layer ran, else the agent's), checked; None when the bound was not reached."""
+    the eBPF layer ran, else the agent's), checked; None when the bound was not reached. The
+    kernel's evidence rows, when the writer kept them, are decided by ``attribute.decide``
+    (``ctx``: the capture's layers), so the ends after the bound get the causes the detail
+    would have given them; older captures have the kernel's own causes only."""
     bound = trailer.get("bound") if isinstance(trailer, dict) else None
     if not isinstance(bound, dict) or type(bound.get("max_bytes")) is not int:
         return None
@@ -37,6 +41,12 @@ def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any
     layer = "kernel" if bpf else "agent"
     chosen = kernel if bpf else agent
     not_written = _counts(bound.get("not_written"))
+    rows = kernel.get("rows")
+    if bpf and isinstance(rows, list):
+        decided = decide_rows(rows, ctx or Context(agent=False, bpf=True, wire=True, process_ended=lambda pid: None))
+        chosen = dict(chosen, by_cause=dict(decided.by_cause),
+                      gc_by_generation={_gen_key(g): n for g, n in decided.gc_by_generation.items()})
+        kernel = dict(kernel, wire=dict(decided.wire))
     return {"max_bytes": bound["max_bytes"], "reached_t": bound.get("reached_t"),
             "not_written": sum(not_written.values()), "not_written_by_kind": not_written,
             "closes_after_from": layer,
@@ -45,6 +55,51 @@ def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any
             "closes_after_wire": _counts(kernel.get("wire")),
             "agent_closes_after": _counts(agent.get("by_cause")),
             "opened_after": chosen.get("opened") if type(chosen.get("opened")) is int else 0}
+
+
+def _gen_key(gen: Optional[int]) -> str:
+    return str(gen) if type(gen) is int else "unknown"
+
+
+def decide_rows(rows: List[Any], ctx: Context) -> Totals:
+    """The kernel's evidence rows past the bound ([ends, evidence], tracer/capture.py), each
+    decided as one connection life with that evidence, counted ``ends`` times. A failed
+    connect's close is no COM_QUIT, as in the detail."""
+    totals = Totals()
+    for item in rows:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], dict)):
+            continue
+        n, row = item
+        if row.get("failed") is True or n <= 0:
+            continue
+        verdict = decide(_life_of(row), ctx)
+        if verdict is not None:
+            totals.add(verdict.cause, verdict.generation, verdict.wire, None, n)
+    return totals
+
+
+def _life_of(row: Dict[str, Any]) -> Life:
+    """A connection life whose only evidence is one row's (opened: its connect is not a failed one)."""
+    life = Life(0, 0)
+    life.bpf_open = {"k": ev.BPF_CONNECT, "ok": True}
+    end = {k: row.get(k) for k in ("cause", "gen", "sock", "last_errno", "eof", "quit_sent")}
+    end.update(k=row.get("k") if row.get("k") in (ev.BPF_CLOSE, ev.BPF_SOCK_CLOSE) else ev.BPF_CLOSE, t=0, tid=None)
+    life.bpf_end = end
+    life.eof = row.get("eof") is True
+    if end["k"] == ev.BPF_SOCK_CLOSE:
+        wire = row.get("wire")
+        if wire not in ev.WIRE_STATES:
+            wire = ev.WIRE_CONFIRMED if row.get("quit_sent") else ev.WIRE_NOT_SENT
+        life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": wire}
+        return life
+    if "wire" in row:  # its mysql_close returned
+        life.bpf_ret = {"k": ev.BPF_CLOSE_RET, "wire": row.get("wire"), "send_err": row.get("send_err"),
+                        "fin_first": row.get("fin_first")}
+        errors = [e for e in (row.get("send_errors") or []) if type(e) is int]
+        if type(row.get("send_err")) is int and row["send_err"]:
+            errors.append(-abs(row["send_err"]))
+        life.send_errors = sorted(set(errors)) or None
+    return life
 
 
 def add_to_totals(info: Dict[str, Any], totals: Totals) -> None:

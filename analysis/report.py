@@ -131,7 +131,8 @@ def build_report(capture: Capture) -> Report:
 
     # --max-capture: past the bound the detail stops, so a connection with no end in it may have
     # ended among the counted ones: never_closed only from a process end that is in the detail.
-    bound = boundlib.read(trailer, layers.bpf)
+    bound = boundlib.read(trailer, layers.bpf, Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire,
+                                                       process_ended=lambda pid: None))
 
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)

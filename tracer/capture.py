@@ -69,6 +69,13 @@ class _Bound:
         self.agent = collections.Counter()         # conn_close (explicit_close), conn_destroy per cause
         self.agent_gen = collections.Counter()
         self.last_sample = {}                      # (kind, key) -> t of the last one written
+        # The kernel's evidence of each end after the bound, compact: one row per distinct
+        # evidence (cause, generation, socket, errors, wire), counted; the report decides each
+        # row by analysis/attribute.decide(), so "server" and "unknown" are what they would be
+        # in the detail (analysis/bound.py).
+        self.rows = collections.Counter()          # json of one end's evidence -> ends
+        self.brackets = {}                         # (pid, tid) -> the evidence of a mysql_close begun
+        self.failed = set()                        # (pid, conn) of connects that failed after the bound
         self.unfinished = set()                    # (pid, conn) of closes written whose return was not yet
         self.pending = {}                          # (kind, key) -> the latest one held back (written at close)
 
@@ -76,8 +83,12 @@ class _Bound:
         kind = event.get("k")
         if kind == ev.BPF_CONNECT and event.get("ok") is True or kind == ev.BPF_SOCK_CONNECT and not event.get("lib"):
             self.kernel_opened += 1
+        elif kind == ev.BPF_CONNECT:
+            self.failed.add((event.get("pid"), event.get("conn")))
         elif kind == ev.CONN_OPEN:
             self.agent_opened += 1
+        if kind in (ev.BPF_CLOSE, ev.BPF_CLOSE_RET, ev.BPF_WIRE, ev.BPF_SOCK_CLOSE):
+            self._evidence(kind, event)
         if kind in (ev.BPF_CLOSE, ev.BPF_SOCK_CLOSE):
             cause = str(event.get("cause"))
             self.kernel[cause] += 1
@@ -92,6 +103,34 @@ class _Bound:
             self.agent[cause] += 1
             if cause == ev.GC:
                 self.agent_gen[_gen_key(event.get("gen"))] += 1
+
+    def _evidence(self, kind, event):
+        """Keep what decide() reads of one kernel end: its bpf_close, sends and return, as one row."""
+        bracket = (event.get("pid"), event.get("tid"))
+        if kind == ev.BPF_CLOSE:
+            self._row(self.brackets.pop(bracket, None))  # a close whose return was lost
+            self.brackets[bracket] = {
+                "k": kind, "cause": event.get("cause"), "gen": event.get("gen"), "sock": event.get("sock"),
+                "last_errno": event.get("last_errno"), "eof": event.get("eof"),
+                "failed": (event.get("pid"), event.get("conn")) in self.failed}
+        elif kind == ev.BPF_WIRE:
+            row = self.brackets.get(bracket)
+            ret = event.get("ret")
+            if row is not None and type(ret) is int and ret < 0:
+                row["send_errors"] = sorted(set(row.get("send_errors", [])) | {ret})
+        elif kind == ev.BPF_CLOSE_RET:
+            row = self.brackets.pop(bracket, None)
+            if row is not None:
+                row.update(wire=event.get("wire"), send_err=event.get("send_err"), fin_first=event.get("fin_first"))
+                self._row(row)
+        else:  # bpf_sock_close: a MySQL socket outside the client library, one record per end
+            if not event.get("lib"):
+                self._row({"k": kind, "cause": event.get("cause"), "gen": event.get("gen"),
+                           "wire": event.get("wire"), "quit_sent": event.get("quit_sent")})
+
+    def _row(self, row):
+        if row is not None:
+            self.rows[json.dumps(row, sort_keys=True)] += 1
 
     def finishes(self, event):
         """True for the bpf_wire/bpf_close_ret of a close written before the bound: written too,
@@ -136,10 +175,15 @@ class _Bound:
                         self.unfinished.discard(key)
 
     def trailer(self):
+        for row in self.brackets.values():  # closes whose return never came
+            self._row(row)
+        self.brackets = {}
+        rows = [[n, json.loads(row)] for row, n in sorted(self.rows.items())]
         return {"max_bytes": self.max_bytes, "reached_t": self.reached_t,
                 "not_written": {k: n for k, n in self.not_written.items() if n},
                 "closes_after": {"kernel": {"by_cause": dict(self.kernel), "gc_by_generation": dict(self.kernel_gen),
-                                            "wire": dict(self.kernel_wire), "opened": self.kernel_opened},
+                                            "wire": dict(self.kernel_wire), "opened": self.kernel_opened,
+                                            "rows": rows},
                                  "agent": {"by_cause": dict(self.agent), "gc_by_generation": dict(self.agent_gen),
                                            "opened": self.agent_opened}}}
 

@@ -84,3 +84,19 @@ def test_agent_records_written_before_their_kernel_twins_were_counted_are_counte
     assert r.bound["closes_after"] == {"refcount": 2} and r.bound["opened_after"] == 1
     assert r.com_quit.by_cause["refcount"] == 2 and r.connections.com_quit == 2
     assert r.connections.opened == 2 and r.connections.never_closed == 0
+
+
+def test_ends_after_the_bound_are_decided_by_the_reports_rules(tmp_path):
+    # Past the bound the writer keeps the kernel's evidence of each end (rows), and the report
+    # decides them as it would in the detail: a server-ended connection is "server", a close the
+    # kernel could not attribute is "unknown" -- never the kernel's raw refcount/explicit_close.
+    s = SynthCapture(str(tmp_path / "s.tqcap"))
+    a, b, c = (s.open(0.1 + i * 0.01) for i in range(3))
+    s.w.max_bytes = 1
+    s.close(0.3, a, ev.REFCOUNT, sock=False, last_errno=2013)    # the library had dropped its socket
+    s.close(0.4, b, ev.EXPLICIT_CLOSE, fin_first=True, tcp_from="close_wait")  # the server's FIN first
+    s.close(0.5, c, ev.UNKNOWN)
+    r = build_report(load(s.finish(1.0)))
+    assert r.bound["closes_after"] == {"server": 2, "unknown": 1}
+    assert r.com_quit.by_cause["server"] == 2 and r.com_quit.by_cause["unknown"] == 1
+    assert r.connections.server == 2 and r.connections.com_quit == 1

@@ -123,7 +123,12 @@ def test_a_bounded_capture_counts_what_it_does_not_write(tmp_path):
     assert bound["max_bytes"] == 4096 and type(bound["reached_t"]) is int
     assert bound["not_written"] == {"conn_open": 5, "conn_destroy": 4, "conn_close": 1, "bpf_close": 6,
                                     "bpf_close_ret": 1, "server_count": 30}
-    assert bound["closes_after"] == {
+    # The kernel's evidence of each end, one row per distinct evidence, for the report to decide.
+    rows = bound["closes_after"]["kernel"]["rows"]
+    assert sum(n for n, _ in rows) == 6
+    assert [(n, r["cause"], r["wire"]) for n, r in rows if "wire" in r] == [(1, "explicit_close", "confirmed")]
+    kernel = {k: v for k, v in bound["closes_after"]["kernel"].items() if k != "rows"}
+    assert dict(bound["closes_after"], kernel=kernel) == {
         "kernel": {"by_cause": {"refcount": 1, "gc": 4, "explicit_close": 1},
                    "gc_by_generation": {"2": 2, "0": 1, "unknown": 1}, "wire": {"confirmed": 1}, "opened": 0},
         "agent": {"by_cause": {"gc": 3, "refcount": 1, "explicit_close": 1}, "gc_by_generation": {"2": 3},
