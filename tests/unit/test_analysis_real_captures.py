@@ -15,7 +15,10 @@ disposable MariaDB 10.11, Python 3.11, mysqlclient 2.3.1, SQLAlchemy 2.1.9:
   fork whose child closes an inherited connection the parent then queries (2013), and a fork
   whose child exits through interpreter shutdown with the parent's connections inherited;
 - server-stop.tqcap: the server stopped under a program holding an idle connection, a used
-  one (queried after: 2013) and a pool with pool_pre_ping.
+  one (queried after: 2013) and a pool with pool_pre_ping;
+- known-causes-pymysql.tqcap and known-causes-bounded.tqcap: recorded by tests/make_fixtures.py
+  (known-causes-pymysql; known-causes with --max-capture 64K reached mid-run), Python 3.11,
+  PyMySQL 1.2.4 (pymysql.__version__ says 2.2.8), SQLAlchemy 2.1.9, both layers, capture revision 2.
 """
 
 import dataclasses
@@ -158,3 +161,32 @@ def test_real_server_stopped(tmp_path):
     assert [q.wire for q in r.quits if q.cause == "server"] == ["not_sent", "not_sent"]
     # The idle one, closed unused after the stop, still sent its COM_QUIT: not distinguishable yet.
     assert [q.wire for q in r.quits if q.cause == "explicit_close"] == ["confirmed"]
+
+
+#: known-causes with its atexit rows (tests/tq_support.KNOWN_CAUSES): 44 ends.
+KNOWN_CAUSES_44 = {"explicit_close": 7, "refcount": 13, "gc": 21, "shutdown": 3, "never_closed": 0, "server": 0,
+                   "unknown": 0}
+
+
+@pytest.mark.parametrize("layer", [None, "agent", "bpf"], ids=["both", "agent-only", "bpf-only"])
+def test_real_pymysql_known_causes_exact_and_only_close_sends_com_quit(tmp_path, layer):
+    # Recorded by tests/make_fixtures.py: known-causes-pymysql under both layers, Unix socket.
+    cap = capture(tmp_path, "known-causes-pymysql.tqcap")
+    r = build_report(only(cap, layer) if layer else cap)
+    assert r.com_quit.by_cause == KNOWN_CAUSES_44
+    assert r.com_quit.gc_by_generation == {"0": 5, "1": 0, "2": 16}
+    assert r.connections.opened == 44
+    if layer != "agent":  # the kernel's socket probes saw which sockets carried a COM_QUIT
+        assert r.com_quit.wire["confirmed"] == 7 and r.com_quit.wire["not_sent"] == 37
+    assert r.no_quit.without_quit == 37
+
+
+def test_real_bounded_capture_counts_every_end_by_cause(tmp_path):
+    # Recorded by tests/make_fixtures.py: known-causes with --max-capture 64K reached mid-run.
+    r = build_report(capture(tmp_path, "known-causes-bounded.tqcap"))
+    assert r.com_quit.by_cause == KNOWN_CAUSES_44
+    assert r.com_quit.gc_by_generation == {"0": 5, "1": 0, "2": 16}
+    assert r.com_quit.wire["confirmed"] == 44
+    assert r.bound is not None and r.bound["closes_after_from"] == "kernel"
+    assert sum(r.bound["closes_after"].values()) == 21 and r.connections.opened == 44
+    assert r.connections.never_closed == 0
