@@ -41,6 +41,7 @@ REFCOUNT = "refcount"
 GC = "gc"
 UNKNOWN = "unknown"
 OPEN_AT_END = "open_at_end"
+SERVER = "server"   # the server ended it first (the report's rule, attribute.decide_agent_end)
 LEAKS = (GC, UNKNOWN, OPEN_AT_END)
 #: What ``--trace-quit-fail`` accepts, and which of our causes each selects.
 FAIL_CHOICES = {GC: (GC,), "shutdown": (OPEN_AT_END,), "never_closed": (OPEN_AT_END,),
@@ -296,6 +297,8 @@ def describe_cause(cause, gen=None):
         return "destroyed, cause unknown (gc.callbacks was emptied)"
     if cause == REFCOUNT:
         return "destroyed without close() when its last reference went"
+    if cause == SERVER:
+        return "ended by the server first (KILL, wait_timeout, restart)"
     return cause
 
 
@@ -346,9 +349,9 @@ def summary_lines(results):
                 seen.add(chain)
                 lines.extend("    " + line for line in chain)
     opened = sum(r["opened"] for r in results.values())
+    shown = (EXPLICIT, REFCOUNT, GC, UNKNOWN, OPEN_AT_END) + ((SERVER,) if totals[SERVER] else ())
     lines.append("%d connection(s) opened; %s; %d test(s) with leaks" % (
-        opened, ", ".join("%s %d" % (c, totals[c]) for c in (EXPLICIT, REFCOUNT, GC, UNKNOWN, OPEN_AT_END)),
-        tests_with_leaks))
+        opened, ", ".join("%s %d" % (c, totals[c]) for c in shown), tests_with_leaks))
     return lines
 
 
