@@ -233,6 +233,7 @@ class Joined:
         self.engines: List[EngineLife] = []
         self.collections: List[Collection] = []        # agent and kernel, start order
         self.server_counts: List[Tuple[int, int]] = []
+        self.server_own_user: Optional[str] = None  # the count covers this user's connections only
         self.notes: List[Tuple[int, str, str]] = []    # (t, level, text)
         self.sources: Dict[str, int] = {}               # events per src
         self.kinds: Dict[str, int] = {}                 # events per kind
@@ -568,6 +569,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
             j.server_status.append((t, e))
         elif k == ev.SERVER_COUNT:
             j.server_counts.append((t, e["count"]))
+            if e.get("own_user"):
+                j.server_own_user = e["own_user"]
         elif k == ev.CHILD_START:
             if j.t0 is None:
                 j.t0 = t

@@ -381,7 +381,10 @@ class Recorder:
             from trace_quit.tracer import sampler as sampler_mod
 
             def sink(t_ns, count):
-                self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
+                event = {"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count}
+                if self.sampler.scope == "own":  # no PROCESS: what the count covers (tracer/sampler.py)
+                    event["own_user"] = self.sampler.user
+                self.emit(event)
 
             def status_sink(t_ns, status):  # Aborted_clients at start and end (issue 19)
                 self.emit(dict(status, k=ev.SERVER_STATUS, t=t_ns, src=ev.SRC_SAMPLER))

@@ -354,13 +354,12 @@ def test_doctor_and_dump_and_the_workloads_help(user):
 
 
 def test_demo_writes_into_the_project_directory(user):
+    """Both demo lines: the one with an experiment named and its workload options (the full-size
+    default runs in tests/system/test_demo.py)."""
     proc = user.run("sudo trace-quit demo shared-engine -- --tasks 100", timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert user.owned_private("trace-quit-demo/shared-engine.tqcap")
     assert user.owned_private("trace-quit-demo/shared-engine.html")
-    proc = user.run("sudo trace-quit demo hidden-threads -- --tasks 20", timeout=400)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert user.owned_private("trace-quit-demo/hidden-threads.tqcap")
 
 
 def test_the_checkout_is_what_sudo_runs(user):

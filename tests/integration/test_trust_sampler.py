@@ -103,6 +103,9 @@ def test_an_application_account_without_the_process_grant_counts_its_own_connect
     assert report["layers"]["sampler"] is True
     counts = [e["count"] for e in _events(capture) if e.get("k") == "server_count"]
     assert len(counts) >= 5 and max(counts) == 7
+    assert report["timeline"]["server_own_user"] == "tq_plain"
+    text = subprocess.run(TRACE_QUIT + ["report", capture], capture_output=True, text=True, check=True).stdout
+    assert "server (PROCESSLIST, user tq_plain only) max 7 at" in text
 
 
 def _events(path):
