@@ -17,15 +17,6 @@ from trace_quit.tracer import events as ev
 
 from .model import Finding, NoQuit
 
-#: How each cause reads in "closed without COM_QUIT (…)".
-CAUSE_PROSE = {
-    ev.GC: "by the garbage collector",
-    ev.REFCOUNT: "when their last reference went away",
-    ev.SHUTDOWN: "at interpreter shutdown",
-    ev.EXPLICIT_CLOSE: "by close() (its COM_QUIT did not go out)",
-    ev.UNKNOWN: "for an unknown cause",
-}
-
 #: How the report names each driver.
 DRIVER_NAMES = {
     ev.DRIVER_MYSQLCLIENT: "mysqlclient",
@@ -75,21 +66,31 @@ def summarise(ended: Sequence, j) -> NoQuit:
         outside_library=sum(1 for lf in ended if lf.driver == ev.DRIVER_SOCKET))
 
 
+def _closed_without_quit(nq: NoQuit) -> Optional[str]:
+    """"N connections were closed without COM_QUIT (driver): N by cause, ..." (None: none were)."""
+    from .words import CAUSES  # the causes' words (words.py reads this module's sentences)
+
+    closed = nq.without_quit - nq.by_cause.get(ev.NEVER_CLOSED, 0)  # never_closed has its own sentence
+    if not closed:
+        return None
+    causes = ", ".join("%d %s" % (n, CAUSES[c].words_without_quit if c in CAUSES else c)
+                       for c, n in sorted(nq.by_cause.items(), key=lambda kv: -kv[1]) if c != ev.NEVER_CLOSED)
+    drivers = ""
+    if len(nq.without_quit_by_driver) == 1:
+        only = next(iter(nq.without_quit_by_driver))
+        drivers = " (%s)" % DRIVER_NAMES.get(only, only)
+    return "%d %s closed without COM_QUIT%s: %s" % (
+        closed, "connection was" if closed == 1 else "connections were", drivers, causes)
+
+
 def summary_lines(nq: NoQuit) -> List[str]:
     """The report's sentences about aborted clients, drivers and what it cannot see."""
     out = []
     never = nq.by_cause.get(ev.NEVER_CLOSED, 0)
-    closed = nq.without_quit - never   # never_closed has a sentence and a finding of its own
+    closed = _closed_without_quit(nq)
     if closed:
-        causes = ", ".join("%d %s" % (n, CAUSE_PROSE.get(c, c))
-                           for c, n in sorted(nq.by_cause.items(), key=lambda kv: -kv[1]) if c != ev.NEVER_CLOSED)
-        drivers = ""
-        if len(nq.without_quit_by_driver) == 1:
-            only = next(iter(nq.without_quit_by_driver))
-            drivers = " (%s)" % DRIVER_NAMES.get(only, only)
-        out.append("%d %s closed without COM_QUIT%s: %s. The server counts each as an aborted client "
-                   "(Aborted_clients; 'Aborted connection' in its error log)." % (
-                       closed, "connection was" if closed == 1 else "connections were", drivers, causes))
+        out.append("%s. The server counts each as an aborted client "
+                   "(Aborted_clients; 'Aborted connection' in its error log)." % closed)
     if nq.server_aborted_clients is not None and (nq.without_quit or nq.server_aborted_clients):
         out.append("The server's Aborted_clients rose by %d during the run (trace-quit counted %d "
                    "connections that ended without COM_QUIT%s)." % (
@@ -120,7 +121,7 @@ def finding(nq: NoQuit) -> Optional[Finding]:
     if n <= 0:
         return None
     pymysql = nq.without_quit_by_driver.get(ev.DRIVER_PYMYSQL, 0) + nq.without_quit_by_driver.get(ev.DRIVER_SOCKET, 0)
-    evidence = "%s." % summary_lines(nq)[0].split(". The server")[0]
+    evidence = "%s." % _closed_without_quit(nq)
     if pymysql:
         evidence += (" PyMySQL sends COM_QUIT only from close(): a connection it destroys (its __del__) "
                      "closes the socket without it.")

@@ -77,8 +77,8 @@ still open, else the last handle's process end (never_closed). The other handles
 """
 
 import dataclasses
-from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from collections import Counter, defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
@@ -171,7 +171,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
                        "was sent", None, None, end)
 
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
-    t_end, end_tid = (b["t"], b["tid"]) if b is not None else (a["t"], a["tid"])
+    t_end, end_tid = (b["t"], b.get("tid")) if b is not None else (a["t"], a.get("tid"))
 
     a_cause = a_gen = None
     if a is not None:
@@ -181,7 +181,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
             c = a.get("cause")
             a_cause = c if c in _AGENT_CAUSES else ev.UNKNOWN
         if a_cause == ev.GC:
-            a_gen = a["gen"]
+            a_gen = a.get("gen")
             if a_gen is None and life.agent_collection is not None:
                 a_gen = life.agent_collection.gen
     b_cause = b_gen = None
@@ -259,6 +259,21 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     return Verdict(cause, gen if cause == ev.GC else None, collection, reason, wire, evidence or None, t_end, end_tid)
 
 
+#: What the views that read the agent's records as they arrive know: the agent alone.
+_AGENT_ONLY = Context(agent=True, bpf=False, wire=False, process_ended=lambda pid: None)
+
+
+def decide_agent_end(records: Sequence[dict]) -> Optional[Verdict]:
+    """The verdict on one connection from the agent's records of it alone, ending with its
+    ``conn_close`` or ``conn_destroy`` (its ``conn_open`` and pool events before, when known):
+    what the live status line and the pytest plugin's ledger count, joined and decided by the
+    report's own rules."""
+    from .join import join  # records of one connection: a small join
+
+    lives = [lf for lf in join(list(records), {}).lives if lf.agent_end is not None]
+    return decide(lives[-1], _AGENT_ONLY) if lives else None
+
+
 def apply(life: Life, verdict: Optional[Verdict]) -> None:
     """Record ``verdict`` on ``life`` (and the life on its collection) for the report's readers."""
     if verdict is None:
@@ -288,6 +303,47 @@ class Attribution:
     open_at_end: int               # counted lives still open when the capture stopped
     families: Dict[int, List[Life]]  # fork families (count_families)
     shared: List[List[Life]]       # families whose connection more than one handle ended
+    totals: "Totals" = dataclasses.field(default_factory=lambda: Totals())  # count(ended)
+
+
+@dataclasses.dataclass
+class Totals:
+    """Counted connection ends, the numbers every view shows: the report and its renderers,
+    Prometheus, the pytest plugin's ledger, the ends counted past a capture's bound."""
+
+    by_cause: Counter = dataclasses.field(default_factory=Counter)          # cause -> ends
+    gc_by_generation: Counter = dataclasses.field(default_factory=Counter)  # generation (None: unknown) -> gc ends
+    wire: Counter = dataclasses.field(default_factory=Counter)              # wire state -> client ends
+    by_process: Dict[int, Counter] = dataclasses.field(default_factory=dict)  # pid -> (cause, generation) -> ends
+
+    def add(self, cause: str, generation: Optional[int], wire: Optional[str], pid: Optional[int], n: int = 1) -> None:
+        """Count ``n`` ends of one cause (the generation only for gc; no wire for never_closed)."""
+        cause = cause if cause in ev.CAUSES else ev.UNKNOWN
+        generation = generation if cause == ev.GC else None
+        self.by_cause[cause] += n
+        if cause == ev.GC:
+            self.gc_by_generation[generation] += n
+        if cause != ev.NEVER_CLOSED:
+            self.wire[wire if wire in ev.WIRE_STATES else ev.WIRE_UNOBSERVED] += n
+        if pid is not None:
+            self.by_process.setdefault(pid, Counter())[(cause, generation)] += n
+
+    def by_cause_and_generation(self) -> Counter:
+        """(cause, generation) -> ends, the generation for gc only: the key Prometheus labels by."""
+        out: Counter = Counter()
+        for counts in self.by_process.values():
+            out.update(counts)
+        return out
+
+
+def count(ends: Iterable[Life]) -> Totals:
+    """The one count: counted ends (each with ``cause``, ``generation``, ``wire_state``, ``pid``,
+    decided by ``decide``) into the totals by cause, generation, wire state and process."""
+    totals = Totals()
+    for end in ends:
+        if end.cause is not None:
+            totals.add(end.cause, end.generation, end.wire_state, end.pid)
+    return totals
 
 
 def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
@@ -323,7 +379,7 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
     return Attribution(failed=failed, ended=ended, copies=copies, counted=counted, opened=opened,
                        opened_before_capture=before_capture, open_at_end=open_at_end, families=families,
-                       shared=shared)
+                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)))
 
 
 SERVER_SENT_CODES = frozenset(c for c in SERVER_GONE_CODES if c not in CLIENT_DETECTED)

@@ -10,12 +10,12 @@ the counted, so it is neither "never closed" nor a separate end
 (tests/system/test_bpf_bound.py).
 """
 
-from collections import Counter
 from typing import Any, Dict, List, Optional
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
 
+from .attribute import Totals
 from .drops import fmt_int, fmt_s
 
 
@@ -47,16 +47,16 @@ def read(trailer: Optional[Dict[str, Any]], bpf: bool) -> Optional[Dict[str, Any
             "opened_after": chosen.get("opened") if type(chosen.get("opened")) is int else 0}
 
 
-def add_to_totals(info: Dict[str, Any], by_cause: Counter, gc_gen: Counter, wire: Counter) -> None:
+def add_to_totals(info: Dict[str, Any], totals: Totals) -> None:
     """The counted ends join the report's totals by cause (gc by generation, the kernel's wire verdicts)."""
     if info["closes_after_from"] == "kernel":
-        wire.update(info["closes_after_wire"])
+        totals.wire.update(info["closes_after_wire"])
     else:  # the agent alone does not see the wire
-        wire[ev.WIRE_UNOBSERVED] += sum(info["closes_after"].values())
+        totals.wire[ev.WIRE_UNOBSERVED] += sum(info["closes_after"].values())
     for cause, n in info["closes_after"].items():
-        by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
+        totals.by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
     for gen, n in info["closes_after_gc_by_generation"].items():
-        gc_gen[int(gen) if gen.isdigit() else None] += n
+        totals.gc_by_generation[int(gen) if gen.isdigit() else None] += n
 
 
 def line(info: Dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ long-lived totals, so the quarter rule is never claimed from evidence here, only
 
 The agent reads the counters in its "start" callback (``gc_start.counts``, before the
 collection resets them) and the thresholds then in effect (``gc_start.thresholds``: a program
-may call ``gc.set_threshold()`` after start-up, as the study's workloads do on Python 3.13);
+may call ``gc.set_threshold()`` after start-up, as the engine-per-call workload does on Python 3.13);
 ``agent_start.gc_thresholds`` are the interpreter's at start-up.
 
 Other collectors are said, not guessed: 3.14.0-3.14.4's incremental collector (automatic
@@ -28,9 +28,9 @@ INCREMENTAL = "incremental"
 FREE_THREADED = "free-threaded"
 UNKNOWN = "unknown"
 
-#: The study ran CPython 3.10, whose thresholds were (700, 10, 10) (as in 3.8-3.12);
-#: 3.13 raised generation 0's to 2000.
-STUDY_THRESHOLDS = (700, 10, 10)
+#: CPython 3.8-3.12's thresholds (the incident's 3.10 ran with them); 3.13 raised generation
+#: 0's to 2000.
+CLASSIC_THRESHOLDS = (700, 10, 10)
 
 QUARTER_RULE = ("a full collection also needs the objects that survived into generation 2 since "
                 "the last full one to exceed a quarter of generation 2 (long_lived_pending > "
@@ -105,7 +105,7 @@ class Thresholds:
         python = self.python.get(pid)
         return {"pid": pid, "python": python, "collector": collector(python, self.free_threaded.get(pid, False)),
                 "at_start": start, "in_effect": now, "changed_at_run_time": now != start,
-                "study": list(STUDY_THRESHOLDS)}
+                "before_3_13": list(CLASSIC_THRESHOLDS)}
 
     def why_now(self, pid: Optional[int], cid: Optional[int], generation: Optional[int]) -> Dict[str, Any]:
         """Why collection ``cid`` of ``pid`` ran then: the counters it started with against the thresholds."""
@@ -205,8 +205,8 @@ def thresholds_text(summary: Optional[Dict[str, Any]]) -> Optional[str]:
     text = "thresholds %s" % _fmt(summary["in_effect"])
     if summary["changed_at_run_time"]:
         text += " (set by the program; the interpreter started with %s)" % _fmt(summary["at_start"])
-    if summary["in_effect"] == summary["study"]:
-        text += ", the study's"
+    if summary["in_effect"] == summary["before_3_13"]:
+        text += ", 3.8-3.12's defaults"
     if summary["collector"]:
         text += " · %s collector" % summary["collector"]
     return text

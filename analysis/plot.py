@@ -11,18 +11,13 @@ from trace_quit.tracer import events as ev
 
 from .model import Report
 from .timeline import nice_bin, quit_histogram, quit_key
+from .words import CAUSES
 
-CAUSE_COLORS = {
-    ev.EXPLICIT_CLOSE: "#2e7d32", ev.REFCOUNT: "#0288d1", ev.GC: "#c62828", ev.SHUTDOWN: "#7b1fa2",
-    ev.NEVER_CLOSED: "#f9a825", ev.SERVER: "#6d4c41", ev.UNKNOWN: "#9e9e9e",
-}
+CAUSE_COLORS = {name: c.color for name, c in CAUSES.items()}
 GEN_COLORS = {0: "#90a4ae", 1: "#fb8c00", 2: "#c62828"}
 #: Told apart by more than colour: each cause's bars carry a hatch, each generation's
 #: collection lines a dash pattern (tests/unit/test_render_html.py pins both).
-CAUSE_HATCHES = {
-    ev.EXPLICIT_CLOSE: "", ev.REFCOUNT: "//", ev.GC: "xx", ev.SHUTDOWN: "..", ev.NEVER_CLOSED: "\\\\",
-    ev.SERVER: "--", ev.UNKNOWN: "oo",
-}
+CAUSE_HATCHES = {name: c.hatch for name, c in CAUSES.items()}
 GEN_HATCHES = {0: "++", 1: "xx", 2: "**"}
 GEN_STYLES = {0: ":", 1: "--", 2: "-"}
 

@@ -21,9 +21,8 @@ import json
 from typing import Dict, List, Sequence
 
 from .model import Report
+from .words import CAUSES
 
-#: Causes whose end sent a COM_QUIT from the client (the others end without one).
-CLIENT_CLOSES = ("explicit_close", "refcount", "gc", "shutdown", "unknown")
 
 
 def _us(t_s: float) -> int:
@@ -66,7 +65,7 @@ def events(report: Report, pid_offset: int = 0) -> List[Dict]:
             out.append(dict(common, ph="e", ts=_us(q.t_s), args={"cause": label}))
         if q.t_s is None:
             continue
-        sent = q.cause in CLIENT_CLOSES and q.wire != "not_sent"
+        sent = CAUSES[q.cause].sends_com_quit and q.wire != "not_sent"
         out.append({"ph": "i", "s": "t", "cat": "com_quit" if sent else "end",
                     "name": ("COM_QUIT " if sent else "end ") + label, "ts": _us(q.t_s),
                     "pid": pid, "tid": tid, "args": args})

@@ -12,6 +12,7 @@ from . import gcwhy
 from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
+from .words import CAUSES
 
 WIDTH = 100          # files, pipes and anything that is not a terminal
 MIN_WIDTH, MAX_WIDTH = 60, 160
@@ -22,8 +23,7 @@ MAX_DROPS = 12
 
 _COLORS = {"bold": "1", "dim": "2", "red": "31", "yellow": "33", "cyan": "36", "green": "32", "magenta": "35"}
 _SEVERITY_COLOR = {"error": "red", "warning": "yellow", "info": "cyan"}
-_CAUSE_COLOR = {ev.EXPLICIT_CLOSE: "green", ev.REFCOUNT: "cyan", ev.GC: "red", ev.SHUTDOWN: "magenta",
-                ev.NEVER_CLOSED: "yellow", ev.SERVER: "yellow", ev.UNKNOWN: "dim"}
+_CAUSE_COLOR = {name: c.term_color for name, c in CAUSES.items()}
 
 #: For streams that cannot encode them (LANG=C).
 ASCII = str.maketrans(dict({"█": "#", "→": "->", "·": "|", "✓": "yes", "–": "-", "—": "-", "…": "...",
@@ -118,13 +118,13 @@ def _one(o: _Out, r: Report) -> None:
 
     o.heading("SUMMARY")
     top = next((f for f in r.findings if f.severity in ("error", "warning")), None)
-    verdict = "%s: %s." % (top.severity.upper(), top.title) if top is not None else None
+    # words.summary() puts the verdict (the top finding) first and its fix last: no sentence is matched.
     for i, line in enumerate(r.summary):
-        if verdict is not None and i == 0 and line == verdict:
+        if top is not None and i == 0:
             label = "%-8s" % top.severity.upper()
             o.wrap(top.title, 10, first="  " + o.c(label, "bold", _SEVERITY_COLOR.get(top.severity, "")),
                    style=("bold",))
-        elif top is not None and i == len(r.summary) - 1 and line == "Fix: " + top.fix:
+        elif top is not None and i == len(r.summary) - 1:
             o.wrap(top.fix, 10, first="  " + o.c("fix:    ", "bold"))
         else:
             o.wrap(line, 4, first="  • ")

@@ -15,11 +15,12 @@ from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
 from . import gcwhy
-from .attribute import Context, attribute_all
+from . import words
+from .attribute import Context, Totals, attribute_all
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
 from .model import (
-    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline, largest_drop,
+    ComQuit, CollectionSummary, Connections, Gc, Layers, Program, Quit, Report, Timeline,
 )
 from .sites import relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
@@ -28,8 +29,6 @@ from .timeline import LiveCurve, envelope, quit_histogram, quit_key
 _SEND_TRACEPOINTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_writev",
                      "syscalls:sys_enter_sendmsg")
 
-#: The connection ends that are a client-side close (the client sent, or meant to send, COM_QUIT).
-CLIENT_CLOSES = (ev.EXPLICIT_CLOSE, ev.REFCOUNT, ev.GC, ev.SHUTDOWN, ev.UNKNOWN)
 
 
 def _gen_dict(counter: Counter) -> Dict[str, int]:
@@ -152,18 +151,17 @@ def build_report(capture: Capture) -> Report:
     families, shared = att.families, att.shared
 
     # --- counts ---------------------------------------------------------------------------
-    by_cause = Counter(lf.cause for lf in ended)
-    gc_gen = Counter(lf.generation for lf in ended if lf.cause == ev.GC)
-    wire = Counter(lf.wire_state for lf in ended if lf.cause != ev.NEVER_CLOSED)
+    totals = att.totals  # attribute.count(): the one count every view shows
     if bound is not None:
-        boundlib.add_to_totals(bound, by_cause, gc_gen, wire)
+        boundlib.add_to_totals(bound, totals)
         bound["t_s"] = to_s(bound["reached_t"]) if type(bound["reached_t"]) is int else None
         bound["open_at_bound"] = att.open_at_end
         opened += bound["opened_after"]
+    by_cause, gc_gen, wire = totals.by_cause, totals.gc_by_generation, totals.wire
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
     connections = Connections(
-        opened=opened, com_quit=sum(by_cause[c] for c in CLIENT_CLOSES), never_closed=by_cause[ev.NEVER_CLOSED],
+        opened=opened, com_quit=sum(by_cause[c] for c in words.CLIENT_CLOSES), never_closed=by_cause[ev.NEVER_CLOSED],
         max_live=max_live, max_live_t_s=to_s(max_t) if max_t is not None else None, failed=failed,
         server=by_cause[ev.SERVER], open_at_end=open_at_end, opened_before_capture=before_capture,
         forked=len(families), fork_copies=len(copies))
@@ -268,22 +266,10 @@ def build_report(capture: Capture) -> Report:
     extra = abortedlib.finding(no_quit)
     if extra is not None:
         findings.insert(0, extra)
-    summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
-                       timeline.server)
-    said = dropslib.plural(connections.com_quit, "COM_QUIT")
-    at = next((i for i, line in enumerate(summary) if ", %s:" % said in line), None)
-    # After the counts line; without one (no connection opened), after the first line.
-    here = at + 1 if at is not None else min(1, len(summary))
-    summary[here:here] = abortedlib.summary_lines(no_quit)
-    if at is not None:
-        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
-        if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
-            ended_by = dropslib.plural(connections.com_quit, "ended", "ended")
-            summary[at] = summary[at].replace(", %s:" % said, ", %s by the client (%s with COM_QUIT):" % (
-                ended_by, dropslib.fmt_int(connections.com_quit - unsent)), 1)
-    if bound is not None:  # right after the counts it is part of
+    if bound is not None:
         bound["text"] = boundlib.line(bound)
-        summary.insert(at + 1 if at is not None else here, bound["text"])
+    summary = words.summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
+                            timeline.server, no_quit=no_quit, bound_text=bound["text"] if bound is not None else None)
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -291,131 +277,17 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(quits, j), bound=bound)
+        processes=by_process(totals, j), bound=bound)
 
 
-def by_process(quits, j: Joined) -> List[Dict[str, Any]]:
+def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:
     """Connection ends per traced process (a service's master and workers, a forked child):
     each counted end once, under the pid whose end counts; the parent pid when it forked."""
-    rows: Dict[int, Dict[str, Any]] = {}
-    for q in quits:
-        if not q.counted:
-            continue
-        row = rows.get(q.pid)
-        if row is None:
-            row = rows[q.pid] = {"pid": q.pid, "python": j.pids.get(q.pid),
-                                 "parent": j.forked_from.get(q.pid), "connections": 0, "by_cause": {}}
-        row["connections"] += 1
-        key = q.cause if q.cause != ev.GC or q.generation is None else "gc gen %d" % q.generation
-        row["by_cause"][key] = row["by_cause"].get(key, 0) + 1
-    return [rows[pid] for pid in sorted(rows)]
-
-
-_CAUSE_PROSE = {
-    ev.EXPLICIT_CLOSE: "by close()",
-    ev.REFCOUNT: "when their last reference went away",
-    ev.GC: "by the garbage collector",
-    ev.SHUTDOWN: "at interpreter shutdown",
-    ev.UNKNOWN: "for an unknown cause",
-}
-
-
-def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
-             server=()) -> List[str]:
-    """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
-    fi, pl = dropslib.fmt_int, dropslib.plural
-    out = []
-    # The first screen of the text report is this list: what is wrong, where, what to change
-    # (tests/unit/test_render_text.py::test_first_screen_has_verdict_place_and_fix).
-    top = next((f for f in findings if f.severity in ("error", "warning")), None)
-    if top is not None:
-        out.append("%s: %s." % (top.severity.upper(), top.title))
-    if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
-            or connections.open_at_end or connections.failed):
-        line = "No MySQL connection was opened"
-        if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
-            line += " (the program never imported MySQLdb)"
-        out.append(line + ".")
-        if not layers.bpf:
-            out.append("Missing layer: eBPF (see findings).")
-        return out
-    parts = []
-    for cause in CLIENT_CLOSES:
-        n = com_quit.by_cause.get(cause, 0)
-        if cause == ev.EXPLICIT_CLOSE or n:
-            text = "%s %s" % (fi(n), _CAUSE_PROSE[cause])
-            if cause == ev.GC and n:
-                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
-                                            for g, k in com_quit.gc_by_generation.items() if k)
-            parts.append(text)
-    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
-    if parts:
-        line += ": " + ", ".join(parts)
-    out.append(line + ".")
-    if connections.never_closed:
-        out.append("%s never closed (no COM_QUIT)." % pl(connections.never_closed, "connection was",
-                                                          "connections were"))
-    if connections.server:
-        out.append("%s ended by the server first (KILL, wait_timeout, restart)." % pl(
-            connections.server, "connection was", "connections were"))
-    if connections.fork_copies:
-        out.append("%s held by forked processes too: counted once each, by the first end of any of their "
-                   "handles (%s)." % (pl(connections.forked, "connection was", "connections were"),
-                                      pl(connections.fork_copies, "other handle end")))
-    line = "At most %s open at once%s" % (
-        pl(connections.max_live, "connection was", "connections were"),
-        " (at %s s)" % dropslib.fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else "")
-    if server:  # --dsn: the number the user watches, next to ours
-        peak_t, peak = max(server, key=lambda s: s[1])
-        line += "; the server's PROCESSLIST showed at most %s (at %s s)" % (
-            dropslib.fmt_int(int(peak)), dropslib.fmt_s(peak_t))
-    out.append(line + ".")
-    big = largest_drop(drops)
-    if big is not None:
-        out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
-    for d in drops:
-        if d.at_exit:
-            out.append("At exit (%s → %s): %s." % (fi(d.from_), fi(d.to), d.explanation))
-    for p in patterns:
-        if p.regular and p.drops:
-            out.append("Periodically, %s." % p.text)
-    if program.gc_disabled:
-        out.append("gc.disable() was in effect (for some or all of the run): only explicit gc.collect() calls "
-                   "collect cycles then, so connections in reference cycles stay open until one runs or the "
-                   "program ends.")
-    sites = _engines_summary(engines, connections)
-    # The verdict already names the one call site and its Engines: the first screen says it once.
-    if not (top is not None and len(engines) == 1 and top.call_site == engines[0].call_site):
-        out.extend(sites)
-    missing = [name for name, on in (("eBPF", layers.bpf), ("agent", layers.agent)) if not on]
-    if missing:
-        out.append("Missing layer: %s (see findings)." % " and ".join(missing))
-    if top is not None:
-        out.append("Fix: " + top.fix)
-    return out
-
-
-def _engines_summary(engines, connections) -> List[str]:
-    """Which create_engine() call sites the connections belonged to (sites that opened none apart)."""
-    fi, pl = dropslib.fmt_int, dropslib.plural
-    used = [s for s in engines if s.connections]
-    if not used:
-        return []
-    idle = len(engines) - len(used)
-    rest = (" (%s opened no connection)" % pl(idle, "other call site")) if idle else ""
-    with_engines = sum(s.connections for s in used)
-    if len(used) == 1:
-        top = used[0]
-        every = with_engines == connections.opened + connections.opened_before_capture
-        scope = "All" if every else fi(with_engines) + " of the"
-        return ["%s %s belonged to %s created at %s (%s disposed)%s." % (
-            scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.where, fi(top.disposed),
-            rest)]
-    parts = ["%s to %s created at %s" % (fi(s.connections), pl(s.created, "Engine"), s.where)
-             for s in used[:3]]
-    if len(used) > 3:
-        parts.append("%s to %d more call sites" % (fi(sum(s.connections for s in used[3:])), len(used) - 3))
-    # The counts say which site had most: no "most" for a site with a half or less.
-    what = "call sites" if len({s.call_site for s in used}) == len(used) else "call chains"
-    return ["%s belonged to Engines from %d %s%s: %s." % (
-        pl(with_engines, "connection"), len(used), what, rest, "; ".join(parts))]
+    rows = []
+    for pid in sorted(totals.by_process):
+        counts = totals.by_process[pid]
+        rows.append({"pid": pid, "python": j.pids.get(pid), "parent": j.forked_from.get(pid),
+                     "connections": sum(counts.values()),
+                     "by_cause": {cause if cause != ev.GC or gen is None else "gc gen %d" % gen: n
+                                  for (cause, gen), n in counts.items()}})
+    return rows

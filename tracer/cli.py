@@ -638,10 +638,10 @@ def _print_checks(checks, verbose):
 
 
 class DemoCommand:
-    """Run one of the study's experiments under the tracer on a disposable server, then report.
+    """Run a workload under the tracer on a disposable server, then report.
 
     examples:
-      sudo trace-quit demo                      (experiment 1: a new Engine per call, ~80 s)
+      sudo trace-quit demo                      (engine-per-call: a new Engine per call, ~80 s)
       sudo trace-quit demo shared-engine -- --tasks 100
     """
 

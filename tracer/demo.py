@@ -1,4 +1,4 @@
-"""``trace-quit demo``: the study's experiment under the tracer, on a disposable server.
+"""``trace-quit demo``: a workload under the tracer, on a disposable server.
 
 Starts a private MariaDB/MySQL (never the system one), runs the workload under the tracer
 with the server-side sampler, writes the capture and an HTML report into one directory,
@@ -32,7 +32,7 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=TraceQuitErro
         dsn = server.dsn_tcp
         argv = [sys.executable, "-m", "trace_quit.workloads", experiment, "--dsn", dsn] + list(workload_args)
         targets = resolve_bpf_targets(argv, run_as) if bpf else None
-        sys.stderr.write("trace-quit demo: running %s under the tracer (the study's experiment; "
+        sys.stderr.write("trace-quit demo: running %s under the tracer ("
                          "this takes a while at full size)…\n" % experiment)
         options = RunOptions(argv=argv, output=capture, force=True, bpf=bpf, dsn=server.admin_dsn,
                              sample_user=server.user, run_as=run_as)

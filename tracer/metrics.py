@@ -85,7 +85,7 @@ class Attributor:
     def tick(self, now_ns, final=False):
         """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
         from trace_quit.analysis import drops
-        from trace_quit.analysis.attribute import Context, apply, decide
+        from trace_quit.analysis.attribute import Context, apply, count_families, decide
         from trace_quit.analysis.join import join
         from trace_quit.analysis.report import _layers
 
@@ -102,35 +102,60 @@ class Attributor:
         origins = drops.Origins(self.cwd, j.thread_names)
         opened, closes, done = [], [], []
         pending = still_open = 0
+        families = collections.OrderedDict()  # a server connection: its opener's life and fork copies
         for life in j.lives:
             if life.failed:
                 if life.ended:
                     done.append(life)
                 continue
-            key = (life.pid, life.conn, life.t_start if life.t_start is not None else life.t_open)
-            site = None
+            key = self._key(life)
             if life.opened and key not in self.opened_keys:
                 self.opened_keys.add(key)
-                site = self.label(origins.engine_site(life) or origins.open_site(life))
-                opened.append(site)
-            if not life.ended and not final:
-                if life.opened:
-                    still_open += 1
-                continue
-            if not final and not self._complete(life, layers, now_ns):
-                pending += 1
-                continue
-            apply(life, decide(life, ctx))
-            if life.cause is None:
-                continue
-            if site is None:
-                site = self.label(origins.engine_site(life) or origins.open_site(life))
-            closes.append((life.cause, life.generation, site))
-            done.append(life)
-            self.opened_keys.discard(key)
+                opened.append(self._site(origins, life))
+            families.setdefault(id(life.family), []).append(life)
+        for members in families.values():
+            ready = [lf for lf in members if final or (lf.ended and self._complete(lf, layers, now_ns)
+                                                       and not self._forked_during(lf, j, now_ns))]
+            pending += sum(1 for lf in members if lf.ended and lf not in ready)
+            still_open += sum(1 for lf in members if not lf.ended and lf.opened and not final)
+            if len(ready) < len(members):
+                continue  # a fork family is counted whole, by the one rule (attribute.count_families)
+            for lf in members:
+                apply(lf, decide(lf, ctx))
+            if len(members) > 1:
+                count_families(members)
+            for lf in members:
+                if lf.cause is None:
+                    continue
+                if lf.copy_of is None:
+                    closes.append((lf.cause, lf.generation, self._site(origins, lf)))
+                done.append(lf)
+                self.opened_keys.discard(self._key(lf))
         self.pending, self.open = pending, still_open
         self._prune(done, now_ns)
         return opened, closes
+
+    @staticmethod
+    def _forked_during(life, j, now_ns):
+        """True while a child forked during ``life`` may still end its copy of the connection: the
+        family is counted once the child has exited (its copy is then in the join), or at the end
+        (tests/unit/test_consumers.py: server-and-fork, a child forked just before its parent's close)."""
+        for child, (parent, t, _) in j.forks.items():
+            if parent != life.pid or (life.t_start is not None and t < life.t_start):
+                continue
+            if life.t_closed is not None and t > life.t_closed:
+                continue
+            end = j.exits.get(child)
+            if end is None or now_ns - end < SETTLE_S * 1e9:
+                return True
+        return False
+
+    @staticmethod
+    def _key(life):
+        return (life.pid, life.conn, life.t_start if life.t_start is not None else life.t_open)
+
+    def _site(self, origins, life):
+        return self.label(origins.engine_site(life) or origins.open_site(life))
 
     @staticmethod
     def _complete(life, layers, now_ns):

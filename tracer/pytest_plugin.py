@@ -21,7 +21,7 @@ still open at the end can only be known then: they make the session fail and are
 test in the summary. At session end (every mode) the same collection runs while any
 connection is open, so cyclic garbage counts as ``gc`` rather than ``open_at_end``.
 
-Hard-wired limits (README, "pytest plugin"): the agent is process-wide, so tests running
+Hard-wired limits (docs/pytest-plugin.md): the agent is process-wide, so tests running
 threads that open connections after their test ended are charged to the test running then.
 """
 
@@ -140,7 +140,7 @@ def load_agent(channel_path):
 def _install(runtime, channel_path):
     start = getattr(runtime, "start", None)
     if start is not None:
-        # The agent's interface (OWNERS.md, 4): start(channel_path, *, attached=False) -> Agent.
+        # The agent's interface: start(channel_path, *, attached=False) -> Agent.
         return start(channel_path)
     from trace_quit.tracer.agent import ENV_CHANNEL
 
@@ -197,23 +197,23 @@ class Ledger:
             stack = [_relative(f, self.root) for f in e.get("stack") or [] if isinstance(f, str)]
             self.conns[(pid, e["conn"])] = {
                 "test": self.owner(t), "t": t, "pid": pid, "conn": e["conn"], "stack": stack,
-                "engine": None, "cause": None, "gen": None, "ended_in": None}
+                "engine": None, "cause": None, "gen": None, "ended_in": None, "records": [e]}
         elif k in ("conn_close", "conn_destroy"):
             rec = self.conns.pop((pid, e["conn"]), None)
             if rec is None:
                 return  # opened before the plugin started
-            if k == "conn_close":
-                rec["cause"] = EXPLICIT
-            else:
-                cause = e.get("cause")
-                # "shutdown" cannot reach us before the report (finalisation comes later); kept apart anyway.
-                rec["cause"] = OPEN_AT_END if cause == "shutdown" else cause if cause in (GC, REFCOUNT) else UNKNOWN
-                rec["gen"] = e.get("gen") if cause == GC else None
+            from trace_quit.analysis.attribute import decide_agent_end  # the report's rules, not our own
+            verdict = decide_agent_end(rec.pop("records") + [e])
+            # "shutdown" cannot reach us before the report (finalisation comes later); kept apart anyway.
+            cause = verdict.cause if verdict is not None else UNKNOWN
+            rec["cause"] = OPEN_AT_END if cause == "shutdown" else cause
+            rec["gen"] = verdict.generation
             rec["ended_in"] = self.owner(t)
             self.ended.append(rec)
-        elif k == "pool" and e.get("ev") == "connect":
-            rec = self.conns.get((pid, e.get("conn")))
-            engine = self.engines.get((pid, e.get("engine")))
+        elif k == "pool" and (pid, e.get("conn")) in self.conns:
+            rec = self.conns[(pid, e.get("conn"))]
+            rec["records"].append(e)  # a server-gone error in an invalidation decides the end (server)
+            engine = self.engines.get((pid, e.get("engine"))) if e.get("ev") == "connect" else None
             if rec is not None and engine is not None:
                 rec["engine"] = engine
         elif k == "engine_create":
@@ -568,7 +568,7 @@ class TraceQuit:
         if self.channel is not None:
             stop = getattr(self.agent, "stop", None)
             if stop is not None:
-                stop()  # the agent's interface (OWNERS.md, 4): unhook gc.callbacks and the wrappers
+                stop()  # the agent's interface: unhook gc.callbacks and the wrappers
             # Without stop() (today's runtime) the agent stays installed; its writes go to a FIFO
             # it holds a read end of, so they are dropped, never block, never raise.
             self.channel.close()

@@ -8,6 +8,10 @@ import time
 from trace_quit.tracer import events as ev
 
 
+#: The agent's records of an open connection that its end is decided with (a pool's server-gone error).
+_CONNECTION_RECORDS = (ev.CONN_OPEN, ev.POOL)
+
+
 class Tally:
     """Counts what the events say so far: live connections, COM_QUITs by cause, collections."""
 
@@ -19,6 +23,7 @@ class Tally:
         self.bpf_closes = 0
         self.bpf_opens = 0
         self.agent_pids = set()                  # processes whose agent said agent_start
+        self._records = {}                       # (pid, conn) -> the agent's records of an open connection
 
     def add(self, event):
         kind = event.get("k")
@@ -26,10 +31,12 @@ class Tally:
             self.agent_pids.add(event.get("pid"))
         elif kind == ev.CONN_OPEN:
             self.opened += 1
-        elif kind == ev.CONN_CLOSE:
-            self.quits[ev.EXPLICIT_CLOSE] += 1
-        elif kind == ev.CONN_DESTROY:
-            self.quits[event.get("cause") or ev.UNKNOWN] += 1
+        elif kind in (ev.CONN_CLOSE, ev.CONN_DESTROY):
+            from trace_quit.analysis.attribute import decide_agent_end  # the report's rules, not our own
+            verdict = decide_agent_end(self._records.pop((event.get("pid"), event.get("conn")), []) + [event])
+            self.quits[verdict.cause if verdict is not None else ev.UNKNOWN] += 1
+        if kind in _CONNECTION_RECORDS and event.get("conn") is not None:
+            self._records.setdefault((event.get("pid"), event.get("conn")), []).append(event)
         elif kind == ev.GC_COUNTS:
             self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()}
         elif kind == ev.AGENT_LOST:

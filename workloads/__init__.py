@@ -1,1 +1,1 @@
-"""The study's experiments as runnable programs, and a disposable MySQL/MariaDB server."""
+"""The incident and its fixes as runnable programs, and a disposable MySQL/MariaDB server."""

@@ -1,4 +1,4 @@
-"""``python -m trace_quit.workloads NAME [options]``: run one of the study's experiments.
+"""``python -m trace_quit.workloads NAME [options]``: run one of the workloads (the incident, its fixes, known causes).
 
 ``python -m trace_quit.workloads`` (or ``--help``) lists them; ``NAME --help`` gives the
 options of one. Without ``--dsn`` a workload starts a disposable server for its run.

@@ -1,4 +1,4 @@
-"""engine-per-call: the study's experiment 1, the incident's code. A new Engine on every call.
+"""engine-per-call: the incident's code. A new Engine on every call.
 
 ``get_db_session()`` calls ``create_engine(url, pool_recycle=10)`` each time, so every
 callback gets a new Engine with its own QueuePool and opens one new connection; the session

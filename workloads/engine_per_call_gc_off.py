@@ -1,4 +1,4 @@
-"""engine-per-call-gc-off: experiment 1 with ``gc.disable()`` in main: nothing ever frees them.
+"""engine-per-call-gc-off: engine-per-call with ``gc.disable()`` in main: nothing ever frees them.
 
 The same ``get_db_session()`` as engine-per-call (a new Engine on every call, imported
 from that module, so reports cite the same ``create_engine`` line), with the cyclic

@@ -81,7 +81,7 @@ def build_parser(name, module):
     parser = argparse.ArgumentParser(
         prog="python -m trace_quit.workloads " + name,
         description=doc.split("\n\n")[0],
-        epilog="Defaults are the study's: 20 workers, 500 tasks of 1-3 s, 1 s hold, pool_recycle=10.")
+        epilog="Defaults are the incident's: 20 workers, 500 tasks of 1-3 s, 1 s hold, pool_recycle=10.")
     parser.add_argument("--tasks", type=_positive_int, default=TASKS, help="tasks to run (%d)" % TASKS)
     parser.add_argument("--workers", type=_positive_int, default=WORKERS,
                         help="ThreadPoolExecutor max_workers (%d)" % WORKERS)
@@ -99,7 +99,7 @@ def build_parser(name, module):
     parser.add_argument("--gc-threshold", nargs="+", metavar="N",
                         default=[str(n) for n in study] if study else None,
                         help="gc.set_threshold(N [N [N]]) before the run; 'python' keeps the interpreter's own "
-                             "(%s)" % ("default: the study's %s, as on the CPython 3.10 it ran on; 3.13's own are "
+                             "(%s)" % ("default: %s, CPython 3.8-3.12's own; 3.13's own are "
                                        "2000 10 10" % " ".join(map(str, study)) if study else "default"))
     parser.add_argument("--sample-csv", metavar="FILE",
                         help="sample the server's connection count for the DSN's user every "

@@ -1,4 +1,4 @@
-"""nullpool-scoped: the study's experiment 3, the other fix. An Engine per call, with NullPool.
+"""nullpool-scoped: the other fix. An Engine per call, with NullPool.
 
 ``get_db_session()`` still calls ``create_engine()`` on every call, but with
 ``poolclass=NullPool``, and returns ``scoped_session(sessionmaker(bind=engine))()``.

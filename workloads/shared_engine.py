@@ -1,4 +1,4 @@
-"""shared-engine: the study's experiment 2, the fix. One module-level Engine, reused.
+"""shared-engine: the fix. One module-level Engine, reused.
 
 ``create_engine(url, pool_recycle=10)`` runs once; ``get_db_session()`` only makes a new
 Session on the shared Engine. Sessions are still never closed: each ``commit()`` returns the

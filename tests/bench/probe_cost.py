@@ -92,7 +92,7 @@ def measure(iterations, python=sys.executable):
 
 
 def table(rows, iterations):
-    """The README's table: per program, runs and µs per iteration, most expensive first."""
+    """docs/performance.md's table: per program, runs and µs per iteration, most expensive first."""
     n = iterations
     lines = ["| program | hooks | runs per iteration | ns per run | µs per iteration |", "|---|---|---:|---:|---:|"]
     total_cnt = total_ns = 0

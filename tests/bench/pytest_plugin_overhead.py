@@ -1,4 +1,4 @@
-"""Overhead of the pytest plugin on a small SQLAlchemy-style suite (README, "pytest plugin").
+"""Overhead of the pytest plugin on a small SQLAlchemy-style suite (docs/pytest-plugin.md).
 
     .venv/bin/python tests/bench/pytest_plugin_overhead.py [--tests 200] [--runs 5] [--plugin-args ARGS]
 

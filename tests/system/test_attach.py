@@ -8,7 +8,7 @@ drives the leaking endpoint inside the window, ends trace-quit with Ctrl-C and c
 * a second injection inspecting the service: gc.callbacks, the wrapped methods, the meta path,
   the threads and the fds are exactly what they were before attach; uprobe_events unchanged;
 * the pause the program itself felt (a 1 ms heartbeat thread's longest stall) is printed with
-  ``-s``; tests/system/test_attach.py's figures are the README's.
+  ``-s``; tests/system/test_attach.py's figures are docs/performance.md's.
 """
 
 import json

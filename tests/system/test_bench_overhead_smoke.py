@@ -1,6 +1,6 @@
 """CI smoke run of the overhead benchmark (tests/bench/overhead.py): every mode, both
 transports, a few iterations, one round. Exact counts of what each mode saw; no timing
-assertions (the full run and its table are in the README's Overhead section).
+assertions (the full run and its table are in docs/performance.md).
 """
 
 import os
@@ -42,7 +42,7 @@ def test_every_mode_runs_the_loop_and_sees_every_close(tmp_path):
 
 
 def test_probe_cost_counts_each_connection_once_and_puts_the_sysctl_back():
-    # tests/bench/probe_cost.py: the per-program breakdown in the README (issue 15).
+    # tests/bench/probe_cost.py: the per-program breakdown in docs/performance.md.
     import probe_cost
 
     with open(probe_cost.STATS_SYSCTL) as f:

@@ -4,7 +4,7 @@ libmariadb's mysql_close starts with ``test %rdi,%rdi`` (single-stepped by the k
 resolve picks the ``push %rbp`` 9 bytes in. This measures both, per hit, with only that
 probe attached, on a loop of mysql_init(NULL) + mysql_close() (no network), and the close()
 latency of real connections untraced / traced at +0 / traced at the chosen offset. The
-figures are printed (pytest -s) and go into the README's overhead section.
+figures are printed (pytest -s) and go into docs/performance.md.
 """
 
 import dataclasses

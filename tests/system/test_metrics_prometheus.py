@@ -84,9 +84,9 @@ def by_cause(base):
 
 @pytest.mark.parametrize("layers", [
     "agent",
-    # Both layers: needs the kernel layer on the shutdown contract (OWNERS.md interface 2: shutdown
-    # begins after the last atexit handler); before it, the 5 atexit closes are "unknown" in the
-    # report and in Prometheus alike.
+    # Both layers: the kernel layer keeps the shutdown contract (docs/causes.md: shutdown begins
+    # after the last atexit handler), or the 5 atexit closes would be "unknown" in the report and
+    # in Prometheus alike.
     pytest.param("agent+bpf", marks=pytest.mark.bpf),
 ])
 def test_prometheus_reads_the_known_causes_counts(layers, prometheus, server, tmp_path):

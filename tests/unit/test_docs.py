@@ -4,6 +4,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from trace_quit.tracer import events as ev
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -62,3 +64,39 @@ def test_no_file_points_outside_the_repository():
                     if found.search(f.read()):
                         out.append(os.path.relpath(path, REPO))
     assert out == [], "files citing notes outside the repository: %s" % out
+
+
+USER_DOCS = ["README.md"] + ["docs/" + n for n in sorted(os.listdir(os.path.join(REPO, "docs"))) if n.endswith(".md")]
+
+
+def test_the_readme_is_for_users_and_short():
+    readme = read("README.md")
+    assert len(readme.splitlines()) <= 300
+    for section in ("## The two commands", "## Using it", "## Causes", "## Requirements", "## Caveats"):
+        assert section in readme, section
+    assert "sudo ./scripts/demo" in readme and "sudo ./scripts/test" in readme
+
+
+@pytest.mark.parametrize("name", USER_DOCS)
+def test_user_documents_speak_of_the_product_not_of_how_it_was_built(name):
+    text = read(*name.split("/"))
+    assert not re.search(r"\b[Ii]ssue \d+|\bissue #\d+", text), "issue number in %s" % name
+    assert "the study" not in text.lower() and "study's" not in text.lower(), name
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "a date of a run in %s" % name
+    assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", text), "a commit hash in %s" % name
+
+
+@pytest.mark.parametrize("name", USER_DOCS)
+def test_links_between_documents_resolve(name):
+    here = os.path.dirname(os.path.join(REPO, name))
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", read(*name.split("/"))):
+        assert os.path.exists(os.path.join(here, target)), (name, target)
+
+
+def test_one_com_quits_path_is_at_most_six_files_that_exist():
+    doc = read("docs", "architecture.md")
+    section = re.search(r"## One COM_QUIT, from the probe to the report\n(.*?)(?=\n## )", doc, re.S).group(1)
+    files = re.findall(r"^\d\. `([^`]+)`", section, re.M)
+    assert 1 <= len(files) <= 6, files
+    for path in files:
+        assert os.path.isfile(os.path.join(REPO, path)), path

@@ -26,7 +26,7 @@ def test_a_full_collection_due_by_the_thresholds_names_the_quarter_rule_as_infer
     s = th.summary(7)
     assert s["at_start"] == [2000, 10, 10] and s["in_effect"] == [700, 10, 10] and s["changed_at_run_time"]
     assert gcwhy.thresholds_text(s) == ("thresholds (700, 10, 10) (set by the program; the interpreter started "
-                                        "with (2000, 10, 10)), the study's · generational collector")
+                                        "with (2000, 10, 10)), 3.8-3.12's defaults · generational collector")
 
 
 def test_a_generation_1_collection_with_generation_2_over_says_the_full_one_was_not_due():

@@ -64,7 +64,7 @@ def report_counts(cap):
 
 
 @pytest.mark.parametrize("name", ["known-causes.tqcap", "known-causes-tcp.tqcap", "engine-per-call.tqcap",
-                                  "shared-engine.tqcap"])
+                                  "shared-engine.tqcap", "server-and-fork.tqcap", "server-stop.tqcap"])
 def test_incremental_counts_equal_the_report(name, tmp_path):
     cap = capture(tmp_path, name)
     report, want = report_counts(cap)

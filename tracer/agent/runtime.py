@@ -12,7 +12,7 @@ Rules it lives by (it runs inside someone else's program):
   (when the buffer is old or large), before ``fork``/``exec``, on ``os._exit``, at exit
   (the last atexit handler) and after it; call sites are kept as (id(code), f_lasti) until
   then, and formatted once per site; the connection records are text from cached fragments
-  (the agent's cost per connection: README, Overhead);
+  (the agent's cost per connection: docs/performance.md);
 * lines leave through a non-blocking FIFO in writes of at most PIPE_BUF bytes (each line is
   bounded to fit), so the lines of forked processes sharing it never interleave; when it is
   full, events are counted as lost, never waited for;

@@ -1,0 +1,164 @@
+"""Words: the one place the report's facts become sentences, and the causes' names, words and colours.
+
+The analysis decides facts (``analysis/attribute.py``: causes, counts; ``analysis/model.py``:
+the report); the sentences of the summary are built here, and every renderer (text, HTML, the
+plot, Perfetto) reads the ``CAUSES`` registry for a cause's words and colours instead of a
+table of its own.
+"""
+
+import dataclasses
+from typing import Dict, List
+
+from trace_quit.tracer import events as ev
+
+from .aborted import summary_lines as aborted_lines
+from .drops import fmt_int, fmt_s, plural
+from .model import largest_drop
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """What the report says about one cause, and how it looks."""
+
+    name: str
+    client_closed: bool    # the client ended the connection (else the server did, or nothing)
+    sends_com_quit: bool   # mysqlclient sends COM_QUIT for it (PyMySQL only from close(): docs/pymysql.md)
+    words: str             # how a count of them reads: "7 by close()"
+    words_without_quit: str  # ... in "closed without COM_QUIT (...)"
+    color: str             # the HTML page and the plot
+    hatch: str             # the plot: told apart by more than colour
+    term_color: str        # the text report on a colour terminal
+
+
+CAUSES: Dict[str, Cause] = {c.name: c for c in (
+    Cause(ev.EXPLICIT_CLOSE, True, True, "by close()", "by close() (its COM_QUIT did not go out)",
+          "#2e7d32", "", "green"),
+    Cause(ev.REFCOUNT, True, True, "when their last reference went away", "when their last reference went away",
+          "#0288d1", "//", "cyan"),
+    Cause(ev.GC, True, True, "by the garbage collector", "by the garbage collector", "#c62828", "xx", "red"),
+    Cause(ev.SHUTDOWN, True, True, "at interpreter shutdown", "at interpreter shutdown", "#7b1fa2", "..",
+          "magenta"),
+    Cause(ev.NEVER_CLOSED, False, False, "never closed", "never closed", "#f9a825", "\\\\", "yellow"),
+    Cause(ev.SERVER, False, False, "ended by the server first", "ended by the server first", "#6d4c41", "--",
+          "yellow"),
+    Cause(ev.UNKNOWN, True, True, "for an unknown cause", "for an unknown cause", "#9e9e9e", "oo", "dim"),
+)}
+assert set(CAUSES) == set(ev.CAUSES)
+
+#: The connection ends that are a client-side close (the client sent, or meant to send, COM_QUIT).
+CLIENT_CLOSES = tuple(c for c in ev.CAUSES if CAUSES[c].client_closed)
+
+
+def summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
+            server=(), no_quit=None, bound_text=None) -> List[str]:
+    """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
+    fi, pl = fmt_int, plural
+    out = []
+    after_counts = ([bound_text] if bound_text is not None else []) + (
+        aborted_lines(no_quit) if no_quit is not None else [])
+    # The first screen of the text report is this list: what is wrong, where, what to change
+    # (tests/unit/test_render_text.py::test_first_screen_has_verdict_place_and_fix).
+    top = next((f for f in findings if f.severity in ("error", "warning")), None)
+    if top is not None:
+        out.append("%s: %s." % (top.severity.upper(), top.title))
+    if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
+            or connections.open_at_end or connections.failed):
+        line = "No MySQL connection was opened"
+        if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
+            line += " (the program never imported MySQLdb)"
+        out.append(line + ".")
+        if not layers.bpf:
+            out.append("Missing layer: eBPF (see findings).")
+        out[1:1] = after_counts
+        if top is not None:  # the verdict's fix is always the last line (render_text.py relies on it)
+            out.append("Fix: " + top.fix)
+        return out
+    parts = []
+    for cause in CLIENT_CLOSES:
+        n = com_quit.by_cause.get(cause, 0)
+        if cause == ev.EXPLICIT_CLOSE or n:
+            text = "%s %s" % (fi(n), CAUSES[cause].words)
+            if cause == ev.GC and n:
+                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
+                                            for g, k in com_quit.gc_by_generation.items() if k)
+            parts.append(text)
+    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
+    unsent = 0
+    if no_quit is not None:
+        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
+    if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
+        line = "%s opened, %s by the client (%s with COM_QUIT)" % (
+            pl(connections.opened, "connection"), pl(connections.com_quit, "ended", "ended"),
+            fi(connections.com_quit - unsent))
+    if parts:
+        line += ": " + ", ".join(parts)
+    out.append(line + ".")
+    # After the counts line: the counts past a capture's bound, the ends without COM_QUIT.
+    out.extend(after_counts)
+    if connections.never_closed:
+        out.append("%s never closed (no COM_QUIT)." % pl(connections.never_closed, "connection was",
+                                                          "connections were"))
+    if connections.server:
+        out.append("%s ended by the server first (KILL, wait_timeout, restart)." % pl(
+            connections.server, "connection was", "connections were"))
+    if connections.fork_copies:
+        out.append("%s held by forked processes too: counted once each, by the first end of any of their "
+                   "handles (%s)." % (pl(connections.forked, "connection was", "connections were"),
+                                      pl(connections.fork_copies, "other handle end")))
+    line = "At most %s open at once%s" % (
+        pl(connections.max_live, "connection was", "connections were"),
+        " (at %s s)" % fmt_s(connections.max_live_t_s) if connections.max_live_t_s is not None else "")
+    if server:  # --dsn: the number the user watches, next to ours
+        peak_t, peak = max(server, key=lambda s: s[1])
+        line += "; the server's PROCESSLIST showed at most %s (at %s s)" % (
+            fmt_int(int(peak)), fmt_s(peak_t))
+    out.append(line + ".")
+    big = largest_drop(drops)
+    if big is not None:
+        out.append("The largest drop (%s → %s): %s." % (fi(big.from_), fi(big.to), big.explanation))
+    for d in drops:
+        if d.at_exit:
+            out.append("At exit (%s → %s): %s." % (fi(d.from_), fi(d.to), d.explanation))
+    for p in patterns:
+        if p.regular and p.drops:
+            out.append("Periodically, %s." % p.text)
+    if program.gc_disabled:
+        out.append("gc.disable() was in effect (for some or all of the run): only explicit gc.collect() calls "
+                   "collect cycles then, so connections in reference cycles stay open until one runs or the "
+                   "program ends.")
+    sites = engines_summary(engines, connections)
+    # The verdict already names the one call site and its Engines: the first screen says it once.
+    if not (top is not None and len(engines) == 1 and top.call_site == engines[0].call_site):
+        out.extend(sites)
+    missing = [name for name, on in (("eBPF", layers.bpf), ("agent", layers.agent)) if not on]
+    if missing:
+        out.append("Missing layer: %s (see findings)." % " and ".join(missing))
+    if top is not None:
+        out.append("Fix: " + top.fix)
+    return out
+
+
+def engines_summary(engines, connections) -> List[str]:
+    """Which create_engine() call sites the connections belonged to (sites that opened none apart)."""
+    fi, pl = fmt_int, plural
+    used = [s for s in engines if s.connections]
+    if not used:
+        return []
+    idle = len(engines) - len(used)
+    rest = (" (%s opened no connection)" % pl(idle, "other call site")) if idle else ""
+    with_engines = sum(s.connections for s in used)
+    if len(used) == 1:
+        top = used[0]
+        every = with_engines == connections.opened + connections.opened_before_capture
+        scope = "All" if every else fi(with_engines) + " of the"
+        return ["%s %s belonged to %s created at %s (%s disposed)%s." % (
+            scope, pl(with_engines, "connection"), pl(top.created, "Engine"), top.where, fi(top.disposed),
+            rest)]
+    parts = ["%s to %s created at %s" % (fi(s.connections), pl(s.created, "Engine"), s.where)
+             for s in used[:3]]
+    if len(used) > 3:
+        parts.append("%s to %d more call sites" % (fi(sum(s.connections for s in used[3:])), len(used) - 3))
+    # The counts say which site had most: no "most" for a site with a half or less.
+    what = "call sites" if len({s.call_site for s in used}) == len(used) else "call chains"
+    return ["%s belonged to Engines from %d %s%s: %s." % (
+        pl(with_engines, "connection"), len(used), what, rest, "; ".join(parts))]
