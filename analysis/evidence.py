@@ -207,6 +207,7 @@ class Joined:
         self.engines: List[EngineLife] = []
         self.collections: List[Collection] = []        # agent and kernel, start order
         self.server_counts: List[Tuple[int, int]] = []
+        self.server_own_user: Optional[str] = None  # the count covers this user's connections only
         self.notes: List[Tuple[int, str, str]] = []    # (t, level, text)
         self.sources: Dict[str, int] = {}               # events per src
         self.kinds: Dict[str, int] = {}                 # events per kind

@@ -410,6 +410,8 @@ class _Join:
 
     def on_server_count(self, e, k, t, pid, tid):
         self.j.server_counts.append((t, e["count"]))
+        if e.get("own_user"):
+            self.j.server_own_user = e["own_user"]
 
     def on_bpf_probes(self, e, k, t, pid, tid):
         self.j.probes = e

@@ -234,6 +234,7 @@ class Timeline:
     quit_bin_s: float                       # width of the COM_QUIT histogram bins
     quit_bins: Dict[str, List[int]]         # cause ("gc.N" per generation) -> counts per bin i (from i * quit_bin_s)
     end_s: float = 0.0
+    server_own_user: Optional[str] = None   # the server count covers only this user's connections (no PROCESS)
 
 
 @dataclasses.dataclass

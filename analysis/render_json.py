@@ -66,7 +66,9 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "notes": r.notes,
         "timeline": {"live": r.timeline.live, "server": r.timeline.server,
                      "collections": r.timeline.collections, "quit_bin_s": r.timeline.quit_bin_s,
-                     "quit_bins": r.timeline.quit_bins, "end_s": r.timeline.end_s},
+                     "quit_bins": r.timeline.quit_bins, "end_s": r.timeline.end_s,
+                     # only when the count covers one user's own connections (no PROCESS)
+                     **({"server_own_user": r.timeline.server_own_user} if r.timeline.server_own_user else {})},
         "quits": [_quit(x) for x in r.quits],
         # issue 19: connections closed without COM_QUIT (aborted clients), per driver
         "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,

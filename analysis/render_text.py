@@ -171,7 +171,8 @@ def _connections(o: _Out, r: Report) -> None:
     if r.timeline.server:
         counts = [n for _, n in r.timeline.server]
         peak_t, peak = max(r.timeline.server, key=lambda s: s[1])
-        label = "  server (PROCESSLIST) max %s at %s s  " % (fmt_int(int(peak)), fmt_s(peak_t))
+        scope = ", user %s only" % r.timeline.server_own_user if r.timeline.server_own_user else ""
+        label = "  server (PROCESSLIST%s) max %s at %s s  " % (scope, fmt_int(int(peak)), fmt_s(peak_t))
         o.add(label + sparkline(counts, o.width - len(label)))
 
 

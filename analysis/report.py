@@ -252,6 +252,7 @@ def build_report(capture: Capture) -> Report:
     timeline = Timeline(
         live=envelope(curve.times, curve.values, t0, curve.initial),
         server=[[to_s(t), n] for t, n in j.server_counts],
+        server_own_user=j.server_own_user,
         collections={"t_s": [to_s(c.t_start) for c in colls.drawn],
                      "generation": [c.gen for c in colls.drawn],
                      "destroyed": [colls.destroyed(c) for c in colls.drawn]},

@@ -68,6 +68,7 @@ PKGS=(bpfcc-tools python3-bpfcc libbpfcc pkg-config build-essential python3-venv
 PKGS+=(prometheus)   # the metrics system test scrapes trace-quit with a real Prometheus
 PKGS+=(gdb)   # trace-quit --pid injects the agent into a running CPython through gdb
 PKGS+=(bpftrace)  # the peer in the overhead benchmark (tests/bench/overhead.py)
+PKGS+=(sudo)      # the acceptance tests type the README's `sudo trace-quit …` as an unprivileged user
 if [ "$DB" = mariadb ]; then
     PKGS+=(mariadb-server mariadb-client libmariadb-dev default-libmysqlclient-dev)
 else

@@ -196,6 +196,13 @@ def _gen_key(gen):
 CaptureExistsError = OutputExistsError
 
 
+def _real_path(fd, path):
+    try:
+        return os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        return os.path.abspath(path)
+
+
 class CaptureWriter:
     """Writes one capture: ``write_header`` once, ``emit`` from any thread, ``close`` with a trailer."""
 
@@ -209,6 +216,9 @@ class CaptureWriter:
         self._queued = 0           # bytes written or queued (the JSON lines are ASCII: chars == bytes)
         self._tail = collections.deque(maxlen=_TAIL_BATCHES)   # the last kernel batches written
         self._fd = open_private(path, force=force, owner=owner)
+        #: where the file really is (the kernel's word for the open fd): the closing lines
+        #: name this if it is not where ``path`` points now
+        self.real_path = _real_path(self._fd, path)
         self._lock = threading.Lock()
         self._buf = []
         self._counts = collections.Counter()

@@ -157,14 +157,15 @@ class RunCommand:
             from trace_quit.tracer.bpf.session import start_compile
 
             start_compile()  # the probes compile while the command is resolved (start-up)
-            targets = _resolve_bpf_targets(argv, run_as)
+            targets = _resolve_bpf_targets(argv, run_as, getattr(args, "cwd", None))
             if getattr(targets, "nothing_to_probe", None):
                 # Not an error: the program still runs (and the agent still loads into any Python it starts).
                 _err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
                 use_bpf, targets = False, None
         options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
-                             run_as=run_as, status=not args.quiet, max_capture=_max_capture(args))
+                             run_as=run_as, status=not args.quiet, max_capture=_max_capture(args),
+                             cwd=getattr(args, "cwd", None))
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
         # program that never started is removed, but only one this run created.
@@ -232,7 +233,8 @@ class RunCommand:
         targets = _resolve_running_targets(args.pid, cmdline)
         options = RunOptions(argv=cmdline, output=output, force=args.force, bpf=True, agent=False, dsn=args.dsn,
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
-                             status=not args.quiet, duration=args.duration, max_capture=_max_capture(args))
+                             status=not args.quiet, duration=args.duration, max_capture=_max_capture(args),
+                             cwd=getattr(args, "cwd", None))
         if not args.no_agent and py_target.unsupported:
             _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (
                 args.pid, py_target.unsupported))
@@ -399,6 +401,8 @@ def _check_runnable(program):
 def default_capture_name(argv):
     """trace-quit-<program>.<pid>.tqcap, <program> being the script a Python runs when there is one."""
     program = os.path.basename(argv[0])
+    if program.endswith(".py"):  # ./main.py through its shebang: trace-quit-main.<pid>
+        program = program[:-3]
     rest = argv[1:]
     if program.startswith("python"):
         for i, arg in enumerate(rest):
@@ -414,10 +418,10 @@ def default_capture_name(argv):
     return "trace-quit-%s.%d%s" % (safe, os.getpid(), CAPTURE_SUFFIX)
 
 
-def _resolve_bpf_targets(argv, run_as):
+def _resolve_bpf_targets(argv, run_as, cwd):
     from trace_quit.tracer.record import resolve_bpf_targets
 
-    return resolve_bpf_targets(argv, run_as)
+    return resolve_bpf_targets(argv, run_as, cwd=cwd)
 
 
 def _remove_unstarted_capture(path):
@@ -690,7 +694,18 @@ def build_parser():
     return parser
 
 
+def _start_cwd():
+    """Where the user stood when they typed the command (None if it is gone)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def main(argv=None):
+    # Read first, before anything could run beside us: the program runs here and every path
+    # the user gave means what it means here (tests/acceptance/test_readme_commands.py).
+    cwd = _start_cwd()
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {c.name for c in COMMANDS}
     if argv and argv[0] not in names and argv[0] not in ("-h", "--help", "--version"):
@@ -712,6 +727,7 @@ def main(argv=None):
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     args.passthrough = passthrough
+    args.cwd = cwd
     command = getattr(args, "command_obj", None) if args.subcommand == "run" else args.command
     try:
         return command.run(args)

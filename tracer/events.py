@@ -230,7 +230,8 @@ KINDS = {
         F("t_greeting", INT, since=2))),
     BPF_PROBES: (SRC_TRACER, _GLOBAL_COMMON + (F("probes", LIST), F("missing", LIST))),
     # sampler and tracer
-    SERVER_COUNT: (SRC_SAMPLER, _GLOBAL_COMMON + (F("count", INT),)),
+    # own_user: present when the sampler's account lacks PROCESS: the count is that user's own connections
+    SERVER_COUNT: (SRC_SAMPLER, _GLOBAL_COMMON + (F("count", INT), _opt("own_user", STR, since=2))),
     SERVER_STATUS: (SRC_SAMPLER, _GLOBAL_COMMON + (F("at", STR, since=2), _opt("aborted_clients", INT, since=2),
                                                    _opt("aborted_connects", INT, since=2))),
     CHILD_START: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), _opt("attach_s", NUM), _opt("startup_s", NUM),

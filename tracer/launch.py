@@ -62,8 +62,9 @@ class LaunchError(TraceQuitError):
 class CorkedChild:
     """A forked child waiting on a pipe; ``release()`` lets it exec the program."""
 
-    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs):
+    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs, cwd: Optional[str] = None):
         self.argv = argv
+        self.cwd = cwd
         self.env = env
         self.run_as = run_as
         self.pid: Optional[int] = None
@@ -103,6 +104,14 @@ class CorkedChild:
         # rather than being lost with the tracer (tests/system/test_faults.py).
         try:
             run_as = self.run_as
+            if self.cwd is not None:
+                # Where the user stood, by name: the program never depends on the tracer's
+                # own working directory (tests/acceptance/test_readme_commands.py). A
+                # directory removed meanwhile is still inherited: keep it then.
+                try:
+                    os.chdir(self.cwd)
+                except OSError:
+                    pass
             if not run_as.is_current:
                 os.setgroups(list(run_as.groups))
                 os.setgid(run_as.gid)

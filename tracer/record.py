@@ -45,6 +45,7 @@ class RunOptions:
     status: bool = True
     duration: Optional[float] = None   # --pid: stop tracing after this many seconds
     max_capture: int = 0               # --max-capture: the capture's bound in bytes (0: none)
+    cwd: Optional[str] = None          # where the user stood: the program runs there (default: ours)
 
 
 @dataclasses.dataclass
@@ -105,8 +106,18 @@ class Recorder:
 
     def _new_writer(self, run_as):
         opts = self.options
-        return CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid),
+        # Named from where the user stood, whatever our working directory is by now.
+        path = os.path.join(opts.cwd, opts.output) if opts.cwd else opts.output
+        return CaptureWriter(path, force=opts.force, owner=(run_as.uid, run_as.gid),
                              max_bytes=opts.max_capture, on_bound=self._bound_reached)
+
+    def _capture_path(self):
+        """The capture as the user named it, or where it really is if that name now points elsewhere."""
+        name = self.options.output
+        real = getattr(self.writer, "real_path", None)
+        if real and os.path.realpath(os.path.join(self.options.cwd or os.getcwd(), name)) != os.path.realpath(real):
+            return real
+        return name
 
     def _bound_reached(self, t_ns, max_bytes):
         """The capture reached --max-capture: said once, in the capture and on stderr."""
@@ -162,7 +173,7 @@ class Recorder:
                 for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
                     env.pop(key, None)
             self._checkpoint()
-            self.child = CorkedChild(opts.argv, env, run_as)
+            self.child = CorkedChild(opts.argv, env, run_as, cwd=opts.cwd or os.getcwd())
             with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
             self.writer = self._new_writer(run_as)
@@ -197,7 +208,7 @@ class Recorder:
             if self.child is not None and self.child.status is None and self.child._cork_w is not None:
                 self.child.abandon()
             self._finish(exit_status)
-        return RunResult(exit_status=exit_status, capture=opts.output, run_as=run_as, tally=self.tally,
+        return RunResult(exit_status=exit_status, capture=self._capture_path(), run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes, started=self.started,
                          interrupted=self.interrupted if not self.started else None,
                          capture_error=self.writer.failure() if self.writer is not None else None)
@@ -243,7 +254,7 @@ class Recorder:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
             self._finish(None)
-        return RunResult(exit_status=status, capture=opts.output, run_as=run_as, tally=self.tally,
+        return RunResult(exit_status=status, capture=self._capture_path(), run_as=run_as, tally=self.tally,
                          lost=dict(self.tally.lost), notes=self.notes,
                          capture_error=self.writer.failure() if self.writer is not None else None)
 
@@ -294,7 +305,7 @@ class Recorder:
                        "argv": ev.redact_argv(list(sys.argv))},
             "child_pid": pid if pid is not None else self.child.pid,
             "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
-            "cwd": os.getcwd(),
+            "cwd": opts.cwd or os.getcwd(),
             # Layers requested; what the eBPF layer attached follows in the bpf_probes event.
             "layers": {"bpf": bool(opts.bpf), "agent": self.channel is not None, "sampler": bool(opts.dsn)},
         }
@@ -370,7 +381,10 @@ class Recorder:
             from trace_quit.tracer import sampler as sampler_mod
 
             def sink(t_ns, count):
-                self.emit({"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count})
+                event = {"k": ev.SERVER_COUNT, "t": t_ns, "src": ev.SRC_SAMPLER, "count": count}
+                if self.sampler.scope == "own":  # no PROCESS: what the count covers (tracer/sampler.py)
+                    event["own_user"] = self.sampler.user
+                self.emit(event)
 
             def status_sink(t_ns, status):  # Aborted_clients at start and end (issue 19)
                 self.emit(dict(status, k=ev.SERVER_STATUS, t=t_ns, src=ev.SRC_SAMPLER))
@@ -379,7 +393,8 @@ class Recorder:
             # again in the report (tests/integration/test_trust_sampler.py).
             self.sampler = sampler_mod.Sampler(
                 self.options.dsn, sink, user=self.options.sample_user,
-                on_first_error=lambda text: self.note("server sampler: %s" % text), status_sink=status_sink)
+                on_first_error=lambda text: self.note("server sampler: %s" % text), status_sink=status_sink,
+                on_scope=lambda text: self.note("server sampler: %s" % text, level="info"))
             self.sampler.start()
         except Exception as exc:
             self.note("server sampler not started: %s" % exc)
@@ -452,7 +467,7 @@ class Recorder:
         self.writer.close(trailer)
 
 
-def resolve_bpf_targets(argv, run_as):
+def resolve_bpf_targets(argv, run_as, cwd=None):
     """What the eBPF layer will probe for ``argv`` run as ``run_as``; a TraceQuitError (69) when it cannot."""
     try:
         from trace_quit.tracer import bpf
@@ -460,7 +475,7 @@ def resolve_bpf_targets(argv, run_as):
         raise TraceQuitError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
                              EX_UNAVAILABLE) from None
     try:
-        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
+        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid, cwd=cwd)
     except bpf.BpfUnavailable as exc:
         raise TraceQuitError(str(exc), EX_UNAVAILABLE) from None
 

@@ -46,7 +46,7 @@ class Sampler:
     """Polls the PROCESSLIST count of ``user`` (default: the DSN's user) every ``interval`` s."""
 
     def __init__(self, dsn, sink, user=None, interval=0.1, connect_timeout=5, on_first_error=None,
-                 status_sink=None):
+                 status_sink=None, on_scope=None):
         self._params = dsnlib.parse(dsn)
         self._params["connect_timeout"] = int(max(1, connect_timeout))
         self._redacted = dsnlib.redact(dsn)
@@ -67,6 +67,11 @@ class Sampler:
         self.status_first = None
         self.status_last = None
         self._first_done = threading.Event()
+        #: "all" (PROCESS: every user's threads), "own" (no PROCESS: the DSN user's own
+        #: threads, which is what is counted), None before the first connect
+        self.scope = None
+        #: called once with a sentence when the count covers only the account's own connections
+        self.on_scope = on_scope
 
     def start(self):
         """Start polling in a daemon thread; returns self."""
@@ -126,17 +131,34 @@ class Sampler:
         return (t0 + t1) // 2, int(row[0])
 
     def _check_grant(self):
-        """Without PROCESS an account sees only its own threads: a count of 0 would be a lie."""
+        """Without PROCESS an account sees only the threads of its own user name.
+
+        That is exactly what counting this account's connections needs (most applications
+        run with such an account): sample on, and ``scope`` says what the count covers. Any
+        other user's count would be a silent 0: refused (tests/integration/test_sampler.py)."""
         cur = self._conn.cursor()
         try:
             cur.execute("SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS'")
             has_process = int(cur.fetchone()[0]) > 0
+            cur.execute("SELECT CURRENT_USER()")
+            account = str(cur.fetchone()[0])
         finally:
             cur.close()
-        if not has_process:
+        if has_process:
+            self.scope = "all"
+            return
+        if self.user != account.rsplit("@", 1)[0]:
             raise MissingGrant("the account %s lacks the PROCESS privilege, so PROCESSLIST shows it only its own "
-                               "connections: GRANT PROCESS ON *.* TO it, or give --dsn an account that has it"
-                               % self._params.get("user", ""))
+                               "connections, not %s's: GRANT PROCESS ON *.* TO it, or give --dsn an account "
+                               "that has it" % (account, self.user))
+        if self.scope is None:
+            self.scope = "own"
+            if self.on_scope is not None:
+                try:
+                    self.on_scope("the account %s has no PROCESS privilege: the server count covers the "
+                                  "connections of user %s only (what this account may see)" % (account, self.user))
+                except Exception:
+                    pass
 
     def _run(self):
         try:

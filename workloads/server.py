@@ -48,6 +48,7 @@ import tempfile
 import time
 
 from trace_quit.workloads import dsn as dsnlib
+from trace_quit.workloads.general_log import parse_general_log  # noqa: F401 (server.parse_general_log)
 
 DATABASE = "tq"
 APP_USER = "tq_app"
@@ -61,71 +62,8 @@ STOP_TIMEOUT_S = 10.0
 #: Unix socket paths are limited to 107 bytes; keep ours well below.
 _MAX_SOCKET_PATH = 100
 
-# The supervisor: run as ``python -I -c SUPERVISOR TMPDIR`` with the owner's pipe on stdin.
-# The owner writes "pid N" lines for each server process it starts; on EOF (owner gone or
-# stop()) every listed process still running *with TMPDIR in its command line* (so a
-# recycled pid is never hit) gets SIGTERM, then SIGKILL, and TMPDIR is removed.
-SUPERVISOR = r"""
-import os, shutil, signal, sys, time
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-    signal.signal(s, signal.SIG_IGN)
-tmpdir = sys.argv[1]
-class Done(Exception):
-    pass
-def on_term(signum, frame):
-    raise Done()
-signal.signal(signal.SIGTERM, on_term)
-def ours(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            if tmpdir.encode() not in f.read():
-                return False
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-def wait_gone(pids, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not [p for p in pids if ours(p)]:
-            return True
-        time.sleep(0.05)
-    return False
-pids = []
-buf = b""
-try:
-    while True:
-        try:
-            chunk = os.read(0, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == b"pid":
-                pids.append(int(parts[1]))
-except Done:
-    pass
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-live = [p for p in pids if ours(p)]
-for p in live:
-    try:
-        os.kill(p, signal.SIGTERM)
-    except OSError:
-        pass
-if not wait_gone(live, %(stop_timeout)s):
-    for p in live:
-        if ours(p):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-    wait_gone(live, 5)
-shutil.rmtree(tmpdir, ignore_errors=True)
-"""
+#: The supervisor script (run by path with ``python -I``): workloads/supervisor.py.
+SUPERVISOR_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
 
 
 class ServerError(RuntimeError):
@@ -206,21 +144,6 @@ def _init_sql(password):
                  "email VARCHAR(128) NOT NULL);" % DATABASE)
     lines.append("INSERT INTO %s.users (id, name, email) VALUES %s;" % (DATABASE, rows))
     return "\n".join(lines) + "\n"
-
-
-#: A general-log entry: an optional timestamp, tabs/spaces, the connection id, the command
-#: ("Connect", "Query", "Quit", "Init DB", ...), a tab and the argument.
-_GENERAL_LOG_LINE = re.compile(r"^[^\t]*\t+\s*(\d+) ([A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)*)(?:\t(.*))?$")
-
-
-def parse_general_log(text):
-    """``[(connection_id, command, argument)]`` from general-log text (MariaDB or MySQL 8)."""
-    out = []
-    for line in text.splitlines():
-        m = _GENERAL_LOG_LINE.match(line)
-        if m:
-            out.append((int(m.group(1)), m.group(2), m.group(3) or ""))
-    return out
 
 
 class DisposableServer:
@@ -328,9 +251,8 @@ class DisposableServer:
         return _flavor_version((out.strip().splitlines() or [""])[-1])
 
     def _start_supervisor(self):
-        script = SUPERVISOR.replace("%(stop_timeout)s", repr(STOP_TIMEOUT_S))
         self._supervisor = subprocess.Popen(
-            [sys.executable, "-I", "-c", script, self.tmpdir],
+            [sys.executable, "-I", SUPERVISOR_PATH, self.tmpdir, repr(STOP_TIMEOUT_S)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True)
 

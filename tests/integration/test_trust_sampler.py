@@ -57,10 +57,58 @@ def test_a_monitor_account_without_the_process_grant_is_said_not_counted(server,
                                         sys.executable, "-c", "import time; time.sleep(1)"],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    expected = ("trace-quit: server sampler: query on mysql://tq_nogrant:***@127.0.0.1:%d/: the account tq_nogrant "
-                "lacks the PROCESS privilege, so PROCESSLIST shows it only its own connections: GRANT PROCESS ON *.* "
-                "TO it, or give --dsn an account that has it\n" % server.port)
+    expected = ("trace-quit: server sampler: query on mysql://tq_nogrant:***@127.0.0.1:%d/: the account "
+                "tq_nogrant@127.0.0.1 lacks the PROCESS privilege, so PROCESSLIST shows it only its own connections, "
+                "not %s's: GRANT PROCESS ON *.* TO it, or give --dsn an account that has it\n"
+                % (server.port, server.user))
     assert proc.stderr.startswith(expected)
     report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True,
                                        text=True, check=True).stdout)
     assert report["layers"]["sampler"] is False
+
+
+def test_an_application_account_without_the_process_grant_counts_its_own_connections(server, tmp_path):
+    """Most applications run with such an account: its own view is exactly its connections."""
+    import MySQLdb
+
+    from trace_quit.tracer import dsn as dsnlib
+
+    admin = MySQLdb.connect(**dsnlib.parse(server.admin_dsn))
+    try:
+        cur = admin.cursor()
+        for host in ("127.0.0.1", "localhost"):
+            cur.execute("CREATE USER IF NOT EXISTS 'tq_plain'@'%s' IDENTIFIED BY 'pl-pw'" % host)
+            cur.execute("GRANT ALL PRIVILEGES ON %s.* TO 'tq_plain'@'%s'" % (server.database, host))
+        admin.commit()
+    finally:
+        admin.close()
+    # Seven connections of its own held for 1.5 s; tq_app's three beside them are not its business.
+    prog = tmp_path / "hold.py"
+    prog.write_text(
+        "import time, MySQLdb\n"
+        "mine = [MySQLdb.connect(host='127.0.0.1', port=%d, user='tq_plain', password='pl-pw') for _ in range(7)]\n"
+        "other = [MySQLdb.connect(host='127.0.0.1', port=%d, user=%r, password=%r) for _ in range(3)]\n"
+        "time.sleep(1.5)\n"
+        "for c in mine + other: c.close()\n" % (server.port, server.port, server.user, server.password))
+    capture = str(tmp_path / "own.tqcap")
+    dsn = "mysql://tq_plain:pl-pw@127.0.0.1:%d/" % server.port
+    proc = subprocess.run(TRACE_QUIT + ["--no-bpf", "--quiet", "--format", "none", "-o", capture, "--dsn", dsn,
+                                        "--", sys.executable, str(prog)],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert ("trace-quit: server sampler: the account tq_plain@127.0.0.1 has no PROCESS privilege: the server count "
+            "covers the connections of user tq_plain only (what this account may see)\n") in proc.stderr
+    report = json.loads(subprocess.run(TRACE_QUIT + ["report", capture, "--format", "json"], capture_output=True,
+                                       text=True, check=True).stdout)
+    assert report["layers"]["sampler"] is True
+    counts = [e["count"] for e in _events(capture) if e.get("k") == "server_count"]
+    assert len(counts) >= 5 and max(counts) == 7
+    assert report["timeline"]["server_own_user"] == "tq_plain"
+    text = subprocess.run(TRACE_QUIT + ["report", capture], capture_output=True, text=True, check=True).stdout
+    assert "server (PROCESSLIST, user tq_plain only) max 7 at" in text
+
+
+def _events(path):
+    from trace_quit.analysis.capture import load
+
+    return load(path).events

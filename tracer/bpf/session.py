@@ -125,7 +125,47 @@ def dump_program(targets):
 
 
 def _compile(defines):
-    """bcc.BPF for probes.c with ``defines`` (updated in place if the headers fallback is used)."""
+    """bcc.BPF for probes.c with ``defines`` (updated in place if the headers fallback is used).
+
+    Always on a thread of its own whose working directory is its own: bcc's compile chdir()s
+    into the kernel headers while it runs, and a working directory is shared by every thread
+    of a process, so on the caller's thread (or in the background while the command is
+    resolved) it moved the tracer's — and the traced program's — working directory
+    (tests/acceptance/test_readme_commands.py runs every command from a project directory)."""
+    job = {"bpf": None, "error": None}
+
+    def run():
+        try:
+            _own_working_directory()
+            job["bpf"] = _compile_here(defines)
+        except BaseException as exc:
+            job["error"] = exc
+
+    thread = threading.Thread(target=run, name="trace-quit-compile", daemon=True)
+    thread.start()
+    thread.join()
+    if job["error"] is not None:
+        raise job["error"]
+    return job["bpf"]
+
+
+#: unshare(2)'s flag: this thread stops sharing its root, working directory and umask.
+CLONE_FS = 0x00000200
+
+
+def _own_working_directory():
+    """Give the calling thread a working directory of its own (Linux: unshare(CLONE_FS)).
+
+    A chdir() on this thread then moves nobody else's; the thread starts in the directory the
+    process is in. Raises OSError if the kernel refuses (then nothing may be compiled here)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "unshare(CLONE_FS): %s" % os.strerror(err))
+
+
+def _compile_here(defines):
+    """The compile itself, on the calling thread (which must own its working directory)."""
     import bcc  # the one place bcc is imported (BpfSession checks it first, with the fix)
 
     def cflags():
@@ -161,7 +201,8 @@ def start_compile(ringbuf_pages=RINGBUF_PAGES):
     def run():
         t0 = time.monotonic()
         try:
-            job["bpf"] = _compile(job["defines"])
+            _own_working_directory()  # bcc's chdir() stays on this thread (see _compile)
+            job["bpf"] = _compile_here(job["defines"])
         except BaseException as exc:
             job["error"] = exc
         job["seconds"] = round(time.monotonic() - t0, 4)
