@@ -290,14 +290,7 @@ def apply(life: Life, verdict: Optional[Verdict]) -> None:
     """Record ``verdict`` on ``life`` (and the life on its collection) for the report's readers."""
     if verdict is None:
         return
-    life.cause = verdict.cause
-    life.generation = verdict.generation
-    life.collection = verdict.collection
-    life.reason = verdict.reason
-    life.wire_state = verdict.wire
-    life.server_evidence = verdict.evidence
-    life.t_end = verdict.t_end
-    life.end_tid = verdict.end_tid
+    life.verdict = verdict  # the life's cause, generation, ... read from it (analysis/evidence.py)
     if verdict.collection is not None:
         verdict.collection.lives.append(life)
 

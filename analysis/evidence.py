@@ -59,9 +59,8 @@ class Life:
         "pid", "conn", "t_open", "t_start", "agent_open", "bpf_open", "failed", "engine", "checkouts",
         "pool_end", "server_error", "server_code", "agent_end", "bpf_end", "bpf_ret", "wire", "send_errors",
         "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
-        # decided by attribute.py:
-        "cause", "generation", "collection", "reason", "wire_state", "t_end", "end_tid", "server_evidence",
-        "copy_of",
+        # decided by attribute.py: the verdict (apply), and which end of a fork family counts
+        "verdict", "copy_of",
     )
 
     def __init__(self, pid: int, conn: int):
@@ -89,15 +88,42 @@ class Life:
         self.prev: Optional["Life"] = None       # the previous life at the same (pid, MYSQL*)
         self.inherited_from: Optional["Life"] = None  # the parent's life this fork copy was taken from
         self.root: Optional["Life"] = None       # a fork copy's family root: the life that opened it
-        self.cause: Optional[str] = None
-        self.generation: Optional[int] = None
-        self.collection: Optional["Collection"] = None
-        self.reason: Optional[str] = None
-        self.wire_state: Optional[str] = None
-        self.t_end: Optional[int] = None
-        self.end_tid: Optional[int] = None
-        self.server_evidence: Optional[List[str]] = None  # evidence types of a ``server`` cause
+        self.verdict: Optional[Any] = None       # attribute.Verdict, set by attribute.apply (None: open)
         self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
+
+    # The decision, read from the verdict: the evidence above is never rewritten by it.
+    @property
+    def cause(self) -> Optional[str]:
+        return self.verdict.cause if self.verdict is not None else None
+
+    @property
+    def generation(self) -> Optional[int]:
+        return self.verdict.generation if self.verdict is not None else None
+
+    @property
+    def collection(self) -> Optional["Collection"]:
+        return self.verdict.collection if self.verdict is not None else None
+
+    @property
+    def reason(self) -> Optional[str]:
+        return self.verdict.reason if self.verdict is not None else None
+
+    @property
+    def wire_state(self) -> Optional[str]:
+        return self.verdict.wire if self.verdict is not None else None
+
+    @property
+    def t_end(self) -> Optional[int]:
+        return self.verdict.t_end if self.verdict is not None else None
+
+    @property
+    def end_tid(self) -> Optional[int]:
+        return self.verdict.end_tid if self.verdict is not None else None
+
+    @property
+    def server_evidence(self) -> Optional[List[str]]:
+        """The SERVER_EVIDENCE kinds of a ``server`` cause."""
+        return self.verdict.evidence if self.verdict is not None else None
 
     @property
     def ended(self) -> bool:
