@@ -87,7 +87,7 @@ class Life:
         "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
         # decided by attribute.py:
         "cause", "generation", "collection", "reason", "wire_state", "t_end", "end_tid", "server_evidence",
-        "copy_of",
+        "copy_of", "claim",
     )
 
     def __init__(self, pid: int, conn: int):
@@ -124,6 +124,7 @@ class Life:
         self.end_tid: Optional[int] = None
         self.server_evidence: Optional[List[str]] = None  # evidence types of a ``server`` cause
         self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
+        self.claim = False                       # an agent-only claim (attribute.agent_only_claim): not counted
 
     @property
     def ended(self) -> bool:

@@ -15,7 +15,7 @@ from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
 from . import gcwhy
-from .attribute import Context, attribute_all
+from .attribute import Context, attribute_all, claims_summary, kernel_drivers
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
 from .model import (
@@ -49,6 +49,11 @@ def _layers(header: Dict[str, Any], j: Joined) -> Layers:
     bpf = bool(declared.get("bpf")) or j.sources.get(ev.SRC_BPF, 0) > 0
     sampler = bool(j.server_counts)
     return Layers(bpf=bpf, agent=agent, sampler=sampler, wire=bpf and _wire_attached(declared, j))
+
+
+def _declared(header: Dict[str, Any], layer: str) -> bool:
+    declared = header.get("layers") if isinstance(header.get("layers"), dict) else {}
+    return bool(declared.get(layer))
 
 
 def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
@@ -142,7 +147,9 @@ def build_report(capture: Capture) -> Report:
             return end_all
         return None
 
-    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
+                  kernel_drivers=kernel_drivers(j.probes, _declared(header, "bpf")),
+                  attached=type(header.get("attached_pid")) is int)
     if bound is not None:
         j.lives = boundlib.hold_back_late_agent_records(j.lives, capture.events, bound)
     # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
@@ -283,6 +290,11 @@ def build_report(capture: Capture) -> Report:
     if bound is not None:  # right after the counts it is part of
         bound["text"] = boundlib.line(bound)
         summary.insert(at + 1 if at is not None else here, bound["text"])
+    agent_only = claims_summary(att.claims)
+    if agent_only["total"]:  # after the counts: they are what the totals leave out
+        line = agent_only_line(agent_only)
+        agent_only["text"] = line
+        summary.insert(at + 1 if at is not None else here, line)
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -290,7 +302,19 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(quits, j), bound=bound)
+        processes=by_process(quits, j), bound=bound, agent_only=agent_only)
+
+
+def agent_only_line(info: Dict[str, Any]) -> str:
+    """The summary's sentence about the agent-only claims (not counted in any total)."""
+    fi = dropslib.fmt_int
+    causes = ", ".join("%s %s" % (cause, fi(n)) for cause, n in info["by_cause"].items())
+    pids = ", ".join(str(p) for p in info["pids"]) + (" and %s more" % fi(info["pids_total"] - len(info["pids"]))
+                                                      if info["pids_total"] > len(info["pids"]) else "")
+    return ("%s not counted: the agent's channel reported %s the kernel never saw in that process (%s; pid %s). "
+            "The program can write to that channel: this is its word alone." % (
+                dropslib.plural(info["total"], "agent-only claim"),
+                "a connection" if info["total"] == 1 else "connections", causes, pids))
 
 
 def by_process(quits, j: Joined) -> List[Dict[str, Any]]:

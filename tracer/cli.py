@@ -291,7 +291,8 @@ def _start_metrics(args, options, recorder):
     from trace_quit.tracer import metrics
 
     try:
-        server = metrics.serve(metrics.header_for(options), args.metrics_addr, args.metrics_port)
+        header = metrics.header_for(options, attached=getattr(args, "pid", None) is not None)
+        server = metrics.serve(header, args.metrics_addr, args.metrics_port)
     except metrics.MetricsError as exc:
         raise CliError(str(exc), EX_UNAVAILABLE) from None
     recorder.observers.append(server.exporter)
