@@ -1,0 +1,58 @@
+"""The security suite: an unprivileged local user attacks what trace-quit, running as root,
+reads, writes, shows and serves (docs/security.md says which rule each test pins).
+
+``attacker``: a user created for the session (``useradd``), removed at its end with
+everything it left running. The traced program runs as that user the way sudo makes it
+(``SUDO_UID``: trace-quit runs the program as the invoking user); other attacks run as it
+through ``as_attacker`` (setuid/setgid before exec, no supplementary groups). Each test
+stops, by pid, the processes it started.
+"""
+
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tq_support
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # attacker
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.security)
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def attacker():
+    """The pwd entry of a fresh unprivileged user (no home, no login shell, no groups)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (useradd, and the tracer runs as root)")
+    name = "tq-attack-" + secrets.token_hex(3)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+                    name], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        # Each test stops the processes it started as this user (by pid); -f: never leave the user behind.
+        subprocess.run(["userdel", "-f", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.fixture
+def shared_tmp(tmp_path, request):
+    """``tmp_path``, writable by the attacker, its parents under pytest's base traversable."""
+    base = str(request.config._tmp_path_factory.getbasetemp())
+    path = str(tmp_path)
+    while path.startswith(base) and len(path) >= len(base):
+        os.chmod(path, os.stat(path).st_mode | 0o711)
+        if path == base:
+            break
+        path = os.path.dirname(path)
+    os.chmod(str(tmp_path), 0o777)
+    return tmp_path
