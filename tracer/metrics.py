@@ -119,7 +119,7 @@ class Attributor:
             if agent_only_claim(life, ctx):
                 # The kernel has not seen it (yet: its records may come later): never counted
                 # here, as in the report; forgotten once settled, so forged lines cannot pile
-                # up (tests/unit/test_metrics.py::test_forged_agent_lines_count_nothing).
+                # up (tests/security/test_forged_records.py).
                 last = max(e["t"] for e in (life.agent_open, life.agent_end) if e is not None)
                 if final or now_ns - last >= CLAIM_FORGET_S * 1e9:
                     self.claims += 1

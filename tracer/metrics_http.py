@@ -5,7 +5,7 @@ Any local user can connect to the port (it is on loopback by default, not privat
 - one thread and a selector, no thread per connection: an idle socket costs one fd only;
 - at most ``MAX_CONNECTIONS`` open at once; a new connection beyond that evicts the oldest
   one still waiting for its request, so a scraper always gets in however many sockets others
-  hold open (tests/security/test_metrics_endpoint.py: 2,000 idle sockets);
+  hold open (tests/unit/test_metrics_http.py; tests/security/test_forged_records.py: 2,000 idle sockets);
 - a request must arrive whole within ``REQUEST_TIMEOUT_S`` and be at most ``MAX_REQUEST``
   bytes; an answer not taken within ``SEND_TIMEOUT_S`` is dropped;
 - a scrape that fails to render answers 500 for that scrape only (the collector itself is

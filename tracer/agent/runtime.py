@@ -726,7 +726,7 @@ class Agent:
         if chain:
             info["chain"] = chain
         # hide_password hides the userinfo only: ``?passwd=`` in the query stays, so the
-        # redaction runs on every form (tests/integration/test_agent.py::test_engine_url_password_in_query).
+        # redaction runs on every form (tests/security/test_secrets_in_urls.py).
         try:
             info["url"] = self.ev.redact(engine.url.render_as_string(hide_password=True))
         except Exception:
