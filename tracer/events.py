@@ -331,11 +331,12 @@ MAX_LOST_PER_RECORD = 10 ** 9     # agent_lost.n: the events one process can dro
 _INT_MAX = 1 << 63
 _INT_BOUNDS = {
     "pid": (1, PID_MAX), "tid": (1, PID_MAX), "ppid": (0, PID_MAX), "forked_from": (0, PID_MAX),
-    "gen": (0, 2), "max_overflow": (-1, _INT_MAX - 1), "port": (0, 65535),
+    "gen": (0, 2), "max_overflow": (-1, _INT_MAX - 1), "port": (0, 65535), "fd": (-1, 1 << 31),
 }
 _KIND_INT_BOUNDS = {(AGENT_LOST, "n"): (1, MAX_LOST_PER_RECORD)}
-#: An agent's conn_destroy/engine_destroy cause (CPython's three, and PyMySQL's server end).
-AGENT_DESTROY_CAUSES = (GC, REFCOUNT, SHUTDOWN, SERVER)
+#: An agent's conn_destroy/engine_destroy cause: CPython's three, PyMySQL's server end, and unknown
+#: (the program removed the agent's gc callback).
+AGENT_DESTROY_CAUSES = (GC, REFCOUNT, SHUTDOWN, SERVER, UNKNOWN)
 GENERATIONS = ("0", "1", "2")
 
 
