@@ -63,7 +63,10 @@ def _silence(stream):
 
 
 def _err(message):
-    _say(sys.stderr, "trace-quit: %s\n" % message)
+    from trace_quit.tracer.terminal import escape
+
+    # Notes may quote what the program wrote (a rejected line's reason): data on the terminal.
+    _say(sys.stderr, "trace-quit: %s\n" % escape(message))
 
 
 # --- run ------------------------------------------------------------------------------
