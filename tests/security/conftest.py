@@ -45,14 +45,17 @@ def attacker():
 
 
 @pytest.fixture
-def shared_tmp(tmp_path, request):
-    """``tmp_path``, writable by the attacker, its parents under pytest's base traversable."""
-    base = str(request.config._tmp_path_factory.getbasetemp())
-    path = str(tmp_path)
-    while path.startswith(base) and len(path) >= len(base):
-        os.chmod(path, os.stat(path).st_mode | 0o711)
-        if path == base:
-            break
+def shared_tmp(tmp_path):
+    """``tmp_path``, writable by the attacker; the directories above it in the temp root made
+    traversable (pytest's own are 0700). Nothing outside the temp root is touched."""
+    import tempfile
+
+    root = os.path.realpath(tempfile.gettempdir())
+    path = os.path.dirname(os.path.realpath(str(tmp_path)))
+    while path.startswith(root + os.sep):
+        mode = os.stat(path).st_mode
+        if mode & 0o011 != 0o011:
+            os.chmod(path, mode | 0o711)
         path = os.path.dirname(path)
     os.chmod(str(tmp_path), 0o777)
     return tmp_path
