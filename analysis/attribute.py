@@ -6,6 +6,10 @@ anything; ``attribute_all`` decides every life, applies the verdicts, and applie
 about which ends are counted (failed connects, fork copies). docs/causes.md explains the
 table below with the evidence for each cause.
 
+Before the table: with the kernel layer on, a life the kernel did not see in that process
+(``agent_only_claim``) is an agent-only claim, decided but never counted (the program can
+write the agent's records itself).
+
 The decision table, in order (the first row that applies wins):
 
     1. no close seen by either layer  -> never_closed when the process ended, else still open
@@ -104,11 +108,63 @@ COM_QUIT_HEAD = ev.COM_QUIT_BYTES.hex()
 class Context:
     """What the capture as a whole says about the layers (for reasons and wire states)."""
 
-    def __init__(self, agent: bool, bpf: bool, wire: bool, process_ended):
+    def __init__(self, agent: bool, bpf: bool, wire: bool, process_ended, kernel_drivers=None,
+                 attached: bool = False):
         self.agent = agent            # the agent layer ran (events or header)
         self.bpf = bpf                # the eBPF layer ran
         self.wire = wire              # the send probes were attached: silence means not sent
         self.process_ended = process_ended  # pid -> t of its end, or None when not known to have ended
+        # The drivers whose connections the kernel's probes see (kernel_drivers()); None: all.
+        self.kernel_drivers = kernel_drivers
+        self.attached = attached      # --pid: connections may have been open before the capture
+
+
+def kernel_drivers(probes: Optional[dict], declared: bool = True) -> Optional[frozenset]:
+    """The drivers whose connections the attached probes see, from the capture's ``bpf_probes``;
+    without it (a synthetic or older capture) every driver when the header declares the eBPF
+    layer (None), else none."""
+    if not isinstance(probes, dict) or not isinstance(probes.get("probes"), list):
+        return None if declared else frozenset()
+    attached = [p for p in probes["probes"] if isinstance(p, dict)]
+    seen = set()
+    if any(p.get("role") == "close" or p.get("symbol") == "mysql_close" for p in attached):
+        seen.add(ev.DRIVER_MYSQLCLIENT)
+    if any(p.get("role") == "tracepoint" for p in attached):
+        seen.add(ev.DRIVER_PYMYSQL)  # the socket probes: a MySQL greeting read on a socket
+    return frozenset(seen)
+
+
+def claims_summary(claims: Sequence[Life], max_pids: int = 20) -> Dict[str, object]:
+    """The agent-only claims as the report shows them: how many, by the cause claimed, which pids."""
+    by_cause: Dict[str, int] = defaultdict(int)
+    for life in claims:
+        by_cause[life.cause if life.cause is not None else ("failed" if life.failed else "open")] += 1
+    pids = sorted({life.pid for life in claims})
+    return {"total": len(claims), "by_cause": dict(sorted(by_cause.items())), "pids": pids[:max_pids],
+            "pids_total": len(pids)}
+
+
+def agent_only_claim(life: Life, ctx: Context) -> bool:
+    """With the kernel layer on, is ``life`` the agent's word alone, for a connection the kernel
+    could have seen in that process and did not (no connect, no mysql_close, no socket)?
+
+    The agent runs inside the program, and anything the program writes into the channel reads
+    like the agent: such a life is reported as an agent-only claim, never counted
+    (tests/unit/test_attribute.py, tests/security/test_forged_records.py). Not a claim: a
+    connection of a driver no attached probe sees, and one open before --pid attached whose
+    open the kernel could not see (its end it sees, except PyMySQL's socket it never knew)."""
+    if not ctx.bpf or life.bpf_open is not None or life.bpf_end is not None:
+        return False
+    driver = life.driver
+    if ctx.kernel_drivers is not None and driver not in ctx.kernel_drivers:
+        return False
+    opened = life.family.agent_open or {}
+    if ctx.attached and opened.get("before_attach") is True:
+        if driver == ev.DRIVER_PYMYSQL or life.agent_end is None:
+            return False
+    if life.root is not None and life.agent_end is None:
+        return agent_only_claim(life.root, ctx)  # a fork copy still open: its connection's
+    return True
 
 
 def _describe(cause: Optional[str], gen: Optional[int]) -> str:
@@ -309,6 +365,7 @@ class Attribution:
     families: Dict[int, List[Life]]  # fork families (count_families)
     shared: List[List[Life]]       # families whose connection more than one handle ended
     totals: "Totals" = dataclasses.field(default_factory=lambda: Totals())  # count(ended)
+    claims: List[Life] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
 
 
 @dataclasses.dataclass
@@ -355,11 +412,23 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     """Decide and apply every life's verdict, then which ends count: failed connects are no
     COM_QUIT; of the handles a fork shares on one server connection only the first end counts."""
     failed = 0
+    claims: List[Life] = []
+    kept: List[Life] = []
     for life in lives:
+        if agent_only_claim(life, ctx):
+            life.claim = True
+            claims.append(life)
+            if not life.failed:
+                apply(life, decide(life, ctx))  # its cause, as claimed (reported apart)
+                if life.collection is not None and life in life.collection.lives:
+                    life.collection.lives.remove(life)  # no collection destroyed it, as far as we know
+            continue
+        kept.append(life)
         if life.failed:
             failed += 1
             continue
         apply(life, decide(life, ctx))
+    lives = kept
     families = count_families(lives)
     ended: List[Life] = []
     copies: List[Life] = []
@@ -384,7 +453,7 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
     return Attribution(failed=failed, ended=ended, copies=copies, counted=counted, opened=opened,
                        opened_before_capture=before_capture, open_at_end=open_at_end, families=families,
-                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)))
+                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims)
 
 
 SERVER_SENT_CODES = frozenset(c for c in SERVER_GONE_CODES if c not in CLIENT_DETECTED)

@@ -60,7 +60,7 @@ class Life:
         "pool_end", "server_error", "server_code", "agent_end", "bpf_end", "bpf_ret", "wire", "send_errors",
         "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
         # decided by attribute.py: the verdict (apply), and which end of a fork family counts
-        "verdict", "copy_of",
+        "verdict", "copy_of", "claim",
     )
 
     def __init__(self, pid: int, conn: int):
@@ -90,6 +90,7 @@ class Life:
         self.root: Optional["Life"] = None       # a fork copy's family root: the life that opened it
         self.verdict: Optional[Any] = None       # attribute.Verdict, set by attribute.apply (None: open)
         self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
+        self.claim = False                       # an agent-only claim (attribute.agent_only_claim): not counted
 
     # The decision, read from the verdict: the evidence above is never rewritten by it.
     @property

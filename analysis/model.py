@@ -280,6 +280,9 @@ class Report:
     no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
     gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
     processes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # by_process(): per traced pid
+    # With the kernel layer on: connections and ends only the agent's channel reported
+    # (analysis/attribute.agent_only_claim), never counted: {"total", "by_cause", "pids", "pids_total"}.
+    agent_only: Dict[str, Any] = dataclasses.field(default_factory=dict)
     bound: Optional[Dict[str, Any]] = None  # --max-capture reached: analysis/bound.py (None: not reached)
 
     def largest_drop(self) -> Optional[Drop]:

@@ -74,6 +74,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
         "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
+        # What only the agent's channel said, with the kernel layer on: not in any count above.
+        "agent_only": r.agent_only or {"total": 0, "by_cause": {}, "pids": [], "pids_total": 0},
     }
     if r.bound is not None:  # --max-capture reached (analysis/bound.py); absent otherwise
         doc["bound"] = dict(r.bound)

@@ -7,6 +7,7 @@ import textwrap
 from typing import List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer import terminal
 
 from . import gcwhy
 from .drops import fmt_int, fmt_s
@@ -339,7 +340,12 @@ def _comparison(o: _Out, reports: Sequence[Report]) -> None:
 
 def render(reports: Sequence[Report], color: bool = False, width: Optional[int] = None) -> str:
     """The text of one report, or a comparison table followed by each report; ``width`` columns
-    (default: the terminal's, see terminal_width)."""
+    (default: the terminal's, see terminal_width).
+
+    Every string the program could have chosen (thread names, paths, argv, SQL, URLs, notes)
+    is shown escaped (tracer/terminal.py): the report is data on the terminal, never control.
+    ``quits`` is not printed here, so its (possibly million) records are not copied."""
+    reports = [terminal.escaped(r, skip=("quits",)) for r in reports]
     o = _Out(color, width or terminal_width())
     if len(reports) > 1:
         _comparison(o, reports)

@@ -16,7 +16,7 @@ from . import engines as engineslib
 from . import findings as findingslib
 from . import gcwhy
 from . import words
-from .attribute import Context, Totals, attribute_all
+from .attribute import Context, Totals, attribute_all, claims_summary, kernel_drivers
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
 from .model import (
@@ -48,6 +48,11 @@ def _layers(header: Dict[str, Any], j: Joined) -> Layers:
     bpf = bool(declared.get("bpf")) or j.sources.get(ev.SRC_BPF, 0) > 0
     sampler = bool(j.server_counts)
     return Layers(bpf=bpf, agent=agent, sampler=sampler, wire=bpf and _wire_attached(declared, j))
+
+
+def _declared(header: Dict[str, Any], layer: str) -> bool:
+    declared = header.get("layers") if isinstance(header.get("layers"), dict) else {}
+    return bool(declared.get(layer))
 
 
 def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
@@ -108,23 +113,8 @@ class _Collections:
         return len(c.lives) + (len(c.twin.lives) if c.twin is not None else 0)
 
 
-def build_report(capture: Capture) -> Report:
-    """Explain one capture."""
-    header = capture.header if isinstance(capture.header, dict) else {}
-    trailer = capture.trailer
-    j = join(capture.events, header)
-    cwd = header.get("cwd") if isinstance(header.get("cwd"), str) else None
-
-    t0 = j.t0
-    if t0 is None:
-        ht = header.get("t")
-        t0 = ht if type(ht) is int else (j.t_first or 0)
-
-    def to_s(t: int) -> float:
-        return round((t - t0) / 1e9, 3)
-
-    layers = _layers(header, j)
-
+def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joined, layers: Any):
+    """What the decisions need to know of the run (attribute.Context), and the capture's bound."""
     # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
     finished = trailer is not None or j.child_exit is not None
     end_all = j.child_exit[0] if j.child_exit else (trailer["t"] if trailer else j.t_last)
@@ -142,7 +132,30 @@ def build_report(capture: Capture) -> Report:
             return end_all
         return None
 
-    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
+                  kernel_drivers=kernel_drivers(j.probes, _declared(header, "bpf")),
+                  attached=type(header.get("attached_pid")) is int)
+    return ctx, bound
+
+
+def build_report(capture: Capture) -> Report:
+    """Explain one capture."""
+    header = capture.header if isinstance(capture.header, dict) else {}
+    trailer = capture.trailer
+    j = join(capture.events, header)
+    cwd = header.get("cwd") if isinstance(header.get("cwd"), str) else None
+
+    t0 = j.t0
+    if t0 is None:
+        ht = header.get("t")
+        t0 = ht if type(ht) is int else (j.t_first or 0)
+
+    def to_s(t: int) -> float:
+        return round((t - t0) / 1e9, 3)
+
+    layers = _layers(header, j)
+
+    ctx, bound = _context(header, trailer, j, layers)
     if bound is not None:
         j.lives = boundlib.hold_back_late_agent_records(j.lives, capture.events, bound)
     # Every cause is decided in attribute.py, the one place: verdicts, failed connects, fork copies.
@@ -269,8 +282,12 @@ def build_report(capture: Capture) -> Report:
         findings.insert(0, extra)
     if bound is not None:
         bound["text"] = boundlib.line(bound)
+    agent_only = claims_summary(att.claims)
+    if agent_only["total"]:  # after the counts: they are what the totals leave out
+        agent_only["text"] = words.agent_only_line(agent_only)
     summary = words.summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
-                            timeline.server, no_quit=no_quit, bound_text=bound["text"] if bound is not None else None)
+                            timeline.server, no_quit=no_quit, bound_text=bound["text"] if bound is not None else None,
+                            agent_only_text=agent_only.get("text"))
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,
@@ -278,7 +295,7 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(totals, j), bound=bound)
+        processes=by_process(totals, j), bound=bound, agent_only=agent_only)
 
 
 def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:

@@ -49,12 +49,25 @@ assert set(CAUSES) == set(ev.CAUSES)
 CLIENT_CLOSES = tuple(c for c in ev.CAUSES if CAUSES[c].client_closed)
 
 
+def agent_only_line(info) -> str:
+    """The summary's sentence about the agent-only claims (not counted in any total)."""
+    fi = fmt_int
+    causes = ", ".join("%s %s" % (cause, fi(n)) for cause, n in info["by_cause"].items())
+    pids = ", ".join(str(p) for p in info["pids"]) + (" and %s more" % fi(info["pids_total"] - len(info["pids"]))
+                                                      if info["pids_total"] > len(info["pids"]) else "")
+    return ("%s not counted: the agent's channel reported %s the kernel never saw in that process (%s; pid %s). "
+            "The program can write to that channel: this is its word alone." % (
+                plural(info["total"], "agent-only claim"),
+                "a connection" if info["total"] == 1 else "connections", causes, pids))
+
+
 def summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
-            server=(), no_quit=None, bound_text=None) -> List[str]:
+            server=(), no_quit=None, bound_text=None, agent_only_text=None) -> List[str]:
     """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
     fi, pl = fmt_int, plural
     out = []
     after_counts = ([bound_text] if bound_text is not None else []) + (
+        [agent_only_text] if agent_only_text is not None else []) + (
         aborted_lines(no_quit) if no_quit is not None else [])
     # The first screen of the text report is this list: what is wrong, where, what to change
     # (tests/unit/test_render_text.py::test_first_screen_has_verdict_place_and_fix).

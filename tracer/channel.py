@@ -5,7 +5,8 @@ Python program the traced program spawns finds the FIFO by the path in its envir
 It lives in a private 0700 directory owned by the user the program runs as.
 
 The traced program can write anything into it: only the agent's own kinds
-(``events.AGENT_KINDS``), each valid by ``events.check()``, come out of ``read_events``;
+(``events.AGENT_KINDS``), each valid by ``events.check()`` and within ``events.check_bounds()``
+and stamped within this run, come out of ``read_events``;
 every other line is counted in ``rejected`` by the process it claims to come from, and no
 line can raise out of the reader (tests/unit/test_channel.py, tests/system/test_trust.py).
 """
@@ -23,6 +24,8 @@ F_SETPIPE_SZ = 1031           # linux/fcntl.h
 PIPE_SIZE = 1 << 20           # 1 MiB: the agent's writes never wait for the reader
 MAX_PARTIAL = 1 << 16         # a "line" longer than this without a newline is not the agent's
 UNKNOWN_PID = "?"             # the rejected line named no process (not JSON, or no integer pid)
+SLACK_NS = 10 * 10**9         # a record's time may be this far outside [channel created, now]
+MAX_REJECTED_PIDS = 1000      # distinct claimed pids counted apart; the rest under UNKNOWN_PID
 
 
 class AgentChannel:
@@ -45,6 +48,7 @@ class AgentChannel:
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size for an unprivileged tracer: keep the default
         self._partial = b""
+        self.t_created = ev.now_ns()
         #: claimed pid (int, or UNKNOWN_PID) -> lines rejected: not JSON, not an object,
         #: not an agent kind, or not valid for its kind.
         self.rejected = collections.Counter()
@@ -61,8 +65,10 @@ class AgentChannel:
         pid = UNKNOWN_PID
         if isinstance(line_or_event, dict):
             claimed = line_or_event.get("pid")
-            if isinstance(claimed, int) and not isinstance(claimed, bool):
+            if isinstance(claimed, int) and not isinstance(claimed, bool) and 0 < claimed <= ev.PID_MAX:
                 pid = claimed
+        if pid not in self.rejected and len(self.rejected) >= MAX_REJECTED_PIDS:
+            pid = UNKNOWN_PID  # forged pids cannot grow the trailer without bound
         self.rejected[pid] += 1
         self.first_reason.setdefault(pid, reason)
 
@@ -112,7 +118,11 @@ class AgentChannel:
         # record is judged as what it is (tests/unit/test_channel.py).
         event["src"] = ev.SRC_AGENT
         try:
-            ev.check(event)
+            ev.check_bounds(ev.check(event))
+            t = event["t"]
+            # The agent stamps CLOCK_MONOTONIC, as we do, and loads only after this channel exists.
+            if not self.t_created - SLACK_NS <= t <= ev.now_ns() + SLACK_NS:
+                raise ev.SchemaError("%s: t is %d, outside this run (%d..now)" % (kind, t, self.t_created))
         except Exception as exc:  # SchemaError, or a validator tripping over odd input
             self.reject(event, "%s" % (str(exc)[:120] or type(exc).__name__))
             return None

@@ -14,6 +14,7 @@ file), 66 no such file, 73 output exists.
 
 import argparse
 import errno
+import math
 import os
 import shlex
 import signal
@@ -62,7 +63,10 @@ def _silence(stream):
 
 
 def _err(message):
-    _say(sys.stderr, "trace-quit: %s\n" % message)
+    from trace_quit.tracer.terminal import escape
+
+    # Notes may quote what the program wrote (a rejected line's reason): data on the terminal.
+    _say(sys.stderr, "trace-quit: %s\n" % escape(message))
 
 
 # --- run ------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ class RunCommand:
         parser.add_argument("--max-capture", type=_size, default=None, metavar="SIZE",
                             help="bound the capture (500M, 2G, 64K; 0: unbounded; default 1G): past it, "
                                  "events are counted in the trailer instead of written")
-        parser.add_argument("--inject-timeout", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--inject-timeout", type=_seconds, default=None, metavar="SECONDS",
                             help="--pid: give up injecting the agent after this long (default 5)")
         parser.add_argument("--format", choices=("text", "json", "html", "none"), default="text",
                             help="report printed after the run (default: text); html is written next to the capture")
@@ -103,7 +107,7 @@ class RunCommand:
                             help="serve Prometheus metrics (OpenMetrics) on this port while it runs")
         parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
                             help="address the metrics endpoint binds to (default: 127.0.0.1, loopback only)")
-        parser.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
+        parser.add_argument("--metrics-linger", type=_seconds, default=0.0, metavar="SECONDS",
                             help="after the program ends, keep serving until one scrape has read the final "
                                  "counts, at most this long (default: 0)")
         # Hidden, like bcc tools' --ebpf: print the eBPF program (cflags + probes.c) for the command; no root.
@@ -268,8 +272,13 @@ class RunCommand:
 
 
 def html_path_for(capture):
-    """Where ``run --format html`` writes its page: next to the capture."""
-    return os.path.splitext(capture)[0] + ".html"
+    """Where ``run --format html`` writes its page: next to the capture, never over it
+    (``-o run.html`` gets ``run.report.html``: tests/unit/test_cli.py)."""
+    base, ext = os.path.splitext(capture)
+    page = base + ".html"
+    if os.path.abspath(page) == os.path.abspath(capture):
+        page = base + ".report.html"
+    return page
 
 
 def _check_output(path, force):
@@ -290,7 +299,8 @@ def _start_metrics(args, options, recorder):
     from trace_quit.tracer import metrics
 
     try:
-        server = metrics.serve(metrics.header_for(options), args.metrics_addr, args.metrics_port)
+        header = metrics.header_for(options, attached=getattr(args, "pid", None) is not None)
+        server = metrics.serve(header, args.metrics_addr, args.metrics_port)
     except metrics.MetricsError as exc:
         raise CliError(str(exc), EX_UNAVAILABLE) from None
     recorder.observers.append(server.exporter)
@@ -313,8 +323,22 @@ def _duration(text):
             value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a duration (examples: 90s, 10m, 1h)" % text) from None
+    # nan compares false with everything: a nan duration would never end (tests/unit/test_cli.py).
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("%r is not a duration: give a finite one (examples: 90s, 10m, 1h)" % text)
     if value <= 0:
         raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
+def _seconds(text):
+    """--inject-timeout, --metrics-linger: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds (examples: 5, 0.5)" % text)
     return value
 
 
@@ -332,7 +356,9 @@ def _size(text):
             value = float(spelled)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a size (examples: 500M, 2G, 64K; 0 for no bound)" % text) from None
-    if value < 0 or value != value:
+    if not math.isfinite(value) or value >= 1 << 62:
+        raise argparse.ArgumentTypeError("%r is not a size (examples: 500M, 2G, 64K; 0 for no bound)" % text)
+    if value < 0:
         raise argparse.ArgumentTypeError("a size cannot be negative")
     return int(value)
 
@@ -543,13 +569,26 @@ class ReportCommand:
                 _err("%s is %s: reporting what was recorded up to there" % (capture.path, capture.status))
         reports = [analysis.build_report(capture) for capture in captures]
         if args.format == "html" and not args.output:
-            args.output = os.path.splitext(args.captures[0])[0] + ".html"
+            args.output = html_path_for(args.captures[0])
         if args.output:
+            _check_not_a_capture(args.output, args.captures)
             write_report_file(reports, args.format, args.output, force=args.force, owner=_sudo_owner())
             _err("report written to %s" % args.output)
         else:
             analysis.render(reports, args.format, stream=sys.stdout, color=sys.stdout.isatty())
         return 0
+
+
+def _check_not_a_capture(output, captures):
+    """A report never replaces a capture it explains, --force or not (tests/unit/test_cli.py)."""
+    for capture in captures:
+        same = os.path.abspath(output) == os.path.abspath(capture)
+        try:
+            same = same or os.path.samefile(output, capture)
+        except OSError:
+            pass
+        if same:
+            raise CliError("-o %s is the capture being reported: choose another -o" % output, EX_CANTCREAT)
 
 
 def write_report_file(reports, fmt, path, force=False, owner=None):

@@ -261,6 +261,49 @@ HEADER_FIELDS = (
 #: is forged and rejected (tracer/channel.py).
 AGENT_KINDS = frozenset(k for k, (src, _) in KINDS.items() if src == SRC_AGENT)
 
+# --- the bounds of the agent's numbers ---------------------------------------------------
+# The agent runs inside a program we do not trust: its integers are checked against what they
+# can be, so a forged record cannot make a lost-event counter, a generation or a pid say
+# anything (tests/unit/test_events.py, tests/security/). Every other integer of an agent kind
+# is a count, an id or an address: 0 <= n < 2**63.
+PID_MAX = 1 << 22                 # the kernel's PID_MAX_LIMIT: no pid or tid is larger
+MAX_LOST_PER_RECORD = 10 ** 9     # agent_lost.n: the events one process can drop between two flushes
+_INT_MAX = 1 << 63
+_INT_BOUNDS = {
+    "pid": (1, PID_MAX), "tid": (1, PID_MAX), "ppid": (0, PID_MAX), "forked_from": (0, PID_MAX),
+    "gen": (0, 2), "max_overflow": (-1, _INT_MAX - 1), "port": (0, 65535), "fd": (-1, 1 << 31),
+}
+_KIND_INT_BOUNDS = {(AGENT_LOST, "n"): (1, MAX_LOST_PER_RECORD)}
+#: An agent's conn_destroy/engine_destroy cause: CPython's three, PyMySQL's server end, and unknown
+#: (the program removed the agent's gc callback).
+AGENT_DESTROY_CAUSES = (GC, REFCOUNT, SHUTDOWN, SERVER, UNKNOWN)
+GENERATIONS = ("0", "1", "2")
+
+
+def check_bounds(record):
+    """Return an agent ``record`` (already ``check``-ed) whose numbers are within their bounds,
+    else raise ``SchemaError`` naming the first that is not."""
+    kind = record["k"]
+    for name, value in record.items():
+        if type(value) is not int:
+            continue
+        lo, hi = _KIND_INT_BOUNDS.get((kind, name)) or _INT_BOUNDS.get(name) or (0, _INT_MAX - 1)
+        if not lo <= value <= hi:
+            raise SchemaError("%s: %s is %d, outside %d..%d" % (kind, name, value, lo, hi))
+    if kind in (CONN_DESTROY, ENGINE_DESTROY) and record["cause"] not in AGENT_DESTROY_CAUSES:
+        raise SchemaError("%s: cause %.40r is not one of %s" % (kind, record["cause"], ", ".join(AGENT_DESTROY_CAUSES)))
+    if kind == GC_COUNTS:
+        for gen, n in record["by_gen"].items():
+            if gen not in GENERATIONS or type(n) is not int or not 0 <= n < _INT_MAX:
+                raise SchemaError("gc_counts: by_gen has %.40r: %.40r (generations 0-2, counts)" % (gen, n))
+    for name in ("counts", "gc_thresholds", "thresholds"):
+        value = record.get(name)
+        # gc.get_count()/get_threshold(): three integers (their sign is CPython's business).
+        if isinstance(value, list) and (len(value) > 3 or any(type(n) is not int or not -_INT_MAX <= n < _INT_MAX
+                                                              for n in value)):
+            raise SchemaError("%s: %s is not three integers" % (kind, name))
+    return record
+
 _COMPILED = {}
 
 

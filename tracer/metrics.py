@@ -25,11 +25,17 @@ import time
 
 from trace_quit.tracer import __version__
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.terminal import escape
 
 TICK_S = 0.5
 SETTLE_S = 2.0
 TOP_SITES = 20
+#: An agent-only life (the kernel saw nothing of it) is forgotten this long after its last record.
+CLAIM_FORGET_S = 3 * SETTLE_S
 OTHER = "other"
+MAX_LABEL = 200          # characters of a call_site label
+MAX_GC_PIDS = 4096       # processes whose cumulative gc counts are kept (forged pids cannot grow it)
+SOURCES = (ev.SRC_AGENT, ev.SRC_BPF, ev.SRC_SAMPLER, ev.SRC_TRACER)
 #: Collection records kept for attribution: a close's collection is recent by construction (it
 #: is attributed within SETTLE_S), and the kernel records every young collection, so keep few.
 GC_WINDOW_NS = 10 * 10**9
@@ -40,7 +46,7 @@ _JOIN_KINDS = frozenset((
     ev.AGENT_START, ev.CONN_OPEN, ev.CONN_FAIL, ev.CONN_CLOSE, ev.CONN_DESTROY, ev.ENGINE_CREATE,
     ev.ENGINE_DISPOSE, ev.ENGINE_DESTROY, ev.POOL, ev.BPF_CONNECT, ev.BPF_CLOSE, ev.BPF_CLOSE_RET,
     ev.BPF_WIRE, ev.BPF_PEER_END, ev.BPF_FORK, ev.BPF_EXIT, ev.BPF_FINALIZE, ev.CHILD_START,
-    ev.BPF_PROBES)) | _GC_KINDS
+    ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE, ev.BPF_PROBES)) | _GC_KINDS  # sockets: PyMySQL's kernel evidence
 
 
 class MetricsError(Exception):
@@ -59,6 +65,7 @@ class Attributor:
         self.pending = 0         # ended connections waiting for the rest of their evidence
         self.open = 0
         self.marks = {}          # (pid, conn) -> last event time of its counted life (_prune)
+        self.claims = 0          # agent-only claims dropped uncounted (analysis/attribute.agent_only_claim)
 
     def add(self, events):
         # An event of a connection already counted (its (pid, conn), no later than the counted
@@ -78,16 +85,21 @@ class Attributor:
             return "unknown"
         label = self.sites.get(site)
         if label is None:
-            label = ev.redact(site) if len(self.sites) < TOP_SITES else OTHER
-            self.sites[site] = label
+            if len(self.sites) < TOP_SITES:
+                # The program chose this text: no password, no control character, bounded.
+                label = escape(ev.redact(site))[:MAX_LABEL]
+                self.sites[site] = label
+            else:
+                label = OTHER  # not remembered: forged sites cannot grow this table either
         return label
 
     def tick(self, now_ns, final=False):
         """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
         from trace_quit.analysis import drops
-        from trace_quit.analysis.attribute import Context, apply, count_families, decide
+        from trace_quit.analysis.attribute import (Context, agent_only_claim, apply, count_families, decide,
+                                                   kernel_drivers)
         from trace_quit.analysis.join import join
-        from trace_quit.analysis.report import _layers
+        from trace_quit.analysis.report import _declared, _layers
 
         j = join(self.events, self.header)
         layers = _layers(self.header, j)
@@ -98,12 +110,23 @@ class Attributor:
                 return t
             return now_ns if final else None
 
-        ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended)
+        ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
+                      kernel_drivers=kernel_drivers(j.probes, _declared(self.header, "bpf")),
+                      attached=bool(self.header.get("attached")))
         origins = drops.Origins(self.cwd, j.thread_names)
         opened, closes, done = [], [], []
         pending = still_open = 0
         families = collections.OrderedDict()  # a server connection: its opener's life and fork copies
         for life in j.lives:
+            if agent_only_claim(life, ctx):
+                # The kernel has not seen it (yet: its records may come later): never counted
+                # here, as in the report; forgotten once settled, so forged lines cannot pile
+                # up (tests/security/test_forged_records.py).
+                last = max(e["t"] for e in (life.agent_open, life.agent_end) if e is not None)
+                if final or now_ns - last >= CLAIM_FORGET_S * 1e9:
+                    self.claims += 1
+                    done.append(life)
+                continue
             if life.failed:
                 if life.ended:
                     done.append(life)
@@ -218,6 +241,7 @@ class Exporter:
         self.last_scrape = None
         self.tick_seconds = 0.0
         self.tick_errors = 0
+        self.scrape_errors = 0
         self._thread = threading.Thread(target=self._loop, name="trace-quit-metrics", daemon=True)
         self._thread.start()
 
@@ -275,19 +299,27 @@ class Exporter:
         with self._lock:
             self.opened.update(opened)
             for cause, gen, site in closes:
-                self.com_quit[(cause, "" if gen is None else str(gen), site)] += 1
+                # Label values from closed sets: the report's causes, generations 0-2.
+                cause = cause if cause in ev.CAUSES else ev.UNKNOWN
+                gen = str(gen) if str(gen) in ev.GENERATIONS else ""
+                self.com_quit[(cause, gen, site)] += 1
             self.tick_seconds = time.monotonic() - t0
 
     def _count(self, e):
         k = e.get("k")
-        self.events_by_src[e.get("src") or "?"] += 1
+        src = e.get("src")
+        self.events_by_src[src if src in SOURCES else OTHER] += 1
         if k == ev.GC_COUNTS and isinstance(e.get("by_gen"), dict):
-            self.gc_agent[e.get("pid")] = {str(g): n for g, n in e["by_gen"].items() if isinstance(n, int)}
+            pid = e.get("pid")
+            if pid in self.gc_agent or len(self.gc_agent) < MAX_GC_PIDS:
+                self.gc_agent[pid] = {g: n for g, n in e["by_gen"].items() if g in ev.GENERATIONS and _count_ok(n)}
         elif k == ev.BPF_GC_DONE:
-            self.gc_bpf[str(e.get("gen"))] += 1
-        elif k == ev.AGENT_LOST and isinstance(e.get("n"), int):
+            gen = str(e.get("gen"))
+            if gen in ev.GENERATIONS:
+                self.gc_bpf[gen] += 1
+        elif k == ev.AGENT_LOST and _count_ok(e.get("n")):
             self.agent_lost += e["n"]
-        elif k == ev.BPF_STATS and isinstance(e.get("dropped"), int):
+        elif k == ev.BPF_STATS and _count_ok(e.get("dropped")):
             self.bpf_dropped = max(self.bpf_dropped, e["dropped"])
 
     # --- the collector (prometheus_client calls these at each scrape) ------------------------
@@ -295,56 +327,89 @@ class Exporter:
         return []
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+        """Every family, each built on its own: one that fails is left out of this scrape (and
+        counted in trace_quit_scrape_errors), never the whole answer (a forged line once made
+        every scrape an HTTP 500 for the rest of the run)."""
         with self._lock:
             self.scrapes += 1
             self.last_scrape = time.monotonic()
-            quit_ = CounterMetricFamily("trace_quit_com_quit", "COM_QUITs (connection ends) by cause, as the report "
-                                        "attributes them", labels=["cause", "generation", "call_site"])
-            for (cause, gen, site), n in sorted(self.com_quit.items()):
-                quit_.add_metric([cause, gen, site], n)
-            yield quit_
-            opened = CounterMetricFamily("trace_quit_connections_opened", "MySQL connections opened",
-                                         labels=["call_site"])
-            for site, n in sorted(self.opened.items()):
-                opened.add_metric([site], n)
-            yield opened
-            yield GaugeMetricFamily("trace_quit_connections_open", "MySQL connections open now",
-                                    value=self.attributor.open)
-            gcs = CounterMetricFamily("trace_quit_gc_collections", "garbage collections of the traced program",
-                                      labels=["generation"])
-            by_gen = collections.Counter()
-            if self.gc_agent:
-                for counts in self.gc_agent.values():
-                    by_gen.update(counts)
-            else:
-                by_gen.update(self.gc_bpf)
-            for gen in sorted(by_gen):
-                gcs.add_metric([gen], by_gen[gen])
-            yield gcs
-            lost = CounterMetricFamily("trace_quit_lost_events", "events lost on the way to the tracer",
-                                       labels=["source"])
-            lost.add_metric([ev.SRC_AGENT], self.agent_lost)
-            lost.add_metric([ev.SRC_BPF], self.bpf_dropped)
-            yield lost
-            # The tracer's own health.
-            events = CounterMetricFamily("trace_quit_events", "events the tracer received", labels=["source"])
-            for src, n in sorted(self.events_by_src.items()):
-                events.add_metric([src], n)
-            yield events
-            yield GaugeMetricFamily("trace_quit_program_running", "1 while the traced program runs",
-                                    value=1 if self.running else 0)
-            yield GaugeMetricFamily("trace_quit_attribution_pending", "ended connections waiting for the rest "
-                                    "of their evidence", value=self.attributor.pending)
-            yield GaugeMetricFamily("trace_quit_attribution_tick_seconds", "duration of the last attribution pass",
-                                    value=self.tick_seconds)
-            yield CounterMetricFamily("trace_quit_attribution_errors", "attribution passes that failed (a bug: "
-                                      "the counters stall)", value=self.tick_errors)
-            info = GaugeMetricFamily("trace_quit_tracer_info", "the tracer serving these metrics",
-                                     labels=["version"])
-            info.add_metric([__version__], 1)
-            yield info
+            for build in (self._quits, self._opened, self._gc, self._lost, self._health):
+                try:
+                    families = list(build())
+                except Exception:
+                    self.scrape_errors += 1
+                    continue
+                for family in families:
+                    yield family
+
+    def _quits(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        quit_ = CounterMetricFamily("trace_quit_com_quit", "COM_QUITs (connection ends) by cause, as the report "
+                                    "attributes them", labels=["cause", "generation", "call_site"])
+        for (cause, gen, site), n in sorted(self.com_quit.items()):
+            quit_.add_metric([cause, gen, site], _value(n))
+        yield quit_
+
+    def _opened(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        opened = CounterMetricFamily("trace_quit_connections_opened", "MySQL connections opened",
+                                     labels=["call_site"])
+        for site, n in sorted(self.opened.items()):
+            opened.add_metric([site], _value(n))
+        yield opened
+        yield GaugeMetricFamily("trace_quit_connections_open", "MySQL connections open now",
+                                value=_value(self.attributor.open))
+
+    def _gc(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        gcs = CounterMetricFamily("trace_quit_gc_collections", "garbage collections of the traced program",
+                                  labels=["generation"])
+        by_gen = collections.Counter()
+        if self.gc_agent:
+            for counts in self.gc_agent.values():
+                by_gen.update(counts)
+        else:
+            by_gen.update(self.gc_bpf)
+        for gen in ev.GENERATIONS:
+            if gen in by_gen:
+                gcs.add_metric([gen], _value(by_gen[gen]))
+        yield gcs
+
+    def _lost(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        lost = CounterMetricFamily("trace_quit_lost_events", "events lost on the way to the tracer",
+                                   labels=["source"])
+        lost.add_metric([ev.SRC_AGENT], _value(self.agent_lost))
+        lost.add_metric([ev.SRC_BPF], _value(self.bpf_dropped))
+        yield lost
+
+    def _health(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        events = CounterMetricFamily("trace_quit_events", "events the tracer received", labels=["source"])
+        for src, n in sorted(self.events_by_src.items()):
+            events.add_metric([src], _value(n))
+        yield events
+        yield GaugeMetricFamily("trace_quit_program_running", "1 while the traced program runs",
+                                value=1 if self.running else 0)
+        yield GaugeMetricFamily("trace_quit_attribution_pending", "ended connections waiting for the rest "
+                                "of their evidence", value=_value(self.attributor.pending))
+        yield GaugeMetricFamily("trace_quit_attribution_tick_seconds", "duration of the last attribution pass",
+                                value=_value(self.tick_seconds))
+        yield CounterMetricFamily("trace_quit_attribution_errors", "attribution passes that failed (a bug: "
+                                  "the counters stall)", value=_value(self.tick_errors))
+        yield CounterMetricFamily("trace_quit_agent_only_claims", "connection records only the agent's channel "
+                                  "reported, the kernel never saw: not counted", value=_value(self.attributor.claims))
+        yield CounterMetricFamily("trace_quit_scrape_errors", "metric families left out of a scrape because "
+                                  "they failed to build", value=_value(self.scrape_errors))
+        info = GaugeMetricFamily("trace_quit_tracer_info", "the tracer serving these metrics",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
 
     def scraped_since_finish(self):
         with self._lock:
@@ -352,16 +417,18 @@ class Exporter:
 
 
 class MetricsServer:
-    """The HTTP endpoint (prometheus_client's) serving one Exporter."""
+    """The HTTP endpoint (tracer/metrics_http.py: bounded, one thread) serving one Exporter."""
 
     def __init__(self, exporter, addr, port):
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
+
+        from trace_quit.tracer.metrics_http import Endpoint
 
         self.exporter = exporter
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(exporter)
         try:
-            served = start_http_server(port, addr=addr, registry=self.registry)
+            self.endpoint = Endpoint(addr, port, self._render)
         except OSError as exc:
             import errno
 
@@ -369,19 +436,30 @@ class MetricsServer:
                 raise MetricsError("port %d on %s is in use: choose another --metrics-port" % (port, addr)) from None
             raise MetricsError("cannot serve metrics on %s:%d (%s): check --metrics-addr"
                                % (addr, port, exc.strerror or exc)) from None
-        self.httpd = served[0] if isinstance(served, tuple) else None
-        self.port = self.httpd.server_address[1] if self.httpd is not None else port
+        self.port = self.endpoint.port
+
+    def _render(self, accept):
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return 200, content_type, encoder(self.registry)
 
     def linger(self, seconds):
-        """After the run: wait (at most ``seconds``) until a scrape has seen the final counts."""
+        """After the run, for at most ``seconds``: wait until every scraper that read the metrics
+        while the program ran has read the final counts. Anyone else's scrape does not end it,
+        and with no scraper seen during the run it serves the whole time (tests/unit/test_metrics_http.py)."""
         deadline = time.monotonic() + max(0.0, seconds)
-        while time.monotonic() < deadline and not self.exporter.scraped_since_finish():
+        finished = self.exporter.finished_t
+        if finished is None:
+            return
+        wanted = self.endpoint.scrapers_at(finished)
+        while time.monotonic() < deadline:
+            if wanted and wanted <= self.endpoint.scraped_after(finished):
+                return
             time.sleep(0.05)
 
     def close(self):
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
+        self.endpoint.close()
 
 
 def serve(header, addr, port):
@@ -399,6 +477,18 @@ def serve(header, addr, port):
         raise
 
 
-def header_for(options):
+def _count_ok(n):
+    return type(n) is int and 0 <= n < 1 << 62
+
+
+def _value(n):
+    """A sample value the exposition can always print: a finite, non-negative number."""
+    if type(n) not in (int, float) or n != n or n < 0:
+        return 0
+    return min(n, 1 << 62)
+
+
+def header_for(options, attached=False):
     """What the attribution needs of the capture's header, known before the run starts."""
-    return {"cwd": os.getcwd(), "layers": {"bpf": bool(options.bpf), "agent": bool(options.agent)}}
+    return {"cwd": os.getcwd(), "layers": {"bpf": bool(options.bpf), "agent": bool(options.agent)},
+            "attached": attached}

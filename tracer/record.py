@@ -562,9 +562,12 @@ def _signals_blocked():
 def _rejected_text(channel):
     """The note that says how many channel lines were rejected, and from which process."""
     parts = []
-    for pid, n in sorted(channel.rejected.items(), key=lambda kv: str(kv[0])):
+    by_pid = sorted(channel.rejected.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    for pid, n in by_pid[:5]:  # the most: forged pids cannot make this line a page long
         who = "no process named" if pid == channel_mod.UNKNOWN_PID else "pid %d" % pid
         parts.append("%s: %d (first: %s)" % (who, n, channel.first_reason.get(pid, "?")))
+    if len(by_pid) > 5:
+        parts.append("%d more processes: %d" % (len(by_pid) - 5, sum(n for _, n in by_pid[5:])))
     return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
             % (channel.invalid_lines, "line was" if channel.invalid_lines == 1 else "lines were", "; ".join(parts)))
 

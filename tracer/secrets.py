@@ -24,8 +24,9 @@ SECRET_KEYS = frozenset(("password", "passwd", "pwd", "pass", "secret", "token")
 _SECRET_FLAG = re.compile(r"(?:^|[-_.])(?:password|passwd|pwd|pass|passphrase|secret|token|api-?key)$")
 _URL_USERINFO = re.compile(
     r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<pw>[^/?#\s]*)(?P<post>@[^@/?#\s]*(?:[/?#\s]|$))")
-_QUERY_SECRET = re.compile(r"(?P<pre>[?&;](?:%s)=)(?P<pw>[^&;#\s]*)" % "|".join(sorted(SECRET_KEYS)),
-                           re.IGNORECASE)
+# Any query parameter; whether it is a secret is decided on its decoded name (``pass%77d``,
+# ``db_password``), so an encoded spelling hides nothing (tests/unit/test_secrets.py).
+_QUERY_PARAM = re.compile(r"(?P<pre>[?&;](?P<key>[^=&;#?\s]{1,64})=)(?P<pw>[^&;#\s]*)")
 
 
 def redact_url(text):
@@ -34,7 +35,25 @@ def redact_url(text):
         return text
     text = _URL_USERINFO.sub(lambda m: m.group("pre") + REDACTED + m.group("post")
                              if m.group("pw") else m.group(0), text)
-    return _QUERY_SECRET.sub(lambda m: m.group("pre") + REDACTED if m.group("pw") else m.group(0), text)
+    return _QUERY_PARAM.sub(_hide_query_value, text)
+
+
+def _hide_query_value(m):
+    if not m.group("pw") or not is_secret_key(m.group("key")):
+        return m.group(0)
+    return m.group("pre") + REDACTED
+
+
+def is_secret_key(key):
+    """A query or keyword name that holds a secret, spelled plainly or percent-encoded."""
+    try:
+        from urllib.parse import unquote_plus
+
+        key = unquote_plus(key)
+    except Exception:
+        pass
+    name = key.lower().replace("_", "-")
+    return name in SECRET_KEYS or is_secret_flag(name)
 
 
 def _flag_name(arg):

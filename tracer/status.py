@@ -6,6 +6,10 @@ import stat
 import time
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.terminal import escape
+
+#: The generations the status line counts (gc_counts' keys; anything else is not a generation).
+GENERATIONS = ("0", "1", "2")
 
 
 #: The agent's records of an open connection that its end is decided with (a pool's server-gone error).
@@ -38,7 +42,8 @@ class Tally:
         if kind in _CONNECTION_RECORDS and event.get("conn") is not None:
             self._records.setdefault((event.get("pid"), event.get("conn")), []).append(event)
         elif kind == ev.GC_COUNTS:
-            self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()}
+            self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()
+                                                  if gen in GENERATIONS}
         elif kind == ev.AGENT_LOST:
             self.lost["agent"] += _count(event.get("n") or 0)
         elif kind == ev.BPF_CONNECT and event.get("ok"):
@@ -75,6 +80,24 @@ def _count(value):
     return value
 
 
+def controlling_terminal_device():
+    """The device number (st_rdev) of our controlling terminal, else None (/proc/self/stat's tty_nr).
+
+    Not ``fstat(open("/dev/tty"))``: that is /dev/tty's own number (5, 0), which never equals
+    the pts behind it (136, N): compared with it, every terminal looked private."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat_line = f.read()
+        tty_nr = int(stat_line[stat_line.rindex(b")") + 2:].split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+    if tty_nr == 0:
+        return None
+    major = (tty_nr >> 8) & 0xFFF
+    minor = (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return os.makedev(major, minor)
+
+
 def private_terminal():
     """The controlling terminal, open for writing, if the program cannot write to it; else None.
 
@@ -82,21 +105,22 @@ def private_terminal():
     terminal one of them refers to would erase the program's own output, or the prompt and
     what the user typed. So the line is drawn only on a terminal none of them is
     (``trace-quit -- app > app.log 2>&1`` shows it; a shared terminal gets the report at the
-    end only: tests/integration/test_cli_status.py)."""
+    end only: tests/integration/test_cli_status.py, with a real controlling pseudo-terminal)."""
+    device = controlling_terminal_device()
+    if device is None:
+        return None
+    for shared in (0, 1, 2):
+        try:
+            st = os.fstat(shared)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == device:
+            return None
     try:
         fd = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        rdev = os.fstat(fd).st_rdev
-        for shared in (0, 1, 2):
-            try:
-                st = os.fstat(shared)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
-                os.close(fd)
-                return None
         return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
     except BaseException:
         os.close(fd)
@@ -133,7 +157,7 @@ class StatusLine:
             now - self.started, t.live, quits, gens["0"], gens["1"], gens["2"],
             t.lost["agent"] + t.lost["bpf"])
         try:
-            self.stream.write("\r\x1b[2K" + line[:200])
+            self.stream.write("\r\x1b[2K" + escape(line[:200]))  # data only: tracer/terminal.py
             self.stream.flush()
         except (OSError, ValueError):
             self.enabled = False  # the terminal went away: the run goes on without the line

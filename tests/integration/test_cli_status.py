@@ -1,11 +1,13 @@
 """The live status line: on stderr when it is a terminal, never otherwise."""
 
+import fcntl
 import os
 import pty
 import re
 import select
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -66,17 +68,28 @@ def test_status_line_on_a_terminal_the_program_does_not_share(server, tmp_path):
     assert "\x1b[2K" not in (tmp_path / "program.log").read_text()  # nothing drawn where the program writes
 
 
-PROMPT = ("import sys, time, MySQLdb; from trace_quit.workloads import dsn; "
+# /dev/tty opens: the program (and trace-quit) really has a controlling terminal.
+PROMPT = ("import os, sys, time, MySQLdb; from trace_quit.workloads import dsn; os.close(os.open('/dev/tty', 0)); "
           "conns = [MySQLdb.connect(**dsn.parse(sys.argv[1])) for _ in range(3)]; time.sleep(1.2); "
           "name = input('name? '); time.sleep(1.2); print('hello', name)")
 
 
 def test_an_interactive_prompt_on_the_shared_terminal_is_never_erased(server, tmp_path):
-    """The line was drawn with \\r\\x1b[2K every 0.5 s over the program's prompt and the typed answer."""
+    """The line was drawn with \\r\\x1b[2K every 0.5 s over the program's prompt and the typed answer.
+
+    As a user meets it: the pty is the session's controlling terminal (/dev/tty opens), and
+    also fds 0-2 of trace-quit and the program. Without a controlling terminal this test
+    passed even when the check compared /dev/tty's own device number with the pts'."""
     master, slave = pty.openpty()
+
+    def controlling_terminal():  # a new session, the pty (its fd 0 here) its controlling terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     proc = subprocess.Popen(TRACE_QUIT + ["--no-bpf", "--format", "none", "-o", str(tmp_path / "s.tqcap"), "--",
                                           sys.executable, "-c", PROMPT, server.dsn_tcp],
-                            stdin=slave, stdout=slave, stderr=slave, cwd=str(tmp_path))
+                            stdin=slave, stdout=slave, stderr=slave, cwd=str(tmp_path),
+                            preexec_fn=controlling_terminal)
     os.close(slave)
     seen = b""
     deadline = time.monotonic() + 60

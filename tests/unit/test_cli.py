@@ -83,9 +83,38 @@ def test_report_files_are_private_and_never_clobbered(capsys, tmp_path):
     assert '"schema": "trace-quit/report/1"' in (tmp_path / "report.json").read_text()
 
 
-@pytest.mark.parametrize("value", ["12Q", "-1G", "lots"])
+@pytest.mark.parametrize("value", ["12Q", "-1G", "lots", "inf", "nan", "-inf", "1e30"])
 def test_a_bad_max_capture_is_one_argparse_error(capsys, value):
     code, _, err = run_cli(capsys, "--no-bpf", "--max-capture=" + value, "--", "true")
     assert code == 2
     assert "--max-capture" in err and ("is not a size" in err or "cannot be negative" in err)
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("option, value", [("--duration", "nan"), ("--duration", "inf"), ("--duration", "nanm"),
+                                           ("--metrics-linger", "nan"), ("--metrics-linger", "-1"),
+                                           ("--inject-timeout", "inf")])
+def test_a_number_that_never_ends_is_one_argparse_error(capsys, option, value):
+    # --duration nan compared false with every clock reading: the trace never ended.
+    code, _, err = run_cli(capsys, "--pid", "1", option + "=" + value)
+    assert code == 2
+    assert option in err and "Traceback" not in err
+
+
+def test_the_html_page_never_overwrites_its_capture(tmp_path):
+    assert cli.html_path_for("run.tqcap") == "run.html"
+    assert cli.html_path_for("run.html") == "run.report.html"
+    assert cli.html_path_for(str(tmp_path / "a.b.html")) == str(tmp_path / "a.b.report.html")
+
+
+def test_a_report_never_replaces_the_capture_it_explains(capsys, tmp_path):
+    import synth
+
+    capture = synth.known_causes(str(tmp_path / "kc.html"))  # a capture named like a page
+    before = open(capture, "rb").read()
+    code, _, err = run_cli(capsys, "report", capture, "--format", "html", "-o", capture, "--force")
+    assert code == 73 and "is the capture being reported" in err
+    code, _, err = run_cli(capsys, "report", capture, "--format", "html", "--force")
+    assert code == 0, err
+    assert open(capture, "rb").read() == before
+    assert (tmp_path / "kc.report.html").exists()

@@ -20,6 +20,12 @@ from trace_quit.tracer.dsn import parse, redact as redact_dsn
     (["app", "--url=mysql+mysqldb://u@h/db?passwd=hunter2&charset=utf8"],
      ["app", "--url=mysql+mysqldb://u@h/db?passwd=***&charset=utf8"]),
     (["app", "mysql://u@h/db?ssl=1&password=hunter2"], ["app", "mysql://u@h/db?ssl=1&password=***"]),
+    # The query's name percent-encoded, or spelled with a prefix; the value encoded.
+    (["mysql://u@h/db?pass%77d=hunter2"], ["mysql://u@h/db?pass%77d=***"]),
+    (["mysql://u@h/db?PASSWD=hunter2&x=1"], ["mysql://u@h/db?PASSWD=***&x=1"]),
+    (["mysql://u@h/db?db_password=hunter2"], ["mysql://u@h/db?db_password=***"]),
+    (["mysql://u@h/db?password=hun%26ter2+x"], ["mysql://u@h/db?password=***"]),
+    (["mysql://u@h/db?passwd=a&passwd=hunter2"], ["mysql://u@h/db?passwd=***&passwd=***"]),
 ])
 def test_every_password_is_hidden(argv, shown):
     assert ev.redact_argv is secrets.redact_argv  # one implementation, re-exported for the agent
@@ -34,6 +40,7 @@ def test_every_password_is_hidden(argv, shown):
     ["app", "--password", "--verbose"],          # a bare flag (prompt): the next flag is not its value
     ["app", "--passes", "3", "https://example.org/a@b"],
     ["app", "--dsn", "mysql://root@localhost/"],
+    ["app", "mysql://u@h/db?charset=utf8&password_file=/run/pw&passes=3"],
 ])
 def test_nothing_else_is_hidden(argv):
     assert ev.redact_argv(argv) == argv

@@ -725,8 +725,10 @@ class Agent:
         info = {"engine": engine_id, "site": site, "pool_class": type(pool).__name__}
         if chain:
             info["chain"] = chain
+        # hide_password hides the userinfo only: ``?passwd=`` in the query stays, so the
+        # redaction runs on every form (tests/security/test_secrets_in_urls.py).
         try:
-            info["url"] = engine.url.render_as_string(hide_password=True)
+            info["url"] = self.ev.redact(engine.url.render_as_string(hide_password=True))
         except Exception:
             info["url"] = self.ev.redact(str(getattr(engine, "url", "")))
         try:
