@@ -84,8 +84,8 @@ AGENT_LOST = "agent_lost"        # n: events the agent dropped because its chann
 # agent_start.attached = True when the agent was injected into a running process, with
 # .gc_counts (gc.get_count() at attach) and .gc_stats (gc.get_stats()); conn_open.before_attach
 # = True and .origin = "before attach" for a connection alive at attach (stack [], no params;
-# .host = get_host_info()); engine_create.site = "before attach" for an Engine alive then.
-# Tracer kind: note.attach = {pid, method ("gdb"|"remote_exec"), stopped_s, waited_s, call_s,
+# no host: nothing is called on it); engine_create.site = "before attach" for an Engine alive then.
+# Tracer kind: note.attach = {pid, method ("pending_call"), stopped_s, waited_s, call_s,
 # total_s} on the "agent injected" note, one per process.
 # Agent fields added for issues 12/15 (tracer/agent/runtime.py):
 #   gc_start.counts = [n0, n1, n2], gc.get_count() in the collection's "start" callback (what

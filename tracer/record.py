@@ -235,6 +235,7 @@ class Recorder:
                 if opts.duration is not None and time.monotonic() - t_started >= opts.duration:
                     break
                 if not _alive(pid):
+                    self._target_ended(pid)
                     self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
                                       "status": None, "attached": True})
                     break
@@ -249,6 +250,9 @@ class Recorder:
 
     def _attached_started(self, pid):
         """--pid: tracing has started (the time origin is written); tracer/attach injects here."""
+
+    def _target_ended(self, pid):
+        """--pid: the attached process is gone; tracer/attach says how (the signal), as a note."""
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""

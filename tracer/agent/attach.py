@@ -1,7 +1,7 @@
 """The agent in a program that is already running: start, stop and self-inspection.
 
-``trace-quit --pid`` runs a small bootstrap inside the target (tracer/attach: gdb's call into
-the interpreter, or ``sys.remote_exec`` on 3.14+); the bootstrap loads this package by path
+``trace-quit --pid`` runs a small bootstrap inside the target (tracer/attach: a pending call
+that gdb queues, run by the main thread between two bytecodes); the bootstrap loads this package by path
 under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
 ``start``, ``stop`` or ``inspect`` here. Stdlib only, Python 3.8+, never raises, never prints.
 
@@ -11,8 +11,10 @@ the channel fds; the fork handler Python cannot unregister does nothing after it
 attach-specific lives here:
 
 * what was there before: live MySQLdb and PyMySQL connections and SQLAlchemy Engines are
-  found once with ``gc.get_objects()`` and announced with the origin "before attach" (a
-  PyMySQL one keyed by its socket's inode, as the Tracker keys those opened later);
+  found once with ``gc.get_objects()``, reading only Python-level state (a connection's
+  ``open`` flag, a PyMySQL one's ``_sock``; never a call into the client library), and
+  announced with the origin "before attach" (a PyMySQL one keyed by its socket's inode, as
+  the Tracker keys those opened later);
 * Engines created after attach are seen at ``Engine.__init__`` rather than ``create_engine``:
   a running service bound ``create_engine`` into its own module at import time
   (``from sqlalchemy import create_engine``), so a new module attribute would never be
@@ -96,13 +98,10 @@ class Attachment:
             return False  # opened by another thread since the hooks went in: announced already
         agent.connections[addr] = agent.weakref(
             conn, agent._destroyed_callback(agent.connections, addr, agent.ev.CONN_DESTROY, "conn"))
-        info = {}
-        try:
-            info["host"] = conn.get_host_info()
-        except Exception:
-            pass
+        # Nothing is called on the connection (no get_host_info()): another thread may be inside
+        # libmysqlclient with it right now. Its peer is the kernel layer's to tell.
         agent.emit(agent.ev.CONN_OPEN, conn=addr, stack=[], origin=ORIGIN_BEFORE_ATTACH,
-                   before_attach=True, thread="", **info)
+                   before_attach=True, thread="")
         return True
 
     def _announce_pymysql(self, conn):
