@@ -134,11 +134,16 @@ def build_report(capture: Capture) -> Report:
     # ended among the counted ones: never_closed only from a process end that is in the detail.
     bound = boundlib.read(trailer, layers.bpf)
 
+    # --pid: the service goes on after detach, so the end of the capture is no process's end;
+    # its connections still open then are "open at detach", not never closed (only a process
+    # seen to exit ends them).
+    attached_alive = type(header.get("attached_pid")) is int and j.child_exit is None
+
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
         if t is not None:
             return t
-        if finished and bound is None:
+        if finished and bound is None and not attached_alive:
             return end_all
         return None
 

@@ -28,7 +28,7 @@ class AttachRecorder(Recorder):
         self.inject_timeout = inject_timeout
         self.injected = {}  # pid -> Target that answered "started"
         self.died = {}      # pid -> how it ended while we were attached ("died of SIGSEGV during injection")
-        # The program writes into this FIFO, so its directory belongs to the program's user.
+        # The program writes into this FIFO, so the FIFO (not its directory) is the program user's.
         self.channel = AgentChannel(target.uid, target.gid)
 
     def _trace_existing_children(self, root_pid):
