@@ -432,6 +432,24 @@ def test_tracer_interrupted_mid_injection_leaves_the_program_running(tmp_path):
         proc.wait()
 
 
+@pytest.mark.root
+def test_a_target_dying_during_injection_is_said_with_its_signal(tmp_path):
+    """Never "exited": the signal it died of, from the kernel (tracer/attach/deathwatch.py)."""
+    from trace_quit.tracer.attach import deathwatch
+    from trace_quit.tracer.attach.errors import TargetDied
+
+    proc, flag = _blocked(tmp_path)
+    deathwatch.watch(proc.pid)
+    try:
+        threading.Timer(1.0, os.kill, (proc.pid, signal.SIGSEGV)).start()
+        with pytest.raises(TargetDied, match="process %d died of SIGSEGV during injection" % proc.pid):
+            inject(target_mod.check(proc.pid), "inspect", "", 20.0)
+    finally:
+        deathwatch.unwatch(proc.pid)
+        proc.kill()
+        proc.wait()
+
+
 # --- PyMySQL connections open before attach ----------------------------------------------------
 
 PYMYSQL_BEFORE = r'''

@@ -23,6 +23,7 @@ only mapped files are used, and they are probed through map_files paths.
 import glob
 import os
 import re
+import stat
 import struct
 
 from trace_quit.tracer.bpf import elf as elflib
@@ -77,6 +78,13 @@ class Process:
             if pattern.search(subject):
                 return self.probe_path(start, end, path), path
         return None, None
+
+
+def _regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _read_text(path):
@@ -168,7 +176,10 @@ def resolve_running(pid, argv, env, cwd, exe, other_root):
     so_path, so_name = proc.find(_MYSQL_SO)
     if so_path is None and not other_root:
         for d in _search_dirs(proc, version, exe, env, cwd, argv):
-            found = sorted(glob.glob(os.path.join(glob.escape(d), "MySQLdb", "_mysql*.so")))
+            # Regular files only: whatever else its user planted there (a FIFO, a link to a
+            # device) is not a module the interpreter could import, and is never opened.
+            found = [f for f in sorted(glob.glob(os.path.join(glob.escape(d), "MySQLdb", "_mysql*.so")))
+                     if _regular(f)]
             if found:
                 so_path = so_name = found[0]
                 targets.notes.append("process %d has not imported MySQLdb yet: probing %s, found where it would "
