@@ -1,8 +1,8 @@
 """The agent in a program that is already running: start, stop and self-inspection.
 
 ``trace-quit --pid`` runs a small bootstrap inside the target (tracer/attach: a pending call
-that gdb queues, run by the main thread between two bytecodes); the bootstrap loads this package by path
-under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
+queued through ptrace, run by the main thread between two bytecodes); the bootstrap loads
+this package by path under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
 ``start``, ``stop`` or ``inspect`` here. Stdlib only, Python 3.8+, never raises, never prints.
 
 The agent is runtime.py's, started with ``runtime.start(channel, attached=True)`` and undone

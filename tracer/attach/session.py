@@ -85,9 +85,9 @@ class AttachRecorder(Recorder):
         info = status.get("inject", {})
         self.writer.emit({"k": ev.TRACER_NOTE, "t": ev.now_ns(), "src": ev.SRC_TRACER, "level": "info",
                           "text": "agent injected into process %d (%s): %d connection(s) and %d Engine(s) were "
-                                  "open before attach" % (target.pid, target.label, status.get("connections", 0),
-                                                          status.get("engines", 0)),
-                          "attach": {"pid": target.pid, "method": info.get("method", "gdb"),
+                                  "open before attach" % (target.pid, target.label, _count(status.get("connections")),
+                                                          _count(status.get("engines"))),
+                          "attach": {"pid": target.pid, "method": info.get("method"),
                                      "stopped_s": info.get("stopped_s"), "waited_s": info.get("waited_s"),
                                      "call_s": info.get("call_s"), "total_s": info.get("total_s")}})
 
@@ -120,3 +120,8 @@ class AttachRecorder(Recorder):
                           % (pid, exc))
         self.timings["agent_detach_s"] = round(time.monotonic() - t0, 3)
         deathwatch.unwatch(self.target.pid)
+
+
+def _count(value):
+    """A count from the bootstrap's answer, which the program could have forged: an int or 0."""
+    return value if type(value) is int and 0 <= value < 10 ** 9 else 0

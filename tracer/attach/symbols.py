@@ -1,9 +1,9 @@
 """Where the interpreter's entry points are in a running process: ELF .dynsym + /proc/PID/maps.
 
-gdb could find them itself, but it would read the interpreter's symbol tables (and a pyenv
-build's DWARF) while the program is stopped: ~1-1.5 s of stop-the-world on this machine. With
-the addresses computed here beforehand, gdb reads no Python symbols at all (only libc's small
-dynamic table, for the malloc it needs to pass a string) and the stop is a few milliseconds.
+Computed before the thread is held (tracer/attach/ptrace.py), from the very files mapped
+(``/proc/PID/map_files``), so the hold lasts only for the calls themselves: a few milliseconds
+(a debugger reading the interpreter's symbol tables while the program was stopped took
+~1-1.5 s here).
 """
 
 from trace_quit.tracer.bpf.elf import Elf, ElfError
