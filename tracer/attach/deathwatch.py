@@ -118,6 +118,18 @@ def unwatch(pid):
         w.close()
 
 
+def fatal_signal(pid):
+    """The number of the fatal-by-default signal the process got last, None if none was seen."""
+    with _lock:
+        w = _watches.get(pid)
+    name = w.last_signal() if w is not None else None
+    try:
+        sig = signal.Signals[name] if name else None
+    except KeyError:
+        return None
+    return int(sig) if sig in FATAL else None
+
+
 def how_it_died(pid):
     """"died of SIGSEGV", or "ended" (with the last signal when one was seen but is not fatal by default)."""
     with _lock:

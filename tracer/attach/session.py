@@ -62,13 +62,14 @@ class AttachRecorder(Recorder):
             self._inject_start(target)
 
     def _target_ended(self, pid):
-        """The attached process is gone: say how (the signal), once, in the capture too."""
-        how = self.died.get(pid)
-        if how is None:
+        """The attached process is gone: say how (the signal), once, in the capture too (a warning:
+        the report lists it). Its exit status as a shell gives it (128 + signal), else None."""
+        if pid not in self.died:
             how = "process %d %s while trace-quit was attached" % (pid, deathwatch.how_it_died(pid))
             self.died[pid] = how
             self.note(how)
-        return how
+        sig = deathwatch.fatal_signal(pid)
+        return 128 + sig if sig else None
 
     def _inject_start(self, target):
         try:
