@@ -432,6 +432,51 @@ def test_tracer_interrupted_mid_injection_leaves_the_program_running(tmp_path):
         proc.wait()
 
 
+SIGNALLED = r'''
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGURG, lambda signum, frame: got.append(signum))
+flag = sys.argv[1]
+open(flag + ".ready", "w").close()
+while not os.path.exists(flag):
+    time.sleep(0.002)
+open(flag + ".count", "w").write(str(len(got)))
+'''
+
+
+@pytest.mark.root
+def test_the_programs_own_signals_reach_it_through_injections(tmp_path):
+    """SIGURG sent all through ten injections: every one reaches the program's handler."""
+    flag = tmp_path / "flag"
+    (tmp_path / "signalled.py").write_text(SIGNALLED)
+    proc = subprocess.Popen([PYTHONS["debian"], str(tmp_path / "signalled.py"), str(flag)])
+    try:
+        while not (tmp_path / "flag.ready").exists():
+            time.sleep(0.02)
+        sent = []
+        stop = threading.Event()
+
+        def send():
+            while not stop.wait(0.02):
+                os.kill(proc.pid, signal.SIGURG)
+                sent.append(1)
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            for _ in range(10):
+                inject(target_mod.check(proc.pid), "inspect", "", 10.0)
+        finally:
+            stop.set()
+            sender.join()
+        time.sleep(0.2)
+        flag.write_text("")
+        assert proc.wait(30) == 0
+        assert int((tmp_path / "flag.count").read_text()) == len(sent) > 20
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.root
 def test_a_target_dying_during_injection_is_said_with_its_signal(tmp_path):
     """Never "exited": the signal it died of, from the kernel (tracer/attach/deathwatch.py)."""

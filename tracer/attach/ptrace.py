@@ -96,7 +96,9 @@ class Held:
             raise
         try:
             _ptrace(PTRACE_INTERRUPT, self.tid)
-            self._wait_stop()
+            sig, ours = self._wait_stop()
+            if not ours:  # a signal of the program's came first: held here, delivered at release
+                self.pending_signal = sig
             self.regs = Regs()
             _ptrace(PTRACE_GETREGS, self.tid, None, ctypes.byref(self.regs))
             self.xstate = ctypes.create_string_buffer(XSTATE_MAX)
@@ -108,7 +110,7 @@ class Held:
             raise
 
     def _wait_stop(self):
-        """Wait for the thread's next stop; keep a real signal for release. Returns the stop signal."""
+        """Wait for the thread's next stop: (signal, True for our interrupt or a group stop)."""
         while True:
             try:
                 got, status = os.waitpid(self.tid, os.WNOHANG | WALL)
@@ -121,10 +123,7 @@ class Held:
                 continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 raise Died("the process ended")
-            sig = os.WSTOPSIG(status)
-            if status >> 16 == PTRACE_EVENT_STOP:
-                return sig
-            return sig
+            return os.WSTOPSIG(status), status >> 16 == PTRACE_EVENT_STOP
 
     def call(self, func, *args):
         """Call ``func(*args)`` on the held thread; its return value (rax)."""
@@ -139,16 +138,16 @@ class Held:
         while True:
             _ptrace(PTRACE_CONT, self.tid, None, ctypes.c_void_p(deliver))
             deliver = 0
-            sig = self._wait_stop()
+            sig, ours = self._wait_stop()
             now = Regs()
             _ptrace(PTRACE_GETREGS, self.tid, None, ctypes.byref(now))
             if sig == signal.SIGSEGV and now.rip == 0:
                 return now.rax
             if sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
                 raise PtraceError("the called function faulted (%s at %#x)" % (signal.Signals(sig).name, now.rip))
-            if sig not in (signal.SIGTRAP, signal.SIGSTOP, 0):
-                self.pending_signal = sig  # the program's own signal: kept for release
-            # a group stop or our own interrupt: go on
+            if not ours:
+                self.pending_signal = sig  # the program's own signal (SIGURG, SIGCHLD...): kept for release
+            # our own interrupt, or a group stop: go on
 
     def write(self, addr, data):
         os.pwrite(self.mem, data, addr)
@@ -173,7 +172,9 @@ class Held:
             try:
                 _ptrace(PTRACE_INTERRUPT, self.tid)
                 self.deadline = time.monotonic() + 5
-                self._wait_stop()
+                sig, ours = self._wait_stop()
+                if not ours:
+                    self.pending_signal = sig
                 _ptrace(PTRACE_SETREGS, self.tid, None, ctypes.byref(self.regs))
                 _ptrace(PTRACE_SETREGSET, self.tid, NT_X86_XSTATE, ctypes.byref(self.iov))
                 _ptrace(PTRACE_DETACH, self.tid, None, ctypes.c_void_p(self.pending_signal))
