@@ -115,7 +115,8 @@ def inject(target, action, channel_path, timeout):
     if not isinstance(status, dict):
         raise InjectError("process %d answered something that is not the bootstrap's status" % target.pid)
     if not status.get("ok"):
-        raise InjectError("the agent did not start in process %d: %s" % (target.pid, _printable(status.get("error"))))
+        raise InjectError("the agent's %s failed in process %d: %s" % (action, target.pid,
+                                                                       _printable(status.get("error"))))
     status["inject"] = dict(info, total_s=round(time.monotonic() - t0, 3))
     return status
 
