@@ -125,6 +125,8 @@ def test_a_hostile_user_owned_python314_is_never_run_as_root(attacker, tmp_path)
         done, took = _attach(pid, tmp_path)
         assert done.returncode == 0, done.stderr
         assert took < 120
+        with open(tmp_path / ("attach%d.tqcap" % pid), "rb") as f:  # the agent ran there, as that user
+            assert b"agent injected into process %d" % pid in f.read()
         assert proc.poll() is None  # still running
         _nothing_of_root(attacker, proofs)
         # The planted _mysql*.so FIFOs are not taken for MySQLdb, nor opened.
