@@ -25,7 +25,8 @@ from trace_quit.tracer.attach import deathwatch, symbols
 from trace_quit.tracer.attach.errors import InjectError, TargetDied
 
 PAGE = 4096
-STATUS_MAX = 16384           # the bootstrap's answer (inspect's is the longest): the last bytes of its pages
+STATUS_MAX = 1024            # room for the bootstrap's answer, at the end of its mapping...
+STATUS_MAX_INSPECT = 16384   # ... inspect's (the tests' look inside the program) is longer
 PAGE_PLACEHOLDER = "@" * 16  # replaced with the page's address (hex), see ptrace.py
 POLL_S = 0.02
 #: pid -> [(page, size)] of injections that answered: unmapped at the next injection.
@@ -61,7 +62,7 @@ def main(page, status_off, agent_dir, action, channel):
             else:
                 status = {"ok": True, "inspect": attach.inspect()}
         except Exception as exc:
-            status["error"] = "%s: %s" % (type(exc).__name__, exc)
+            status["error"] = ("%s: %s" % (type(exc).__name__, exc))[:300]
         status["pid"] = os.getpid()
         body = json.dumps(status, default=str).encode()
         if len(body) > STATUS_MAX - 2:
@@ -84,21 +85,22 @@ _PAGE_TEXT = ("\ntry:\n exec(%s,{'__name__':'__trace_quit_attach__'})\n"
               "except BaseException:\n pass\n")
 
 
-def page_text(action, channel_path, status_off):
+def page_text(action, channel_path, status_off, status_max):
     """The source text that goes into the target's page (its address still a placeholder)."""
     src = (_BOOTSTRAP.replace("0x@PAGE@", "0x" + PAGE_PLACEHOLDER)
-           .replace("STATUS_OFF", str(status_off)).replace("STATUS_MAX", str(STATUS_MAX))
+           .replace("STATUS_OFF", str(status_off)).replace("STATUS_MAX", str(status_max))
            .replace("AGENT_DIR", repr(agent_pkg.AGENT_DIR)).replace("ACTION", repr(action))
            .replace("CHANNEL", repr(channel_path)))
     return _PAGE_TEXT % repr(src)
 
 
 def layout(action, channel_path):
-    """(text bytes, page size, status offset): the text first, the answer in the last STATUS_MAX bytes."""
-    probe = page_text(action, channel_path, 0).encode()
-    size = -(-(len(probe) + 1 + STATUS_MAX + 16) // PAGE) * PAGE
-    status_off = size - STATUS_MAX
-    return page_text(action, channel_path, status_off).encode(), size, status_off
+    """(text bytes, mapping size, answer offset, answer size): the text first, the answer last."""
+    status_max = STATUS_MAX_INSPECT if action == "inspect" else STATUS_MAX
+    probe = page_text(action, channel_path, 0, status_max).encode()
+    size = -(-(len(probe) + 1 + status_max + 16) // PAGE) * PAGE
+    status_off = size - status_max
+    return page_text(action, channel_path, status_off, status_max).encode(), size, status_off, status_max
 
 
 def inject(target, action, channel_path, timeout):
@@ -107,10 +109,10 @@ def inject(target, action, channel_path, timeout):
         raise InjectError("process %d runs in another root (a chroot or container): the agent would need a "
                           "path there, which its users could plant" % target.pid)
     t0 = time.monotonic()
-    text, size, status_off = layout(action, channel_path)
+    text, size, status_off, status_max = layout(action, channel_path)
     info = _queue(target, text, size, timeout)
     page = info["page"]
-    status = _wait_answer(target, page, status_off, timeout, t0)
+    status = _wait_answer(target, page, status_off, status_max, timeout, t0)
     _answered.setdefault(target.pid, []).append((page, size))
     if not isinstance(status, dict):
         raise InjectError("process %d answered something that is not the bootstrap's status" % target.pid)
@@ -121,7 +123,7 @@ def inject(target, action, channel_path, timeout):
     return status
 
 
-def _wait_answer(target, page, status_off, timeout, t0):
+def _wait_answer(target, page, status_off, status_max, timeout, t0):
     """Poll the page's status area until the bootstrap has written it; cancel on timeout."""
     path = "/proc/%d/mem" % target.pid
     deadline = t0 + timeout
@@ -133,7 +135,7 @@ def _wait_answer(target, page, status_off, timeout, t0):
     try:
         while True:
             try:
-                data = os.pread(fd, STATUS_MAX, page + status_off)
+                data = os.pread(fd, status_max, page + status_off)
             except OSError:
                 data = b""
             if data[:1] == b"\1":
