@@ -161,7 +161,8 @@ def _connections(o: _Out, r: Report) -> None:
         extra.append("%s with no end in the detail (open at the bound: ended after it, or never)"
                      % fmt_int(c.open_at_end))
     elif c.open_at_end:
-        extra.append("%s still open when the capture stopped" % fmt_int(c.open_at_end))
+        extra.append("%s %s" % (fmt_int(c.open_at_end), "open at detach" if r.program.attached
+                                 else "still open when the capture stopped"))
     if c.opened_before_capture:
         extra.append("%s opened before the capture" % fmt_int(c.opened_before_capture))
     if c.forked:

@@ -124,11 +124,16 @@ def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joine
     bound = boundlib.read(trailer, layers.bpf, Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire,
                                                        process_ended=lambda pid: None))
 
+    # --pid: the service goes on after detach, so the end of the capture is no process's end;
+    # its connections still open then are "open at detach", not never closed (only a process
+    # seen to exit ends them).
+    attached_alive = type(header.get("attached_pid")) is int and j.child_exit is None
+
     def process_ended(pid: int) -> Optional[int]:
         t = j.exits.get(pid)
         if t is not None:
             return t
-        if finished and bound is None:
+        if finished and bound is None and not attached_alive:
             return end_all
         return None
 

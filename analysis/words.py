@@ -92,6 +92,9 @@ def summary(connections, com_quit, gc, drops, patterns, engines, layers, program
     if connections.never_closed:
         out.append("%s never closed (no COM_QUIT)." % pl(connections.never_closed, "connection was",
                                                           "connections were"))
+    if connections.open_at_end and program.attached:
+        out.append("%s still open at detach (the process went on: no end, no cause yet)." % pl(
+            connections.open_at_end, "connection was", "connections were"))
     if connections.server:
         out.append("%s ended by the server first (KILL, wait_timeout, restart)." % pl(
             connections.server, "connection was", "connections were"))

@@ -66,7 +66,7 @@ say "system" "${PRETTY_NAME:-unknown}, kernel $(uname -r), database $DB"
 ARCH="$(dpkg --print-architecture)"
 PKGS=(bpfcc-tools python3-bpfcc libbpfcc pkg-config build-essential python3-venv python3-dev ruby)
 PKGS+=(prometheus)   # the metrics system test scrapes trace-quit with a real Prometheus
-PKGS+=(gdb)   # trace-quit --pid injects the agent into a running CPython through gdb
+PKGS+=(gdb)   # debugging aid only: trace-quit --pid queues the agent through ptrace itself (docs/attach.md)
 PKGS+=(bpftrace)  # the peer in the overhead benchmark (tests/bench/overhead.py)
 PKGS+=(sudo)      # the acceptance tests type the README's `sudo trace-quit …` as an unprivileged user
 if [ "$DB" = mariadb ]; then

@@ -2,7 +2,7 @@
 
 A FIFO rather than an inherited pipe fd because ``subprocess`` closes inherited fds: a
 Python program the traced program spawns finds the FIFO by the path in its environment.
-It lives in a private 0700 directory owned by the user the program runs as.
+It is owned by the user the program runs as, in a 0711 directory of the tracer's own.
 
 The traced program can write anything into it: only the agent's own kinds
 (``events.AGENT_KINDS``), each valid by ``events.check()`` and within ``events.check_bounds()``
@@ -37,7 +37,11 @@ class AgentChannel:
             self.path = os.path.join(self.dir, "agent.fifo")
             os.mkfifo(self.path, 0o600)
             os.chown(self.path, owner_uid, owner_gid)
-            os.chown(self.dir, owner_uid, owner_gid)
+            # The directory stays the tracer's (root's under sudo), searchable only: the program
+            # reaches its FIFO but cannot add, swap or plant anything beside it, and nothing the
+            # tracer opens or removes here is the program user's choice
+            # (tests/system/test_attach_security.py).
+            os.chmod(self.dir, 0o711)
             # O_RDWR: opening never blocks and the FIFO never reports EOF between writers.
             self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except BaseException:

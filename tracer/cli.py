@@ -387,19 +387,32 @@ def _resolve_running_targets(pid, cmdline):
         with open("/proc/%d/environ" % pid, "rb") as f:
             env = dict(item.decode("utf-8", "replace").split("=", 1)
                        for item in f.read().split(b"\0") if b"=" in item)
-        st = os.stat("/proc/%d" % pid)
     except OSError as exc:
         raise CliError("cannot inspect process %d: %s" % (pid, exc.strerror), EX_NOPERM) from None
     # The path it was started by, when that is the same binary: a venv's python is a symlink
     # whose location (not the binary's) decides sys.prefix, hence where MySQLdb is found.
-    invoked = _invoked_path(cmdline[0] if cmdline else "", env, cwd)
+    from trace_quit.tracer.attach.target import other_root
+    from trace_quit.tracer.bpf.running import resolve_running
+
+    elsewhere = other_root(pid)
+    invoked = None if elsewhere else _invoked_path(cmdline[0] if cmdline else "", env, cwd)
     if invoked and os.path.realpath(invoked) == os.path.realpath(exe):
         exe = invoked
     try:
-        # Its executable, with its own arguments, resolved as it would resolve them (sys.path[0] from its cwd).
-        return bpf.resolve_targets([exe] + cmdline[1:], env, st.st_uid, st.st_gid, cwd=cwd)
+        # Read from its maps and files, never by running its interpreter (it could be anything
+        # its user wrote, or a chroot's): tracer/bpf/running.py.
+        return resolve_running(pid, [exe] + cmdline[1:], env, cwd, exe, elsewhere)
     except bpf.BpfUnavailable as exc:
         raise CliError(str(exc), EX_UNAVAILABLE) from None
+    except (OSError, bpf_elf_error()) as exc:
+        raise CliError("cannot read the files of process %d: %s" % (pid, getattr(exc, "strerror", None) or exc),
+                       EX_UNAVAILABLE) from None
+
+
+def bpf_elf_error():
+    from trace_quit.tracer.bpf.elf import ElfError
+
+    return ElfError
 
 
 def _invoked_path(arg0, env, cwd):

@@ -49,6 +49,14 @@ _JOIN_KINDS = frozenset((
     ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE, ev.BPF_PROBES)) | _GC_KINDS  # sockets: PyMySQL's kernel evidence
 
 
+_SOCK_KINDS = frozenset((ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE))
+
+
+def _sock_key(e):
+    """A socket record's key (it has no conn on disk: pid and fd; a reused fd opens after the mark)."""
+    return (e.get("pid"), ("fd", e.get("fd")))
+
+
 class MetricsError(Exception):
     """The metrics endpoint cannot be served (one line, with the fix)."""
 
@@ -74,7 +82,7 @@ class Attributor:
         self.events.extend(e for e in events if e.get("k") in _JOIN_KINDS and not self._counted(e))
 
     def _counted(self, e):
-        conn = e.get("conn")
+        conn = e.get("conn") if e.get("k") not in _SOCK_KINDS else _sock_key(e)[1]
         if conn is None or e.get("k") == ev.ENGINE_CREATE:
             return False
         mark = self.marks.get((e.get("pid"), conn))
@@ -132,7 +140,7 @@ class Attributor:
                     done.append(life)
                 continue
             key = self._key(life)
-            if life.opened and key not in self.opened_keys:
+            if life.opened and key not in self.opened_keys and not self._agent_open_due(life, layers, now_ns, final):
                 self.opened_keys.add(key)
                 opened.append(self._site(origins, life))
             families.setdefault(id(life.family), []).append(life)
@@ -181,6 +189,14 @@ class Attributor:
         return self.label(origins.engine_site(life) or origins.open_site(life))
 
     @staticmethod
+    def _agent_open_due(life, layers, now_ns, final):
+        """A socket the kernel saw open (PyMySQL) whose agent line is still on its way: counted
+        once that line joins it (else it is opened twice, under two keys), or after SETTLE_S."""
+        sock = life.bpf_open is not None and life.bpf_open.get("k") in _SOCK_KINDS
+        return (sock and layers.agent and life.agent_open is None and not final
+                and now_ns - life.bpf_open["t"] < SETTLE_S * 1e9)
+
+    @staticmethod
     def _complete(life, layers, now_ns):
         if life.t_closed is not None and now_ns - life.t_closed >= SETTLE_S * 1e9:
             return True
@@ -198,10 +214,15 @@ class Attributor:
         """Drop the events of counted connections, and collections older than GC_WINDOW_NS."""
         marks = {}
         for life in done:
+            # (a socket's end, PyMySQL's, comes with a bpf_ret the join made, without a time)
             ts = [e["t"] for e in (life.agent_open, life.bpf_open, life.agent_end, life.bpf_end, life.bpf_ret)
-                  if e is not None]
-            key = (life.pid, life.conn)
-            marks[key] = max(ts + [marks.get(key, 0)])
+                  if e is not None and type(e.get("t")) is int]
+            # A socket's records (PyMySQL) are keyed by pid and fd on disk (the join names them):
+            # marked by those too, or they would make a kernel-only life of their own next tick.
+            keys = {(life.pid, life.conn)} | {_sock_key(e) for e in (life.bpf_open, life.bpf_end)
+                                              if e is not None and e.get("k") in _SOCK_KINDS}
+            for key in keys:
+                marks[key] = max(ts + [marks.get(key, 0)])
         horizon = now_ns - GC_WINDOW_NS
         self.marks.update(marks)
         if len(self.marks) > 4096:  # a late event comes within the agent's flush period: forget old marks
@@ -211,7 +232,7 @@ class Attributor:
             k = e.get("k")
             if k in _GC_KINDS and (e.get("t") or 0) < horizon:
                 continue
-            conn = e.get("conn")
+            conn = e.get("conn") if k not in _SOCK_KINDS else _sock_key(e)[1]
             if conn is not None and k != ev.ENGINE_CREATE:
                 mark = marks.get((e.get("pid"), conn))
                 if mark is not None and (e.get("t") or 0) <= mark:

@@ -247,7 +247,7 @@ class Recorder:
                     break
                 if not _alive(pid):
                     self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
-                                      "status": None, "attached": True})
+                                      "status": self._target_ended(pid), "attached": True})
                     break
             status = 0
         finally:
@@ -260,6 +260,11 @@ class Recorder:
 
     def _attached_started(self, pid):
         """--pid: tracing has started (the time origin is written); tracer/attach injects here."""
+
+    def _target_ended(self, pid):
+        """--pid: the attached process is gone; tracer/attach says how (the signal) in a note and
+        returns 128 + the signal when it died of one (a shell's exit status), else None (unknown)."""
+        return None
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""

@@ -1,10 +1,15 @@
 """A threaded HTTP service with an engine-per-request bug, run untraced (tests/system/test_attach.py).
 
-    python attach_service.py DSN PORT_FILE
+    python attach_service.py DSN PORT_FILE [SOCKET_DSN]
 
 GET /leak   a new Engine per request (the bug): its connection is closed by the GC, later
 GET /ok     the shared Engine's pool (no COM_QUIT)
+GET /leak3  three /leak, then gc.collect() (tests/system/test_attach_stress.py)
 GET /collect  gc.collect() (the test ends its window with every leaked Engine collected)
+GET /churn  (SOCKET_DSN) a new Engine per request, NullPool, closed and disposed: its threads
+            are mostly inside _mysql.connect(), a query or close() (tests/system/test_attach_stress.py)
+GET /raw    (SOCKET_DSN) MySQLdb.connect(), SELECT 1, close(): no SQLAlchemy in between
+GET /pymysql  (SOCKET_DSN) the same with PyMySQL
 GET /gap    the longest stall (ms) a 1 ms heartbeat thread saw since the last /gap: the
             stop-the-world time of an injection, as the program itself feels it
 """
@@ -20,6 +25,40 @@ from sqlalchemy import create_engine, text
 
 URL = sys.argv[1].replace("mysql://", "mysql+mysqldb://", 1)
 SHARED = create_engine(URL, pool_size=4, max_overflow=4)
+SOCKET_URL = sys.argv[3].replace("mysql://", "mysql+mysqldb://", 1) if len(sys.argv) > 3 else None
+
+
+def churn():
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(SOCKET_URL, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT 1")).scalar()
+    finally:
+        engine.dispose()
+
+
+def raw(driver):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(SOCKET_URL)
+    kw = dict(user=url.username, password=url.password, database=url.database,
+              unix_socket=url.query["unix_socket"])
+    if driver == "pymysql":
+        import pymysql
+
+        conn = pymysql.connect(**kw)
+    else:
+        import MySQLdb
+
+        conn = MySQLdb.connect(**kw)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def leaky_query():
@@ -65,6 +104,12 @@ class Handler(BaseHTTPRequestHandler):
             body = str(leaky_query())
         elif self.path == "/ok":
             body = str(shared_query())
+        elif self.path == "/churn":
+            body = str(churn())
+        elif self.path in ("/raw", "/pymysql"):
+            body = str(raw(self.path[1:]))
+        elif self.path == "/leak3":  # three leaks and the collection that ends them, in one request
+            body = str(sum(leaky_query() for _ in range(3)) + 0 * gc.collect())
         elif self.path == "/collect":
             body = str(gc.collect())
         elif self.path == "/gap":

@@ -1,8 +1,8 @@
 """The agent in a program that is already running: start, stop and self-inspection.
 
-``trace-quit --pid`` runs a small bootstrap inside the target (tracer/attach: gdb's call into
-the interpreter, or ``sys.remote_exec`` on 3.14+); the bootstrap loads this package by path
-under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
+``trace-quit --pid`` runs a small bootstrap inside the target (tracer/attach: a pending call
+queued through ptrace, run by the main thread between two bytecodes); the bootstrap loads
+this package by path under ``_trace_quit_agent`` exactly as the launch-time ``sitecustomize`` does, then calls
 ``start``, ``stop`` or ``inspect`` here. Stdlib only, Python 3.8+, never raises, never prints.
 
 The agent is runtime.py's, started with ``runtime.start(channel, attached=True)`` and undone
@@ -11,15 +11,17 @@ the channel fds; the fork handler Python cannot unregister does nothing after it
 attach-specific lives here:
 
 * what was there before: live MySQLdb and PyMySQL connections and SQLAlchemy Engines are
-  found once with ``gc.get_objects()`` and announced with the origin "before attach" (a
-  PyMySQL one keyed by its socket's inode, as the Tracker keys those opened later);
+  found once with ``gc.get_objects()``, reading only Python-level state (a connection's
+  ``open`` flag, a PyMySQL one's ``_sock``; never a call into the client library), and
+  announced with the origin "before attach" (a PyMySQL one keyed by its socket's inode, as
+  the Tracker keys those opened later);
 * Engines created after attach are seen at ``Engine.__init__`` rather than ``create_engine``:
   a running service bound ``create_engine`` into its own module at import time
   (``from sqlalchemy import create_engine``), so a new module attribute would never be
   called. The class attribute is looked up at every construction. The wrapper goes in the
   agent's ``restore`` list, so ``Agent.stop()`` puts the original back;
-* pool listeners are recorded with a weak reference to their pool (a strong one would keep
-  every leaked Engine's pool, and the connection in it, alive) and removed at stop.
+* pool listeners go only on the pools of Engines created after attach, and are never removed
+  (made inert at stop): see ``Attachment.listen_pool`` for why.
 
 tests/system/test_attach.py checks the whole round trip with a second injection (``inspect``).
 """
@@ -28,7 +30,6 @@ import gc
 import os
 import sys
 import threading
-import weakref
 
 from _trace_quit_agent import runtime
 
@@ -45,9 +46,7 @@ class Attachment:
 
     def __init__(self):
         self.agent = None
-        # (weak reference to the pool, event name, listener), removed on stop.
-        self.pool_listeners = []
-        self.prune_at = 64
+        self.announcing = None  # the thread inside announce_existing: those pools are in use (listen_pool)
 
     def prepare(self, agent):
         """runtime.start's ``prepare``: before anything is hooked, so no Engine escapes us."""
@@ -59,13 +58,21 @@ class Attachment:
     def announce_existing(self):
         """Register the connections and Engines alive now (origin "before attach")."""
         agent = self.agent
-        connections = engines = 0
         conn_cls = _class_of(runtime.CONNECTION_MODULE, "Connection")
         engine_cls = _class_of(ENGINE_MODULE, "Engine")
         # PyMySQL's, when the program imported it (its hooks went in at start: agent.pymysql).
         pymysql_cls = _class_of(PYMYSQL_MODULE, "Connection") if agent.pymysql is not None else None
         if conn_cls is None and engine_cls is None and pymysql_cls is None:
             return 0, 0
+        self.announcing = threading.get_ident()
+        try:
+            return self._scan(conn_cls, engine_cls, pymysql_cls)
+        finally:
+            self.announcing = None
+
+    def _scan(self, conn_cls, engine_cls, pymysql_cls):
+        agent = self.agent
+        connections = engines = 0
         for obj in gc.get_objects():
             try:
                 if conn_cls is not None and isinstance(obj, conn_cls):
@@ -96,13 +103,10 @@ class Attachment:
             return False  # opened by another thread since the hooks went in: announced already
         agent.connections[addr] = agent.weakref(
             conn, agent._destroyed_callback(agent.connections, addr, agent.ev.CONN_DESTROY, "conn"))
-        info = {}
-        try:
-            info["host"] = conn.get_host_info()
-        except Exception:
-            pass
+        # Nothing is called on the connection (no get_host_info()): another thread may be inside
+        # libmysqlclient with it right now. Its peer is the kernel layer's to tell.
         agent.emit(agent.ev.CONN_OPEN, conn=addr, stack=[], origin=ORIGIN_BEFORE_ATTACH,
-                   before_attach=True, thread="", **info)
+                   before_attach=True, thread="")
         return True
 
     def _announce_pymysql(self, conn):
@@ -117,47 +121,43 @@ class Attachment:
 
     # --- pools --------------------------------------------------------------------------------
     def listen_pool(self, engine_id, pool):
-        """The runtime's pool listeners (Agent._listen_pool), recorded so that stop() removes them."""
+        """The runtime's pool listeners (Agent._listen_pool), for Engines created after attach only.
+
+        SQLAlchemy's listener collections are deques that event dispatch iterates without a
+        lock: adding to or removing from one while another thread dispatches that pool's events
+        raises "deque mutated during iteration" in the program's thread (seen under load,
+        tests/system/test_attach_stress.py). So a pool already in use when we came (an Engine
+        alive before attach) gets no listener, a new Engine's pool gets them in its creating
+        thread before anyone else can use it, and stop() removes none: they go inert instead
+        (they check ``agent.stopped``) and die with their pool."""
         agent = self.agent
-        if agent.stopped:
+        if agent.stopped or self.announcing == threading.get_ident():
             return
         try:
             from sqlalchemy import event
         except Exception:
             return
-        if len(self.pool_listeners) >= self.prune_at:  # amortised: drop the entries of dead pools
-            self.pool_listeners = [entry for entry in self.pool_listeners if entry[0]() is not None]
-            self.prune_at = max(64, 2 * len(self.pool_listeners))
-        ref = weakref.ref(pool)
         for name in runtime.POOL_EVENTS:
-            listener = agent._pool_listener(engine_id, name)
+            listener = _inert_after_stop(agent, agent._pool_listener(engine_id, name))
             try:
                 event.listen(pool, name, listener)
-                self.pool_listeners.append((ref, name, listener))
             except Exception:
                 pass  # an event this SQLAlchemy version does not have
 
     # --- undo -------------------------------------------------------------------------------
     def stop(self):
-        """Flush and undo (Agent.stop()), then remove the pool listeners. Safe to call twice."""
-        agent = self.agent
+        """Flush and undo (Agent.stop()). Safe to call twice."""
         try:
-            agent.stop()
+            self.agent.stop()
         except Exception:
             pass
-        listeners, self.pool_listeners = self.pool_listeners, []
-        try:
-            from sqlalchemy import event
-        except Exception:
-            return
-        for ref, name, listener in listeners:
-            pool = ref()
-            if pool is None:
-                continue
-            try:
-                event.remove(pool, name, listener)
-            except Exception:
-                pass
+
+
+def _inert_after_stop(agent, listener):
+    def pool_listener(*args):
+        if not agent.stopped:
+            listener(*args)
+    return pool_listener
 
 
 def _hook_engine_init(agent, module):

@@ -1,10 +1,11 @@
 """Attach to a running CPython: inject the agent for the time of a ``trace-quit --pid`` trace.
 
 * ``target``: what a pid is (live, whose, which Python, free-threaded), its process tree;
-* ``inject``: run the bootstrap inside it (gdb on 3.8-3.13, ``sys.remote_exec`` on 3.14+);
-* ``symbols``: the interpreter's entry points in the process, so gdb reads no symbols;
+* ``inject``: run the bootstrap inside it as a pending call, and read its answer (docs/attach.md);
+* ``ptrace``: hold the main thread for the calls that map the page and queue the call;
+* ``symbols``: the interpreter's and the C library's entry points in the process;
+* ``deathwatch``: which signal the target died of, should it die while we are attached;
 * ``session``: the Recorder that injects after the eBPF layer attached and detaches at the end;
-* ``gdb_script.py``: runs inside gdb, never imported.
 
 The agent side is tracer/agent/attach.py. ``trace-quit --pid`` runs an ``AttachRecorder``
 (session.py), with the metrics exporter as one of its observers when asked.

@@ -18,3 +18,12 @@ class AttachError(Exception):
 
 class InjectError(Exception):
     """The agent could not be injected; the eBPF layer carries on alone. ``str()`` says why."""
+
+
+class TargetDied(InjectError):
+    """The target ended while trace-quit was attached: ``str()`` says when and how (the signal)."""
+
+    def __init__(self, pid, when, how):
+        super().__init__("process %d %s %s" % (pid, how, when))
+        self.pid = pid
+        self.how = how

@@ -1,138 +1,191 @@
-"""Run the agent's bootstrap inside a running CPython: gdb on 3.8-3.13, ``sys.remote_exec`` on 3.14+.
+"""Run the agent's bootstrap inside a running CPython (3.8+): a pending call, queued through ptrace.
 
-Either way the program runs a script file we wrote into the session's private directory (owned
-by the program's user, 0700). The script loads tracer/agent by path, exactly as the launch-time
-sitecustomize does, calls ``start``/``stop``/``inspect`` in tracer/agent/attach.py and writes
-its answer to a result file next to it. The host reads that file; nothing else comes back.
+The one injection point (docs/attach.md): the main thread is held for a few milliseconds while
+a page is mapped in the target, the bootstrap's text written into it and ``PyRun_SimpleString(page)``
+queued with ``Py_AddPendingCall`` (tracer/attach/ptrace.py). The interpreter runs it on its main
+thread between two bytecodes, where it would run a signal handler.
 
-The rule that shapes the gdb driver: never leave the process stopped, never leave a breakpoint
-in it. gdb is bounded from inside (tracer/attach/gdb_script.py's watchdog); the host only
-wakes it (SIGURG to the target, which gdb swallows) and, when gdb is gone, makes sure the
-target is not left in the stopped state.
+Nothing goes through a file: the text travels inline (written through ptrace into the target's memory),
+and the answer comes back in the same page, which the bootstrap writes through its own
+``/proc/self/mem`` and trace-quit reads through ``/proc/PID/mem`` (bounded, parsed as data).
+Root therefore opens no path the program's user could plant, and runs nothing of the target's:
+not its interpreter, not its site-packages (tests/system/test_attach_security.py).
+
+A main thread that does not come back to Python (blocked in ``join()`` or ``select()``) leaves the
+call queued: after the timeout trace-quit writes a nul over the page's first byte, so the call,
+if it ever runs, runs an empty string; the eBPF layer carries on alone.
 """
 
-import itertools
 import json
 import os
-import signal
-import subprocess
 import time
 
 from trace_quit.tracer import agent as agent_pkg
-from trace_quit.tracer.attach import symbols
-from trace_quit.tracer.attach.errors import InjectError
+from trace_quit.tracer.attach import deathwatch, symbols
+from trace_quit.tracer.attach.errors import InjectError, TargetDied
 
-GDB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdb_script.py")
-MARKER = "trace-quit-inject: "
-#: gdb reads the interpreter's symbols before our script runs; on a busy machine that takes
-#: seconds. Beyond this margin on top of the injection timeout, gdb is woken and then ended.
-GDB_STARTUP_S = 30.0
-_serial = itertools.count(1)
+PAGE = 4096
+STATUS_MAX = 1024            # room for the bootstrap's answer, at the end of its mapping...
+STATUS_MAX_INSPECT = 16384   # ... inspect's (the tests' look inside the program) is longer
+PAGE_PLACEHOLDER = "@" * 16  # replaced with the page's address (hex), see ptrace.py
+POLL_S = 0.02
+#: pid -> [(page, size)] of injections that answered: unmapped at the next injection.
+_answered = {}
 
-_BOOTSTRAP = '''\
-# trace-quit: run once inside process {pid} by `trace-quit --pid` ({action}), then deleted.
-def _trace_quit_attach(agent_dir, action, channel, result_path, cancel_path):
-    import json
-    import os
-    import sys
-    status = {{"ok": False}}
-    if os.path.exists(cancel_path):
-        return  # the tracer gave up waiting (sys.remote_exec ran it late)
+# Run with exec() in a namespace of its own: nothing is bound in the program's __main__.
+_BOOTSTRAP = r'''
+def main(page, status_off, agent_dir, action, channel):
+    import json, os, sys
     try:
-        if "_trace_quit_agent" not in sys.modules:
-            import importlib.util
-            spec = importlib.util.spec_from_file_location(
-                "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"),
-                submodule_search_locations=[agent_dir])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["_trace_quit_agent"] = module
-            spec.loader.exec_module(module)
-        import importlib
-        attach = importlib.import_module("_trace_quit_agent.attach")
-        if action == "start":
-            status = attach.start(channel)
-        elif action == "stop":
-            status = attach.stop()
-        else:
-            status = {{"ok": True, "inspect": attach.inspect()}}
-    except BaseException as exc:
-        status["error"] = "%s: %s" % (type(exc).__name__, exc)
-    status["pid"] = os.getpid()
-    fd = os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        mem = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
     try:
-        os.write(fd, json.dumps(status, default=str).encode())
+        if os.pread(mem, 1, page) == b"\0":
+            return  # cancelled: trace-quit stopped waiting for this call
+        status = {"ok": False}
+        try:
+            if "_trace_quit_agent" not in sys.modules:
+                import importlib.util
+                spec = importlib.util.spec_from_file_location(
+                    "_trace_quit_agent", os.path.join(agent_dir, "__init__.py"),
+                    submodule_search_locations=[agent_dir])
+                module = importlib.util.module_from_spec(spec)
+                sys.modules["_trace_quit_agent"] = module
+                spec.loader.exec_module(module)
+            import importlib
+            attach = importlib.import_module("_trace_quit_agent.attach")
+            if action == "start":
+                status = attach.start(channel)
+            elif action == "stop":
+                status = attach.stop()
+            else:
+                status = {"ok": True, "inspect": attach.inspect()}
+        except Exception as exc:
+            status["error"] = ("%s: %s" % (type(exc).__name__, exc))[:300]
+        status["pid"] = os.getpid()
+        body = json.dumps(status, default=str).encode()
+        if len(body) > STATUS_MAX - 2:
+            body = json.dumps({"ok": False, "error": "answer too long", "pid": os.getpid()}).encode()
+        os.pwrite(mem, body + b"\0", page + status_off + 1)
+        os.pwrite(mem, b"\1", page + status_off)  # written last: the answer is complete
+    finally:
+        os.close(mem)
+
+
+main(0x@PAGE@, STATUS_OFF, AGENT_DIR, ACTION, CHANNEL)
+'''
+
+# What PyRun_SimpleString runs (it runs in __main__'s namespace, so it binds no name). The first
+# byte is the cancel byte. A KeyboardInterrupt meant for the program is handed back to it; any
+# other failure is swallowed: an exception escaping a pending call would surface in the
+# program's code as a SystemError.
+_PAGE_TEXT = ("\ntry:\n exec(%s,{'__name__':'__trace_quit_attach__'})\n"
+              "except KeyboardInterrupt:\n import _thread\n _thread.interrupt_main()\n"
+              "except BaseException:\n pass\n")
+
+
+def page_text(action, channel_path, status_off, status_max):
+    """The source text that goes into the target's page (its address still a placeholder)."""
+    src = (_BOOTSTRAP.replace("0x@PAGE@", "0x" + PAGE_PLACEHOLDER)
+           .replace("STATUS_OFF", str(status_off)).replace("STATUS_MAX", str(status_max))
+           .replace("AGENT_DIR", repr(agent_pkg.AGENT_DIR)).replace("ACTION", repr(action))
+           .replace("CHANNEL", repr(channel_path)))
+    return _PAGE_TEXT % repr(src)
+
+
+def layout(action, channel_path):
+    """(text bytes, mapping size, answer offset, answer size): the text first, the answer last."""
+    status_max = STATUS_MAX_INSPECT if action == "inspect" else STATUS_MAX
+    probe = page_text(action, channel_path, 0, status_max).encode()
+    size = -(-(len(probe) + 1 + status_max + 16) // PAGE) * PAGE
+    status_off = size - status_max
+    return page_text(action, channel_path, status_off, status_max).encode(), size, status_off, status_max
+
+
+def inject(target, action, channel_path, timeout):
+    """Run ``action`` ("start" | "stop" | "inspect") in ``target``; its status dict, or InjectError."""
+    if target.other_root:
+        raise InjectError("process %d runs in another root (a chroot or container): the agent would need a "
+                          "path there, which its users could plant" % target.pid)
+    t0 = time.monotonic()
+    text, size, status_off, status_max = layout(action, channel_path)
+    info = _queue(target, text, size, timeout)
+    page = info["page"]
+    status = _wait_answer(target, page, status_off, status_max, timeout, t0)
+    _answered.setdefault(target.pid, []).append((page, size))
+    if not isinstance(status, dict):
+        raise InjectError("process %d answered something that is not the bootstrap's status" % target.pid)
+    if not status.get("ok"):
+        raise InjectError("the agent's %s failed in process %d: %s" % (action, target.pid,
+                                                                       _printable(status.get("error"))))
+    status["inject"] = dict(info, total_s=round(time.monotonic() - t0, 3))
+    return status
+
+
+def _wait_answer(target, page, status_off, status_max, timeout, t0):
+    """Poll the page's status area until the bootstrap has written it; cancel on timeout."""
+    path = "/proc/%d/mem" % target.pid
+    deadline = t0 + timeout
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        _raise_if_dead(target, "during injection")
+        raise InjectError("cannot read process %d's memory: %s" % (target.pid, exc.strerror)) from None
+    try:
+        while True:
+            try:
+                data = os.pread(fd, status_max, page + status_off)
+            except OSError:
+                data = b""
+            if data[:1] == b"\1":
+                body = data[1:].split(b"\0", 1)[0]
+                try:
+                    return json.loads(body.decode("utf-8", "replace"))
+                except ValueError:
+                    return None
+            if not data:
+                _raise_if_dead(target, "during injection")
+            if time.monotonic() >= deadline:
+                _cancel(fd, page, target)
+                raise InjectError(
+                    "the main thread of process %d ran no Python within %gs (blocked in join(), select() or "
+                    "a long C call?): the queued call was cancelled" % (target.pid, timeout))
+            try:
+                time.sleep(POLL_S)
+            except BaseException:  # Ctrl-C while waiting: the call must not run after we left
+                _cancel(fd, page, target)
+                raise
     finally:
         os.close(fd)
 
 
-_trace_quit_attach({agent_dir!r}, {action!r}, {channel!r}, {result!r}, {cancel!r})
-'''
-
-# What PyRun_SimpleString runs: read the script and exec it in its own namespace. It runs in
-# __main__'s namespace, so it binds no name; a failure is swallowed (no traceback printed
-# into the program's stderr).
-_ONE_LINER = ("try:\n exec(compile(open({path!r},'rb').read(),{path!r},'exec'),"
-              "{{'__name__':'__trace_quit_attach__'}})\nexcept BaseException:\n pass\n")
-
-
-def write_bootstrap(session_dir, target, action, channel_path):
-    """Write the script for one injection; return (script, result, cancel) paths."""
-    n = next(_serial)
-    base = os.path.join(session_dir, "attach-%d-%s-%d" % (target.pid, action, n))
-    script, result, cancel = base + ".py", base + ".result", base + ".cancel"
-    text = _BOOTSTRAP.format(pid=target.pid, action=action, agent_dir=agent_pkg.AGENT_DIR,
-                             channel=channel_path, result=result, cancel=cancel)
-    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chown(script, target.uid, target.gid)
-    return script, result, cancel
-
-
-def inject(target, action, session_dir, channel_path, timeout):
-    """Run ``action`` ("start" | "stop" | "inspect") in ``target``; its status dict, or InjectError."""
-    script, result, cancel = write_bootstrap(session_dir, target, action, channel_path)
-    t0 = time.monotonic()
-    keep = False
+def _cancel(fd, page, target):
+    """A nul over the page's first byte: the queued call, if it ever runs, runs an empty string."""
     try:
-        if target.version >= (3, 14):
-            keep = True  # on a timeout it may still run later: it must find the script and the cancel file
-            info = _remote_exec(target, script, result, cancel, timeout)
-            keep = False
-        else:
-            info = _gdb(target, _ONE_LINER.format(path=script), timeout)
-        status = _read_result(result)
-        if status is None:
-            raise InjectError("the bootstrap did not run in process %d%s" % (
-                target.pid, (": " + info["error"]) if info.get("error") else ""))
-        if not status.get("ok"):
-            raise InjectError("the agent did not start in process %d: %s" % (target.pid, status.get("error")))
-        status["inject"] = dict(info, total_s=round(time.monotonic() - t0, 3))
-        return status
-    finally:
-        for path in (script, result) if not keep else ():
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        os.pwrite(fd, b"\0", page)
+    except OSError:
+        _raise_if_dead(target, "during injection")
 
 
-def _read_result(path):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8", "replace"))
-    except (OSError, ValueError):
-        return None
+def _raise_if_dead(target, when):
+    from trace_quit.tracer.attach.target import proc_state
+
+    if proc_state(target.pid) in (None, "Z", "X"):
+        raise TargetDied(target.pid, when, deathwatch.how_it_died(target.pid))
 
 
-# --- 3.8-3.13: gdb ---------------------------------------------------------------------------
+def _printable(text):
+    """Program-controlled text made safe for a terminal line (no control characters), bounded."""
+    text = str(text)[:300]
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)
+                   for c in text)
 
-#: Handed to gdb as "the program" so that it reads no symbol of the real one (see symbols.py).
-STAND_IN = "/bin/true"
 
+# --- ptrace -----------------------------------------------------------------------------------
 
-def _gdb(target, code, timeout):
-    """Drive one gdb batch session; return what tracer/attach/gdb_script.py reported."""
+def _queue(target, text, size, timeout):
+    """Hold the main thread for two calls (tracer/attach/ptrace.py); what it reported."""
     tracer = _tracer_pid(target.pid)
     if tracer:
         raise InjectError("process %d is already traced by process %d (a debugger or strace): "
@@ -141,35 +194,15 @@ def _gdb(target, code, timeout):
         addresses = symbols.resolve(target.pid)
     except (symbols.SymbolError, OSError) as exc:
         raise InjectError("%s: a stripped or unusual build (the eBPF layer works without it)" % exc) from None
-    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C",
-           "TRACE_QUIT_INJECT_CODE": code, "TRACE_QUIT_INJECT_TIMEOUT": str(timeout),
-           "TRACE_QUIT_INJECT_ADDRS": json.dumps(addresses)}
-    argv = ["gdb", "-nx", "-batch", "-q", "-iex", "set debuginfod enabled off", "-iex", "set auto-load off",
-            "-iex", "set auto-solib-add off", "-iex", "set exec-file-mismatch off"]
-    if os.path.exists(STAND_IN):
-        argv.append(STAND_IN)
-    argv += ["-x", GDB_SCRIPT, "-p", str(target.pid)]
+    from trace_quit.tracer.attach import ptrace
+
+    unmap = _answered.pop(target.pid, [])
     try:
-        # Its own session: a Ctrl-C at the terminal must not reach gdb (it would interrupt the
-        # target at an arbitrary point); the host decides when and how gdb stops.
-        gdb = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, start_new_session=True)
-    except FileNotFoundError:
-        raise InjectError("gdb is not installed (apt-get install gdb, or run scripts/setup.sh)") from None
-    interrupted = None
-    try:
-        try:
-            out, err = gdb.communicate(timeout=timeout * 2 + GDB_STARTUP_S)
-        except KeyboardInterrupt as exc:  # finish cleanly below, then re-raise
-            interrupted = exc
-            out, err = _stop_gdb(gdb, target.pid)
-        except subprocess.TimeoutExpired:
-            out, err = _stop_gdb(gdb, target.pid)
-    finally:
-        _never_stopped(target.pid)
-    if interrupted is not None:
-        raise interrupted
-    return _parse(out, err, gdb.returncode)
+        return ptrace.queue(target.pid, addresses, text, size, unmap, timeout, PAGE_PLACEHOLDER.encode())
+    except ptrace.PtraceError as exc:
+        _answered.setdefault(target.pid, []).extend(unmap)
+        _raise_if_dead(target, "during injection")
+        raise InjectError(str(exc)) from None
 
 
 def _tracer_pid(pid):
@@ -181,87 +214,3 @@ def _tracer_pid(pid):
     except (OSError, ValueError):
         pass
     return 0
-
-
-def _stop_gdb(gdb, pid):
-    """gdb overran: wake it (SIGURG to the target ends its wait or unwinds its call), then end it."""
-    for action in (lambda: os.kill(pid, signal.SIGURG), gdb.terminate, gdb.kill):
-        try:
-            action()
-        except ProcessLookupError:
-            pass
-        try:
-            return gdb.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            continue
-    return gdb.communicate()
-
-
-def _never_stopped(pid):
-    """If gdb went away leaving the target stopped (state T), let it run again."""
-    from trace_quit.tracer.attach.target import proc_state
-
-    for _ in range(10):
-        state = proc_state(pid)
-        if state not in ("T", "t"):
-            return
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-def _parse(out, err, returncode):
-    for line in (out or b"").decode("utf-8", "replace").splitlines():
-        if line.startswith(MARKER):
-            try:
-                info = json.loads(line[len(MARKER):])
-            except ValueError:
-                break
-            if not info.get("ok"):
-                raise InjectError(_explain(info))
-            return info
-    text = (err or b"").decode("utf-8", "replace")
-    if "ptrace: Operation not permitted" in text:
-        raise InjectError("ptrace was refused (kernel.yama.ptrace_scope, or a container without "
-                          "CAP_SYS_PTRACE): the eBPF layer works without it")
-    last = [line for line in text.splitlines() if line.strip()][-1:] or ["gdb exited with status %s" % returncode]
-    raise InjectError("gdb failed: %s" % last[0][:200])
-
-
-def _explain(info):
-    stage = info.get("stage")
-    if stage == "safe_point":
-        return ("no thread of the program reached a point where Python code can run safely within the "
-                "inject timeout (busy in C code without releasing the GIL?): try a longer --inject-timeout")
-    if stage == "symbols":
-        return "the interpreter exports no PyEval_SaveThread (a stripped or unusual build)"
-    return "gdb: %s" % info.get("error")
-
-
-# --- 3.14+: sys.remote_exec (PEP 768) ---------------------------------------------------------
-
-def _remote_exec(target, script, result, cancel, timeout):
-    """Ask the target's own interpreter to run ``script`` at its next safe evaluation point."""
-    probe = [target.exe, "-I", "-c", "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
-             str(target.pid), script]
-    t0 = time.monotonic()
-    try:
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=timeout + 10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise InjectError("sys.remote_exec could not be called: %s" % exc) from None
-    if done.returncode != 0:
-        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["status %d" % done.returncode]
-        raise InjectError("sys.remote_exec failed: %s" % last[0][:200])
-    deadline = t0 + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(result):
-            return {"method": "remote_exec", "waited_s": round(time.monotonic() - t0, 3)}
-        time.sleep(0.02)
-    # It may still run later: the cancel file makes it return at once when it does.
-    fd = os.open(cancel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    os.close(fd)
-    raise InjectError("the program did not reach a safe evaluation point within %gs "
-                      "(sys.remote_exec): try a longer --inject-timeout" % timeout)
-

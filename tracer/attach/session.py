@@ -11,8 +11,9 @@ import ctypes
 import time
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.attach import deathwatch
 from trace_quit.tracer.attach import target as targets_mod
-from trace_quit.tracer.attach.errors import InjectError
+from trace_quit.tracer.attach.errors import InjectError, TargetDied
 from trace_quit.tracer.attach.inject import inject
 from trace_quit.tracer.channel import AgentChannel
 from trace_quit.tracer.record import Recorder
@@ -26,12 +27,9 @@ class AttachRecorder(Recorder):
         self.target = target
         self.inject_timeout = inject_timeout
         self.injected = {}  # pid -> Target that answered "started"
-        # The program writes into this FIFO, so its directory belongs to the program's user.
+        self.died = {}      # pid -> how it ended while we were attached ("died of SIGSEGV during injection")
+        # The program writes into this FIFO, so the FIFO (not its directory) is the program user's.
         self.channel = AgentChannel(target.uid, target.gid)
-
-    def _attach_bpf(self, root_pid):
-        super()._attach_bpf(root_pid)
-        self._trace_existing_children(root_pid)
 
     def _trace_existing_children(self, root_pid):
         """The kernel follows forks from now on; the workers that exist already are added here."""
@@ -52,13 +50,34 @@ class AttachRecorder(Recorder):
             self.note("eBPF: tracing %d existing child process(es) of %d too: %s"
                       % (len(children), root_pid, " ".join(map(str, children))), level="info")
 
+    def _attach_bpf(self, root_pid):
+        deathwatch.watch(root_pid)  # which signal, should it die while we are attached
+        super()._attach_bpf(root_pid)
+        self._trace_existing_children(root_pid)
+
     def _attached_started(self, pid):
         for target in targets_mod.same_python_tree(self.target):
+            if target.pid in self.died:
+                continue
             self._inject_start(target)
+
+    def _target_ended(self, pid):
+        """The attached process is gone: say how (the signal), once, in the capture too (a warning:
+        the report lists it). Its exit status as a shell gives it (128 + signal), else None."""
+        if pid not in self.died:
+            how = "process %d %s while trace-quit was attached" % (pid, deathwatch.how_it_died(pid))
+            self.died[pid] = how
+            self.note(how)
+        sig = deathwatch.fatal_signal(pid)
+        return 128 + sig if sig else None
 
     def _inject_start(self, target):
         try:
-            status = inject(target, "start", self.channel.dir, self.channel.path, self.inject_timeout)
+            status = inject(target, "start", self.channel.path, self.inject_timeout)
+        except TargetDied as exc:
+            self.died[target.pid] = str(exc)
+            self.note("%s; the eBPF layer recorded up to its end" % exc)
+            return
         except InjectError as exc:
             self.note("agent not injected into process %d (%s): %s; the eBPF layer carries on alone"
                       % (target.pid, target.label, exc))
@@ -67,9 +86,9 @@ class AttachRecorder(Recorder):
         info = status.get("inject", {})
         self.writer.emit({"k": ev.TRACER_NOTE, "t": ev.now_ns(), "src": ev.SRC_TRACER, "level": "info",
                           "text": "agent injected into process %d (%s): %d connection(s) and %d Engine(s) were "
-                                  "open before attach" % (target.pid, target.label, status.get("connections", 0),
-                                                          status.get("engines", 0)),
-                          "attach": {"pid": target.pid, "method": info.get("method", "gdb"),
+                                  "open before attach" % (target.pid, target.label, _count(status.get("connections")),
+                                                          _count(status.get("engines"))),
+                          "attach": {"pid": target.pid, "method": info.get("method"),
                                      "stopped_s": info.get("stopped_s"), "waited_s": info.get("waited_s"),
                                      "call_s": info.get("call_s"), "total_s": info.get("total_s")}})
 
@@ -90,11 +109,20 @@ class AttachRecorder(Recorder):
                 target = self.injected.get(pid) or targets_mod.check(pid)
             except Exception:
                 continue
-            if targets_mod.proc_state(pid) in (None, "Z", "X"):
+            if targets_mod.proc_state(pid) in (None, "Z", "X") or pid in self.died:
                 continue
             try:
-                inject(target, "stop", self.channel.dir, self.channel.path, self.inject_timeout)
+                inject(target, "stop", self.channel.path, self.inject_timeout)
+            except TargetDied as exc:
+                self.died[pid] = str(exc)
+                self.note(str(exc))
             except InjectError as exc:
                 self.note("agent in process %d not stopped: %s (it goes quiet when the channel closes)"
                           % (pid, exc))
         self.timings["agent_detach_s"] = round(time.monotonic() - t0, 3)
+        deathwatch.unwatch(self.target.pid)
+
+
+def _count(value):
+    """A count from the bootstrap's answer, which the program could have forged: an int or 0."""
+    return value if type(value) is int and 0 <= value < 10 ** 9 else 0

@@ -1,17 +1,18 @@
 """Where the interpreter's entry points are in a running process: ELF .dynsym + /proc/PID/maps.
 
-gdb could find them itself, but it would read the interpreter's symbol tables (and a pyenv
-build's DWARF) while the program is stopped: ~1-1.5 s of stop-the-world on this machine. With
-the addresses computed here beforehand, gdb reads no Python symbols at all (only libc's small
-dynamic table, for the malloc it needs to pass a string) and the stop is a few milliseconds.
+Computed before the thread is held (tracer/attach/ptrace.py), from the very files mapped
+(``/proc/PID/map_files``), so the hold lasts only for the calls themselves: a few milliseconds
+(a debugger reading the interpreter's symbol tables while the program was stopped took
+~1-1.5 s here).
 """
 
 from trace_quit.tracer.bpf.elf import Elf, ElfError
 
 #: The functions the injection calls, all exported by every CPython 3.8+ (stable ABI)...
-PYTHON = ("PyEval_SaveThread", "PyGILState_Ensure", "PyRun_SimpleString", "PyGILState_Release")
-#: ... and the C library's allocator, for the buffer that carries the bootstrap's text.
-LIBC = ("malloc", "free")
+PYTHON = ("Py_AddPendingCall", "PyRun_SimpleString")
+#: ... and the C library's mmap/munmap (system call wrappers, no lock) for the page that carries
+#: the bootstrap's text: never malloc, whose lock a stopped thread may hold.
+LIBC = ("mmap", "munmap")
 
 
 class SymbolError(Exception):
@@ -51,13 +52,11 @@ def _find(pid, maps, wanted, names, found):
     for path in files:
         # Through map_files: the very file mapped (even if replaced or deleted since), as root.
         first = next(m for m in maps if m[3] == path)
+        # Never by its name: in a chroot the name means another file, and it may be replaced.
         try:
             elf = Elf("/proc/%d/map_files/%x-%x" % (pid, first[0], first[1]))
         except (OSError, ElfError):
-            try:
-                elf = Elf(path)
-            except (OSError, ElfError):
-                continue
+            continue
         for name in names:
             if name in found:
                 continue

@@ -22,6 +22,9 @@ class Target:
     exe: str
     version: Optional[Tuple[int, int]]
     free_threaded: bool
+    #: It sees another file system than ours (chroot, container): paths differ, and its
+    #: users may control what a path means there. No agent then (tracer/attach/inject.py).
+    other_root: bool = False
 
     @property
     def unsupported(self) -> Optional[str]:
@@ -81,7 +84,19 @@ def check(pid, as_root=None) -> Target:
     if version is None:
         raise AttachError("process %d (%s) is not a Python program: --pid traces a running CPython"
                           % (pid, os.path.basename(exe)), EX_NOT_PYTHON)
-    return Target(pid=pid, uid=st.st_uid, gid=st.st_gid, exe=exe, version=version, free_threaded=free_threaded)
+    return Target(pid=pid, uid=st.st_uid, gid=st.st_gid, exe=exe, version=version, free_threaded=free_threaded,
+                  other_root=other_root(pid))
+
+
+def other_root(pid):
+    """Does ``pid`` live in another root directory or mount namespace than trace-quit (or cannot we tell)?"""
+    try:
+        theirs, ours = os.stat("/proc/%d/root" % pid), os.stat("/proc/self/root")
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            return True
+        return os.readlink("/proc/%d/ns/mnt" % pid) != os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return True
 
 
 def python_version(pid, exe) -> Tuple[Optional[Tuple[int, int]], bool]:

@@ -41,6 +41,10 @@ def collector(version, gil_disabled=False):
     if not version:
         return UNKNOWN, False, "Python version unknown: collections are attributed without a generation"
     v = tuple(version[:3]) + (0,) * (3 - len(version[:3]))
+    if v[:2] == (3, 14) and len(version) < 3:
+        return (INCREMENTAL, False,
+                "CPython 3.14 of unknown micro version: it may collect incrementally (3.14.0-3.14.4); "
+                "collections are attributed (cause gc) without a generation")
     if v[:2] == (3, 14) and v[2] <= 4:
         return (INCREMENTAL, False,
                 "CPython %d.%d.%d collects incrementally (3.14.0-3.14.4): automatic collections are young "

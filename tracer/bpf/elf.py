@@ -9,6 +9,8 @@ Pure Python on purpose: the target files are untrusted, so nothing here executes
 ``ElfError``, never an IndexError deep in a caller).
 """
 
+import os
+import stat
 import struct
 
 ET_EXEC = 2
@@ -51,13 +53,40 @@ class UsdtProbe:
         self.provider, self.name, self.pc, self.semaphore, self.args = provider, name, pc, semaphore, args
 
 
+#: No library we probe comes near this; a file that does is not one (or is /dev/zero's kind).
+MAX_SIZE = 1 << 30
+
+
+def read_regular(path, limit):
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ElfError.
+
+    Opened non-blocking (a FIFO planted where a library should be cannot hang us) and checked
+    with fstat before any read (a device such as /dev/zero cannot eat our memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ElfError("%s is not a regular file" % path)
+        if st.st_size > limit:
+            raise ElfError("%s is larger than %d bytes" % (path, limit))
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class Elf:
     """An ELF file read once into memory (libraries we probe are a few MB at most)."""
 
     def __init__(self, path):
         self.path = path
-        with open(path, "rb") as f:
-            self.data = f.read()
+        self.data = read_regular(path, MAX_SIZE)
         d = self.data
         if len(d) < 64 or d[:4] != b"\x7fELF":
             raise ElfError("%s is not an ELF file" % path)

@@ -202,10 +202,9 @@ def _add_client_probes(targets, client, how):
         _add_probe(targets, dataclasses.replace(conn, role="connect_ret", fn="on_connect_ret", how="uretprobe"))
 
 
-def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):  # noqa: C901
+def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
     """Resolve one interpreter (libpython, GC sites, _mysql .so, client library) into ``targets``."""
     info = _run_helper(interp, pyargs, env, uid, gid, cwd)
-    version = tuple(info["version"])
     c = _follow_quiet([interp], env)
     if c is None or c.interpreter is None:
         # A wrapper that execs the real interpreter (pyenv shim): what it ran is sys.executable.
@@ -222,6 +221,15 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
                 raise BpfUnavailable("cannot find %s, which %s needs; check LD_LIBRARY_PATH" % (name, interp))
     libpython = os.path.realpath(lib or exe.path)
     pyelf = exe if lib is None else elflib.Elf(libpython)
+    add_interpreter(targets, interp, info, pyelf, libpython, lib is None, env, primary, why)
+
+
+def add_interpreter(targets, interp, info, pyelf, libpython, static, env, primary, why=None):  # noqa: C901
+    """Everything after the interpreter is known: GC sites, shutdown, _mysql .so, client library.
+
+    ``info`` is what the find_spec helper reports (a launched command), or the same facts read
+    from a running process without executing anything (tracer/bpf/running.py)."""
+    version = tuple(info["version"])
     if primary or targets.interpreter is None or (not targets.mysql_so and info.get("mysql_so")):
         # The interpreter the report talks about: the command's own, else the best guess.
         targets.interpreter = interp
@@ -233,7 +241,7 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
         targets.mysql_so = info.get("mysql_so")
         targets.mysqlclient_version = info.get("mysqlclient_version")
         targets.libpython = libpython
-        targets.libpython_static = lib is None
+        targets.libpython_static = static
     if not primary:
         targets.guesses.append({"interpreter": interp, "why": why, "python_version": ".".join(map(str, version)),
                                 "libpython": libpython, "mysql_so": info.get("mysql_so")})
@@ -304,7 +312,7 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
                                 "(%s bytes) differs from %s's: its closes are not attributed" % (
                                     info["basicsize"], targets.interpreter)})
     else:
-        so = elflib.Elf(mysql_so)
+        so = info.get("mysql_so_elf") or elflib.Elf(mysql_so)
         layout = compat.mysqlclient_layout(so, int(info["basicsize"]))
         if primary or not targets.mysqlclient_layout:
             targets.mysqlclient_layout = layout
@@ -322,7 +330,10 @@ def _add_python(targets, interp, pyargs, env, uid, gid, cwd, primary, why=None):
                                         "why": "not in %s (stripped .symtab?): causes will be unknown" % mysql_so})
             else:
                 _add_probe(targets, s)
-    client = find_defining(elflib.Elf(mysql_so), "mysql_close", env)
+    if "client_elf" in info:  # a running process: the library it has mapped (or none found)
+        client = info["client_elf"]
+    else:
+        client = find_defining(elflib.Elf(mysql_so), "mysql_close", env)
     if client is None:
         targets.missing.append({"what": "client library",
                                 "why": "no library defining mysql_close found for %s" % mysql_so})
