@@ -280,6 +280,7 @@ class Report:
     gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
     processes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # by_process(): per traced pid
     bound: Optional[Dict[str, Any]] = None  # --max-capture reached: analysis/bound.py (None: not reached)
+    tests: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # pytest plugin: analysis/tests_view.py
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

@@ -73,6 +73,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
         "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
     }
+    if r.tests:  # a capture of the pytest plugin: per test (analysis/tests_view.py); absent otherwise
+        doc["tests"] = r.tests
     if r.bound is not None:  # --max-capture reached (analysis/bound.py); absent otherwise
         doc["bound"] = dict(r.bound)
     return doc

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from . import gcwhy
+from . import gcwhy, tests_view
 from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
@@ -192,6 +192,9 @@ def _one(o: _Out, r: Report) -> None:
             o.wrap("%8d  %8s  %11s  %s" % (row["pid"], row["parent"] or "", fmt_int(row["connections"]), causes),
                    36, first="  ")
 
+    if r.tests:  # a capture of the pytest plugin: connections per test
+        _tests(o, r.tests)
+
     o.heading("GARBAGE COLLECTIONS")
     n_closing = len(g.that_closed_connections)
     o.wrap("%s (%s); %s destroyed open connections" % (
@@ -275,6 +278,18 @@ def _one(o: _Out, r: Report) -> None:
         o.wrap(f.title, 10, first="  " + o.c(label, "bold", _SEVERITY_COLOR.get(f.severity, "")), style=("bold",))
         o.wrap(f.evidence, 10)
         o.wrap("fix: " + f.fix, 10)
+
+
+def _tests(o: _Out, rows, limit: int = 40) -> None:
+    """The tests that opened connections: those with leaks first (a long suite: the first ``limit``)."""
+    o.heading("CONNECTIONS PER TEST")
+    o.add("  %11s  %s" % ("connections", "test: ended by"))
+    ranked = sorted(rows, key=lambda row: 0 if tests_view.leaks(row) else 1)  # stable: run order
+    for row in ranked[:limit]:
+        causes = ", ".join("%s %s" % (c, fmt_int(n)) for c, n in row["by_cause"].items())
+        o.wrap("%11s  %s: %s" % (fmt_int(row["connections"]), row["nodeid"], causes), 15, first="  ")
+    if len(ranked) > limit:
+        o.add("  ... %d more test(s) (--format json lists them all)" % (len(ranked) - limit))
 
 
 def _comparison(o: _Out, reports: Sequence[Report]) -> None:

@@ -14,6 +14,7 @@ from . import bound as boundlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
+from . import tests_view
 from . import gcwhy
 from .attribute import Context, attribute_all
 from .capture import Capture, describe_lacks
@@ -290,7 +291,7 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(quits, j), bound=bound)
+        processes=by_process(quits, j), bound=bound, tests=tests_view.by_test(capture.events, ended))
 
 
 def by_process(quits, j: Joined) -> List[Dict[str, Any]]:

@@ -218,7 +218,10 @@ class TraceQuit:
                 "trace-quit: an agent already runs in this process (pytest under `trace-quit run`?): "
                 "the plugin stays off"), stacklevel=2)
             return
-        if not self.worker:
+        # A worker whose controller reads its final word (Controller.pytest_configure_node) closes its
+        # books at exit, like a process without xdist; a worker without one closes them at sessionfinish.
+        self.final_path = getattr(self.config, "workerinput", {}).get("trace_quit_final")
+        if not self.worker or self.final_path:
             # The books close in this module's exit handler, after the conftests' ones; the agent's
             # own handler (registered now, so run before theirs) would call what they destroy "shutdown".
             atexit.unregister(self.agent.at_exit)
@@ -345,8 +348,9 @@ class TraceQuit:
             session.exitstatus = 1
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
-            # A worker's books close here: the controller merges the parts once the workers reported.
-            self._close_capture(int(session.exitstatus))
+            # What the controller uses if this worker's final word (at_exit) never comes.
+            if not self.final_path:
+                self._close_capture(int(session.exitstatus))
             workeroutput["trace_quit"] = json.dumps({"results": self.results, "late": self.late,
                                                      "other_engines": self.ledger.other_engines,
                                                      "unfrozen": self.unfrozen})
@@ -370,7 +374,7 @@ class TraceQuit:
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.results is not None:
-            still = 0 if self.worker else len(self.ledger.conns)
+            still = 0 if self.worker else len(self.ledger.conns)  # a worker's: the controller says
             write_summary(terminalreporter, self.results, self.late, self.ledger.other_engines, self.unfrozen, still)
 
     @pytest.hookimpl(trylast=True)
@@ -381,7 +385,7 @@ class TraceQuit:
             self._reader = None
         if self.session is not None:
             self.status = int(self.session.exitstatus)
-        if self.worker or self.channel is None or self not in _ACTIVE:
+        if self.channel is None or self not in _ACTIVE:
             self._finish(self.status)
         else:
             self._boundary("", "exit")  # what closes from here on, the exit handlers closed
@@ -400,6 +404,12 @@ class TraceQuit:
                 after = collections.Counter(r["cause"] for r in self.ledger.ended if r["ended_in"] == AT_EXIT)
                 still = len(self.ledger.conns)
                 self.ledger.close_open()
+                if self.final_path:  # an xdist worker: its controller decides, after the workers exited
+                    _write_final(self.final_path, {
+                        "results": self.ledger.results(), "late": [(n, leak_detail(r)) for n, r in late],
+                        "other_engines": self.ledger.other_engines, "unfrozen": self.unfrozen,
+                        "after_exit": dict(after)})
+                    return
             if self.pytest_status == 0 and status in (0, 1) and self.fail:
                 final = 1 if late else 0
             if sum(after.values()):
@@ -441,6 +451,13 @@ class TraceQuit:
         writer.emit({"k": "child_exit", "t": time.monotonic_ns(), "src": "tracer", "pid": os.getpid(),
                      "status": status})
         writer.close({"exit_status": status, "lost": {"agent": lost, "bpf": 0}})
+
+
+def _write_final(path, doc):
+    """A worker's final word, in its controller's private directory (created 0700, the file new)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
 
 
 def _exit_now(status):
@@ -503,22 +520,47 @@ class Controller:
         self.parts = []
         self.late = []
         self.workers = []
+        self.provisional = {}  # worker id -> what it reported at its sessionfinish
         self.other_engines = {}
         self.unfrozen = 0
+        self.after_exit = collections.Counter()
+        self.finals = None  # a private directory: each worker's final word, written at its exit
         if capture and os.path.lexists(capture):
             raise pytest.UsageError("%s exists: remove it or choose another --trace-quit-capture" % capture)
+
+    def pytest_configure_node(self, node):
+        import tempfile
+
+        if self.finals is None:
+            self.finals = tempfile.mkdtemp(prefix="trace-quit-pytest-")
+        node.workerinput["trace_quit_final"] = os.path.join(self.finals, "%s.json" % node.gateway.id)
 
     def pytest_testnodedown(self, node, error):
         out = getattr(node, "workeroutput", {}) or {}
         self.workers.append(getattr(getattr(node, "gateway", None), "id", None) or out.get("workerid"))
         data = out.get("trace_quit")
         if data:
-            data = json.loads(data)
+            self.provisional[self.workers[-1]] = json.loads(data)
+
+    def _read_finals(self):
+        """Each worker's final word (written at its exit, after its exit handlers), else what it
+        reported at its sessionfinish."""
+        import shutil
+
+        for worker, data in sorted(self.provisional.items(), key=str):
+            try:
+                with open(os.path.join(self.finals or "", "%s.json" % worker)) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                pass
             self.parts.append(data["results"])
             self.late.extend(tuple(x) for x in data["late"])
             for dialect, n in (data.get("other_engines") or {}).items():
                 self.other_engines[dialect] = self.other_engines.get(dialect, 0) + n
             self.unfrozen += data.get("unfrozen") or 0
+            self.after_exit.update(data.get("after_exit") or {})
+        if self.finals is not None:
+            shutil.rmtree(self.finals, ignore_errors=True)
 
     @property
     def results(self):
@@ -529,7 +571,8 @@ class Controller:
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_sessionfinish(self, session):
-        yield
+        yield  # xdist's own (trylast) sessionfinish waits for the workers to exit
+        self._read_finals()
         if self.late and session.exitstatus == 0:
             session.exitstatus = 1
         if self.capture:
@@ -540,3 +583,6 @@ class Controller:
 
     def pytest_terminal_summary(self, terminalreporter):
         write_summary(terminalreporter, self.results, self.late, self.other_engines, self.unfrozen)
+        if self.after_exit:
+            terminalreporter.write_line("the workers' exit handlers closed %d connection(s) (%s): counted above" % (
+                sum(self.after_exit.values()), ", ".join("%s %d" % kv for kv in sorted(self.after_exit.items()))))
