@@ -17,8 +17,8 @@ from trace_quit.tracer.events import LIBRARY_PACKAGES
 # same list the agent checks by module name (tracer/events.py: LIBRARY_PACKAGES).
 _LIBRARY_MARKERS = (
     "/site-packages/", "/dist-packages/", "/lib/python3", "/lib64/python3", "<frozen", "<string>",
-    "/tracer/agent/",
-) + tuple("/%s/" % name for name in LIBRARY_PACKAGES)
+    "/trace_quit/", "/tracer/agent/",
+) + tuple("/%s/" % name.replace(".", "/") for name in LIBRARY_PACKAGES)
 
 
 def frame_file(frame: str) -> str:

@@ -51,7 +51,9 @@ def by_test(events: Iterable[Dict[str, Any]], lives) -> List[Dict[str, Any]]:
         row = rows.setdefault(owner, {"nodeid": owner, "connections": 0, "by_cause": Counter()})
         row["connections"] += 1
         row["by_cause"][lf.cause or "open"] += 1
-    out = sorted(rows.values(), key=lambda r: order[r["nodeid"]])
+    tail = (OUTSIDE,) + tuple(LABELS.values())  # after the tests, in the session's order
+    out = sorted(rows.values(), key=lambda r: (tail.index(r["nodeid"]) + 1 if r["nodeid"] in tail else 0,
+                                               order[r["nodeid"]]))
     for row in out:
         row["by_cause"] = dict(sorted(row["by_cause"].items()))
     return out

@@ -308,10 +308,12 @@ KINDS = {
                            _opt("lost", DICT), _opt("timings", DICT), _opt("bound", DICT, since=2))),
 }
 
-#: Top-level packages whose frames are never the program's own line (the chains, the call sites):
-#: recognised by module, wherever they are installed (a source checkout, site-packages, a zip).
+#: Packages whose frames are never the program's own line (the chains, the call sites): recognised
+#: by module, wherever they are installed (a source checkout, site-packages, a zip). trace-quit's
+#: own tracer and analysis, not its workloads (programs like the user's).
 LIBRARY_PACKAGES = ("sqlalchemy", "MySQLdb", "pymysql", "mysql", "mariadb", "asyncmy", "aiomysql",
-                    "pytest", "_pytest", "pluggy", "xdist", "execnet", "trace_quit", "_trace_quit_agent")
+                    "pytest", "_pytest", "pluggy", "xdist", "execnet", "trace_quit.tracer", "trace_quit.analysis",
+                    "_trace_quit_agent")
 
 #: The sources a kind may come from (its declared source unless listed here). A kernel or
 #: tracer kind stamped ``agent`` came through the agent's channel: it is forged, and refused.

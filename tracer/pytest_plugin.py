@@ -193,6 +193,7 @@ class TraceQuit:
         self.pytest_status = None   # the session's exit status before the plugin's verdict
         self.status = None          # the exit status pytest returns (after the plugin's verdict)
         self.unfrozen = 0           # objects gc.freeze() had hidden, unfrozen at the end to be looked at
+        self.open_at_summary = set()  # ids of the records the summary counted open_at_end
 
     def start(self):
         from trace_quit.tracer.channel import AgentChannel
@@ -344,6 +345,7 @@ class TraceQuit:
         with self._lock:
             self.late = [(nodeid, leak_detail(r)) for nodeid, r in self.ledger.late_leaks(self.fail, self.reported)]
             self.results = self.ledger.results()
+            self.open_at_summary = {id(r) for r in self.ledger.conns.values()}
         if self.late and session.exitstatus == 0:
             session.exitstatus = 1
         workeroutput = getattr(self.config, "workeroutput", None)
@@ -401,7 +403,7 @@ class TraceQuit:
             self.drain()
             with self._lock:
                 late = self.ledger.late_leaks(self.fail, self.reported)
-                after = collections.Counter(r["cause"] for r in self.ledger.ended if r["ended_in"] == AT_EXIT)
+                after = collections.Counter(r["cause"] for r in self.ledger.ended if id(r) in self.open_at_summary)
                 still = len(self.ledger.conns)
                 self.ledger.close_open()
                 if self.final_path:  # an xdist worker: its controller decides, after the workers exited

@@ -727,7 +727,11 @@ class Agent:
         (tests/unit/test_agent_stack_lines.py)."""
         try:
             name = frame.f_globals.get("__name__")
-            return name.__class__ is str and name.partition(".")[0] in self.library_packages
+            if name.__class__ is not str:
+                return False
+            top, dot, rest = name.partition(".")
+            packages = self.library_packages
+            return top in packages or (dot and top + "." + rest.partition(".")[0] in packages)
         except Exception:
             return False
 
