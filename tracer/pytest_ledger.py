@@ -13,6 +13,7 @@ import bisect
 import collections
 import json
 import os
+import sys
 import time
 
 #: Causes a connection's end can have here; the leaks are the last three.
@@ -29,6 +30,7 @@ OUTSIDE = "<outside any test>"
 SESSION_FINISH = "<session finish hooks>"
 AT_EXIT = "<exit handlers>"
 MYSQL_DIALECTS = ("mysql", "mariadb")
+USER_PROPERTY = "trace_quit_leak"  # on a teardown report the plugin failed
 
 
 def dialect_of(url):
@@ -267,6 +269,43 @@ def _cause_counts(leaks):
             text += " (%s)" % ", ".join("gen%s %d" % (g, n) for g, n in sorted(gens.items(), key=str))
         parts.append(text)
     return ", ".join(parts)
+
+
+def write_summary(terminalreporter, results, late, other_engines=None, unfrozen=0, still_open=0):
+    leaky = [n for n, r in results.items() if r["leaks"] or r["engines_not_disposed"]]
+    terminalreporter.write_sep("=", "trace-quit: connections the tests did not close", bold=True,
+                               yellow=bool(leaky), green=not leaky)
+    for line in summary_lines(results, other_engines):
+        terminalreporter.write_line(line)
+    if unfrozen:
+        terminalreporter.write_line("gc.freeze() had hidden %d object(s) from the collector: unfrozen at the "
+                                    "session's end to look for leaks among them, then frozen again" % unfrozen)
+    if still_open:
+        terminalreporter.write_line("%d connection(s) still open after the session's finish hooks: exit handlers "
+                                    "may yet close them (said on stderr if they do)" % still_open)
+    if late:
+        terminalreporter.write_line("failed after their report (--trace-quit-fail):", red=True)
+        for nodeid, leak in late:
+            cause = describe_cause(leak["cause"], leak.get("gen"))
+            terminalreporter.write_line("  FAILED %s: 1 connection %s" % (nodeid, cause), red=True)
+            for line in chain_lines(leak):
+                terminalreporter.write_line("      " + line)
+
+
+def leak_status(report):
+    """A teardown this plugin failed is the test's failure (F), not a teardown error (E)."""
+    if report.when == "teardown" and report.failed and any(
+            name == USER_PROPERTY for name, _ in getattr(report, "user_properties", ())):
+        return "failed", "F", ("FAILED", {"red": True})
+    return None
+
+
+def command_argv():
+    """The pytest command as the user typed it: ``python -m pytest ...`` rather than pytest's __main__.py."""
+    argv = [str(a) for a in sys.argv]
+    if argv and os.path.basename(argv[0]) == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "pytest":
+        argv = [os.path.basename(sys.executable), "-m", "pytest"] + argv[1:]
+    return argv
 
 
 def merge_results(parts):

@@ -46,12 +46,13 @@ import time
 
 import pytest
 
+from trace_quit.tracer.pytest_controller import Controller
 from trace_quit.tracer.pytest_ledger import (  # noqa: F401 (the plugin's public names, as before)
-    AT_EXIT, FAIL_CHOICES, GC, LEAKS, OPEN_AT_END, OUTSIDE, SESSION_FINISH, Ledger, chain_lines, collect_while,
-    describe_cause, failure_message, leak_detail, merge_captures, merge_results, summary_lines)
+    AT_EXIT, FAIL_CHOICES, GC, LEAKS, OPEN_AT_END, OUTSIDE, SESSION_FINISH, USER_PROPERTY, Ledger, chain_lines,
+    collect_while, command_argv, describe_cause, failure_message, leak_detail, leak_status, merge_captures,
+    merge_results, summary_lines, write_summary)
 
 READ_INTERVAL_S = 0.02
-USER_PROPERTY = "trace_quit_leak"
 _ACTIVE = []  # the TraceQuit of this process, finished by _at_exit
 
 
@@ -474,117 +475,3 @@ def _exit_now(status):
     except Exception:
         pass
     os._exit(status)
-
-
-def command_argv():
-    """The pytest command as the user typed it: ``python -m pytest ...`` rather than pytest's __main__.py."""
-    argv = [str(a) for a in sys.argv]
-    if argv and os.path.basename(argv[0]) == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "pytest":
-        argv = [os.path.basename(sys.executable), "-m", "pytest"] + argv[1:]
-    return argv
-
-
-def write_summary(terminalreporter, results, late, other_engines=None, unfrozen=0, still_open=0):
-    leaky = [n for n, r in results.items() if r["leaks"] or r["engines_not_disposed"]]
-    terminalreporter.write_sep("=", "trace-quit: connections the tests did not close", bold=True,
-                               yellow=bool(leaky), green=not leaky)
-    for line in summary_lines(results, other_engines):
-        terminalreporter.write_line(line)
-    if unfrozen:
-        terminalreporter.write_line("gc.freeze() had hidden %d object(s) from the collector: unfrozen at the "
-                                    "session's end to look for leaks among them, then frozen again" % unfrozen)
-    if still_open:
-        terminalreporter.write_line("%d connection(s) still open after the session's finish hooks: exit handlers "
-                                    "may yet close them (said on stderr if they do)" % still_open)
-    if late:
-        terminalreporter.write_line("failed after their report (--trace-quit-fail):", red=True)
-        for nodeid, leak in late:
-            cause = describe_cause(leak["cause"], leak.get("gen"))
-            terminalreporter.write_line("  FAILED %s: 1 connection %s" % (nodeid, cause), red=True)
-            for line in chain_lines(leak):
-                terminalreporter.write_line("      " + line)
-
-
-def leak_status(report):
-    """A teardown this plugin failed is the test's failure (F), not a teardown error (E)."""
-    if report.when == "teardown" and report.failed and any(
-            name == USER_PROPERTY for name, _ in getattr(report, "user_properties", ())):
-        return "failed", "F", ("FAILED", {"red": True})
-    return None
-
-
-class Controller:
-    """Under xdist: merges the workers' results (and capture parts) into one summary (and file)."""
-
-    def __init__(self, config, capture):
-        self.config = config
-        self.capture = capture
-        self.parts = []
-        self.late = []
-        self.workers = []
-        self.provisional = {}  # worker id -> what it reported at its sessionfinish
-        self.other_engines = {}
-        self.unfrozen = 0
-        self.after_exit = collections.Counter()
-        self.finals = None  # a private directory: each worker's final word, written at its exit
-        if capture and os.path.lexists(capture):
-            raise pytest.UsageError("%s exists: remove it or choose another --trace-quit-capture" % capture)
-
-    def pytest_configure_node(self, node):
-        import tempfile
-
-        if self.finals is None:
-            self.finals = tempfile.mkdtemp(prefix="trace-quit-pytest-")
-        node.workerinput["trace_quit_final"] = os.path.join(self.finals, "%s.json" % node.gateway.id)
-
-    def pytest_testnodedown(self, node, error):
-        out = getattr(node, "workeroutput", {}) or {}
-        self.workers.append(getattr(getattr(node, "gateway", None), "id", None) or out.get("workerid"))
-        data = out.get("trace_quit")
-        if data:
-            self.provisional[self.workers[-1]] = json.loads(data)
-
-    def _read_finals(self):
-        """Each worker's final word (written at its exit, after its exit handlers), else what it
-        reported at its sessionfinish."""
-        import shutil
-
-        for worker, data in sorted(self.provisional.items(), key=str):
-            try:
-                with open(os.path.join(self.finals or "", "%s.json" % worker)) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                pass
-            self.parts.append(data["results"])
-            self.late.extend(tuple(x) for x in data["late"])
-            for dialect, n in (data.get("other_engines") or {}).items():
-                self.other_engines[dialect] = self.other_engines.get(dialect, 0) + n
-            self.unfrozen += data.get("unfrozen") or 0
-            self.after_exit.update(data.get("after_exit") or {})
-        if self.finals is not None:
-            shutil.rmtree(self.finals, ignore_errors=True)
-
-    @property
-    def results(self):
-        return merge_results(self.parts)
-
-    def pytest_report_teststatus(self, report, config):
-        return leak_status(report)
-
-    @pytest.hookimpl(hookwrapper=True, trylast=True)
-    def pytest_sessionfinish(self, session):
-        yield  # xdist's own (trylast) sessionfinish waits for the workers to exit
-        self._read_finals()
-        if self.late and session.exitstatus == 0:
-            session.exitstatus = 1
-        if self.capture:
-            from trace_quit.tracer import events as ev
-
-            merge_captures(self.capture, ["%s.%s" % (self.capture, w) for w in self.workers if w],
-                           {"argv": ev.redact_argv(command_argv()), "cwd": os.getcwd()}, int(session.exitstatus))
-
-    def pytest_terminal_summary(self, terminalreporter):
-        write_summary(terminalreporter, self.results, self.late, self.other_engines, self.unfrozen)
-        if self.after_exit:
-            terminalreporter.write_line("the workers' exit handlers closed %d connection(s) (%s): counted above" % (
-                sum(self.after_exit.values()), ", ".join("%s %d" % kv for kv in sorted(self.after_exit.items()))))
