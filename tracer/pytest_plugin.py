@@ -223,7 +223,11 @@ class TraceQuit:
         # A worker whose controller reads its final word (Controller.pytest_configure_node) closes its
         # books at exit, like a process without xdist; a worker without one closes them at sessionfinish.
         self.final_path = getattr(self.config, "workerinput", {}).get("trace_quit_final")
-        if not self.worker or self.final_path:
+        # Only the process's own pytest (its command line): an in-process run (pytester, pytest.main()
+        # from a script) closes its books at unconfigure, and never sets the process's exit status.
+        params = getattr(self.config, "invocation_params", None)
+        whole = params is not None and tuple(params.args or ()) == tuple(sys.argv[1:])
+        if (not self.worker and whole) or self.final_path:
             # The books close in this module's exit handler, after the conftests' ones; the agent's
             # own handler (registered now, so run before theirs) would call what they destroy "shutdown".
             atexit.unregister(self.agent.at_exit)
@@ -361,7 +365,8 @@ class TraceQuit:
     def _settle(self):
         """Cyclic garbage left by the run is the GC's, not "open at the end"; so is garbage that
         gc.freeze() hid from the collector: unfrozen (then frozen again) to be looked at, once,
-        when the tests are over and only while a connection is open (test_gc_freeze_...)."""
+        when the tests are over and only while a connection is open
+        (tests/integration/test_pytest_plugin_session.py::test_only_the_leaks_are_blamed)."""
         import gc
 
         collect_while(lambda: self._open_of(None))
