@@ -283,11 +283,14 @@ def _one(o: _Out, r: Report) -> None:
 def _tests(o: _Out, rows, limit: int = 40) -> None:
     """The tests that opened connections: those with leaks first (a long suite: the first ``limit``)."""
     o.heading("CONNECTIONS PER TEST")
-    o.add("  %11s  %s" % ("connections", "test: ended by"))
     ranked = sorted(rows, key=lambda row: 0 if tests_view.leaks(row) else 1)  # stable: run order
-    for row in ranked[:limit]:
-        causes = ", ".join("%s %s" % (c, fmt_int(n)) for c, n in row["by_cause"].items())
-        o.wrap("%11s  %s: %s" % (fmt_int(row["connections"]), row["nodeid"], causes), 15, first="  ")
+    cells = [(fmt_int(row["connections"]), ", ".join("%s %s" % (c, fmt_int(n)) for c, n in row["by_cause"].items()))
+             for row in ranked[:limit]]
+    causes_w = max(len(c) for _, c in cells)
+    o.add("  %5s  %-*s  %s" % ("conns", causes_w, "ended by", "test"))
+    for (n, causes), row in zip(cells, ranked):
+        head = "  %5s  %-*s  " % (n, causes_w, causes)
+        o.add(head + shorten(row["nodeid"], max(o.width - len(head), 20)))
     if len(ranked) > limit:
         o.add("  ... %d more test(s) (--format json lists them all)" % (len(ranked) - limit))
 

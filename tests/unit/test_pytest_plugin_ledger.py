@@ -86,9 +86,13 @@ def test_engines_of_other_dialects_are_counted_never_blamed():
     ledger.feed([ev("engine_create", 11, engine=1, site="t.py:3", url="sqlite://", pool_class="SingletonThreadPool"),
                  ev("engine_create", 12, engine=2, site="t.py:4", url="postgresql+psycopg2://", pool_class="QueuePool"),
                  ev("engine_create", 13, engine=3, site="t.py:5", url="mariadb+mysqldb://u:***@h/d",
-                    pool_class="QueuePool")])
+                    pool_class="QueuePool"),
+                 ev("engine_create", 14, engine=4, site="t.py:6", url="mysql+mysqldb://", pool_class="QueuePool"),
+                 ev("conn_open", 15, conn=9, stack=[]), ev("pool", 16, ev="connect", conn=9, engine=3),
+                 ev("conn_close", 17, conn=9)])
     ledger.end(20)
     results = ledger.results()
+    # Engine 4 (MySQL, a mocked DBAPI: it never held a connection) leaks nothing either.
     assert [e["url"] for e in results["t.py::a"]["engines_not_disposed"]] == ["mariadb+mysqldb://u:***@h/d"]
     assert pp.summary_lines(results, ledger.other_engines)[-1] == (
         "Engines of other dialects, not traced: postgresql 1, sqlite 1")

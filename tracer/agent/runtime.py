@@ -159,6 +159,7 @@ class Agent:
         self.own_file = __file__
         # ... nor are frames of these packages, known by their module wherever they are installed.
         self.library_packages = frozenset(getattr(ev, "LIBRARY_PACKAGES", ()))
+        self.normpath = os.path.normpath
 
     # --- transport -------------------------------------------------------------
     def emit(self, kind, **fields):
@@ -716,6 +717,9 @@ class Agent:
         return chain
 
     def _is_library(self, filename):
+        if "/../" in filename:
+            # A module loaded by a path of its own (SQLAlchemy's test plugin: test/../lib/sqlalchemy/...).
+            filename = self.normpath(filename)
         if filename.startswith("<") or filename.startswith(self.skip_dirs):
             return True
         # The standard library, but not packages installed beside it (a non-venv site-packages).
