@@ -140,7 +140,9 @@ def load_agent(channel_path):
 
     if "_trace_quit_agent" in sys.modules:
         runtime = sys.modules.get("_trace_quit_agent.runtime")
-        return None if runtime is None or runtime.AGENT is not None else _install(runtime, channel_path)
+        running = runtime is None or (runtime.AGENT is not None and not getattr(runtime.AGENT, "stopped", False))
+        # A stopped agent is an earlier in-process run's (pytester, pytest.main() twice): start anew.
+        return None if running else _install(runtime, channel_path)
     init = os.path.join(agent_pkg.AGENT_DIR, "__init__.py")
     spec = importlib.util.spec_from_file_location(
         "_trace_quit_agent", init, submodule_search_locations=[agent_pkg.AGENT_DIR])

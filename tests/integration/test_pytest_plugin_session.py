@@ -227,3 +227,33 @@ def test_engine_per_call():
     assert code == 1, out
     assert "engine created at test_leaky.py:7 in test_engine_per_call (" in out, out
     assert "lib/sqlalchemy" not in out.split("trace-quit: connections the tests did not close")[1], out
+
+
+def test_two_in_process_runs(pytester, server):
+    """pytest.main() twice in one script: each run traces itself, closes its books at its end and
+    leaves the script's exit status alone (only the process's own command line defers to exit)."""
+    pytester.makeconftest(SUITE_CONFTEST)
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makepyfile(twice='''
+import sys
+
+import pytest
+
+codes = [pytest.main(["-q", "-p", "no:cacheprovider", "--trace-quit-fail=gc", "-k", "leaks_a_cycle or global"])
+         for _ in range(2)]
+print("CODES", [int(c) for c in codes])
+sys.exit(7)
+''')
+    from trace_quit.workloads import dsn
+
+    env = dict(os.environ, TQ_URL=dsn.sqlalchemy_url(server.dsn_socket))
+    env.pop("PYTEST_ADDOPTS", None)
+    since = server.general_log_size()
+    proc = subprocess.run([PYTHONS["sqla2"], "twice.py"], cwd=str(pytester.path), env=env, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 7, out
+    assert "CODES [1, 1]" in out and "already runs" not in out, out
+    assert len(re.findall(r"^2 connection\(s\) opened; explicit_close 1, refcount 0, gc 1, unknown 0, open_at_end 0; "
+                          r"1 test\(s\) with leaks$", out, re.M)) == 2, out
+    assert logged(server, since, 4) == (4, 4)
