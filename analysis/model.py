@@ -284,6 +284,7 @@ class Report:
     # (analysis/attribute.agent_only_claim), never counted: {"total", "by_cause", "pids", "pids_total"}.
     agent_only: Dict[str, Any] = dataclasses.field(default_factory=dict)
     bound: Optional[Dict[str, Any]] = None  # --max-capture reached: analysis/bound.py (None: not reached)
+    tests: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # pytest plugin: analysis/tests_view.py
 
     def largest_drop(self) -> Optional[Drop]:
         """The largest fall while the program ran (exit-time teardown excluded), else None."""

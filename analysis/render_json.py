@@ -77,6 +77,8 @@ def to_dict(r: Report) -> Dict[str, Any]:
         # What only the agent's channel said, with the kernel layer on: not in any count above.
         "agent_only": r.agent_only or {"total": 0, "by_cause": {}, "pids": [], "pids_total": 0},
     }
+    if r.tests:  # a capture of the pytest plugin: per test (analysis/tests_view.py); absent otherwise
+        doc["tests"] = r.tests
     if r.bound is not None:  # --max-capture reached (analysis/bound.py); absent otherwise
         doc["bound"] = dict(r.bound)
     return doc

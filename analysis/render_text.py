@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 from trace_quit.tracer import events as ev
 from trace_quit.tracer import terminal
 
-from . import gcwhy
+from . import gcwhy, tests_view
 from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
@@ -92,7 +92,8 @@ def _frame_cell(site: Optional[str], width: int) -> str:
 
 
 def _one(o: _Out, r: Report) -> None:
-    for section in (_head, _summary, _connections, _causes, _processes, _collections, _drops, _engines, _findings):
+    for section in (_head, _summary, _connections, _causes, _processes, _tests_section, _collections, _drops, _engines,
+                    _findings):
         section(o, r)
 
 
@@ -212,6 +213,11 @@ def _processes(o: _Out, r: Report) -> None:
                    36, first="  ")
 
 
+def _tests_section(o: _Out, r: Report) -> None:
+    if r.tests:  # a capture of the pytest plugin: connections per test
+        _tests(o, r.tests)
+
+
 def _collections(o: _Out, r: Report) -> None:
     """The collections that destroyed open connections."""
     g = r.gc
@@ -307,6 +313,21 @@ def _findings(o: _Out, r: Report) -> None:
         o.wrap(f.title, 10, first="  " + o.c(label, "bold", _SEVERITY_COLOR.get(f.severity, "")), style=("bold",))
         o.wrap(f.evidence, 10)
         o.wrap("fix: " + f.fix, 10)
+
+
+def _tests(o: _Out, rows, limit: int = 40) -> None:
+    """The tests that opened connections: those with leaks first (a long suite: the first ``limit``)."""
+    o.heading("CONNECTIONS PER TEST")
+    ranked = sorted(rows, key=lambda row: 0 if tests_view.leaks(row) else 1)  # stable: run order
+    cells = [(fmt_int(row["connections"]), ", ".join("%s %s" % (c, fmt_int(n)) for c, n in row["by_cause"].items()))
+             for row in ranked[:limit]]
+    causes_w = max(len(c) for _, c in cells)
+    o.add("  %5s  %-*s  %s" % ("conns", causes_w, "ended by", "test"))
+    for (n, causes), row in zip(cells, ranked):
+        head = "  %5s  %-*s  " % (n, causes_w, causes)
+        o.add(head + shorten(row["nodeid"], max(o.width - len(head), 20)))
+    if len(ranked) > limit:
+        o.add("  ... %d more test(s) (--format json lists them all)" % (len(ranked) - limit))
 
 
 def _comparison(o: _Out, reports: Sequence[Report]) -> None:

@@ -14,8 +14,7 @@ from . import bound as boundlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
-from . import gcwhy
-from . import words
+from . import gcwhy, tests_view, words
 from .attribute import Context, Totals, attribute_all, claims_summary, kernel_drivers
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
@@ -300,7 +299,8 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
-        processes=by_process(totals, j), bound=bound, agent_only=agent_only)
+        processes=by_process(totals, j), bound=bound, agent_only=agent_only,
+        tests=tests_view.by_test(capture.events, ended))
 
 
 def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:

@@ -2,19 +2,23 @@
 
 The agent records stacks as lists of ``"file:line in func"`` strings, innermost frame first
 (the order ``sys._getframe()`` walks ``f_back``). The program's frame is the innermost one
-that is not in the standard library, site-packages, MySQLdb, SQLAlchemy or trace-quit itself:
-that is the line a user can change.
+that is not in the standard library, site-packages, SQLAlchemy, a driver, pytest or trace-quit
+itself: that is the line a user can change.
 """
 
 import os
 from typing import Optional, Sequence
 
+from trace_quit.tracer.events import LIBRARY_PACKAGES
+
 # Path fragments of code the user does not own. "/lib/python3" covers the standard library
-# of every CPython 3.x layout (pyenv, Debian, venvs point back to it).
+# of every CPython 3.x layout (pyenv, Debian, venvs point back to it). The libraries are known
+# by their package's directory wherever it is (a source checkout's lib/sqlalchemy/ too), the
+# same list the agent checks by module name (tracer/events.py: LIBRARY_PACKAGES).
 _LIBRARY_MARKERS = (
     "/site-packages/", "/dist-packages/", "/lib/python3", "/lib64/python3", "<frozen", "<string>",
-    "/MySQLdb/", "/sqlalchemy/", "/trace_quit/", "/tracer/agent/",
-)
+    "/trace_quit/", "/tracer/agent/",
+) + tuple("/%s/" % name.replace(".", "/") for name in LIBRARY_PACKAGES)
 
 
 def frame_file(frame: str) -> str:
@@ -25,8 +29,11 @@ def frame_file(frame: str) -> str:
 
 
 def is_library_frame(frame: str) -> bool:
-    """True for frames in the standard library, installed packages or trace-quit."""
+    """True for frames in the standard library, installed packages, the libraries or trace-quit;
+    a relative path (``lib/sqlalchemy/engine/default.py``) is read from its first directory."""
     path = frame_file(frame)
+    if not path.startswith(("/", "<")):
+        path = "/" + path
     return any(m in path for m in _LIBRARY_MARKERS)
 
 

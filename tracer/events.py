@@ -108,6 +108,10 @@ SERVER_COUNT = "server_count"
 CHILD_START = "child_start"
 CHILD_EXIT = "child_exit"
 TRACER_NOTE = "note"
+TEST = "test"
+#: A test's phases as the plugin writes them, and the session's own end (nodeid ""): its finish
+#: hooks (``sessionfinish``) and the process's exit handlers (``exit``).
+TEST_PHASES = ("setup", "call", "teardown", "finish", "sessionfinish", "exit")
 
 #: The trailer's kind: its presence means the capture was finished cleanly.
 TRAILER = "trailer"
@@ -238,9 +242,18 @@ KINDS = {
                                                 _opt("attached", BOOL))),
     CHILD_EXIT: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT), F("status", INT, null=True), _opt("attached", BOOL))),
     TRACER_NOTE: (SRC_TRACER, _GLOBAL_COMMON + (F("level", STR), F("text", STR), _opt("attach", DICT, since=2))),
+    TEST: (SRC_TRACER, _GLOBAL_COMMON + (F("pid", INT, since=2), F("nodeid", STR, since=2),
+                                         F("phase", STR, since=2))),
     TRAILER: (SRC_TRACER, (F("t", INT), F("counts", DICT), _opt("exit_status", INT, null=True),
                            _opt("lost", DICT), _opt("timings", DICT), _opt("bound", DICT, since=2))),
 }
+
+#: Packages whose frames are never the program's own line (the chains, the call sites): recognised
+#: by module, wherever they are installed (a source checkout, site-packages, a zip). trace-quit's
+#: own tracer and analysis, not its workloads (programs like the user's).
+LIBRARY_PACKAGES = ("sqlalchemy", "MySQLdb", "pymysql", "mysql", "mariadb", "asyncmy", "aiomysql",
+                    "pytest", "_pytest", "pluggy", "xdist", "execnet", "trace_quit.tracer", "trace_quit.analysis",
+                    "_trace_quit_agent")
 
 #: The sources a kind may come from (its declared source unless listed here). A kernel or
 #: tracer kind stamped ``agent`` came through the agent's channel: it is forged, and refused.
@@ -343,6 +356,8 @@ def check(record, revision=VERSION):
         sources = SOURCES.get(kind)
         if sources is not None and record["src"] not in sources:
             raise SchemaError("%s: src is %r, not %s" % (kind, record["src"], " or ".join(sources)))
+        if kind == TEST and record["phase"] not in TEST_PHASES:
+            raise SchemaError("test: phase is %r, not one of %s" % (record["phase"], ", ".join(TEST_PHASES)))
         if kind == TRAILER and "src" in record:
             # The writer's trailer has no source; one with a source came through a channel.
             raise SchemaError("trailer: has a src (%r): not the tracer's own" % (record["src"],))

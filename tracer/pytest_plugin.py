@@ -8,24 +8,35 @@ during the run belongs to the test whose setup/call/teardown was running when it
 keeps that test when it is destroyed later (a cycle the GC breaks two tests on).
 
 Causes are the agent's: ``explicit_close``, ``refcount``, ``gc`` (with the generation),
-``unknown``. A connection still open when the session ends is ``open_at_end``: the
-interpreter's finalisation closes it (``shutdown``) or nothing does (``never_closed``); the
-plugin reports before that happens, so both names select it in ``--trace-quit-fail``.
+``unknown``; the books (tracer/pytest_ledger.py) keep only MySQL's connections and Engines.
+
+The plugin watches until the process is done with the database, not until pytest's own
+report: what the session's finish hooks close (conftest ``pytest_sessionfinish``, session
+fixtures, ``atexit`` handlers) is attributed as it happens, and only a connection still open
+after the exit handlers is ``open_at_end`` (the interpreter's finalisation closes it,
+``shutdown``, or nothing does, ``never_closed``: both names select it in
+``--trace-quit-fail``). Its ``pytest_sessionfinish`` is the innermost wrapper, so it runs after
+every plain implementation (a conftest's too) and before pytest prints the summary and
+xdist's worker reports; this module's ``atexit`` handler is registered when pytest loads the
+plugin, before any conftest registers one, so it runs after theirs.
 
 ``--trace-quit-fail=gc,shutdown``: after each test's teardown, if a connection the test
 opened is still open, the plugin runs ``gc.collect()`` (up to three passes, while one stays
 open), so cyclic garbage the test left is destroyed now, while the test can still fail, and
 not during a later test; then it turns the teardown report of a test that opened such a
-connection into a failure whose message carries the Engine's creation chain. Connections
-still open at the end can only be known then: they make the session fail and are listed by
-test in the summary. At session end (every mode) the same collection runs while any
-connection is open, so cyclic garbage counts as ``gc`` rather than ``open_at_end``.
+connection into a failure whose message carries the Engine's creation chain. Leaks known
+only later (open after the finish hooks; garbage ``gc.freeze()`` hid from the collector,
+looked for at the session's end) make the session fail and are listed by test. When the
+exit handlers then close what the summary counted as open, the plugin says so on stderr and
+the exit status follows that final state (tests/integration/test_pytest_plugin.py).
 
 Hard-wired limits (docs/pytest-plugin.md): the agent is process-wide, so tests running
-threads that open connections after their test ended are charged to the test running then.
+threads that open connections after their test ended are charged to the test running then;
+under xdist a worker's books close when it reports to the controller (after its finish
+hooks, before its exit handlers).
 """
 
-import bisect
+import atexit
 import collections
 import json
 import os
@@ -35,20 +46,23 @@ import time
 
 import pytest
 
-#: Causes a connection's end can have here; the leaks are the last three.
-EXPLICIT = "explicit_close"
-REFCOUNT = "refcount"
-GC = "gc"
-UNKNOWN = "unknown"
-OPEN_AT_END = "open_at_end"
-SERVER = "server"   # the server ended it first (the report's rule, attribute.decide_agent_end)
-LEAKS = (GC, UNKNOWN, OPEN_AT_END)
-#: What ``--trace-quit-fail`` accepts, and which of our causes each selects.
-FAIL_CHOICES = {GC: (GC,), "shutdown": (OPEN_AT_END,), "never_closed": (OPEN_AT_END,),
-                UNKNOWN: (UNKNOWN,), REFCOUNT: (REFCOUNT,)}
-OUTSIDE = "<outside any test>"
+from trace_quit.tracer.pytest_controller import Controller
+from trace_quit.tracer.pytest_ledger import (  # noqa: F401 (the plugin's public names, as before)
+    AT_EXIT, FAIL_CHOICES, GC, LEAKS, OPEN_AT_END, OUTSIDE, SESSION_FINISH, USER_PROPERTY, Ledger, chain_lines,
+    collect_while, command_argv, describe_cause, failure_message, leak_detail, leak_status, merge_captures,
+    merge_results, summary_lines, write_summary)
+
 READ_INTERVAL_S = 0.02
-USER_PROPERTY = "trace_quit_leak"
+_ACTIVE = []  # the TraceQuit of this process, finished by _at_exit
+
+
+def _at_exit():
+    """Registered when pytest loads this module, before any conftest: runs after their handlers."""
+    while _ACTIVE:
+        _ACTIVE.pop().at_exit()
+
+
+atexit.register(_at_exit)
 
 
 def pytest_addoption(parser):
@@ -126,7 +140,9 @@ def load_agent(channel_path):
 
     if "_trace_quit_agent" in sys.modules:
         runtime = sys.modules.get("_trace_quit_agent.runtime")
-        return None if runtime is None or runtime.AGENT is not None else _install(runtime, channel_path)
+        running = runtime is None or (runtime.AGENT is not None and not getattr(runtime.AGENT, "stopped", False))
+        # A stopped agent is an earlier in-process run's (pytester, pytest.main() twice): start anew.
+        return None if running else _install(runtime, channel_path)
     init = os.path.join(agent_pkg.AGENT_DIR, "__init__.py")
     spec = importlib.util.spec_from_file_location(
         "_trace_quit_agent", init, submodule_search_locations=[agent_pkg.AGENT_DIR])
@@ -156,253 +172,6 @@ def _install(runtime, channel_path):
             os.environ[ENV_CHANNEL] = saved
 
 
-# --- what happened to each connection, per test --------------------------------------------
-
-class Ledger:
-    """Agent events in, per-test connection and engine outcomes out (pure: unit-testable)."""
-
-    def __init__(self, root=None):
-        self.root = root    # sites under this directory are shown relative to it (pytest's rootdir)
-        self._starts = []   # t of each test's start, ascending
-        self._tests = []    # nodeid for each start (None: between tests)
-        self.conns = {}     # (pid, conn) -> record of the live connection at that address
-        self.ended = []     # records of connections that ended
-        self.engines = {}   # (pid, engine id) -> record
-        self.engines_all = []
-
-    # test boundaries, on the agent's clock (time.monotonic_ns)
-    def begin(self, nodeid, t):
-        self._starts.append(t)
-        self._tests.append(nodeid)
-
-    def end(self, t):
-        self._starts.append(t)
-        self._tests.append(None)
-
-    def owner(self, t):
-        i = bisect.bisect_right(self._starts, t) - 1
-        return (self._tests[i] if i >= 0 else None) or OUTSIDE
-
-    def feed(self, events):
-        for e in sorted(events, key=lambda e: e.get("t") or 0):
-            try:
-                self._one(e)
-            except (TypeError, ValueError, KeyError):
-                pass  # a malformed line: the capture keeps it, the ledger ignores it
-
-    def _one(self, e):
-        k = e.get("k")
-        pid = e.get("pid")
-        t = e.get("t") or 0
-        if k == "conn_open":
-            stack = [_relative(f, self.root) for f in e.get("stack") or [] if isinstance(f, str)]
-            self.conns[(pid, e["conn"])] = {
-                "test": self.owner(t), "t": t, "pid": pid, "conn": e["conn"], "stack": stack,
-                "engine": None, "cause": None, "gen": None, "ended_in": None, "records": [e]}
-        elif k in ("conn_close", "conn_destroy"):
-            rec = self.conns.pop((pid, e["conn"]), None)
-            if rec is None:
-                return  # opened before the plugin started
-            from trace_quit.analysis.attribute import decide_agent_end  # the report's rules, not our own
-            verdict = decide_agent_end(rec.pop("records") + [e])
-            # "shutdown" cannot reach us before the report (finalisation comes later); kept apart anyway.
-            cause = verdict.cause if verdict is not None else UNKNOWN
-            rec["cause"] = OPEN_AT_END if cause == "shutdown" else cause
-            rec["gen"] = verdict.generation
-            rec["ended_in"] = self.owner(t)
-            self.ended.append(rec)
-        elif k == "pool" and (pid, e.get("conn")) in self.conns:
-            rec = self.conns[(pid, e.get("conn"))]
-            rec["records"].append(e)  # a server-gone error in an invalidation decides the end (server)
-            engine = self.engines.get((pid, e.get("engine"))) if e.get("ev") == "connect" else None
-            if rec is not None and engine is not None:
-                rec["engine"] = engine
-        elif k == "engine_create":
-            engine = {"test": self.owner(t), "site": _relative(e.get("site"), self.root), "url": e.get("url"),
-                      "pool_class": e.get("pool_class"), "disposed": False}
-            self.engines[(pid, e["engine"])] = engine
-            self.engines_all.append(engine)
-        elif k == "engine_dispose":
-            engine = self.engines.get((pid, e["engine"]))
-            if engine is not None:
-                engine["disposed"] = True
-
-    def close_open(self):
-        """The session is over: what is still open is ``open_at_end``."""
-        for rec in self.conns.values():
-            rec["cause"] = OPEN_AT_END
-            rec["ended_in"] = None
-            self.ended.append(rec)
-        self.conns = {}
-
-    def leaks_of(self, nodeid, causes):
-        return [r for r in self.ended if r["test"] == nodeid and r["cause"] in causes]
-
-    def results(self):
-        """{nodeid: {"opened": n, "causes": {cause: n}, "gc_by_gen": {...}, "leaks": [...], "engines": [...]}}."""
-        out = {}
-
-        def entry(nodeid):
-            return out.setdefault(nodeid, {"opened": 0, "causes": {}, "gc_by_gen": {},
-                                           "leaks": [], "engines_not_disposed": []})
-
-        for rec in self.ended + list(self.conns.values()):
-            row = entry(rec["test"])
-            row["opened"] += 1
-            cause = rec["cause"] or OPEN_AT_END
-            row["causes"][cause] = row["causes"].get(cause, 0) + 1
-            if cause == GC:
-                gen = str(rec["gen"])
-                row["gc_by_gen"][gen] = row["gc_by_gen"].get(gen, 0) + 1
-            if cause in LEAKS:
-                row["leaks"].append(leak_detail(rec))
-        for engine in self.engines_all:
-            if not engine["disposed"]:
-                entry(engine["test"])["engines_not_disposed"].append(
-                    {"site": engine["site"], "url": engine["url"], "pool_class": engine["pool_class"]})
-        return out
-
-
-def _relative(site, root):
-    if site and root and site.startswith(root.rstrip(os.sep) + os.sep):
-        return site[len(root.rstrip(os.sep)) + 1:]
-    return site
-
-
-def leak_detail(rec):
-    """One leaked connection as plain data: its cause and creation chain (JSON-safe, for xdist)."""
-    engine = rec.get("engine")
-    return {"cause": rec["cause"] or OPEN_AT_END, "gen": rec.get("gen"), "ended_in": rec.get("ended_in"),
-            "engine_site": engine["site"] if engine else None, "engine_url": engine["url"] if engine else None,
-            "pool_class": engine["pool_class"] if engine else None, "opened_at": _own_frame(rec.get("stack") or [])}
-
-
-def _own_frame(stack):
-    """The innermost frame of the stack that is not a library's (site-packages, the stdlib)."""
-    stdlib = os.path.dirname(os.__file__)
-    for frame in stack:
-        path = frame.split(":", 1)[0]
-        if "-packages" in path or path.startswith(stdlib) or path.startswith("<"):
-            continue
-        return frame
-    return None  # SQLAlchemy's pool is deeper than the agent's stack: the engine's site is the chain
-
-
-def describe_cause(cause, gen=None):
-    if cause == GC:
-        return "closed by the garbage collector" + (" (generation %s)" % gen if gen is not None else "")
-    if cause == OPEN_AT_END:
-        return "still open when the session ended (closed at shutdown, or never)"
-    if cause == UNKNOWN:
-        return "destroyed, cause unknown (gc.callbacks was emptied)"
-    if cause == REFCOUNT:
-        return "destroyed without close() when its last reference went"
-    if cause == SERVER:
-        return "ended by the server first (KILL, wait_timeout, restart)"
-    return cause
-
-
-def chain_lines(leak):
-    """The creation chain of one leaked connection, one line per link."""
-    lines = []
-    if leak.get("engine_site"):
-        lines.append("engine created at %s (%s, %s)" % (leak["engine_site"], leak.get("engine_url"),
-                                                        leak.get("pool_class")))
-    if leak.get("opened_at"):
-        lines.append("connection opened at %s" % leak["opened_at"])
-    return lines
-
-
-def failure_message(nodeid, leaks):
-    counts = collections.Counter((lk["cause"], lk.get("gen")) for lk in leaks)
-    lines = ["trace-quit: %s opened %d connection(s) the program did not close:" % (nodeid, len(leaks))]
-    for (cause, gen), n in sorted(counts.items(), key=str):
-        lines.append("  %d %s" % (n, describe_cause(cause, gen)))
-    seen = set()
-    for leak in leaks:
-        chain = tuple(chain_lines(leak))
-        if chain and chain not in seen:
-            seen.add(chain)
-            lines.extend("    " + line for line in chain)
-    return "\n".join(lines)
-
-
-def summary_lines(results):
-    """The terminal summary's lines: one block per test with leaks, then the totals."""
-    lines = []
-    totals = collections.Counter()
-    tests_with_leaks = 0
-    for nodeid in sorted(results):
-        row = results[nodeid]
-        totals.update(row["causes"])
-        if not row["leaks"] and not row["engines_not_disposed"]:
-            continue
-        tests_with_leaks += 1
-        parts = [_cause_counts(row["leaks"])]
-        if row["engines_not_disposed"]:
-            parts.append("%d engine(s) not disposed" % len(row["engines_not_disposed"]))
-        lines.append("%s: %s" % (nodeid, ", ".join(parts)))
-        seen = set()
-        for leak in row["leaks"]:
-            chain = tuple(chain_lines(leak))
-            if chain and chain not in seen:
-                seen.add(chain)
-                lines.extend("    " + line for line in chain)
-    opened = sum(r["opened"] for r in results.values())
-    shown = (EXPLICIT, REFCOUNT, GC, UNKNOWN, OPEN_AT_END) + ((SERVER,) if totals[SERVER] else ())
-    lines.append("%d connection(s) opened; %s; %d test(s) with leaks" % (
-        opened, ", ".join("%s %d" % (c, totals[c]) for c in shown), tests_with_leaks))
-    return lines
-
-
-def _cause_counts(leaks):
-    """``3 gc (gen0 1, gen2 2), 1 open_at_end``: causes in a fixed order, GC generations apart."""
-    by = collections.Counter(lk["cause"] for lk in leaks)
-    gens = collections.Counter(lk.get("gen") for lk in leaks if lk["cause"] == GC)
-    parts = []
-    for cause in LEAKS:
-        if not by[cause]:
-            continue
-        text = "%d %s" % (by[cause], cause)
-        if cause == GC:
-            text += " (%s)" % ", ".join("gen%s %d" % (g, n) for g, n in sorted(gens.items(), key=str))
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def merge_results(parts):
-    merged = {}
-    for part in parts:
-        for nodeid, row in part.items():
-            if nodeid not in merged:
-                merged[nodeid] = json.loads(json.dumps(row))
-                continue
-            m = merged[nodeid]  # <outside any test> comes from every worker
-            m["opened"] += row["opened"]
-            for key in ("causes", "gc_by_gen"):
-                for c, n in row[key].items():
-                    m[key][c] = m[key].get(c, 0) + n
-            m["leaks"].extend(row["leaks"])
-            m["engines_not_disposed"].extend(row["engines_not_disposed"])
-    return merged
-
-
-def collect_while(still_open, passes=3):
-    """Run full collections while ``still_open()`` (at most ``passes``): only when it can matter.
-
-    A full collection of pytest's heap costs ~0.2 s here, so none runs unless a connection it
-    could be about is still open. One pass is not always enough: SQLAlchemy's finalizer for a
-    garbage checked-out connection returns it to its pool, and that pool (with its Engine)
-    becomes garbage only afterwards — the next pass destroys the connection
-    (test_known_leaks_exact_per_test_counts, test_session_never_closed)."""
-    import gc
-
-    for _ in range(passes):
-        if not still_open():
-            return
-        gc.collect()
-
-
 # --- the plugin in the process that runs the tests --------------------------------------------
 
 class TraceQuit:
@@ -423,6 +192,11 @@ class TraceQuit:
         self._stop = threading.Event()
         self._reader = None
         self.results = None
+        self.session = None
+        self.pytest_status = None   # the session's exit status before the plugin's verdict
+        self.status = None          # the exit status pytest returns (after the plugin's verdict)
+        self.unfrozen = 0           # objects gc.freeze() had hidden, unfrozen at the end to be looked at
+        self.open_at_summary = set()  # ids of the records the summary counted open_at_end
 
     def start(self):
         from trace_quit.tracer.channel import AgentChannel
@@ -448,6 +222,18 @@ class TraceQuit:
                 "trace-quit: an agent already runs in this process (pytest under `trace-quit run`?): "
                 "the plugin stays off"), stacklevel=2)
             return
+        # A worker whose controller reads its final word (Controller.pytest_configure_node) closes its
+        # books at exit, like a process without xdist; a worker without one closes them at sessionfinish.
+        self.final_path = getattr(self.config, "workerinput", {}).get("trace_quit_final")
+        # Only the process's own pytest (its command line): an in-process run (pytester, pytest.main()
+        # from a script) closes its books at unconfigure, and never sets the process's exit status.
+        params = getattr(self.config, "invocation_params", None)
+        whole = params is not None and tuple(params.args or ()) == tuple(sys.argv[1:])
+        if (not self.worker and whole) or self.final_path:
+            # The books close in this module's exit handler, after the conftests' ones; the agent's
+            # own handler (registered now, so run before theirs) would call what they destroy "shutdown".
+            atexit.unregister(self.agent.at_exit)
+            _ACTIVE.append(self)
         self._reader = threading.Thread(target=self._read_loop, name="trace-quit-pytest", daemon=True)
         self._reader.start()
 
@@ -462,10 +248,10 @@ class TraceQuit:
             user = pwd.getpwuid(os.getuid()).pw_name
         except KeyError:
             user = str(os.getuid())
-        return {"argv": ev.redact_argv(list(sys.argv)),
+        argv = ev.redact_argv(command_argv())
+        return {"argv": argv,
                 "tracer": {"version": __version__, "pid": os.getpid(), "python": platform.python_version(),
-                           "argv": ev.redact_argv(list(sys.argv)), "pytest_plugin": True,
-                           "worker": self.worker},
+                           "argv": argv, "pytest_plugin": True, "worker": self.worker},
                 "child_pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "user": user,
                 "cwd": os.getcwd(), "layers": {"bpf": False, "agent": True, "sampler": False}}
 
@@ -489,11 +275,32 @@ class TraceQuit:
                 for e in events:
                     self.writer.emit(e)
 
+    def _boundary(self, nodeid, phase):
+        """A test boundary: in the ledger (a test's start, its finish, the session's end) and the capture."""
+        self.drain()
+        t = time.monotonic_ns()
+        with self._lock:
+            if phase == "finish":
+                self.ledger.end(t)
+            elif phase in ("setup", "sessionfinish", "exit"):
+                self.ledger.begin(nodeid or (SESSION_FINISH if phase == "sessionfinish" else AT_EXIT), t)
+            if self.writer is not None:
+                self.writer.emit({"k": "test", "t": t, "src": "tracer", "pid": os.getpid(), "nodeid": nodeid,
+                                  "phase": phase})
+
     # test boundaries
     def pytest_runtest_logstart(self, nodeid, location):
-        self.drain()
-        with self._lock:
-            self.ledger.begin(nodeid, time.monotonic_ns())
+        self._boundary(nodeid, "setup")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item):
+        if self.writer is not None:
+            self._boundary(item.nodeid, "call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item):
+        if self.writer is not None:
+            self._boundary(item.nodeid, "teardown")
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -510,7 +317,6 @@ class TraceQuit:
         with self._lock:
             leaks = [r for r in self.ledger.leaks_of(item.nodeid, self.fail) if id(r) not in self.reported]
             self.reported.update(id(r) for r in leaks)
-            self._late_leaks(item.nodeid)
         if not leaks:
             return
         message = failure_message(item.nodeid, [leak_detail(r) for r in leaks])
@@ -522,52 +328,122 @@ class TraceQuit:
         """Connections still open that ``nodeid`` opened (any test's when None), after a drain."""
         self.drain()
         with self._lock:
-            return sum(1 for r in self.ledger.conns.values() if nodeid is None or r["test"] == nodeid)
-
-    def _late_leaks(self, current):
-        # Leaks of earlier tests that ended only now (a collection during another test).
-        for rec in self.ledger.ended:
-            if rec["test"] != current and rec["cause"] in self.fail and id(rec) not in self.reported:
-                self.reported.add(id(rec))
-                self.late.append((rec["test"], leak_detail(rec)))
+            return len(self.ledger.open_records(nodeid))
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        with self._lock:
-            self.ledger.end(time.monotonic_ns())
+        if self.channel is not None:
+            self._boundary(nodeid, "finish")
 
     def pytest_report_teststatus(self, report, config):
         return leak_status(report)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session, exitstatus):
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_sessionfinish(self, session):
+        # The innermost wrapper: what follows the yield runs after every plain implementation
+        # (a conftest disposing of its Engines) and before pytest's summary and xdist's report.
+        if self.channel is not None:
+            self._boundary("", "sessionfinish")
+        yield
         if self.channel is None:
             return
-        # Cyclic garbage left by the run is the GC's, not "open at the end".
-        collect_while(lambda: self._open_of(None))
-        self.drain()
+        self.session = session
+        self._settle()
+        self.pytest_status = int(session.exitstatus)
         with self._lock:
-            self.ledger.close_open()
-        if self.fail:
-            self._late_leaks(None)
-            if self.late and session.exitstatus == 0:
-                session.exitstatus = 1
-        self.results = self.ledger.results()
-        self._close_capture(int(exitstatus))  # before a worker reports: the controller merges the parts next
+            self.late = [(nodeid, leak_detail(r)) for nodeid, r in self.ledger.late_leaks(self.fail, self.reported)]
+            self.results = self.ledger.results()
+            self.open_at_summary = {id(r) for r in self.ledger.conns.values()}
+        if self.late and session.exitstatus == 0:
+            session.exitstatus = 1
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
-            workeroutput["trace_quit"] = json.dumps({"results": self.results, "late": self.late})
+            # What the controller uses if this worker's final word (at_exit) never comes.
+            if not self.final_path:
+                self._close_capture(int(session.exitstatus))
+            workeroutput["trace_quit"] = json.dumps({"results": self.results, "late": self.late,
+                                                     "other_engines": self.ledger.other_engines,
+                                                     "unfrozen": self.unfrozen})
+
+    def _settle(self):
+        """Cyclic garbage left by the run is the GC's, not "open at the end"; so is garbage that
+        gc.freeze() hid from the collector: unfrozen (then frozen again) to be looked at, once,
+        when the tests are over and only while a connection is open
+        (tests/integration/test_pytest_plugin_session.py::test_only_the_leaks_are_blamed)."""
+        import gc
+
+        collect_while(lambda: self._open_of(None))
+        frozen = gc.get_freeze_count()
+        if frozen and self._open_of(None):
+            self.unfrozen = frozen
+            gc.unfreeze()
+            try:
+                collect_while(lambda: self._open_of(None))
+            finally:
+                gc.freeze()
+        self.drain()
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.results is not None:
-            write_summary(terminalreporter, self.results, self.late)
+            still = 0 if self.worker else len(self.ledger.conns)  # a worker's: the controller says
+            write_summary(terminalreporter, self.results, self.late, self.ledger.other_engines, self.unfrozen, still)
 
+    @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config):
         self._stop.set()
         if self._reader is not None:
             self._reader.join(timeout=2)
+            self._reader = None
+        if self.session is not None:
+            self.status = int(self.session.exitstatus)
+        if self.channel is None or self not in _ACTIVE:
+            self._finish(self.status)
+        else:
+            self._boundary("", "exit")  # what closes from here on, the exit handlers closed
+
+    def at_exit(self):
+        """After the program's exit handlers: what is open now is open at the end; the exit
+        status follows this final state (os._exit when it differs from what pytest returned)."""
+        status = final = self.status
+        try:
+            if self.channel is None:
+                return
+            collect_while(lambda: self._open_of(None))
+            self.drain()
+            with self._lock:
+                late = self.ledger.late_leaks(self.fail, self.reported)
+                after = collections.Counter(r["cause"] for r in self.ledger.ended if id(r) in self.open_at_summary)
+                still = len(self.ledger.conns)
+                self.ledger.close_open()
+                if self.final_path:  # an xdist worker: its controller decides, after the workers exited
+                    _write_final(self.final_path, {
+                        "results": self.ledger.results(), "late": [(n, leak_detail(r)) for n, r in late],
+                        "other_engines": self.ledger.other_engines, "unfrozen": self.unfrozen,
+                        "after_exit": dict(after)})
+                    return
+            if self.pytest_status == 0 and status in (0, 1) and self.fail:
+                final = 1 if late else 0
+            if sum(after.values()):
+                sys.stderr.write("trace-quit: the exit handlers closed %d connection(s) the summary counted as "
+                                 "open_at_end (%s); %d still open at exit\n" % (
+                                     sum(after.values()), ", ".join("%s %d" % kv for kv in sorted(after.items())),
+                                     still))
+            if final != status:
+                sys.stderr.write("trace-quit: exit status %d, not %d: %s\n" % (
+                    final, status, "no leak left (--trace-quit-fail)" if final == 0 else
+                    "%d leak(s) found at exit (--trace-quit-fail)" % len(late)))
+        except Exception:
+            final = status
+        finally:
+            self._finish(final)
+        if final != status:
+            _exit_now(final)
+
+    def _finish(self, status):
+        """The books are closed: the capture finished, the agent stopped, the channel closed."""
+        self._stop.set()
         if self.channel is not None:
             self.drain()
-        self._close_capture(None)
+        self._close_capture(status)
         if self.channel is not None:
             stop = getattr(self.agent, "stop", None)
             if stop is not None:
@@ -587,103 +463,22 @@ class TraceQuit:
         writer.close({"exit_status": status, "lost": {"agent": lost, "bpf": 0}})
 
 
-def write_summary(terminalreporter, results, late):
-    leaky = [n for n, r in results.items() if r["leaks"] or r["engines_not_disposed"]]
-    terminalreporter.write_sep("=", "trace-quit: connections the tests did not close", bold=True,
-                               yellow=bool(leaky), green=not leaky)
-    for line in summary_lines(results):
-        terminalreporter.write_line(line)
-    if late:
-        terminalreporter.write_line("failed after their report (--trace-quit-fail):", red=True)
-        for nodeid, leak in late:
-            cause = describe_cause(leak["cause"], leak.get("gen"))
-            terminalreporter.write_line("  FAILED %s: 1 connection %s" % (nodeid, cause), red=True)
-            for line in chain_lines(leak):
-                terminalreporter.write_line("      " + line)
+def _write_final(path, doc):
+    """A worker's final word, in its controller's private directory (created 0700, the file new)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
 
 
-def leak_status(report):
-    """A teardown this plugin failed is the test's failure (F), not a teardown error (E)."""
-    if report.when == "teardown" and report.failed and any(
-            name == USER_PROPERTY for name, _ in getattr(report, "user_properties", ())):
-        return "failed", "F", ("FAILED", {"red": True})
-    return None
+def _exit_now(status):
+    """End the process with ``status`` from the last exit handler (the exit code is fixed before
+    atexit runs): the streams and logging are flushed first; finalisation has nothing of ours left."""
+    import logging
 
-
-class Controller:
-    """Under xdist: merges the workers' results (and capture parts) into one summary (and file)."""
-
-    def __init__(self, config, capture):
-        self.config = config
-        self.capture = capture
-        self.parts = []
-        self.late = []
-        self.workers = []
-        if capture and os.path.lexists(capture):
-            raise pytest.UsageError("%s exists: remove it or choose another --trace-quit-capture" % capture)
-
-    def pytest_testnodedown(self, node, error):
-        out = getattr(node, "workeroutput", {}) or {}
-        self.workers.append(getattr(getattr(node, "gateway", None), "id", None) or out.get("workerid"))
-        data = out.get("trace_quit")
-        if data:
-            data = json.loads(data)
-            self.parts.append(data["results"])
-            self.late.extend(tuple(x) for x in data["late"])
-
-    @property
-    def results(self):
-        return merge_results(self.parts)
-
-    def pytest_report_teststatus(self, report, config):
-        return leak_status(report)
-
-    def pytest_sessionfinish(self, session, exitstatus):
-        if self.late and session.exitstatus == 0:
-            session.exitstatus = 1
-        if self.capture:
-            merge_captures(self.capture, ["%s.%s" % (self.capture, w) for w in self.workers if w])
-
-    def pytest_terminal_summary(self, terminalreporter):
-        write_summary(terminalreporter, self.results, self.late)
-
-
-def merge_captures(path, parts):
-    """One capture from the workers' parts: the first header, every event by time, one trailer."""
-    from trace_quit.tracer.capture import CaptureWriter
-
-    header = None
-    events = []
-    lost = 0
-    for part in parts:
-        try:
-            with open(part, "rb") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            continue
-        for i, raw in enumerate(lines):
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if i == 0:
-                header = header or record
-            elif record.get("k") == "trailer":
-                lost += int((record.get("lost") or {}).get("agent") or 0)
-            elif record.get("k") not in ("child_start", "child_exit"):
-                events.append(record)
-        os.unlink(part)
-    if header is None:
-        return
-    header = {k: v for k, v in header.items() if k not in ("format", "version", "clock", "t", "kernel", "machine")}
-    header["child_pid"] = os.getpid()
-    header["tracer"]["worker"] = None
-    writer = CaptureWriter(path)
-    writer.write_header(header)
-    events.sort(key=lambda e: e.get("t") or 0)
-    writer.emit({"k": "child_start", "t": (events[0]["t"] if events else time.monotonic_ns()) - 1,
-                 "src": "tracer", "pid": os.getpid()})
-    for e in events:
-        writer.emit(e)
-    writer.emit({"k": "child_exit", "t": time.monotonic_ns(), "src": "tracer", "pid": os.getpid(), "status": None})
-    writer.close({"exit_status": None, "lost": {"agent": lost, "bpf": 0}, "workers": len(parts)})
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os._exit(status)

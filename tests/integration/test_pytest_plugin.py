@@ -263,7 +263,7 @@ def test_open_at_session_end_fails_the_session_and_names_the_test(pytester, serv
     assert code == 1, out
     assert "2 passed" in out and "failed" not in out.splitlines()[-1], out
     assert summary_rows(out) == {"test_keeper.py::test_keeps_a_connection": "1 open_at_end"}, out
-    assert "FAILED test_keeper.py::test_keeps_a_connection: 1 connection still open when the session ended" in out
+    assert "FAILED test_keeper.py::test_keeps_a_connection: 1 connection still open when the process was done" in out
     assert "connection opened at test_keeper.py:9 in test_keeps_a_connection" in out
     # Without a fail mode the same run passes.
     code, out = run_inner(pytester, server, PYTHONS["sqla2"], "--trace-quit", extra_env=connect_env(server))

@@ -78,3 +78,77 @@ def test_merge_results_adds_what_two_workers_saw_outside_tests():
     assert merged[pp.OUTSIDE]["opened"] == 3 and merged[pp.OUTSIDE]["gc_by_gen"] == {"0": 3}
     assert len(merged[pp.OUTSIDE]["leaks"]) == 3 and "t.py::a" in merged
     assert one[pp.OUTSIDE]["opened"] == 1  # the parts are not modified
+
+
+def test_engines_of_other_dialects_are_counted_never_blamed():
+    ledger = pp.Ledger()
+    ledger.begin("t.py::a", 10)
+    ledger.feed([ev("engine_create", 11, engine=1, site="t.py:3", url="sqlite://", pool_class="SingletonThreadPool"),
+                 ev("engine_create", 12, engine=2, site="t.py:4", url="postgresql+psycopg2://", pool_class="QueuePool"),
+                 ev("engine_create", 13, engine=3, site="t.py:5", url="mariadb+mysqldb://u:***@h/d",
+                    pool_class="QueuePool"),
+                 ev("engine_create", 14, engine=4, site="t.py:6", url="mysql+mysqldb://", pool_class="QueuePool"),
+                 ev("conn_open", 15, conn=9, stack=[]), ev("pool", 16, ev="connect", conn=9, engine=3),
+                 ev("conn_close", 17, conn=9)])
+    ledger.end(20)
+    results = ledger.results()
+    # Engine 4 (MySQL, a mocked DBAPI: it never held a connection) leaks nothing either.
+    assert [e["url"] for e in results["t.py::a"]["engines_not_disposed"]] == ["mariadb+mysqldb://u:***@h/d"]
+    assert pp.summary_lines(results, ledger.other_engines)[-1] == (
+        "Engines of other dialects, not traced: postgresql 1, sqlite 1")
+
+
+def test_late_leaks_count_the_open_ones_only_when_open_at_end_is_asked():
+    ledger = pp.Ledger()
+    ledger.begin("t.py::a", 10)
+    ledger.feed([ev("conn_open", 11, conn=1, stack=[]), ev("conn_open", 12, conn=2, stack=[]),
+                 ev("conn_destroy", 13, conn=1, cause="gc", gen=0, cid=1)])
+    ledger.end(20)
+    reported = set()
+    assert [(n, r["cause"]) for n, r in ledger.late_leaks({"gc"}, reported)] == [("t.py::a", "gc")]
+    assert [(n, r["cause"]) for n, r in ledger.late_leaks({"gc", "open_at_end"}, reported)] == [
+        ("t.py::a", "gc"), ("t.py::a", None)]
+    assert len(ledger.open_records("t.py::a")) == 1 and ledger.open_records("t.py::b") == []
+
+
+def test_a_source_checkout_of_a_library_is_a_library():
+    from trace_quit.analysis.sites import is_library_frame
+
+    assert pp.leak_detail({"cause": "gc", "stack": [
+        "lib/sqlalchemy/engine/default.py:642 in connect",
+        "/venv/lib/python3.11/site-packages/_pytest/python.py:1 in x",
+        "test/engine/test_pool.py:9 in test_it"]})["opened_at"] == "test/engine/test_pool.py:9 in test_it"
+    assert is_library_frame("/src/pluggy/src/pluggy/_callers.py:1 in _multicall")
+    assert not is_library_frame("/home/u/project/app.py:3 in main")
+
+
+def test_connections_per_test_in_the_report():
+    from types import SimpleNamespace
+
+    from trace_quit.analysis import tests_view
+
+    def test(t, nodeid, phase, pid=1):
+        return {"k": "test", "t": t, "src": "tracer", "pid": pid, "nodeid": nodeid, "phase": phase}
+
+    events = [test(10, "t.py::a", "setup"), test(11, "t.py::a", "call"), test(20, "t.py::a", "finish"),
+              test(30, "", "sessionfinish"), test(40, "", "exit"), test(10, "t.py::b", "setup", pid=2)]
+    lives = [SimpleNamespace(pid=1, t_open=12, cause="gc"), SimpleNamespace(pid=1, t_open=13, cause="explicit_close"),
+             SimpleNamespace(pid=1, t_open=25, cause="explicit_close"), SimpleNamespace(pid=1, t_open=41, cause=None),
+             SimpleNamespace(pid=2, t_open=12, cause="never_closed"), SimpleNamespace(pid=1, t_open=None, cause="gc")]
+    rows = tests_view.by_test(events, lives)
+    assert [(r["nodeid"], r["connections"], r["by_cause"]) for r in rows] == [
+        ("t.py::a", 2, {"explicit_close": 1, "gc": 1}), ("t.py::b", 1, {"never_closed": 1}),
+        ("<outside any test>", 1, {"explicit_close": 1}), ("<exit handlers>", 1, {"open": 1})]
+    assert [tests_view.leaks(r) for r in rows] == [1, 1, 0, 0]
+    assert tests_view.by_test([], lives) == []
+
+
+def test_a_test_record_is_validated():
+    from trace_quit.tracer import events
+
+    record = {"k": "test", "t": 1, "src": "tracer", "pid": 1, "nodeid": "t.py::a", "phase": "call"}
+    assert events.check(record) is record
+    with pytest.raises(events.SchemaError, match="phase is 'lunch'"):
+        events.check(dict(record, phase="lunch"))
+    with pytest.raises(events.SchemaError):
+        events.check(dict(record, src="agent"))  # through the agent's channel: forged

@@ -157,6 +157,9 @@ class Agent:
         self.skip_dirs = (os.path.dirname(os.path.abspath(__file__)),)
         self.stdlib_dir = os.path.dirname(os.__file__)
         self.own_file = __file__
+        # ... nor are frames of these packages, known by their module wherever they are installed.
+        self.library_packages = frozenset(getattr(ev, "LIBRARY_PACKAGES", ()))
+        self.normpath = os.path.normpath
 
     # --- transport -------------------------------------------------------------
     def emit(self, kind, **fields):
@@ -535,7 +538,7 @@ class Agent:
         walked = 0
         while app is not None and walked < CHAIN_WALK:
             filename = app.f_code.co_filename
-            if not self._is_library(filename) and "-packages" not in filename:
+            if not self._is_library(filename) and "-packages" not in filename and not self._library_module(app):
                 if app is not frame:
                     event["app_site"] = "%s:%d" % (filename, app.f_lineno)
                 break
@@ -687,7 +690,7 @@ class Agent:
             frame = self.getframe(skip + 1)
             while frame is not None:
                 filename = frame.f_code.co_filename
-                if not self._is_library(filename):
+                if not self._is_library(filename) and not self._library_module(frame):
                     return "%s:%d in %s" % (filename, frame.f_lineno, frame.f_code.co_name)
                 frame = frame.f_back
         except Exception:
@@ -705,7 +708,7 @@ class Agent:
             while frame is not None and len(chain) < self.CHAIN_DEPTH and walked < CHAIN_WALK:
                 code = frame.f_code
                 filename = code.co_filename
-                if not self._is_library(filename) and "-packages" not in filename:
+                if not self._is_library(filename) and "-packages" not in filename and not self._library_module(frame):
                     chain.append("%s:%d in %s" % (filename, frame.f_lineno, code.co_name))
                 frame = frame.f_back
                 walked += 1
@@ -714,10 +717,27 @@ class Agent:
         return chain
 
     def _is_library(self, filename):
+        if "/../" in filename:
+            # A module loaded by a path of its own (SQLAlchemy's test plugin: test/../lib/sqlalchemy/...).
+            filename = self.normpath(filename)
         if filename.startswith("<") or filename.startswith(self.skip_dirs):
             return True
         # The standard library, but not packages installed beside it (a non-venv site-packages).
         return filename.startswith(self.stdlib_dir) and "-packages" not in filename[len(self.stdlib_dir):]
+
+    def _library_module(self, frame):
+        """Whether ``frame`` runs code of SQLAlchemy, a driver, pytest... (events.LIBRARY_PACKAGES):
+        by its module's name, so a source checkout is a library as much as an installed package
+        (tests/unit/test_agent_stack_lines.py)."""
+        try:
+            name = frame.f_globals.get("__name__")
+            if name.__class__ is not str:
+                return False
+            top, dot, rest = name.partition(".")
+            packages = self.library_packages
+            return top in packages or (dot and top + "." + rest.partition(".")[0] in packages)
+        except Exception:
+            return False
 
     def on_engine_create(self, engine, site, chain=None):
         engine_id = id(engine)
