@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 from trace_quit.tracer import events as ev
 
 from . import gcwhy
-from .drops import fmt_int, fmt_s
+from .drops import ended_words, fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
 
@@ -131,8 +131,8 @@ def _one(o: _Out, r: Report) -> None:
 
     c = r.connections
     o.heading("CONNECTIONS")
-    line = "  %s opened · %s COM_QUIT · %s never closed · max %s live" % (
-        fmt_int(c.opened), fmt_int(c.com_quit), fmt_int(c.never_closed), fmt_int(c.max_live))
+    line = "  %s opened · %s · %s never closed · max %s live" % (
+        fmt_int(c.opened), ended_words(c), fmt_int(c.never_closed), fmt_int(c.max_live))
     if c.max_live_t_s is not None:
         line += " (at %s s)" % fmt_s(c.max_live_t_s)
     o.wrap(line.strip(), 2, first="  ")

@@ -145,7 +145,19 @@ BPF_PROBES = "bpf_probes"        # the session's describe(): probes attached (fi
 # module is, module.probed = False for a MySQL driver whose connections the agent cannot see.
 DRIVER_MYSQLCLIENT = "mysqlclient"
 DRIVER_PYMYSQL = "pymysql"
-DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
+# mysql-connector-python (pure and C extension), aiomysql, asyncmy (tracer/agent/connector.py,
+# aio.py): keyed like PyMySQL (conn = the socket inode); conn_destroy.quit says whether the
+# driver's destructor sent COM_QUIT (the C extension's does).
+DRIVER_CONNECTOR = "mysql-connector"
+DRIVER_CONNECTOR_C = "mysql-connector-c"
+DRIVER_AIOMYSQL = "aiomysql"
+DRIVER_ASYNCMY = "asyncmy"
+DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL, DRIVER_CONNECTOR, DRIVER_CONNECTOR_C, DRIVER_AIOMYSQL, DRIVER_ASYNCMY)
+#: The drivers whose agent records are keyed by the socket's inode (paired with the kernel's
+#: socket-level records by fd, analysis/aborted.pair_sockets).
+SOCKET_DRIVERS = DRIVERS[1:]
+#: The drivers that send COM_QUIT when a connection is destroyed open (libmysqlclient inside).
+QUIT_ON_DESTROY = (DRIVER_MYSQLCLIENT, DRIVER_CONNECTOR_C)
 #: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
 #: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
 DRIVER_SOCKET = "socket"

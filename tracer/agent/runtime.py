@@ -118,6 +118,8 @@ class Agent:
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
+        self.socket_trackers = {}  # driver -> sockets.SocketTracker (agent/connector.py, agent/aio.py)
+        self.delete_marker = _DELETE
         self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
         self.params_cache = {}   # (args, kwargs keys, kwargs values) of connect() -> its fields as JSON
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
@@ -768,12 +770,20 @@ class Agent:
         return listener
 
     def conn_of(self, dbapi_connection):
-        """The ``conn`` key of a DB-API connection: its MYSQL*, or a PyMySQL socket's inode."""
+        """The ``conn`` key of a DB-API connection: its MYSQL*, or a socket's inode (PyMySQL,
+        mysql-connector, and the asyncio drivers behind SQLAlchemy's adapter's ``_connection``)."""
         tracker = self.pymysql
         if tracker is not None:
             key = tracker.conn_of(dbapi_connection)
             if key is not None:
                 return key
+        if self.socket_trackers:
+            inner = getattr(dbapi_connection, "_connection", None)
+            for tracker in self.socket_trackers.values():
+                for obj in (dbapi_connection, inner):
+                    key = tracker.conn_of(obj) if obj is not None else None
+                    if key is not None:
+                        return key
         return id(dbapi_connection) + self.conn_offset
 
     def on_engine_dispose(self, engine):
@@ -977,6 +987,11 @@ HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
 from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402
 
 HOOKS.update(_pymysql_hooks.hooks())
+# --- mysql-connector-python, aiomysql, asyncmy: tracer/agent/connector.py, tracer/agent/aio.py --
+from _trace_quit_agent import aio as _aio_hooks, connector as _connector_hooks  # noqa: E402
+
+HOOKS.update(_connector_hooks.hooks())
+HOOKS.update(_aio_hooks.hooks())
 
 
 class _ImportHook:
