@@ -154,8 +154,10 @@ class RunCommand:
         if use_bpf:
             from trace_quit.tracer.bpf.session import start_compile
 
+            # Read before the compile starts: bcc's compiler moves the working directory while it runs.
+            cwd = os.getcwd()
             start_compile()  # the probes compile while the command is resolved (start-up)
-            targets = _resolve_bpf_targets(argv, run_as)
+            targets = _resolve_bpf_targets(argv, run_as, cwd)
             if getattr(targets, "nothing_to_probe", None):
                 # Not an error: the program still runs (and the agent still loads into any Python it starts).
                 _err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
@@ -411,10 +413,10 @@ def default_capture_name(argv):
     return "trace-quit-%s.%d%s" % (safe, os.getpid(), CAPTURE_SUFFIX)
 
 
-def _resolve_bpf_targets(argv, run_as):
+def _resolve_bpf_targets(argv, run_as, cwd=None):
     from trace_quit.tracer.record import resolve_bpf_targets
 
-    return resolve_bpf_targets(argv, run_as)
+    return resolve_bpf_targets(argv, run_as, cwd)
 
 
 def _remove_unstarted_capture(path):
