@@ -33,6 +33,7 @@ import gc
 import json
 import operator
 import os
+import select
 import stat
 import sys
 import threading
@@ -44,6 +45,7 @@ from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
 PIPE_BUF = 4096
 FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer once it is this old ...
 FLUSH_EVENTS = 256                    # ... or this long
+EXIT_WAIT_NS = 1000 * 1000 * 1000     # at exit, a full channel is waited for this long in all
 MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
 STACK_DEPTH = 8                       # frames kept for open/close stacks
 CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
@@ -74,6 +76,7 @@ class Agent:
     PIPE_BUF = PIPE_BUF
     FLUSH_INTERVAL_NS = FLUSH_INTERVAL_NS
     FLUSH_EVENTS = FLUSH_EVENTS
+    EXIT_WAIT_NS = EXIT_WAIT_NS
     MAX_QUEUED = MAX_QUEUED
     STACK_DEPTH = STACK_DEPTH
     CHAIN_DEPTH = CHAIN_DEPTH
@@ -109,6 +112,10 @@ class Agent:
         self.stopped = False
         self.lost = 0
         self.lost_reported = 0
+        # Past this monotonic time a full channel loses records; before it (set at exit, when
+        # nothing runs after us: a process ending at once, a worker of a server) they wait.
+        self.exit_deadline = 0
+        self.poll_writable = _poll_writable
         self.finalizing = False
         # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
         self.collecting = {}
@@ -214,16 +221,18 @@ class Agent:
             self.gc_counts_reported = counts
             self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]},
                                             "enabled": counts[3]})
+        if self.lost != self.lost_reported and (queue or self.exit_deadline):
+            # Said with the next write, or at exit on its own: a loss is never left unsaid
+            # while the channel can still take a line (tests/integration/test_agent.py).
+            n = self.lost - self.lost_reported
+            self.lost_reported = self.lost
+            self._queue(self.ev.AGENT_LOST, {"n": n})
         if not queue:
             return
         if not self._channel_ok():
             self.lost += len(queue)
             queue.clear()
             return
-        if self.lost != self.lost_reported:
-            n = self.lost - self.lost_reported
-            self.lost_reported = self.lost
-            self._queue(self.ev.AGENT_LOST, {"n": n})
         chunk = []
         size = 0
         encode = self.encode_chunks
@@ -310,8 +319,13 @@ class Agent:
             if self.torn:
                 raise BlockingIOError  # a cut line still open: nothing may follow it yet
             written = self.write(self.fd, data)  # <= PIPE_BUF to a FIFO: all or nothing (EAGAIN)
+        except BlockingIOError:
+            # Full. At exit nothing runs after us: wait (bounded) for the tracer to drain it.
+            if not self._wait_writable() or not self._retry_write(data):
+                self.lost += len(lines)
+            return
         except OSError:
-            self.lost += len(lines)  # full (EAGAIN), or the tracer is gone: stay quiet
+            self.lost += len(lines)  # the tracer is gone: stay quiet
             return
         if written == len(data):
             return
@@ -332,6 +346,25 @@ class Agent:
                     self.torn = False
             except OSError:
                 pass
+
+    def _wait_writable(self):
+        """At exit, until the deadline: True once the channel has room (never outside exit)."""
+        left = self.exit_deadline - self.now()
+        if self.exit_deadline == 0 or left <= 0 or self.torn:
+            return False
+        return self.poll_writable(self.fd, left)
+
+    def _retry_write(self, data):
+        while True:
+            try:
+                if self.write(self.fd, data) == len(data):
+                    return True
+                return False   # not a FIFO after all: a partial write (counted as lost)
+            except BlockingIOError:
+                if not self._wait_writable():
+                    return False
+            except OSError:
+                return False
 
     def _channel_ok(self):
         """True when self.fd is still our FIFO (a program may close it and reuse the number)."""
@@ -381,13 +414,16 @@ class Agent:
         is left to ``sys.is_finalizing()``, which turns true right after the last handler.)"""
         if not self.attached:
             self.finalizing = True
+        self.exit_deadline = self.now() + self.EXIT_WAIT_NS
         self.flush()
 
     def before_exit(self):
         """Just before exec or os._exit: nothing runs after, so write everything out now."""
         try:
             if self.ident() not in self.collecting:
+                self.exit_deadline = self.now() + self.EXIT_WAIT_NS
                 self.flush()
+                self.exit_deadline = 0   # exec can fail: the program goes on
         except Exception:
             pass
 
@@ -788,6 +824,16 @@ class Agent:
 
     def on_engine_dispose(self, engine):
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
+
+
+def _poll_writable(fd, timeout_ns, poll=select.poll, pollout=select.POLLOUT):
+    """Whether ``fd`` can be written within ``timeout_ns`` (bound at import: it runs at exit)."""
+    try:
+        p = poll()
+        p.register(fd, pollout)
+        return bool(p.poll(max(1, timeout_ns // 1000000)))
+    except Exception:
+        return False
 
 
 def _c_encoder():
