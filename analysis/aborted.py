@@ -166,6 +166,7 @@ def _names(drivers) -> str:
 def explain_drops(drops, nq: NoQuit, com_quit) -> None:
     """Append to each drop whose cause never sent COM_QUIT in this capture that the server saw aborted clients."""
     silent = {c for c, n in nq.by_cause.items() if n and n == com_quit.by_cause.get(c)}
+    silent.discard(ev.NEVER_CLOSED)   # its explanation already says so (drops.explain_group)
     for d in drops:
         if d.cause in silent:
             d.explanation += ", none of them with a COM_QUIT: the server counts each as an aborted client"
