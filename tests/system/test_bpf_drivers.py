@@ -67,3 +67,19 @@ def test_known_causes_per_driver_exact(bpf_server, tmp_path, driver, version):
     name = {"connector-c": "mysql-connector-c", "connector-pure": "mysql-connector"}.get(driver, driver)
     assert list(report["no_quit"]["by_driver"]) == [name]
     assert report["no_quit"]["unprobed_drivers"] == []
+
+
+def test_connector_c_from_the_kernel_alone_never_guesses_a_close(bpf_server, tmp_path):
+    # The C extension's destructor sends COM_QUIT: without the agent, the kernel names what a
+    # bracket shows (the collection, the interpreter finalising) and calls the rest -- 2
+    # close() and 2 refcount drops, the same on the wire -- unknown, never explicit_close.
+    py = _python("3.12", "connector-c")
+    proc, capture = run_traced(tmp_path, [py, "-m", "trace_quit.workloads", "known-causes-drivers",
+                                          "--driver", "connector-c", "--dsn", bpf_server.dsn_tcp],
+                               bpf=True, extra=["--no-agent"])
+    assert proc.returncode == 0, proc.stderr
+    report = report_json(capture, tmp_path)
+    assert {k: v for k, v in report["com_quit"]["by_cause"].items() if v} == {"gc": 2, "shutdown": 1, "unknown": 4}
+    assert report["com_quit"]["wire"]["confirmed"] == 7
+    assert all(q["reason"].startswith("COM_QUIT sent, by whom unknown") for q in report["quits"]
+               if q["cause"] == "unknown")
