@@ -101,7 +101,9 @@ def hook_aiomysql(agent, module):
 def hook_asyncmy(agent, module):
     cls = getattr(module, "Connection", None)
     if cls is not None:
-        _hook(agent, cls, "asyncmy", lambda conn: getattr(conn, "_transport", None), "connect", False)
+        # Its transport (0.2.18); its stream writer in older releases (0.2.10, the last for 3.8).
+        _hook(agent, cls, "asyncmy", lambda conn: getattr(conn, "_transport", None) or getattr(conn, "_writer", None),
+              "connect", False)
         sockets.module_record(agent, "asyncmy", "asyncmy")
 
 
