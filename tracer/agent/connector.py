@@ -10,9 +10,9 @@ Two connection classes, one per mode, each with ``close`` and its alias ``discon
   it; the agent says which (``conn_destroy`` with ``quit`` True, and its cause).
 
 Keys as for PyMySQL (tracer/agent/sockets.py): ``conn`` = the socket's inode. The C extension
-shows no descriptor, so its connect compares this process's socket descriptors before and
-after (one new socket: that one; none or several -- another thread connecting at the same
-moment -- : the connection is left to the kernel's records).
+shows no descriptor, so its connect compares this process's descriptors before and after
+(one new socket: that one; none or several -- another thread connecting at the same moment,
+a number reused within the connect -- : the connection is left to the kernel's records).
 """
 
 from _trace_quit_agent import sockets
@@ -55,9 +55,7 @@ def _pure_socket(conn, before):
 
 def _cext_socket(conn, before):
     """(handle, inode, fd) of a C extension connection: the one socket its connect opened."""
-    if before is None:
-        return None, None, None
-    new = [(fd, ino) for fd, ino in sockets.socket_fds().items() if before.get(fd) != ino]
+    new = sockets.new_sockets(before)
     if len(new) != 1:
         return None, None, None   # another thread connected at the same instant: left to the kernel
     return getattr(conn, "_cmysql", None), new[0][1], new[0][0]
@@ -98,7 +96,7 @@ def hook_pure(agent, module):
 
 
 def hook_cext(agent, module):
-    _hook(agent, module, "CMySQLConnection", DRIVER_CEXT, True, sockets.socket_fds, _cext_socket)
+    _hook(agent, module, "CMySQLConnection", DRIVER_CEXT, True, sockets.open_fds, _cext_socket)
 
 
 def hooks():

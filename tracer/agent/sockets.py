@@ -25,23 +25,39 @@ def socket_key(sock):
         return None, None
 
 
-def socket_fds(listdir=os.listdir, readlink=os.readlink):
-    """This process's socket descriptors: fd -> inode (for a C client that shows no fd)."""
-    out = {}
+def open_fds(listdir=os.listdir, open_=os.open, close=os.close,
+             flags=os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)):
+    """The names of this process's open descriptors (a set), or None when /proc is unreadable.
+    Not the listing's own descriptor: it is the lowest free one, the next socket's number."""
     try:
-        names = listdir("/proc/self/fd")
+        fd = open_("/proc/self/fd", flags)
     except OSError:
+        return None
+    try:
+        names = set(listdir(fd))
+        names.discard(str(fd))
+        return names
+    except OSError:
+        return None
+    finally:
+        close(fd)
+
+
+def new_sockets(before, readlink=os.readlink):
+    """[(fd, inode)] of the sockets opened since ``open_fds()`` gave ``before``: for a C client
+    that shows no descriptor. Only the new names are read (a listing, not a readlink per fd:
+    a service with thousands of descriptors pays for one)."""
+    out = []
+    after = open_fds() if before is not None else None
+    if after is None:
         return out
-    for name in names:
+    for name in after - before:
         try:
             link = readlink("/proc/self/fd/" + name)
-        except OSError:
+            if link.startswith("socket:["):
+                out.append((int(name), int(link[8:-1])))
+        except (OSError, ValueError):
             continue
-        if link.startswith("socket:["):
-            try:
-                out[int(name)] = int(link[8:-1])
-            except ValueError:
-                pass
     return out
 
 
