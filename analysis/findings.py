@@ -157,6 +157,7 @@ class Facts:
     malformed: int
     shared: Sequence[Sequence[Life]] = ()
     lacks: Optional[str] = None   # analysis.capture.describe_lacks: an older revision's missing fields
+    unflushed: Sequence[int] = ()  # pids whose agent ended without its exit flush (report._unflushed)
 
     @property
     def by_cause(self) -> Dict[str, int]:
@@ -412,6 +413,15 @@ def _lost_and_malformed(f: Facts) -> List[Finding]:
                                "%s %s" % (s, fmt_int(n)) for s, n in sorted(lost.items()) if n),
                            "Reduce the event rate (fewer probes) or let the tracer drain more often.", None,
                            total_lost))
+    if f.unflushed:
+        n = len(f.unflushed)
+        title = "the agent's last records from %s may be missing" % plural(n, "process", "processes")
+        out.append(Finding("warning", title,
+                           "%s ended without the agent's exit flush (killed by a signal?): what it had queued, up "
+                           "to 50 ms or 256 records, was lost without being counted. Pids: %s." % (
+                               "It" if n == 1 else "They", ", ".join(str(p) for p in f.unflushed[:10])
+                               + (" and %d more" % (n - 10) if n > 10 else "")),
+                           "Stop services with SIGTERM/SIGINT (not SIGKILL) and let their workers exit.", None, n))
     if malformed:
         out.append(Finding("warning", "%s not matching the event schema were left out" % plural(malformed, "record"),
                            "Their fields did not match their kind's declaration (tracer/events.py, KINDS).",

@@ -244,6 +244,7 @@ class Joined:
         self.exits: Dict[int, int] = {}                 # pid -> t of bpf_exit
         self.finalize: Dict[int, int] = {}              # pid -> t of Py_FinalizeEx
         self.pids: Dict[int, str] = {}                  # pid -> python version (agent_start)
+        self.agent_final: set = set()                   # pids whose agent wrote its exit flush
         self.gc_disabled: set = set()                   # pids whose agent_start saw gc.isenabled() false
         self.modules: Dict[str, str] = {}               # name -> version
         self.agent_lost = 0
@@ -594,6 +595,8 @@ def join(events: List[dict], header: Dict[str, Any]) -> Joined:
                 j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
             if e.get("enabled") is False:  # gc.disable() called after the agent started
                 j.gc_disabled.add(pid)
+            if e.get("final") is True:
+                j.agent_final.add(pid)
         elif k == ev.BPF_PROBES:
             j.probes = e
         elif k == ev.MODULE:

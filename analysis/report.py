@@ -223,7 +223,8 @@ def build_report(capture: Capture) -> Report:
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
         capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes,
-        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture)))
+        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture),
+        unflushed=_unflushed(j)))
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
@@ -317,6 +318,15 @@ _CAUSE_PROSE = {
     ev.SHUTDOWN: "at interpreter shutdown",
     ev.UNKNOWN: "for an unknown cause",
 }
+
+
+def _unflushed(j) -> List[int]:
+    """Processes with the agent that ended (the kernel saw it) without its exit flush: killed,
+    their queued records lost uncounted. Only said when this capture's agent writes that flush
+    at all (an older agent never does)."""
+    if not j.agent_final:
+        return []
+    return sorted(pid for pid in j.pids if pid in j.exits and pid not in j.agent_final)
 
 
 def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),

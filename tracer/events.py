@@ -68,7 +68,9 @@ GC_STOP = "gc_stop"              # gen, cid, collected, uncollectable
 #   gc_start/gc_stop are written for every generation-1/2 collection, and for a generation-0
 #   one only when it destroyed a connection or engine (then with its own start time, so
 #   order by ``t``, not by file position). All collections are counted in gc_counts.
-GC_COUNTS = "gc_counts"          # by_gen {"0": n, "1": n, "2": n}: cumulative collections per process
+GC_COUNTS = "gc_counts"          # by_gen {"0": n, "1": n, "2": n}: cumulative collections per process;
+#                                  final: written by the agent's last flush at exit (a process without
+#                                  one ended before it: killed, its queued records lost uncounted)
 CONN_OPEN = "conn_open"          # conn, host, port, db, user, unix_socket, stack, thread (name)
 CONN_FAIL = "conn_fail"          # conn, error: connect raised (mysql_close later sends nothing)
 CONN_CLOSE = "conn_close"        # conn, stack, thread: an explicit close() of an open connection
@@ -253,7 +255,8 @@ KINDS = {
                                            _opt("app_site", STR, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
-    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2))),
+    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2),
+                                            _opt("final", BOOL, since=2))),
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
         _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT),

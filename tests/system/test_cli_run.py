@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tq_support import KNOWN_CAUSES_TOTAL, TRACE_QUIT, kinds, load_events, run_traced
+from tq_support import KNOWN_CAUSES_TOTAL, TRACE_QUIT, kinds, load_events, report_json, run_traced
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
@@ -107,6 +107,23 @@ def test_a_sigint_reaches_the_program_once(to, tmp_path):
     # show a second copy: the trailer says whether trace-quit sent one.
     signals = load_events(str(tmp_path / "g.tqcap")).trailer["signals"]
     assert signals == [{"signal": signal.SIGINT, "name": "SIGINT", "forwarded": to == "tracer"}]
+
+
+def test_a_process_killed_before_the_agents_exit_flush_is_said(tmp_path):
+    # Its queued records are lost without being counted: the report names the process.
+    child = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    prog = ("import subprocess, sys; p = subprocess.run([sys.executable, '-c', %r]); "
+            "print(p.returncode, flush=True)" % child)
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", prog], bpf=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "-9", proc.stderr
+    events = load_events(capture).events
+    pids = {e["pid"] for e in events if e["k"] == "agent_start"}
+    finals = {e["pid"] for e in events if e["k"] == "gc_counts" and e.get("final")}
+    assert len(pids) == 2 and len(finals) == 1
+    report = report_json(capture, tmp_path)
+    (killed,) = pids - finals
+    said = [f for f in report["findings"] if f["title"].startswith("the agent's last records")]
+    assert len(said) == 1 and "Pids: %d." % killed in said[0]["evidence"], report["findings"]
 
 
 def test_child_runs_as_the_sudo_user_and_owns_a_private_capture(tmp_path):

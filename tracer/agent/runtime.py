@@ -115,6 +115,7 @@ class Agent:
         # Past this monotonic time a full channel loses records; before it (set at exit, when
         # nothing runs after us: a process ending at once, a worker of a server) they wait.
         self.exit_deadline = 0
+        self.final_said = False
         self.poll_writable = _poll_writable
         self.finalizing = False
         # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
@@ -217,10 +218,13 @@ class Agent:
         self.last_flush = self.now()
         # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
         counts = tuple(self.gc_counts) + (gc.isenabled(),)
-        if counts != self.gc_counts_reported:
+        if counts != self.gc_counts_reported or (self.exit_deadline and not self.final_said):
             self.gc_counts_reported = counts
-            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]},
-                                            "enabled": counts[3]})
+            fields = {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}, "enabled": counts[3]}
+            if self.exit_deadline:
+                # The exit flush ran: a process without this record lost what it had queued.
+                fields["final"] = self.final_said = True
+            self._queue(self.ev.GC_COUNTS, fields)
         if self.lost != self.lost_reported and (queue or self.exit_deadline):
             # Said with the next write, or at exit on its own: a loss is never left unsaid
             # while the channel can still take a line (tests/integration/test_agent.py).
@@ -438,6 +442,8 @@ class Agent:
                 return
             parent = self.pid
             self.pid = os.getpid()
+            self.final_said = False
+            self.exit_deadline = 0
             self.queue.clear()
             self.collecting.clear()
             self.flushing = set()  # a thread of the parent may have been writing
