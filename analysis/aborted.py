@@ -21,6 +21,10 @@ from .model import Finding, NoQuit
 DRIVER_NAMES = {
     ev.DRIVER_MYSQLCLIENT: "mysqlclient",
     ev.DRIVER_PYMYSQL: "PyMySQL",
+    ev.DRIVER_CONNECTOR: "mysql-connector (pure Python)",
+    ev.DRIVER_CONNECTOR_C: "mysql-connector (C extension)",
+    ev.DRIVER_AIOMYSQL: "aiomysql",
+    ev.DRIVER_ASYNCMY: "asyncmy",
     ev.DRIVER_SOCKET: "kernel only: a socket outside the client library",
 }
 
@@ -34,10 +38,11 @@ def sent_no_quit(life) -> bool:
     if life.wire_state == ev.WIRE_CONFIRMED:
         return False
     # The wire unobserved or encrypted: the driver's code decides. libmysqlclient's mysql_close
-    # always sends COM_QUIT; PyMySQL only from close().
+    # always sends COM_QUIT (mysqlclient, mysql-connector's C extension); the pure-Python and
+    # asyncio drivers only from close() / ensure_closed().
     if life.cause in (ev.EXPLICIT_CLOSE, ev.UNKNOWN):
         return False   # never a guess: an unattributed encrypted close is not counted either way
-    return life.driver in (ev.DRIVER_PYMYSQL, ev.DRIVER_SOCKET)
+    return life.driver not in ev.QUIT_ON_DESTROY
 
 
 def server_aborted_clients(server_status: Sequence) -> Optional[int]:
@@ -120,23 +125,49 @@ def finding(nq: NoQuit) -> Optional[Finding]:
     n = nq.without_quit - nq.by_cause.get(ev.NEVER_CLOSED, 0)  # never_closed has its own finding
     if n <= 0:
         return None
-    pymysql = nq.without_quit_by_driver.get(ev.DRIVER_PYMYSQL, 0) + nq.without_quit_by_driver.get(ev.DRIVER_SOCKET, 0)
     evidence = "%s." % _closed_without_quit(nq)
-    if pymysql:
-        evidence += (" PyMySQL sends COM_QUIT only from close(): a connection it destroys (its __del__) "
-                     "closes the socket without it.")
+    drivers = [d for d in DRIVER_ADVICE if nq.without_quit_by_driver.get(d)]
+    for d in drivers:
+        evidence += " " + DRIVER_ADVICE[d][0]
     if nq.server_aborted_clients is not None:
         evidence += " The server's Aborted_clients rose by %d during the run." % nq.server_aborted_clients
+    if drivers and all(d in ASYNC_DRIVERS for d in drivers):
+        fix = ("Close connections with `await conn.ensure_closed()` (SQLAlchemy: `async with` sessions and "
+               "connections), use one shared AsyncEngine, and `await engine.dispose()` for AsyncEngines you "
+               "create; do not leave %s connections to the garbage collector." % _names(drivers))
+    else:
+        fix = ("Close connections with close() (or a with-block), return them to one shared Engine's pool, "
+               "and dispose Engines you create; do not leave %s connections to the garbage collector." % (
+                   _names(drivers) if drivers else "them"))
     return Finding("warning", "%d %s closed without COM_QUIT: the server counts each as an aborted client" % (
-        n, "connection was" if n == 1 else "connections were"), evidence,
-        "Close connections with close() (or a with-block), return them to one shared Engine's pool, "
-        "and dispose Engines you create; do not leave PyMySQL connections to the garbage collector.",
-        None, n)
+        n, "connection was" if n == 1 else "connections were"), evidence, fix, None, n)
+
+
+#: Per driver that can close without COM_QUIT: what it does (evidence), in the order said.
+DRIVER_ADVICE = {
+    ev.DRIVER_PYMYSQL: ("PyMySQL sends COM_QUIT only from close(): a connection it destroys (its __del__) "
+                        "closes the socket without it.",),
+    ev.DRIVER_SOCKET: ("The kernel saw these sockets close without a COM_QUIT (a client the agent does not "
+                       "hook, or the agent was not loaded).",),
+    ev.DRIVER_CONNECTOR: ("mysql-connector's pure-Python mode sends COM_QUIT only from close(): a connection "
+                          "destroyed open closes its socket without it.",),
+    ev.DRIVER_AIOMYSQL: ("aiomysql sends COM_QUIT only from ensure_closed(): its __del__ and close() close the "
+                         "transport without it (the socket closes on the event loop's next step).",),
+    ev.DRIVER_ASYNCMY: ("asyncmy sends COM_QUIT only from ensure_closed(): a connection dropped open keeps its "
+                        "transport until that is destroyed or the process ends.",),
+}
+ASYNC_DRIVERS = (ev.DRIVER_AIOMYSQL, ev.DRIVER_ASYNCMY)
+
+
+def _names(drivers) -> str:
+    names = [DRIVER_NAMES.get(d, d).split(" (")[0] for d in drivers if d != ev.DRIVER_SOCKET]
+    return " or ".join(dict.fromkeys(names)) or "such"
 
 
 def explain_drops(drops, nq: NoQuit, com_quit) -> None:
     """Append to each drop whose cause never sent COM_QUIT in this capture that the server saw aborted clients."""
     silent = {c for c, n in nq.by_cause.items() if n and n == com_quit.by_cause.get(c)}
+    silent.discard(ev.NEVER_CLOSED)   # its explanation already says so (drops.explain_group)
     for d in drops:
         if d.cause in silent:
             d.explanation += ", none of them with a COM_QUIT: the server counts each as an aborted client"
@@ -166,7 +197,7 @@ def pair_sockets(events: List[dict]) -> None:
         k = e.get("k")
         if k == ev.BPF_SOCK_CONNECT and not e.get("lib") and e.get("conn") is None:
             pending[(e.get("pid"), e.get("fd"))] = [i, None]
-        elif k == ev.CONN_OPEN and e.get("driver") == ev.DRIVER_PYMYSQL:
+        elif k == ev.CONN_OPEN and e.get("driver") in ev.SOCKET_DRIVERS:
             slot = pending.get((e.get("pid"), e.get("fd")))
             if slot is not None and slot[1] is None:
                 slot[1] = e.get("conn")

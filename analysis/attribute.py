@@ -215,6 +215,36 @@ class Verdict:
     end_tid: Optional[int] = None
 
 
+#: A COM_QUIT the kernel saw on a socket outside the probed library, with no collection or
+#: finalisation around it: a close() or a destructor (mysql-connector's C extension sends one
+#: from its destructor), which the kernel cannot tell apart.
+QUIT_BY_WHOM = ("COM_QUIT sent, by whom unknown: the kernel saw it outside any collection or "
+                "finalisation, and no close() call was seen")
+
+
+def _socket_context(a, a_cause, b, b_cause):
+    """The kernel's socket-level close (``bpf_sock_close``) as evidence: (its cause, what to say).
+
+    Its ``explicit_close`` means only "COM_QUIT written, no collection or finalisation around
+    it", its ``refcount`` "closed without COM_QUIT outside any collection": a context, not a
+    cause. With the agent's cause (a close() it saw, or which collection destroyed the
+    object) that cause stands -- an event loop closes a socket a step after the collection
+    that destroyed its connection (aiomysql) --; without it, a COM_QUIT is ``unknown``
+    (QUIT_BY_WHOM). Returns ``(b_cause, None)`` when nothing changes; a said of "" means the
+    layers agree."""
+    if b is None or b.get("k") != ev.BPF_SOCK_CLOSE or b_cause not in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
+        return b_cause, None
+    quit_sent = b_cause == ev.EXPLICIT_CLOSE
+    if a is None or a_cause == ev.UNKNOWN:
+        return (ev.UNKNOWN, QUIT_BY_WHOM) if quit_sent else (b_cause, None)
+    if a_cause in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
+        return a_cause, ""
+    if not quit_sent and a_cause in (ev.GC, ev.SHUTDOWN, ev.SERVER):
+        return a_cause, ("the agent said %s; the kernel saw the socket closed later, outside it "
+                         "(an event loop closes a transport on a later step)" % a_cause)
+    return b_cause, None
+
+
 def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     """The verdict on one life from its evidence (None: still open when the capture stopped)."""
     a = life.agent_end
@@ -230,13 +260,20 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     t_end, end_tid = (b["t"], b.get("tid")) if b is not None else (a["t"], a.get("tid"))
     a_cause, a_gen = _agent_said(life)
     b_cause, b_gen = _kernel_said(life)
+    # A socket-level close is context, not a cause (_socket_context): it may change what the kernel said.
+    b_cause, b_said = _socket_context(a, a_cause, b, b_cause)
     if a is not None and b is not None:
-        cause, gen, reason = _both_said(a_cause, a_gen, b_cause, b_gen)
+        if b_said is not None and a_cause != ev.UNKNOWN:
+            cause, gen, reason = a_cause, a_gen, b_said or None
+        else:
+            cause, gen, reason = _both_said(a_cause, a_gen, b_cause, b_gen)
     elif a is not None:
         cause, gen, reason = a_cause, a_gen, _one_layer_reason(ctx, agent=True, unknown=a_cause == ev.UNKNOWN,
                                                              said=a.get("cause"))
     else:
         cause, gen, reason = b_cause, b_gen, _one_layer_reason(ctx, agent=False, unknown=b_cause == ev.UNKNOWN)
+        if b_said:
+            reason = b_said + "; " + _one_layer_reason(ctx, agent=False, unknown=False)
 
     collection: Optional[Collection] = None
     if cause == ev.GC:

@@ -246,6 +246,7 @@ class Joined:
         self.exits: Dict[int, int] = {}                 # pid -> t of bpf_exit
         self.finalize: Dict[int, int] = {}              # pid -> t of Py_FinalizeEx
         self.pids: Dict[int, str] = {}                  # pid -> python version (agent_start)
+        self.agent_final: set = set()                   # pids whose agent wrote its exit flush
         self.gc_disabled: set = set()                   # pids whose agent_start saw gc.isenabled() false
         self.modules: Dict[str, str] = {}               # name -> version
         self.agent_lost = 0

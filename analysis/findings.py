@@ -22,6 +22,25 @@ FIX_ENGINE_PER_CALL = (
     "`engine.dispose()` when done with it.")
 
 
+#: The same advice for SQLAlchemy's asyncio engine (aiomysql, asyncmy): an AsyncEngine per
+#: request, as an ASGI service writes it, is the incident's pattern over an event loop.
+FIX_ASYNC_ENGINE_PER_CALL = (
+    "Create the AsyncEngine once, at start-up (a module-level `engine = create_async_engine(...)`, or "
+    "in the application's lifespan), and reuse it from every request; `await engine.dispose()` at "
+    "shutdown; if an engine per request is really wanted, pass `poolclass=NullPool` or "
+    "`await engine.dispose()` when done with it.")
+
+#: URL drivers that only create_async_engine() accepts.
+ASYNC_DIALECTS = ("+aiomysql", "+asyncmy")
+
+
+def engine_api(site: EngineSite) -> str:
+    """How the program created the site's Engines: "create_async_engine()" or "create_engine()"."""
+    if any(d in (u or "") for u in site.urls for d in ASYNC_DIALECTS):
+        return "create_async_engine()"
+    return "create_engine()"
+
+
 def _gen_text(by_gen: Dict[str, int]) -> str:
     parts = ["gen %s: %s" % (g, fmt_int(n)) for g, n in sorted(by_gen.items()) if n]
     return ", ".join(parts)
@@ -138,6 +157,7 @@ class Facts:
     malformed: int
     shared: Sequence[Sequence[Life]] = ()
     lacks: Optional[str] = None   # analysis.capture.describe_lacks: an older revision's missing fields
+    unflushed: Sequence[int] = ()  # pids whose agent ended without its exit flush (report._unflushed)
 
     @property
     def by_cause(self) -> Dict[str, int]:
@@ -174,14 +194,15 @@ def _engine_per_call(f: Facts) -> List[Finding]:
         # checkin and an Engine per call only costs its creation: worth knowing, not an error.
         left = site.connections - site.connections_by_cause.get(ev.EXPLICIT_CLOSE, 0) \
             - site.connections_by_cause.get(ev.SERVER, 0)
-        title = "create_engine() ran %s at %s and %s" % (
-            plural(site.created, "time"), site.where,
+        api = engine_api(site)
+        title = "%s ran %s at %s and %s" % (
+            api, plural(site.created, "time"), site.where,
             "no Engine was disposed" if site.disposed == 0
             else "%s of the Engines were never disposed" % fmt_int(undisposed))
         if left <= 0:
             # Only what happened: Engines that opened no connection closed none by close().
-            title = "create_engine() ran %s at %s; %s" % (
-                plural(site.created, "time"), site.where,
+            title = "%s ran %s at %s; %s" % (
+                api, plural(site.created, "time"), site.where,
                 "its Engines opened no connection" if site.connections == 0
                 else "every connection was closed by close()")
             fix = ("Nothing leaks here, but each call builds a new Engine and pool: create it once at "
@@ -189,7 +210,8 @@ def _engine_per_call(f: Facts) -> List[Finding]:
             out.append(Finding("info", title, evidence, fix, site.call_site, site.created))
             continue
         severity = "error" if (gc_n or site.created >= 10) else "warning"
-        out.append(Finding(severity, title, evidence, FIX_ENGINE_PER_CALL, site.call_site, site.created))
+        fix = FIX_ASYNC_ENGINE_PER_CALL if api == "create_async_engine()" else FIX_ENGINE_PER_CALL
+        out.append(Finding(severity, title, evidence, fix, site.call_site, site.created))
     return out
 
 
@@ -250,10 +272,10 @@ def _closed_by_gc(f: Facts) -> List[Finding]:
             # Closing the session is not enough when the Engine is per call: close() returns the
             # connection to that Engine's pool, which sits in the Engine's reference cycle, so the
             # connection stays open until a collection (tests/unit/test_analysis_report.py pins it).
-            fix = ("Share one Engine (see the create_engine() finding for %s): closing the Session or "
+            fix = ("Share one Engine (see the %s finding for %s): closing the Session or "
                    "Connection only returns the connection to the per-call Engine's pool, and that pool "
                    "is in the Engine's reference cycle, so the connection stays open until a collection "
-                   "unless the Engine is disposed." % per_call[0].where)
+                   "unless the Engine is disposed." % (engine_api(per_call[0]), per_call[0].where))
         out.append(Finding("warning", "%s were closed by the garbage collector, not by close()" % (
             plural(n, "connection")), evidence, fix, _top_site(gc_lives, origins), n))
     return out
@@ -296,7 +318,10 @@ def _not_on_the_wire(f: Facts) -> List[Finding]:
     """COM_QUIT not seen on the wire."""
     ended, origins, lost = f.ended, f.origins, f.lost
     out: List[Finding] = []
-    silent = [lf for lf in ended if lf.wire_state == ev.WIRE_NOT_SENT and lf.cause != ev.SERVER]
+    # Only a mysql_close the kernel probed is expected to send COM_QUIT: the socket-level
+    # drivers' destructions (PyMySQL, aiomysql, ...) never do, which aborted.py reports.
+    silent = [lf for lf in ended if lf.wire_state == ev.WIRE_NOT_SENT and lf.cause != ev.SERVER
+              and lf.bpf_end is not None and lf.bpf_end.get("k") == ev.BPF_CLOSE]
     if silent:
         out.append(Finding(
             "warning", "%s sent no COM_QUIT on the socket" % plural(len(silent), "mysql_close call"),
@@ -388,6 +413,15 @@ def _lost_and_malformed(f: Facts) -> List[Finding]:
                                "%s %s" % (s, fmt_int(n)) for s, n in sorted(lost.items()) if n),
                            "Reduce the event rate (fewer probes) or let the tracer drain more often.", None,
                            total_lost))
+    if f.unflushed:
+        n = len(f.unflushed)
+        title = "the agent's last records from %s may be missing" % plural(n, "process", "processes")
+        out.append(Finding("warning", title,
+                           "%s ended without the agent's exit flush (killed by a signal?): what it had queued, up "
+                           "to 50 ms or 256 records, was lost without being counted. Pids: %s." % (
+                               "It" if n == 1 else "They", ", ".join(str(p) for p in f.unflushed[:10])
+                               + (" and %d more" % (n - 10) if n > 10 else "")),
+                           "Stop services with SIGTERM/SIGINT (not SIGKILL) and let their workers exit.", None, n))
     if malformed:
         out.append(Finding("warning", "%s not matching the event schema were left out" % plural(malformed, "record"),
                            "Their fields did not match their kind's declaration (tracer/events.py, KINDS).",

@@ -376,6 +376,8 @@ class _Join:
             self.j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
         if e.get("enabled") is False:  # gc.disable() called after the agent started
             self.j.gc_disabled.add(pid)
+        if e.get("final") is True:
+            self.j.agent_final.add(pid)
 
     # --- processes -------------------------------------------------------------------------
     def on_child_start(self, e, k, t, pid, tid):

@@ -52,6 +52,11 @@ class Connections:
     opened_before_capture: int = 0  # closes whose open was not recorded
     forked: int = 0            # connections that forked children also held a handle on
     fork_copies: int = 0       # handle ends not counted: their connection's first end is (fork)
+    # The client's ends (com_quit's count, under a truer name): with a COM_QUIT or without one
+    # (an aborted client to the server: PyMySQL's or aiomysql's destructions).
+    ended: int = 0
+    with_com_quit: int = 0
+    without_com_quit: int = 0
 
 
 @dataclasses.dataclass

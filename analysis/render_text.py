@@ -10,7 +10,7 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer import terminal
 
 from . import gcwhy, tests_view
-from .drops import fmt_int, fmt_s
+from .drops import ended_words, fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
 from .words import CAUSES
@@ -144,8 +144,8 @@ def _connections(o: _Out, r: Report) -> None:
     """Opened, ended, never closed, the server's count."""
     c = r.connections
     o.heading("CONNECTIONS")
-    line = "  %s opened · %s COM_QUIT · %s never closed · max %s live" % (
-        fmt_int(c.opened), fmt_int(c.com_quit), fmt_int(c.never_closed), fmt_int(c.max_live))
+    line = "  %s opened · %s · %s never closed · max %s live" % (
+        fmt_int(c.opened), ended_words(c), fmt_int(c.never_closed), fmt_int(c.max_live))
     if c.max_live_t_s is not None:
         line += " (at %s s)" % fmt_s(c.max_live_t_s)
     o.wrap(line.strip(), 2, first="  ")

@@ -178,8 +178,11 @@ def build_report(capture: Capture) -> Report:
     by_cause, gc_gen, wire = totals.by_cause, totals.gc_by_generation, totals.wire
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
+    client_ends = sum(by_cause[c] for c in words.CLIENT_CLOSES)
+    without = sum(1 for lf in ended if lf.cause in words.CLIENT_CLOSES and abortedlib.sent_no_quit(lf))
     connections = Connections(
-        opened=opened, com_quit=sum(by_cause[c] for c in words.CLIENT_CLOSES), never_closed=by_cause[ev.NEVER_CLOSED],
+        ended=client_ends, with_com_quit=client_ends - without, without_com_quit=without,
+        opened=opened, com_quit=client_ends, never_closed=by_cause[ev.NEVER_CLOSED],
         max_live=max_live, max_live_t_s=to_s(max_t) if max_t is not None else None, failed=failed,
         server=by_cause[ev.SERVER], open_at_end=open_at_end, opened_before_capture=before_capture,
         forked=len(families), fork_copies=len(copies))
@@ -236,7 +239,8 @@ def build_report(capture: Capture) -> Report:
         connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns, engines=engines,
         layers=layers, ended=ended, origins=origins, capture_status=capture_status,
         capture_detail=capture.status, lost=lost, exit_status=exit_status, notes=notes,
-        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture)))
+        malformed=sum(capture.invalid.values()), shared=shared, lacks=describe_lacks(capture),
+        unflushed=_unflushed(j)))
 
     # --- per-COM_QUIT records and the timeline ---------------------------------------------
     quits = []
@@ -283,7 +287,10 @@ def build_report(capture: Capture) -> Report:
     abortedlib.explain_drops(drops, no_quit, com_quit)
     extra = abortedlib.finding(no_quit)
     if extra is not None:
-        findings.insert(0, extra)
+        # First among the warnings, after any error: an engine per call that leaks is the
+        # headline, the aborted clients it causes are its consequence (test_fastapi_async_engine.py).
+        at = next((i for i, f in enumerate(findings) if f.severity != "error"), len(findings))
+        findings.insert(at, extra)
     if bound is not None:
         bound["text"] = boundlib.line(bound)
     agent_only = claims_summary(att.claims)
@@ -314,3 +321,12 @@ def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:
                      "by_cause": {cause if cause != ev.GC or gen is None else "gc gen %d" % gen: n
                                   for (cause, gen), n in counts.items()}})
     return rows
+
+
+def _unflushed(j) -> List[int]:
+    """Processes with the agent that ended (the kernel saw it) without its exit flush: killed,
+    their queued records lost uncounted. Only said when this capture's agent writes that flush
+    at all (an older agent never does)."""
+    if not j.agent_final:
+        return []
+    return sorted(pid for pid in j.pids if pid in j.exits and pid not in j.agent_final)

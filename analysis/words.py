@@ -12,7 +12,7 @@ from typing import Dict, List
 from trace_quit.tracer import events as ev
 
 from .aborted import summary_lines as aborted_lines
-from .drops import fmt_int, fmt_s, plural
+from .drops import ended_words, fmt_int, fmt_s, plural
 from .model import largest_drop
 
 
@@ -147,14 +147,9 @@ def counts_line(connections, com_quit, no_quit=None) -> str:
                 text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
                                             for g, k in com_quit.gc_by_generation.items() if k)
             parts.append(text)
-    line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
-    unsent = 0
-    if no_quit is not None:
-        unsent = no_quit.without_quit - no_quit.by_cause.get(ev.NEVER_CLOSED, 0)
-    if unsent:  # not every client close sent a COM_QUIT (PyMySQL): say how many did
-        line = "%s opened, %s by the client (%s with COM_QUIT)" % (
-            pl(connections.opened, "connection"), pl(connections.com_quit, "ended", "ended"),
-            fi(connections.com_quit - unsent))
+    # "N ended (M with COM_QUIT, K without)": not every client end is a COM_QUIT (PyMySQL's and
+    # the asyncio drivers' destructions send none).
+    line = "%s opened, %s" % (pl(connections.opened, "connection"), ended_words(connections))
     if parts:
         line += ": " + ", ".join(parts)
     return line + "."

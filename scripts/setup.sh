@@ -263,6 +263,21 @@ for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
     fi
 done
 say "CPython matrix" "${COVERED[*]:-none}"
+# The other drivers a SQLAlchemy user picks (docs/drivers.md), each where it supports that
+# Python (pip picks the newest release that does; a driver with none is left out and said);
+# one venv also gets a small ASGI service stack for the engine-per-request test.
+DRIVERS=(mysql-connector-python aiomysql asyncmy)
+for v in "${COVERED[@]}"; do
+    dir="$REPO/.venvs/py$v"
+    want="${DRIVERS[*]}"; [ "$v" = 3.12 ] && want="$want greenlet fastapi uvicorn"
+    if [ "$(cat "$dir/.trace-quit-drivers" 2>/dev/null)" = "$want" ]; then continue; fi
+    missing=()
+    for pkg in $want; do
+        "$dir/bin/python" -m pip install -q "$pkg" >>"$LOG" 2>&1 || missing+=("$pkg")
+    done
+    echo "$want" >"$dir/.trace-quit-drivers"
+    say ".venvs/py$v" "drivers: $want${missing[*]:+ (none for this Python: ${missing[*]})}"
+done
 py="$(pyenv_python 3.11)"
 if [ -z "$py" ] || [ ! -x "$py" ]; then py=/usr/bin/python3; fi   # e.g. the Vagrant VM: no pyenv
 test_venv sqla14 "$py" "SQLAlchemy>=1.4,<2"

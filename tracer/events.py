@@ -93,7 +93,19 @@ BPF_PROBES = "bpf_probes"
 # --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, probes.c's socket part) ---
 DRIVER_MYSQLCLIENT = "mysqlclient"
 DRIVER_PYMYSQL = "pymysql"
-DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL)
+# mysql-connector-python (pure and C extension), aiomysql, asyncmy (tracer/agent/connector.py,
+# aio.py): keyed like PyMySQL (conn = the socket inode); conn_destroy.quit says whether the
+# driver's destructor sent COM_QUIT (the C extension's does).
+DRIVER_CONNECTOR = "mysql-connector"
+DRIVER_CONNECTOR_C = "mysql-connector-c"
+DRIVER_AIOMYSQL = "aiomysql"
+DRIVER_ASYNCMY = "asyncmy"
+DRIVERS = (DRIVER_MYSQLCLIENT, DRIVER_PYMYSQL, DRIVER_CONNECTOR, DRIVER_CONNECTOR_C, DRIVER_AIOMYSQL, DRIVER_ASYNCMY)
+#: The drivers whose agent records are keyed by the socket's inode (paired with the kernel's
+#: socket-level records by fd, analysis/aborted.pair_sockets).
+SOCKET_DRIVERS = DRIVERS[1:]
+#: The drivers that send COM_QUIT when a connection is destroyed open (libmysqlclient inside).
+QUIT_ON_DESTROY = (DRIVER_MYSQLCLIENT, DRIVER_CONNECTOR_C)
 #: The analysis' name for a connection only the kernel saw, on a MySQL socket outside the probed
 #: library: PyMySQL or another client that does not go through libmysqlclient/libmariadb.
 DRIVER_SOCKET = "socket"
@@ -183,7 +195,8 @@ KINDS = {
                                            _opt("app_site", STR, since=2))),
     GC_STOP: (SRC_AGENT, _AGENT_COMMON + (F("gen", INT), F("cid", INT), F("collected", INT),
                                           F("uncollectable", INT))),
-    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2))),
+    GC_COUNTS: (SRC_AGENT, _AGENT_COMMON + (F("by_gen", DICT), _opt("enabled", BOOL, since=2),
+                                            _opt("final", BOOL, since=2))),
     CONN_OPEN: (SRC_AGENT, _AGENT_COMMON + (
         F("conn", INT), F("stack", LIST), _opt("thread", STR), _opt("host", STR + INT), _opt("port", INT + STR),
         _opt("db", STR + INT), _opt("user", STR + INT), _opt("unix_socket", STR + INT),

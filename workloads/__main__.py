@@ -18,6 +18,7 @@ WORKLOADS = {
     "known-causes-pymysql": "known_causes_pymysql",
     "engine-per-call-pymysql": "engine_per_call_pymysql",
     "both-drivers-pymysql": "both_drivers_pymysql",
+    "known-causes-drivers": "known_causes_drivers",
 }
 
 PROG = "python -m trace_quit.workloads"

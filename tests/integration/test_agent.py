@@ -307,8 +307,9 @@ def test_program_that_reuses_the_agents_fds_is_never_written_to(server, tmp_path
     assert destroy_causes(events) == {("refcount", None): 40}
 
 
-def _raw_agent_run(tmp_path, source, timeout=60):
-    """Run ``source`` with the agent writing into a FIFO this test reads itself: its raw lines."""
+def _raw_agent_run(tmp_path, source, timeout=60, hold=None):
+    """Run ``source`` with the agent writing into a FIFO this test reads itself: its raw lines.
+    ``hold``: a file the program creates; reading starts only 0.3 s after it appears."""
     import select
 
     from trace_quit.tracer import agent
@@ -321,6 +322,11 @@ def _raw_agent_run(tmp_path, source, timeout=60):
     child = subprocess.Popen([sys.executable, prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     data = []
     try:
+        if hold is not None:
+            deadline = time.monotonic() + timeout
+            while not os.path.exists(hold) and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.01)
+            time.sleep(0.3)
         while True:
             ready, _, _ = select.select([reader], [], [], 0.05)
             if ready:
@@ -423,6 +429,30 @@ def test_a_partial_write_never_leaves_a_torn_line(tmp_path):
     assert lost == 1 and len([r for r in pools if r["ev"] == "checkout"]) == 9
     assert pools[-1]["ev"] == "after"
     assert [r["n"] for r in good if r["k"] == "agent_lost"] == [lost]
+
+
+def test_records_left_at_exit_wait_for_a_full_channel(tmp_path):
+    # A process ending with more queued than the FIFO holds (a server's worker at shutdown,
+    # the tracer busy): the last flush waits for room, bounded, instead of dropping them
+    # silently; what it still cannot write is counted and said.
+    hold = str(tmp_path / "at-exit")
+    code, out, err, raw = _raw_agent_run(tmp_path, """
+        import atexit, sys
+        import _trace_quit_agent.runtime as runtime
+        agent = runtime.AGENT
+
+        def at_end():
+            for i in range(3000):   # ~300 KB of records, queued: the FIFO holds 64 KB
+                agent._queue("pool", {"engine": i, "ev": "checkout-" + str(i) + "x" * 40, "conn": None})
+            open(%r, "w").close()
+
+        atexit.register(at_end)   # runs before the agent's own handler (registered first)
+    """ % hold, hold=hold)
+    assert code == 0, err
+    import json
+    records = [json.loads(line) for line in raw.split(b"\n") if line]
+    assert len([r for r in records if r["k"] == "pool"]) == 3000
+    assert [r for r in records if r["k"] == "agent_lost"] == []
 
 
 def test_stop_leaves_the_program_as_it_was(server, tmp_path):

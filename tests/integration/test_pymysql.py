@@ -185,17 +185,18 @@ def test_a_connection_the_server_killed_is_server_not_an_explicit_close(server, 
 
 def test_an_unprobed_mysql_driver_import_is_named_in_the_report(server, tmp_path):
     # A stand-in package named like a real driver the agent does not probe (test double).
-    pkg = tmp_path / "double" / "asyncmy"
+    pkg = tmp_path / "double" / "mariadb"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("__version__ = '0.0-test'\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "double"))
-    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "import asyncmy"], env=env)
+    proc, capture = run_traced(tmp_path, [sys.executable, "-c", "import mariadb"], env=env)
     assert proc.returncode == 0, proc.stderr
     modules = [e for e in load_events(capture).events if e["k"] == "module"]
-    assert [(e["name"], e["probed"]) for e in modules] == [("asyncmy", False)]
+    assert [(e["name"], e["probed"]) for e in modules] == [("mariadb", False)]
     report = report_json(capture, tmp_path)
-    assert report["no_quit"]["unprobed_drivers"] == ["asyncmy"]
-    assert any("The program imported asyncmy: trace-quit does not probe it" in s for s in report["summary"])
+    name = "mariadb (MariaDB Connector/Python)"
+    assert report["no_quit"]["unprobed_drivers"] == [name]
+    assert any("The program imported %s: trace-quit does not probe it" % name in s for s in report["summary"])
 
 
 @pytest.mark.parametrize("version", [cpython_param(v) for v in AGENT_VERSIONS])

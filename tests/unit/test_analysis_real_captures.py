@@ -173,7 +173,10 @@ def test_real_pymysql_known_causes_exact_and_only_close_sends_com_quit(tmp_path,
     # Recorded by tests/make_fixtures.py: known-causes-pymysql under both layers, Unix socket.
     cap = capture(tmp_path, "known-causes-pymysql.tqcap")
     r = build_report(only(cap, layer) if layer else cap)
-    assert r.com_quit.by_cause == KNOWN_CAUSES_44
+    if layer == "bpf":  # the kernel alone sees 7 COM_QUITs but no close() call: by whom is unknown
+        assert r.com_quit.by_cause == dict(KNOWN_CAUSES_44, explicit_close=0, unknown=7)
+    else:
+        assert r.com_quit.by_cause == KNOWN_CAUSES_44
     assert r.com_quit.gc_by_generation == {"0": 5, "1": 0, "2": 16}
     assert r.connections.opened == 44
     if layer != "agent":  # the kernel's socket probes saw which sockets carried a COM_QUIT

@@ -9,7 +9,8 @@ from trace_quit.workloads import __main__ as cli
 from trace_quit.workloads import engine_per_call, harness, hidden_threads, nullpool_scoped, shared_engine
 
 NAMES = ["engine-per-call", "engine-per-call-gc-off", "shared-engine", "nullpool-scoped", "hidden-threads",
-         "known-causes", "known-causes-pymysql", "engine-per-call-pymysql", "both-drivers-pymysql"]
+         "known-causes", "known-causes-pymysql", "engine-per-call-pymysql", "both-drivers-pymysql",
+         "known-causes-drivers"]
 
 
 def run(*argv):

@@ -26,11 +26,9 @@ CONNECTION_MODULE = "pymysql.connections"
 
 #: MySQL drivers whose connections the agent does not see (module -> the name reported).
 #: The kernel layer still sees their sockets; the report says they were in use.
+#: (mysql-connector-python, aiomysql and asyncmy are hooked: tracer/agent/connector.py, aio.py.)
 UNPROBED_DRIVERS = {
-    "mysql.connector": "mysql-connector-python",
     "mariadb": "mariadb (MariaDB Connector/Python)",
-    "aiomysql": "aiomysql",
-    "asyncmy": "asyncmy",
 }
 
 

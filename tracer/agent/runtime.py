@@ -33,6 +33,7 @@ import gc
 import json
 import operator
 import os
+import select
 import stat
 import sys
 import threading
@@ -44,6 +45,7 @@ from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
 PIPE_BUF = 4096
 FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer once it is this old ...
 FLUSH_EVENTS = 256                    # ... or this long
+EXIT_WAIT_NS = 1000 * 1000 * 1000     # at exit, a full channel is waited for this long in all
 MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
 STACK_DEPTH = 8                       # frames kept for open/close stacks
 CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
@@ -74,6 +76,7 @@ class Agent:
     PIPE_BUF = PIPE_BUF
     FLUSH_INTERVAL_NS = FLUSH_INTERVAL_NS
     FLUSH_EVENTS = FLUSH_EVENTS
+    EXIT_WAIT_NS = EXIT_WAIT_NS
     MAX_QUEUED = MAX_QUEUED
     STACK_DEPTH = STACK_DEPTH
     CHAIN_DEPTH = CHAIN_DEPTH
@@ -109,6 +112,11 @@ class Agent:
         self.stopped = False
         self.lost = 0
         self.lost_reported = 0
+        # Past this monotonic time a full channel loses records; before it (set at exit, when
+        # nothing runs after us: a process ending at once, a worker of a server) they wait.
+        self.exit_deadline = 0
+        self.final_said = False
+        self.poll_writable = _poll_writable
         self.finalizing = False
         # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
         self.collecting = {}
@@ -118,6 +126,8 @@ class Agent:
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
+        self.socket_trackers = {}  # driver -> sockets.SocketTracker (agent/connector.py, agent/aio.py)
+        self.delete_marker = _DELETE
         self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
         self.params_cache = {}   # (args, kwargs keys, kwargs values) of connect() -> its fields as JSON
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
@@ -211,20 +221,25 @@ class Agent:
         self.last_flush = self.now()
         # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
         counts = tuple(self.gc_counts) + (gc.isenabled(),)
-        if counts != self.gc_counts_reported:
+        if counts != self.gc_counts_reported or (self.exit_deadline and not self.final_said):
             self.gc_counts_reported = counts
-            self._queue(self.ev.GC_COUNTS, {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]},
-                                            "enabled": counts[3]})
+            fields = {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}, "enabled": counts[3]}
+            if self.exit_deadline:
+                # The exit flush ran: a process without this record lost what it had queued.
+                fields["final"] = self.final_said = True
+            self._queue(self.ev.GC_COUNTS, fields)
+        if self.lost != self.lost_reported and (queue or self.exit_deadline):
+            # Said with the next write, or at exit on its own: a loss is never left unsaid
+            # while the channel can still take a line (tests/integration/test_agent.py).
+            n = self.lost - self.lost_reported
+            self.lost_reported = self.lost
+            self._queue(self.ev.AGENT_LOST, {"n": n})
         if not queue:
             return
         if not self._channel_ok():
             self.lost += len(queue)
             queue.clear()
             return
-        if self.lost != self.lost_reported:
-            n = self.lost - self.lost_reported
-            self.lost_reported = self.lost
-            self._queue(self.ev.AGENT_LOST, {"n": n})
         chunk = []
         size = 0
         encode = self.encode_chunks
@@ -311,8 +326,13 @@ class Agent:
             if self.torn:
                 raise BlockingIOError  # a cut line still open: nothing may follow it yet
             written = self.write(self.fd, data)  # <= PIPE_BUF to a FIFO: all or nothing (EAGAIN)
+        except BlockingIOError:
+            # Full. At exit nothing runs after us: wait (bounded) for the tracer to drain it.
+            if not self._wait_writable() or not self._retry_write(data):
+                self.lost += len(lines)
+            return
         except OSError:
-            self.lost += len(lines)  # full (EAGAIN), or the tracer is gone: stay quiet
+            self.lost += len(lines)  # the tracer is gone: stay quiet
             return
         if written == len(data):
             return
@@ -333,6 +353,25 @@ class Agent:
                     self.torn = False
             except OSError:
                 pass
+
+    def _wait_writable(self):
+        """At exit, until the deadline: True once the channel has room (never outside exit)."""
+        left = self.exit_deadline - self.now()
+        if self.exit_deadline == 0 or left <= 0 or self.torn:
+            return False
+        return self.poll_writable(self.fd, left)
+
+    def _retry_write(self, data):
+        while True:
+            try:
+                if self.write(self.fd, data) == len(data):
+                    return True
+                return False   # not a FIFO after all: a partial write (counted as lost)
+            except BlockingIOError:
+                if not self._wait_writable():
+                    return False
+            except OSError:
+                return False
 
     def _channel_ok(self):
         """True when self.fd is still our FIFO (a program may close it and reuse the number)."""
@@ -382,13 +421,16 @@ class Agent:
         is left to ``sys.is_finalizing()``, which turns true right after the last handler.)"""
         if not self.attached:
             self.finalizing = True
+        self.exit_deadline = self.now() + self.EXIT_WAIT_NS
         self.flush()
 
     def before_exit(self):
         """Just before exec or os._exit: nothing runs after, so write everything out now."""
         try:
             if self.ident() not in self.collecting:
+                self.exit_deadline = self.now() + self.EXIT_WAIT_NS
                 self.flush()
+                self.exit_deadline = 0   # exec can fail: the program goes on
         except Exception:
             pass
 
@@ -403,6 +445,8 @@ class Agent:
                 return
             parent = self.pid
             self.pid = os.getpid()
+            self.final_said = False
+            self.exit_deadline = 0
             self.queue.clear()
             self.collecting.clear()
             self.flushing = set()  # a thread of the parent may have been writing
@@ -790,16 +834,34 @@ class Agent:
         return listener
 
     def conn_of(self, dbapi_connection):
-        """The ``conn`` key of a DB-API connection: its MYSQL*, or a PyMySQL socket's inode."""
+        """The ``conn`` key of a DB-API connection: its MYSQL*, or a socket's inode (PyMySQL,
+        mysql-connector, and the asyncio drivers behind SQLAlchemy's adapter's ``_connection``)."""
         tracker = self.pymysql
         if tracker is not None:
             key = tracker.conn_of(dbapi_connection)
             if key is not None:
                 return key
+        if self.socket_trackers:
+            inner = getattr(dbapi_connection, "_connection", None)
+            for tracker in self.socket_trackers.values():
+                for obj in (dbapi_connection, inner):
+                    key = tracker.conn_of(obj) if obj is not None else None
+                    if key is not None:
+                        return key
         return id(dbapi_connection) + self.conn_offset
 
     def on_engine_dispose(self, engine):
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
+
+
+def _poll_writable(fd, timeout_ns, poll=select.poll, pollout=select.POLLOUT):
+    """Whether ``fd`` can be written within ``timeout_ns`` (bound at import: it runs at exit)."""
+    try:
+        p = poll()
+        p.register(fd, pollout)
+        return bool(p.poll(max(1, timeout_ns // 1000000)))
+    except Exception:
+        return False
 
 
 def _c_encoder():
@@ -999,6 +1061,11 @@ HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
 from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402
 
 HOOKS.update(_pymysql_hooks.hooks())
+# --- mysql-connector-python, aiomysql, asyncmy: tracer/agent/connector.py, tracer/agent/aio.py --
+from _trace_quit_agent import aio as _aio_hooks, connector as _connector_hooks  # noqa: E402
+
+HOOKS.update(_connector_hooks.hooks())
+HOOKS.update(_aio_hooks.hooks())
 
 
 class _ImportHook:

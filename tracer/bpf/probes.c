@@ -934,9 +934,10 @@ static __always_inline int sys_sendmsg(u64 fd, u64 msg)
  * first bytes read on it decide: a MySQL server greeting (packet sequence 0, protocol 10)
  * makes it a MySQL socket (EV_SOCK_CONNECT). Then the 5 bytes of COM_QUIT written on it
  * are remembered, and its close() reports whether they went out and the close's context
- * (EV_SOCK_CLOSE: explicit_close when COM_QUIT was written, PyMySQL sending it only from
- * close(); else as at mysql_close: shutdown on the finalising thread, gc inside a
- * collection bracket, refcount). Keyed by (tgid, fd): analysis pairs them with the agent's
+ * (EV_SOCK_CLOSE: as at mysql_close, shutdown on the finalising thread, gc inside a
+ * collection bracket, else refcount -- or explicit_close when COM_QUIT was written there:
+ * "a COM_QUIT outside any bracket", which attribute.py does not take for a close() alone).
+ * Keyed by (tgid, fd): analysis pairs them with the agent's
  * records of the same fd (the agent's conn is the socket inode, which this kernel's
  * headers cannot be trusted to reach). Separate maps: nothing above depends on them. */
 #define MSOCK_CANDIDATE 1   // connected outside the library; no byte read yet
@@ -1084,12 +1085,16 @@ static __always_inline void msock_close(u64 fd)
         return;
     u8 cause;
     s32 gen = -1;
-    if (cur.quit)
-        cause = CAUSE_EXPLICIT_CLOSE;
-    else if (cur.tls)
+    if (cur.tls && !cur.quit) {
         cause = CAUSE_UNKNOWN;      // encrypted: a COM_QUIT inside cannot be seen, so close() neither
-    else
+    } else {
         cause = msock_context(tgid, tid, &gen);
+        // A COM_QUIT outside any collection or finalisation: "explicit_close" here means only
+        // that; a destructor can send one too (mysql-connector's C extension), so analysis
+        // (attribute.py) keeps it as explicit only when the agent saw the close() call.
+        if (cur.quit && cause == CAUSE_REFCOUNT)
+            cause = CAUSE_EXPLICIT_CLOSE;
+    }
     msock_emit(EV_SOCK_CLOSE, (u32)fd, cur.sends, cause, gen,
                cur.quit ? WIRE_CONFIRMED : (cur.tls ? WIRE_ENCRYPTED : WIRE_NOT_SENT), cur.ts);
 }
@@ -1153,6 +1158,35 @@ int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
     if (nr == NR_READ || nr == NR_RECVFROM)
         msock_read_exit((s64)ctx->args[1]);               // msock (PyMySQL)
     return io_exit((s64)ctx->args[1], (void *)ctx->args[0], (nr == NR_READ || nr == NR_RECVFROM) ? OP_READ : OP_WRITE);
+}
+
+/* ---- stop signals sent to the traced processes ------------------------------------------
+ * The last SIGHUP/SIGINT/SIGTERM generated for each traced process, with its sender: a kill
+ * of the process group reaches the program itself, and the tracer (record.py) then does not
+ * forward its own copy (session.signal_reached). */
+struct sig_seen {
+    u64 ts;
+    u32 sig;
+    u32 sender;     // tgid of the process that sent it
+};
+BPF_HASH(sigs_seen, u32, struct sig_seen, 1024);
+
+int on_signal_generate(void *args)
+{
+    s32 sig = 0, target = 0;
+    bpf_probe_read_kernel(&sig, sizeof(sig), (char *)args + TP_SIGGEN_SIG);
+    if (sig != 1 && sig != 2 && sig != 15)
+        return 0;
+    bpf_probe_read_kernel(&target, sizeof(target), (char *)args + TP_SIGGEN_PID);
+    if (target <= 0 || !is_traced((u32)target))
+        return 0;
+    struct sig_seen seen = {};
+    seen.ts = bpf_ktime_get_ns();
+    seen.sig = (u32)sig;
+    seen.sender = bpf_get_current_pid_tgid() >> 32;
+    u32 key = (u32)target;
+    sigs_seen.update(&key, &seen);
+    return 0;
 }
 
 /* ---- the traced process tree ---------------------------------------------------------- */

@@ -35,6 +35,9 @@ _TRACEPOINTS = [
     ("sock", "inet_sock_set_state", "on_sock_state", {
         "TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate", "TP_SOCKSTATE_PROTO": "protocol",
         "TP_SOCKSTATE_SKADDR": "skaddr"}),
+    # A stop signal that reached the traced program itself (a kill of its process group): the
+    # tracer does not forward its own copy a second time (signal_reached, tracer/record.py).
+    ("signal", "signal_generate", "on_signal_generate", {"TP_SIGGEN_SIG": "sig", "TP_SIGGEN_PID": "pid"}),
 ]
 _OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back to tid == tgid
 #: Raw tracepoints (probes.c: every system call the programs look at, in two programs):
@@ -453,6 +456,19 @@ class BpfSession:
             vals = t[ctypes.c_int(idx)]
             out[name] = int(sum(vals))
         return out
+
+    def signal_reached(self, pid, sig, since_ns):
+        """Whether ``sig`` was sent to ``pid`` by another process than this one at or after
+        ``since_ns`` (CLOCK_MONOTONIC): the program got it directly. False when unknown."""
+        try:
+            if self._bpf is None:
+                return False
+            seen = self._bpf[b"sigs_seen"].get(ctypes.c_uint32(pid))
+            if seen is None:
+                return False
+            return seen.sig == sig and seen.sender != os.getpid() and seen.ts >= since_ns
+        except Exception:
+            return False
 
     # --- description ---------------------------------------------------------------------
     def describe(self):
