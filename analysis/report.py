@@ -204,13 +204,15 @@ def build_report(capture: Capture) -> Report:
 
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
-    drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
-    # platform (issue 14): the thresholds in effect, and why each collection behind a drop ran then.
+    # The thresholds in effect, the program's collector (named in its own terms: an incremental
+    # collector's increments are no generation 2), and why each collection behind a drop ran then.
     thresholds = gcwhy.Thresholds(capture.events, header)
+    collector = thresholds.collector(program.pid)
+    drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections, collector)
     for d in drops:
         if d.cause == ev.GC:
             d.why_now = thresholds.why_now(d.pid, d.cid, d.generation)
-    patterns = dropslib.find_patterns(colls.closing, drop_collections)
+    patterns = dropslib.find_patterns(colls.closing, drop_collections, collector)
     engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
@@ -290,6 +292,7 @@ def build_report(capture: Capture) -> Report:
         summary=summary, quits=quits, timeline=timeline, notes=notes, events=len(capture.events),
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
+        gc_collector={"collector": collector, "caveats": thresholds.caveats(program.pid)},
         processes=by_process(quits, j), bound=bound)
 
 
@@ -333,7 +336,13 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
             or connections.open_at_end or connections.failed):
         line = "No MySQL connection was opened"
         if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
-            line += " (the program never imported MySQLdb)"
+            # The agent sees MySQLdb when its connections module loads, at the first connect:
+            # `import MySQLdb` (SQLAlchemy 2.x's create_engine does it) loads only the package.
+            if "sqlalchemy" in program.modules:
+                line += (" (SQLAlchemy %s was imported but never connected: neither MySQLdb's connections "
+                         "module nor PyMySQL was loaded)" % program.modules["sqlalchemy"])
+            else:
+                line += " (neither MySQLdb's connections module nor PyMySQL was loaded)"
         out.append(line + ".")
         if not layers.bpf:
             out.append("Missing layer: eBPF (see findings).")

@@ -60,6 +60,7 @@ COM_QUIT_BYTES = b"\x01\x00\x00\x00\x01"
 
 # --- event kinds: agent (inside the traced Python program) --------------------------
 AGENT_START = "agent_start"      # python, executable, argv, basicsize, gc_thresholds, gc_enabled, ppid,
+#                                  gc_generations (len(gc.get_stats()): with the thresholds, decides the collector),
 #                                  forked_from (parent pid: a forked child inherits its open connections)
 MODULE = "module"                # name, version, file: MySQLdb / sqlalchemy when first imported
 GC_START = "gc_start"            # gen, cid (per-process collection id), thread, site ("file:line")
@@ -232,7 +233,7 @@ KINDS = {
         F("ppid", INT), F("python", STR), F("executable", STR, null=True), F("argv", LIST), F("basicsize", INT),
         F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
         _opt("forked_from", INT, null=True), _opt("attached", BOOL, since=2), _opt("gc_counts", LIST, since=2),
-        _opt("gc_stats", LIST, since=2))),
+        _opt("gc_stats", LIST, since=2), _opt("gc_generations", INT, since=2))),
     MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),
                                          F("file", STR, null=True), _opt("driver", STR, since=2),
                                          _opt("probed", BOOL, since=2))),

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian13-check", ".ci/run"]
+SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian-check", "scripts/debian13-check",
+           ".ci/run"]
 
 
 @pytest.mark.parametrize("path", SCRIPTS)
