@@ -1,6 +1,6 @@
 """Why a garbage collection ran when it did: the generation counters against the thresholds.
 
-CPython's generational collector (3.8-3.13, and again from 3.14.5) keeps one counter per
+CPython's generational collector (3.8-3.13, 3.14.5 on and 3.15) keeps one counter per
 generation: generation 0 counts container allocations minus deallocations since its last
 collection, generation N>0 counts collections of generation N-1 since its own last one. When
 generation 0's counter passes its threshold, the interpreter collects the *oldest* generation

@@ -151,18 +151,22 @@ class RunCommand:
         if args.format == "html":  # the page goes next to the capture: it obeys --force too
             _check_output(html_path_for(output), args.force)
         targets = None
+        # bcc compiles with the process's cwd in the kernel headers (it chdirs there and back), and
+        # the compile runs while the command is resolved, the capture opened and the child forked:
+        # all of them take this cwd explicitly (tests/system/test_cli_run.py pins the child's cwd).
+        cwd = os.getcwd()
         if use_bpf:
             from trace_quit.tracer.bpf.session import start_compile
 
             start_compile()  # the probes compile while the command is resolved (start-up)
-            targets = _resolve_bpf_targets(argv, run_as)
+            targets = _resolve_bpf_targets(argv, run_as, cwd)
             if getattr(targets, "nothing_to_probe", None):
                 # Not an error: the program still runs (and the agent still loads into any Python it starts).
                 _err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
                 use_bpf, targets = False, None
         options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
-                             run_as=run_as, status=not args.quiet, max_capture=_max_capture(args))
+                             run_as=run_as, status=not args.quiet, max_capture=_max_capture(args), cwd=cwd)
         recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
         # Every intended error is a TraceQuitError (mapped once, in main); the capture of a
         # program that never started is removed, but only one this run created.
@@ -411,10 +415,10 @@ def default_capture_name(argv):
     return "trace-quit-%s.%d%s" % (safe, os.getpid(), CAPTURE_SUFFIX)
 
 
-def _resolve_bpf_targets(argv, run_as):
+def _resolve_bpf_targets(argv, run_as, cwd=None):
     from trace_quit.tracer.record import resolve_bpf_targets
 
-    return resolve_bpf_targets(argv, run_as)
+    return resolve_bpf_targets(argv, run_as, cwd)
 
 
 def _remove_unstarted_capture(path):

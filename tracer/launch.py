@@ -62,8 +62,9 @@ class LaunchError(TraceQuitError):
 class CorkedChild:
     """A forked child waiting on a pipe; ``release()`` lets it exec the program."""
 
-    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs):
+    def __init__(self, argv: List[str], env: Dict[str, str], run_as: RunAs, cwd: Optional[str] = None):
         self.argv = argv
+        self.cwd = cwd  # the program's cwd: the tracer's may be elsewhere while bcc compiles
         self.env = env
         self.run_as = run_as
         self.pid: Optional[int] = None
@@ -102,6 +103,8 @@ class CorkedChild:
         # ends in b"x"). The user asked for the program to run; it runs, partly traced,
         # rather than being lost with the tracer (tests/system/test_faults.py).
         try:
+            if self.cwd is not None:
+                os.chdir(self.cwd)
             run_as = self.run_as
             if not run_as.is_current:
                 os.setgroups(list(run_as.groups))

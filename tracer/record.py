@@ -45,6 +45,7 @@ class RunOptions:
     status: bool = True
     duration: Optional[float] = None   # --pid: stop tracing after this many seconds
     max_capture: int = 0               # --max-capture: the capture's bound in bytes (0: none)
+    cwd: Optional[str] = None          # the invoking cwd, taken before bcc's compile may move the process's
 
 
 @dataclasses.dataclass
@@ -105,8 +106,9 @@ class Recorder:
 
     def _new_writer(self, run_as):
         opts = self.options
-        return CaptureWriter(opts.output, force=opts.force, owner=(run_as.uid, run_as.gid),
-                             max_bytes=opts.max_capture, on_bound=self._bound_reached)
+        return CaptureWriter(os.path.join(opts.cwd or "", opts.output), force=opts.force,
+                             owner=(run_as.uid, run_as.gid), max_bytes=opts.max_capture,
+                             on_bound=self._bound_reached)
 
     def _bound_reached(self, t_ns, max_bytes):
         """The capture reached --max-capture: said once, in the capture and on stderr."""
@@ -162,7 +164,7 @@ class Recorder:
                 for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
                     env.pop(key, None)
             self._checkpoint()
-            self.child = CorkedChild(opts.argv, env, run_as)
+            self.child = CorkedChild(opts.argv, env, run_as, cwd=opts.cwd)
             with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
             self.writer = self._new_writer(run_as)
@@ -294,7 +296,7 @@ class Recorder:
                        "argv": ev.redact_argv(list(sys.argv))},
             "child_pid": pid if pid is not None else self.child.pid,
             "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
-            "cwd": os.getcwd(),
+            "cwd": opts.cwd or os.getcwd(),
             # Layers requested; what the eBPF layer attached follows in the bpf_probes event.
             "layers": {"bpf": bool(opts.bpf), "agent": self.channel is not None, "sampler": bool(opts.dsn)},
         }
@@ -452,7 +454,7 @@ class Recorder:
         self.writer.close(trailer)
 
 
-def resolve_bpf_targets(argv, run_as):
+def resolve_bpf_targets(argv, run_as, cwd=None):
     """What the eBPF layer will probe for ``argv`` run as ``run_as``; a TraceQuitError (69) when it cannot."""
     try:
         from trace_quit.tracer import bpf
@@ -460,7 +462,7 @@ def resolve_bpf_targets(argv, run_as):
         raise TraceQuitError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
                              EX_UNAVAILABLE) from None
     try:
-        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid)
+        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid, cwd=cwd)
     except bpf.BpfUnavailable as exc:
         raise TraceQuitError(str(exc), EX_UNAVAILABLE) from None
 
