@@ -97,8 +97,11 @@ class Thresholds:
                     self.in_effect[pid] = t
 
     def collector(self, pid: Optional[int]) -> str:
-        """Process ``pid``'s collector from what its interpreter reported at start (agent_start)."""
-        if pid is None or pid not in self.python:
+        """Process ``pid``'s collector from what its interpreter reported at start (agent_start);
+        another traced process's when ``pid`` has no agent_start, else the kernel layer's."""
+        if pid not in self.python and self.python:
+            pid = next(iter(self.python))
+        if pid not in self.python:
             return self.kernel_collector or UNKNOWN
         return collector(self.python[pid], self.free_threaded.get(pid, False), self.at_start.get(pid),
                          self.generations.get(pid))
