@@ -228,11 +228,18 @@ def collection_name(generation: Optional[int], kind: str = GENERATIONAL) -> str:
     if generation is None:
         return "collection"
     if kind == INCREMENTAL:
-        return {0: "young collection", 1: "old-generation increment (with a young collection)",
-                2: "full collection (gc.collect())"}.get(generation, "collection")
+        names = {0: "young collection", 1: "old-generation increment", 2: "full collection"}
+        return names.get(generation, "collection")
     if kind == GENERATIONAL:
         return "generation-%d collection" % generation
     return "collection (reported generation %d)" % generation
+
+
+def generation_label(generation: Any, kind: str = GENERATIONAL) -> str:
+    """'generation 1' in a count by generation, or the incremental collector's 'old-generation increments'."""
+    if kind == INCREMENTAL and str(generation) in ("0", "1", "2"):
+        return ("young collections", "old-generation increments", "full collections")[int(generation)]
+    return "generation %s" % generation
 
 
 def a_collection(generation: Optional[int], kind: str = GENERATIONAL) -> str:

@@ -270,7 +270,7 @@ def build_report(capture: Capture) -> Report:
     if extra is not None:
         findings.insert(0, extra)
     summary = _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
-                       timeline.server)
+                       timeline.server, collector)
     said = dropslib.plural(connections.com_quit, "COM_QUIT")
     at = next((i for i, line in enumerate(summary) if ", %s:" % said in line), None)
     # After the counts line; without one (no connection opened), after the first line.
@@ -323,7 +323,7 @@ _CAUSE_PROSE = {
 
 
 def _summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
-             server=()) -> List[str]:
+             server=(), collector=gcwhy.GENERATIONAL) -> List[str]:
     """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
     fi, pl = dropslib.fmt_int, dropslib.plural
     out = []
@@ -353,7 +353,7 @@ def _summary(connections, com_quit, gc, drops, patterns, engines, layers, progra
         if cause == ev.EXPLICIT_CLOSE or n:
             text = "%s %s" % (fi(n), _CAUSE_PROSE[cause])
             if cause == ev.GC and n:
-                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
+                text += " (%s)" % ", ".join("%s: %s" % (gcwhy.generation_label(g, collector), fi(k))
                                             for g, k in com_quit.gc_by_generation.items() if k)
             parts.append(text)
     line = "%s opened, %s" % (pl(connections.opened, "connection"), pl(connections.com_quit, "COM_QUIT"))
