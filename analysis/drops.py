@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
+from .gcwhy import GENERATIONAL, a_collection, collection_name
 from .join import Collection, Life
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
@@ -173,10 +174,10 @@ def _thread_of(c: Collection) -> Optional[str]:
     return None
 
 
-def explain_collection(c: Collection, lives: Sequence[Life], origins: Origins, t_s: float) -> str:
+def explain_collection(c: Collection, lives: Sequence[Life], origins: Origins, t_s: float,
+                       collector: str = GENERATIONAL) -> str:
     """'at 66.3 s a generation-2 collection on thread T (10,575 objects) destroyed 83 connections of …'."""
-    gen = "generation-%d collection" % c.gen if c.gen is not None else "collection"
-    text = "at %s s a %s" % (fmt_s(t_s), gen)
+    text = "at %s s %s" % (fmt_s(t_s), a_collection(c.gen, collector))
     thread = _thread_of(c)
     if thread:
         text += " on thread %s" % thread
@@ -200,7 +201,7 @@ def _open_tid(life: Life) -> Optional[int]:
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,
-                  generation: Optional[int], exit_status=None) -> str:
+                  generation: Optional[int], exit_status=None, collector: str = GENERATIONAL) -> str:
     """One sentence for a group of ends that no single collection explains."""
     at = "at %s s " % fmt_s(t_s)
     what = origins.phrase(lives)
@@ -226,14 +227,16 @@ def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: floa
     if cause == ev.SERVER:
         return at + "the server ended " + what + " before the client closed them"
     if cause == ev.GC:
-        gen = " (generation %d)" % generation if generation is not None else ""
+        gen = " (%s)" % collection_name(generation, collector) if generation is not None else ""
         return at + "the cyclic garbage collector%s destroyed %s" % (gen, what)
     return at + what + " ended for a reason the layers could not agree on (unknown)"
 
 
 def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], float],
-               origins: Origins, exit_status=None, drop_collections: Optional[set] = None) -> List[Drop]:
-    """Every sudden fall in live connections, in time order, each with its explanation.
+               origins: Origins, exit_status=None, drop_collections: Optional[set] = None,
+               collector: str = GENERATIONAL) -> List[Drop]:
+    """Every sudden fall in live connections, in time order, each with its explanation
+    (``collector``: the program's, gcwhy.Thresholds.collector, names its collections).
 
     ``drop_collections`` (a set) receives the id() of every collection that made a drop."""
     by_collection: Dict[int, List[Life]] = {}
@@ -277,10 +280,10 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
         if c is not None:
             if drop_collections is not None:
                 drop_collections.add(id(c))
-            text = explain_collection(c, lives, origins, t_s)
+            text = explain_collection(c, lives, origins, t_s, collector)
             thread, site, collected = _thread_of(c), relative_site(c.site, origins.cwd), c.collected
         else:
-            text = explain_group(cause, lives, origins, t_s, gen, exit_status)
+            text = explain_group(cause, lives, origins, t_s, gen, exit_status, collector)
             thread = site = collected = None
         drops.append(Drop(
             t_s=t_s, from_=before, to=after, duration_ms=round((t_last - t_first) / 1e6, 3),
@@ -294,7 +297,8 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
     return drops
 
 
-def find_patterns(collections: Sequence[Collection], drop_collections: Optional[set] = None) -> List[Pattern]:
+def find_patterns(collections: Sequence[Collection], drop_collections: Optional[set] = None,
+                  collector: str = GENERATIONAL) -> List[Pattern]:
     """Per generation, how often a collection destroys connections and how many each time.
 
     A regular pattern whose collections are mostly drops is the saw-tooth of the live count."""
@@ -320,13 +324,13 @@ def find_patterns(collections: Sequence[Collection], drop_collections: Optional[
         regular = cv <= REGULAR_CV
         each = int(round(statistics.median(counts)))
         lo, hi, total = min(counts), max(counts), sum(counts)
-        name = "generation-%d collection" % gen if gen is not None else "collection"
+        name = collection_name(gen, collector)
         spread = ("%s each" % fmt_int(lo)) if lo == hi else ("%s–%s each" % (fmt_int(lo), fmt_int(hi)))
         detail = "%d collections, %s, %s in all" % (len(cs), spread, fmt_int(total))
         drops = sum(1 for c in cs if id(c) in (drop_collections or ()))
         if regular:
-            text = "a %s every ~%s s destroys ~%s (%s)" % (
-                name, fmt_approx(every), plural(each, "connection"), detail)
+            text = "%s every ~%s s destroys ~%s (%s)" % (
+                a_collection(gen, collector), fmt_approx(every), plural(each, "connection"), detail)
             if drops * 2 > len(cs):
                 text += ": the saw-tooth of the connection count"
         else:

@@ -1,6 +1,6 @@
 """Why a garbage collection ran when it did: the generation counters against the thresholds.
 
-CPython's generational collector (3.8-3.13, and again from 3.14.5) keeps one counter per
+CPython's generational collector (3.8-3.13, 3.14.5 on and 3.15) keeps one counter per
 generation: generation 0 counts container allocations minus deallocations since its last
 collection, generation N>0 counts collections of generation N-1 since its own last one. When
 generation 0's counter passes its threshold, the interpreter collects the *oldest* generation
@@ -23,10 +23,10 @@ from ``gc.collect()``), and free-threaded builds (one generation: the number is 
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-GENERATIONAL = "generational"
-INCREMENTAL = "incremental"
-FREE_THREADED = "free-threaded"
-UNKNOWN = "unknown"
+from trace_quit.tracer.bpf import compat
+
+GENERATIONAL, INCREMENTAL = compat.GENERATIONAL, compat.INCREMENTAL
+FREE_THREADED, UNKNOWN = compat.FREE_THREADED, compat.UNKNOWN
 
 #: CPython 3.8-3.12's thresholds (the incident's 3.10 ran with them); 3.13 raised generation
 #: 0's to 2000.
@@ -38,19 +38,14 @@ QUARTER_RULE = ("a full collection also needs the objects that survived into gen
                 "would not have been collected")
 
 
-def collector(python: Optional[str], free_threaded: bool = False) -> str:
-    """Which collector a CPython version runs: generational, incremental, free-threaded, unknown."""
-    if free_threaded:
-        return FREE_THREADED
+def collector(python: Optional[str], free_threaded: bool = False, thresholds: Optional[Sequence[int]] = None,
+              generations: Optional[int] = None) -> str:
+    """Which collector a CPython runs: generational, incremental, free-threaded, unknown -- decided
+    as the kernel layer decides it (tracer/bpf/compat.collector), from its version and what it
+    reported at start (thresholds, number of generations)."""
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", python or "")
-    if not m:
-        return UNKNOWN
-    major, minor, micro = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-    if (major, minor) == (3, 14) and micro <= 4:
-        return INCREMENTAL
-    if (major, minor) >= (3, 15):
-        return UNKNOWN  # not read yet: say so rather than apply 3.13's rule
-    return GENERATIONAL
+    version = tuple(int(g) for g in m.groups() if g is not None) if m else None
+    return compat.collector(version, free_threaded, thresholds, generations)[0]
 
 
 def _triple(value: Any) -> Optional[List[int]]:
@@ -66,15 +61,19 @@ class Thresholds:
         self.at_start: Dict[int, List[int]] = {}
         self.python: Dict[int, str] = {}
         self.free_threaded: Dict[int, bool] = {}
+        self.generations: Dict[int, int] = {}             # len(gc.get_stats()) at start, per pid
         self.starts: Dict[tuple, Dict[str, Any]] = {}     # (pid, cid) -> agent gc_start
         self.in_effect: Dict[int, List[int]] = {}         # the last recorded, per pid
         # What the kernel layer found the interpreter to be (tracer/bpf/compat.py): a free-threaded
         # build is not visible in the agent's version string.
         self.kernel_collector: Optional[str] = None
+        self.kernel_caveats: List[str] = []   # compat.collector's sentences ("kernel layer: ...")
         for source in [header or {}] + [e for e in events if isinstance(e, dict) and e.get("k") == "bpf_probes"]:
             targets = source.get("targets")
             if isinstance(targets, dict) and isinstance(targets.get("gc_collector"), str):
                 self.kernel_collector = targets["gc_collector"]
+                notes = targets.get("notes") if isinstance(targets.get("notes"), list) else []
+                self.kernel_caveats = [n for n in notes if isinstance(n, str) and n.startswith("kernel layer: ")]
         for e in events:
             if not isinstance(e, dict) or e.get("src", "agent") != "agent":
                 continue
@@ -88,12 +87,46 @@ class Thresholds:
                     self.in_effect.setdefault(pid, t)
                 if isinstance(e.get("python"), str):
                     self.python.setdefault(pid, e["python"])
+                if type(e.get("gc_generations")) is int:
+                    self.generations.setdefault(pid, e["gc_generations"])
                 self.free_threaded[pid] = self.kernel_collector == FREE_THREADED
             elif k == "gc_start" and type(e.get("cid")) is int:
                 self.starts[(pid, e["cid"])] = e
                 t = _triple(e.get("thresholds"))
                 if t is not None:
                     self.in_effect[pid] = t
+
+    def collector(self, pid: Optional[int]) -> str:
+        """Process ``pid``'s collector from what its interpreter reported at start (agent_start);
+        another traced process's when ``pid`` has no agent_start, else the kernel layer's."""
+        if pid not in self.python and self.python:
+            pid = next(iter(self.python))
+        if pid not in self.python:
+            return self.kernel_collector or UNKNOWN
+        return collector(self.python[pid], self.free_threaded.get(pid, False), self.at_start.get(pid),
+                         self.generations.get(pid))
+
+    def caveats(self, pid: Optional[int]) -> List[str]:
+        """What each layer could not say because of process ``pid``'s collector, naming the layer."""
+        out = list(self.kernel_caveats)
+        if pid not in self.python and self.python:
+            pid = next(iter(self.python))
+        if pid not in self.python:
+            return out
+        kind, python = self.collector(pid), self.python[pid]
+        if kind == INCREMENTAL:
+            out.append("agent layer: CPython %s collects incrementally: what it reports as generation 0 is a young "
+                       "collection, 1 a young collection plus an increment of the old generation, 2 a full "
+                       "collection (gc.collect()); no collection is a generation 2 of the generational collector, "
+                       "and its threshold rule does not explain when they ran" % python)
+        elif kind == FREE_THREADED:
+            out.append("agent layer: free-threaded CPython %s has one generation: the number a collection reports "
+                       "is no age" % python)
+        elif kind == UNKNOWN:
+            out.append("agent layer: CPython %s did not report the generational collector at start (thresholds %s, "
+                       "%s generations): its collections' numbers are shown as reported, no rule applied" % (
+                           python, self.at_start.get(pid), self.generations.get(pid, "?")))
+        return out
 
     def summary(self, pid: Optional[int]) -> Optional[Dict[str, Any]]:
         """The report's ``gc_thresholds`` for process ``pid`` (the program), or None without the agent."""
@@ -103,7 +136,7 @@ class Thresholds:
             return None
         start, now = self.at_start[pid], self.in_effect.get(pid, self.at_start[pid])
         python = self.python.get(pid)
-        return {"pid": pid, "python": python, "collector": collector(python, self.free_threaded.get(pid, False)),
+        return {"pid": pid, "python": python, "collector": self.collector(pid),
                 "at_start": start, "in_effect": now, "changed_at_run_time": now != start,
                 "before_3_13": list(CLASSIC_THRESHOLDS)}
 
@@ -111,7 +144,7 @@ class Thresholds:
         """Why collection ``cid`` of ``pid`` ran then: the counters it started with against the thresholds."""
         start = self.starts.get((pid, cid)) if pid is not None and cid is not None else None
         python = self.python.get(pid) if pid is not None else None
-        kind = collector(python, self.free_threaded.get(pid, False) if pid is not None else False)
+        kind = self.collector(pid)
         thresholds = (_triple(start.get("thresholds")) if start else None) or self.in_effect.get(pid)
         counts = _triple(start.get("counts")) if start else None
         return explain(generation, counts, thresholds, kind, python)
@@ -142,9 +175,10 @@ def explain(generation: Optional[int], counts: Optional[List[int]], thresholds: 
                        % (" (%d)" % thresholds[0] if thresholds else ""))
         return out
     if kind == INCREMENTAL:
-        out["text"] = ("CPython 3.14.0-3.14.4 collect incrementally: automatic collections are young or an "
-                       "increment of the old generation (reported as generation 0 or 1); a full collection "
-                       "only comes from gc.collect(); the generational rule below does not apply")
+        out["text"] = ("%s: CPython 3.14.0-3.14.4 collect incrementally (an automatic collection is a young "
+                       "collection plus an increment of the old generation; a full collection only comes from "
+                       "gc.collect()), so the generational threshold rule does not apply"
+                       % a_collection(generation, INCREMENTAL))
         return out
     if kind == UNKNOWN:
         out["text"] = "a CPython whose collector trace-quit does not know: no rule applied"
@@ -186,6 +220,32 @@ def explain(generation: Optional[int], counts: Optional[List[int]], thresholds: 
         out["text"] = ("not due by the thresholds (%s): an explicit gc.collect(%d), or a collection the "
                        "interpreter asked for itself" % (", ".join(parts), generation))
     return out
+
+
+def collection_name(generation: Optional[int], kind: str = GENERATIONAL) -> str:
+    """A collection in its collector's own terms: 'generation-2 collection', or for 3.14.0-3.14.4's
+    incremental collector 'young collection' / 'old-generation increment' / 'full collection'."""
+    if generation is None:
+        return "collection"
+    if kind == INCREMENTAL:
+        names = {0: "young collection", 1: "old-generation increment", 2: "full collection"}
+        return names.get(generation, "collection")
+    if kind == GENERATIONAL:
+        return "generation-%d collection" % generation
+    return "collection (reported generation %d)" % generation
+
+
+def generation_label(generation: Any, kind: str = GENERATIONAL) -> str:
+    """'generation 1' in a count by generation, or the incremental collector's 'old-generation increments'."""
+    if kind == INCREMENTAL and str(generation) in ("0", "1", "2"):
+        return ("young collections", "old-generation increments", "full collections")[int(generation)]
+    return "generation %s" % generation
+
+
+def a_collection(generation: Optional[int], kind: str = GENERATIONAL) -> str:
+    """collection_name with its article: 'a generation-2 collection', 'an old-generation increment …'."""
+    name = collection_name(generation, kind)
+    return ("an " if name[0] in "aeiou" else "a ") + name
 
 
 def _counter_name(g: int) -> str:

@@ -284,6 +284,8 @@ class Report:
     schema: str = SCHEMA
     no_quit: Optional[NoQuit] = None   # issue 19: aborted clients, drivers (analysis/aborted.py)
     gc_thresholds: Optional[Dict[str, Any]] = None  # platform (issue 14): analysis/gcwhy.Thresholds.summary
+    #: The program's collector and what each layer could not say because of it (gcwhy.Thresholds.caveats).
+    gc_collector: Optional[Dict[str, Any]] = None
     processes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # by_process(): per traced pid
     # With the kernel layer on: connections and ends only the agent's channel reported
     # (analysis/attribute.agent_only_claim), never counted: {"total", "by_cause", "pids", "pids_total"}.

@@ -74,6 +74,7 @@ def to_dict(r: Report) -> Dict[str, Any]:
         # issue 19: connections closed without COM_QUIT (aborted clients), per driver
         "no_quit": dataclasses.asdict(r.no_quit) if r.no_quit is not None else None,
         "gc_thresholds": r.gc_thresholds,  # platform (issue 14)
+        "gc_collector": r.gc_collector,
         "processes": r.processes,  # per traced process (a service's workers: --pid of a master)
         # What only the agent's channel said, with the kernel layer on: not in any count above.
         "agent_only": r.agent_only or {"total": 0, "by_cause": {}, "pids": [], "pids_total": 0},

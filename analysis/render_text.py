@@ -229,6 +229,8 @@ def _collections(o: _Out, r: Report) -> None:
     gc_line = gcwhy.thresholds_text(r.gc_thresholds)  # the program's thresholds (issue 14), always said
     if gc_line:
         o.wrap(gc_line, 4, first="  ")
+    for caveat in (r.gc_collector or {}).get("caveats") or ():  # a collector whose numbers are no ages
+        o.wrap("caveat, " + caveat, 4, first="  ")
     if r.program.gc_disabled:
         o.add("  gc.disable() was in effect: only explicit gc.collect() calls collected")
     if g.that_closed_connections:

@@ -223,13 +223,15 @@ def build_report(capture: Capture) -> Report:
 
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()
-    drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections)
-    # platform (issue 14): the thresholds in effect, and why each collection behind a drop ran then.
+    # The thresholds in effect, the program's collector (named in its own terms: an incremental
+    # collector's increments are no generation 2), and why each collection behind a drop ran then.
     thresholds = gcwhy.Thresholds(capture.events, header)
+    collector = thresholds.collector(program.pid)
+    drops = dropslib.find_drops(ended, curve, to_s, origins, exit_status, drop_collections, collector)
     for d in drops:
         if d.cause == ev.GC:
             d.why_now = thresholds.why_now(d.pid, d.cid, d.generation)
-    patterns = dropslib.find_patterns(colls.closing, drop_collections)
+    patterns = dropslib.find_patterns(colls.closing, drop_collections, collector)
     engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
@@ -297,7 +299,8 @@ def build_report(capture: Capture) -> Report:
     if agent_only["total"]:  # after the counts: they are what the totals leave out
         agent_only["text"] = words.agent_only_line(agent_only)
     summary = words.summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
-                            timeline.server, no_quit=no_quit, bound_text=bound["text"] if bound is not None else None,
+                            timeline.server, collector=collector, no_quit=no_quit,
+                            bound_text=bound["text"] if bound is not None else None,
                             agent_only_text=agent_only.get("text"))
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
@@ -307,7 +310,8 @@ def build_report(capture: Capture) -> Report:
         malformed=sum(capture.invalid.values()), revision=capture.header.get("version") or 0,
         lacks=dict(capture.lacks), no_quit=no_quit, gc_thresholds=thresholds.summary(program.pid),
         processes=by_process(totals, j), bound=bound, agent_only=agent_only,
-        tests=tests_view.by_test(capture.events, ended))
+        tests=tests_view.by_test(capture.events, ended),
+        gc_collector={"collector": collector, "caveats": thresholds.caveats(program.pid)})
 
 
 def by_process(totals: Totals, j: Joined) -> List[Dict[str, Any]]:

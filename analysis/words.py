@@ -13,6 +13,7 @@ from trace_quit.tracer import events as ev
 
 from .aborted import summary_lines as aborted_lines
 from .drops import ended_words, fmt_int, fmt_s, plural
+from .gcwhy import GENERATIONAL, generation_label
 from .model import largest_drop
 
 
@@ -61,8 +62,22 @@ def agent_only_line(info) -> str:
                 "a connection" if info["total"] == 1 else "connections", causes, pids))
 
 
-def summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(),
-            server=(), no_quit=None, bound_text=None, agent_only_text=None) -> List[str]:
+def nothing_opened(layers, program) -> str:
+    """The summary's line when no MySQL connection was opened, with what the agent saw imported."""
+    line = "No MySQL connection was opened"
+    if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
+        # The agent sees MySQLdb when its connections module loads, at the first connect:
+        # `import MySQLdb` (SQLAlchemy 2.x's create_engine does it) loads only the package.
+        if "sqlalchemy" in program.modules:
+            line += (" (SQLAlchemy %s was imported but never connected: neither MySQLdb's connections "
+                     "module nor PyMySQL was loaded)" % program.modules["sqlalchemy"])
+        else:
+            line += " (neither MySQLdb's connections module nor PyMySQL was loaded)"
+    return line + "."
+
+
+def summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings=(), server=(),
+            collector=GENERATIONAL, no_quit=None, bound_text=None, agent_only_text=None) -> List[str]:
     """The explanation in a few sentences: the verdict (the top finding) first, its fix last."""
     fi, pl = fmt_int, plural
     out = []
@@ -76,17 +91,14 @@ def summary(connections, com_quit, gc, drops, patterns, engines, layers, program
         out.append("%s: %s." % (top.severity.upper(), top.title))
     if not (connections.opened or connections.com_quit or connections.never_closed or connections.server
             or connections.open_at_end or connections.failed):
-        line = "No MySQL connection was opened"
-        if layers.agent and "MySQLdb" not in program.modules and "pymysql" not in program.modules:
-            line += " (the program never imported MySQLdb)"
-        out.append(line + ".")
+        out.append(nothing_opened(layers, program))
         if not layers.bpf:
             out.append("Missing layer: eBPF (see findings).")
         out[1:1] = after_counts
         if top is not None:  # the verdict's fix is always the last line (render_text.py relies on it)
             out.append("Fix: " + top.fix)
         return out
-    out.append(counts_line(connections, com_quit, no_quit))
+    out.append(counts_line(connections, com_quit, collector))
     # After the counts line: the counts past a capture's bound, the ends without COM_QUIT.
     out.extend(after_counts)
     if connections.never_closed:
@@ -135,7 +147,7 @@ def summary(connections, com_quit, gc, drops, patterns, engines, layers, program
     return out
 
 
-def counts_line(connections, com_quit, no_quit=None) -> str:
+def counts_line(connections, com_quit, collector=GENERATIONAL) -> str:
     """"N connections opened, M COM_QUITs: 7 by close(), ..." (PyMySQL: how many sent one)."""
     fi, pl = fmt_int, plural
     parts = []
@@ -144,7 +156,7 @@ def counts_line(connections, com_quit, no_quit=None) -> str:
         if cause == ev.EXPLICIT_CLOSE or n:
             text = "%s %s" % (fi(n), CAUSES[cause].words)
             if cause == ev.GC and n:
-                text += " (%s)" % ", ".join("generation %s: %s" % (g, fi(k))
+                text += " (%s)" % ", ".join("%s: %s" % (generation_label(g, collector), fi(k))
                                             for g, k in com_quit.gc_by_generation.items() if k)
             parts.append(text)
     # "N ended (M with COM_QUIT, K without)": not every client end is a COM_QUIT (PyMySQL's and

@@ -11,8 +11,8 @@
 # Steps: apt packages; the kernel-headers fallback for bcc; tracefs; (MySQL) AppArmor
 # allowance for the disposable servers; .venv (system site packages, so bcc imports) with
 # the project and its test extras; /usr/local/bin/trace-quit; the test venvs .venvs/py3.8 ..
-# .venvs/py3.13 (SQLAlchemy 2.x), one per CPython present -- pyenv's newest X.Y.N, else the
-# system's /usr/bin/python3.X (Debian 13 has no pyenv: 3.13 only) -- and .venvs/sqla14
+# .venvs/py3.15 (SQLAlchemy 2.x), one per CPython present -- pyenv's newest X.Y.N, else the
+# system's /usr/bin/python3.X (Debian 13 has no pyenv: 3.13 only; sid: 3.14 and 3.15) -- and .venvs/sqla14
 # (SQLAlchemy 1.4). tests/tq_support.cpython_matrix() applies the same rule.
 #
 # Run as root: sudo scripts/setup.sh
@@ -69,6 +69,13 @@ PKGS+=(prometheus)   # the metrics system test scrapes trace-quit with a real Pr
 PKGS+=(gdb)   # debugging aid only: trace-quit --pid queues the agent through ptrace itself (docs/attach.md)
 PKGS+=(bpftrace)  # the peer in the overhead benchmark (tests/bench/overhead.py)
 PKGS+=(sudo)      # the acceptance tests type the README's `sudo trace-quit …` as an unprivileged user
+# A test venv made from the system's /usr/bin/python3.X (sid: 3.14 and 3.15) builds mysqlclient
+# against that version's headers and needs its venv module.
+for v in 3.8 3.9 3.10 3.11 3.12 3.13 3.14 3.15; do
+    for p in "python$v-dev" "python$v-venv"; do
+        if [ -x "/usr/bin/python$v" ] && apt-cache show "$p" >/dev/null 2>&1; then PKGS+=("$p"); fi
+    done
+done
 if [ "$DB" = mariadb ]; then
     PKGS+=(mariadb-server mariadb-client libmariadb-dev default-libmysqlclient-dev)
 else
@@ -206,7 +213,7 @@ else
     say "PATH" "linked /usr/local/bin/trace-quit -> $VENV/bin/trace-quit"
 fi
 
-# --- test venvs: each CPython 3.8..3.13 present (pyenv's, else the system's), SQLAlchemy 1.4 ---
+# --- test venvs: each CPython 3.8..3.15 present (pyenv's, else the system's), SQLAlchemy 1.4 ---
 # mysqlclient + SQLAlchemy, and this project without its dependencies (--no-deps: the
 # workloads need neither Jinja2 nor matplotlib), so `python -m trace_quit.workloads` runs.
 PYENV_ROOT_DIR="${PYENV_ROOT:-}"
@@ -249,7 +256,7 @@ test_venv() {  # NAME PYTHON SQLALCHEMY-SPEC
     say ".venvs/$1" "$what ($("$dir/bin/python" -c "$VERSIONS"))"
 }
 COVERED=()
-for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
+for v in 3.8 3.9 3.10 3.11 3.12 3.13 3.14 3.15; do
     py="$(pyenv_python "$v")"
     if [ -z "$py" ] && [ -x "/usr/bin/python$v" ]; then py="/usr/bin/python$v"; fi
     if [ -n "$py" ] && [ -x "$py" ]; then

@@ -110,7 +110,7 @@ class SynthCapture:
     def _agent_start(t: int, pid: int, parent: int) -> dict:
         e = {"k": ev.AGENT_START, "t": t, "pid": pid, "tid": pid, "ppid": parent or 1, "python": "3.11.2",
              "executable": "/usr/bin/python3.11", "argv": ["app.py"], "basicsize": BASICSIZE,
-             "gc_thresholds": [700, 10, 10], "gc_enabled": True, "implementation": "cpython"}
+             "gc_thresholds": [700, 10, 10], "gc_enabled": True, "implementation": "cpython", "gc_generations": 3}
         if parent:
             e["forked_from"] = parent
         return e

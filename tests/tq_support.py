@@ -10,7 +10,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(REPO, ".venv", "bin", "python")
 TRACE_QUIT = [sys.executable, "-m", "trace_quit.tracer.cli"]
-AGENT_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
+AGENT_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15")
 
 
 def venv_python_for(version):

@@ -186,7 +186,7 @@ KINDS = {
         F("ppid", INT), F("python", STR), F("executable", STR, null=True), F("argv", LIST), F("basicsize", INT),
         F("gc_thresholds", LIST), F("gc_enabled", BOOL), _opt("implementation", STR),
         _opt("forked_from", INT, null=True), _opt("attached", BOOL, since=2), _opt("gc_counts", LIST, since=2),
-        _opt("gc_stats", LIST, since=2))),
+        _opt("gc_stats", LIST, since=2), _opt("gc_generations", INT, since=2))),
     MODULE: (SRC_AGENT, _AGENT_COMMON + (F("name", STR), F("version", STR, null=True),
                                          F("file", STR, null=True), _opt("driver", STR, since=2),
                                          _opt("probed", BOOL, since=2))),

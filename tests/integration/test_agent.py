@@ -212,7 +212,7 @@ def _untraced(argv, **kw):
 
 
 #: Pythons whose os.fork() warns about threads (3.12+): the agent must have none.
-FORK_WARNING_VERSIONS = ("3.12", "3.13")
+FORK_WARNING_VERSIONS = ("3.12", "3.13", "3.14", "3.15")
 
 
 @pytest.mark.parametrize("version", [cpython_param(v) for v in FORK_WARNING_VERSIONS])

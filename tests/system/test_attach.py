@@ -34,7 +34,7 @@ SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attach_servi
 UPROBE_EVENTS = "/sys/kernel/tracing/uprobe_events"
 LEAKS = 30
 PYTHONS = {"debian": os.path.join(REPO, ".venv", "bin", "python"),
-           "3.8": venv_python_for("3.8"), "3.13": venv_python_for("3.13")}
+           "3.8": venv_python_for("3.8"), "3.13": venv_python_for("3.13"), "3.15": venv_python_for("3.15")}
 
 
 def _leak_line():

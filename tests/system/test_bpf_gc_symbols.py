@@ -2,7 +2,8 @@
 
 gc.collect(0), (1), (2), (0) must show up as gc_start events with exactly those generations,
 in that order, from the kernel side: pyenv 3.9-3.13 through the collection function's
-argument register (resolve.GC_FUNCTIONS), Debian's 3.11 through USDT python:gc__start.
+argument register (resolve.GC_FUNCTIONS), Debian's 3.11 (sid: 3.14, 3.15) through USDT
+python:gc__start.
 pyenv 3.8 is built with GCC clones that hide the generation: brackets, generation unknown.
 """
 
@@ -30,7 +31,8 @@ def _gc_mode(which):
     return "usdt" if which == "debian" or (venv_base(which) or ("", "pyenv"))[1] == "system" else "symbol"
 
 
-@pytest.mark.parametrize("which", ["debian"] + [cpython_param(v) for v in ("3.9", "3.10", "3.11", "3.12", "3.13")])
+@pytest.mark.parametrize("which", ["debian"] + [cpython_param(v) for v in ("3.9", "3.10", "3.11", "3.12", "3.13",
+                                                                     "3.14", "3.15")])
 def test_gc_generation_is_read_from_the_kernel_side(which):
     python = VENV_PY if which == "debian" else venv_python_for(which)
     assert os.path.exists(python), "test venv %s missing: run scripts/setup.sh" % python

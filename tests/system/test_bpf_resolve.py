@@ -155,10 +155,13 @@ def test_without_mysqlclient_only_the_interpreter_probes_remain():
 
 #: The first call after the atexit handlers in Py_FinalizeEx, per CPython version (pyenv's builds).
 AFTER_ATEXIT_SITES = {"3.8": ("flush_std_files", "uprobe"), "3.11": ("_PyThreadState_DeleteExcept", "uprobe"),
-                      "3.13": ("_PyAtExit_Call", "uretprobe")}
+                      "3.13": ("_PyAtExit_Call", "uretprobe"), "3.14": ("_PyAtExit_Call", "uretprobe"),
+                      "3.15": ("_PyAtExit_Call", "uretprobe")}
 #: The same where the venv was made from the distribution's stripped interpreter (no .symtab):
-#: Debian 13's python3.13 exports neither _PyAtExit_Call nor _PyThreadState_RemoveExcept.
-AFTER_ATEXIT_SYSTEM_SITES = {"3.11": ("_PyThreadState_DeleteExcept", "uprobe"), "3.13": ("PyGC_Collect", "uprobe")}
+#: Debian 13's python3.13 exports neither _PyAtExit_Call nor _PyThreadState_RemoveExcept; nor do
+#: Debian sid's python3.14 and python3.15 (measured there).
+AFTER_ATEXIT_SYSTEM_SITES = {"3.11": ("_PyThreadState_DeleteExcept", "uprobe"), "3.13": ("PyGC_Collect", "uprobe"),
+                             "3.14": ("PyGC_Collect", "uprobe"), "3.15": ("PyGC_Collect", "uprobe")}
 
 
 @pytest.mark.parametrize("version", [cpython_param(v) for v in sorted(AFTER_ATEXIT_SITES)])

@@ -249,3 +249,17 @@ def test_pid_of_no_process_is_one_line(tmp_path):
     result = subprocess.run(TRACE_QUIT + ["--pid", "999999999", "-o", str(tmp_path / "x.tqcap")],
                             capture_output=True, text=True)
     assert result.returncode == 66 and result.stderr.count("\n") == 1 and "no process" in result.stderr
+
+
+def test_the_program_and_a_relative_capture_keep_the_invoking_cwd_while_bcc_compiles(tmp_path):
+    # bcc compiles with the process's cwd in the kernel headers (it chdirs there and back) while
+    # the command is resolved, the capture opened and the child forked: none of them may see it.
+    project = tmp_path / "project"
+    project.mkdir()
+    proc = subprocess.run(TRACE_QUIT + ["--quiet", "--format", "none", "--no-agent", "-o", "rel.tqcap", "--",
+                                        sys.executable, "-c", "import os; print(os.getcwd())"],
+                          cwd=str(project), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(project)
+    assert (project / "rel.tqcap").exists()
+    assert load_events(str(project / "rel.tqcap")).header["cwd"] == str(project)

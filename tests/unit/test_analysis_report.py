@@ -165,9 +165,22 @@ def test_a_program_without_connections_says_so(tmp_path):
     s = SynthCapture(str(tmp_path / "z.tq"), layers=("agent",))
     s.finish(0.1, status=7)
     r = build_report(load(s.path))
-    assert r.summary == ["No MySQL connection was opened (the program never imported MySQLdb).",
-                         "Missing layer: eBPF (see findings)."]
+    assert r.summary == ["No MySQL connection was opened (neither MySQLdb's connections module nor PyMySQL "
+                         "was loaded).", "Missing layer: eBPF (see findings)."]
     assert r.program.exit_status == 7
+
+
+def test_sqlalchemy_imported_without_a_connection_is_not_said_to_lack_mysqldb(tmp_path):
+    # SQLAlchemy 2.x's create_engine("mysql+mysqldb://...") imports the MySQLdb package, whose
+    # connections module (what the agent reports) loads only at the first connect.
+    s = SynthCapture(str(tmp_path / "z.tq"), layers=("agent",))
+    s._agent({"k": ev.MODULE, "t": s.ns(0.05), "pid": s.pid, "tid": s.pid, "name": "sqlalchemy", "version": "2.0.36",
+              "file": "/venv/sqlalchemy/__init__.py"})
+    s.finish(0.1, status=0)
+    r = build_report(load(s.path))
+    assert r.summary[0] == ("No MySQL connection was opened (SQLAlchemy 2.0.36 was imported but never connected: "
+                            "neither MySQLdb's connections module nor PyMySQL was loaded).")
+    assert "never imported MySQLdb" not in render(r, "text")
 
 
 # --- findings and summary say what happened (issue 16) ----------------------------------------

@@ -17,7 +17,8 @@ from trace_quit.tracer.bpf import compat
     ((3, 14, 0), False, ("incremental", False)),
     ((3, 14, 4), False, ("incremental", False)),
     ((3, 14, 5), False, ("generational", True)),    # generational again from 3.14.5
-    ((3, 15, 0), False, ("unknown", False)),        # not read yet: no generation claimed
+    ((3, 15, 2), False, ("generational", True)),    # measured on Debian sid: three generations
+    ((3, 16, 0), False, ("unknown", False)),        # newer, and it reported nothing: not claimed
     ((3, 13, 5), True, ("free-threaded", False)),
     ((3, 14, 5), True, ("free-threaded", False)),
     (None, False, ("unknown", False)),
@@ -28,6 +29,19 @@ def test_collector_by_version_and_build(version, gil_disabled, expected):
     assert (why is None) == is_age  # every build whose numbers are not ages is said
     if kind == "incremental":
         assert "3.14.0-3.14.4" in why and "without a generation" in why
+    if why:
+        assert why.startswith("kernel layer: ")  # the caveat names the layer it applies to
+
+
+@pytest.mark.parametrize("version,thresholds,generations,expected", [
+    ((3, 15, 2), [2000, 10, 10], 3, "generational"),
+    ((3, 16, 0), [2000, 10, 10], 3, "generational"),    # newer, but it says so itself
+    ((3, 14, 5), [2000, 10, 0], 2, "unknown"),          # an incremental-looking report is not overruled
+    ((3, 14, 2), [2000, 10, 0], 3, "incremental"),
+    ((3, 13, 5), [700, 10, 10], 3, "generational"),
+])
+def test_collector_from_what_the_interpreter_reports_at_start(version, thresholds, generations, expected):
+    assert compat.collector(version, False, thresholds, generations)[0] == expected
 
 
 def test_object_header_by_build():

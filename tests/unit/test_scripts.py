@@ -9,7 +9,9 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian13-check", ".ci/run"]
+SCRIPTS = ["scripts/setup.sh", "scripts/test", "scripts/demo", "scripts/debian-check", "scripts/debian13-check",
+           "scripts/install", "scripts/install-check",
+           ".ci/run"]
 
 
 @pytest.mark.parametrize("path", SCRIPTS)
@@ -97,3 +99,16 @@ def test_every_cpython_here_has_a_test_venv_built_from_it():
             ".venvs/py%s was built from %s, not %s: run scripts/setup.sh" % (version, base[0], python)
     for version in tq_support.required_cpythons():
         assert version in matrix, "TQ_REQUIRE_CPYTHONS names %s, which this machine lacks" % version
+
+
+def test_install_says_what_it_does_and_refuses_what_it_cannot(tmp_path):
+    # scripts/install-check runs the real thing in fresh Debian roots (by hand: docs/platforms.md).
+    script = os.path.join(REPO, "scripts/install")
+    env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"))
+    help_text = subprocess.run([script, "--help"], capture_output=True, text=True, env=env)
+    assert help_text.returncode == 0 and "--remove" in help_text.stdout and "--report-only" in help_text.stdout
+    bad = subprocess.run([script, "--bogus"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and bad.stderr.startswith("install: error: unknown argument '--bogus'")
+    nothing = subprocess.run([script, "--report-only", "--remove"], capture_output=True, text=True, env=env)
+    assert nothing.returncode == 1 and "nothing to remove" in nothing.stderr
+    assert os.listdir(str(tmp_path)) == []  # and it created nothing

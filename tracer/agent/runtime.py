@@ -459,6 +459,12 @@ class Agent:
                 "argv": self.ev.redact_argv(list(sys.argv)), "basicsize": self.conn_offset,
                 "gc_thresholds": list(gc.get_threshold()), "gc_enabled": gc.isenabled(),
                 "implementation": sys.implementation.name}
+        try:
+            # How many generations the collector reports: with the thresholds, what decides the
+            # collector (tracer/bpf/compat.collector), not the version alone.
+            info["gc_generations"] = len(gc.get_stats())
+        except Exception:
+            pass
         if self.attached:
             # What the collector had done before we came, to explain its next collections.
             info["attached"] = True

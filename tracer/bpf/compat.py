@@ -3,10 +3,11 @@
 Three things differ between builds that cannot all be run here, and each would otherwise
 turn into a silently wrong answer:
 
-* **The collector.** CPython 3.8-3.13 (and 3.14.5 on) collect by generation: a collection's
+* **The collector.** CPython 3.8-3.13, 3.14.5 on and 3.15 collect by generation: a collection's
   generation is the age of what it scanned. 3.14.0-3.14.4 collect incrementally: automatic
   collections are "young" or an increment of the old generation (reported as 1), and a full
-  one only comes from ``gc.collect()``. Free-threaded builds (``Py_GIL_DISABLED``) have one
+  one only comes from ``gc.collect()``. Decided from what the interpreter reports at start
+  (``gc.get_threshold()``, ``gc.get_stats()``) and its version. Free-threaded builds (``Py_GIL_DISABLED``) have one
   generation: every automatic collection scans everything and reports 0. Where the number is
   not an age, the kernel side records the bracket (the cause stays "gc") but not a generation.
 * **The object header.** ``PyObject_HEAD`` is 16 bytes in the default build and 32 in the
@@ -32,29 +33,45 @@ FREE_THREADED = "free-threaded"
 UNKNOWN = "unknown"
 
 
-def collector(version, gil_disabled=False):
-    """(collector, generation_is_age, sentence) for a CPython ``version`` tuple."""
+def collector(version, gil_disabled=False, thresholds=None, generations=None):
+    """(collector, generation_is_age, sentence) for a CPython ``version`` tuple, decided from what
+    the interpreter reports at start where it reports it: ``thresholds`` (``gc.get_threshold()``)
+    and ``generations`` (``len(gc.get_stats())``).
+
+    3.14.0-3.14.4 are incremental by their version (their third threshold is meaningless). From
+    3.14.5 a build is generational when it reports three generations and a real third threshold
+    (3.14.5+ and 3.15 measured so), or, without that report, when it is no newer than 3.15; a
+    build that reports otherwise, or a newer one that reports nothing, is unknown, never guessed.
+    ``sentence`` (None when generations are ages) names the layer it applies to."""
     if gil_disabled:
         return (FREE_THREADED, False,
-                "free-threaded build: one generation, every automatic collection scans all objects and reports "
-                "generation 0; collections are attributed (cause gc) without a generation")
+                "kernel layer: free-threaded build: one generation, every automatic collection scans all objects "
+                "and reports generation 0; collections are attributed (cause gc) without a generation")
     if not version:
-        return UNKNOWN, False, "Python version unknown: collections are attributed without a generation"
+        return UNKNOWN, False, "kernel layer: Python version unknown: collections are attributed without a generation"
     v = tuple(version[:3]) + (0,) * (3 - len(version[:3]))
+    if v[:2] < (3, 14):
+        return GENERATIONAL, True, None
     if v[:2] == (3, 14) and len(version) < 3:
         return (INCREMENTAL, False,
-                "CPython 3.14 of unknown micro version: it may collect incrementally (3.14.0-3.14.4); "
+                "kernel layer: CPython 3.14 of unknown micro version: it may collect incrementally (3.14.0-3.14.4); "
                 "collections are attributed (cause gc) without a generation")
     if v[:2] == (3, 14) and v[2] <= 4:
         return (INCREMENTAL, False,
-                "CPython %d.%d.%d collects incrementally (3.14.0-3.14.4): automatic collections are young "
-                "or an increment of the old generation (reported 0 or 1), a full one only comes from "
+                "kernel layer: CPython %d.%d.%d collects incrementally (3.14.0-3.14.4): an automatic collection is a "
+                "young collection plus an increment of the old generation, a full collection only comes from "
                 "gc.collect(); collections are attributed (cause gc) without a generation" % v)
-    if v[:2] >= (3, 15):
-        return (UNKNOWN, False,
-                "CPython %d.%d is newer than trace-quit knows: collections are attributed (cause gc) without "
-                "a generation" % v[:2])
-    return GENERATIONAL, True, None
+    reported = generations is not None or thresholds is not None
+    says_generational = (generations in (None, 3) and (thresholds is None or (
+        isinstance(thresholds, (list, tuple)) and len(thresholds) == 3 and thresholds[2] > 0)))
+    if reported and says_generational:
+        return GENERATIONAL, True, None
+    if not reported and v[:2] <= (3, 15):
+        return GENERATIONAL, True, None
+    return (UNKNOWN, False,
+            "kernel layer: CPython %d.%d.%d reports %s at start, not the generational collector's three "
+            "generations and thresholds: collections are attributed (cause gc) without a generation" % (
+                v + ("%s generations, thresholds %s" % (generations, thresholds) if reported else "nothing",)))
 
 
 def expected_header(gil_disabled):

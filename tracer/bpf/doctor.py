@@ -127,7 +127,13 @@ def checks(python=None, uid=None, gid=None):
             detail = "no USDT; %s in %s's .symtab (entry + uretprobe)" % (", ".join(syms), targets.libpython)
         else:
             detail = "; ".join(m["why"] for m in targets.missing if m["what"] == "gc brackets") or "none"
-        more = "; ".join(targets.notes)
+        # The collector, always said; a caveat (which layer it limits) on the line itself, not
+        # only under --verbose: a plain "ok" would hide that generations are not read.
+        caveats = [n for n in targets.notes if n.startswith("kernel layer: ")]
+        more = "; ".join(n for n in targets.notes if n not in caveats)
+        detail = "%s collector; %s" % (targets.gc_collector or "unknown", detail)
+        if caveats:
+            detail += "; caveat, " + "; ".join(caveats)
         out.append(_check("gc probes", targets.gc_mode is not None,
                           "Python %s: %s" % (".".join(map(str, targets.python_version)), detail), gc_fix,
                           essential=False, more=more))

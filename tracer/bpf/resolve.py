@@ -48,7 +48,7 @@ from trace_quit.tracer.bpf.sites import (GC_FUNCTIONS, PT_REGS, ProbeSite, _add_
 # _mysql extension is located with PathFinder on the package's own search locations,
 # which does not import the parent package either.
 _HELPER = r"""
-import json, os, re, sys, sysconfig, importlib.util, importlib.machinery
+import gc, json, os, re, sys, sysconfig, importlib.util, importlib.machinery
 path0 = json.loads(sys.argv[1])
 if sys.path and sys.path[0] in ('', os.getcwd()):
     del sys.path[0]
@@ -60,7 +60,8 @@ out = {"version": list(sys.version_info[:3]), "executable": sys.executable,
        "instsoname": sysconfig.get_config_var("INSTSONAME"),
        "libdir": sysconfig.get_config_var("LIBDIR"),
        "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
-       "mysqldb": None, "mysql_so": None, "mysqlclient_version": None}
+       "mysqldb": None, "mysql_so": None, "mysqlclient_version": None,
+       "gc_thresholds": list(gc.get_threshold()), "gc_generations": len(gc.get_stats())}
 spec = importlib.util.find_spec("MySQLdb")
 if spec is not None:
     out["mysqldb"] = spec.origin
@@ -95,6 +96,8 @@ class Targets:
     #: The interpreter's collector (compat.collector): generational | incremental | free-threaded
     #: | unknown; only a generational one's generation numbers are ages, and only those are read.
     gc_collector: str = None
+    #: What the interpreter reported at start that decided it: {"thresholds", "generations"}.
+    gc_reported: dict = dataclasses.field(default_factory=dict)
     #: What mysqlclient's _mysql says about its connection struct (compat.mysqlclient_layout).
     mysqlclient_layout: dict = dataclasses.field(default_factory=dict)
     mysqldb: str = None              # MySQLdb/__init__.py the interpreter would import
@@ -245,9 +248,12 @@ def add_interpreter(targets, interp, info, pyelf, libpython, static, env, primar
     if not primary:
         targets.guesses.append({"interpreter": interp, "why": why, "python_version": ".".join(map(str, version)),
                                 "libpython": libpython, "mysql_so": info.get("mysql_so")})
-    kind, generation_is_age, why_kind = compat.collector(version, bool(info.get("gil_disabled")))
+    reported = {"thresholds": info.get("gc_thresholds"), "generations": info.get("gc_generations")}
+    kind, generation_is_age, why_kind = compat.collector(version, bool(info.get("gil_disabled")),
+                                                         reported["thresholds"], reported["generations"])
     if primary or targets.gc_collector is None:
         targets.gc_collector = kind
+        targets.gc_reported = reported
     if why_kind:
         targets.notes.append(why_kind)
     header = compat.expected_header(bool(info.get("gil_disabled")))

@@ -45,6 +45,10 @@ GC_FUNCTIONS = [
     ((3, 11), ("gc_collect_main",), 1),
     ((3, 12), ("gc_collect_main",), 1),
     ((3, 13), ("gc_collect_main",), 1),
+    # 3.14.5+ and 3.15 (the generational collector forward-ported): the 3.13 names. No pyenv build
+    # of them here to verify against (Debian's have USDT, which is preferred): the note says so.
+    ((3, 14), ("gc_collect_main", "_PyGC_Collect"), 1),
+    ((3, 15), ("gc_collect_main", "_PyGC_Collect"), 1),
 ]
 
 
