@@ -141,7 +141,9 @@ def test_a_target_in_another_mount_namespace_gets_no_agent_and_runs_nothing(atta
         pytest.fail("unshare (util-linux) is missing")
     python, proofs, app = _hostile_venv(attacker)
     pid_file = os.path.join(attacker.pw_dir, "app.pid")
-    argv = ["unshare", "--mount", "--propagation", "private", "setpriv", "--reuid=%d" % attacker.pw_uid,
+    # Nothing is mounted in it, so propagation stays as it is ("private" needs "/" to be a mount
+    # point, which it is not in a chroot such as scripts/debian-check's).
+    argv = ["unshare", "--mount", "--propagation", "unchanged", "setpriv", "--reuid=%d" % attacker.pw_uid,
             "--regid=%d" % attacker.pw_gid, "--clear-groups", python, app, pid_file]
     proc, pid = _start(attacker, argv, pid_file, tmp_path)
     try:
