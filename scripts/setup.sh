@@ -274,9 +274,17 @@ say "CPython matrix" "${COVERED[*]:-none}"
 # Python (pip picks the newest release that does; a driver with none is left out and said);
 # one venv also gets a small ASGI service stack for the engine-per-request test.
 DRIVERS=(mysql-connector-python aiomysql asyncmy)
+# The ASGI venv: 3.12 where present (pyenv), else the nearest present (Debian 13: 3.13 alone);
+# tests/system/test_fastapi_async_engine.py reads its version from .venvs/asgi-version.
+ASGI=""
+for v in 3.12 3.13 3.11 3.10 3.9 3.14 3.15 3.8; do
+    if [[ " ${COVERED[*]:-} " == *" $v "* ]]; then ASGI="$v"; break; fi
+done
+mkdir -p "$REPO/.venvs"
+printf '%s\n' "$ASGI" >"$REPO/.venvs/asgi-version"
 for v in "${COVERED[@]}"; do
     dir="$REPO/.venvs/py$v"
-    want="${DRIVERS[*]}"; [ "$v" = 3.12 ] && want="$want greenlet fastapi uvicorn"
+    want="${DRIVERS[*]}"; [ "$v" = "$ASGI" ] && want="$want greenlet fastapi uvicorn"
     if [ "$(cat "$dir/.trace-quit-drivers" 2>/dev/null)" = "$want" ]; then continue; fi
     missing=()
     for pkg in $want; do

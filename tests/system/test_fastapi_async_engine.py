@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tq_support import TRACE_QUIT, load_events, venv_python_for
+from tq_support import REPO, TRACE_QUIT, load_events, venv_python_for
 from trace_quit.tracer.dsn import sqlalchemy_url
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
@@ -49,9 +49,14 @@ def _free_port():
 
 
 def test_engine_per_request_fastapi_first_screen(bpf_server, tmp_path):
-    py = venv_python_for("3.12")
-    if subprocess.run([py, "-c", "import fastapi, uvicorn, aiomysql"], capture_output=True).returncode:
-        pytest.skip("no fastapi/uvicorn/aiomysql in .venvs/py3.12 (scripts/setup.sh installs them)")
+    try:  # the venv scripts/setup.sh gave the ASGI stack (3.12, else the nearest CPython present)
+        with open(os.path.join(REPO, ".venvs", "asgi-version")) as f:
+            version = f.read().strip()
+    except OSError:
+        version = ""
+    py = venv_python_for(version) if version else ""
+    if not py or subprocess.run([py, "-c", "import fastapi, uvicorn, aiomysql"], capture_output=True).returncode:
+        pytest.skip("no fastapi/uvicorn/aiomysql in .venvs/py%s (scripts/setup.sh installs them)" % version)
     project = tmp_path / "service"
     project.mkdir()
     (project / "app.py").write_text(APP)
