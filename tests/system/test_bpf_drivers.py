@@ -12,13 +12,15 @@ import pytest
 
 from test_bpf_known_causes import quits_for_user
 from test_bpf_pymysql import _aborted_clients
-from tq_support import report_json, run_traced, venv_python_for
+from tq_support import cpython_matrix, report_json, run_traced, venv_python_for
 from trace_quit.workloads import known_causes_drivers as kcd
 
 pytestmark = [pytest.mark.bpf, pytest.mark.server]
 
-#: Every driver on 3.8 (skipped where the driver does not install there), 3.12 and 3.13.
-CASES = [(d, v) for v in ("3.12", "3.13", "3.8") for d in kcd.DRIVERS]
+#: Every driver on 3.8, 3.12 and 3.13, each where this machine has that CPython (a version it
+#: lacks is deselected and said in the summary's "CPython matrix" line, as for every version test).
+CASES = [pytest.param(d, v, marks=pytest.mark.cpython(v), id="%s-py%s" % (d, v))
+         for v in ("3.12", "3.13", "3.8") for d in kcd.DRIVERS]
 
 
 def _python(version, driver):
@@ -33,7 +35,7 @@ def _python(version, driver):
     return py
 
 
-@pytest.mark.parametrize("driver,version", CASES, ids=["%s-py%s" % c for c in CASES])
+@pytest.mark.parametrize("driver,version", CASES)
 def test_known_causes_per_driver_exact(bpf_server, tmp_path, driver, version):
     py = _python(version, driver)
     want = kcd.expected(driver)
@@ -72,7 +74,9 @@ def test_connector_c_from_the_kernel_alone_never_guesses_a_close(bpf_server, tmp
     # The C extension's destructor sends COM_QUIT: without the agent, the kernel names what a
     # bracket shows (the collection, the interpreter finalising) and calls the rest -- 2
     # close() and 2 refcount drops, the same on the wire -- unknown, never explicit_close.
-    py = _python("3.12", "connector-c")
+    # 3.12 where present, else the nearest CPython this machine has (Debian 13: 3.13 alone).
+    present = cpython_matrix()
+    py = _python(next((v for v in ("3.12", "3.13", "3.11", "3.14", "3.15") if v in present), "3.12"), "connector-c")
     proc, capture = run_traced(tmp_path, [py, "-m", "trace_quit.workloads", "known-causes-drivers",
                                           "--driver", "connector-c", "--dsn", bpf_server.dsn_tcp],
                                bpf=True, extra=["--no-agent"])
