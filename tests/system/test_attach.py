@@ -48,9 +48,9 @@ def _leak_line():
 class Service:
     """attach_service.py in its own process, and a load generator hitting /ok all along."""
 
-    def __init__(self, python, dsn, tmp_path):
+    def __init__(self, python, dsn, tmp_path, extra_args=()):
         port_file = str(tmp_path / "port")
-        self.proc = subprocess.Popen([python, SERVICE, dsn, port_file], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([python, SERVICE, dsn, port_file] + list(extra_args), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while not os.path.exists(port_file):

@@ -15,13 +15,12 @@ Its duration is stated in docs/attach.md.
 
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
 
 import pytest
-from test_attach import PYTHONS, SERVICE, Service, _leak_line, attach, wait_for
+from test_attach import PYTHONS, Service, _leak_line, attach, wait_for
 from tq_support import cpython_param, venv_python_for
 
 from trace_quit.analysis.capture import load
@@ -41,19 +40,7 @@ class BusyService(Service):
     """The service with its socket endpoints driven by four threads, each request a connect and a close."""
 
     def __init__(self, python, server, tmp_path):
-        port_file = str(tmp_path / "port")
-        self.proc = subprocess.Popen([python, SERVICE, server.dsn_tcp, port_file, server.dsn_socket],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(port_file):
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the service did not start"
-            time.sleep(0.05)
-        with open(port_file) as f:
-            self.port = int(f.read())
-        self.ok = self.failed = 0
-        self.errors = []
-        self.stop_load = threading.Event()
+        super().__init__(python, server.dsn_tcp, tmp_path, extra_args=(server.dsn_socket,))
         self.load_threads = [threading.Thread(target=self._churn, args=(path,), daemon=True) for path in CHURN]
 
     def _churn(self, path):
