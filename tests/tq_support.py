@@ -180,3 +180,24 @@ def report_json(capture, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         return json.load(f)
+
+
+def read_terminal(fd, proc, timeout=60):
+    """Everything a pseudo-terminal's master ``fd`` reads until ``proc`` ends (or ``timeout``), as text."""
+    import select
+    import time
+
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    return out.decode("utf-8", "replace")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tq_support import TRACE_QUIT
+from tq_support import TRACE_QUIT, read_terminal
 
 pytestmark = pytest.mark.server
 
@@ -22,24 +22,6 @@ pytestmark = pytest.mark.server
 PROGRAM = ("import sys, time, MySQLdb; from trace_quit.workloads import dsn; "
            "conns = [(time.sleep(0.06), MySQLdb.connect(**dsn.parse(sys.argv[1])))[1] for _ in range(3)]; "
            "time.sleep(2.5)")
-
-
-def _read_all(fd, proc, timeout=60):
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    return out.decode("utf-8", "replace")
 
 
 def test_status_line_on_a_terminal_the_program_does_not_share(server, tmp_path):
@@ -56,7 +38,7 @@ def test_status_line_on_a_terminal_the_program_does_not_share(server, tmp_path):
                                               sys.executable, "-c", PROGRAM, server.dsn_tcp],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(tmp_path),
                                 preexec_fn=controlling_terminal)
-    text = _read_all(master, proc)  # our slave fd stays open: the pty never hangs up under the reader
+    text = read_terminal(master, proc)  # our slave fd stays open: the pty never hangs up under the reader
     proc.wait(timeout=30)
     os.close(slave)
     os.close(master)
@@ -98,7 +80,7 @@ def test_an_interactive_prompt_on_the_shared_terminal_is_never_erased(server, tm
             seen += os.read(master, 65536)
     time.sleep(1.0)  # the old line would have been redrawn twice over the prompt by now
     os.write(master, b"bob\n")
-    text = seen.decode("utf-8", "replace") + _read_all(master, proc)
+    text = seen.decode("utf-8", "replace") + read_terminal(master, proc)
     proc.wait(timeout=30)
     os.close(master)
     assert proc.returncode == 0

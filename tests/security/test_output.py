@@ -12,15 +12,13 @@ import fcntl
 import os
 import pty
 import re
-import select
 import subprocess
 import termios
-import time
 
 import pytest
 
 from attacker import stop, sudo_env
-from tq_support import TRACE_QUIT, VENV_PY
+from tq_support import TRACE_QUIT, VENV_PY, read_terminal
 
 pytestmark = [pytest.mark.server]
 
@@ -52,23 +50,6 @@ time.sleep(1.5)           # the status line is drawn meanwhile
 _RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
 
 
-def _read_all(fd, proc, timeout=120):
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    return out.decode("utf-8", "replace")
-
-
 def test_escape_sequences_from_the_program_stay_data(attacker, shared_tmp, server):
     project = shared_tmp / "proj\x1b[2J"
     project.mkdir(mode=0o777)
@@ -90,7 +71,7 @@ def test_escape_sequences_from_the_program_stay_data(attacker, shared_tmp, serve
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                   preexec_fn=controlling_terminal)
     try:
-        terminal = _read_all(master, tracer)
+        terminal = read_terminal(master, tracer, timeout=120)
         tracer.wait(timeout=60)
     finally:
         stop(tracer)
