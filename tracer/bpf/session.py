@@ -135,21 +135,28 @@ def _compile(defines):
     of a process, so on the caller's thread (or in the background while the command is
     resolved) it moved the tracer's — and the traced program's — working directory
     (tests/acceptance/test_readme_commands.py runs every command from a project directory)."""
-    job = {"bpf": None, "error": None}
-
-    def run():
-        try:
-            _own_working_directory()
-            job["bpf"] = _compile_here(defines)
-        except BaseException as exc:
-            job["error"] = exc
-
-    thread = threading.Thread(target=run, name="trace-quit-compile", daemon=True)
+    job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
+    thread = _compile_thread(job)
     thread.start()
     thread.join()
     if job["error"] is not None:
         raise job["error"]
     return job["bpf"]
+
+
+def _compile_thread(job):
+    """A thread (not started) that compiles ``job["defines"]`` in a working directory of its own
+    and leaves ``bpf`` or ``error``, and ``seconds``, in ``job``; never raises."""
+    def run():
+        t0 = time.monotonic()
+        try:
+            _own_working_directory()  # bcc's chdir() stays on this thread
+            job["bpf"] = _compile_here(job["defines"])
+        except BaseException as exc:
+            job["error"] = exc
+        job["seconds"] = round(time.monotonic() - t0, 4)
+
+    return threading.Thread(target=run, name="trace-quit-compile", daemon=True)
 
 
 #: unshare(2)'s flag: this thread stops sharing its root, working directory and umask.
@@ -200,17 +207,7 @@ def start_compile(ringbuf_pages=RINGBUF_PAGES):
     except Exception:
         return
     job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
-
-    def run():
-        t0 = time.monotonic()
-        try:
-            _own_working_directory()  # bcc's chdir() stays on this thread (see _compile)
-            job["bpf"] = _compile_here(job["defines"])
-        except BaseException as exc:
-            job["error"] = exc
-        job["seconds"] = round(time.monotonic() - t0, 4)
-
-    job["thread"] = threading.Thread(target=run, name="trace-quit-compile", daemon=True)
+    job["thread"] = _compile_thread(job)
     _early["job"] = job
     job["thread"].start()
 
