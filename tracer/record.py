@@ -68,6 +68,8 @@ class Recorder:
 
     def __init__(self, options: RunOptions, bpf_targets=None, on_note: Callable[[str], None] = None):
         self.options = options
+        #: where the user stood: the program runs there and the capture is named from there
+        self.cwd = options.cwd or os.getcwd()
         self.bpf_targets = bpf_targets
         self.tally = Tally()
         self.notes: List[str] = []
@@ -108,7 +110,7 @@ class Recorder:
     def _new_writer(self, run_as):
         opts = self.options
         # Named from where the user stood, whatever our working directory is by now.
-        path = os.path.join(opts.cwd, opts.output) if opts.cwd else opts.output
+        path = os.path.join(self.cwd, opts.output)
         return CaptureWriter(path, force=opts.force, owner=(run_as.uid, run_as.gid),
                              max_bytes=opts.max_capture, on_bound=self._bound_reached)
 
@@ -116,7 +118,7 @@ class Recorder:
         """The capture as the user named it, or where it really is if that name now points elsewhere."""
         name = self.options.output
         real = getattr(self.writer, "real_path", None)
-        if real and os.path.realpath(os.path.join(self.options.cwd or os.getcwd(), name)) != os.path.realpath(real):
+        if real and os.path.realpath(os.path.join(self.cwd, name)) != os.path.realpath(real):
             return real
         return name
 
@@ -174,7 +176,7 @@ class Recorder:
                 for key in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID", "MAIL"):
                     env.pop(key, None)
             self._checkpoint()
-            self.child = CorkedChild(opts.argv, env, run_as, cwd=opts.cwd or os.getcwd())
+            self.child = CorkedChild(opts.argv, env, run_as, cwd=self.cwd)
             with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
             self.writer = self._new_writer(run_as)
@@ -311,7 +313,7 @@ class Recorder:
                        "argv": ev.redact_argv(list(sys.argv))},
             "child_pid": pid if pid is not None else self.child.pid,
             "uid": run_as.uid, "gid": run_as.gid, "user": run_as.name,
-            "cwd": opts.cwd or os.getcwd(),
+            "cwd": self.cwd,
             # Layers requested; what the eBPF layer attached follows in the bpf_probes event.
             "layers": {"bpf": bool(opts.bpf), "agent": self.channel is not None, "sampler": bool(opts.dsn)},
         }
