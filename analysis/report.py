@@ -54,6 +54,11 @@ def _declared(header: Dict[str, Any], layer: str) -> bool:
     return bool(declared.get(layer))
 
 
+def attached(header: Dict[str, Any]) -> bool:
+    """Was the capture taken with --pid (the header names the process attached to)?"""
+    return type(header.get("attached_pid")) is int
+
+
 def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
     """Were the kernel's send probes attached? Only then does silence mean "not sent"."""
     if j.probes is not None:
@@ -112,6 +117,27 @@ class _Collections:
         return len(c.lives) + (len(c.twin.lives) if c.twin is not None else 0)
 
 
+def context(header: Dict[str, Any], j: Joined, layers: Any, finished: bool, end_all: Optional[int]) -> Context:
+    """What the decisions need to know of the run (attribute.Context): the one construction the
+    report and the live exporter (tracer/metrics.py) share, so a replay decides as the run did.
+    ``finished``: the capture ended (a process with no end of its own ended then, at ``end_all``)."""
+    # --pid: the service goes on after detach, so the end of the capture is no process's end;
+    # its connections still open then are "open at detach", not never closed (only a process
+    # seen to exit ends them).
+    attached_alive = attached(header) and j.child_exit is None
+
+    def process_ended(pid: int) -> Optional[int]:
+        t = j.exits.get(pid)
+        if t is not None:
+            return t
+        if finished and not attached_alive:
+            return end_all
+        return None
+
+    return Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
+                   kernel_drivers=kernel_drivers(j.probes, _declared(header, "bpf")), attached=attached(header))
+
+
 def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joined, layers: Any):
     """What the decisions need to know of the run (attribute.Context), and the capture's bound."""
     # When did each process end? Known from bpf_exit, child_exit, or a finished capture.
@@ -123,22 +149,7 @@ def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joine
     bound = boundlib.read(trailer, layers.bpf, Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire,
                                                        process_ended=lambda pid: None))
 
-    # --pid: the service goes on after detach, so the end of the capture is no process's end;
-    # its connections still open then are "open at detach", not never closed (only a process
-    # seen to exit ends them).
-    attached_alive = type(header.get("attached_pid")) is int and j.child_exit is None
-
-    def process_ended(pid: int) -> Optional[int]:
-        t = j.exits.get(pid)
-        if t is not None:
-            return t
-        if finished and bound is None and not attached_alive:
-            return end_all
-        return None
-
-    ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
-                  kernel_drivers=kernel_drivers(j.probes, _declared(header, "bpf")),
-                  attached=type(header.get("attached_pid")) is int)
+    ctx = context(header, j, layers, finished=finished and bound is None, end_all=end_all)
     return ctx, bound
 
 
@@ -219,7 +230,7 @@ def build_report(capture: Capture) -> Report:
     program = Program(argv=argv, exit_status=exit_status, duration_s=duration_s,
                       pid=j.root_pid or (header.get("child_pid") if isinstance(header.get("child_pid"), int) else None),
                       python=python, modules=dict(j.modules), gc_disabled=bool(j.gc_disabled),
-                      attached=type(header.get("attached_pid")) is int)
+                      attached=attached(header))
 
     # --- drops, patterns, engines, findings -------------------------------------------------
     drop_collections: set = set()

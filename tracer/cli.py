@@ -299,7 +299,7 @@ def _start_metrics(args, options, recorder):
     from trace_quit.tracer import metrics
 
     try:
-        header = metrics.header_for(options, attached=getattr(args, "pid", None) is not None)
+        header = metrics.header_for(options, attached_pid=getattr(args, "pid", None))
         server = metrics.serve(header, args.metrics_addr, args.metrics_port)
     except metrics.MetricsError as exc:
         raise CliError(str(exc), EX_UNAVAILABLE) from None

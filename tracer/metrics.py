@@ -104,23 +104,13 @@ class Attributor:
     def tick(self, now_ns, final=False):
         """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
         from trace_quit.analysis import drops
-        from trace_quit.analysis.attribute import (Context, agent_only_claim, apply, count_families, decide,
-                                                   kernel_drivers)
+        from trace_quit.analysis.attribute import agent_only_claim, apply, count_families, decide
         from trace_quit.analysis.join import join
-        from trace_quit.analysis.report import _declared, _layers
+        from trace_quit.analysis.report import _layers, context
 
         j = join(self.events, self.header)
         layers = _layers(self.header, j)
-
-        def process_ended(pid):
-            t = j.exits.get(pid)
-            if t is not None:
-                return t
-            return now_ns if final else None
-
-        ctx = Context(agent=layers.agent, bpf=layers.bpf, wire=layers.wire, process_ended=process_ended,
-                      kernel_drivers=kernel_drivers(j.probes, _declared(self.header, "bpf")),
-                      attached=bool(self.header.get("attached")))
+        ctx = context(self.header, j, layers, finished=final, end_all=now_ns)
         origins = drops.Origins(self.cwd, j.thread_names)
         opened, closes, done = [], [], []
         pending = still_open = 0
@@ -509,7 +499,11 @@ def _value(n):
     return min(n, 1 << 62)
 
 
-def header_for(options, attached=False):
-    """What the attribution needs of the capture's header, known before the run starts."""
-    return {"cwd": os.getcwd(), "layers": {"bpf": bool(options.bpf), "agent": bool(options.agent)},
-            "attached": attached}
+def header_for(options, attached_pid=None):
+    """What the attribution needs of the capture's header, known before the run starts: the same
+    keys as the header tracer/record.py writes (a replay of the capture decides as this run did:
+    tests/unit/test_consumers.py, the attach fixture)."""
+    header = {"cwd": options.cwd or os.getcwd(), "layers": {"bpf": bool(options.bpf), "agent": bool(options.agent)}}
+    if attached_pid is not None:
+        header["attached_pid"] = attached_pid
+    return header

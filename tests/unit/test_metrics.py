@@ -30,7 +30,7 @@ def replay(cap, slice_ns=50 * 10**6, arrival=None):
 
     ``arrival(event)``: when the exporter sees it (default: its own time ``t``)."""
     arrival = arrival or (lambda e: e["t"])
-    att = metrics.Attributor({"cwd": cap.header.get("cwd"), "layers": cap.header.get("layers")})
+    att = metrics.Attributor(cap.header)  # as the run's exporter had it (metrics.header_for)
     events = sorted((e for e in cap.events if isinstance(e.get("t"), int)), key=arrival)
     opened, closes = collections.Counter(), collections.Counter()
     i = 0
