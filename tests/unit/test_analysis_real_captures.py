@@ -18,7 +18,9 @@ disposable MariaDB 10.11, Python 3.11, mysqlclient 2.3.1, SQLAlchemy 2.1.9:
   one (queried after: 2013) and a pool with pool_pre_ping;
 - known-causes-pymysql.tqcap and known-causes-bounded.tqcap: recorded by tests/make_fixtures.py
   (known-causes-pymysql; known-causes with --max-capture 64K reached mid-run), Python 3.11,
-  PyMySQL 1.2.4 (pymysql.__version__ says 2.2.8), SQLAlchemy 2.1.9, both layers, capture revision 2.
+  PyMySQL 1.2.4 (pymysql.__version__ says 2.2.8), SQLAlchemy 2.1.9, both layers, capture revision 2;
+- tls.tqcap and attach.tqcap: recorded by tests/make_fixtures.py (mysqlclient over TLS; ``--pid`` on
+  tests/system/attach_service.py), Python 3.11, MySQLdb 2.3.2, SQLAlchemy 2.1.9, MariaDB 10.11.
 """
 
 import dataclasses
@@ -193,3 +195,27 @@ def test_real_bounded_capture_counts_every_end_by_cause(tmp_path):
     assert r.bound is not None and r.bound["closes_after_from"] == "kernel"
     assert sum(r.bound["closes_after"].values()) == 21 and r.connections.opened == 44
     assert r.connections.never_closed == 0
+
+
+@pytest.mark.parametrize("layer", [None, "agent", "bpf"], ids=["both", "agent-only", "bpf-only"])
+def test_real_tls_capture_every_cause_and_every_com_quit_encrypted(tmp_path, layer):
+    # Recorded by tests/make_fixtures.py: mysqlclient over TLS, 2 close() / 2 refcount / 2 gc / 1 shutdown.
+    r = build_report(only(capture(tmp_path, "tls.tqcap"), layer) if layer else capture(tmp_path, "tls.tqcap"))
+    assert r.com_quit.by_cause == {"explicit_close": 2, "refcount": 2, "gc": 2, "shutdown": 1, "never_closed": 0,
+                                   "server": 0, "unknown": 0}
+    assert r.connections.opened == 7
+    if layer != "agent":  # encrypted bytes: the kernel saw the close's send, never a COM_QUIT it could read
+        assert r.com_quit.wire == {"confirmed": 0, "not_sent": 0, "encrypted": 7, "unobserved": 0}
+        assert r.com_quit.gc_by_generation == {"0": 0, "1": 0, "2": 2}
+
+
+def test_real_attach_capture_blames_the_leaking_line_and_leaves_the_pool_open(tmp_path):
+    # Recorded by tests/make_fixtures.py: trace-quit --pid on tests/system/attach_service.py, 3 /leak.
+    r = build_report(capture(tmp_path, "attach.tqcap"))
+    assert r.com_quit.by_cause == {"explicit_close": 0, "refcount": 0, "gc": 3, "shutdown": 0, "never_closed": 0,
+                                   "server": 0, "unknown": 0}
+    assert r.com_quit.wire["confirmed"] == 3
+    # The shared pool's connection was opened before the attach and was still open at detach.
+    assert r.connections.opened == 4 and r.connections.open_at_end == 1 and r.connections.never_closed == 0
+    sites = {e.call_site.rsplit("/", 1)[-1]: (e.created, e.connections_by_cause) for e in r.engines}
+    assert sites == {"attach_service.py:65 in leaky_query": (3, {"gc": 3}), "before attach": (1, {})}
