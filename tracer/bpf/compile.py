@@ -10,6 +10,7 @@ of its own (_compile_thread): bcc chdir()s into the kernel headers while it comp
 import ctypes
 import importlib.resources
 import os
+import re
 import threading
 import time
 
@@ -32,9 +33,29 @@ _OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back
 #: second at 400k events/s (tests/bench/throughput.py), far more than a 20 ms drain sees.
 RINGBUF_PAGES = 2048
 
+#: probes.c's own includes (tracer/bpf/probes/*.h), put in place by probes_source.
+_INCLUDE = re.compile(r'^#include "(probes/[\w.]+)"')
+
+
 def probes_source():
-    """The text of probes.c, from the installed package (never from the working directory)."""
-    return importlib.resources.files("trace_quit.tracer.bpf").joinpath("probes.c").read_text()
+    """The program's text: probes.c with each of its ``#include "probes/..."`` lines replaced by
+    that file, from the installed package (never from the working directory).
+
+    One text for bcc, as before the split: the compile reads no file of ours (the same time),
+    --dump-bpf prints the whole program, and ``#line`` keeps clang's messages naming the file
+    and line they are about. The kernel headers' ``#include <...>`` are left to bcc."""
+    package = importlib.resources.files("trace_quit.tracer.bpf")
+    out = []
+    for number, line in enumerate(package.joinpath("probes.c").read_text().splitlines(True), 1):
+        match = _INCLUDE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        name = match.group(1)
+        text = package.joinpath(*name.split("/")).read_text()
+        out.append('#line 1 "%s"\n%s%s#line %d "probes.c"\n' % (
+            name, text, "" if text.endswith("\n") else "\n", number + 1))
+    return "".join(out)
 
 
 def headers_info():
@@ -160,7 +181,7 @@ def _compile_here(defines):
     try:
         return bcc.BPF(text=probes_source().encode(), cflags=cflags())
     except Exception:
-        # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
+        # Headers that already define struct pt_regs: use theirs (probes/common.h, OWN_PT_REGS).
         defines["OWN_PT_REGS"] = 0
         return bcc.BPF(text=probes_source().encode(), cflags=cflags())
 

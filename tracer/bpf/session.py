@@ -31,7 +31,7 @@ from trace_quit.tracer.bpf.ringbuf import RingReader
 #: Linux TCP states, as bpf_close_ret.tcp_from / tcp_to (kept here for existing importers).
 TCP_STATES = decode.TCP_STATES
 
-#: Raw tracepoints (probes.c: every system call the programs look at, in two programs):
+#: Raw tracepoints (probes/syscalls.h: every system call the programs look at, in two programs):
 #: sends inside mysql_close (wire), and reads/writes on connections' sockets, connect() in
 #: mysql_real_connect, close() (the server ending a connection first).
 _RAW_TRACEPOINTS = [
@@ -47,7 +47,7 @@ STATS_EVERY_S = 1.0
 def _attach_order(site):
     """Ends of brackets before their beginnings: attaching to a running program (--pid), an
     entry we see then always has its return/done seen too, so no bracket (GC, mysql_close,
-    mysql_real_connect) stays open because its end probe came later (probes.c, gc brackets)."""
+    mysql_real_connect) stays open because its end probe came later (probes/cpython.h, gc brackets)."""
     return 0 if site.how == "uretprobe" or site.role == "gc_done" else 1
 
 
@@ -116,7 +116,7 @@ class BpfSession:
         with self._lock:
             t0 = time.monotonic()
             b = self._bpf
-            words = b[b"traced"]  # one bit per tgid (probes.c)
+            words = b[b"traced"]  # one bit per tgid (probes/common.h)
             idx = ctypes.c_int(root_pid >> 6)
             words[idx] = ctypes.c_uint64(words[idx].value | (1 << (root_pid & 63)))
             self._reader = RingReader(b[b"events"].map_fd, self.defines["RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE"))
