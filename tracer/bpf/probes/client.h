@@ -168,9 +168,8 @@ int on_close_ret(struct pt_regs *ctx)
     return 0;
 }
 
-/* The connection's socket, seen from the system calls (syscalls.h). */
-
-/* connect() inside mysql_real_connect: the connection's socket. */
+/* The connection's socket, seen from the system calls (syscalls.h): connect() inside
+ * mysql_real_connect is the connection's socket. */
 static __always_inline int sys_connect(u64 fd)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();

@@ -118,7 +118,7 @@ BPF_PERCPU_ARRAY(counters, u64, 2);
 
 /* What depends on the traced program is read at run time from `config` (written by
  * session.py before any probe is attached, compile.CONFIG names the slots), not compiled
- * in: the program's text then depends only on this file and the kernel, so it compiles
+ * in: the program's text then depends only on these files and the kernel, so it compiles
  * while the command is still being resolved (compile.start_compile, start-up). */
 #define CFG_CONN_OFFSET 0
 #define CFG_LAST_ERRNO_OFF 1

@@ -49,7 +49,7 @@
 /* One ring buffer record: a common head, then the payload of its kind (a tagged union, so no
  * field changes meaning with the kind). tracer/bpf/decode.py declares the same layouts and
  * codes in one table; tests/unit/test_bpf_decode.py checks the codes, the layouts' sizes and
- * the payload members' names against this file. 72 bytes. */
+ * the payload members' names against these declarations. 72 bytes. */
 struct ev_connect {
     u64 conn;       // MYSQL*
     u64 t0;         // mysql_real_connect entry (ns)
