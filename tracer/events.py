@@ -90,7 +90,7 @@ BPF_PEER_END = "bpf_peer_end"
 BPF_STATS = "bpf_stats"
 BPF_PROBES = "bpf_probes"
 
-# --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, probes.c's socket part) ---
+# --- PyMySQL and the drivers nobody probes (tracer/agent/pymysql.py, tracer/bpf/probes/msock.h) ---
 DRIVER_MYSQLCLIENT = "mysqlclient"
 DRIVER_PYMYSQL = "pymysql"
 # mysql-connector-python (pure and C extension), aiomysql, asyncmy (tracer/agent/connector.py,

@@ -371,10 +371,10 @@ def test_the_checkout_is_what_sudo_runs(user):
 
 COMPILE_WATCH = '''\
 import os, time
-from trace_quit.tracer.bpf import session
+from trace_quit.tracer.bpf import compile as program
 start = os.getcwd()
-session.start_compile()
-job = session._early["job"]
+program.start_compile()
+job = program._early["job"]
 seen = set()
 while job["thread"].is_alive():
     seen.add(os.getcwd())
@@ -386,7 +386,7 @@ print(job["error"] is None and job["bpf"] is not None, start, sorted(seen - {sta
 def test_compiling_the_probes_never_moves_the_working_directory(user):
     """bcc's compile chdir()s into the kernel headers; while trace-quit resolved the command and
     started the program beside it, that was the program's directory too. The compile now runs on
-    a thread with a directory of its own (tracer/bpf/session.py, _own_working_directory)."""
+    a thread with a directory of its own (tracer/bpf/compile.py, _own_working_directory)."""
     user.write("watch_compile.py", COMPILE_WATCH)
     proc = user.run("sudo python watch_compile.py")
     assert proc.returncode == 0, proc.stderr

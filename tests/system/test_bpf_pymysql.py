@@ -1,4 +1,4 @@
-"""issue 19: the kernel layer sees PyMySQL's sockets (probes.c's msock block) without the agent.
+"""issue 19: the kernel layer sees PyMySQL's sockets (tracer/bpf/probes/msock.h) without the agent.
 
 A socket a traced process connects outside mysql_real_connect becomes a MySQL socket when
 the server greeting is read on it; at its close the kernel says whether COM_QUIT was written

@@ -1,6 +1,6 @@
 """PyMySQL in the analysis: sockets paired across layers by pid + fd, aborted clients, drivers.
 
-The records are the real ones' shapes (tracer/agent/pymysql.py, probes.c's msock block):
+The records are the real ones' shapes (tracer/agent/pymysql.py, tracer/bpf/probes/msock.h):
 the agent's conn is the socket inode, the kernel's bpf_sock_* carry only pid + fd.
 """
 

@@ -8,7 +8,8 @@ import struct
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import decode, session
-from trace_quit.tracer.bpf.session import BpfSession, probes_source
+from trace_quit.tracer.bpf.compile import CONFIG, probes_source
+from trace_quit.tracer.bpf.session import BpfSession
 
 C = probes_source()
 
@@ -172,11 +173,11 @@ def test_dump_bpf_prints_the_program_without_running_anything(tmp_path):
 
 
 def test_config_slots_match_probes_c():
-    """session.CONFIG (what depends on the program, written at run time) is probes.c's CFG_* slots."""
+    """compile.CONFIG (what depends on the program, written at run time) is probes.c's CFG_* slots."""
     defines = c_defines()
     slots = {name: defines["CFG_" + name] for name in ("CONN_OFFSET", "LAST_ERRNO_OFF", "AFTER_ATEXIT",
                                                        "GC_SYM_GEN_REG")}
     for i, part in enumerate(("KIND", "REG", "OFF", "SIZE", "SIGNED")):
         slots["GC_START_ARG_" + part] = defines["CFG_GC_START_ARG"] + i
         slots["GC_DONE_ARG_" + part] = defines["CFG_GC_DONE_ARG"] + i
-    assert session.CONFIG == slots and max(slots.values()) < defines["CFG_SLOTS"]
+    assert CONFIG == slots and max(slots.values()) < defines["CFG_SLOTS"]

@@ -82,9 +82,9 @@ def checks(python=None, uid=None, gid=None):
                           "the kernel needs CONFIG_FTRACE_SYSCALLS for COM_QUIT wire confirmation", essential=False))
     # The server ending a connection first: the socket's EOF/reset and the send results need
     # the syscall exit tracepoints; who closed a TCP connection first needs sock:inet_sock_set_state.
-    from trace_quit.tracer.bpf.session import _TRACEPOINTS
+    from trace_quit.tracer.bpf.compile import TRACEPOINTS
 
-    absent = [cat + ":" + name for cat, name, _fn, _f in _TRACEPOINTS
+    absent = [cat + ":" + name for cat, name, _fn, _f in TRACEPOINTS
               if not os.path.isdir(os.path.join(tracefs, "events", cat, name))]
     if unreadable:
         out.append(_check("server-end evidence", False, "tracepoints not readable: needs root", NEEDS_ROOT,
@@ -155,7 +155,8 @@ def checks(python=None, uid=None, gid=None):
                           "install mysqlclient into the environment of %s (pip install mysqlclient)" % python,
                           essential=bool(targets.mysql_so), more=more))
     if have_bcc and root:
-        from trace_quit.tracer.bpf.session import BpfSession, headers_info
+        from trace_quit.tracer.bpf.compile import headers_info
+        from trace_quit.tracer.bpf.session import BpfSession
 
         try:
             s = BpfSession(targets or Targets(argv=[]), lambda e: None)

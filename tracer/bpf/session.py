@@ -1,6 +1,7 @@
-"""One eBPF tracing session: compile probes.c, attach by path, drain the ring buffer, detach.
+"""One eBPF tracing session: the compiled probes (compile.py), attach by path, drain the ring
+buffer, detach.
 
-The only module that imports bcc, and only when a session is created. Usage (the CLI):
+With compile.py, the only module that imports bcc, and only when a session is created. Usage (the CLI):
 
     s = BpfSession(targets, emit)   # compile now (~0.3 s)
     s.attach(root_pid)              # the corked child, before it execs
@@ -15,32 +16,22 @@ successful ``bpf_connect`` among them; ``emit`` still carries notes and ``bpf_st
 """
 
 import ctypes
-import importlib.resources
 import os
 import threading
 import time
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import decode, perf
+from trace_quit.tracer.bpf.compile import (CONFIG, RINGBUF_PAGES, TRACEPOINTS, compile_probes, headers_info,
+                                           machine_defines, program_config, take_early, tracepoint_defines)
+from trace_quit.tracer.bpf.compile import dump_program, start_compile  # noqa: F401 (the CLI imports them from here)
 from trace_quit.tracer.bpf.errors import BpfUnavailable
 from trace_quit.tracer.bpf.ringbuf import RingReader
 
 #: Linux TCP states, as bpf_close_ret.tcp_from / tcp_to (kept here for existing importers).
 TCP_STATES = decode.TCP_STATES
 
-#: Tracepoints: (category, name, BPF function, {-D name: format field}).
-_TRACEPOINTS = [
-    ("task", "task_newtask", "on_newtask", {"TP_NEWTASK_PID": "pid", "TP_NEWTASK_FLAGS": "clone_flags"}),
-    ("sched", "sched_process_exit", "on_exit", {"TP_EXIT_GROUP_DEAD": "group_dead"}),
-    ("sock", "inet_sock_set_state", "on_sock_state", {
-        "TP_SOCKSTATE_OLD": "oldstate", "TP_SOCKSTATE_NEW": "newstate", "TP_SOCKSTATE_PROTO": "protocol",
-        "TP_SOCKSTATE_SKADDR": "skaddr"}),
-    # A stop signal that reached the traced program itself (a kill of its process group): the
-    # tracer does not forward its own copy a second time (signal_reached, tracer/record.py).
-    ("signal", "signal_generate", "on_signal_generate", {"TP_SIGGEN_SIG": "sig", "TP_SIGGEN_PID": "pid"}),
-]
-_OPTIONAL_FIELDS = {"TP_EXIT_GROUP_DEAD"}  # missing on older kernels: fall back to tid == tgid
-#: Raw tracepoints (probes.c: every system call the programs look at, in two programs):
+#: Raw tracepoints (probes/syscalls.h: every system call the programs look at, in two programs):
 #: sends inside mysql_close (wire), and reads/writes on connections' sockets, connect() in
 #: mysql_real_connect, close() (the server ending a connection first).
 _RAW_TRACEPOINTS = [
@@ -48,187 +39,15 @@ _RAW_TRACEPOINTS = [
     ("sys_exit", "on_sys_exit", ("write", "sendto", "writev", "sendmsg", "read", "recvfrom")),
 ]
 
-#: Ring buffer pages (4 KiB each, power of two). 8 MiB holds ~100k events: a quarter of a
-#: second at 400k events/s (tests/bench/throughput.py), far more than a 20 ms drain sees.
-RINGBUF_PAGES = 2048
 #: At most this much is copied out of the ring buffer per read (then released at once).
 DRAIN_CHUNK = 1 << 20
 STATS_EVERY_S = 1.0
 
 
-def probes_source():
-    """The text of probes.c, from the installed package (never from the working directory)."""
-    return importlib.resources.files("trace_quit.tracer.bpf").joinpath("probes.c").read_text()
-
-
-def headers_info():
-    """Which kernel headers bcc will compile against, and whether that is the mismatched fallback."""
-    rel = os.uname().release
-    build = "/lib/modules/%s/build" % rel
-    info = {"kernel": rel, "build": None, "fallback": False, "ikheaders": os.path.exists("/sys/kernel/kheaders.tar.xz")}
-    if os.path.exists(build):
-        target = os.path.realpath(build)
-        info["build"] = target
-        base = os.path.basename(target.rstrip("/"))
-        if rel not in base:
-            info["fallback"] = True
-            info["note"] = ("compiled against %s headers on kernel %s: acceptable, the uprobe programs only use "
-                            "struct pt_regs (stable on x86-64) and tracepoint offsets read at run time" % (base, rel))
-    return info
-
-
-def _tracepoint_defines():
-    """-D flags for tracepoint field offsets, and the tracepoints that cannot be used."""
-    defines, missing = {}, []
-    for cat, name, fn, fields in _TRACEPOINTS:
-        try:
-            fmt = perf.tracepoint_fields(cat, name)
-        except perf.AttachError as exc:
-            fmt = {}
-            missing.append({"what": "%s:%s" % (cat, name), "why": str(exc)})
-        for define, field in fields.items():
-            if field in fmt:
-                defines[define] = fmt[field][0]
-            else:
-                defines[define] = -1 if define in _OPTIONAL_FIELDS else 0
-    return defines, missing
-
-
-#: probes.c's `config` slots (CFG_*): what depends on the traced program, written at run time.
-CONFIG = {"CONN_OFFSET": 0, "LAST_ERRNO_OFF": 1, "AFTER_ATEXIT": 2, "GC_SYM_GEN_REG": 3}
-for _i, _part in enumerate(("KIND", "REG", "OFF", "SIZE", "SIGNED")):
-    CONFIG["GC_START_ARG_" + _part] = 4 + _i
-    CONFIG["GC_DONE_ARG_" + _part] = 9 + _i
-
-
-def machine_defines(ringbuf_pages=RINGBUF_PAGES):
-    """The -D parameters of probes.c: they depend on this machine only, not on the program."""
-    defines = {"RINGBUF_PAGES": int(ringbuf_pages), "OWN_PT_REGS": 1}
-    defines.update(_tracepoint_defines()[0])
-    return defines
-
-
-def program_config(targets):
-    """probes.c's `config` values for ``targets`` (no root, no bcc needed)."""
-    config = {"CONN_OFFSET": int(targets.basicsize or 0),
-              "LAST_ERRNO_OFF": -1 if targets.last_errno_offset is None else int(targets.last_errno_offset),
-              "AFTER_ATEXIT": int(bool(getattr(targets, "after_atexit", False))), "GC_SYM_GEN_REG": -1}
-    for prefix in ("GC_START_ARG_", "GC_DONE_ARG_"):
-        config.update({prefix + "KIND": 0, prefix + "REG": 0, prefix + "OFF": 0, prefix + "SIZE": 8,
-                       prefix + "SIGNED": 1})
-    config.update((k, int(v)) for k, v in targets.gc_args.items() if k in CONFIG)
-    return config
-
-
-def dump_program(targets):
-    """The program as bcc would compile it for ``targets``: cflags, config, then probes.c (--dump-bpf)."""
-    flags = " ".join("-D%s=%d" % kv for kv in sorted(machine_defines().items()))
-    config = " ".join("%s=%d" % kv for kv in sorted(program_config(targets).items()))
-    return "// cflags: %s\n// config: %s\n%s" % (flags, config, probes_source())
-
-
-def _compile(defines):
-    """bcc.BPF for probes.c with ``defines`` (updated in place if the headers fallback is used).
-
-    Always on a thread of its own whose working directory is its own: bcc's compile chdir()s
-    into the kernel headers while it runs, and a working directory is shared by every thread
-    of a process, so on the caller's thread (or in the background while the command is
-    resolved) it moved the tracer's — and the traced program's — working directory
-    (tests/acceptance/test_readme_commands.py runs every command from a project directory)."""
-    job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
-    thread = _compile_thread(job)
-    thread.start()
-    thread.join()
-    if job["error"] is not None:
-        raise job["error"]
-    return job["bpf"]
-
-
-def _compile_thread(job):
-    """A thread (not started) that compiles ``job["defines"]`` in a working directory of its own
-    and leaves ``bpf`` or ``error``, and ``seconds``, in ``job``; never raises."""
-    def run():
-        t0 = time.monotonic()
-        try:
-            _own_working_directory()  # bcc's chdir() stays on this thread
-            job["bpf"] = _compile_here(job["defines"])
-        except BaseException as exc:
-            job["error"] = exc
-        job["seconds"] = round(time.monotonic() - t0, 4)
-
-    return threading.Thread(target=run, name="trace-quit-compile", daemon=True)
-
-
-#: unshare(2)'s flag: this thread stops sharing its root, working directory and umask.
-CLONE_FS = 0x00000200
-
-
-def _own_working_directory():
-    """Give the calling thread a working directory of its own (Linux: unshare(CLONE_FS)).
-
-    A chdir() on this thread then moves nobody else's; the thread starts in the directory the
-    process is in. Raises OSError if the kernel refuses (then nothing may be compiled here)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_FS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "unshare(CLONE_FS): %s" % os.strerror(err))
-
-
-def _compile_here(defines):
-    """The compile itself, on the calling thread (which must own its working directory)."""
-    import bcc  # the one place bcc is imported (BpfSession checks it first, with the fix)
-
-    def cflags():
-        return ["-D%s=%d" % kv for kv in sorted(defines.items())]
-
-    try:
-        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
-    except Exception:
-        # Headers that already define struct pt_regs: use theirs (probes.c, OWN_PT_REGS).
-        defines["OWN_PT_REGS"] = 0
-        return bcc.BPF(text=probes_source().encode(), cflags=cflags())
-
-
-_early = {}     # {"job": the compile start_compile() began: {"defines", "thread", "bpf", "error", "seconds"}}
-
-
-def start_compile(ringbuf_pages=RINGBUF_PAGES):
-    """Begin compiling probes.c in the background now (start-up: it takes most of it).
-
-    The program text depends only on the machine (machine_defines), so the compile runs while
-    the command is resolved; BpfSession takes it if its parameters match, else compiles again.
-    bcc's compile is C code called through ctypes, which lets the resolving thread run.
-    Never raises: a failure here is found again, and explained, by BpfSession.
-    """
-    if _early or os.geteuid() != 0:
-        return
-    try:
-        defines = machine_defines(ringbuf_pages)
-    except Exception:
-        return
-    job = {"defines": defines, "bpf": None, "error": None, "seconds": None}
-    job["thread"] = _compile_thread(job)
-    _early["job"] = job
-    job["thread"].start()
-
-
-def _take_early(defines):
-    """The early compile's BPF object if it was made with ``defines``, else None (discarded)."""
-    if not _early:
-        return None, None
-    job = _early.pop("job")
-    job["thread"].join()
-    if job["bpf"] is not None and job["defines"] == defines:
-        return job["bpf"], job["seconds"]
-    if job["bpf"] is not None:
-        job["bpf"].cleanup()
-    return None, None
-
-
 def _attach_order(site):
     """Ends of brackets before their beginnings: attaching to a running program (--pid), an
     entry we see then always has its return/done seen too, so no bracket (GC, mysql_close,
-    mysql_real_connect) stays open because its end probe came later (probes.c, gc brackets)."""
+    mysql_real_connect) stays open because its end probe came later (probes/cpython.h, gc brackets)."""
     return 0 if site.how == "uretprobe" or site.role == "gc_done" else 1
 
 
@@ -253,7 +72,7 @@ class BpfSession:
         self._decode_errors = 0
         self._final_stats = None
         self.headers = headers_info()
-        self._tp_missing = _tracepoint_defines()[1]
+        self._tp_missing = tracepoint_defines()[1]
         self.defines = machine_defines(ringbuf_pages)
         self.config = program_config(targets)
         if os.geteuid() != 0:
@@ -271,13 +90,13 @@ class BpfSession:
                                  "made with --system-site-packages, or use --no-bpf")
         self._timings["bcc_import_s"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
-        self._bpf, early_s = _take_early(self.defines)
+        self._bpf, early_s = take_early(self.defines)
         if self._bpf is not None:
             self._timings["compile_s"] = early_s    # in the background, while resolving
             self._timings["compile_wait_s"] = round(time.monotonic() - t0, 4)
         else:
             try:
-                self._bpf = _compile(self.defines)
+                self._bpf = compile_probes(self.defines)
             except Exception as exc:  # bcc raises bare Exception on compile/load failure
                 raise BpfUnavailable("bcc could not compile the probes (%s); run trace-quit doctor for the fix, "
                                      "or use --no-bpf" % exc)
@@ -297,7 +116,7 @@ class BpfSession:
         with self._lock:
             t0 = time.monotonic()
             b = self._bpf
-            words = b[b"traced"]  # one bit per tgid (probes.c)
+            words = b[b"traced"]  # one bit per tgid (probes/common.h)
             idx = ctypes.c_int(root_pid >> 6)
             words[idx] = ctypes.c_uint64(words[idx].value | (1 << (root_pid & 63)))
             self._reader = RingReader(b[b"events"].map_fd, self.defines["RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE"))
@@ -325,7 +144,7 @@ class BpfSession:
                     continue
                 self._fds.append(fd)
                 self._attached.append(entry)
-            for cat, name, fn_name, _fields in _TRACEPOINTS:
+            for cat, name, fn_name, _fields in TRACEPOINTS:
                 if any(m["what"] == "%s:%s" % (cat, name) for m in self._tp_missing):
                     self._missing.append({"what": "tracepoint %s:%s" % (cat, name),
                                           "why": "not available on this kernel"})
