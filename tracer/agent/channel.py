@@ -16,7 +16,6 @@
 """
 
 import collections
-import gc
 import json
 import os
 import select
@@ -131,15 +130,7 @@ class Channel:
     def _flush(self):
         queue = self.queue
         self.last_flush = self.now()
-        # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
-        counts = tuple(self.gc_counts) + (gc.isenabled(),)
-        if counts != self.gc_counts_reported or (self.exit_deadline and not self.final_said):
-            self.gc_counts_reported = counts
-            fields = {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}, "enabled": counts[3]}
-            if self.exit_deadline:
-                # The exit flush ran: a process without this record lost what it had queued.
-                fields["final"] = self.final_said = True
-            self._queue(self.ev.GC_COUNTS, fields)
+        self._queue_gc_counts()  # tracer/agent/collector.py
         if self.lost != self.lost_reported and (queue or self.exit_deadline):
             # Said with the next write, or at exit on its own: a loss is never left unsaid
             # while the channel can still take a line (tests/integration/test_agent.py).

@@ -4,10 +4,8 @@ Rules it lives by (it runs inside someone else's program):
 
 * stdlib only, Python 3.8+; never prints; never raises into user code (every hook is
   wrapped, and a failing hook only goes quiet); no thread of its own;
-* GC callbacks do constant, cheap work: a list store and a deque append, no I/O, no locks.
-  Writing from a GC callback would release the GIL while the collector's "collecting" flag
-  is set, and another thread's ``gc.collect()`` then returns 0 without collecting; so a
-  callback writes only when no other Python thread exists (``_gc_flush_ok``);
+* GC callbacks do constant, cheap work, and write only when no other thread could run
+  Python meanwhile (tracer/agent/collector.py);
 * events are queued and written in batches at safe points, through a FIFO it checks is
   still its own (tracer/agent/channel.py);
 * after start-up the hot paths reach nothing through module globals, only through the
@@ -28,9 +26,10 @@ import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
-from _trace_quit_agent import channel, stacks
+from _trace_quit_agent import channel, collector, stacks
 from _trace_quit_agent.channel import Channel
-from _trace_quit_agent.stacks import CHAIN_WALK, Stacks
+from _trace_quit_agent.collector import Collector
+from _trace_quit_agent.stacks import Stacks
 
 CONNECTION_MODULE = "MySQLdb.connections"
 SQLALCHEMY_MODULE = "sqlalchemy"
@@ -39,7 +38,7 @@ POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detac
 EXEC_FUNCTIONS = ("execv", "execve")  # os.execl*/execvp* reach these through os's globals
 
 #: The agent's own files: a collection set off by their allocations names the program's line.
-OWN_FILES = frozenset((__file__, channel.__file__, stacks.__file__))
+OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, stacks.__file__))
 
 
 def _load_events():
@@ -52,7 +51,7 @@ def _load_events():
     return module
 
 
-class Agent(Channel, Stacks):
+class Agent(Channel, Collector, Stacks):
     """One per process: the channel, the GC bookkeeping and the registries of live objects."""
 
     # Class attributes, not module globals: read on hot paths that also run during finalisation.
@@ -61,16 +60,12 @@ class Agent(Channel, Stacks):
     def __init__(self, channel_path, ev, attached=False):
         self._open_channel(channel_path)
         self._init_stacks(ev)
+        self._init_collector()
         self.ev = ev
         self.attached = attached
         self.pid = os.getpid()
         self.stopped = False
         self.finalizing = False
-        # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
-        self.collecting = {}
-        self.cid = 0
-        self.gc_counts = [0, 0, 0]
-        self.gc_counts_reported = None
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
@@ -87,14 +82,11 @@ class Agent(Channel, Stacks):
         # (visible in threading.enumerate()) for a thread threading did not start.
         self.threads = threading._active
         self.is_finalizing = sys.is_finalizing
-        self.get_count = gc.get_count
         self.weakref = weakref.ref
         self.partial = functools.partial
         self.connect_params = _connect_params
         self.call = operator.methodcaller("__call__")
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
-        self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
-        self.gc_get_threshold = gc.get_threshold  # platform (issue 14): a C call returning a tuple
         self.own_files = OWN_FILES
 
     def at_exit(self):
@@ -209,90 +201,6 @@ class Agent(Channel, Stacks):
         self.stack_cache.clear()
         self.params_cache.clear()
 
-    def _gc_flush_ok(self):
-        """Whether a GC callback may write: nothing else could run Python while it holds the GIL off."""
-        return len(self.threads) <= 1 and not self.collecting
-
-    # --- garbage collector -----------------------------------------------------
-    def gc_callback(self, phase, info):
-        """gc.callbacks hook: note which collection runs on this thread; constant work."""
-        try:
-            ident = self.ident()
-            if phase == "start":
-                self.cid += 1
-                gen = info["generation"]
-                # The frame that set the collection off; its site is formatted only if this
-                # collection is written out (most generation-0 ones are only counted), which
-                # happens during the collection, while the frame is still running. The counts
-                # are the ones that set it off (the collector resets them after this callback).
-                state = [self.cid, gen, self.now(), self.getframe(1), False, self.get_count()]
-                self.collecting[ident] = state
-                if gen > 0:
-                    self._emit_gc_start(state)
-            else:
-                state = self.collecting.pop(ident, None)
-                if state is None:
-                    return  # began before we were attached
-                gen = state[1]
-                self.gc_counts[gen] += 1
-                if state[4]:
-                    self._queue(self.ev.GC_STOP, {"gen": gen, "cid": state[0], "collected": info.get("collected", 0),
-                                                  "uncollectable": info.get("uncollectable", 0)})
-                if (self.queue and self.now() - self.last_flush >= self.FLUSH_INTERVAL_NS
-                        and self._gc_flush_ok()):
-                    self.flush()
-        except Exception:
-            pass
-
-    def _emit_gc_start(self, state):
-        # Young collections are frequent: one is only written out when it destroyed something
-        # we track (then late, with its own start time); the others are only counted.
-        state[4] = True
-        frame = state[3]
-        state[3] = None  # hold no frame past this point
-        # Name the program's line, not ours, when our own allocation set it off.
-        while frame is not None and frame.f_code.co_filename in self.own_files:
-            frame = frame.f_back
-        site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
-        counts = state[5]
-        if len(self.queue) >= self.MAX_QUEUED:
-            self.lost += 1
-            return
-        # The counts that set it off, and the thresholds in effect now -- the program may have
-        # called gc.set_threshold() since agent_start -- for the report's why_now (analysis/gcwhy.py).
-        threshold = self.gc_get_threshold()
-        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
-                 "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
-                 "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]],
-                 "thresholds": [threshold[0], threshold[1], threshold[2]]}
-        # A library's allocation often sets a collection off: name the program's nearest frame
-        # above it too (a bounded walk, only for collections written out; test_engine_chain.py).
-        app = frame
-        walked = 0
-        while app is not None and walked < CHAIN_WALK:
-            filename = app.f_code.co_filename
-            if not self._is_library(filename) and "-packages" not in filename and not self._library_module(app):
-                if app is not frame:
-                    event["app_site"] = "%s:%d" % (filename, app.f_lineno)
-                break
-            app = app.f_back
-            walked += 1
-        self.queue.append(event)
-
-    def classify(self):
-        """Why an object is being destroyed right now: (cause, generation, collection id)."""
-        state = self.collecting.get(self.ident())
-        if state is not None:
-            if not state[4]:
-                self._emit_gc_start(state)
-            return "gc", state[1], state[0]
-        if self.finalizing or self.is_finalizing():
-            return "shutdown", None, None
-        if self.gc_callback not in self.gc_callbacks:
-            # The program removed our hook: a collection would look like a refcount drop.
-            return "unknown", None, None
-        return "refcount", None, None
-
     # --- mysqlclient -----------------------------------------------------------
     def on_conn_open(self, conn, args, kwargs):
         addr = id(conn) + self.conn_offset
@@ -335,26 +243,9 @@ class Agent(Channel, Stacks):
     # once, but for the stack: building a dict and JSON-encoding it per record was most of
     # the agent's cost per connection (tests/bench/agent_path.py). The reader validates them
     # like every other record (tracer/events.py; tests/integration/test_agent.py).
-    # (The %s after "t" is ``_who()``'s fragment: src, pid, tid and, but for destroy, thread.)
+    # (The %s after "t" is ``_who()``'s fragment: src, pid, tid and thread.)
     OPEN_LINE = '{"k":"conn_open","t":%d%s,"conn":%d%s,"stack":'
     CLOSE_LINE = '{"k":"conn_close","t":%d%s,"conn":%d,"stack":'
-    DESTROY_LINE = '{"k":"%s","t":%d%s,"%s":%d,"cause":"%s","gen":%s,"cid":%s}'
-
-    def _destroyed_callback(self, registry, key, kind, field):
-        """A weakref callback: ``registry[key]`` died while still tracked — say why (``kind`` event)."""
-        def destroyed(ref, agent=self, registry=registry, key=key, kind=kind, field=field):
-            try:
-                if agent.stopped or registry.get(key) is not ref:
-                    return  # closed (or disposed of) explicitly before, or the address was reused
-                del registry[key]
-                cause, gen, cid = agent.classify()
-                t = agent.now()
-                agent._push_text(agent.DESTROY_LINE % (kind, t, agent._who()[1], field, key, cause,
-                                                       "null" if gen is None else gen,
-                                                       "null" if cid is None else cid), None, t)
-            except Exception:
-                pass
-        return destroyed
 
     # --- SQLAlchemy ------------------------------------------------------------
 
