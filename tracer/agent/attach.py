@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 
-from _trace_quit_agent import runtime
+from _trace_quit_agent import process, runtime
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
@@ -239,7 +239,7 @@ def inspect():
                                          (ENGINE_MODULE, "Engine", ("__init__", "dispose")),
                                          ("sqlalchemy.engine.create", None, ("create_engine",)),
                                          ("sqlalchemy", None, ("create_engine",)),
-                                         ("os", None, runtime.EXEC_FUNCTIONS + ("_exit",))):
+                                         ("os", None, process.EXEC_FUNCTIONS + ("_exit",))):
         module = sys.modules.get(module_name)
         owner = getattr(module, cls_name, None) if cls_name else module
         if owner is None:

@@ -26,19 +26,19 @@ import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
-from _trace_quit_agent import channel, collector, stacks
+from _trace_quit_agent import channel, collector, process, stacks
 from _trace_quit_agent.channel import Channel
 from _trace_quit_agent.collector import Collector
+from _trace_quit_agent.process import Process
 from _trace_quit_agent.stacks import Stacks
 
 CONNECTION_MODULE = "MySQLdb.connections"
 SQLALCHEMY_MODULE = "sqlalchemy"
 POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
                "invalidate", "soft_invalidate")
-EXEC_FUNCTIONS = ("execv", "execve")  # os.execl*/execvp* reach these through os's globals
 
 #: The agent's own files: a collection set off by their allocations names the program's line.
-OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, stacks.__file__))
+OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, process.__file__, stacks.__file__))
 
 
 def _load_events():
@@ -51,7 +51,7 @@ def _load_events():
     return module
 
 
-class Agent(Channel, Collector, Stacks):
+class Agent(Channel, Collector, Stacks, Process):
     """One per process: the channel, the GC bookkeeping and the registries of live objects."""
 
     # Class attributes, not module globals: read on hot paths that also run during finalisation.
@@ -61,11 +61,10 @@ class Agent(Channel, Collector, Stacks):
         self._open_channel(channel_path)
         self._init_stacks(ev)
         self._init_collector()
+        self._init_process()
         self.ev = ev
         self.attached = attached
-        self.pid = os.getpid()
         self.stopped = False
-        self.finalizing = False
         self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
@@ -88,67 +87,6 @@ class Agent(Channel, Collector, Stacks):
         self.call = operator.methodcaller("__call__")
         self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
         self.own_files = OWN_FILES
-
-    def at_exit(self):
-        """Registered first, so it runs after every other atexit handler: what dies after is shutdown.
-
-        (Attached to a running program it was registered last and runs first: then shutdown
-        is left to ``sys.is_finalizing()``, which turns true right after the last handler.)"""
-        if not self.attached:
-            self.finalizing = True
-        self.exit_deadline = self.now() + self.EXIT_WAIT_NS
-        self.flush()
-
-    def before_exit(self):
-        """Just before exec or os._exit: nothing runs after, so write everything out now."""
-        try:
-            if self.ident() not in self.collecting:
-                self.exit_deadline = self.now() + self.EXIT_WAIT_NS
-                self.flush()
-                self.exit_deadline = 0   # exec can fail: the program goes on
-        except Exception:
-            pass
-
-    def before_fork(self):
-        """Write the buffer out in the parent, so the child starts with nothing of its parent's."""
-        self.flush()
-
-    def after_fork_in_child(self):
-        """A forked child: own pid, empty queue (the parent wrote its own out)."""
-        try:
-            if self.stopped:
-                return
-            parent = self.pid
-            self.pid = os.getpid()
-            self.final_said = False
-            self.exit_deadline = 0
-            self.queue.clear()
-            self.collecting.clear()
-            self.flushing = set()  # a thread of the parent may have been writing
-            self.emit(self.ev.AGENT_START, forked_from=parent, **self._process_info())
-        except Exception:
-            pass
-
-    def _process_info(self):
-        info = {"ppid": os.getppid(), "python": sys.version.split()[0], "executable": sys.executable,
-                "argv": self.ev.redact_argv(list(sys.argv)), "basicsize": self.conn_offset,
-                "gc_thresholds": list(gc.get_threshold()), "gc_enabled": gc.isenabled(),
-                "implementation": sys.implementation.name}
-        try:
-            # How many generations the collector reports: with the thresholds, what decides the
-            # collector (tracer/bpf/compat.collector), not the version alone.
-            info["gc_generations"] = len(gc.get_stats())
-        except Exception:
-            pass
-        if self.attached:
-            # What the collector had done before we came, to explain its next collections.
-            info["attached"] = True
-            info["gc_counts"] = list(gc.get_count())
-            try:
-                info["gc_stats"] = gc.get_stats()
-            except Exception:
-                pass
-        return info
 
     def stop(self):
         """Leave the program as it was: hooks restored, GC callback removed, fds closed."""
@@ -518,27 +456,6 @@ class _ImportHook:
         return spec
 
 
-def _hook_process_exits(agent):
-    """Write the buffer out before the process image goes: exec, and os._exit (no atexit)."""
-    def wrap(name):
-        original = getattr(os, name)
-
-        def before_exit(*args, **kwargs):
-            agent.before_exit()
-            return original(*args, **kwargs)
-
-        before_exit.__name__ = original.__name__
-        before_exit.__qualname__ = original.__name__
-        before_exit.__doc__ = original.__doc__
-        before_exit.__wrapped__ = original
-        setattr(os, name, before_exit)
-        agent.restore.append((os, name, original, before_exit))
-
-    for name in EXEC_FUNCTIONS + ("_exit",):
-        if hasattr(os, name):
-            wrap(name)
-
-
 #: Marks an attribute stop() deletes rather than restores (it did not exist before us).
 _DELETE = object()
 
@@ -563,7 +480,7 @@ def start(channel_path, *, attached=False, prepare=None):
     gc.callbacks.append(agent.gc_callback)
     # Fork handlers cannot be unregistered: after stop() they do nothing.
     os.register_at_fork(before=agent.before_fork, after_in_child=agent.after_fork_in_child)
-    _hook_process_exits(agent)
+    process.hook_exits(agent)
     sys.meta_path.insert(0, _ImportHook(agent))
     for hooks in (HOOKS, agent.more_hooks):
         for name, hook in list(hooks.items()):
