@@ -26,9 +26,10 @@ import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
-from _trace_quit_agent import channel, collector, process, stacks
+from _trace_quit_agent import channel, collector, imports, process, stacks
 from _trace_quit_agent.channel import Channel
 from _trace_quit_agent.collector import Collector
+from _trace_quit_agent.imports import report_module
 from _trace_quit_agent.process import Process
 from _trace_quit_agent.stacks import Stacks
 
@@ -38,7 +39,8 @@ POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detac
                "invalidate", "soft_invalidate")
 
 #: The agent's own files: a collection set off by their allocations names the program's line.
-OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, process.__file__, stacks.__file__))
+OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, imports.__file__, process.__file__,
+                       stacks.__file__))
 
 
 def _load_events():
@@ -343,7 +345,7 @@ def _hook_mysqldb(agent, module):
     agent.restore.append((cls, "__init__", original_init, __init__))
     agent.restore.append((cls, "close", original_close if had_close else _DELETE, close))
     agent.restore.append((cls, "_trace_quit_hooked", _DELETE, True))
-    _report_module(agent, "MySQLdb")
+    report_module(agent, "MySQLdb")
 
 
 def _hook_sqlalchemy(agent, module):
@@ -393,15 +395,7 @@ def _hook_sqlalchemy(agent, module):
     base.Engine.dispose = dispose
     agent.restore.append((base.Engine, "dispose", original_dispose, dispose))
     agent.skip_dirs = agent.skip_dirs + (os.path.dirname(module.__file__),)
-    _report_module(agent, "sqlalchemy")
-
-
-def _report_module(agent, name):
-    module = sys.modules.get(name)
-    version = getattr(module, "__version__", None)
-    if version is None and name == "MySQLdb":
-        version = ".".join(str(p) for p in getattr(module, "version_info", ())[:3])
-    agent.emit(agent.ev.MODULE, name=name, version=version, file=getattr(module, "__file__", None))
+    report_module(agent, "sqlalchemy")
 
 
 HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
@@ -415,45 +409,6 @@ from _trace_quit_agent import aio as _aio_hooks, connector as _connector_hooks  
 
 HOOKS.update(_connector_hooks.hooks())
 HOOKS.update(_aio_hooks.hooks())
-
-
-class _ImportHook:
-    """A meta path finder that lets the real finders load a module, then hooks it."""
-
-    def __init__(self, agent):
-        self.agent = agent
-        self.busy = set()
-
-    def find_spec(self, name, path=None, target=None):
-        if (name not in HOOKS and name not in self.agent.more_hooks) or name in self.busy:
-            return None
-        self.busy.add(name)
-        try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self.busy.discard(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader_exec = spec.loader.exec_module
-        agent = self.agent
-
-        def exec_module(module):
-            loader_exec(module)
-            for hook in (HOOKS.get(name), agent.more_hooks.get(name)):
-                try:
-                    if hook is not None:
-                        hook(agent, module)
-                except Exception:
-                    pass
-
-        spec.loader.exec_module = exec_module
-        return spec
 
 
 #: Marks an attribute stop() deletes rather than restores (it did not exist before us).
@@ -481,11 +436,7 @@ def start(channel_path, *, attached=False, prepare=None):
     # Fork handlers cannot be unregistered: after stop() they do nothing.
     os.register_at_fork(before=agent.before_fork, after_in_child=agent.after_fork_in_child)
     process.hook_exits(agent)
-    sys.meta_path.insert(0, _ImportHook(agent))
-    for hooks in (HOOKS, agent.more_hooks):
-        for name, hook in list(hooks.items()):
-            if name in sys.modules:
-                hook(agent, sys.modules[name])
+    imports.hook_imports(agent, HOOKS)
     agent.emit(agent.ev.AGENT_START, **agent._process_info())
     return agent
 
