@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 
-from _trace_quit_agent import process, runtime
+from _trace_quit_agent import mysqldb, process, runtime
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
@@ -58,7 +58,7 @@ class Attachment:
     def announce_existing(self):
         """Register the connections and Engines alive now (origin "before attach")."""
         agent = self.agent
-        conn_cls = _class_of(runtime.CONNECTION_MODULE, "Connection")
+        conn_cls = _class_of(mysqldb.CONNECTION_MODULE, "Connection")
         engine_cls = _class_of(ENGINE_MODULE, "Engine")
         # PyMySQL's, when the program imported it (its hooks went in at start: agent.pymysql).
         pymysql_cls = _class_of(PYMYSQL_MODULE, "Connection") if agent.pymysql is not None else None

@@ -26,21 +26,21 @@ import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
-from _trace_quit_agent import channel, collector, imports, process, stacks
+from _trace_quit_agent import channel, collector, imports, mysqldb, process, stacks
 from _trace_quit_agent.channel import Channel
 from _trace_quit_agent.collector import Collector
 from _trace_quit_agent.imports import report_module
+from _trace_quit_agent.mysqldb import MySQLdbConnections
 from _trace_quit_agent.process import Process
 from _trace_quit_agent.stacks import Stacks
 
-CONNECTION_MODULE = "MySQLdb.connections"
 SQLALCHEMY_MODULE = "sqlalchemy"
 POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
                "invalidate", "soft_invalidate")
 
 #: The agent's own files: a collection set off by their allocations names the program's line.
-OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, imports.__file__, process.__file__,
-                       stacks.__file__))
+OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, imports.__file__, mysqldb.__file__,
+                       process.__file__, stacks.__file__))
 
 
 def _load_events():
@@ -53,26 +53,22 @@ def _load_events():
     return module
 
 
-class Agent(Channel, Collector, Stacks, Process):
+class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections):
     """One per process: the channel, the GC bookkeeping and the registries of live objects."""
-
-    # Class attributes, not module globals: read on hot paths that also run during finalisation.
-    PARAMS_CACHE_MAX = 256
 
     def __init__(self, channel_path, ev, attached=False):
         self._open_channel(channel_path)
         self._init_stacks(ev)
         self._init_collector()
         self._init_process()
+        self._init_mysqldb()
         self.ev = ev
         self.attached = attached
         self.stopped = False
-        self.connections = {}    # MYSQL* -> weakref of a connection believed open
         self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
         self.socket_trackers = {}  # driver -> sockets.SocketTracker (agent/connector.py, agent/aio.py)
         self.delete_marker = _DELETE
-        self.params_cache = {}   # (args, kwargs keys, kwargs values) of connect() -> its fields as JSON
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
         self.more_hooks = {}     # module name -> hook(agent, module), run after HOOKS' (attach.py)
         # Bound once, so the hot paths and finalisation never look up module globals.
@@ -85,9 +81,7 @@ class Agent(Channel, Collector, Stacks, Process):
         self.is_finalizing = sys.is_finalizing
         self.weakref = weakref.ref
         self.partial = functools.partial
-        self.connect_params = _connect_params
         self.call = operator.methodcaller("__call__")
-        self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
         self.own_files = OWN_FILES
 
     def stop(self):
@@ -140,52 +134,6 @@ class Agent(Channel, Collector, Stacks, Process):
         self.engines.clear()
         self.stack_cache.clear()
         self.params_cache.clear()
-
-    # --- mysqlclient -----------------------------------------------------------
-    def on_conn_open(self, conn, args, kwargs):
-        addr = id(conn) + self.conn_offset
-        ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
-        self.connections[addr] = ref
-        # Connect parameters repeat (a pool, a loop): derived, and encoded, once per distinct set.
-        try:
-            # Flat tuples: equal keys compare element by element, mostly by identity.
-            key = (args, tuple(kwargs), tuple(kwargs.values()))
-            info_json = self.params_cache.get(key)
-        except TypeError:
-            key = info_json = None  # an unhashable argument: derive it every time
-        if info_json is None:
-            info = self.connect_params(args, kwargs)
-            info_json = self.dumps(info)[1:-1]
-            info_json = "," + info_json if info_json else ""
-            if key is not None:
-                if len(self.params_cache) >= self.PARAMS_CACHE_MAX:
-                    self.params_cache.clear()
-                self.params_cache[key] = info_json
-        t = self.now()
-        self._push_text(self.OPEN_LINE % (t, self._who()[0], addr, info_json), self.stack(2), t)
-
-    def on_conn_fail(self, conn, exc):
-        self.emit(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
-
-    def on_conn_close(self, conn):
-        """Called by close() (``_CloseHook``) with the program's frame right above this one."""
-        try:
-            addr = id(conn) + self.conn_offset
-            ref = self.connections.pop(addr, None)
-            if ref is not None and ref() is conn:
-                t = self.now()
-                self._push_text(self.CLOSE_LINE % (t, self._who()[0], addr), self.stack(1), t)
-        except Exception:
-            pass
-        # None: the close chain goes on to the real close (see _CloseHook)
-
-    # The records of the connection path (one or two per connection) are written as text at
-    # once, but for the stack: building a dict and JSON-encoding it per record was most of
-    # the agent's cost per connection (tests/bench/agent_path.py). The reader validates them
-    # like every other record (tracer/events.py; tests/integration/test_agent.py).
-    # (The %s after "t" is ``_who()``'s fragment: src, pid, tid and thread.)
-    OPEN_LINE = '{"k":"conn_open","t":%d%s,"conn":%d%s,"stack":'
-    CLOSE_LINE = '{"k":"conn_close","t":%d%s,"conn":%d,"stack":'
 
     # --- SQLAlchemy ------------------------------------------------------------
 
@@ -260,92 +208,7 @@ class Agent(Channel, Collector, Stacks, Process):
         self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
 
 
-def _connect_params(args, kwargs):
-    """Where a connection goes (never its password): MySQLdb.connect()'s arguments."""
-    names = ("host", "user", "passwd", "db", "port", "unix_socket")
-    params = dict(zip(names, args))
-    params.update(kwargs)
-    out = {}
-    for key, alias in (("host", None), ("user", None), ("port", None), ("unix_socket", None),
-                       ("db", "database")):
-        value = params.get(key, params.get(alias) if alias else None)
-        if value is not None:
-            out[key] = value if isinstance(value, (int, str)) else str(value)
-    return out
-
-
 # --- hooks installed when the program imports the modules ---------------------------
-
-class _CloseHook:
-    """``Connection.close`` that tells the agent first, and adds no frame to a traceback.
-
-    A Python wrapper around the C ``close()`` would be on the stack when close raises (a
-    second close: ProgrammingError), so programs that print the traceback (SQLAlchemy logs
-    one) would show a frame of ours. Instead, looking the attribute up (Python, finished by
-    the time the call happens) returns a chain of C callables: ``next(filter(None,
-    map(call, (note_close, bound_close))), None)``. Calling it runs ``agent.on_conn_close``
-    (which returns None, so the filter moves on), then the real close, from C: an exception
-    from close() reaches the caller through no Python frame. Pinned by
-    tests/integration/test_agent.py::test_close_adds_no_frame_to_the_programs_traceback."""
-
-    def __init__(self, agent, original):
-        self.agent = agent
-        self.original = original
-        self.__doc__ = getattr(original, "__doc__", None)
-
-    def __get__(self, conn, owner=None):
-        original = self.original
-        if conn is None:
-            return original  # Connection.close itself: the C method (class-level calls go unseen)
-        agent = self.agent
-        bound = original.__get__(conn, owner)
-        if agent.stopped:
-            return bound
-        partial = agent.partial
-        return partial(next, filter(None, map(agent.call, (partial(agent.on_conn_close, conn), bound))), None)
-
-
-def _hook_mysqldb(agent, module):
-    """Wrap MySQLdb.connections.Connection's __init__ and close (it has no Python close)."""
-    cls = getattr(module, "Connection", None)
-    if cls is None or getattr(cls, "_trace_quit_hooked", False):
-        return
-    original_init = cls.__dict__.get("__init__", cls.__init__)
-    original_close = cls.__dict__.get("close")
-    if original_close is None:
-        original_close = getattr(cls, "close")
-        had_close = False
-    else:
-        had_close = True
-
-    def __init__(self, *args, **kwargs):
-        try:
-            original_init(self, *args, **kwargs)
-        except BaseException as exc:
-            try:
-                agent.on_conn_fail(self, exc)
-            except Exception:
-                pass
-            raise
-        try:
-            if not agent.stopped:
-                agent.on_conn_open(self, args, kwargs)
-        except Exception:
-            pass
-
-    __init__.__name__ = original_init.__name__
-    __init__.__qualname__ = getattr(original_init, "__qualname__", original_init.__name__)
-    __init__.__doc__ = original_init.__doc__
-    __init__.__wrapped__ = original_init
-    # C close() lives on the base class (_mysql.connection): its method descriptor binds as usual.
-    close = _CloseHook(agent, original_close)
-    cls.__init__ = __init__
-    cls.close = close
-    cls._trace_quit_hooked = True
-    agent.restore.append((cls, "__init__", original_init, __init__))
-    agent.restore.append((cls, "close", original_close if had_close else _DELETE, close))
-    agent.restore.append((cls, "_trace_quit_hooked", _DELETE, True))
-    report_module(agent, "MySQLdb")
 
 
 def _hook_sqlalchemy(agent, module):
@@ -398,7 +261,8 @@ def _hook_sqlalchemy(agent, module):
     report_module(agent, "sqlalchemy")
 
 
-HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
+HOOKS = {SQLALCHEMY_MODULE: _hook_sqlalchemy}
+HOOKS.update(mysqldb.hooks())
 
 # --- PyMySQL, and MySQL drivers the agent does not probe: tracer/agent/pymysql.py --------
 from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402

@@ -26,6 +26,7 @@ class Stacks:
     STACK_DEPTH = STACK_DEPTH
     CHAIN_DEPTH = CHAIN_DEPTH
     STACK_CACHE_MAX = STACK_CACHE_MAX
+    WHO_CACHE_MAX = 256
 
     def _init_stacks(self, ev):
         self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
@@ -69,7 +70,7 @@ class Stacks:
         cached = self.who_cache.get(ident)
         if cached is not None and cached[0] == self.pid and cached[1] == tid and cached[2] is name:
             return cached[3]
-        if len(self.who_cache) >= self.PARAMS_CACHE_MAX:
+        if len(self.who_cache) >= self.WHO_CACHE_MAX:
             self.who_cache.clear()
         bare = ',"src":"agent","pid":%d,"tid":%s' % (self.pid, "null" if tid is None else int(tid))
         named = bare + ',"thread":' + self.encode_str(name if name.__class__ is str else str(name))
