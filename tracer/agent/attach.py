@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 
-from _trace_quit_agent import mysqldb, process, runtime
+from _trace_quit_agent import mysqldb, process, runtime, sqlalchemy as sqlalchemy_hooks
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
@@ -52,7 +52,7 @@ class Attachment:
         """runtime.start's ``prepare``: before anything is hooked, so no Engine escapes us."""
         self.agent = agent
         agent._listen_pool = self.listen_pool
-        agent.more_hooks[runtime.SQLALCHEMY_MODULE] = _hook_engine_init
+        agent.more_hooks[sqlalchemy_hooks.SQLALCHEMY_MODULE] = _hook_engine_init
 
     # --- what the program had before we came ---------------------------------------------
     def announce_existing(self):
@@ -137,7 +137,7 @@ class Attachment:
             from sqlalchemy import event
         except Exception:
             return
-        for name in runtime.POOL_EVENTS:
+        for name in sqlalchemy_hooks.POOL_EVENTS:
             listener = _inert_after_stop(agent, agent._pool_listener(engine_id, name))
             try:
                 event.listen(pool, name, listener)

@@ -1,4 +1,12 @@
-"""The agent's runtime inside the traced program: GC, mysqlclient and SQLAlchemy hooks.
+"""The agent inside the traced program: one ``Agent`` per process, started, and undone by ``stop``.
+
+The ``Agent`` is made of parts of one job each, which reach one another only through it:
+``Channel`` (channel.py: the queue and the FIFO), ``Collector`` (collector.py: the GC
+callback, the cause of a destruction), ``Stacks`` (stacks.py: call stacks and sites),
+``Process`` (process.py: exit, exec, fork), and the libraries' sides of it,
+``MySQLdbConnections`` (mysqldb.py) and ``SQLAlchemyEngines`` (sqlalchemy.py). The modules
+hooked as the program imports them are in ``HOOKS`` (imports.py; the other drivers:
+pymysql.py, connector.py, aio.py).
 
 Rules it lives by (it runs inside someone else's program):
 
@@ -26,21 +34,18 @@ import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
-from _trace_quit_agent import channel, collector, imports, mysqldb, process, stacks
+from _trace_quit_agent import aio, channel, collector, connector, imports, mysqldb, process, stacks
+from _trace_quit_agent import pymysql as pymysql_hooks, sqlalchemy as sqlalchemy_hooks
 from _trace_quit_agent.channel import Channel
 from _trace_quit_agent.collector import Collector
-from _trace_quit_agent.imports import report_module
 from _trace_quit_agent.mysqldb import MySQLdbConnections
 from _trace_quit_agent.process import Process
+from _trace_quit_agent.sqlalchemy import SQLAlchemyEngines
 from _trace_quit_agent.stacks import Stacks
-
-SQLALCHEMY_MODULE = "sqlalchemy"
-POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
-               "invalidate", "soft_invalidate")
 
 #: The agent's own files: a collection set off by their allocations names the program's line.
 OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, imports.__file__, mysqldb.__file__,
-                       process.__file__, stacks.__file__))
+                       process.__file__, sqlalchemy_hooks.__file__, stacks.__file__))
 
 
 def _load_events():
@@ -53,8 +58,11 @@ def _load_events():
     return module
 
 
-class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections):
-    """One per process: the channel, the GC bookkeeping and the registries of live objects."""
+class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections, SQLAlchemyEngines):
+    """One per process: the channel, the GC bookkeeping and the registries of live objects.
+
+    Its parts are mixins, not objects of their own: a hot path calls ``self.flush()``, not
+    ``self.channel.flush()``, one attribute lookup fewer per call (tests/bench/agent_path.py)."""
 
     def __init__(self, channel_path, ev, attached=False):
         self._open_channel(channel_path)
@@ -62,10 +70,10 @@ class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections):
         self._init_collector()
         self._init_process()
         self._init_mysqldb()
+        self._init_sqlalchemy()
         self.ev = ev
         self.attached = attached
         self.stopped = False
-        self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
         self.socket_trackers = {}  # driver -> sockets.SocketTracker (agent/connector.py, agent/aio.py)
         self.delete_marker = _DELETE
@@ -115,7 +123,7 @@ class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections):
         try:  # PyMySQL's wrapped methods (tracer/agent/pymysql.py keeps its own originals)
             module = sys.modules.get("pymysql.connections")
             if module is not None and self.pymysql is not None:
-                _pymysql_hooks.unhook(module)
+                pymysql_hooks.unhook(module)
         except Exception:
             pass
         try:
@@ -135,144 +143,11 @@ class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections):
         self.stack_cache.clear()
         self.params_cache.clear()
 
-    # --- SQLAlchemy ------------------------------------------------------------
 
-    def on_engine_create(self, engine, site, chain=None):
-        engine_id = id(engine)
-        pool = getattr(engine, "pool", None)
-        info = {"engine": engine_id, "site": site, "pool_class": type(pool).__name__}
-        if chain:
-            info["chain"] = chain
-        # hide_password hides the userinfo only: ``?passwd=`` in the query stays, so the
-        # redaction runs on every form (tests/security/test_secrets_in_urls.py).
-        try:
-            info["url"] = self.ev.redact(engine.url.render_as_string(hide_password=True))
-        except Exception:
-            info["url"] = self.ev.redact(str(getattr(engine, "url", "")))
-        try:
-            info["pool_size"] = pool.size()
-            info["max_overflow"] = pool._max_overflow
-        except Exception:
-            pass
-        try:
-            self.engines[engine_id] = self.weakref(
-                engine, self._destroyed_callback(self.engines, engine_id, self.ev.ENGINE_DESTROY, "engine"))
-        except TypeError:
-            pass
-        self.emit(self.ev.ENGINE_CREATE, **info)
-        if pool is not None:
-            self._listen_pool(engine_id, pool)
-
-    def _listen_pool(self, engine_id, pool):
-        from sqlalchemy import event
-
-        for name in POOL_EVENTS:
-            try:
-                event.listen(pool, name, self._pool_listener(engine_id, name))
-            except Exception:
-                pass  # an event this SQLAlchemy version does not have
-
-    def _pool_listener(self, engine_id, name):
-        def listener(*args, agent=self, engine_id=engine_id, name=name):
-            try:
-                dbapi_connection = args[0] if args else None
-                conn = agent.conn_of(dbapi_connection) if dbapi_connection is not None else None
-                fields = {"engine": engine_id, "ev": name, "conn": conn}
-                if len(args) > 2 and isinstance(args[2], BaseException):
-                    # invalidate/soft_invalidate: the error is the evidence of a server that went away
-                    exc = args[2]
-                    fields["error"] = agent.ev.redact("%s: %s" % (type(exc).__name__, exc))[:200]
-                agent.emit(agent.ev.POOL, **fields)
-            except Exception:
-                pass
-        return listener
-
-    def conn_of(self, dbapi_connection):
-        """The ``conn`` key of a DB-API connection: its MYSQL*, or a socket's inode (PyMySQL,
-        mysql-connector, and the asyncio drivers behind SQLAlchemy's adapter's ``_connection``)."""
-        tracker = self.pymysql
-        if tracker is not None:
-            key = tracker.conn_of(dbapi_connection)
-            if key is not None:
-                return key
-        if self.socket_trackers:
-            inner = getattr(dbapi_connection, "_connection", None)
-            for tracker in self.socket_trackers.values():
-                for obj in (dbapi_connection, inner):
-                    key = tracker.conn_of(obj) if obj is not None else None
-                    if key is not None:
-                        return key
-        return id(dbapi_connection) + self.conn_offset
-
-    def on_engine_dispose(self, engine):
-        self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
-
-
-# --- hooks installed when the program imports the modules ---------------------------
-
-
-def _hook_sqlalchemy(agent, module):
-    """Wrap create_engine wherever SQLAlchemy exposes it, and Engine.dispose."""
-    try:
-        create = sys.modules["sqlalchemy.engine.create"]
-        base = sys.modules["sqlalchemy.engine.base"]
-    except KeyError:
-        return
-    original = create.create_engine
-    if getattr(original, "_trace_quit_hooked", False) or getattr(base.Engine.dispose, "_trace_quit_hooked", False):
-        return
-
-    def create_engine(*args, **kwargs):
-        engine = original(*args, **kwargs)
-        try:
-            agent.on_engine_create(engine, agent.call_site(1), agent.call_chain(1))
-        except Exception:
-            pass
-        return engine
-
-    create_engine.__name__ = original.__name__
-    create_engine.__doc__ = original.__doc__
-    create_engine.__wrapped__ = original
-    create_engine._trace_quit_hooked = True
-    # Attached to a running program: its modules bound create_engine at import time, so a new
-    # module attribute would go unseen; tracer/agent/attach.py wraps Engine.__init__ instead
-    # (and wrapping both would announce an Engine twice).
-    for name in () if agent.attached else ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.engine.create"):
-        mod = sys.modules.get(name)
-        if mod is not None and getattr(mod, "create_engine", None) is original:
-            mod.create_engine = create_engine
-            agent.restore.append((mod, "create_engine", original, create_engine))
-
-    original_dispose = base.Engine.dispose
-
-    def dispose(self, *args, **kwargs):
-        try:
-            agent.on_engine_dispose(self)
-        except Exception:
-            pass
-        return original_dispose(self, *args, **kwargs)
-
-    dispose.__name__ = "dispose"
-    dispose.__wrapped__ = original_dispose
-    dispose._trace_quit_hooked = True
-    base.Engine.dispose = dispose
-    agent.restore.append((base.Engine, "dispose", original_dispose, dispose))
-    agent.skip_dirs = agent.skip_dirs + (os.path.dirname(module.__file__),)
-    report_module(agent, "sqlalchemy")
-
-
-HOOKS = {SQLALCHEMY_MODULE: _hook_sqlalchemy}
-HOOKS.update(mysqldb.hooks())
-
-# --- PyMySQL, and MySQL drivers the agent does not probe: tracer/agent/pymysql.py --------
-from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402
-
-HOOKS.update(_pymysql_hooks.hooks())
-# --- mysql-connector-python, aiomysql, asyncmy: tracer/agent/connector.py, tracer/agent/aio.py --
-from _trace_quit_agent import aio as _aio_hooks, connector as _connector_hooks  # noqa: E402
-
-HOOKS.update(_connector_hooks.hooks())
-HOOKS.update(_aio_hooks.hooks())
+#: module name -> hook(agent, module): the libraries the agent hooks as the program imports
+#: them (tracer/agent/imports.py); PyMySQL's module also names the drivers it does not probe.
+HOOKS = {name: hook for library in (mysqldb, sqlalchemy_hooks, pymysql_hooks, connector, aio)
+         for name, hook in library.hooks().items()}
 
 
 #: Marks an attribute stop() deletes rather than restores (it did not exist before us).
