@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 
-from _trace_quit_agent import mysqldb, process, runtime, sqlalchemy as sqlalchemy_hooks
+from _trace_quit_agent import mysqldb, process, runtime, sockets, sqlalchemy as sqlalchemy_hooks
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
@@ -178,11 +178,7 @@ def _hook_engine_init(agent, module):
         except Exception:
             pass
 
-    __init__.__name__ = original.__name__
-    __init__.__qualname__ = getattr(original, "__qualname__", original.__name__)
-    __init__.__doc__ = original.__doc__
-    __init__.__wrapped__ = original
-    __init__._trace_quit_hooked = True
+    sockets.wrap(original, __init__)._trace_quit_hooked = True
     cls.__init__ = __init__
     agent.restore.append((cls, "__init__", own, __init__))
 

@@ -11,6 +11,7 @@ Loaded by runtime.py; its hooks run when the program imports ``MySQLdb.connectio
 (tracer/agent/imports.py). ``MySQLdbConnections`` is a part of the ``Agent``.
 """
 
+from _trace_quit_agent import sockets
 from _trace_quit_agent.imports import report_module
 
 CONNECTION_MODULE = "MySQLdb.connections"
@@ -144,10 +145,7 @@ def hook(agent, module):
         except Exception:
             pass
 
-    __init__.__name__ = original_init.__name__
-    __init__.__qualname__ = getattr(original_init, "__qualname__", original_init.__name__)
-    __init__.__doc__ = original_init.__doc__
-    __init__.__wrapped__ = original_init
+    sockets.wrap(original_init, __init__)
     # C close() lives on the base class (_mysql.connection): its method descriptor binds as usual.
     close = CloseHook(agent, original_close)
     cls.__init__ = __init__
