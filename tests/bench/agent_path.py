@@ -33,9 +33,9 @@ def load_agent(fifo):
     module = importlib.util.module_from_spec(spec)
     sys.modules["_trace_quit_agent"] = module
     spec.loader.exec_module(module)
-    from _trace_quit_agent import runtime
+    from _trace_quit_agent import mysqldb, runtime
 
-    return runtime, runtime.start(fifo)
+    return mysqldb, runtime.start(fifo)
 
 
 class Conn:
@@ -60,9 +60,9 @@ def main(argv=None):
             except BlockingIOError:
                 pass
 
-        runtime, agent = load_agent(fifo)
+        mysqldb, agent = load_agent(fifo)
         # The same hook as MySQLdb's Connection.close, over a C method (as _mysql's close is).
-        hook = runtime._CloseHook(agent, object.__sizeof__)
+        hook = mysqldb.CloseHook(agent, object.__sizeof__)
         kwargs = {"host": "127.0.0.1", "user": "app", "port": 3306, "db": "tq", "passwd": "x"}
 
         def cycle(n):
@@ -139,7 +139,7 @@ def main(argv=None):
             agent.flush()
             prof.disable()
             stats = pstats.Stats(prof)
-            stats.sort_stats("tottime").print_stats("runtime.py|json|functools|operator", 12)
+            stats.sort_stats("tottime").print_stats("tracer/agent/|json|functools|operator", 12)
         agent.stop()
     return 0
 

@@ -1,7 +1,7 @@
 """The agent's call stacks: line numbers worked out from ``f_lasti`` at flush equal ``f_lineno``.
 
 The agent records (id(code), f_lasti) at a connection event and formats the line later
-(tracer/agent/runtime.py ``Agent.stack`` / ``_format_stack``), because reading ``f_lineno``
+(tracer/agent/stacks.py ``Stacks.stack`` / ``_format_stack``), because reading ``f_lineno``
 scans the line table each time. Each CPython of the matrix runs a program whose frames sit
 on awkward lines (a call spread over lines, a loop, an except block, a generator, a
 comprehension, a lambda) and compares the two for every frame; no server is needed.
@@ -24,10 +24,10 @@ PROGRAM = textwrap.dedent('''
     module = importlib.util.module_from_spec(spec)
     sys.modules["_trace_quit_agent"] = module
     spec.loader.exec_module(module)
-    from _trace_quit_agent import runtime
+    from _trace_quit_agent import stacks
 
     agent = types.SimpleNamespace(getframe=sys._getframe, STACK_DEPTH=64, stack_cache={}, STACK_CACHE_MAX=16,
-                                  line_of=runtime._line_of, dumps=json.dumps)
+                                  line_of=stacks._line_of, dumps=json.dumps)
     seen = []
 
     def probe():
@@ -36,9 +36,9 @@ PROGRAM = textwrap.dedent('''
         while frame is not None:
             truth.append("%s:%d in %s" % (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
             frame = frame.f_back
-        stack = runtime.Agent.stack(agent, 1)  # from the caller of probe(), as truth
-        strings, encoded = runtime.Agent._format_stack(agent, stack)
-        again = runtime.Agent._format_stack(agent, stack)  # from the cache
+        stack = stacks.Stacks.stack(agent, 1)  # from the caller of probe(), as truth
+        strings, encoded = stacks.Stacks._format_stack(agent, stack)
+        again = stacks.Stacks._format_stack(agent, stack)  # from the cache
         seen.append({"truth": truth, "agent": strings, "cached": again[0] == strings,
                      "encoded": json.loads(encoded) == strings})
         return 1

@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 
-from _trace_quit_agent import runtime
+from _trace_quit_agent import mysqldb, process, runtime, sockets, sqlalchemy as sqlalchemy_hooks
 
 ORIGIN_BEFORE_ATTACH = "before attach"
 ENGINE_MODULE = "sqlalchemy.engine.base"
@@ -52,13 +52,13 @@ class Attachment:
         """runtime.start's ``prepare``: before anything is hooked, so no Engine escapes us."""
         self.agent = agent
         agent._listen_pool = self.listen_pool
-        agent.more_hooks[runtime.SQLALCHEMY_MODULE] = _hook_engine_init
+        agent.more_hooks[sqlalchemy_hooks.SQLALCHEMY_MODULE] = _hook_engine_init
 
     # --- what the program had before we came ---------------------------------------------
     def announce_existing(self):
         """Register the connections and Engines alive now (origin "before attach")."""
         agent = self.agent
-        conn_cls = _class_of(runtime.CONNECTION_MODULE, "Connection")
+        conn_cls = _class_of(mysqldb.CONNECTION_MODULE, "Connection")
         engine_cls = _class_of(ENGINE_MODULE, "Engine")
         # PyMySQL's, when the program imported it (its hooks went in at start: agent.pymysql).
         pymysql_cls = _class_of(PYMYSQL_MODULE, "Connection") if agent.pymysql is not None else None
@@ -137,7 +137,7 @@ class Attachment:
             from sqlalchemy import event
         except Exception:
             return
-        for name in runtime.POOL_EVENTS:
+        for name in sqlalchemy_hooks.POOL_EVENTS:
             listener = _inert_after_stop(agent, agent._pool_listener(engine_id, name))
             try:
                 event.listen(pool, name, listener)
@@ -178,11 +178,7 @@ def _hook_engine_init(agent, module):
         except Exception:
             pass
 
-    __init__.__name__ = original.__name__
-    __init__.__qualname__ = getattr(original, "__qualname__", original.__name__)
-    __init__.__doc__ = original.__doc__
-    __init__.__wrapped__ = original
-    __init__._trace_quit_hooked = True
+    sockets.wrap(original, __init__)._trace_quit_hooked = True
     cls.__init__ = __init__
     agent.restore.append((cls, "__init__", own, __init__))
 
@@ -239,7 +235,7 @@ def inspect():
                                          (ENGINE_MODULE, "Engine", ("__init__", "dispose")),
                                          ("sqlalchemy.engine.create", None, ("create_engine",)),
                                          ("sqlalchemy", None, ("create_engine",)),
-                                         ("os", None, runtime.EXEC_FUNCTIONS + ("_exit",))):
+                                         ("os", None, process.EXEC_FUNCTIONS + ("_exit",))):
         module = sys.modules.get(module_name)
         owner = getattr(module, cls_name, None) if cls_name else module
         if owner is None:

@@ -13,8 +13,8 @@ PyMySQL has no ``MYSQL*``: a PyMySQL connection's ``conn`` is the inode of its s
 the kernel layer reads from the same fd (``bpf_sock_close.ino``); ``fd`` and ``obj`` (the
 ``Connection``'s id) are carried too. Every record says ``driver: "pymysql"``.
 
-Loaded by runtime.py's import hook when the program imports ``pymysql.connections``; same
-rules as runtime.py (stdlib only, no prints, never raise into user code, nothing reached
+Loaded by the agent's import hook (imports.py) when the program imports ``pymysql.connections``;
+same rules as runtime.py (stdlib only, no prints, never raise into user code, nothing reached
 through module globals once hooked: finalisation destroys connections too).
 """
 
@@ -202,7 +202,7 @@ def note_unprobed(agent, module):
 
 
 def hooks():
-    """module name -> hook(agent, module), for runtime.py's import hook."""
+    """module name -> hook(agent, module), for the import hook."""
     out = {CONNECTION_MODULE: hook}
     for name in UNPROBED_DRIVERS:
         out[name] = note_unprobed

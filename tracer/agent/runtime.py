@@ -1,24 +1,21 @@
-"""The agent's runtime inside the traced program: GC, mysqlclient and SQLAlchemy hooks.
+"""The agent inside the traced program: one ``Agent`` per process, started, and undone by ``stop``.
+
+The ``Agent`` is made of parts of one job each, which reach one another only through it:
+``Channel`` (channel.py: the queue and the FIFO), ``Collector`` (collector.py: the GC
+callback, the cause of a destruction), ``Stacks`` (stacks.py: call stacks and sites),
+``Process`` (process.py: exit, exec, fork), and the libraries' sides of it,
+``MySQLdbConnections`` (mysqldb.py) and ``SQLAlchemyEngines`` (sqlalchemy.py). The modules
+hooked as the program imports them are in ``HOOKS`` (imports.py; the other drivers:
+pymysql.py, connector.py, aio.py).
 
 Rules it lives by (it runs inside someone else's program):
 
 * stdlib only, Python 3.8+; never prints; never raises into user code (every hook is
   wrapped, and a failing hook only goes quiet); no thread of its own;
-* GC callbacks do constant, cheap work: a list store and a deque append, no I/O, no locks.
-  Writing from a GC callback would release the GIL while the collector's "collecting" flag
-  is set, and another thread's ``gc.collect()`` then returns 0 without collecting; so a
-  callback writes only when no other Python thread exists (``_gc_flush_ok``);
-* events are buffered and written in batches at safe points: connection opens and closes
-  (when the buffer is old or large), before ``fork``/``exec``, on ``os._exit``, at exit
-  (the last atexit handler) and after it; call sites are kept as (id(code), f_lasti) until
-  then, and formatted once per site; the connection records are text from cached fragments
-  (the agent's cost per connection: docs/performance.md);
-* lines leave through a non-blocking FIFO in writes of at most PIPE_BUF bytes (each line is
-  bounded to fit), so the lines of forked processes sharing it never interleave; when it is
-  full, events are counted as lost, never waited for;
-* it writes only to an fd whose (st_dev, st_ino) is still its channel's: a program that
-  closed it and reused the number is never written to; the FIFO is re-opened by path, or
-  the agent goes quiet and counts what it lost;
+* GC callbacks do constant, cheap work, and write only when no other thread could run
+  Python meanwhile (tracer/agent/collector.py);
+* events are queued and written in batches at safe points, through a FIFO it checks is
+  still its own (tracer/agent/channel.py);
 * after start-up the hot paths reach nothing through module globals, only through the
   ``Agent`` instance: during interpreter finalisation module dicts are cleared, and the
   destructions that happen then are exactly the ``shutdown`` cause we must still record.
@@ -27,36 +24,28 @@ Rules it lives by (it runs inside someone else's program):
 """
 
 import atexit
-import collections
 import functools
 import gc
-import json
 import operator
 import os
-import select
-import stat
 import sys
 import threading
 import time
 import weakref
 
 from _trace_quit_agent import ENV_CHANNEL, EVENTS_PY
+from _trace_quit_agent import aio, channel, collector, connector, imports, mysqldb, process, stacks
+from _trace_quit_agent import pymysql as pymysql_hooks, sqlalchemy as sqlalchemy_hooks
+from _trace_quit_agent.channel import Channel
+from _trace_quit_agent.collector import Collector
+from _trace_quit_agent.mysqldb import MySQLdbConnections
+from _trace_quit_agent.process import Process
+from _trace_quit_agent.sqlalchemy import SQLAlchemyEngines
+from _trace_quit_agent.stacks import Stacks
 
-PIPE_BUF = 4096
-FLUSH_INTERVAL_NS = 50 * 1000 * 1000  # a connection event writes the buffer once it is this old ...
-FLUSH_EVENTS = 256                    # ... or this long
-EXIT_WAIT_NS = 1000 * 1000 * 1000     # at exit, a full channel is waited for this long in all
-MAX_QUEUED = 100000                   # events; beyond this they are counted as lost
-STACK_DEPTH = 8                       # frames kept for open/close stacks
-CHAIN_DEPTH = 4                       # the program's own frames kept for a create_engine() call
-CHAIN_WALK = 48                       # frames looked at for them (a deep stack costs no more)
-FIELD_LIMITS = (512, 128, 32)         # string lengths tried, in turn, when a line exceeds PIPE_BUF
-STACK_CACHE_MAX = 4096                # formatted stacks kept (keyed by (id(code), f_lasti, ...))
-CONNECTION_MODULE = "MySQLdb.connections"
-SQLALCHEMY_MODULE = "sqlalchemy"
-POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached",
-               "invalidate", "soft_invalidate")
-EXEC_FUNCTIONS = ("execv", "execve")  # os.execl*/execvp* reach these through os's globals
+#: The agent's own files: a collection set off by their allocations names the program's line.
+OWN_FILES = frozenset((__file__, channel.__file__, collector.__file__, imports.__file__, mysqldb.__file__,
+                       process.__file__, sqlalchemy_hooks.__file__, stacks.__file__))
 
 
 def _load_events():
@@ -69,67 +58,25 @@ def _load_events():
     return module
 
 
-class Agent:
-    """One per process: the channel, the GC bookkeeping and the registries of live objects."""
+class Agent(Channel, Collector, Stacks, Process, MySQLdbConnections, SQLAlchemyEngines):
+    """One per process: the channel, the GC bookkeeping and the registries of live objects.
 
-    # Class attributes, not module globals: read on hot paths that also run during finalisation.
-    PIPE_BUF = PIPE_BUF
-    FLUSH_INTERVAL_NS = FLUSH_INTERVAL_NS
-    FLUSH_EVENTS = FLUSH_EVENTS
-    EXIT_WAIT_NS = EXIT_WAIT_NS
-    MAX_QUEUED = MAX_QUEUED
-    STACK_DEPTH = STACK_DEPTH
-    CHAIN_DEPTH = CHAIN_DEPTH
-    FIELD_LIMITS = FIELD_LIMITS
-    STACK_CACHE_MAX = STACK_CACHE_MAX
-    PARAMS_CACHE_MAX = 256
+    Its parts are mixins, not objects of their own: a hot path calls ``self.flush()``, not
+    ``self.channel.flush()``, one attribute lookup fewer per call (tests/bench/agent_path.py)."""
 
     def __init__(self, channel_path, ev, attached=False):
+        self._open_channel(channel_path)
+        self._init_stacks(ev)
+        self._init_collector()
+        self._init_process()
+        self._init_mysqldb()
+        self._init_sqlalchemy()
         self.ev = ev
-        self.channel_path = channel_path
         self.attached = attached
-        # Hold a read end too (never read): if the tracer is killed, the FIFO keeps a reader,
-        # so writes fill it and count as lost instead of raising SIGPIPE in a program that
-        # restored SIGPIPE's default action.
-        self.keepalive_fd = os.open(channel_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self.fd = os.open(channel_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            st = os.fstat(self.fd)
-        except OSError:
-            os.close(self.keepalive_fd)
-            raise
-        if not stat.S_ISFIFO(st.st_mode):
-            os.close(self.fd)
-            os.close(self.keepalive_fd)
-            raise OSError("%s is not a FIFO" % channel_path)
-        #: What our channel is: an fd whose fstat says otherwise is the program's now.
-        self.channel_id = (st.st_dev, st.st_ino)
-        self.pid = os.getpid()
-        self.queue = collections.deque()
-        self.last_flush = 0
-        self.flushing = set()    # idents of the threads writing right now
-        self.torn = False        # a partial write left a line without its newline
         self.stopped = False
-        self.lost = 0
-        self.lost_reported = 0
-        # Past this monotonic time a full channel loses records; before it (set at exit, when
-        # nothing runs after us: a process ending at once, a worker of a server) they wait.
-        self.exit_deadline = 0
-        self.final_said = False
-        self.poll_writable = _poll_writable
-        self.finalizing = False
-        # Per-thread running collection: thread ident -> [cid, generation, t_start, frame, written, counts]
-        self.collecting = {}
-        self.cid = 0
-        self.gc_counts = [0, 0, 0]
-        self.gc_counts_reported = None
-        self.connections = {}    # MYSQL* -> weakref of a connection believed open
-        self.engines = {}        # engine id -> weakref
         self.pymysql = None      # PyMySQL connections (agent/pymysql.py), once it is imported
         self.socket_trackers = {}  # driver -> sockets.SocketTracker (agent/connector.py, agent/aio.py)
         self.delete_marker = _DELETE
-        self.stack_cache = {}    # (id(code), lasti, ...) -> (["file:line in func", ...], its JSON, the codes)
-        self.params_cache = {}   # (args, kwargs keys, kwargs values) of connect() -> its fields as JSON
         self.restore = []        # (owner, attribute, original, ours): undone by stop()
         self.more_hooks = {}     # module name -> hook(agent, module), run after HOOKS' (attach.py)
         # Bound once, so the hot paths and finalisation never look up module globals.
@@ -139,341 +86,11 @@ class Agent:
         # Thread names without threading.current_thread(), which would register a dummy Thread
         # (visible in threading.enumerate()) for a thread threading did not start.
         self.threads = threading._active
-        self.write = os.write
-        self.fstat = os.fstat
-        self.dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
-        # json's encode() builds a C encoder on every call; flushing encodes with one made once.
-        self.encode_chunks = _c_encoder() or (lambda obj, level, dumps=self.dumps: (dumps(obj),))
-        self.join = "".join
-        self.loads = json.loads
-        self.encode_str = json.encoder.encode_basestring_ascii  # a string as JSON, quotes included
-        self.who_cache = {}      # thread ident -> (pid, tid, name, _who()'s fragments)
         self.is_finalizing = sys.is_finalizing
-        self.getframe = sys._getframe
-        self.get_count = gc.get_count
         self.weakref = weakref.ref
         self.partial = functools.partial
-        self.cut = _cut
-        self.line_of = _line_of
-        self.connect_params = _connect_params
-        self.os_open = os.open
-        self.os_stat = os.stat
-        self.is_fifo = stat.S_ISFIFO
         self.call = operator.methodcaller("__call__")
-        self.conn_offset = object.__basicsize__  # MYSQL is the first field after PyObject_HEAD
-        self.gc_callbacks = gc.callbacks  # the list itself: the program may empty it
-        self.gc_get_threshold = gc.get_threshold  # platform (issue 14): a C call returning a tuple
-        # Frames from these are not the program's own when naming a create_engine() call site.
-        self.skip_dirs = (os.path.dirname(os.path.abspath(__file__)),)
-        self.stdlib_dir = os.path.dirname(os.__file__)
-        self.own_file = __file__
-        # ... nor are frames of these packages, known by their module wherever they are installed.
-        self.library_packages = frozenset(getattr(ev, "LIBRARY_PACKAGES", ()))
-        self.normpath = os.path.normpath
-
-    # --- transport -------------------------------------------------------------
-    def emit(self, kind, **fields):
-        """Queue one event; write the buffer out when it is due and this is a safe point."""
-        self._queue(kind, fields)
-        if (fields.get("t", 0) - self.last_flush >= self.FLUSH_INTERVAL_NS or len(self.queue) >= self.FLUSH_EVENTS
-                or self.finalizing or self.is_finalizing()):
-            # Never from inside a collection on this thread (a destroy callback, a __del__).
-            if self.ident() not in self.collecting:
-                self.flush()
-
-    def _queue(self, kind, fields):
-        try:
-            if self.stopped:
-                return
-            fields["k"] = kind
-            fields["t"] = self.now()
-            fields["src"] = "agent"
-            fields["pid"] = self.pid
-            # Thread.native_id: get_native_id() is a gettid() system call each time.
-            thread = self.threads.get(self.ident())
-            fields["tid"] = thread.native_id if thread is not None else self.native_tid()
-            if len(self.queue) >= self.MAX_QUEUED:
-                self.lost += 1
-                return
-            self.queue.append(fields)
-        except Exception:
-            pass
-
-    def flush(self):
-        """Encode queued events and write them in PIPE_BUF-sized, line-aligned chunks."""
-        ident = self.ident()
-        flushing = self.flushing
-        if ident in flushing or self.stopped:
-            return  # re-entered on this thread (a collection set off by our own allocations)
-        # Other threads may flush at the same time: each pops whole events off the deque and
-        # writes whole lines, so they never mix; they are not waited for (a daemon thread
-        # frozen in a write at exit must not silence the shutdown events).
-        flushing.add(ident)
-        try:
-            self._flush()
-        except Exception:
-            pass
-        finally:
-            flushing.discard(ident)
-
-    def _flush(self):
-        queue = self.queue
-        self.last_flush = self.now()
-        # gc.isenabled() too: a program that calls gc.disable() after start is said so in the report.
-        counts = tuple(self.gc_counts) + (gc.isenabled(),)
-        if counts != self.gc_counts_reported or (self.exit_deadline and not self.final_said):
-            self.gc_counts_reported = counts
-            fields = {"by_gen": {"0": counts[0], "1": counts[1], "2": counts[2]}, "enabled": counts[3]}
-            if self.exit_deadline:
-                # The exit flush ran: a process without this record lost what it had queued.
-                fields["final"] = self.final_said = True
-            self._queue(self.ev.GC_COUNTS, fields)
-        if self.lost != self.lost_reported and (queue or self.exit_deadline):
-            # Said with the next write, or at exit on its own: a loss is never left unsaid
-            # while the channel can still take a line (tests/integration/test_agent.py).
-            n = self.lost - self.lost_reported
-            self.lost_reported = self.lost
-            self._queue(self.ev.AGENT_LOST, {"n": n})
-        if not queue:
-            return
-        if not self._channel_ok():
-            self.lost += len(queue)
-            queue.clear()
-            return
-        chunk = []
-        size = 0
-        encode = self.encode_chunks
-        join = self.join
-        while queue:
-            try:
-                event = queue.popleft()
-            except IndexError:
-                break
-            try:
-                if event.__class__ is tuple:
-                    text, stack = event
-                    if stack is not None:
-                        text = text + self._format_stack(stack)[1] + "}"
-                    line = (text + "\n").encode("utf-8", "replace")
-                    if len(line) > self.PIPE_BUF:
-                        line = self._bounded(self.loads(text))
-                else:
-                    line = self._encoded(event, encode, join)
-            except Exception:
-                line = None
-            if line is None:
-                self.lost += 1
-                continue
-            if size + len(line) > self.PIPE_BUF and chunk:
-                self._write_chunk(chunk)
-                chunk = []
-                size = 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            self._write_chunk(chunk)
-
-    def _encoded(self, event, encode, join):
-        """One queued dict as a line of bytes, at most PIPE_BUF long (``_bounded``); None if it cannot be."""
-        stack = event.get("stack")
-        if stack.__class__ is tuple:
-            # The stack is most of the line and repeats: its JSON comes from the cache,
-            # spliced in for the null (a key can only appear unescaped as a key).
-            strings, encoded = self._format_stack(stack)
-            event["stack"] = None
-            text = join(encode(event, 0)).replace('"stack":null', '"stack":' + encoded, 1)
-            event["stack"] = strings
-        else:
-            text = join(encode(event, 0))
-        line = (text + "\n").encode("utf-8", "replace")
-        if len(line) > self.PIPE_BUF:
-            line = self._bounded(event)
-        return line
-
-    def _format_stack(self, stack):
-        """(["file:line in func", ...], its JSON) for a ``stack()``; cached, as call sites repeat.
-
-        The key is (id(code), lasti, ...): ints hash at once, where a code object hashes its
-        constants and names on every lookup. An id stays unique while its entry holds the code."""
-        key, codes = stack
-        cache = self.stack_cache
-        out = cache.get(key)
-        if out is None:
-            if len(cache) >= self.STACK_CACHE_MAX:
-                cache.clear()  # bounded; also lets go of the code objects held in the values
-            line_of = self.line_of
-            strings = ["%s:%d in %s" % (code.co_filename, line_of(code, lasti), code.co_name)
-                       for code, lasti in zip(codes, key[1::2])]
-            out = cache[key] = (strings, self.dumps(strings), codes)
-        return out[0], out[1]
-
-    def _bounded(self, event):
-        """The event as one line of at most self.PIPE_BUF bytes: strings cut, lists shortened; None if it cannot."""
-        for limit in self.FIELD_LIMITS:
-            small = {}
-            for key, value in event.items():
-                small[key] = self.cut(value, limit)
-            line = (self.dumps(small) + "\n").encode("utf-8", "replace")
-            if len(line) <= self.PIPE_BUF:
-                return line
-        return None
-
-    def _write_chunk(self, lines):
-        data = b"".join(lines)
-        try:
-            if self.torn and self.write(self.fd, b"\n") == 1:
-                self.torn = False
-            if self.torn:
-                raise BlockingIOError  # a cut line still open: nothing may follow it yet
-            written = self.write(self.fd, data)  # <= PIPE_BUF to a FIFO: all or nothing (EAGAIN)
-        except BlockingIOError:
-            # Full. At exit nothing runs after us: wait (bounded) for the tracer to drain it.
-            if not self._wait_writable() or not self._retry_write(data):
-                self.lost += len(lines)
-            return
-        except OSError:
-            self.lost += len(lines)  # the tracer is gone: stay quiet
-            return
-        if written == len(data):
-            return
-        # A partial write (not a FIFO after all?): what did not go is lost, and the line cut
-        # short is ended by a newline before anything else goes out, so it cannot run into
-        # the next one (the reader rejects it as one malformed line).
-        done = 0
-        for line in lines:
-            if written < len(line):
-                break
-            written -= len(line)
-            done += 1
-        self.lost += len(lines) - done
-        if written:
-            self.torn = True
-            try:
-                if self.write(self.fd, b"\n") == 1:
-                    self.torn = False
-            except OSError:
-                pass
-
-    def _wait_writable(self):
-        """At exit, until the deadline: True once the channel has room (never outside exit)."""
-        left = self.exit_deadline - self.now()
-        if self.exit_deadline == 0 or left <= 0 or self.torn:
-            return False
-        return self.poll_writable(self.fd, left)
-
-    def _retry_write(self, data):
-        while True:
-            try:
-                if self.write(self.fd, data) == len(data):
-                    return True
-                return False   # not a FIFO after all: a partial write (counted as lost)
-            except BlockingIOError:
-                if not self._wait_writable():
-                    return False
-            except OSError:
-                return False
-
-    def _channel_ok(self):
-        """True when self.fd is still our FIFO (a program may close it and reuse the number)."""
-        if self.fd >= 0:
-            try:
-                st = self.fstat(self.fd)
-                if (st.st_dev, st.st_ino) == self.channel_id:
-                    return True
-            except OSError:
-                pass
-            self.fd = -1  # the program's now (or closed): never write to it nor close it
-            self.torn = False
-        return self._reopen()
-
-    def _reopen(self):
-        """Open our FIFO again by path, if it is still the same FIFO; else stay quiet."""
-        path = self.channel_path
-        try:
-            st = self.os_stat(path)
-            if not self.is_fifo(st.st_mode) or (st.st_dev, st.st_ino) != self.channel_id:
-                return False
-            if not self._is_ours(self.keepalive_fd):
-                self.keepalive_fd = -1
-                self.keepalive_fd = self.os_open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            fd = self.os_open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False
-        if not self._is_ours(fd):
-            os.close(fd)  # replaced between stat and open
-            return False
-        self.fd = fd
-        return True
-
-    def _is_ours(self, fd):
-        if fd < 0:
-            return False
-        try:
-            st = self.fstat(fd)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self.channel_id
-
-    def at_exit(self):
-        """Registered first, so it runs after every other atexit handler: what dies after is shutdown.
-
-        (Attached to a running program it was registered last and runs first: then shutdown
-        is left to ``sys.is_finalizing()``, which turns true right after the last handler.)"""
-        if not self.attached:
-            self.finalizing = True
-        self.exit_deadline = self.now() + self.EXIT_WAIT_NS
-        self.flush()
-
-    def before_exit(self):
-        """Just before exec or os._exit: nothing runs after, so write everything out now."""
-        try:
-            if self.ident() not in self.collecting:
-                self.exit_deadline = self.now() + self.EXIT_WAIT_NS
-                self.flush()
-                self.exit_deadline = 0   # exec can fail: the program goes on
-        except Exception:
-            pass
-
-    def before_fork(self):
-        """Write the buffer out in the parent, so the child starts with nothing of its parent's."""
-        self.flush()
-
-    def after_fork_in_child(self):
-        """A forked child: own pid, empty queue (the parent wrote its own out)."""
-        try:
-            if self.stopped:
-                return
-            parent = self.pid
-            self.pid = os.getpid()
-            self.final_said = False
-            self.exit_deadline = 0
-            self.queue.clear()
-            self.collecting.clear()
-            self.flushing = set()  # a thread of the parent may have been writing
-            self.emit(self.ev.AGENT_START, forked_from=parent, **self._process_info())
-        except Exception:
-            pass
-
-    def _process_info(self):
-        info = {"ppid": os.getppid(), "python": sys.version.split()[0], "executable": sys.executable,
-                "argv": self.ev.redact_argv(list(sys.argv)), "basicsize": self.conn_offset,
-                "gc_thresholds": list(gc.get_threshold()), "gc_enabled": gc.isenabled(),
-                "implementation": sys.implementation.name}
-        try:
-            # How many generations the collector reports: with the thresholds, what decides the
-            # collector (tracer/bpf/compat.collector), not the version alone.
-            info["gc_generations"] = len(gc.get_stats())
-        except Exception:
-            pass
-        if self.attached:
-            # What the collector had done before we came, to explain its next collections.
-            info["attached"] = True
-            info["gc_counts"] = list(gc.get_count())
-            try:
-                info["gc_stats"] = gc.get_stats()
-            except Exception:
-                pass
-        return info
+        self.own_files = OWN_FILES
 
     def stop(self):
         """Leave the program as it was: hooks restored, GC callback removed, fds closed."""
@@ -506,7 +123,7 @@ class Agent:
         try:  # PyMySQL's wrapped methods (tracer/agent/pymysql.py keeps its own originals)
             module = sys.modules.get("pymysql.connections")
             if module is not None and self.pymysql is not None:
-                _pymysql_hooks.unhook(module)
+                pymysql_hooks.unhook(module)
         except Exception:
             pass
         try:
@@ -526,612 +143,11 @@ class Agent:
         self.stack_cache.clear()
         self.params_cache.clear()
 
-    def _gc_flush_ok(self):
-        """Whether a GC callback may write: nothing else could run Python while it holds the GIL off."""
-        return len(self.threads) <= 1 and not self.collecting
 
-    # --- garbage collector -----------------------------------------------------
-    def gc_callback(self, phase, info):
-        """gc.callbacks hook: note which collection runs on this thread; constant work."""
-        try:
-            ident = self.ident()
-            if phase == "start":
-                self.cid += 1
-                gen = info["generation"]
-                # The frame that set the collection off; its site is formatted only if this
-                # collection is written out (most generation-0 ones are only counted), which
-                # happens during the collection, while the frame is still running. The counts
-                # are the ones that set it off (the collector resets them after this callback).
-                state = [self.cid, gen, self.now(), self.getframe(1), False, self.get_count()]
-                self.collecting[ident] = state
-                if gen > 0:
-                    self._emit_gc_start(state)
-            else:
-                state = self.collecting.pop(ident, None)
-                if state is None:
-                    return  # began before we were attached
-                gen = state[1]
-                self.gc_counts[gen] += 1
-                if state[4]:
-                    self._queue(self.ev.GC_STOP, {"gen": gen, "cid": state[0], "collected": info.get("collected", 0),
-                                                  "uncollectable": info.get("uncollectable", 0)})
-                if (self.queue and self.now() - self.last_flush >= self.FLUSH_INTERVAL_NS
-                        and self._gc_flush_ok()):
-                    self.flush()
-        except Exception:
-            pass
-
-    def _emit_gc_start(self, state):
-        # Young collections are frequent: one is only written out when it destroyed something
-        # we track (then late, with its own start time); the others are only counted.
-        state[4] = True
-        frame = state[3]
-        state[3] = None  # hold no frame past this point
-        # Name the program's line, not ours, when our own allocation set it off.
-        while frame is not None and frame.f_code.co_filename == self.own_file:
-            frame = frame.f_back
-        site = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
-        counts = state[5]
-        if len(self.queue) >= self.MAX_QUEUED:
-            self.lost += 1
-            return
-        # The counts that set it off, and the thresholds in effect now -- the program may have
-        # called gc.set_threshold() since agent_start -- for the report's why_now (analysis/gcwhy.py).
-        threshold = self.gc_get_threshold()
-        event = {"k": self.ev.GC_START, "t": state[2], "src": "agent", "pid": self.pid,
-                 "tid": self.native_tid(), "gen": state[1], "cid": state[0], "site": site,
-                 "thread": self.thread_name(), "counts": [counts[0], counts[1], counts[2]],
-                 "thresholds": [threshold[0], threshold[1], threshold[2]]}
-        # A library's allocation often sets a collection off: name the program's nearest frame
-        # above it too (a bounded walk, only for collections written out; test_engine_chain.py).
-        app = frame
-        walked = 0
-        while app is not None and walked < CHAIN_WALK:
-            filename = app.f_code.co_filename
-            if not self._is_library(filename) and "-packages" not in filename and not self._library_module(app):
-                if app is not frame:
-                    event["app_site"] = "%s:%d" % (filename, app.f_lineno)
-                break
-            app = app.f_back
-            walked += 1
-        self.queue.append(event)
-
-    def classify(self):
-        """Why an object is being destroyed right now: (cause, generation, collection id)."""
-        state = self.collecting.get(self.ident())
-        if state is not None:
-            if not state[4]:
-                self._emit_gc_start(state)
-            return "gc", state[1], state[0]
-        if self.finalizing or self.is_finalizing():
-            return "shutdown", None, None
-        if self.gc_callback not in self.gc_callbacks:
-            # The program removed our hook: a collection would look like a refcount drop.
-            return "unknown", None, None
-        return "refcount", None, None
-
-    # --- mysqlclient -----------------------------------------------------------
-    def on_conn_open(self, conn, args, kwargs):
-        addr = id(conn) + self.conn_offset
-        ref = self.weakref(conn, self._destroyed_callback(self.connections, addr, self.ev.CONN_DESTROY, "conn"))
-        self.connections[addr] = ref
-        # Connect parameters repeat (a pool, a loop): derived, and encoded, once per distinct set.
-        try:
-            # Flat tuples: equal keys compare element by element, mostly by identity.
-            key = (args, tuple(kwargs), tuple(kwargs.values()))
-            info_json = self.params_cache.get(key)
-        except TypeError:
-            key = info_json = None  # an unhashable argument: derive it every time
-        if info_json is None:
-            info = self.connect_params(args, kwargs)
-            info_json = self.dumps(info)[1:-1]
-            info_json = "," + info_json if info_json else ""
-            if key is not None:
-                if len(self.params_cache) >= self.PARAMS_CACHE_MAX:
-                    self.params_cache.clear()
-                self.params_cache[key] = info_json
-        t = self.now()
-        self._push_text(self.OPEN_LINE % (t, self._who()[0], addr, info_json), self.stack(2), t)
-
-    def on_conn_fail(self, conn, exc):
-        self.emit(self.ev.CONN_FAIL, conn=id(conn) + self.conn_offset, error=type(exc).__name__)
-
-    def on_conn_close(self, conn):
-        """Called by close() (``_CloseHook``) with the program's frame right above this one."""
-        try:
-            addr = id(conn) + self.conn_offset
-            ref = self.connections.pop(addr, None)
-            if ref is not None and ref() is conn:
-                t = self.now()
-                self._push_text(self.CLOSE_LINE % (t, self._who()[0], addr), self.stack(1), t)
-        except Exception:
-            pass
-        # None: the close chain goes on to the real close (see _CloseHook)
-
-    # The records of the connection path (one or two per connection) are written as text at
-    # once, but for the stack: building a dict and JSON-encoding it per record was most of
-    # the agent's cost per connection (tests/bench/agent_path.py). The reader validates them
-    # like every other record (tracer/events.py; tests/integration/test_agent.py).
-    # (The %s after "t" is ``_who()``'s fragment: src, pid, tid and, but for destroy, thread.)
-    OPEN_LINE = '{"k":"conn_open","t":%d%s,"conn":%d%s,"stack":'
-    CLOSE_LINE = '{"k":"conn_close","t":%d%s,"conn":%d,"stack":'
-    DESTROY_LINE = '{"k":"%s","t":%d%s,"%s":%d,"cause":"%s","gen":%s,"cid":%s}'
-
-    def _who(self):
-        """This process and thread as JSON fragments: (with the thread's name, without it); cached."""
-        ident = self.ident()
-        thread = self.threads.get(ident)
-        try:
-            # Thread's own attributes: its name/native_id properties are Python calls.
-            tid, name = thread._native_id, thread._name
-        except AttributeError:
-            tid, name = self.native_tid(), self.thread_name()
-        cached = self.who_cache.get(ident)
-        if cached is not None and cached[0] == self.pid and cached[1] == tid and cached[2] is name:
-            return cached[3]
-        if len(self.who_cache) >= self.PARAMS_CACHE_MAX:
-            self.who_cache.clear()
-        bare = ',"src":"agent","pid":%d,"tid":%s' % (self.pid, "null" if tid is None else int(tid))
-        named = bare + ',"thread":' + self.encode_str(name if name.__class__ is str else str(name))
-        self.who_cache[ident] = (self.pid, tid, name, (named, bare))
-        return named, bare
-
-    def _push_text(self, text, stack, t):
-        """Queue a record already encoded (``text``), its stack (``stack()``) to be appended at flush."""
-        if self.stopped:
-            return
-        queue = self.queue
-        if len(queue) >= self.MAX_QUEUED:
-            self.lost += 1
-            return
-        queue.append((text, stack))
-        if (t - self.last_flush >= self.FLUSH_INTERVAL_NS or len(queue) >= self.FLUSH_EVENTS
-                or self.finalizing or self.is_finalizing()):
-            if self.ident() not in self.collecting:
-                self.flush()
-
-    def _destroyed_callback(self, registry, key, kind, field):
-        """A weakref callback: ``registry[key]`` died while still tracked — say why (``kind`` event)."""
-        def destroyed(ref, agent=self, registry=registry, key=key, kind=kind, field=field):
-            try:
-                if agent.stopped or registry.get(key) is not ref:
-                    return  # closed (or disposed of) explicitly before, or the address was reused
-                del registry[key]
-                cause, gen, cid = agent.classify()
-                t = agent.now()
-                agent._push_text(agent.DESTROY_LINE % (kind, t, agent._who()[1], field, key, cause,
-                                                       "null" if gen is None else gen,
-                                                       "null" if cid is None else cid), None, t)
-            except Exception:
-                pass
-        return destroyed
-
-    def thread_name(self):
-        try:
-            return self.threads[self.ident()].name
-        except Exception:
-            return ""
-
-    def stack(self, skip):
-        """The caller's short stack, innermost first, as ((id(code), lasti, ...), (code, ...)).
-
-        Line numbers are worked out from ``f_lasti`` when the stack is first formatted
-        (``_format_stack``): ``f_lineno`` scans the code's line table on every read, which
-        was the largest single cost of a connection event (tests/bench/agent_path.py)."""
-        key = []
-        codes = []
-        try:
-            frame = self.getframe(skip + 1)
-            depth = self.STACK_DEPTH
-            while frame is not None and len(codes) < depth:
-                code = frame.f_code
-                codes.append(code)
-                key.append(id(code))
-                key.append(frame.f_lasti)
-                frame = frame.f_back
-        except Exception:
-            pass
-        return tuple(key), tuple(codes)
-
-    # --- SQLAlchemy ------------------------------------------------------------
-    def call_site(self, skip):
-        """The first frame outside SQLAlchemy, the standard library and this agent."""
-        try:
-            frame = self.getframe(skip + 1)
-            while frame is not None:
-                filename = frame.f_code.co_filename
-                if not self._is_library(filename) and not self._library_module(frame):
-                    return "%s:%d in %s" % (filename, frame.f_lineno, frame.f_code.co_name)
-                frame = frame.f_back
-        except Exception:
-            pass
-        return "?"
-
-    def call_chain(self, skip):
-        """The program's own frames from the create_engine() call outwards, innermost first: a
-        shared helper (get_session) does not hide its callers. Library and site-packages frames
-        are skipped; only code objects and line numbers are read, a few strings formatted."""
-        chain = []
-        try:
-            frame = self.getframe(skip + 1)
-            walked = 0
-            while frame is not None and len(chain) < self.CHAIN_DEPTH and walked < CHAIN_WALK:
-                code = frame.f_code
-                filename = code.co_filename
-                if not self._is_library(filename) and "-packages" not in filename and not self._library_module(frame):
-                    chain.append("%s:%d in %s" % (filename, frame.f_lineno, code.co_name))
-                frame = frame.f_back
-                walked += 1
-        except Exception:
-            pass
-        return chain
-
-    def _is_library(self, filename):
-        if "/../" in filename:
-            # A module loaded by a path of its own (SQLAlchemy's test plugin: test/../lib/sqlalchemy/...).
-            filename = self.normpath(filename)
-        if filename.startswith("<") or filename.startswith(self.skip_dirs):
-            return True
-        # The standard library, but not packages installed beside it (a non-venv site-packages).
-        return filename.startswith(self.stdlib_dir) and "-packages" not in filename[len(self.stdlib_dir):]
-
-    def _library_module(self, frame):
-        """Whether ``frame`` runs code of SQLAlchemy, a driver, pytest... (events.LIBRARY_PACKAGES):
-        by its module's name, so a source checkout is a library as much as an installed package
-        (tests/unit/test_agent_stack_lines.py)."""
-        try:
-            name = frame.f_globals.get("__name__")
-            if name.__class__ is not str:
-                return False
-            top, dot, rest = name.partition(".")
-            packages = self.library_packages
-            return top in packages or (dot and top + "." + rest.partition(".")[0] in packages)
-        except Exception:
-            return False
-
-    def on_engine_create(self, engine, site, chain=None):
-        engine_id = id(engine)
-        pool = getattr(engine, "pool", None)
-        info = {"engine": engine_id, "site": site, "pool_class": type(pool).__name__}
-        if chain:
-            info["chain"] = chain
-        # hide_password hides the userinfo only: ``?passwd=`` in the query stays, so the
-        # redaction runs on every form (tests/security/test_secrets_in_urls.py).
-        try:
-            info["url"] = self.ev.redact(engine.url.render_as_string(hide_password=True))
-        except Exception:
-            info["url"] = self.ev.redact(str(getattr(engine, "url", "")))
-        try:
-            info["pool_size"] = pool.size()
-            info["max_overflow"] = pool._max_overflow
-        except Exception:
-            pass
-        try:
-            self.engines[engine_id] = self.weakref(
-                engine, self._destroyed_callback(self.engines, engine_id, self.ev.ENGINE_DESTROY, "engine"))
-        except TypeError:
-            pass
-        self.emit(self.ev.ENGINE_CREATE, **info)
-        if pool is not None:
-            self._listen_pool(engine_id, pool)
-
-    def _listen_pool(self, engine_id, pool):
-        from sqlalchemy import event
-
-        for name in POOL_EVENTS:
-            try:
-                event.listen(pool, name, self._pool_listener(engine_id, name))
-            except Exception:
-                pass  # an event this SQLAlchemy version does not have
-
-    def _pool_listener(self, engine_id, name):
-        def listener(*args, agent=self, engine_id=engine_id, name=name):
-            try:
-                dbapi_connection = args[0] if args else None
-                conn = agent.conn_of(dbapi_connection) if dbapi_connection is not None else None
-                fields = {"engine": engine_id, "ev": name, "conn": conn}
-                if len(args) > 2 and isinstance(args[2], BaseException):
-                    # invalidate/soft_invalidate: the error is the evidence of a server that went away
-                    exc = args[2]
-                    fields["error"] = agent.ev.redact("%s: %s" % (type(exc).__name__, exc))[:200]
-                agent.emit(agent.ev.POOL, **fields)
-            except Exception:
-                pass
-        return listener
-
-    def conn_of(self, dbapi_connection):
-        """The ``conn`` key of a DB-API connection: its MYSQL*, or a socket's inode (PyMySQL,
-        mysql-connector, and the asyncio drivers behind SQLAlchemy's adapter's ``_connection``)."""
-        tracker = self.pymysql
-        if tracker is not None:
-            key = tracker.conn_of(dbapi_connection)
-            if key is not None:
-                return key
-        if self.socket_trackers:
-            inner = getattr(dbapi_connection, "_connection", None)
-            for tracker in self.socket_trackers.values():
-                for obj in (dbapi_connection, inner):
-                    key = tracker.conn_of(obj) if obj is not None else None
-                    if key is not None:
-                        return key
-        return id(dbapi_connection) + self.conn_offset
-
-    def on_engine_dispose(self, engine):
-        self.emit(self.ev.ENGINE_DISPOSE, engine=id(engine))
-
-
-def _poll_writable(fd, timeout_ns, poll=select.poll, pollout=select.POLLOUT):
-    """Whether ``fd`` can be written within ``timeout_ns`` (bound at import: it runs at exit)."""
-    try:
-        p = poll()
-        p.register(fd, pollout)
-        return bool(p.poll(max(1, timeout_ns // 1000000)))
-    except Exception:
-        return False
-
-
-def _c_encoder():
-    """json's C encoder with the agent's settings (compact, ASCII, str() for the unknown); None without _json."""
-    try:
-        from json import encoder
-
-        return encoder.c_make_encoder(None, str, encoder.encode_basestring_ascii, None, ":", ",",
-                                      False, False, True)
-    except Exception:
-        return None
-
-
-def _line_of(code, lasti):
-    """The line of the instruction at byte offset ``lasti`` in ``code``: what ``f_lineno`` says."""
-    try:
-        if hasattr(code, "co_lines"):  # 3.10+
-            for start, end, line in code.co_lines():
-                if start <= lasti < end:
-                    return line if line is not None else code.co_firstlineno
-            return code.co_firstlineno
-        # 3.8/3.9: co_lnotab, as PyCode_Addr2Line walks it.
-        table = code.co_lnotab
-        line = code.co_firstlineno
-        addr = 0
-        for i in range(0, len(table) - 1, 2):
-            addr += table[i]
-            if addr > lasti:
-                break
-            step = table[i + 1]
-            line += step - 256 if step >= 128 else step
-        return line
-    except Exception:
-        return 0
-
-
-def _cut(value, limit):
-    """``value`` with strings (also inside lists and dicts) cut to ``limit`` characters."""
-    if isinstance(value, str):
-        return value if len(value) <= limit else value[:limit] + "..."
-    if isinstance(value, (list, tuple)):
-        return [_cut(v, limit) for v in value[:limit]]
-    if isinstance(value, dict):
-        return {k: _cut(v, limit) for k, v in list(value.items())[:limit]}
-    return value
-
-
-def _connect_params(args, kwargs):
-    """Where a connection goes (never its password): MySQLdb.connect()'s arguments."""
-    names = ("host", "user", "passwd", "db", "port", "unix_socket")
-    params = dict(zip(names, args))
-    params.update(kwargs)
-    out = {}
-    for key, alias in (("host", None), ("user", None), ("port", None), ("unix_socket", None),
-                       ("db", "database")):
-        value = params.get(key, params.get(alias) if alias else None)
-        if value is not None:
-            out[key] = value if isinstance(value, (int, str)) else str(value)
-    return out
-
-
-# --- hooks installed when the program imports the modules ---------------------------
-
-class _CloseHook:
-    """``Connection.close`` that tells the agent first, and adds no frame to a traceback.
-
-    A Python wrapper around the C ``close()`` would be on the stack when close raises (a
-    second close: ProgrammingError), so programs that print the traceback (SQLAlchemy logs
-    one) would show a frame of ours. Instead, looking the attribute up (Python, finished by
-    the time the call happens) returns a chain of C callables: ``next(filter(None,
-    map(call, (note_close, bound_close))), None)``. Calling it runs ``agent.on_conn_close``
-    (which returns None, so the filter moves on), then the real close, from C: an exception
-    from close() reaches the caller through no Python frame. Pinned by
-    tests/integration/test_agent.py::test_close_adds_no_frame_to_the_programs_traceback."""
-
-    def __init__(self, agent, original):
-        self.agent = agent
-        self.original = original
-        self.__doc__ = getattr(original, "__doc__", None)
-
-    def __get__(self, conn, owner=None):
-        original = self.original
-        if conn is None:
-            return original  # Connection.close itself: the C method (class-level calls go unseen)
-        agent = self.agent
-        bound = original.__get__(conn, owner)
-        if agent.stopped:
-            return bound
-        partial = agent.partial
-        return partial(next, filter(None, map(agent.call, (partial(agent.on_conn_close, conn), bound))), None)
-
-
-def _hook_mysqldb(agent, module):
-    """Wrap MySQLdb.connections.Connection's __init__ and close (it has no Python close)."""
-    cls = getattr(module, "Connection", None)
-    if cls is None or getattr(cls, "_trace_quit_hooked", False):
-        return
-    original_init = cls.__dict__.get("__init__", cls.__init__)
-    original_close = cls.__dict__.get("close")
-    if original_close is None:
-        original_close = getattr(cls, "close")
-        had_close = False
-    else:
-        had_close = True
-
-    def __init__(self, *args, **kwargs):
-        try:
-            original_init(self, *args, **kwargs)
-        except BaseException as exc:
-            try:
-                agent.on_conn_fail(self, exc)
-            except Exception:
-                pass
-            raise
-        try:
-            if not agent.stopped:
-                agent.on_conn_open(self, args, kwargs)
-        except Exception:
-            pass
-
-    __init__.__name__ = original_init.__name__
-    __init__.__qualname__ = getattr(original_init, "__qualname__", original_init.__name__)
-    __init__.__doc__ = original_init.__doc__
-    __init__.__wrapped__ = original_init
-    # C close() lives on the base class (_mysql.connection): its method descriptor binds as usual.
-    close = _CloseHook(agent, original_close)
-    cls.__init__ = __init__
-    cls.close = close
-    cls._trace_quit_hooked = True
-    agent.restore.append((cls, "__init__", original_init, __init__))
-    agent.restore.append((cls, "close", original_close if had_close else _DELETE, close))
-    agent.restore.append((cls, "_trace_quit_hooked", _DELETE, True))
-    _report_module(agent, "MySQLdb")
-
-
-def _hook_sqlalchemy(agent, module):
-    """Wrap create_engine wherever SQLAlchemy exposes it, and Engine.dispose."""
-    try:
-        create = sys.modules["sqlalchemy.engine.create"]
-        base = sys.modules["sqlalchemy.engine.base"]
-    except KeyError:
-        return
-    original = create.create_engine
-    if getattr(original, "_trace_quit_hooked", False) or getattr(base.Engine.dispose, "_trace_quit_hooked", False):
-        return
-
-    def create_engine(*args, **kwargs):
-        engine = original(*args, **kwargs)
-        try:
-            agent.on_engine_create(engine, agent.call_site(1), agent.call_chain(1))
-        except Exception:
-            pass
-        return engine
-
-    create_engine.__name__ = original.__name__
-    create_engine.__doc__ = original.__doc__
-    create_engine.__wrapped__ = original
-    create_engine._trace_quit_hooked = True
-    # Attached to a running program: its modules bound create_engine at import time, so a new
-    # module attribute would go unseen; tracer/agent/attach.py wraps Engine.__init__ instead
-    # (and wrapping both would announce an Engine twice).
-    for name in () if agent.attached else ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.engine.create"):
-        mod = sys.modules.get(name)
-        if mod is not None and getattr(mod, "create_engine", None) is original:
-            mod.create_engine = create_engine
-            agent.restore.append((mod, "create_engine", original, create_engine))
-
-    original_dispose = base.Engine.dispose
-
-    def dispose(self, *args, **kwargs):
-        try:
-            agent.on_engine_dispose(self)
-        except Exception:
-            pass
-        return original_dispose(self, *args, **kwargs)
-
-    dispose.__name__ = "dispose"
-    dispose.__wrapped__ = original_dispose
-    dispose._trace_quit_hooked = True
-    base.Engine.dispose = dispose
-    agent.restore.append((base.Engine, "dispose", original_dispose, dispose))
-    agent.skip_dirs = agent.skip_dirs + (os.path.dirname(module.__file__),)
-    _report_module(agent, "sqlalchemy")
-
-
-def _report_module(agent, name):
-    module = sys.modules.get(name)
-    version = getattr(module, "__version__", None)
-    if version is None and name == "MySQLdb":
-        version = ".".join(str(p) for p in getattr(module, "version_info", ())[:3])
-    agent.emit(agent.ev.MODULE, name=name, version=version, file=getattr(module, "__file__", None))
-
-
-HOOKS = {CONNECTION_MODULE: _hook_mysqldb, SQLALCHEMY_MODULE: _hook_sqlalchemy}
-
-# --- PyMySQL, and MySQL drivers the agent does not probe: tracer/agent/pymysql.py --------
-from _trace_quit_agent import pymysql as _pymysql_hooks  # noqa: E402
-
-HOOKS.update(_pymysql_hooks.hooks())
-# --- mysql-connector-python, aiomysql, asyncmy: tracer/agent/connector.py, tracer/agent/aio.py --
-from _trace_quit_agent import aio as _aio_hooks, connector as _connector_hooks  # noqa: E402
-
-HOOKS.update(_connector_hooks.hooks())
-HOOKS.update(_aio_hooks.hooks())
-
-
-class _ImportHook:
-    """A meta path finder that lets the real finders load a module, then hooks it."""
-
-    def __init__(self, agent):
-        self.agent = agent
-        self.busy = set()
-
-    def find_spec(self, name, path=None, target=None):
-        if (name not in HOOKS and name not in self.agent.more_hooks) or name in self.busy:
-            return None
-        self.busy.add(name)
-        try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self.busy.discard(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader_exec = spec.loader.exec_module
-        agent = self.agent
-
-        def exec_module(module):
-            loader_exec(module)
-            for hook in (HOOKS.get(name), agent.more_hooks.get(name)):
-                try:
-                    if hook is not None:
-                        hook(agent, module)
-                except Exception:
-                    pass
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-def _hook_process_exits(agent):
-    """Write the buffer out before the process image goes: exec, and os._exit (no atexit)."""
-    def wrap(name):
-        original = getattr(os, name)
-
-        def before_exit(*args, **kwargs):
-            agent.before_exit()
-            return original(*args, **kwargs)
-
-        before_exit.__name__ = original.__name__
-        before_exit.__qualname__ = original.__name__
-        before_exit.__doc__ = original.__doc__
-        before_exit.__wrapped__ = original
-        setattr(os, name, before_exit)
-        agent.restore.append((os, name, original, before_exit))
-
-    for name in EXEC_FUNCTIONS + ("_exit",):
-        if hasattr(os, name):
-            wrap(name)
+#: module name -> hook(agent, module): the libraries the agent hooks as the program imports
+#: them (tracer/agent/imports.py); PyMySQL's module also names the drivers it does not probe.
+HOOKS = {name: hook for library in (mysqldb, sqlalchemy_hooks, pymysql_hooks, connector, aio)
+         for name, hook in library.hooks().items()}
 
 
 #: Marks an attribute stop() deletes rather than restores (it did not exist before us).
@@ -1158,12 +174,8 @@ def start(channel_path, *, attached=False, prepare=None):
     gc.callbacks.append(agent.gc_callback)
     # Fork handlers cannot be unregistered: after stop() they do nothing.
     os.register_at_fork(before=agent.before_fork, after_in_child=agent.after_fork_in_child)
-    _hook_process_exits(agent)
-    sys.meta_path.insert(0, _ImportHook(agent))
-    for hooks in (HOOKS, agent.more_hooks):
-        for name, hook in list(hooks.items()):
-            if name in sys.modules:
-                hook(agent, sys.modules[name])
+    process.hook_exits(agent)
+    imports.hook_imports(agent, HOOKS)
     agent.emit(agent.ev.AGENT_START, **agent._process_info())
     return agent
 

@@ -157,7 +157,7 @@ def patch(agent, cls, name, make):
 class QuietHook:
     """A method that tells the agent first (``note(obj)``, returning None), then runs the
     original, through C callables only: an exception from the original reaches the program
-    with no frame of ours in its traceback (as runtime._CloseHook does for mysqlclient;
+    with no frame of ours in its traceback (as mysqldb.CloseHook does for mysqlclient;
     tests/system/test_fastapi_async_engine.py: aiomysql's errors in __del__ at shutdown). The
     original's result is returned when truthy, else None: for close()-like methods (None) and
     coroutine functions (a coroutine object)."""
