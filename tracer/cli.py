@@ -115,7 +115,7 @@ class RunCommand:
         parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the program and its arguments")
 
     def run(self, args):
-        from trace_quit.tracer.record import STOP_SIGNALS, Interrupted
+        from trace_quit.tracer.signals import STOP_SIGNALS, Interrupted
 
         def stop_now(signum, frame):  # nothing started yet: stopping here leaves nothing behind
             raise Interrupted(signum)
@@ -211,7 +211,7 @@ class RunCommand:
     def run_attached(self, args, argv):
         """--pid: the eBPF layer on a process we did not start."""
         from trace_quit.tracer.launch import RunAs
-        from trace_quit.tracer.record import Recorder, RunOptions
+        from trace_quit.tracer.record import RunOptions
 
         if argv:
             raise CliError("--pid traces a running process: give no command after --", EX_USAGE)
@@ -239,17 +239,8 @@ class RunCommand:
                              sample_user=args.sample_user, run_as=RunAs.invoking_user(as_root=args.as_root),
                              status=not args.quiet, duration=args.duration, max_capture=_max_capture(args),
                              cwd=getattr(args, "cwd", None))
-        if not args.no_agent and py_target.unsupported:
-            _err("no in-process agent for process %d: %s; tracing it with eBPF only" % (
-                args.pid, py_target.unsupported))
-        if args.no_agent or py_target.unsupported:
-            recorder = Recorder(options, bpf_targets=targets, on_note=lambda text: _err(text))
-        else:
-            from trace_quit.tracer.attach.session import AttachRecorder
-
-            timeout = args.inject_timeout or attach.DEFAULT_INJECT_TIMEOUT_S
-            recorder = AttachRecorder(options, py_target, timeout, bpf_targets=targets,
-                                      on_note=lambda text: _err(text))
+        recorder = attach.recorder_for(options, py_target, not args.no_agent, args.inject_timeout,
+                                       bpf_targets=targets, on_note=lambda text: _err(text))
         metrics_server = _start_metrics(args, options, recorder)
         try:
             result = recorder.run_attached(args.pid)
@@ -458,7 +449,7 @@ def default_capture_name(argv):
 
 
 def _resolve_bpf_targets(argv, run_as, cwd):
-    from trace_quit.tracer.record import resolve_bpf_targets
+    from trace_quit.tracer.program import resolve_bpf_targets
 
     return resolve_bpf_targets(argv, run_as, cwd=cwd)
 
@@ -799,7 +790,7 @@ def main(argv=None):
              % (type(exc).__name__, exc))
         return EX_SOFTWARE
     except BaseException as exc:
-        from trace_quit.tracer.record import Interrupted
+        from trace_quit.tracer.signals import Interrupted
 
         if not isinstance(exc, Interrupted):
             raise

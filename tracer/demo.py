@@ -16,7 +16,8 @@ def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=TraceQuitErro
     """Run ``experiment`` traced; returns the workload's exit status."""
     from trace_quit import analysis
     from trace_quit.analysis.capture import load
-    from trace_quit.tracer.record import Recorder, RunOptions, resolve_bpf_targets
+    from trace_quit.tracer.program import resolve_bpf_targets
+    from trace_quit.tracer.record import Recorder, RunOptions
     from trace_quit.workloads.server import DisposableServer  # the demo drives the workloads' server
 
     if bpf and os.geteuid() != 0:
