@@ -91,6 +91,10 @@ class RunCommand:
 
             sys.stdout.write(dump_program(bpf.resolve_targets(argv, dict(os.environ))))
             return 0
+        return self.run_launched(args, argv)
+
+    def run_launched(self, args, argv):
+        """The program given after --, started by the tracer."""
         from trace_quit.tracer.launch import RunAs
         from trace_quit.tracer.record import Recorder, RunOptions
 
@@ -104,17 +108,8 @@ class RunCommand:
         _check_runnable(argv[0])
         output = args.output or default_capture_name(argv)
         _check_outputs(output, args)
-        targets = None
-        if use_bpf:
-            from trace_quit.tracer.bpf.session import start_compile
-            from trace_quit.tracer.program import resolve_bpf_targets
-
-            start_compile()  # the probes compile while the command is resolved (start-up)
-            targets = resolve_bpf_targets(argv, run_as, cwd=getattr(args, "cwd", None))
-            if getattr(targets, "nothing_to_probe", None):
-                # Not an error: the program still runs (and the agent still loads into any Python it starts).
-                err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
-                use_bpf, targets = False, None
+        targets = _launch_targets(argv, run_as, getattr(args, "cwd", None)) if use_bpf else None
+        use_bpf = targets is not None
         options = RunOptions(argv=argv, output=output, force=args.force, bpf=use_bpf,
                              agent=not args.no_agent, dsn=args.dsn, sample_user=args.sample_user,
                              run_as=run_as, status=not args.quiet, max_capture=_max_capture(args),
@@ -143,18 +138,7 @@ class RunCommand:
             raise CliError(str(exc), EX_UNAVAILABLE) from None
         finally:
             _restore_stdout(report_out)
-        if result.capture_error:
-            err(result.capture_error + "; the program's exit status follows")
-            _stop_metrics(metrics_server, args)
-            return result.exit_status
-        if result.interrupted is not None:
-            err("interrupted by %s while starting: the program was not run; the capture %s says so"
-                % (signal.Signals(result.interrupted).name, result.capture))
-            _stop_metrics(metrics_server, args)
-            return result.exit_status
-        _print_run_report(result, args.format, force=args.force)
-        _stop_metrics(metrics_server, args)
-        return result.exit_status
+        return _conclude(result, args, metrics_server, result.exit_status, "; the program's exit status follows")
 
     def run_attached(self, args, argv):
         """--pid: the eBPF layer (and the agent, injected) on a process we did not start (tracer/attach/)."""
@@ -199,13 +183,35 @@ class RunCommand:
                 raise
             _remove_unstarted_capture(output)
             raise CliError(str(exc), EX_UNAVAILABLE) from None
-        if result.capture_error:
-            err(result.capture_error)
-            _stop_metrics(metrics_server, args)
-            return 0
+        return _conclude(result, args, metrics_server, 0)
+
+
+def _launch_targets(argv, run_as, cwd):
+    """What the eBPF layer probes in the program; None (said in one line) when it has nothing to probe."""
+    from trace_quit.tracer.bpf.session import start_compile
+    from trace_quit.tracer.program import resolve_bpf_targets
+
+    start_compile()  # the probes compile while the command is resolved (start-up)
+    targets = resolve_bpf_targets(argv, run_as, cwd=cwd)
+    if getattr(targets, "nothing_to_probe", None):
+        # Not an error: the program still runs (and the agent still loads into any Python it starts).
+        err("no eBPF probes: %s; running it with the in-process agent only" % targets.nothing_to_probe)
+        return None
+    return targets
+
+
+def _conclude(result, args, metrics_server, status, lost_suffix=""):
+    """After the recording: what the capture lost, or the start-up that was interrupted, or the
+    report; then the metrics endpoint stops. Returns ``status``."""
+    if result.capture_error:
+        err(result.capture_error + lost_suffix)
+    elif result.interrupted is not None:
+        err("interrupted by %s while starting: the program was not run; the capture %s says so"
+            % (signal.Signals(result.interrupted).name, result.capture))
+    else:
         _print_run_report(result, args.format, force=args.force)
-        _stop_metrics(metrics_server, args)
-        return 0
+    _stop_metrics(metrics_server, args)
+    return status
 
 
 def default_capture_name(argv):
