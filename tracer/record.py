@@ -21,7 +21,6 @@ from typing import Callable, List, Optional
 from trace_quit.tracer import __version__, agent
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
-from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
 from trace_quit.tracer.errors import OutputError
 from trace_quit.tracer.launch import CorkedChild, RunAs
@@ -396,7 +395,7 @@ class Recorder:
             except Exception as exc:
                 self.note("agent channel: %s" % exc)
             if self.channel.invalid_lines:
-                self.note(_rejected_text(self.channel))
+                self.note(self.channel.rejected_note())
             if self.started and self.child is not None and self.child.pid not in self.tally.agent_pids:
                 self._note_missing_agent()
         lost_bpf = 0
@@ -432,19 +431,6 @@ class Recorder:
             trailer["agent"] = {"loaded_in": sorted(p for p in self.tally.agent_pids if isinstance(p, int)),
                                 "missing": {str(pid): why for pid, why in self.agent_missing.items()}}
         self.writer.close(trailer)
-
-
-def _rejected_text(channel):
-    """The note that says how many channel lines were rejected, and from which process."""
-    parts = []
-    by_pid = sorted(channel.rejected.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    for pid, n in by_pid[:5]:  # the most: forged pids cannot make this line a page long
-        who = "no process named" if pid == channel_mod.UNKNOWN_PID else "pid %d" % pid
-        parts.append("%s: %d (first: %s)" % (who, n, channel.first_reason.get(pid, "?")))
-    if len(by_pid) > 5:
-        parts.append("%d more processes: %d" % (len(by_pid) - 5, sum(n for _, n in by_pid[5:])))
-    return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
-            % (channel.invalid_lines, "line was" if channel.invalid_lines == 1 else "lines were", "; ".join(parts)))
 
 
 @contextlib.contextmanager

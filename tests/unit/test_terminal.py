@@ -87,7 +87,6 @@ def test_the_rejected_lines_note_names_five_processes_at_most():
     import os
 
     from trace_quit.tracer.channel import AgentChannel
-    from trace_quit.tracer.record import _rejected_text
 
     ch = AgentChannel(os.getuid(), os.getgid())
     try:
@@ -95,5 +94,5 @@ def test_the_rejected_lines_note_names_five_processes_at_most():
             ch.reject({"pid": pid}, "forged")
     finally:
         ch.close()
-    text = _rejected_text(ch)
+    text = ch.rejected_note()
     assert text.startswith("499 lines were rejected") and "494 more processes: 494" in text and len(text) < 400
