@@ -138,6 +138,18 @@ class AgentChannel:
                 "by_pid": {str(pid): n for pid, n in sorted(self.rejected.items(), key=lambda kv: str(kv[0]))},
                 "first_reason": {str(pid): r for pid, r in self.first_reason.items()}}
 
+    def rejected_note(self):
+        """The note that says how many lines were rejected, and from which process."""
+        parts = []
+        by_pid = sorted(self.rejected.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        for pid, n in by_pid[:5]:  # the most: forged pids cannot make this line a page long
+            who = "no process named" if pid == UNKNOWN_PID else "pid %d" % pid
+            parts.append("%s: %d (first: %s)" % (who, n, self.first_reason.get(pid, "?")))
+        if len(by_pid) > 5:
+            parts.append("%d more processes: %d" % (len(by_pid) - 5, sum(n for _, n in by_pid[5:])))
+        return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
+                % (self.invalid_lines, "line was" if self.invalid_lines == 1 else "lines were", "; ".join(parts)))
+
     def close(self):
         try:
             os.close(self.fd)

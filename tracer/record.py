@@ -21,10 +21,12 @@ from typing import Callable, List, Optional
 from trace_quit.tracer import __version__, agent
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import CaptureWriter
-from trace_quit.tracer import channel as channel_mod
 from trace_quit.tracer.channel import AgentChannel
-from trace_quit.tracer.errors import EX_UNAVAILABLE, OutputError, TraceQuitError
+from trace_quit.tracer.errors import OutputError
 from trace_quit.tracer.launch import CorkedChild, RunAs
+from trace_quit.tracer.program import missing_agent_reason
+from trace_quit.tracer.signals import (SIGNAL_WINDOW_NS, STOP_SIGNALS, Interrupted, signal_name, signals_blocked,
+                                       terminal_sent_to_group)
 from trace_quit.tracer.status import StatusLine, Tally
 
 POLL_INTERVAL_S = 0.02   # ring buffer drain period (BPF_RB_NO_WAKEUP: we poll, it never wakes us)
@@ -177,7 +179,7 @@ class Recorder:
                     env.pop(key, None)
             self._checkpoint()
             self.child = CorkedChild(opts.argv, env, run_as, cwd=self.cwd)
-            with _signals_blocked():  # a pid, and a cork to pull, exist together or not at all
+            with signals_blocked():  # a pid, and a cork to pull, exist together or not at all
                 self.child.spawn()  # before any thread exists: fork is safe
             self.writer = self._new_writer(run_as)
             try:
@@ -189,7 +191,7 @@ class Recorder:
                 self._attach_bpf(self.child.pid)
             self._start_threads()
             self.timings["startup_s"] = round(time.monotonic() - t0, 3)
-            with _signals_blocked():  # the last check and the release are one step
+            with signals_blocked():  # the last check and the release are one step
                 self._checkpoint()
                 self.t_started_ns = ev.now_ns()
                 self.writer.emit({"k": ev.CHILD_START, "t": self.t_started_ns, "src": ev.SRC_TRACER,
@@ -206,7 +208,7 @@ class Recorder:
                               "pid": self.child.pid, "status": exit_status})
         except Interrupted as exc:
             exit_status = 128 + exc.signum
-            self.note("%s while starting: the program was not run" % _signal_name(exc.signum))
+            self.note("%s while starting: the program was not run" % signal_name(exc.signum))
         finally:
             if self.child is not None and self.child.status is None and self.child._cork_w is not None:
                 self.child.abandon()
@@ -215,59 +217,6 @@ class Recorder:
                          lost=dict(self.tally.lost), notes=self.notes, started=self.started,
                          interrupted=self.interrupted if not self.started else None,
                          capture_error=self.writer.failure() if self.writer is not None else None)
-
-    def run_attached(self, pid) -> RunResult:
-        """Trace an already running process (eBPF only) until it exits or we are interrupted."""
-        opts = self.options
-        run_as = opts.run_as or RunAs.invoking_user()
-        t0 = time.monotonic()
-        stop = threading.Event()
-        # Ours from the first instruction here too: a stop signal while attaching ends the
-        # session after the attach step, with a trailer, instead of killing the tracer.
-        previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
-        status = None
-        try:
-            self.writer = self._new_writer(run_as)
-            try:
-                self.writer.write_header(self._header(run_as, pid=pid))
-            except OSError as exc:
-                raise OutputError("cannot write the capture %s: %s" % (opts.output, exc.strerror or exc)) from None
-            if self.channel is None:  # tracer/attach gives it a channel when it injects the agent
-                self.note("attached to running process %d: no in-process agent, so causes come from the kernel "
-                          "alone and connections opened before now are reported as opened before the capture" % pid,
-                          level="info")
-            self._attach_bpf(pid)
-            self._start_threads()
-            self.timings["startup_s"] = round(time.monotonic() - t0, 3)
-            # The report's time origin: tracing starts now (the program started earlier).
-            self.t_started_ns = ev.now_ns()
-            self.writer.emit({"k": ev.CHILD_START, "t": self.t_started_ns, "src": ev.SRC_TRACER, "pid": pid,
-                              "attached": True, **self.timings})
-            t_started = time.monotonic()
-            self._attached_started(pid)
-            while not stop.wait(0.1):
-                if opts.duration is not None and time.monotonic() - t_started >= opts.duration:
-                    break
-                if not _alive(pid):
-                    self.writer.emit({"k": ev.CHILD_EXIT, "t": ev.now_ns(), "src": ev.SRC_TRACER, "pid": pid,
-                                      "status": self._target_ended(pid), "attached": True})
-                    break
-            status = 0
-        finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            self._finish(None)
-        return RunResult(exit_status=status, capture=self._capture_path(), run_as=run_as, tally=self.tally,
-                         lost=dict(self.tally.lost), notes=self.notes,
-                         capture_error=self.writer.failure() if self.writer is not None else None)
-
-    def _attached_started(self, pid):
-        """--pid: tracing has started (the time origin is written); tracer/attach injects here."""
-
-    def _target_ended(self, pid):
-        """--pid: the attached process is gone; tracer/attach says how (the signal) in a note and
-        returns 128 + the signal when it died of one (a shell's exit status), else None (unknown)."""
-        return None
 
     def _attach_bpf(self, root_pid):
         """Compile the probes (their compiler's chatter kept off the terminal) and attach them."""
@@ -292,13 +241,9 @@ class Recorder:
 
     def _note_missing_agent(self):
         """Say, with the reason when the command line shows it, that the program ran without the agent."""
-        argv = list(self.options.argv)
-        reason = why_no_agent(argv)
-        if reason is None and not _looks_like_python(argv):
-            if self.tally.agent_pids:
-                return  # a launcher (shell, make...) whose Python children did load it
-            reason = "no Python process that reads PYTHONPATH ran (the agent loads through sitecustomize)"
-        reason = reason or "its Python never ran the agent's sitecustomize (PYTHONPATH changed?)"
+        reason = missing_agent_reason(list(self.options.argv), loaded_elsewhere=bool(self.tally.agent_pids))
+        if reason is None:
+            return
         self.agent_missing[self.child.pid] = reason
         self.note("the agent did not load in pid %d: %s%s" % (
             self.child.pid, reason,
@@ -413,8 +358,8 @@ class Recorder:
         # (uvicorn force-exits on a second SIGINT). The kernel layer saw whether the child got
         # it from someone else (tests/system/test_cli_run.py::test_a_sigint_reaches_the_program_once);
         # without it, the terminal case is still recognised.
-        self.signals.append({"signal": signum, "name": _signal_name(signum), "forwarded": False})
-        if signum == signal.SIGINT and _terminal_sent_to_group():
+        self.signals.append({"signal": signum, "name": signal_name(signum), "forwarded": False})
+        if signum == signal.SIGINT and terminal_sent_to_group():
             return
         if self.bpf is not None and self.child is not None and self.child.pid:
             since = time.monotonic_ns() - SIGNAL_WINDOW_NS
@@ -450,7 +395,7 @@ class Recorder:
             except Exception as exc:
                 self.note("agent channel: %s" % exc)
             if self.channel.invalid_lines:
-                self.note(_rejected_text(self.channel))
+                self.note(self.channel.rejected_note())
             if self.started and self.child is not None and self.child.pid not in self.tally.agent_pids:
                 self._note_missing_agent()
         lost_bpf = 0
@@ -478,7 +423,7 @@ class Recorder:
         if self.signals:   # stop signals while the program ran, and whether we forwarded each
             trailer["signals"] = list(self.signals)
         if self.interrupted is not None and not self.started:
-            trailer["interrupted"] = {"signal": self.interrupted, "name": _signal_name(self.interrupted),
+            trailer["interrupted"] = {"signal": self.interrupted, "name": signal_name(self.interrupted),
                                       "program_started": False}
         if self.channel is not None:
             trailer["rejected"] = self.channel.rejected_summary()
@@ -486,115 +431,6 @@ class Recorder:
             trailer["agent"] = {"loaded_in": sorted(p for p in self.tally.agent_pids if isinstance(p, int)),
                                 "missing": {str(pid): why for pid, why in self.agent_missing.items()}}
         self.writer.close(trailer)
-
-
-def resolve_bpf_targets(argv, run_as, cwd=None):
-    """What the eBPF layer will probe for ``argv`` run as ``run_as`` from ``cwd``; a TraceQuitError
-    (69) when it cannot."""
-    try:
-        from trace_quit.tracer import bpf
-    except ImportError as exc:
-        raise TraceQuitError("the eBPF layer cannot load (%s): run scripts/setup.sh, or add --no-bpf" % exc,
-                             EX_UNAVAILABLE) from None
-    try:
-        return bpf.resolve_targets(argv, dict(os.environ), run_as.uid, run_as.gid, cwd=cwd)
-    except bpf.BpfUnavailable as exc:
-        raise TraceQuitError(str(exc), EX_UNAVAILABLE) from None
-
-
-def _looks_like_python(argv):
-    return bool(argv) and os.path.basename(argv[0]).startswith("python")
-
-
-def why_no_agent(argv):
-    """Why this command line keeps the agent out (it loads through PYTHONPATH's sitecustomize), or None.
-
-    Follows ``env`` (``-i``, ``-u PYTHONPATH``, ``PYTHONPATH=…``) to the interpreter and reads
-    its flags (``-I``, ``-E``, ``-S``) up to the script, ``-c`` or ``-m``."""
-    argv = list(argv)
-    while argv and os.path.basename(argv[0]) == "env":
-        i = 1
-        while i < len(argv):
-            arg = argv[i]
-            if arg in ("-i", "--ignore-environment", "-"):
-                return "env -i clears the environment, PYTHONPATH with it"
-            if arg in ("-u", "--unset") and argv[i + 1:i + 2] == ["PYTHONPATH"] or arg == "--unset=PYTHONPATH":
-                return "env -u PYTHONPATH removes the agent's path"
-            if arg.startswith("PYTHONPATH="):
-                return "the command sets PYTHONPATH itself, replacing the agent's"
-            if arg in ("-u", "--unset", "-C", "--chdir", "-S", "--split-string"):
-                i += 2
-                continue
-            if arg.startswith("-") or "=" in arg:
-                i += 1
-                continue
-            break
-        argv = argv[i:]
-    if not _looks_like_python(argv):
-        return None
-    for arg in argv[1:]:
-        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
-            break
-        letters = arg[1:]
-        for j, letter in enumerate(letters):
-            if letter == "I":
-                return "python -I ignores PYTHONPATH"
-            if letter == "E":
-                return "python -E ignores PYTHONPATH"
-            if letter == "S":
-                return "python -S skips sitecustomize, which loads the agent"
-            if letter in "cmWXQ":  # the rest of the argument is this option's value
-                break
-        if letters[:1] in ("c", "m"):
-            break
-    return None
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: How recent the program's own copy of a stop signal must be for the tracer not to forward
-#: its copy (the tracer's handler runs a little after both were generated by one kill()).
-SIGNAL_WINDOW_NS = 500 * 1000 * 1000
-
-
-class Interrupted(BaseException):
-    """A stop signal before the program was released (BaseException: no ``except Exception`` eats it)."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _signal_name(signum):
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum
-
-
-@contextlib.contextmanager
-def _signals_blocked():
-    """Hold the stop signals in this thread around a step that must not be split.
-
-    Enough before any thread exists (the fork); once threads run, the kernel may hand the
-    signal to one of them and Python still runs the handler here, so callers re-check after."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _rejected_text(channel):
-    """The note that says how many channel lines were rejected, and from which process."""
-    parts = []
-    by_pid = sorted(channel.rejected.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    for pid, n in by_pid[:5]:  # the most: forged pids cannot make this line a page long
-        who = "no process named" if pid == channel_mod.UNKNOWN_PID else "pid %d" % pid
-        parts.append("%s: %d (first: %s)" % (who, n, channel.first_reason.get(pid, "?")))
-    if len(by_pid) > 5:
-        parts.append("%d more processes: %d" % (len(by_pid) - 5, sum(n for _, n in by_pid[5:])))
-    return ("%d %s rejected on the agent channel (not the agent's records; kept out of the capture): %s"
-            % (channel.invalid_lines, "line was" if channel.invalid_lines == 1 else "lines were", "; ".join(parts)))
 
 
 @contextlib.contextmanager
@@ -625,20 +461,6 @@ def _with_compile_hint(message, output):
     return message + ((" — " + last[0][:200]) if last[0] else "")
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited: its status is its parent's to collect, not ours
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _redacted(value):
     """``value`` with every ``argv`` list in it redacted (descriptions may carry the command line)."""
     if isinstance(value, dict):
@@ -649,11 +471,3 @@ def _redacted(value):
     if isinstance(value, str):
         return ev.redact(value)
     return value
-
-
-def _terminal_sent_to_group():
-    try:
-        fd = sys.stdin.fileno()
-        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):
-        return False

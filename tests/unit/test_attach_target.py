@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from trace_quit.tracer.attach import target
-from trace_quit.tracer.cli import _duration
+from trace_quit.tracer.commands.arguments import duration
 
 SHARED_313 = ("7f00-7f10 r--p 00000000 08:01 1 /root/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0\n"
               "7f10-7f20 r-xp 00010000 08:01 1 /root/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0\n")
@@ -34,10 +34,10 @@ def test_unsupported_builds_are_said():
 
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("0.5m", 30)])
 def test_duration(text, seconds):
-    assert _duration(text) == seconds
+    assert duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "ten", "-5", "0", "5d"])
 def test_bad_duration(text):
     with pytest.raises(argparse.ArgumentTypeError):
-        _duration(text)
+        duration(text)

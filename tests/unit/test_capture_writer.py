@@ -176,9 +176,9 @@ def test_an_unbounded_capture_writes_everything(tmp_path):
 @pytest.mark.parametrize("text, size", [("500M", 500 << 20), ("2G", 2 << 30), ("64K", 64 << 10), ("0", 0),
                                         ("1GiB", 1 << 30), ("4096", 4096), ("1.5k", 1536)])
 def test_max_capture_sizes(text, size):
-    from trace_quit.tracer.cli import _size
+    from trace_quit.tracer.commands import arguments
 
-    assert _size(text) == size
+    assert arguments.size(text) == size
 
 
 def test_format_size_says_the_bound_as_given():

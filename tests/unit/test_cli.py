@@ -6,6 +6,8 @@ import re
 import pytest
 
 from trace_quit.tracer import cli
+from trace_quit.tracer.commands.common import html_path_for
+from trace_quit.tracer.commands.run import default_capture_name
 from trace_quit.tracer.launch import exit_status
 
 
@@ -60,7 +62,7 @@ def test_existing_capture_is_not_overwritten(capsys, tmp_path):
     (["/usr/bin/env"], "env"),
 ])
 def test_default_capture_name_names_the_program(argv, program):
-    name = cli.default_capture_name(argv)
+    name = default_capture_name(argv)
     assert re.fullmatch(r"trace-quit-%s\.\d+\.tqcap" % re.escape(program), name)
 
 
@@ -102,9 +104,9 @@ def test_a_number_that_never_ends_is_one_argparse_error(capsys, option, value):
 
 
 def test_the_html_page_never_overwrites_its_capture(tmp_path):
-    assert cli.html_path_for("run.tqcap") == "run.html"
-    assert cli.html_path_for("run.html") == "run.report.html"
-    assert cli.html_path_for(str(tmp_path / "a.b.html")) == str(tmp_path / "a.b.report.html")
+    assert html_path_for("run.tqcap") == "run.html"
+    assert html_path_for("run.html") == "run.report.html"
+    assert html_path_for(str(tmp_path / "a.b.html")) == str(tmp_path / "a.b.report.html")
 
 
 def test_a_report_never_replaces_the_capture_it_explains(capsys, tmp_path):

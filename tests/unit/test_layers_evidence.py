@@ -1,4 +1,4 @@
-"""Why the agent stays out of a process, read from its command line (tracer/record.py)."""
+"""Why the agent stays out of a process, read from its command line (tracer/program.py)."""
 
 import json
 import shlex
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tq_support import TRACE_QUIT
-from trace_quit.tracer.record import why_no_agent
+from trace_quit.tracer.program import why_no_agent
 
 
 @pytest.mark.parametrize("argv, reason", [

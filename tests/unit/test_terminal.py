@@ -76,9 +76,9 @@ def test_the_status_line_shows_causes_and_generations_from_a_closed_set():
 
 
 def test_the_tracers_own_lines_on_stderr_show_quoted_program_text_escaped(capsys):
-    from trace_quit.tracer import cli
+    from trace_quit.tracer.commands.common import err
 
-    cli._err("3 lines were rejected (first: kind 'x\x1b]0;t\x07')")
+    err("3 lines were rejected (first: kind 'x\x1b]0;t\x07')")
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b]0;t\\x07" in err and err.endswith("\n")
 
@@ -87,7 +87,6 @@ def test_the_rejected_lines_note_names_five_processes_at_most():
     import os
 
     from trace_quit.tracer.channel import AgentChannel
-    from trace_quit.tracer.record import _rejected_text
 
     ch = AgentChannel(os.getuid(), os.getgid())
     try:
@@ -95,5 +94,5 @@ def test_the_rejected_lines_note_names_five_processes_at_most():
             ch.reject({"pid": pid}, "forged")
     finally:
         ch.close()
-    text = _rejected_text(ch)
+    text = ch.rejected_note()
     assert text.startswith("499 lines were rejected") and "494 more processes: 494" in text and len(text) < 400

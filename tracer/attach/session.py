@@ -1,6 +1,6 @@
 """``trace-quit --pid``: the eBPF layer plus the agent injected into every Python of the process tree.
 
-Order: the eBPF probes attach first (tracer/record.py ``run_attached``), the time origin is
+Order: the eBPF probes attach first (recorder.py ``run_attached``), the time origin is
 written, then the agent is injected into the root and each existing child (a gunicorn
 master's workers); workers forked later inherit it (``os.register_at_fork``) and the kernel
 layer follows their fork. At the end, before the channel is drained for the last time, a
@@ -15,12 +15,12 @@ from trace_quit.tracer.attach import deathwatch
 from trace_quit.tracer.attach import target as targets_mod
 from trace_quit.tracer.attach.errors import InjectError, TargetDied
 from trace_quit.tracer.attach.inject import inject
+from trace_quit.tracer.attach.recorder import AttachedRecorder
 from trace_quit.tracer.channel import AgentChannel
-from trace_quit.tracer.record import Recorder
 
 
-class AttachRecorder(Recorder):
-    """A Recorder for a running process whose Pythons get the agent for the time of the trace."""
+class InjectingRecorder(AttachedRecorder):
+    """An AttachedRecorder whose Pythons get the agent for the time of the trace."""
 
     def __init__(self, options, target, inject_timeout, bpf_targets=None, on_note=None):
         super().__init__(options, bpf_targets=bpf_targets, on_note=on_note)

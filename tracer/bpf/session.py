@@ -24,7 +24,6 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import decode, perf
 from trace_quit.tracer.bpf.compile import (CONFIG, RINGBUF_PAGES, TRACEPOINTS, compile_probes, headers_info,
                                            machine_defines, program_config, take_early, tracepoint_defines)
-from trace_quit.tracer.bpf.compile import dump_program, start_compile  # noqa: F401 (the CLI imports them from here)
 from trace_quit.tracer.bpf.errors import BpfUnavailable
 from trace_quit.tracer.bpf.ringbuf import RingReader
 

@@ -8,19 +8,42 @@ prints the text report and where everything is.
 import os
 import sys
 
-from trace_quit.tracer.errors import EX_NOPERM, TraceQuitError
-from trace_quit.tracer.launch import RunAs
+from trace_quit.tracer.commands.common import CliError
+from trace_quit.tracer.errors import EX_NOPERM
 
 
-def run_demo(experiment, out_dir, bpf=True, workload_args=(), fail=TraceQuitError):
+class DemoCommand:
+    """Run a workload under the tracer on a disposable server, then report.
+
+    examples:
+      sudo trace-quit demo                      (engine-per-call: a new Engine per call, ~80 s)
+      sudo trace-quit demo shared-engine -- --tasks 100
+    """
+
+    name = "demo"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("experiment", nargs="?", default="engine-per-call",
+                            help="a workload name (python -m trace_quit.workloads --help lists them)")
+        parser.add_argument("--out", default="trace-quit-demo", help="directory for the capture and report")
+        parser.add_argument("--no-bpf", action="store_true", help="agent only (no root needed)")
+        parser.epilog = "Options after -- go to the workload, e.g.: trace-quit demo shared-engine -- --tasks 100"
+
+    def run(self, args):
+        return run_demo(args.experiment, args.out, bpf=not args.no_bpf, workload_args=getattr(args, "passthrough", []))
+
+
+def run_demo(experiment, out_dir, bpf=True, workload_args=()):
     """Run ``experiment`` traced; returns the workload's exit status."""
     from trace_quit import analysis
     from trace_quit.analysis.capture import load
-    from trace_quit.tracer.record import Recorder, RunOptions, resolve_bpf_targets
+    from trace_quit.tracer.launch import RunAs
+    from trace_quit.tracer.program import resolve_bpf_targets
+    from trace_quit.tracer.record import Recorder, RunOptions
     from trace_quit.workloads.server import DisposableServer  # the demo drives the workloads' server
 
     if bpf and os.geteuid() != 0:
-        raise fail("the demo's eBPF probes need root: run it with sudo, or add --no-bpf", EX_NOPERM)
+        raise CliError("the demo's eBPF probes need root: run it with sudo, or add --no-bpf", EX_NOPERM)
     run_as = RunAs.invoking_user()
     os.makedirs(out_dir, exist_ok=True)
     if not run_as.is_current:
