@@ -82,7 +82,7 @@ still open, else the last handle's process end (never_closed). The other handles
 
 import dataclasses
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
@@ -119,13 +119,13 @@ class Context:
         self.attached = attached      # --pid: connections may have been open before the capture
 
 
-def kernel_drivers(probes: Optional[dict], declared: bool = True) -> Optional[frozenset]:
+def kernel_drivers(probes: Optional[Any], declared: bool = True) -> Optional[frozenset]:
     """The drivers whose connections the attached probes see, from the capture's ``bpf_probes``;
     without it (a synthetic or older capture) every driver when the header declares the eBPF
     layer (None), else none."""
-    if not isinstance(probes, dict) or not isinstance(probes.get("probes"), list):
+    if probes is None or not isinstance(probes.probes, list):
         return None if declared else frozenset()
-    attached = [p for p in probes["probes"] if isinstance(p, dict)]
+    attached = [p for p in probes.probes if isinstance(p, dict)]
     seen = set()
     if any(p.get("role") == "close" or p.get("symbol") == "mysql_close" for p in attached):
         seen.add(ev.DRIVER_MYSQLCLIENT)
@@ -158,8 +158,8 @@ def agent_only_claim(life: Life, ctx: Context) -> bool:
     driver = life.driver
     if ctx.kernel_drivers is not None and driver not in ctx.kernel_drivers:
         return False
-    opened = life.family.agent_open or {}
-    if ctx.attached and opened.get("before_attach") is True:
+    opened = life.family.agent_open
+    if ctx.attached and opened is not None and opened.k == ev.CONN_OPEN and opened.before_attach is True:
         if driver == ev.DRIVER_PYMYSQL or life.agent_end is None:
             return False
     if life.root is not None and life.agent_end is None:
@@ -185,11 +185,11 @@ def wire_state(life: Life, ctx: Context) -> str:
     them, the kernel's own verdict at mysql_close return wins (it saw every send of the
     bracket); the sends recorded as events decide when that return was lost.
     """
-    if life.bpf_end is not None and life.bpf_end.get("k") == ev.BPF_SOCK_CLOSE:
-        return life.bpf_ret["wire"]  # the socket probes' own verdict (PyMySQL: only close() writes COM_QUIT)
+    if life.bpf_end is not None and life.bpf_end.k == ev.BPF_SOCK_CLOSE:
+        return life.bpf_ret.wire  # the socket probes' own verdict (PyMySQL: only close() writes COM_QUIT)
     if not ctx.wire or life.bpf_end is None:
         return ev.WIRE_UNOBSERVED
-    verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
+    verdict = life.bpf_ret.wire if life.bpf_ret is not None else None
     if verdict in ev.WIRE_STATES and verdict != ev.WIRE_UNOBSERVED:
         return verdict
     if life.wire:
@@ -232,7 +232,7 @@ def _socket_context(a, a_cause, b, b_cause):
     that destroyed its connection (aiomysql) --; without it, a COM_QUIT is ``unknown``
     (QUIT_BY_WHOM). Returns ``(b_cause, None)`` when nothing changes; a said of "" means the
     layers agree."""
-    if b is None or b.get("k") != ev.BPF_SOCK_CLOSE or b_cause not in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
+    if b is None or b.k != ev.BPF_SOCK_CLOSE or b_cause not in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
         return b_cause, None
     quit_sent = b_cause == ev.EXPLICIT_CLOSE
     if a is None or a_cause == ev.UNKNOWN:
@@ -257,7 +257,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
                        "was sent", None, None, end)
 
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
-    t_end, end_tid = (b["t"], b.get("tid")) if b is not None else (a["t"], a.get("tid"))
+    t_end, end_tid = (b.t, b.tid) if b is not None else (a.t, a.tid)
     a_cause, a_gen = _agent_said(life)
     b_cause, b_gen = _kernel_said(life)
     # A socket-level close is context, not a cause (_socket_context): it may change what the kernel said.
@@ -269,7 +269,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
             cause, gen, reason = _both_said(a_cause, a_gen, b_cause, b_gen)
     elif a is not None:
         cause, gen, reason = a_cause, a_gen, _one_layer_reason(ctx, agent=True, unknown=a_cause == ev.UNKNOWN,
-                                                             said=a.get("cause"))
+                                                             said=a.cause if a.k == ev.CONN_DESTROY else None)
     else:
         cause, gen, reason = b_cause, b_gen, _one_layer_reason(ctx, agent=False, unknown=b_cause == ev.UNKNOWN)
         if b_said:
@@ -295,12 +295,12 @@ def _agent_said(life: Life):
     a = life.agent_end
     if a is None:
         return None, None
-    if a.get("k") == ev.CONN_CLOSE:
+    if a.k == ev.CONN_CLOSE:
         return ev.EXPLICIT_CLOSE, None
-    cause = a.get("cause") if a.get("cause") in _AGENT_CAUSES else ev.UNKNOWN
+    cause = a.cause if a.cause in _AGENT_CAUSES else ev.UNKNOWN
     gen = None
     if cause == ev.GC:
-        gen = a.get("gen")
+        gen = a.gen
         if gen is None and life.agent_collection is not None:
             gen = life.agent_collection.gen
     return cause, gen
@@ -311,10 +311,10 @@ def _kernel_said(life: Life):
     b = life.bpf_end
     if b is None:
         return None, None
-    cause = b.get("cause") if b.get("cause") in _BPF_CAUSES else ev.UNKNOWN
+    cause = b.cause if b.cause in _BPF_CAUSES else ev.UNKNOWN
     gen = None
     if cause == ev.GC:
-        gen = b["gen"]
+        gen = b.gen
         if gen is None and life.bpf_collection is not None:
             gen = life.bpf_collection.gen
     return cause, gen
@@ -502,8 +502,9 @@ def _opened_ok(life: Life) -> bool:
     if life.failed or root.failed:
         return False
     if root.bpf_open is not None:
-        return root.bpf_open["ok"]
-    return root.agent_open is not None and root.agent_open.get("k") == ev.CONN_OPEN
+        # a socket's connect record means the kernel saw the server's greeting: it succeeded
+        return root.bpf_open.k == ev.BPF_SOCK_CONNECT or root.bpf_open.ok
+    return root.agent_open is not None and root.agent_open.k == ev.CONN_OPEN
 
 
 def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
@@ -514,10 +515,10 @@ def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
     b = life.bpf_end
     if b is None or not _opened_ok(life):
         return out
-    if b.get("sock") is False:
+    if b.k == ev.BPF_CLOSE and b.sock is False:
         out.append("kernel_socket_dropped")
     failed = bool(life.send_errors) and any(r in SEND_PEER_GONE for r in life.send_errors)
-    verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
+    verdict = life.bpf_ret.wire if life.bpf_ret is not None else None
     # Not sent because a send failed for another reason (EAGAIN, ...) is no sign of the server.
     # (Only libmysqlclient always sends COM_QUIT: PyMySQL's destructions never do, docs/pymysql.md.)
     if (ctx.wire and verdict == ev.WIRE_NOT_SENT and wire == ev.WIRE_NOT_SENT and not life.send_errors
@@ -528,7 +529,7 @@ def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
     if life.eof:
         out.append("kernel_eof")
     # The FIN recorded *before* mysql_close, unlike the close_wait state found after it.
-    if life.bpf_ret is not None and life.bpf_ret.get("fin_first") is True:
+    if life.bpf_ret is not None and life.bpf_ret.fin_first is True:
         out.append("kernel_fin_first")
     return out
 
@@ -538,7 +539,8 @@ def _said(kind: str, life: Life) -> str:
     if kind == "agent_error":
         return "the pool invalidated it with %s" % life.server_error
     if kind == "kernel_socket_dropped":
-        errno = life.bpf_end.get("last_errno") if life.bpf_end is not None else None
+        b = life.bpf_end
+        errno = b.last_errno if b is not None and b.k == ev.BPF_CLOSE else None
         return "the client library had dropped its socket%s" % (" after error %d" % errno if errno else "")
     if kind == "kernel_not_sent":
         return "its mysql_close sent no COM_QUIT"
@@ -548,9 +550,9 @@ def _said(kind: str, life: Life) -> str:
     if kind == "kernel_eof":
         pe = life.peer_end
         if pe is not None:
-            ret = pe["ret"]
+            ret = pe.ret
             return "the socket saw the server's %s on a %s first" % (
-                PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.get("op") or "read")
+                PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.op or "read")
         return "the socket saw the server's EOF/reset first"
     if kind == "kernel_fin_first":
         return "the server's FIN had arrived before its mysql_close began"

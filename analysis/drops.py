@@ -94,18 +94,18 @@ class Origins:
     def end_thread(self, life: Life) -> Optional[str]:
         """The name of the thread that ended ``life``."""
         e = life.agent_end
-        if e is not None and e.get("thread"):
-            return e["thread"]
+        if e is not None and e.k == ev.CONN_CLOSE and e.thread:  # a destruction names no thread
+            return e.thread
         return self.thread(life.pid, life.end_tid)
 
     def open_site(self, life: Life) -> Optional[str]:
         """The program's frame that opened ``life`` (agent stack), relative to cwd."""
         e = life.family.agent_open  # a fork copy: where its parent opened it
-        if e is None:
+        if e is None or e.k != ev.CONN_OPEN:  # none, or a failed connect's (no stack)
             return None
-        if e.get("before_attach") is True:  # --pid: open when the agent came in (tracer/agent/attach.py)
+        if e.before_attach is True:  # --pid: open when the agent came in (tracer/agent/attach.py)
             return ORIGIN_BEFORE_ATTACH
-        return relative_site(app_frame(e.get("stack")), self.cwd)
+        return relative_site(app_frame(e.stack), self.cwd)
 
     def engine_site(self, life: Life) -> Optional[str]:
         """The create_engine() call site of the Engine ``life`` belonged to."""
@@ -197,7 +197,7 @@ def _open_tid(life: Life) -> Optional[int]:
     if life.root is not None:
         return None  # a fork copy: opened by another process's thread
     e = life.open_event()
-    return e["tid"] if e is not None else None
+    return e.tid if e is not None else None
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,

@@ -57,7 +57,7 @@ def _declared(header: Dict[str, Any], layer: str) -> bool:
 def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
     """Were the kernel's send probes attached? Only then does silence mean "not sent"."""
     if j.probes is not None:
-        attached = j.probes.get("probes")
+        attached = j.probes.probes
         if isinstance(attached, list):
             return any(isinstance(p, dict) and isinstance(p.get("symbol"), str)
                        and p["symbol"].startswith(_SEND_TRACEPOINTS) for p in attached)
@@ -255,7 +255,7 @@ def build_report(capture: Capture) -> Report:
                 site_cache[key] = origins.engine_site(lf)
             site = site_cache[key]
         a = lf.agent_end
-        stack = a.get("stack") if a is not None and lf.cause == ev.EXPLICIT_CLOSE else None
+        stack = a.stack if a is not None and a.k == ev.CONN_CLOSE and lf.cause == ev.EXPLICIT_CLOSE else None
         thread = origins.end_thread(lf)
         if thread is None and lf.collection is not None:
             thread = lf.collection.thread

@@ -148,9 +148,10 @@ def run_traced(tmp_path, argv, *, bpf=False, extra=(), env=None, timeout=300, na
 
 
 def load_events(capture):
+    """The capture as read, its events as the tracer wrote them (checked dicts, every key)."""
     from trace_quit.analysis.capture import load
 
-    return load(capture)
+    return load(capture, raw=True)
 
 
 def destroy_causes(events):

@@ -149,7 +149,7 @@ def test_prometheus_says_the_same(fixture):
 
 def _agent_only(cap):
     """The same capture as the agent alone recorded it (the pytest plugin's and the status line's view)."""
-    events = [e for e in cap.events if e.get("src") != ev.SRC_BPF]
+    events = [e for e in cap.events if e.src != ev.SRC_BPF]
     header = dict(cap.header, layers=dict(cap.header.get("layers") or {}, bpf=False, wire=False))
     return Capture(path=cap.path, header=header, events=events, trailer=cap.trailer)
 
