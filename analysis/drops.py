@@ -63,15 +63,6 @@ def plural(n: int, word: str, words: Optional[str] = None) -> str:
 
 
 #: The origin of a connection open when ``--pid`` attached (the agent's conn_open.origin).
-def ended_words(c) -> str:
-    """"N ended (M with COM_QUIT, K without)" of a model.Connections: the client's ends, which
-    are not all COM_QUITs (PyMySQL's and the asyncio drivers' destructions send none)."""
-    if not c.without_com_quit:
-        return "%s ended (%s with COM_QUIT)" % (fmt_int(c.ended), "all" if c.ended > 1 else fmt_int(c.with_com_quit))
-    return "%s ended (%s with COM_QUIT, %s without)" % (fmt_int(c.ended), fmt_int(c.with_com_quit),
-                                                        fmt_int(c.without_com_quit))
-
-
 ORIGIN_BEFORE_ATTACH = "before attach"
 
 

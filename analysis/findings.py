@@ -78,7 +78,7 @@ def _top_site(lives: Sequence[Life], origins: Origins) -> Optional[str]:
 
 def _server_evidence(server: Sequence[Life], origins: Origins) -> str:
     """Counts per evidence type, the error codes the pool saw, the call sites."""
-    from .attribute import SERVER_EVIDENCE
+    from .server_end import SERVER_EVIDENCE
     from .join import SERVER_GONE_CODES
 
     kinds = Counter()

@@ -12,9 +12,18 @@ from typing import Dict, List
 from trace_quit.tracer import events as ev
 
 from .aborted import summary_lines as aborted_lines
-from .drops import ended_words, fmt_int, fmt_s, plural
+from .drops import fmt_int, fmt_s, plural
 from .gcwhy import GENERATIONAL, generation_label
 from .model import largest_drop
+
+
+def ended_words(c) -> str:
+    """"N ended (M with COM_QUIT, K without)" of a model.Connections: the client's ends, which
+    are not all COM_QUITs (PyMySQL's and the asyncio drivers' destructions send none)."""
+    if not c.without_com_quit:
+        return "%s ended (%s with COM_QUIT)" % (fmt_int(c.ended), "all" if c.ended > 1 else fmt_int(c.with_com_quit))
+    return "%s ended (%s with COM_QUIT, %s without)" % (fmt_int(c.ended), fmt_int(c.with_com_quit),
+                                                        fmt_int(c.without_com_quit))
 
 
 @dataclasses.dataclass(frozen=True)

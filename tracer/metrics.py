@@ -26,6 +26,7 @@ import time
 from trace_quit.tracer import __version__
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.records import typed
+from trace_quit.tracer.metrics_http import MetricsError, MetricsServer  # noqa: F401 (MetricsError: the CLI's)
 from trace_quit.tracer.terminal import escape
 
 TICK_S = 0.5
@@ -67,10 +68,6 @@ def _conn_of(e):
     if k in _SOCK_KINDS:
         return _sock_key(e)[1]
     return e.conn if k in _CONN_KINDS else None
-
-
-class MetricsError(Exception):
-    """The metrics endpoint cannot be served (one line, with the fix)."""
 
 
 class Attributor:
@@ -446,52 +443,6 @@ class Exporter:
     def scraped_since_finish(self):
         with self._lock:
             return self.finished_t is not None and self.last_scrape is not None and self.last_scrape > self.finished_t
-
-
-class MetricsServer:
-    """The HTTP endpoint (tracer/metrics_http.py: bounded, one thread) serving one Exporter."""
-
-    def __init__(self, exporter, addr, port):
-        from prometheus_client import CollectorRegistry
-
-        from trace_quit.tracer.metrics_http import Endpoint
-
-        self.exporter = exporter
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(exporter)
-        try:
-            self.endpoint = Endpoint(addr, port, self._render)
-        except OSError as exc:
-            import errno
-
-            if exc.errno == errno.EADDRINUSE:
-                raise MetricsError("port %d on %s is in use: choose another --metrics-port" % (port, addr)) from None
-            raise MetricsError("cannot serve metrics on %s:%d (%s): check --metrics-addr"
-                               % (addr, port, exc.strerror or exc)) from None
-        self.port = self.endpoint.port
-
-    def _render(self, accept):
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(accept)
-        return 200, content_type, encoder(self.registry)
-
-    def linger(self, seconds):
-        """After the run, for at most ``seconds``: wait until every scraper that read the metrics
-        while the program ran has read the final counts. Anyone else's scrape does not end it,
-        and with no scraper seen during the run it serves the whole time (tests/unit/test_metrics_http.py)."""
-        deadline = time.monotonic() + max(0.0, seconds)
-        finished = self.exporter.finished_t
-        if finished is None:
-            return
-        wanted = self.endpoint.scrapers_at(finished)
-        while time.monotonic() < deadline:
-            if wanted and wanted <= self.endpoint.scraped_after(finished):
-                return
-            time.sleep(0.05)
-
-    def close(self):
-        self.endpoint.close()
 
 
 def serve(header, addr, port):

@@ -22,22 +22,18 @@ disposable MariaDB 10.11, Python 3.11, mysqlclient 2.3.1, SQLAlchemy 2.1.9:
 """
 
 import dataclasses
-import gzip
 import os
 
 import pytest
 
-from trace_quit.analysis import build_report, load, render
+from trace_quit.analysis import build_report, render
 from trace_quit.analysis.findings import FIX_ENGINE_PER_CALL
+from tq_support import load_fixture
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def capture(tmp_path, name):
-    path = tmp_path / name
-    with gzip.open(os.path.join(DATA, name + ".gz"), "rb") as f:
-        path.write_bytes(f.read())
-    return load(str(path))
+capture = load_fixture
 
 
 def only(cap, src):

@@ -6,24 +6,20 @@ the report's, exactly — the exporter decides no cause itself.
 """
 
 import collections
-import gzip
 import os
 import re
 
 import pytest
 
-from trace_quit.analysis import build_report, load
+from trace_quit.analysis import build_report
 from trace_quit.tracer import metrics
 from trace_quit.tracer.records import as_dict
+from tq_support import load_fixture
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def capture(tmp_path, name):
-    path = tmp_path / name
-    with gzip.open(os.path.join(DATA, name + ".gz"), "rb") as f:
-        path.write_bytes(f.read())
-    return load(str(path))
+capture = load_fixture
 
 
 def replay(cap, slice_ns=50 * 10**6, arrival=None):
