@@ -2,7 +2,8 @@
 
 ``join`` collects evidence per connection life; ``decide`` turns one life's evidence into a
 ``Verdict`` (cause, generation, collection, reason, wire, evidence) without changing
-anything; ``attribute_all`` decides every life, applies the verdicts, and applies the rules
+anything; ``attribute_all`` decides every life (an ``End``: the life's evidence and its
+verdict, which every view reads; the life itself keeps evidence only), and applies the rules
 about which ends are counted (failed connects, fork copies). docs/causes.md explains the
 table below with the evidence for each cause.
 
@@ -95,7 +96,7 @@ def kernel_drivers(probes: Optional[Any], declared: bool = True) -> Optional[fro
     return frozenset(seen)
 
 
-def claims_summary(claims: Sequence[Life], max_pids: int = 20) -> Dict[str, object]:
+def claims_summary(claims: Sequence["End"], max_pids: int = 20) -> Dict[str, object]:
     """The agent-only claims as the report shows them: how many, by the cause claimed, which pids."""
     by_cause: Dict[str, int] = defaultdict(int)
     for life in claims:
@@ -316,30 +317,57 @@ def decide_agent_end(records: Sequence[dict]) -> Optional[Verdict]:
     return decide(lives[-1], _AGENT_ONLY) if lives else None
 
 
-def apply(life: Life, verdict: Optional[Verdict]) -> None:
-    """Record ``verdict`` on ``life`` (and the life on its collection) for the report's readers."""
-    if verdict is None:
-        return
-    life.verdict = verdict  # the life's cause, generation, ... read from it (analysis/evidence.py)
-    if verdict.collection is not None:
-        verdict.collection.lives.append(life)
+def _decided(field: str) -> property:
+    """An End's attribute read from its verdict's ``field``."""
+    return property(lambda end: getattr(end.verdict, field) if end.verdict is not None else None)
+
+
+class End:
+    """One connection life and its ``Verdict``, as every view reads them: the decision (``cause``,
+    ``generation``, ``wire_state``, ``t_end``, ...) is the verdict's, the evidence (``pid``,
+    ``engine``, ``agent_end``, ...) the life's, read through. Deciding never writes on the life
+    (analysis/evidence.py keeps evidence only). ``verdict`` None: still open, or a failed connect.
+    ``copy_of``: the End counted for this fork family when it is not this one (count_families)."""
+
+    __slots__ = ("life", "verdict", "copy_of")
+
+    def __init__(self, life: Life, verdict: Optional[Verdict]):
+        self.life = life
+        self.verdict = verdict
+        self.copy_of: Optional["End"] = None
+
+    def __getattr__(self, name: str) -> Any:  # the evidence: what the life saw (AttributeError if nothing)
+        return getattr(self.life, name)
+
+    def __repr__(self) -> str:
+        return "End(pid=%s, conn=%s, cause=%s)" % (self.life.pid, self.life.conn, self.cause)
+
+    # The decision: the verdict's (None while open, and for a failed connect).
+    cause = _decided("cause")
+    generation = _decided("generation")
+    collection = _decided("collection")
+    reason = _decided("reason")
+    wire_state = _decided("wire")
+    t_end = _decided("t_end")
+    end_tid = _decided("end_tid")
+    server_evidence = _decided("evidence")  # the SERVER_EVIDENCE kinds of a ``server`` cause
 
 
 @dataclasses.dataclass
 class Attribution:
-    """Every life's verdict applied, and which ends are counted."""
+    """Every life's verdict (an ``End`` per life), and which ends are counted."""
 
     failed: int                    # failed connects: their mysql_close sends nothing, not a COM_QUIT
-    ended: List[Life]              # counted lives that ended (one per server connection)
-    copies: List[Life]             # ended fork-copy handles whose connection's end is counted on another
-    counted: List[Life]            # every life counted once (failed connects excluded)
+    ended: List[End]               # counted lives that ended (one per server connection)
+    copies: List[End]              # ended fork-copy handles whose connection's end is counted on another
+    counted: List[End]             # every life counted once (failed connects excluded)
     opened: int                    # counted lives whose open was seen
     opened_before_capture: int     # counted lives that ended but were opened before the capture
     open_at_end: int               # counted lives still open when the capture stopped
-    families: Dict[int, List[Life]]  # fork families (count_families)
-    shared: List[List[Life]]       # families whose connection more than one handle ended
+    families: Dict[int, List[End]]  # fork families (count_families)
+    shared: List[List[End]]        # families whose connection more than one handle ended
     totals: "Totals" = dataclasses.field(default_factory=lambda: Totals())  # count(ended)
-    claims: List[Life] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
+    claims: List[End] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
 
 
 @dataclasses.dataclass
@@ -372,7 +400,7 @@ class Totals:
         return out
 
 
-def count(ends: Iterable[Life]) -> Totals:
+def count(ends: Iterable[End]) -> Totals:
     """The one count: counted ends (each with ``cause``, ``generation``, ``wire_state``, ``pid``,
     decided by ``decide``) into the totals by cause, generation, wire state and process."""
     totals = Totals()
@@ -383,32 +411,31 @@ def count(ends: Iterable[Life]) -> Totals:
 
 
 def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
-    """Decide and apply every life's verdict, then which ends count: failed connects are no
-    COM_QUIT; of the handles a fork shares on one server connection only the first end counts."""
+    """Decide every life's verdict (its ``End``), then which ends count: failed connects are no
+    COM_QUIT; of the handles a fork shares on one server connection only the first end counts.
+    A collection's ``lives`` are the Ends it destroyed."""
     failed = 0
-    claims: List[Life] = []
-    kept: List[Life] = []
+    claims: List[End] = []
+    kept: List[End] = []
     for life in lives:
         if agent_only_claim(life, ctx):
-            life.claim = True
-            claims.append(life)
-            if not life.failed:
-                apply(life, decide(life, ctx))  # its cause, as claimed (reported apart)
-                if life.collection is not None and life in life.collection.lives:
-                    life.collection.lives.remove(life)  # no collection destroyed it, as far as we know
+            # its cause, as claimed (reported apart); no collection destroyed it, as far as we know
+            claims.append(End(life, None if life.failed else decide(life, ctx)))
             continue
-        kept.append(life)
         if life.failed:
             failed += 1
+            kept.append(End(life, None))
             continue
-        apply(life, decide(life, ctx))
-    lives = kept
-    families = count_families(lives)
-    ended: List[Life] = []
-    copies: List[Life] = []
-    counted: List[Life] = []
+        end = End(life, decide(life, ctx))
+        if end.collection is not None:
+            end.collection.lives.append(end)
+        kept.append(end)
+    families = count_families(kept, claims)
+    ended: List[End] = []
+    copies: List[End] = []
+    counted: List[End] = []
     open_at_end = before_capture = opened = 0
-    for life in lives:
+    for life in kept:
         if life.failed:
             continue
         if life.copy_of is not None:
@@ -430,7 +457,7 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
                        shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims)
 
 
-def _first_end(members: Sequence[Life]) -> Life:
+def _first_end(members: Sequence[End]) -> End:
     ends = [lf for lf in members if lf.cause is not None and lf.cause != ev.NEVER_CLOSED and lf.t_end is not None]
     if ends:
         return min(ends, key=lambda lf: lf.t_end)
@@ -440,20 +467,24 @@ def _first_end(members: Sequence[Life]) -> Life:
     return max(members, key=lambda lf: lf.t_end if lf.t_end is not None else -1)
 
 
-def count_families(lives: Sequence[Life]) -> Dict[int, List[Life]]:
+def count_families(ends: Sequence[End], others: Sequence[End] = ()) -> Dict[int, List[End]]:
     """Mark every fork copy whose end is not the one counted (``copy_of``); returns the families.
 
-    Runs after ``attribute``. A family is a connection opened once and held by several
-    processes through fork; only its first end is counted, because that is the one that
-    ended it on the server (a COM_QUIT from any handle closes the server connection for all).
+    A family is a connection opened once and held by several processes through fork; only its
+    first end is counted, because that is the one that ended it on the server (a COM_QUIT from
+    any handle closes the server connection for all). A family's root is its End among ``ends``
+    or ``others`` (the claims), else an undecided one.
     """
-    families: Dict[int, List[Life]] = defaultdict(list)
-    for life in lives:
-        if life.root is not None:
-            families[id(life.root)].append(life)
+    of = {id(e.life): e for e in others}
+    of.update((id(e.life), e) for e in ends)
+    families: Dict[int, List[End]] = defaultdict(list)
+    for end in ends:
+        if end.life.root is not None:
+            families[id(end.life.root)].append(end)
     out = {}
     for key, copies in families.items():
-        members = [copies[0].root] + copies
+        root = copies[0].life.root
+        members = [of.get(id(root)) or End(root, None)] + copies
         counted = _first_end(members)
         for lf in members:
             lf.copy_of = None if lf is counted else counted

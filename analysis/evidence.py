@@ -1,7 +1,7 @@
 """The evidence a join collects: connection lives, Engine lives, collections (analysis/join.py).
 
-A ``Life`` keeps what each layer saw of one connection; ``analysis/attribute.py`` decides its
-cause from it (``Verdict``) and records the decision on it for the report's readers.
+A ``Life`` keeps what each layer saw of one connection, nothing else; ``analysis/attribute.py``
+decides its cause from it (``Verdict``) and hands the views an ``End``: the life and its verdict.
 """
 
 import re
@@ -59,8 +59,6 @@ class Life:
         "pid", "conn", "t_open", "t_start", "agent_open", "bpf_open", "failed", "engine", "checkouts",
         "pool_end", "server_error", "server_code", "agent_end", "bpf_end", "bpf_ret", "wire", "send_errors",
         "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
-        # decided by attribute.py: the verdict (apply), and which end of a fork family counts
-        "verdict", "copy_of", "claim",
     )
 
     def __init__(self, pid: int, conn: int):
@@ -88,43 +86,6 @@ class Life:
         self.prev: Optional["Life"] = None       # the previous life at the same (pid, MYSQL*)
         self.inherited_from: Optional["Life"] = None  # the parent's life this fork copy was taken from
         self.root: Optional["Life"] = None       # a fork copy's family root: the life that opened it
-        self.verdict: Optional[Any] = None       # attribute.Verdict, set by attribute.apply (None: open)
-        self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
-        self.claim = False                       # an agent-only claim (attribute.agent_only_claim): not counted
-
-    # The decision, read from the verdict: the evidence above is never rewritten by it.
-    @property
-    def cause(self) -> Optional[str]:
-        return self.verdict.cause if self.verdict is not None else None
-
-    @property
-    def generation(self) -> Optional[int]:
-        return self.verdict.generation if self.verdict is not None else None
-
-    @property
-    def collection(self) -> Optional["Collection"]:
-        return self.verdict.collection if self.verdict is not None else None
-
-    @property
-    def reason(self) -> Optional[str]:
-        return self.verdict.reason if self.verdict is not None else None
-
-    @property
-    def wire_state(self) -> Optional[str]:
-        return self.verdict.wire if self.verdict is not None else None
-
-    @property
-    def t_end(self) -> Optional[int]:
-        return self.verdict.t_end if self.verdict is not None else None
-
-    @property
-    def end_tid(self) -> Optional[int]:
-        return self.verdict.end_tid if self.verdict is not None else None
-
-    @property
-    def server_evidence(self) -> Optional[List[str]]:
-        """The SERVER_EVIDENCE kinds of a ``server`` cause."""
-        return self.verdict.evidence if self.verdict is not None else None
 
     @property
     def ended(self) -> bool:
@@ -223,7 +184,7 @@ class Collection:
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
-        self.lives: List[Life] = []               # connections it destroyed (filled by attribution)
+        self.lives: List[Any] = []                # the attribute.End of each connection it destroyed
         self.engines_destroyed = 0
 
 

@@ -113,8 +113,7 @@ class Attributor:
     def tick(self, now_ns, final=False):
         """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
         from trace_quit.analysis import drops
-        from trace_quit.analysis.attribute import (Context, agent_only_claim, apply, count_families, decide,
-                                                   kernel_drivers)
+        from trace_quit.analysis.attribute import Context, End, agent_only_claim, count_families, decide, kernel_drivers
         from trace_quit.analysis.join import join
         from trace_quit.analysis.report import _declared, _layers
 
@@ -160,17 +159,16 @@ class Attributor:
             still_open += sum(1 for lf in members if not lf.ended and lf.opened and not final)
             if len(ready) < len(members):
                 continue  # a fork family is counted whole, by the one rule (attribute.count_families)
-            for lf in members:
-                apply(lf, decide(lf, ctx))
-            if len(members) > 1:
-                count_families(members)
-            for lf in members:
-                if lf.cause is None:
+            ends = [End(lf, decide(lf, ctx)) for lf in members]
+            if len(ends) > 1:
+                count_families(ends)
+            for end in ends:
+                if end.cause is None:
                     continue
-                if lf.copy_of is None:
-                    closes.append((lf.cause, lf.generation, self._site(origins, lf)))
-                done.append(lf)
-                self.opened_keys.discard(self._key(lf))
+                if end.copy_of is None:
+                    closes.append((end.cause, end.generation, self._site(origins, end.life)))
+                done.append(end.life)
+                self.opened_keys.discard(self._key(end.life))
         self.pending, self.open = pending, still_open
         self._prune(done, now_ns)
         return opened, closes
