@@ -14,6 +14,7 @@ and the fields its records lack because a later revision added them are listed
 """
 
 import dataclasses
+import gc
 import json
 import os
 from typing import Any, Dict, Iterator, List, Optional
@@ -220,6 +221,10 @@ def load(path: str, raw: bool = False) -> Capture:
     trailer = None
     damaged = None
     partial = None
+    # Reading makes only acyclic objects that stay alive: the cyclic collector would only walk
+    # them again and again as they pile up (~0.5 s a million records, tests/bench/report_1m.py).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for item in _scan(path):
             if isinstance(item, tuple):
@@ -236,6 +241,9 @@ def load(path: str, raw: bool = False) -> Capture:
                 events.append(item if raw else share(item))
     except OSError as e:
         raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    finally:
+        if collecting:
+            gc.enable()
     return normal.capture(path, header, events, trailer, damaged_at_line=damaged, partial_line=partial)
 
 

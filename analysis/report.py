@@ -4,6 +4,7 @@ The order of the pipeline is docs/architecture.md's: load → join → attribute
 drops → findings. Nothing here formats output; renderers receive the Report.
 """
 
+import gc
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -144,6 +145,19 @@ def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joine
 
 def build_report(capture: Capture) -> Report:
     """Explain one capture."""
+    # The join and the attribution build objects that live as long as the report (lives, their
+    # verdicts): the cyclic collector would only walk them again and again while they pile up,
+    # as analysis/capture.py's reading (tests/bench/report_1m.py).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_report(capture)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _build_report(capture: Capture) -> Report:
     header = capture.header if isinstance(capture.header, dict) else {}
     trailer = capture.trailer
     j = join(capture.events, header)
