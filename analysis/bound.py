@@ -14,11 +14,9 @@ from typing import Any, Dict, List, Optional
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.records import make
-from trace_quit.tracer.capture import format_size
 
 from .attribute import Context, Totals, decide
 from .evidence import Life
-from .drops import fmt_int, fmt_s
 
 
 def _counts(value: Any) -> Dict[str, int]:
@@ -113,29 +111,6 @@ def add_to_totals(info: Dict[str, Any], totals: Totals) -> None:
         totals.by_cause[cause if cause in ev.CAUSES else ev.UNKNOWN] += n
     for gen, n in info["closes_after_gc_by_generation"].items():
         totals.gc_by_generation[int(gen) if gen.isdigit() else None] += n
-
-
-def line(info: Dict[str, Any]) -> str:
-    """The report's sentence: where the detail stops and what was counted after it."""
-    parts = []
-    gens = info["closes_after_gc_by_generation"]
-    for cause, n in sorted(info["closes_after"].items(), key=lambda kv: (-kv[1], kv[0])):
-        text = "%s %s" % (cause, fmt_int(n))
-        if cause == ev.GC and gens:
-            text += " (%s)" % ", ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in sorted(gens.items()) if k)
-        parts.append(text)
-    at = "+%s s" % fmt_s(info["t_s"]) if info.get("t_s") is not None else "an unknown time"
-    out = "Capture bound reached at %s (--max-capture %s): %s not written; after it %s opened and " \
-          "connection ends by cause (%s): %s" % (
-              at, format_size(info["max_bytes"]), _events(info["not_written"]), fmt_int(info["opened_after"]),
-              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's", ", ".join(parts) or "none")
-    if parts:
-        out += " (counted in the totals; no detail for them)"
-    return out + "."
-
-
-def _events(n: int) -> str:
-    return "%s %s" % (fmt_int(n), "event" if n == 1 else "events")
 
 
 def hold_back_late_agent_records(lives, events, info: Dict[str, Any]) -> List[Any]:

@@ -308,7 +308,7 @@ def _build_report(capture: Capture) -> Report:
         at = next((i for i, f in enumerate(findings) if f.severity != "error"), len(findings))
         findings.insert(at, extra)
     if bound is not None:
-        bound["text"] = boundlib.line(bound)
+        bound["text"] = words.bound_line(bound)
     agent_only = claims_summary(att.claims)
     if agent_only["total"]:  # after the counts: they are what the totals leave out
         agent_only["text"] = words.agent_only_line(agent_only)
