@@ -59,6 +59,7 @@ from trace_quit.tracer import events as ev
 from .join import Collection, Life
 from .server_end import describe as _describe
 from .server_end import server_ended, server_evidence
+from .verdict import End, Verdict
 
 _AGENT_CAUSES = (ev.GC, ev.REFCOUNT, ev.SHUTDOWN, ev.SERVER)  # server: PyMySQL dropped its socket after an error
 _BPF_CAUSES = (ev.EXPLICIT_CLOSE, ev.GC, ev.REFCOUNT, ev.SHUTDOWN)
@@ -155,20 +156,6 @@ def wire_state(life: Life, ctx: Context) -> str:
             return ev.WIRE_ENCRYPTED
         return ev.WIRE_NOT_SENT  # bytes were sent, but none was a COM_QUIT
     return ev.WIRE_NOT_SENT
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """How one connection life ended, and why: what ``decide`` returns."""
-
-    cause: str
-    generation: Optional[int]               # the collection's generation, for gc only
-    collection: Optional[Collection]        # the collection that destroyed it (gc only)
-    reason: Optional[str]                   # why, when a layer was missing, disagreed or the server ended it
-    wire: Optional[str]                     # WIRE_STATES (None for never_closed)
-    evidence: Optional[List[str]]           # SERVER_EVIDENCE kinds of a ``server`` cause
-    t_end: int                              # mysql_close entry (kernel) else the agent's hook; process end
-    end_tid: Optional[int] = None
 
 
 #: A COM_QUIT the kernel saw on a socket outside the probed library, with no collection or
@@ -317,42 +304,6 @@ def decide_agent_end(records: Sequence[dict]) -> Optional[Verdict]:
     return decide(lives[-1], _AGENT_ONLY) if lives else None
 
 
-def _decided(field: str) -> property:
-    """An End's attribute read from its verdict's ``field``."""
-    return property(lambda end: getattr(end.verdict, field) if end.verdict is not None else None)
-
-
-class End:
-    """One connection life and its ``Verdict``, as every view reads them: the decision (``cause``,
-    ``generation``, ``wire_state``, ``t_end``, ...) is the verdict's, the evidence (``pid``,
-    ``engine``, ``agent_end``, ...) the life's, read through. Deciding never writes on the life
-    (analysis/evidence.py keeps evidence only). ``verdict`` None: still open, or a failed connect.
-    ``copy_of``: the End counted for this fork family when it is not this one (count_families)."""
-
-    __slots__ = ("life", "verdict", "copy_of")
-
-    def __init__(self, life: Life, verdict: Optional[Verdict]):
-        self.life = life
-        self.verdict = verdict
-        self.copy_of: Optional["End"] = None
-
-    def __getattr__(self, name: str) -> Any:  # the evidence: what the life saw (AttributeError if nothing)
-        return getattr(self.life, name)
-
-    def __repr__(self) -> str:
-        return "End(pid=%s, conn=%s, cause=%s)" % (self.life.pid, self.life.conn, self.cause)
-
-    # The decision: the verdict's (None while open, and for a failed connect).
-    cause = _decided("cause")
-    generation = _decided("generation")
-    collection = _decided("collection")
-    reason = _decided("reason")
-    wire_state = _decided("wire")
-    t_end = _decided("t_end")
-    end_tid = _decided("end_tid")
-    server_evidence = _decided("evidence")  # the SERVER_EVIDENCE kinds of a ``server`` cause
-
-
 @dataclasses.dataclass
 class Attribution:
     """Every life's verdict (an ``End`` per life), and which ends are counted."""
@@ -368,6 +319,8 @@ class Attribution:
     shared: List[List[End]]        # families whose connection more than one handle ended
     totals: "Totals" = dataclasses.field(default_factory=lambda: Totals())  # count(ended)
     claims: List[End] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
+    # collection -> the counted Ends it destroyed (a fork family's one counted end among them)
+    destroyed: Dict[Collection, List[End]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -413,10 +366,11 @@ def count(ends: Iterable[End]) -> Totals:
 def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     """Decide every life's verdict (its ``End``), then which ends count: failed connects are no
     COM_QUIT; of the handles a fork shares on one server connection only the first end counts.
-    A collection's ``lives`` are the Ends it destroyed."""
+    ``destroyed``: the Ends each collection destroyed."""
     failed = 0
     claims: List[End] = []
     kept: List[End] = []
+    destroyed: Dict[Collection, List[End]] = {}
     for life in lives:
         if agent_only_claim(life, ctx):
             # its cause, as claimed (reported apart); no collection destroyed it, as far as we know
@@ -428,9 +382,9 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
             continue
         end = End(life, decide(life, ctx))
         if end.collection is not None:
-            end.collection.lives.append(end)
+            destroyed.setdefault(end.collection, []).append(end)
         kept.append(end)
-    families = count_families(kept, claims)
+    families = count_families(kept, claims, destroyed)
     ended: List[End] = []
     copies: List[End] = []
     counted: List[End] = []
@@ -454,7 +408,8 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
     return Attribution(failed=failed, ended=ended, copies=copies, counted=counted, opened=opened,
                        opened_before_capture=before_capture, open_at_end=open_at_end, families=families,
-                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims)
+                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims,
+                       destroyed={c: ends for c, ends in destroyed.items() if ends})
 
 
 def _first_end(members: Sequence[End]) -> End:
@@ -467,13 +422,15 @@ def _first_end(members: Sequence[End]) -> End:
     return max(members, key=lambda lf: lf.t_end if lf.t_end is not None else -1)
 
 
-def count_families(ends: Sequence[End], others: Sequence[End] = ()) -> Dict[int, List[End]]:
+def count_families(ends: Sequence[End], others: Sequence[End] = (),
+                   destroyed: Optional[Dict[Collection, List[End]]] = None) -> Dict[int, List[End]]:
     """Mark every fork copy whose end is not the one counted (``copy_of``); returns the families.
 
     A family is a connection opened once and held by several processes through fork; only its
     first end is counted, because that is the one that ended it on the server (a COM_QUIT from
     any handle closes the server connection for all). A family's root is its End among ``ends``
-    or ``others`` (the claims), else an undecided one.
+    or ``others`` (the claims), else an undecided one. A copy not counted leaves the Ends its
+    collection ``destroyed``.
     """
     of = {id(e.life): e for e in others}
     of.update((id(e.life), e) for e in ends)
@@ -488,7 +445,8 @@ def count_families(ends: Sequence[End], others: Sequence[End] = ()) -> Dict[int,
         counted = _first_end(members)
         for lf in members:
             lf.copy_of = None if lf is counted else counted
-            if lf is not counted and lf.collection is not None and lf in lf.collection.lives:
-                lf.collection.lives.remove(lf)
+            gone = destroyed.get(lf.collection) if destroyed is not None and lf is not counted else None
+            if gone is not None and lf in gone:
+                gone.remove(lf)
         out[key] = members
     return out

@@ -288,14 +288,15 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
     return drops
 
 
-def find_patterns(collections: Sequence[Collection], drop_collections: Optional[set] = None,
-                  collector: str = GENERATIONAL) -> List[Pattern]:
+def find_patterns(collections: Sequence[Collection], destroyed: Dict[Collection, Sequence[Life]],
+                  drop_collections: Optional[set] = None, collector: str = GENERATIONAL) -> List[Pattern]:
     """Per generation, how often a collection destroys connections and how many each time.
 
-    A regular pattern whose collections are mostly drops is the saw-tooth of the live count."""
+    ``destroyed``: the connections each destroyed (attribute.Attribution.destroyed). A regular
+    pattern whose collections are mostly drops is the saw-tooth of the live count."""
     by_gen: Dict[Optional[int], List[Collection]] = {}
     for c in collections:
-        if c.lives:
+        if destroyed.get(c):
             by_gen.setdefault(c.gen, []).append(c)
     patterns = []
     for gen in sorted(by_gen, key=lambda g: (g is None, g)):
@@ -308,7 +309,7 @@ def find_patterns(collections: Sequence[Collection], drop_collections: Optional[
                      for run in per_pid.values() for a, b in zip(run, run[1:])]
         if len(cs) < 3 or len(intervals) < 2:
             continue
-        counts = [len(c.lives) for c in cs]
+        counts = [len(destroyed[c]) for c in cs]
         every = statistics.median(intervals)
         mean = statistics.mean(intervals)
         cv = statistics.pstdev(intervals) / mean if mean > 0 else float("inf")

@@ -167,7 +167,7 @@ class Collection:
     """One garbage collection on one thread, from the agent's gc.callbacks or the kernel's probes."""
 
     __slots__ = ("src", "pid", "tid", "cid", "gen", "t_start", "t_stop", "thread", "site",
-                 "collected", "uncollectable", "twin", "lives", "engines_destroyed")
+                 "collected", "uncollectable", "twin", "engines_destroyed")
 
     def __init__(self, src: str, pid: int, tid: Optional[int], t: int, e: Any):
         agent = e.k == ev.GC_START                  # else the kernel's bpf_gc_start
@@ -184,7 +184,6 @@ class Collection:
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
-        self.lives: List[Any] = []                # the attribute.End of each connection it destroyed
         self.engines_destroyed = 0
 
 
