@@ -11,7 +11,7 @@ Connections the server ended first are not aborted clients and are left out.
 """
 
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
@@ -47,12 +47,12 @@ def sent_no_quit(life) -> bool:
 
 def server_aborted_clients(server_status: Sequence) -> Optional[int]:
     """The increase of the server's Aborted_clients between the sampler's first and last reading."""
-    readings = [e for _, e in server_status if isinstance(e.get("aborted_clients"), int)]
-    first = next((e for e in readings if e.get("at") == "start"), None)
-    last = next((e for e in reversed(readings) if e.get("at") == "end"), None)
+    readings = [e for _, e in server_status if isinstance(e.aborted_clients, int)]
+    first = next((e for e in readings if e.at == "start"), None)
+    last = next((e for e in reversed(readings) if e.at == "end"), None)
     if first is None or last is None:
         return None
-    return last["aborted_clients"] - first["aborted_clients"]
+    return last.aborted_clients - first.aborted_clients
 
 
 def summarise(ended: Sequence, j) -> NoQuit:
@@ -177,8 +177,9 @@ def explain_drops(drops, nq: NoQuit, com_quit) -> None:
 KERNEL_ONLY_BASE = 1 << 62
 
 
-def pair_sockets(events: List[dict]) -> None:
-    """Give the kernel's bpf_sock_connect/close records (keyed by pid + fd) a ``conn``, in place.
+def pair_sockets(events: List[Any]) -> None:
+    """Give the kernel's bpf_sock_connect/close records (keyed by pid + fd) a ``conn``: each is
+    replaced in ``events`` by its copy with it (tracer/records.py: ANALYSIS_FIELDS).
 
     ``events`` is time-sorted. The agent's PyMySQL conn_open for the same pid and fd, between
     the kernel's greeting and its close, gives its ``conn`` (the socket inode), so both layers
@@ -194,20 +195,20 @@ def pair_sockets(events: List[dict]) -> None:
         return slot[1]
 
     for i, e in enumerate(events):
-        k = e.get("k")
-        if k == ev.BPF_SOCK_CONNECT and not e.get("lib") and e.get("conn") is None:
-            pending[(e.get("pid"), e.get("fd"))] = [i, None]
-        elif k == ev.CONN_OPEN and e.get("driver") in ev.SOCKET_DRIVERS:
-            slot = pending.get((e.get("pid"), e.get("fd")))
+        k = e.k
+        if k == ev.BPF_SOCK_CONNECT and not e.lib and e.conn is None:
+            pending[(e.pid, e.fd)] = [i, None]
+        elif k == ev.CONN_OPEN and e.driver in ev.SOCKET_DRIVERS:
+            slot = pending.get((e.pid, e.fd))
             if slot is not None and slot[1] is None:
-                slot[1] = e.get("conn")
-        elif k == ev.BPF_SOCK_CLOSE and not e.get("lib") and e.get("conn") is None:
-            slot = pending.pop((e.get("pid"), e.get("fd")), None)
+                slot[1] = e.conn
+        elif k == ev.BPF_SOCK_CLOSE and not e.lib and e.conn is None:
+            slot = pending.pop((e.pid, e.fd), None)
             if slot is None:
                 slot = [None, None]   # connected before the capture
             conn = key_for(slot)
             if slot[0] is not None:
-                events[slot[0]] = dict(events[slot[0]], conn=conn)
-            events[i] = dict(e, conn=conn)
+                events[slot[0]] = events[slot[0]]._replace(conn=conn)
+            events[i] = e._replace(conn=conn)
     for slot in pending.values():   # still open at the end
-        events[slot[0]] = dict(events[slot[0]], conn=key_for(slot))
+        events[slot[0]] = events[slot[0]]._replace(conn=key_for(slot))

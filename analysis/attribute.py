@@ -2,7 +2,8 @@
 
 ``join`` collects evidence per connection life; ``decide`` turns one life's evidence into a
 ``Verdict`` (cause, generation, collection, reason, wire, evidence) without changing
-anything; ``attribute_all`` decides every life, applies the verdicts, and applies the rules
+anything; ``attribute_all`` decides every life (an ``End``: the life's evidence and its
+verdict, which every view reads; the life itself keeps evidence only), and applies the rules
 about which ends are counted (failed connects, fork copies). docs/causes.md explains the
 table below with the evidence for each cause.
 
@@ -39,39 +40,8 @@ reason naming what each said — never a guess. A kernel ``unknown`` (a bracket 
 is missing evidence, not disagreement: the agent's cause stands and the reason says so.
 
 ``server`` — the server ended the connection before the client's COM_QUIT — overrides the
-client-side cause of the later close (which the reason still names) on any of this evidence
-(``Life.server_evidence`` lists which, ``SERVER_EVIDENCE`` says what each means):
-
-- ``kernel_socket_dropped``: at mysql_close entry the client library no longer had a socket
-  (``bpf_close.sock`` False), which libmysqlclient and libmariadb do after a failed read or
-  write (``bpf_close.last_errno`` 2013, 2006, 2055), on a connection whose connect succeeded
-  (``bpf_connect`` ok or the agent's ``conn_open``, and no ``conn_fail``);
-- ``kernel_not_sent``: such a connection, the send probes attached, and the kernel's verdict
-  at mysql_close return is that no COM_QUIT went out, and no send was even tried and failed;
-- ``kernel_send_failed``: the COM_QUIT send inside mysql_close failed with EPIPE/ECONNRESET
-  (``bpf_close_ret.send_err``, ``bpf_wire.ret``);
-- ``kernel_eof``: the socket saw the server's EOF or a reset before the client's close
-  (``bpf_peer_end``, ``bpf_close.eof``);
-- ``agent_error``: the pool invalidated the connection, before its close, with a server-gone
-  error (``join.SERVER_GONE_CODES``: 2006, 2013, 2055, 4031, 1927, 1053). A program without
-  SQLAlchemy has no pool events: only the kernel's evidence counts then.
-
-- ``kernel_fin_first``: over TCP, the server's FIN had arrived before mysql_close was entered
-  (``bpf_close_ret.fin_first``): an idle connection the server ended (KILL, wait_timeout, stop).
-
-Not evidence: ``bpf_close_ret.tcp_from == "close_wait"``. It is the state the client's close()
-syscall found, after the COM_QUIT was sent, and on loopback the server often answers a COM_QUIT
-with its FIN before the client reaches close(): 13 of 39 known-causes closes and 126 of 300
-hidden-threads closes over TCP, all with a confirmed COM_QUIT, showed it. Only the state
-*before* the COM_QUIT (``fin_first``, above) tells an idle connection the server had already
-ended from a normal close.
-
-One disagreement is possible: a client-detected error (2006/2013/2055: the library drops
-the socket on it) and yet the kernel saw the COM_QUIT go out, unfailed, with no kernel sign
-of the server's end. That is ``unknown``, with both sides in the reason. After a server-sent
-error (4031, 1927, 1053) the library keeps its socket and does send COM_QUIT into the closed
-connection, so a confirmed wire there agrees with the agent. The client-side cause of the
-later close disputed between the layers does not dispute the server's evidence: ``server``.
+client-side cause of the later close (row 3) on the evidence analysis/server_end.py reads
+(``server_evidence``) and explains (``SERVER_EVIDENCE``).
 
 Fork copies (``count_families``): a forked child's handle on a connection its parent opened
 is a life of its own, attributed as above; per server connection only one end is counted —
@@ -82,21 +52,14 @@ still open, else the last handle's process end (never_closed). The other handles
 
 import dataclasses
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .join import CLIENT_DETECTED, PEER_END_ERRNO, SEND_PEER_GONE, SERVER_GONE_CODES, Collection, Life
-
-#: What each kind of ``server`` evidence means (report text).
-SERVER_EVIDENCE = {
-    "kernel_socket_dropped": "kernel: the client library had already dropped the socket at mysql_close",
-    "kernel_not_sent": "kernel: mysql_close sent no COM_QUIT on a connection that had opened",
-    "kernel_send_failed": "kernel: the COM_QUIT send failed (EPIPE/ECONNRESET)",
-    "kernel_eof": "kernel: the socket saw the server's EOF/reset before the client's close",
-    "kernel_fin_first": "kernel: the server's FIN had arrived before mysql_close began (TCP)",
-    "agent_error": "agent: the pool invalidated it with a server-gone error",
-}
+from .join import Collection, Life
+from .server_end import describe as _describe
+from .server_end import server_ended, server_evidence
+from .verdict import End, Verdict
 
 _AGENT_CAUSES = (ev.GC, ev.REFCOUNT, ev.SHUTDOWN, ev.SERVER)  # server: PyMySQL dropped its socket after an error
 _BPF_CAUSES = (ev.EXPLICIT_CLOSE, ev.GC, ev.REFCOUNT, ev.SHUTDOWN)
@@ -119,13 +82,13 @@ class Context:
         self.attached = attached      # --pid: connections may have been open before the capture
 
 
-def kernel_drivers(probes: Optional[dict], declared: bool = True) -> Optional[frozenset]:
+def kernel_drivers(probes: Optional[Any], declared: bool = True) -> Optional[frozenset]:
     """The drivers whose connections the attached probes see, from the capture's ``bpf_probes``;
     without it (a synthetic or older capture) every driver when the header declares the eBPF
     layer (None), else none."""
-    if not isinstance(probes, dict) or not isinstance(probes.get("probes"), list):
+    if probes is None or not isinstance(probes.probes, list):
         return None if declared else frozenset()
-    attached = [p for p in probes["probes"] if isinstance(p, dict)]
+    attached = [p for p in probes.probes if isinstance(p, dict)]
     seen = set()
     if any(p.get("role") == "close" or p.get("symbol") == "mysql_close" for p in attached):
         seen.add(ev.DRIVER_MYSQLCLIENT)
@@ -134,7 +97,7 @@ def kernel_drivers(probes: Optional[dict], declared: bool = True) -> Optional[fr
     return frozenset(seen)
 
 
-def claims_summary(claims: Sequence[Life], max_pids: int = 20) -> Dict[str, object]:
+def claims_summary(claims: Sequence["End"], max_pids: int = 20) -> Dict[str, object]:
     """The agent-only claims as the report shows them: how many, by the cause claimed, which pids."""
     by_cause: Dict[str, int] = defaultdict(int)
     for life in claims:
@@ -158,19 +121,13 @@ def agent_only_claim(life: Life, ctx: Context) -> bool:
     driver = life.driver
     if ctx.kernel_drivers is not None and driver not in ctx.kernel_drivers:
         return False
-    opened = life.family.agent_open or {}
-    if ctx.attached and opened.get("before_attach") is True:
+    opened = life.family.agent_open
+    if ctx.attached and opened is not None and opened.k == ev.CONN_OPEN and opened.before_attach is True:
         if driver == ev.DRIVER_PYMYSQL or life.agent_end is None:
             return False
     if life.root is not None and life.agent_end is None:
         return agent_only_claim(life.root, ctx)  # a fork copy still open: its connection's
     return True
-
-
-def _describe(cause: Optional[str], gen: Optional[int]) -> str:
-    if cause == ev.GC and gen is not None:
-        return "gc (generation %d)" % gen
-    return cause or "nothing"
 
 
 def _is_tls_record(head: str) -> bool:
@@ -185,11 +142,11 @@ def wire_state(life: Life, ctx: Context) -> str:
     them, the kernel's own verdict at mysql_close return wins (it saw every send of the
     bracket); the sends recorded as events decide when that return was lost.
     """
-    if life.bpf_end is not None and life.bpf_end.get("k") == ev.BPF_SOCK_CLOSE:
-        return life.bpf_ret["wire"]  # the socket probes' own verdict (PyMySQL: only close() writes COM_QUIT)
+    if life.bpf_end is not None and life.bpf_end.k == ev.BPF_SOCK_CLOSE:
+        return life.bpf_ret.wire  # the socket probes' own verdict (PyMySQL: only close() writes COM_QUIT)
     if not ctx.wire or life.bpf_end is None:
         return ev.WIRE_UNOBSERVED
-    verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
+    verdict = life.bpf_ret.wire if life.bpf_ret is not None else None
     if verdict in ev.WIRE_STATES and verdict != ev.WIRE_UNOBSERVED:
         return verdict
     if life.wire:
@@ -199,20 +156,6 @@ def wire_state(life: Life, ctx: Context) -> str:
             return ev.WIRE_ENCRYPTED
         return ev.WIRE_NOT_SENT  # bytes were sent, but none was a COM_QUIT
     return ev.WIRE_NOT_SENT
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """How one connection life ended, and why: what ``decide`` returns."""
-
-    cause: str
-    generation: Optional[int]               # the collection's generation, for gc only
-    collection: Optional[Collection]        # the collection that destroyed it (gc only)
-    reason: Optional[str]                   # why, when a layer was missing, disagreed or the server ended it
-    wire: Optional[str]                     # WIRE_STATES (None for never_closed)
-    evidence: Optional[List[str]]           # SERVER_EVIDENCE kinds of a ``server`` cause
-    t_end: int                              # mysql_close entry (kernel) else the agent's hook; process end
-    end_tid: Optional[int] = None
 
 
 #: A COM_QUIT the kernel saw on a socket outside the probed library, with no collection or
@@ -232,7 +175,7 @@ def _socket_context(a, a_cause, b, b_cause):
     that destroyed its connection (aiomysql) --; without it, a COM_QUIT is ``unknown``
     (QUIT_BY_WHOM). Returns ``(b_cause, None)`` when nothing changes; a said of "" means the
     layers agree."""
-    if b is None or b.get("k") != ev.BPF_SOCK_CLOSE or b_cause not in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
+    if b is None or b.k != ev.BPF_SOCK_CLOSE or b_cause not in (ev.EXPLICIT_CLOSE, ev.REFCOUNT):
         return b_cause, None
     quit_sent = b_cause == ev.EXPLICIT_CLOSE
     if a is None or a_cause == ev.UNKNOWN:
@@ -257,7 +200,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
                        "was sent", None, None, end)
 
     # The moment of the COM_QUIT: mysql_close entry when the kernel saw it, else the agent's hook.
-    t_end, end_tid = (b["t"], b.get("tid")) if b is not None else (a["t"], a.get("tid"))
+    t_end, end_tid = (b.t, b.tid) if b is not None else (a.t, a.tid)
     a_cause, a_gen = _agent_said(life)
     b_cause, b_gen = _kernel_said(life)
     # A socket-level close is context, not a cause (_socket_context): it may change what the kernel said.
@@ -269,7 +212,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
             cause, gen, reason = _both_said(a_cause, a_gen, b_cause, b_gen)
     elif a is not None:
         cause, gen, reason = a_cause, a_gen, _one_layer_reason(ctx, agent=True, unknown=a_cause == ev.UNKNOWN,
-                                                             said=a.get("cause"))
+                                                             said=a.cause if a.k == ev.CONN_DESTROY else None)
     else:
         cause, gen, reason = b_cause, b_gen, _one_layer_reason(ctx, agent=False, unknown=b_cause == ev.UNKNOWN)
         if b_said:
@@ -286,7 +229,7 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     wire = wire_state(life, ctx)
     evidence = server_evidence(life, ctx, wire)
     if evidence:
-        cause, gen, collection, reason, evidence = _server_ended(life, evidence, wire, cause, gen, collection, reason)
+        cause, gen, collection, reason, evidence = server_ended(life, evidence, wire, cause, gen, collection, reason)
     return Verdict(cause, gen if cause == ev.GC else None, collection, reason, wire, evidence or None, t_end, end_tid)
 
 
@@ -295,12 +238,12 @@ def _agent_said(life: Life):
     a = life.agent_end
     if a is None:
         return None, None
-    if a.get("k") == ev.CONN_CLOSE:
+    if a.k == ev.CONN_CLOSE:
         return ev.EXPLICIT_CLOSE, None
-    cause = a.get("cause") if a.get("cause") in _AGENT_CAUSES else ev.UNKNOWN
+    cause = a.cause if a.cause in _AGENT_CAUSES else ev.UNKNOWN
     gen = None
     if cause == ev.GC:
-        gen = a.get("gen")
+        gen = a.gen
         if gen is None and life.agent_collection is not None:
             gen = life.agent_collection.gen
     return cause, gen
@@ -311,10 +254,10 @@ def _kernel_said(life: Life):
     b = life.bpf_end
     if b is None:
         return None, None
-    cause = b.get("cause") if b.get("cause") in _BPF_CAUSES else ev.UNKNOWN
+    cause = b.cause if b.cause in _BPF_CAUSES else ev.UNKNOWN
     gen = None
     if cause == ev.GC:
-        gen = b["gen"]
+        gen = b.gen
         if gen is None and life.bpf_collection is not None:
             gen = life.bpf_collection.gen
     return cause, gen
@@ -346,24 +289,6 @@ def _one_layer_reason(ctx: Context, agent: bool, unknown: bool, said=None) -> st
     return reason
 
 
-def _server_ended(life: Life, evidence, wire, cause, gen, collection, reason):
-    """Row 3: the server's evidence overrides the client-side cause, unless it contradicts the wire."""
-    client = _describe(cause, gen)
-    if cause == ev.UNKNOWN:
-        client = "not attributed (%s)" % (reason or "no evidence")
-    said = [_said(kind, life) for kind in evidence]
-    contradiction = (life.server_code in CLIENT_DETECTED and wire == ev.WIRE_CONFIRMED
-                     and not any(k.startswith("kernel") for k in evidence))
-    if contradiction:
-        reason = ("the layers disagree: the pool saw %s (the client library drops the socket on it) "
-                  "but the kernel saw mysql_close send COM_QUIT; the close was %s" % (life.server_error, client))
-        return ev.UNKNOWN, None, None, reason, None
-    reason = "the server ended it first: %s; the client's later close was %s" % ("; ".join(said), client)
-    if life.server_code in SERVER_SENT_CODES and wire == ev.WIRE_CONFIRMED:
-        reason += " and its COM_QUIT went into the closed connection"
-    return ev.SERVER, None, None, reason, evidence
-
-
 #: What the views that read the agent's records as they arrive know: the agent alone.
 _AGENT_ONLY = Context(agent=True, bpf=False, wire=False, process_ended=lambda pid: None)
 
@@ -379,30 +304,23 @@ def decide_agent_end(records: Sequence[dict]) -> Optional[Verdict]:
     return decide(lives[-1], _AGENT_ONLY) if lives else None
 
 
-def apply(life: Life, verdict: Optional[Verdict]) -> None:
-    """Record ``verdict`` on ``life`` (and the life on its collection) for the report's readers."""
-    if verdict is None:
-        return
-    life.verdict = verdict  # the life's cause, generation, ... read from it (analysis/evidence.py)
-    if verdict.collection is not None:
-        verdict.collection.lives.append(life)
-
-
 @dataclasses.dataclass
 class Attribution:
-    """Every life's verdict applied, and which ends are counted."""
+    """Every life's verdict (an ``End`` per life), and which ends are counted."""
 
     failed: int                    # failed connects: their mysql_close sends nothing, not a COM_QUIT
-    ended: List[Life]              # counted lives that ended (one per server connection)
-    copies: List[Life]             # ended fork-copy handles whose connection's end is counted on another
-    counted: List[Life]            # every life counted once (failed connects excluded)
+    ended: List[End]               # counted lives that ended (one per server connection)
+    copies: List[End]              # ended fork-copy handles whose connection's end is counted on another
+    counted: List[End]             # every life counted once (failed connects excluded)
     opened: int                    # counted lives whose open was seen
     opened_before_capture: int     # counted lives that ended but were opened before the capture
     open_at_end: int               # counted lives still open when the capture stopped
-    families: Dict[int, List[Life]]  # fork families (count_families)
-    shared: List[List[Life]]       # families whose connection more than one handle ended
+    families: Dict[int, List[End]]  # fork families (count_families)
+    shared: List[List[End]]        # families whose connection more than one handle ended
     totals: "Totals" = dataclasses.field(default_factory=lambda: Totals())  # count(ended)
-    claims: List[Life] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
+    claims: List[End] = dataclasses.field(default_factory=list)  # agent-only claims: never counted
+    # collection -> the counted Ends it destroyed (a fork family's one counted end among them)
+    destroyed: Dict[Collection, List[End]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -435,7 +353,7 @@ class Totals:
         return out
 
 
-def count(ends: Iterable[Life]) -> Totals:
+def count(ends: Iterable[End]) -> Totals:
     """The one count: counted ends (each with ``cause``, ``generation``, ``wire_state``, ``pid``,
     decided by ``decide``) into the totals by cause, generation, wire state and process."""
     totals = Totals()
@@ -446,32 +364,32 @@ def count(ends: Iterable[Life]) -> Totals:
 
 
 def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
-    """Decide and apply every life's verdict, then which ends count: failed connects are no
-    COM_QUIT; of the handles a fork shares on one server connection only the first end counts."""
+    """Decide every life's verdict (its ``End``), then which ends count: failed connects are no
+    COM_QUIT; of the handles a fork shares on one server connection only the first end counts.
+    ``destroyed``: the Ends each collection destroyed."""
     failed = 0
-    claims: List[Life] = []
-    kept: List[Life] = []
+    claims: List[End] = []
+    kept: List[End] = []
+    destroyed: Dict[Collection, List[End]] = {}
     for life in lives:
         if agent_only_claim(life, ctx):
-            life.claim = True
-            claims.append(life)
-            if not life.failed:
-                apply(life, decide(life, ctx))  # its cause, as claimed (reported apart)
-                if life.collection is not None and life in life.collection.lives:
-                    life.collection.lives.remove(life)  # no collection destroyed it, as far as we know
+            # its cause, as claimed (reported apart); no collection destroyed it, as far as we know
+            claims.append(End(life, None if life.failed else decide(life, ctx)))
             continue
-        kept.append(life)
         if life.failed:
             failed += 1
+            kept.append(End(life, None))
             continue
-        apply(life, decide(life, ctx))
-    lives = kept
-    families = count_families(lives)
-    ended: List[Life] = []
-    copies: List[Life] = []
-    counted: List[Life] = []
+        end = End(life, decide(life, ctx))
+        if end.collection is not None:
+            destroyed.setdefault(end.collection, []).append(end)
+        kept.append(end)
+    families = count_families(kept, claims, destroyed)
+    ended: List[End] = []
+    copies: List[End] = []
+    counted: List[End] = []
     open_at_end = before_capture = opened = 0
-    for life in lives:
+    for life in kept:
         if life.failed:
             continue
         if life.copy_of is not None:
@@ -490,74 +408,11 @@ def attribute_all(lives: Sequence[Life], ctx: Context) -> Attribution:
     shared = [m for m in families.values() if sum(1 for lf in m if lf.cause is not None) > 1]
     return Attribution(failed=failed, ended=ended, copies=copies, counted=counted, opened=opened,
                        opened_before_capture=before_capture, open_at_end=open_at_end, families=families,
-                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims)
+                       shared=shared, totals=count(sorted(ended, key=lambda lf: lf.t_end)), claims=claims,
+                       destroyed={c: ends for c, ends in destroyed.items() if ends})
 
 
-SERVER_SENT_CODES = frozenset(c for c in SERVER_GONE_CODES if c not in CLIENT_DETECTED)
-
-
-def _opened_ok(life: Life) -> bool:
-    """The connect of this handle's server connection is known to have succeeded."""
-    root = life.family
-    if life.failed or root.failed:
-        return False
-    if root.bpf_open is not None:
-        return root.bpf_open["ok"]
-    return root.agent_open is not None and root.agent_open.get("k") == ev.CONN_OPEN
-
-
-def server_evidence(life: Life, ctx: Context, wire: str) -> List[str]:
-    """Which evidence says the server ended ``life`` before the client's close (empty: none)."""
-    out = []
-    if life.server_error is not None:
-        out.append("agent_error")
-    b = life.bpf_end
-    if b is None or not _opened_ok(life):
-        return out
-    if b.get("sock") is False:
-        out.append("kernel_socket_dropped")
-    failed = bool(life.send_errors) and any(r in SEND_PEER_GONE for r in life.send_errors)
-    verdict = life.bpf_ret.get("wire") if life.bpf_ret is not None else None
-    # Not sent because a send failed for another reason (EAGAIN, ...) is no sign of the server.
-    # (Only libmysqlclient always sends COM_QUIT: PyMySQL's destructions never do, docs/pymysql.md.)
-    if (ctx.wire and verdict == ev.WIRE_NOT_SENT and wire == ev.WIRE_NOT_SENT and not life.send_errors
-            and life.driver == ev.DRIVER_MYSQLCLIENT):
-        out.append("kernel_not_sent")
-    if failed:
-        out.append("kernel_send_failed")
-    if life.eof:
-        out.append("kernel_eof")
-    # The FIN recorded *before* mysql_close, unlike the close_wait state found after it.
-    if life.bpf_ret is not None and life.bpf_ret.get("fin_first") is True:
-        out.append("kernel_fin_first")
-    return out
-
-
-def _said(kind: str, life: Life) -> str:
-    """One piece of server evidence as a clause of the COM_QUIT's reason."""
-    if kind == "agent_error":
-        return "the pool invalidated it with %s" % life.server_error
-    if kind == "kernel_socket_dropped":
-        errno = life.bpf_end.get("last_errno") if life.bpf_end is not None else None
-        return "the client library had dropped its socket%s" % (" after error %d" % errno if errno else "")
-    if kind == "kernel_not_sent":
-        return "its mysql_close sent no COM_QUIT"
-    if kind == "kernel_send_failed":
-        return "its COM_QUIT send failed with %s" % "/".join(
-            SEND_PEER_GONE[r] for r in sorted(set(life.send_errors or ())) if r in SEND_PEER_GONE)
-    if kind == "kernel_eof":
-        pe = life.peer_end
-        if pe is not None:
-            ret = pe["ret"]
-            return "the socket saw the server's %s on a %s first" % (
-                PEER_END_ERRNO.get(ret, "end (%s)" % ret), pe.get("op") or "read")
-        return "the socket saw the server's EOF/reset first"
-    if kind == "kernel_fin_first":
-        return "the server's FIN had arrived before its mysql_close began"
-    return kind
-
-
-def _first_end(members: Sequence[Life]) -> Life:
+def _first_end(members: Sequence[End]) -> End:
     ends = [lf for lf in members if lf.cause is not None and lf.cause != ev.NEVER_CLOSED and lf.t_end is not None]
     if ends:
         return min(ends, key=lambda lf: lf.t_end)
@@ -567,24 +422,31 @@ def _first_end(members: Sequence[Life]) -> Life:
     return max(members, key=lambda lf: lf.t_end if lf.t_end is not None else -1)
 
 
-def count_families(lives: Sequence[Life]) -> Dict[int, List[Life]]:
+def count_families(ends: Sequence[End], others: Sequence[End] = (),
+                   destroyed: Optional[Dict[Collection, List[End]]] = None) -> Dict[int, List[End]]:
     """Mark every fork copy whose end is not the one counted (``copy_of``); returns the families.
 
-    Runs after ``attribute``. A family is a connection opened once and held by several
-    processes through fork; only its first end is counted, because that is the one that
-    ended it on the server (a COM_QUIT from any handle closes the server connection for all).
+    A family is a connection opened once and held by several processes through fork; only its
+    first end is counted, because that is the one that ended it on the server (a COM_QUIT from
+    any handle closes the server connection for all). A family's root is its End among ``ends``
+    or ``others`` (the claims), else an undecided one. A copy not counted leaves the Ends its
+    collection ``destroyed``.
     """
-    families: Dict[int, List[Life]] = defaultdict(list)
-    for life in lives:
-        if life.root is not None:
-            families[id(life.root)].append(life)
+    of = {id(e.life): e for e in others}
+    of.update((id(e.life), e) for e in ends)
+    families: Dict[int, List[End]] = defaultdict(list)
+    for end in ends:
+        if end.life.root is not None:
+            families[id(end.life.root)].append(end)
     out = {}
     for key, copies in families.items():
-        members = [copies[0].root] + copies
+        root = copies[0].life.root
+        members = [of.get(id(root)) or End(root, None)] + copies
         counted = _first_end(members)
         for lf in members:
             lf.copy_of = None if lf is counted else counted
-            if lf is not counted and lf.collection is not None and lf in lf.collection.lives:
-                lf.collection.lives.remove(lf)
+            gone = destroyed.get(lf.collection) if destroyed is not None and lf is not counted else None
+            if gone is not None and lf in gone:
+                gone.remove(lf)
         out[key] = members
     return out

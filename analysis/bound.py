@@ -13,11 +13,10 @@ the counted, so it is neither "never closed" nor a separate end
 from typing import Any, Dict, List, Optional
 
 from trace_quit.tracer import events as ev
-from trace_quit.tracer.capture import format_size
+from trace_quit.tracer.records import make
 
 from .attribute import Context, Totals, decide
 from .evidence import Life
-from .drops import fmt_int, fmt_s
 
 
 def _counts(value: Any) -> Dict[str, int]:
@@ -81,20 +80,20 @@ def decide_rows(rows: List[Any], ctx: Context) -> Totals:
 def _life_of(row: Dict[str, Any]) -> Life:
     """A connection life whose only evidence is one row's (opened: its connect is not a failed one)."""
     life = Life(0, 0)
-    life.bpf_open = {"k": ev.BPF_CONNECT, "ok": True}
-    end = {k: row.get(k) for k in ("cause", "gen", "sock", "last_errno", "eof", "quit_sent")}
-    end.update(k=row.get("k") if row.get("k") in (ev.BPF_CLOSE, ev.BPF_SOCK_CLOSE) else ev.BPF_CLOSE, t=0, tid=None)
-    life.bpf_end = end
+    life.bpf_open = make(ev.BPF_CONNECT, ok=True)
+    kind = row.get("k") if row.get("k") in (ev.BPF_CLOSE, ev.BPF_SOCK_CLOSE) else ev.BPF_CLOSE
+    life.bpf_end = make(kind, t=0, **{k: row.get(k) for k in ("cause", "gen", "sock", "last_errno", "eof",
+                                                                  "quit_sent")})
     life.eof = row.get("eof") is True
-    if end["k"] == ev.BPF_SOCK_CLOSE:
+    if kind == ev.BPF_SOCK_CLOSE:
         wire = row.get("wire")
         if wire not in ev.WIRE_STATES:
             wire = ev.WIRE_CONFIRMED if row.get("quit_sent") else ev.WIRE_NOT_SENT
-        life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": wire}
+        life.bpf_ret = make(ev.BPF_CLOSE_RET, wire=wire)
         return life
     if "wire" in row:  # its mysql_close returned
-        life.bpf_ret = {"k": ev.BPF_CLOSE_RET, "wire": row.get("wire"), "send_err": row.get("send_err"),
-                        "fin_first": row.get("fin_first")}
+        life.bpf_ret = make(ev.BPF_CLOSE_RET, wire=row.get("wire"), send_err=row.get("send_err"),
+                            fin_first=row.get("fin_first"))
         errors = [e for e in (row.get("send_errors") or []) if type(e) is int]
         if type(row.get("send_err")) is int and row["send_err"]:
             errors.append(-abs(row["send_err"]))
@@ -114,29 +113,6 @@ def add_to_totals(info: Dict[str, Any], totals: Totals) -> None:
         totals.gc_by_generation[int(gen) if gen.isdigit() else None] += n
 
 
-def line(info: Dict[str, Any]) -> str:
-    """The report's sentence: where the detail stops and what was counted after it."""
-    parts = []
-    gens = info["closes_after_gc_by_generation"]
-    for cause, n in sorted(info["closes_after"].items(), key=lambda kv: (-kv[1], kv[0])):
-        text = "%s %s" % (cause, fmt_int(n))
-        if cause == ev.GC and gens:
-            text += " (%s)" % ", ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in sorted(gens.items()) if k)
-        parts.append(text)
-    at = "+%s s" % fmt_s(info["t_s"]) if info.get("t_s") is not None else "an unknown time"
-    out = "Capture bound reached at %s (--max-capture %s): %s not written; after it %s opened and " \
-          "connection ends by cause (%s): %s" % (
-              at, format_size(info["max_bytes"]), _events(info["not_written"]), fmt_int(info["opened_after"]),
-              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's", ", ".join(parts) or "none")
-    if parts:
-        out += " (counted in the totals; no detail for them)"
-    return out + "."
-
-
-def _events(n: int) -> str:
-    return "%s %s" % (fmt_int(n), "event" if n == 1 else "events")
-
-
 def hold_back_late_agent_records(lives, events, info: Dict[str, Any]) -> List[Any]:
     """Past the bound, the agent's records later than the last kernel record written may have
     their kernel twins among the counted (the agent's channel and the ring buffer arrive at
@@ -148,20 +124,21 @@ def hold_back_late_agent_records(lives, events, info: Dict[str, Any]) -> List[An
     if info["closes_after_from"] != "kernel":
         return lives
     # The kernel's per-event records only: its counters go on being sampled past the bound.
-    last_bpf = max((e["t"] for e in events if e.get("src") == ev.SRC_BPF and e.get("k") != ev.BPF_STATS),
+    last_bpf = max((e.t for e in events if e.src == ev.SRC_BPF and e.k != ev.BPF_STATS),
                    default=None)
     if last_bpf is None:
         return lives
     kept = []
     for life in lives:
-        opened = life.agent_open or {}
-        kernel_blind = opened.get("before_attach") is True and opened.get("driver") == "pymysql"
+        opened = life.agent_open
+        before_attach = opened is not None and opened.k == ev.CONN_OPEN and opened.before_attach is True
+        kernel_blind = before_attach and opened.driver == "pymysql"
         end = life.agent_end
-        if (end is not None and life.bpf_end is None and end.get("t", 0) > last_bpf and not kernel_blind):
+        if (end is not None and life.bpf_end is None and end.t > last_bpf and not kernel_blind):
             life.agent_end = None
             life.agent_collection = None
-        if (life.bpf_open is None and opened.get("t", 0) > last_bpf and life.agent_end is None
-                and life.bpf_end is None and not opened.get("before_attach")):
+        if (life.bpf_open is None and opened is not None and opened.t > last_bpf and life.agent_end is None
+                and life.bpf_end is None and not before_attach):
             continue
         kept.append(life)
     return kept

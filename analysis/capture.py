@@ -14,11 +14,13 @@ and the fields its records lack because a later revision added them are listed
 """
 
 import dataclasses
+import gc
 import json
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer import records as rec
 
 #: A single line longer than this is damage, not an event (protects memory on bad input).
 MAX_LINE_BYTES = 1 << 20
@@ -30,11 +32,12 @@ class CaptureError(Exception):
 
 @dataclasses.dataclass
 class Capture:
-    """A capture as read: header, events in file order, trailer (None when truncated)."""
+    """A capture as read: header, events in file order (typed records: tracer/records.py),
+    trailer (None when truncated). The header and the trailer are documents, kept as dicts."""
 
     path: str
     header: Dict[str, Any]
-    events: List[Dict[str, Any]]
+    events: List[Any]
     trailer: Optional[Dict[str, Any]]
     damaged_at_line: Optional[int] = None  # first unreadable line number (1-based), if any
     partial_line: Optional[int] = None  # a last line cut off mid-write (truncated, not damaged)
@@ -104,42 +107,45 @@ def _parse_header(path: str, first: bytes) -> Dict[str, Any]:
     return header
 
 
-def iter_events(path: str) -> Iterator[Dict[str, Any]]:
-    """Yield the event records of a validated capture (header and trailer excluded), streaming;
-    records that do not match their kind's schema are left out, as ``load`` does."""
+def iter_events(path: str) -> Iterator[Any]:
+    """Yield the typed event records of a validated capture (header and trailer excluded),
+    streaming; records that do not match their kind's schema are left out, as ``load`` does."""
     revision = read_header(path)["version"]
     for item in _scan(path):
         if isinstance(item, dict) and item["k"] != ev.TRAILER:
             try:
-                yield ev.check(item, revision)
+                yield rec.typed(ev.check(item, revision))
             except ev.SchemaError:
                 continue
 
 
 class _Sharer:
-    """Rebuild each record with keys, and short strings and small ints, shared across records.
+    """Build each record's typed record (tracer/records.py) with short strings and small ints
+    shared across records.
 
-    json.loads makes fresh key strings for every line; a million events then cost ~1.1 KB each.
-    Sharing them (one dict lookup per field) brings a 1M-event capture from ~1.1 GB to ~0.4 GB
-    (tests/bench/report_1m.py). Lines are still parsed one by one: joining them into one JSON array
-    would share keys for free, but crafted lines could then merge and hide damage.
+    json.loads makes fresh key and value objects for every line; as dicts a million events cost
+    ~1.1 KB each. A typed record keeps no keys, and sharing the values (one dict lookup per field)
+    brings a 1M-event capture's report to ~0.4 GB (tests/bench/report_1m.py). Lines are still
+    parsed one by one: joining them into one JSON array would share keys for free, but crafted
+    lines could then merge and hide damage.
     """
 
     MAX_VALUES = 100_000  # bound the value cache on adversarial input
 
     def __init__(self):
-        self.keys: Dict[str, str] = {}
         self.values: Dict[Any, Any] = {}
 
-    def __call__(self, record: Dict[str, Any]) -> Dict[str, Any]:
-        keys = self.keys
+    def __call__(self, record: Dict[str, Any]) -> Any:
+        cls = rec.type_of(record["k"])
         values = self.values
         if len(values) > self.MAX_VALUES:
-            return {keys.get(k) or keys.setdefault(k, k): v for k, v in record.items()}
-        return {keys.get(k) or keys.setdefault(k, k):
-                (values.setdefault(v, v) if (v.__class__ is str and len(v) < 24)
-                 or (v.__class__ is int and -1_000_000 < v < 1_000_000) else v)
-                for k, v in record.items()}
+            return _new(cls, map(record.get, cls._fields))
+        return _new(cls, [values.setdefault(v, v) if (v.__class__ is str and len(v) < 24)
+                          or (v.__class__ is int and -1_000_000 < v < 1_000_000) else v
+                          for v in map(record.get, cls._fields)])
+
+
+_new = tuple.__new__
 
 
 def iter_records(path: str) -> Iterator[Dict[str, Any]]:
@@ -167,7 +173,6 @@ def _scan(path: str):
     except OSError as e:
         raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
     _parse_header(path, first)
-    share = _Sharer()
     lineno = 1
     for raw in lines:
         lineno += 1
@@ -182,7 +187,6 @@ def _scan(path: str):
         if not isinstance(record, dict) or not isinstance(record.get("k"), str):
             yield ("damaged", lineno)
             return
-        record = share(record)
         yield record
         if record["k"] == ev.TRAILER and _is_trailer(record):
             # Anything after the trailer is garbage appended to a finished capture.
@@ -203,18 +207,24 @@ def _is_trailer(record: Dict[str, Any]) -> bool:
     return True
 
 
-def load(path: str) -> Capture:
-    """Read a whole capture into memory."""
+def load(path: str, raw: bool = False) -> Capture:
+    """Read a whole capture into memory: its events typed (tracer/records.py), or, ``raw``, as
+    written (checked dicts, every key kept: for tools and tests that look at what was written)."""
     if not os.path.exists(path):
         raise CaptureError("%s does not exist" % path)
     if os.path.isdir(path):
         raise CaptureError("%s is a directory, not a capture file" % path)
     header = read_header(path)
     normal = Normaliser(header["version"])
-    events: List[Dict[str, Any]] = []
+    share = _Sharer()
+    events: List[Any] = []
     trailer = None
     damaged = None
     partial = None
+    # Reading makes only acyclic objects that stay alive: the cyclic collector would only walk
+    # them again and again as they pile up (~0.5 s a million records, tests/bench/report_1m.py).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for item in _scan(path):
             if isinstance(item, tuple):
@@ -226,11 +236,14 @@ def load(path: str) -> Capture:
             if not normal(item):
                 continue
             if item["k"] == ev.TRAILER:
-                trailer = item
+                trailer = item  # a document, as the header is: kept as written (its keys, nested objects)
             else:
-                events.append(item)
+                events.append(item if raw else share(item))
     except OSError as e:
         raise CaptureError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    finally:
+        if collecting:
+            gc.enable()
     return normal.capture(path, header, events, trailer, damaged_at_line=damaged, partial_line=partial)
 
 
@@ -263,7 +276,7 @@ class Normaliser:
                     self._lacks.setdefault(kind, set()).add(name)
         return True
 
-    def capture(self, path: str, header: Dict[str, Any], events: List[Dict[str, Any]],
+    def capture(self, path: str, header: Dict[str, Any], events: List[Any],
                 trailer: Optional[Dict[str, Any]], **kwargs: Any) -> Capture:
         return Capture(path=path, header=header, events=events, trailer=trailer, invalid=dict(self.invalid),
                        invalid_examples=list(self.examples),
@@ -275,7 +288,7 @@ def from_records(path: str, header: Dict[str, Any], records: List[Any],
     """A Capture of in-memory records, normalised as ``load`` does (tests, tools)."""
     revision = header.get("version") if type(header.get("version")) is int else ev.VERSION
     normal = Normaliser(revision)
-    events = [r for r in records if normal(r)]
+    events = [rec.typed(r) for r in records if normal(r)]
     if trailer is not None and not normal(dict(trailer, k=ev.TRAILER)):
         trailer = None
     return normal.capture(path, header, events, trailer, **kwargs)

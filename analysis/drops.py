@@ -63,15 +63,6 @@ def plural(n: int, word: str, words: Optional[str] = None) -> str:
 
 
 #: The origin of a connection open when ``--pid`` attached (the agent's conn_open.origin).
-def ended_words(c) -> str:
-    """"N ended (M with COM_QUIT, K without)" of a model.Connections: the client's ends, which
-    are not all COM_QUITs (PyMySQL's and the asyncio drivers' destructions send none)."""
-    if not c.without_com_quit:
-        return "%s ended (%s with COM_QUIT)" % (fmt_int(c.ended), "all" if c.ended > 1 else fmt_int(c.with_com_quit))
-    return "%s ended (%s with COM_QUIT, %s without)" % (fmt_int(c.ended), fmt_int(c.with_com_quit),
-                                                        fmt_int(c.without_com_quit))
-
-
 ORIGIN_BEFORE_ATTACH = "before attach"
 
 
@@ -94,18 +85,18 @@ class Origins:
     def end_thread(self, life: Life) -> Optional[str]:
         """The name of the thread that ended ``life``."""
         e = life.agent_end
-        if e is not None and e.get("thread"):
-            return e["thread"]
+        if e is not None and e.k == ev.CONN_CLOSE and e.thread:  # a destruction names no thread
+            return e.thread
         return self.thread(life.pid, life.end_tid)
 
     def open_site(self, life: Life) -> Optional[str]:
         """The program's frame that opened ``life`` (agent stack), relative to cwd."""
         e = life.family.agent_open  # a fork copy: where its parent opened it
-        if e is None:
+        if e is None or e.k != ev.CONN_OPEN:  # none, or a failed connect's (no stack)
             return None
-        if e.get("before_attach") is True:  # --pid: open when the agent came in (tracer/agent/attach.py)
+        if e.before_attach is True:  # --pid: open when the agent came in (tracer/agent/attach.py)
             return ORIGIN_BEFORE_ATTACH
-        return relative_site(app_frame(e.get("stack")), self.cwd)
+        return relative_site(app_frame(e.stack), self.cwd)
 
     def engine_site(self, life: Life) -> Optional[str]:
         """The create_engine() call site of the Engine ``life`` belonged to."""
@@ -197,7 +188,7 @@ def _open_tid(life: Life) -> Optional[int]:
     if life.root is not None:
         return None  # a fork copy: opened by another process's thread
     e = life.open_event()
-    return e["tid"] if e is not None else None
+    return e.tid if e is not None else None
 
 
 def explain_group(cause: str, lives: Sequence[Life], origins: Origins, t_s: float,
@@ -297,14 +288,15 @@ def find_drops(ended: Sequence[Life], curve: LiveCurve, to_s: Callable[[int], fl
     return drops
 
 
-def find_patterns(collections: Sequence[Collection], drop_collections: Optional[set] = None,
-                  collector: str = GENERATIONAL) -> List[Pattern]:
+def find_patterns(collections: Sequence[Collection], destroyed: Dict[Collection, Sequence[Life]],
+                  drop_collections: Optional[set] = None, collector: str = GENERATIONAL) -> List[Pattern]:
     """Per generation, how often a collection destroys connections and how many each time.
 
-    A regular pattern whose collections are mostly drops is the saw-tooth of the live count."""
+    ``destroyed``: the connections each destroyed (attribute.Attribution.destroyed). A regular
+    pattern whose collections are mostly drops is the saw-tooth of the live count."""
     by_gen: Dict[Optional[int], List[Collection]] = {}
     for c in collections:
-        if c.lives:
+        if destroyed.get(c):
             by_gen.setdefault(c.gen, []).append(c)
     patterns = []
     for gen in sorted(by_gen, key=lambda g: (g is None, g)):
@@ -317,7 +309,7 @@ def find_patterns(collections: Sequence[Collection], drop_collections: Optional[
                      for run in per_pid.values() for a, b in zip(run, run[1:])]
         if len(cs) < 3 or len(intervals) < 2:
             continue
-        counts = [len(c.lives) for c in cs]
+        counts = [len(destroyed[c]) for c in cs]
         every = statistics.median(intervals)
         mean = statistics.mean(intervals)
         cv = statistics.pstdev(intervals) / mean if mean > 0 else float("inf")

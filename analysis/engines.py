@@ -52,7 +52,7 @@ def summarise(engines: Sequence[EngineLife], lives: Sequence[Life], cwd: Optiona
         elif el.disposed:
             s.disposed += 1
         if el.destroy is not None and el.inherited_from is None:
-            cause = el.destroy["cause"]
+            cause = el.destroy.cause
             s.destroyed[cause] = s.destroyed.get(cause, 0) + 1
         _describe_pool(s, el)
 

@@ -1,7 +1,7 @@
 """The evidence a join collects: connection lives, Engine lives, collections (analysis/join.py).
 
-A ``Life`` keeps what each layer saw of one connection; ``analysis/attribute.py`` decides its
-cause from it (``Verdict``) and records the decision on it for the report's readers.
+A ``Life`` keeps what each layer saw of one connection, nothing else; ``analysis/attribute.py``
+decides its cause from it (``Verdict``) and hands the views an ``End``: the life and its verdict.
 """
 
 import re
@@ -59,16 +59,14 @@ class Life:
         "pid", "conn", "t_open", "t_start", "agent_open", "bpf_open", "failed", "engine", "checkouts",
         "pool_end", "server_error", "server_code", "agent_end", "bpf_end", "bpf_ret", "wire", "send_errors",
         "eof", "peer_end", "agent_collection", "bpf_collection", "prev", "inherited_from", "root",
-        # decided by attribute.py: the verdict (apply), and which end of a fork family counts
-        "verdict", "copy_of", "claim",
     )
 
     def __init__(self, pid: int, conn: int):
         self.pid = pid
         self.conn = conn
         self.t_open: Optional[int] = None
-        self.agent_open: Optional[dict] = None   # conn_open / conn_fail event
-        self.bpf_open: Optional[dict] = None     # bpf_connect event
+        self.agent_open: Optional[Any] = None   # conn_open / conn_fail event
+        self.bpf_open: Optional[Any] = None     # bpf_connect event
         self.failed = False                      # the connect failed: its mysql_close sends nothing
         self.engine: Optional["EngineLife"] = None
         self.checkouts = 0
@@ -76,55 +74,18 @@ class Life:
         self.pool_end: Optional[str] = None      # last pool event that ends a connection (close, ...)
         self.server_error: Optional[str] = None  # a server-gone error seen before the client's close
         self.server_code: Optional[int] = None   # its error code (SERVER_GONE_CODES)
-        self.agent_end: Optional[dict] = None    # conn_close / conn_destroy event
-        self.bpf_end: Optional[dict] = None      # bpf_close event
-        self.bpf_ret: Optional[dict] = None      # bpf_close_ret event (carries the kernel's wire verdict)
+        self.agent_end: Optional[Any] = None    # conn_close / conn_destroy event
+        self.bpf_end: Optional[Any] = None      # bpf_close event
+        self.bpf_ret: Optional[Any] = None      # bpf_close_ret event (carries the kernel's wire verdict)
         self.wire: Optional[List[str]] = None    # heads of sends seen inside mysql_close
         self.send_errors: Optional[List[int]] = None  # failed sends' return values (-errno), when recorded
         self.eof = False                         # the kernel saw the peer's EOF/reset before the close
-        self.peer_end: Optional[dict] = None     # that bpf_peer_end event, when recorded
+        self.peer_end: Optional[Any] = None     # that bpf_peer_end event, when recorded
         self.agent_collection: Optional["Collection"] = None
         self.bpf_collection: Optional["Collection"] = None
         self.prev: Optional["Life"] = None       # the previous life at the same (pid, MYSQL*)
         self.inherited_from: Optional["Life"] = None  # the parent's life this fork copy was taken from
         self.root: Optional["Life"] = None       # a fork copy's family root: the life that opened it
-        self.verdict: Optional[Any] = None       # attribute.Verdict, set by attribute.apply (None: open)
-        self.copy_of: Optional["Life"] = None    # set when another copy's end is the one counted
-        self.claim = False                       # an agent-only claim (attribute.agent_only_claim): not counted
-
-    # The decision, read from the verdict: the evidence above is never rewritten by it.
-    @property
-    def cause(self) -> Optional[str]:
-        return self.verdict.cause if self.verdict is not None else None
-
-    @property
-    def generation(self) -> Optional[int]:
-        return self.verdict.generation if self.verdict is not None else None
-
-    @property
-    def collection(self) -> Optional["Collection"]:
-        return self.verdict.collection if self.verdict is not None else None
-
-    @property
-    def reason(self) -> Optional[str]:
-        return self.verdict.reason if self.verdict is not None else None
-
-    @property
-    def wire_state(self) -> Optional[str]:
-        return self.verdict.wire if self.verdict is not None else None
-
-    @property
-    def t_end(self) -> Optional[int]:
-        return self.verdict.t_end if self.verdict is not None else None
-
-    @property
-    def end_tid(self) -> Optional[int]:
-        return self.verdict.end_tid if self.verdict is not None else None
-
-    @property
-    def server_evidence(self) -> Optional[List[str]]:
-        """The SERVER_EVIDENCE kinds of a ``server`` cause."""
-        return self.verdict.evidence if self.verdict is not None else None
 
     @property
     def ended(self) -> bool:
@@ -139,7 +100,7 @@ class Life:
     @property
     def t_closed(self) -> Optional[int]:
         """When the first layer saw its close (None while open)."""
-        ts = [e["t"] for e in (self.agent_end, self.bpf_end) if e is not None]
+        ts = [e.t for e in (self.agent_end, self.bpf_end) if e is not None]
         return min(ts) if ts else None
 
     @property
@@ -151,12 +112,12 @@ class Life:
     def driver(self) -> str:
         """The client library: the agent's ``driver``, "socket" for a kernel-only non-libmysqlclient socket."""
         for e in (self.agent_open, self.agent_end):
-            if e is not None:
-                d = e.get("driver")
+            if e is not None and e.k != ev.CONN_FAIL:
+                d = e.driver
                 if isinstance(d, str) and d in ev.DRIVERS:
                     return d
         for e in (self.bpf_open, self.bpf_end):
-            if e is not None and e.get("k") in (ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE):
+            if e is not None and e.k in (ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE):
                 return ev.DRIVER_SOCKET  # the kernel alone: a MySQL socket outside libmysqlclient
         return ev.DRIVER_MYSQLCLIENT
 
@@ -172,20 +133,20 @@ class EngineLife:
                  "url", "disposed", "t_dispose", "destroy", "destroy_collection", "connections",
                  "t_end", "inherited_from", "chain")
 
-    def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[dict]):
-        e = e or {}
+    def __init__(self, pid: int, engine: int, t: Optional[int], e: Optional[Any]):
         self.pid = pid
         self.engine = engine
         self.t_create = t
-        self.site: Optional[str] = e.get("site")
-        self.chain: List[str] = [f for f in e.get("chain") or () if isinstance(f, str)]  # innermost first
-        self.pool_class: Optional[str] = e.get("pool_class")
-        self.pool_size: Optional[int] = e.get("pool_size")
-        self.max_overflow: Optional[int] = e.get("max_overflow")
-        self.url: Optional[str] = e.get("url")
+        # e: the engine_create record (None: created before the capture, or a fork's copy)
+        self.site: Optional[str] = e.site if e is not None else None
+        self.chain: List[str] = [f for f in (e.chain if e is not None else None) or () if isinstance(f, str)]
+        self.pool_class: Optional[str] = e.pool_class if e is not None else None
+        self.pool_size: Optional[int] = e.pool_size if e is not None else None
+        self.max_overflow: Optional[int] = e.max_overflow if e is not None else None
+        self.url: Optional[str] = e.url if e is not None else None
         self.disposed = 0
         self.t_dispose: Optional[int] = None
-        self.destroy: Optional[dict] = None
+        self.destroy: Optional[Any] = None
         self.destroy_collection: Optional["Collection"] = None
         self.connections = 0
         self.t_end: Optional[int] = None
@@ -206,23 +167,23 @@ class Collection:
     """One garbage collection on one thread, from the agent's gc.callbacks or the kernel's probes."""
 
     __slots__ = ("src", "pid", "tid", "cid", "gen", "t_start", "t_stop", "thread", "site",
-                 "collected", "uncollectable", "twin", "lives", "engines_destroyed")
+                 "collected", "uncollectable", "twin", "engines_destroyed")
 
-    def __init__(self, src: str, pid: int, tid: Optional[int], t: int, e: dict):
+    def __init__(self, src: str, pid: int, tid: Optional[int], t: int, e: Any):
+        agent = e.k == ev.GC_START                  # else the kernel's bpf_gc_start
         self.src = src
         self.pid = pid
         self.tid = tid
-        self.cid: Optional[int] = e.get("cid")      # the agent's collection id (bpf: None)
-        self.gen: Optional[int] = e.get("gen")
+        self.cid: Optional[int] = e.cid if agent else None  # the agent's collection id
+        self.gen: Optional[int] = e.gen
         self.t_start = t
         self.t_stop: Optional[int] = None
-        self.thread: Optional[str] = e.get("thread")
+        self.thread: Optional[str] = e.thread if agent else None
         # The program's own frame when the agent found one above a library frame (gc_start.app_site).
-        self.site: Optional[str] = e.get("app_site") or e.get("site")
+        self.site: Optional[str] = (e.app_site or e.site) if agent else None
         self.collected: Optional[int] = None
         self.uncollectable: Optional[int] = None
         self.twin: Optional["Collection"] = None  # the same collection seen by the other layer
-        self.lives: List[Life] = []               # connections it destroyed (filled by attribution)
         self.engines_destroyed = 0
 
 
@@ -254,7 +215,7 @@ class Joined:
         self.gc_pids_agent = set()                      # pids whose agent reported collections
         self.gc_counts: Dict[int, Dict[str, int]] = {}  # pid -> latest cumulative counts by generation
         self.thread_names: Dict[Tuple[int, int], str] = {}  # (pid, tid) -> thread name
-        self.probes: Optional[dict] = None              # the bpf_probes event: attached and missing probes
+        self.probes: Optional[Any] = None              # the bpf_probes event: attached and missing probes
         self.forked_from: Dict[int, int] = {}           # child pid -> parent pid
         self.forks: Dict[int, Tuple[int, int, bool]] = {}  # child pid -> (parent pid, t of the fork, exact)
         self.inherited = 0                              # fork copies (handles on a parent's connection)

@@ -78,7 +78,7 @@ def _top_site(lives: Sequence[Life], origins: Origins) -> Optional[str]:
 
 def _server_evidence(server: Sequence[Life], origins: Origins) -> str:
     """Counts per evidence type, the error codes the pool saw, the call sites."""
-    from .attribute import SERVER_EVIDENCE
+    from .server_end import SERVER_EVIDENCE
     from .join import SERVER_GONE_CODES
 
     kinds = Counter()
@@ -321,7 +321,7 @@ def _not_on_the_wire(f: Facts) -> List[Finding]:
     # Only a mysql_close the kernel probed is expected to send COM_QUIT: the socket-level
     # drivers' destructions (PyMySQL, aiomysql, ...) never do, which aborted.py reports.
     silent = [lf for lf in ended if lf.wire_state == ev.WIRE_NOT_SENT and lf.cause != ev.SERVER
-              and lf.bpf_end is not None and lf.bpf_end.get("k") == ev.BPF_CLOSE]
+              and lf.bpf_end is not None and lf.bpf_end.k == ev.BPF_CLOSE]
     if silent:
         out.append(Finding(
             "warning", "%s sent no COM_QUIT on the socket" % plural(len(silent), "mysql_close call"),

@@ -23,7 +23,9 @@ from ``gc.collect()``), and free-threaded builds (one generation: the number is 
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
+from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import compat
+from trace_quit.tracer.records import typed
 
 GENERATIONAL, INCREMENTAL = compat.GENERATIONAL, compat.INCREMENTAL
 FREE_THREADED, UNKNOWN = compat.FREE_THREADED, compat.UNKNOWN
@@ -68,31 +70,32 @@ class Thresholds:
         # build is not visible in the agent's version string.
         self.kernel_collector: Optional[str] = None
         self.kernel_caveats: List[str] = []   # compat.collector's sentences ("kernel layer: ...")
-        for source in [header or {}] + [e for e in events if isinstance(e, dict) and e.get("k") == "bpf_probes"]:
-            targets = source.get("targets")
+        events = [typed(e) for e in events]
+        targets_seen = [(header or {}).get("targets")] + [e.targets for e in events if e.k == ev.BPF_PROBES]
+        for targets in targets_seen:
             if isinstance(targets, dict) and isinstance(targets.get("gc_collector"), str):
                 self.kernel_collector = targets["gc_collector"]
                 notes = targets.get("notes") if isinstance(targets.get("notes"), list) else []
                 self.kernel_caveats = [n for n in notes if isinstance(n, str) and n.startswith("kernel layer: ")]
         for e in events:
-            if not isinstance(e, dict) or e.get("src", "agent") != "agent":
+            if e.src != ev.SRC_AGENT:
                 continue
-            k, pid = e.get("k"), e.get("pid")
+            k, pid = e.k, e.pid
             if type(pid) is not int:
                 continue
-            if k == "agent_start":
-                t = _triple(e.get("gc_thresholds"))
+            if k == ev.AGENT_START:
+                t = _triple(e.gc_thresholds)
                 if t is not None:
                     self.at_start.setdefault(pid, t)
                     self.in_effect.setdefault(pid, t)
-                if isinstance(e.get("python"), str):
-                    self.python.setdefault(pid, e["python"])
-                if type(e.get("gc_generations")) is int:
-                    self.generations.setdefault(pid, e["gc_generations"])
+                if isinstance(e.python, str):
+                    self.python.setdefault(pid, e.python)
+                if type(e.gc_generations) is int:
+                    self.generations.setdefault(pid, e.gc_generations)
                 self.free_threaded[pid] = self.kernel_collector == FREE_THREADED
-            elif k == "gc_start" and type(e.get("cid")) is int:
-                self.starts[(pid, e["cid"])] = e
-                t = _triple(e.get("thresholds"))
+            elif k == ev.GC_START and type(e.cid) is int:
+                self.starts[(pid, e.cid)] = e
+                t = _triple(e.thresholds)
                 if t is not None:
                     self.in_effect[pid] = t
 
@@ -145,8 +148,8 @@ class Thresholds:
         start = self.starts.get((pid, cid)) if pid is not None and cid is not None else None
         python = self.python.get(pid) if pid is not None else None
         kind = self.collector(pid)
-        thresholds = (_triple(start.get("thresholds")) if start else None) or self.in_effect.get(pid)
-        counts = _triple(start.get("counts")) if start else None
+        thresholds = (_triple(start.thresholds) if start else None) or self.in_effect.get(pid)
+        counts = _triple(start.counts) if start else None
         return explain(generation, counts, thresholds, kind, python)
 
 

@@ -35,6 +35,7 @@ classes are analysis/evidence.py's.
 from typing import Any, Dict, List, Optional, Tuple
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import make, typed
 
 from .aborted import pair_sockets
 from .evidence import (  # noqa: F401 (re-exported: the join's evidence, as its readers import it)
@@ -42,16 +43,20 @@ from .evidence import (  # noqa: F401 (re-exported: the join's evidence, as its 
     Life, server_gone_code,
 )
 
+#: The agent's kinds that name the thread they ran on.
+_THREAD_KINDS = frozenset(k for k, (_, fields) in ev.KINDS.items() if any(f.name == "thread" for f in fields))
+
 #: Pool events that end a connection in its pool's view ("detach" hands it over, ends nothing).
 _POOL_ENDS = ("close", "close_detached", "invalidate", "soft_invalidate", "detach")
 
 
-def _key_t(e: dict) -> int:
-    return e["t"]
+def _key_t(e) -> int:
+    return e.t
 
 
-def join(events: List[dict], header: Dict[str, Any]) -> Joined:
-    """One pass over the time-sorted events of every source."""
+def join(events: List[Any], header: Dict[str, Any]) -> Joined:
+    """One pass over the time-sorted events of every source (typed records, tracer/records.py;
+    a record still a dict, as the live views hold them, is typed here)."""
     default_pid = header.get("child_pid")
     return _Join(default_pid if default_pid is not None else 0).run(events)
 
@@ -70,27 +75,27 @@ class _Join:
         self.brackets: Dict[Tuple[int, Any], Life] = {}             # (pid, tid) -> life inside mysql_close
         self.forks = self.j.forks
 
-    def run(self, events: List[dict]) -> Joined:
-        usable = sorted(events, key=_key_t)
+    def run(self, events: List[Any]) -> Joined:
+        usable = sorted(map(typed, events), key=_key_t)
         pair_sockets(usable)  # kernel records of sockets outside the client library get their conn
         j, on = self.j, self.ON
         sources, kinds = j.sources, j.kinds
         for e in usable:
-            k = e["k"]
-            t = e["t"]
-            src = e.get("src")
+            k = e.k
+            t = e.t
+            src = e.src
             if isinstance(src, str):
                 sources[src] = sources.get(src, 0) + 1
             kinds[k] = kinds.get(k, 0) + 1
             if j.t_first is None:
                 j.t_first = t
             j.t_last = t
-            pid = e.get("pid")  # absent on the capture-wide kinds (server_count, bpf_stats, ...)
+            pid = e.pid  # absent on the capture-wide kinds (server_count, bpf_stats, ...)
             if pid is None:
                 pid = self.default_pid
-            tid = e.get("tid")
-            if src == ev.SRC_AGENT and tid is not None and e.get("thread"):
-                j.thread_names[(pid, tid)] = e["thread"]
+            tid = e.tid
+            if src == ev.SRC_AGENT and tid is not None and k in _THREAD_KINDS and e.thread:
+                j.thread_names[(pid, tid)] = e.thread
             handler = on.get(k)
             if handler is not None:
                 handler(self, e, k, t, pid, tid)
@@ -193,7 +198,7 @@ class _Join:
 
     # --- connections: the agent's records --------------------------------------------------
     def on_conn_open(self, e, k, t, pid, tid):
-        conn = e["conn"]
+        conn = e.conn
         cur = self.lives_cur.get((pid, conn))
         if k == ev.CONN_FAIL and cur is not None and not cur.ended and cur.agent_open is not None and not cur.failed:
             cur.failed = True  # conn_open then conn_fail for the same attempt
@@ -205,14 +210,14 @@ class _Join:
         self._opened_at(life, t)
 
     def on_conn_end(self, e, k, t, pid, tid):
-        life = self.life_for_close(pid, e["conn"], "agent_end")
+        life = self.life_for_close(pid, e.conn, "agent_end")
         life.agent_end = e
-        if k == ev.CONN_DESTROY and e["cause"] == ev.GC:
-            life.agent_collection = self.agent_collection(pid, tid, e["cid"])
+        if k == ev.CONN_DESTROY and e.cause == ev.GC:
+            life.agent_collection = self.agent_collection(pid, tid, e.cid)
 
     def on_pool(self, e, k, t, pid, tid):
-        el = self.engine_for(pid, e["engine"])
-        conn = e["conn"]
+        el = self.engine_for(pid, e.engine)
+        conn = e.conn
         if conn is None:
             return
         life = self.lives_cur.get((pid, conn))
@@ -223,14 +228,14 @@ class _Join:
         if life.engine is None:
             life.engine = el
             el.connections += 1
-        pev = e["ev"]
+        pev = e.ev
         if pev == "checkout":
             life.checkouts += 1
         elif pev in _POOL_ENDS:
             if pev != "detach":
                 life.pool_end = pev
             if pev in ("invalidate", "soft_invalidate") and life.server_error is None:
-                err = e.get("error")
+                err = e.error
                 code = server_gone_code(err)
                 if code is not None:
                     life.server_error = err[:200]
@@ -238,19 +243,19 @@ class _Join:
 
     # --- connections: the kernel's records -------------------------------------------------
     def on_bpf_connect(self, e, k, t, pid, tid):
-        life = self.life_for_open(pid, e["conn"], "bpf_open", t)
+        life = self.life_for_open(pid, e.conn, "bpf_open", t)
         life.bpf_open = e
-        if not e["ok"]:
+        if not e.ok:
             life.failed = True
         self._opened_at(life, t)
 
     def on_bpf_close(self, e, k, t, pid, tid):
-        life = self.life_for_close(pid, e["conn"], "bpf_end")
+        life = self.life_for_close(pid, e.conn, "bpf_end")
         life.bpf_end = e
-        if e.get("eof"):  # revision 2
+        if e.eof:  # revision 2
             life.eof = True
         self.brackets[(pid, tid)] = life
-        if e["cause"] == ev.GC:
+        if e.cause == ev.GC:
             life.bpf_collection = self.bpf_gc_open.get((pid, tid))
 
     def on_bpf_close_ret(self, e, k, t, pid, tid):
@@ -258,73 +263,73 @@ class _Join:
         if life is None:
             return
         life.bpf_ret = e
-        err = e.get("send_err")  # revision 2: errno, positive
+        err = e.send_err  # revision 2: errno, positive
         if err:
             self._send_error(life, -abs(err))
 
     def on_bpf_wire(self, e, k, t, pid, tid):
         life = self.brackets.get((pid, tid))
         if life is None:
-            life = self.lives_cur.get((pid, e["conn"]))
+            life = self.lives_cur.get((pid, e.conn))
         if life is None:
             return
-        head = e["head"]  # lower-case hex (tracer/bpf/session.py)
+        head = e.head  # lower-case hex (tracer/bpf/session.py)
         if life.wire is None:
             life.wire = [head]
         else:
             life.wire.append(head)
-        ret = e.get("ret")  # revision 2
+        ret = e.ret  # revision 2
         if ret is not None and ret < 0:
             self._send_error(life, ret)
 
     def on_bpf_peer_end(self, e, k, t, pid, tid):
-        life = self.lives_cur.get((pid, e["conn"]))
+        life = self.lives_cur.get((pid, e.conn))
         if life is not None and not life.ended and life.peer_end is None:
             life.peer_end = e
             life.eof = True
 
     def on_bpf_sock_connect(self, e, k, t, pid, tid):
         # A MySQL socket outside the probed library (PyMySQL, a static client): conn = its inode.
-        if e.get("lib"):
+        if e.lib:
             return  # the library's own socket: bpf_connect already has it
-        life = self.life_for_open(pid, e["conn"], "bpf_open", t)
-        life.bpf_open = dict(e, ok=True)
+        life = self.life_for_open(pid, e.conn, "bpf_open", t)
+        life.bpf_open = e  # its connect succeeded: the kernel saw the server's greeting
         self._opened_at(life, t)
 
     def on_bpf_sock_close(self, e, k, t, pid, tid):
-        if e.get("lib"):
+        if e.lib:
             return
-        life = self.life_for_close(pid, e["conn"], "bpf_end")
+        life = self.life_for_close(pid, e.conn, "bpf_end")
         life.bpf_end = e
         # The kernel's wire verdict for the socket as a whole (PyMySQL writes COM_QUIT only in close()).
-        wire = e.get("wire")
+        wire = e.wire
         if wire not in ev.WIRE_STATES:
-            wire = ev.WIRE_CONFIRMED if e.get("quit_sent") else ev.WIRE_NOT_SENT
-        life.bpf_ret = {"k": ev.BPF_SOCK_CLOSE, "wire": wire}
-        if e.get("cause") == ev.GC:
+            wire = ev.WIRE_CONFIRMED if e.quit_sent else ev.WIRE_NOT_SENT
+        life.bpf_ret = make(ev.BPF_CLOSE_RET, wire=wire)
+        if e.cause == ev.GC:
             life.bpf_collection = self.bpf_gc_open.get((pid, tid))
 
     # --- Engines ---------------------------------------------------------------------------
     def on_engine_create(self, e, k, t, pid, tid):
-        engine = e["engine"]
+        engine = e.engine
         el = EngineLife(pid, engine, t, e)
         self.j.engines.append(el)
         self.engines_cur[(pid, engine)] = el
 
     def on_engine_dispose(self, e, k, t, pid, tid):
-        el = self.engine_for(pid, e["engine"])
+        el = self.engine_for(pid, e.engine)
         el.disposed += 1
         if el.t_dispose is None:
             el.t_dispose = t
 
     def on_engine_destroy(self, e, k, t, pid, tid):
-        engine = e["engine"]
+        engine = e.engine
         el = self.engine_for(pid, engine)
         el.destroy = e
         el.t_end = t
         self.engines_cur.pop((pid, engine), None)
-        if e["cause"] == ev.GC:
-            c = self.agent_collection(pid, tid, e["cid"])
+        if e.cause == ev.GC:
+            c = self.agent_collection(pid, tid, e.cid)
             if c is not None:
                 c.engines_destroyed += 1
                 el.destroy_collection = c
@@ -344,14 +349,14 @@ class _Join:
             other.twin, c.twin = c, other
 
     def on_gc_stop(self, e, k, t, pid, tid):
-        c = self.agent_collection(pid, tid, e["cid"])
+        c = self.agent_collection(pid, tid, e.cid)
         if c is None:
             return
         c.t_stop = t
-        c.collected = e["collected"]
-        c.uncollectable = e["uncollectable"]
+        c.collected = e.collected
+        c.uncollectable = e.uncollectable
         if c.gen is None:
-            c.gen = e["gen"]
+            c.gen = e.gen
         if self.agent_gc_open.get((pid, tid)) is c:
             del self.agent_gc_open[(pid, tid)]
 
@@ -367,41 +372,41 @@ class _Join:
         c = self.bpf_gc_open.pop((pid, tid), None)
         if c is not None:
             c.t_stop = t
-            collected = e["collected"]
+            collected = e.collected
             c.collected = collected if collected >= 0 else None  # -1: unknown
 
     def on_gc_counts(self, e, k, t, pid, tid):
-        by_gen = e.get("by_gen")
+        by_gen = e.by_gen
         if isinstance(by_gen, dict):
             self.j.gc_counts[pid] = {str(g): n for g, n in by_gen.items() if type(n) is int}
-        if e.get("enabled") is False:  # gc.disable() called after the agent started
+        if e.enabled is False:  # gc.disable() called after the agent started
             self.j.gc_disabled.add(pid)
-        if e.get("final") is True:
+        if e.final is True:
             self.j.agent_final.add(pid)
 
     # --- processes -------------------------------------------------------------------------
     def on_child_start(self, e, k, t, pid, tid):
         if self.j.t0 is None:
             self.j.t0 = t
-            self.j.root_pid = e["pid"] or self.default_pid or None
+            self.j.root_pid = e.pid or self.default_pid or None
 
     def on_child_exit(self, e, k, t, pid, tid):
-        self.j.child_exit = (t, e["status"])
+        self.j.child_exit = (t, e.status)
 
     def on_bpf_exit(self, e, k, t, pid, tid):
         self.j.exits.setdefault(pid, t)
 
     def on_bpf_fork(self, e, k, t, pid, tid):
-        self.note_fork(e["child"], pid, t, True)
+        self.note_fork(e.child, pid, t, True)
 
     def on_bpf_finalize(self, e, k, t, pid, tid):
         self.j.finalize.setdefault(pid, t)
 
     def on_agent_start(self, e, k, t, pid, tid):
-        self.j.pids[pid] = e["python"]
-        if e["gc_enabled"] is False:
+        self.j.pids[pid] = e.python
+        if e.gc_enabled is False:
             self.j.gc_disabled.add(pid)
-        parent = e.get("forked_from")
+        parent = e.forked_from
         if parent is not None:
             self.j.forked_from[pid] = parent
             self.note_fork(pid, parent, t, False)  # after the kernel's bpf_fork when both layers ran
@@ -411,29 +416,29 @@ class _Join:
         self.j.server_status.append((t, e))
 
     def on_server_count(self, e, k, t, pid, tid):
-        self.j.server_counts.append((t, e["count"]))
-        if e.get("own_user"):
-            self.j.server_own_user = e["own_user"]
+        self.j.server_counts.append((t, e.count))
+        if e.own_user:
+            self.j.server_own_user = e.own_user
 
     def on_bpf_probes(self, e, k, t, pid, tid):
         self.j.probes = e
 
     def on_module(self, e, k, t, pid, tid):
-        name, version = e["name"], e["version"]
+        name, version = e.name, e.version
         if name and version:
             self.j.modules.setdefault(name, version)
-        if name and e.get("probed") is False:
-            self.j.unprobed.setdefault(name, e.get("driver") or name)
+        if name and e.probed is False:
+            self.j.unprobed.setdefault(name, e.driver or name)
 
     def on_agent_lost(self, e, k, t, pid, tid):
-        self.j.agent_lost += e["n"]
+        self.j.agent_lost += e.n
 
     def on_bpf_stats(self, e, k, t, pid, tid):
-        self.j.bpf_dropped = max(self.j.bpf_dropped, e["dropped"])
+        self.j.bpf_dropped = max(self.j.bpf_dropped, e.dropped)
 
     def on_note(self, e, k, t, pid, tid):
-        if e["text"]:
-            self.j.notes.append((t, e["level"] or "info", e["text"]))
+        if e.text:
+            self.j.notes.append((t, e.level or "info", e.text))
 
     #: kind -> the method that reads it (kinds not listed add nothing but their counts).
     ON = {

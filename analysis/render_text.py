@@ -10,10 +10,10 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer import terminal
 
 from . import gcwhy, tests_view
-from .drops import ended_words, fmt_int, fmt_s
+from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
-from .words import CAUSES
+from .words import CAUSES, ended_words
 
 WIDTH = 100          # files, pipes and anything that is not a terminal
 MIN_WIDTH, MAX_WIDTH = 60, 160

@@ -4,6 +4,7 @@ The order of the pipeline is docs/architecture.md's: load → join → attribute
 drops → findings. Nothing here formats output; renderers receive the Report.
 """
 
+import gc
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -62,7 +63,7 @@ def attached(header: Dict[str, Any]) -> bool:
 def _wire_attached(declared: Dict[str, Any], j: Joined) -> bool:
     """Were the kernel's send probes attached? Only then does silence mean "not sent"."""
     if j.probes is not None:
-        attached = j.probes.get("probes")
+        attached = j.probes.probes
         if isinstance(attached, list):
             return any(isinstance(p, dict) and isinstance(p.get("symbol"), str)
                        and p["symbol"].startswith(_SEND_TRACEPOINTS) for p in attached)
@@ -84,12 +85,13 @@ def _lost(trailer: Optional[Dict[str, Any]], j: Joined) -> Dict[str, int]:
 class _Collections:
     """The capture's collections seen three ways: counted, drawn, and the ones that closed connections."""
 
-    def __init__(self, j: Joined):
+    def __init__(self, j: Joined, destroyed: Dict[Collection, List[Any]]):
+        self.by = destroyed  # collection -> the Ends it destroyed (attribute.Attribution.destroyed)
         agent = [c for c in j.collections if c.src == ev.SRC_AGENT]
         bpf = [c for c in j.collections if c.src == ev.SRC_BPF]
         # Every collection that destroyed a connection, once (attribution reports the agent's
         # record of a collection both layers saw).
-        self.closing = [c for c in j.collections if c.lives]
+        self.closing = [c for c in j.collections if c in destroyed]
         # Counts: the agent's cumulative gc_counts per process (it writes young collections
         # out only when they destroyed something), else the kernel's records, else the agent's.
         counts: Counter = Counter()
@@ -111,10 +113,9 @@ class _Collections:
             self.drawn = agent
         self.drawn.sort(key=lambda c: c.t_start)
 
-    @staticmethod
-    def destroyed(c: Collection) -> int:
+    def destroyed(self, c: Collection) -> int:
         """Connections a collection destroyed, whichever layer's record holds them."""
-        return len(c.lives) + (len(c.twin.lives) if c.twin is not None else 0)
+        return len(self.by.get(c, ())) + (len(self.by.get(c.twin, ())) if c.twin is not None else 0)
 
 
 def context(header: Dict[str, Any], j: Joined, layers: Any, finished: bool, end_all: Optional[int]) -> Context:
@@ -155,6 +156,19 @@ def _context(header: Dict[str, Any], trailer: Optional[Dict[str, Any]], j: Joine
 
 def build_report(capture: Capture) -> Report:
     """Explain one capture."""
+    # The join and the attribution build objects that live as long as the report (lives, their
+    # verdicts): the cyclic collector would only walk them again and again while they pile up,
+    # as analysis/capture.py's reading (tests/bench/report_1m.py).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_report(capture)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _build_report(capture: Capture) -> Report:
     header = capture.header if isinstance(capture.header, dict) else {}
     trailer = capture.trailer
     j = join(capture.events, header)
@@ -203,16 +217,16 @@ def build_report(capture: Capture) -> Report:
 
     # --- collections ----------------------------------------------------------------------
     origins = dropslib.Origins(cwd, j.thread_names)
-    colls = _Collections(j)
+    colls = _Collections(j, att.destroyed)
     closing = []
     for c in sorted(colls.closing, key=lambda c: c.t_start):
         closing.append(CollectionSummary(
-            t_s=to_s(c.t_start), generation=c.gen, collected=c.collected, connections=len(c.lives),
+            t_s=to_s(c.t_start), generation=c.gen, collected=c.collected, connections=len(att.destroyed[c]),
             thread=c.thread or (("tid %d" % c.tid) if c.tid is not None else None),
             triggered_at=relative_site(c.site, cwd), pid=c.pid, cid=c.cid,
             duration_ms=round((c.t_stop - c.t_start) / 1e6, 3) if c.t_stop is not None else None,
-            engines=len({id(lf.engine) for lf in c.lives if lf.engine is not None}),
-            call_sites=origins.call_sites(c.lives)[:3]))
+            engines=len({id(lf.engine) for lf in att.destroyed[c] if lf.engine is not None}),
+            call_sites=origins.call_sites(att.destroyed[c])[:3]))
     gc = Gc(collections=sum(colls.counts.values()), by_generation=_gen_dict(colls.counts),
             that_closed_connections=closing)
 
@@ -242,7 +256,7 @@ def build_report(capture: Capture) -> Report:
     for d in drops:
         if d.cause == ev.GC:
             d.why_now = thresholds.why_now(d.pid, d.cid, d.generation)
-    patterns = dropslib.find_patterns(colls.closing, drop_collections, collector)
+    patterns = dropslib.find_patterns(colls.closing, att.destroyed, drop_collections, collector)
     engines = engineslib.summarise(j.engines, counted, cwd, to_s)
     lost = _lost(trailer, j)
     notes = [{"t_s": to_s(t), "level": level, "text": text} for t, level, text in j.notes]
@@ -266,7 +280,7 @@ def build_report(capture: Capture) -> Report:
                 site_cache[key] = origins.engine_site(lf)
             site = site_cache[key]
         a = lf.agent_end
-        stack = a.get("stack") if a is not None and lf.cause == ev.EXPLICIT_CLOSE else None
+        stack = a.stack if a is not None and a.k == ev.CONN_CLOSE and lf.cause == ev.EXPLICIT_CLOSE else None
         thread = origins.end_thread(lf)
         if thread is None and lf.collection is not None:
             thread = lf.collection.thread
@@ -305,7 +319,7 @@ def build_report(capture: Capture) -> Report:
         at = next((i for i, f in enumerate(findings) if f.severity != "error"), len(findings))
         findings.insert(at, extra)
     if bound is not None:
-        bound["text"] = boundlib.line(bound)
+        bound["text"] = words.bound_line(bound)
     agent_only = claims_summary(att.claims)
     if agent_only["total"]:  # after the counts: they are what the totals leave out
         agent_only["text"] = words.agent_only_line(agent_only)

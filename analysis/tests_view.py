@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from typing import Any, Dict, Iterable, List
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import typed
 
 OUTSIDE = "<outside any test>"
 LABELS = {"sessionfinish": "<session finish hooks>", "exit": "<exit handlers>"}
@@ -18,24 +19,24 @@ LABELS = {"sessionfinish": "<session finish hooks>", "exit": "<exit handlers>"}
 LEAK_CAUSES = (ev.GC, ev.NEVER_CLOSED, ev.SHUTDOWN, ev.UNKNOWN, ev.REFCOUNT)
 
 
-def by_test(events: Iterable[Dict[str, Any]], lives) -> List[Dict[str, Any]]:
+def by_test(events: Iterable[Any], lives) -> List[Dict[str, Any]]:
     """[{"nodeid", "connections", "by_cause"}] for every test that opened a connection, in the
     order the tests ran; [] when the capture has no test boundaries."""
     starts: Dict[int, List[int]] = defaultdict(list)
     owners: Dict[int, List[Any]] = defaultdict(list)
     order: Dict[str, int] = {}
-    for e in sorted((e for e in events if e.get("k") == ev.TEST), key=lambda e: e["t"]):
-        phase = e.get("phase")
+    for e in sorted((e for e in map(typed, events) if e.k == ev.TEST), key=lambda e: e.t):
+        phase = e.phase
         if phase == "setup":
-            owner = e.get("nodeid") or OUTSIDE
+            owner = e.nodeid or OUTSIDE
         elif phase in LABELS:
             owner = LABELS[phase]
         elif phase == "finish":
             owner = None
         else:
             continue  # call, teardown: the same test
-        starts[e["pid"]].append(e["t"])
-        owners[e["pid"]].append(owner)
+        starts[e.pid].append(e.t)
+        owners[e.pid].append(owner)
         if owner is not None:
             order.setdefault(owner, len(order))
     if not order:

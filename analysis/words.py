@@ -7,14 +7,44 @@ table of its own.
 """
 
 import dataclasses
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.capture import format_size
 
 from .aborted import summary_lines as aborted_lines
-from .drops import ended_words, fmt_int, fmt_s, plural
+from .drops import fmt_int, fmt_s, plural
 from .gcwhy import GENERATIONAL, generation_label
 from .model import largest_drop
+
+
+def ended_words(c) -> str:
+    """"N ended (M with COM_QUIT, K without)" of a model.Connections: the client's ends, which
+    are not all COM_QUITs (PyMySQL's and the asyncio drivers' destructions send none)."""
+    if not c.without_com_quit:
+        return "%s ended (%s with COM_QUIT)" % (fmt_int(c.ended), "all" if c.ended > 1 else fmt_int(c.with_com_quit))
+    return "%s ended (%s with COM_QUIT, %s without)" % (fmt_int(c.ended), fmt_int(c.with_com_quit),
+                                                        fmt_int(c.without_com_quit))
+
+
+def bound_line(info: Dict[str, Any]) -> str:
+    """The sentence of a capture that reached its bound (analysis/bound.py: ``read``): where the
+    detail stops and what was counted after it."""
+    parts = []
+    gens = info["closes_after_gc_by_generation"]
+    for cause, n in sorted(info["closes_after"].items(), key=lambda kv: (-kv[1], kv[0])):
+        text = "%s %s" % (cause, fmt_int(n))
+        if cause == ev.GC and gens:
+            text += " (%s)" % ", ".join("gen %s: %s" % (g, fmt_int(k)) for g, k in sorted(gens.items()) if k)
+        parts.append(text)
+    at = "+%s s" % fmt_s(info["t_s"]) if info.get("t_s") is not None else "an unknown time"
+    out = "Capture bound reached at %s (--max-capture %s): %s not written; after it %s opened and " \
+          "connection ends by cause (%s): %s" % (
+              at, format_size(info["max_bytes"]), plural(info["not_written"], "event"), fmt_int(info["opened_after"]),
+              "the kernel's" if info["closes_after_from"] == "kernel" else "the agent's", ", ".join(parts) or "none")
+    if parts:
+        out += " (counted in the totals; no detail for them)"
+    return out + "."
 
 
 @dataclasses.dataclass(frozen=True)

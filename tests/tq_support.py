@@ -147,10 +147,33 @@ def run_traced(tmp_path, argv, *, bpf=False, extra=(), env=None, timeout=300, na
     return proc, capture
 
 
-def load_events(capture):
+#: The real captures the unit tests read (gzipped), and their golden reports.
+FIXTURE_DATA = os.path.join(REPO, "tests", "unit", "data")
+FIXTURES = sorted(n[:-len(".gz")] for n in os.listdir(FIXTURE_DATA) if n.endswith(".tqcap.gz"))
+
+
+def fixture_path(tmp_path, name):
+    """Fixture capture ``name`` ("known-causes.tqcap") unpacked into ``tmp_path``: its path."""
+    import gzip
+
+    path = os.path.join(str(tmp_path), name)
+    with gzip.open(os.path.join(FIXTURE_DATA, name + ".gz"), "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    return path
+
+
+def load_fixture(tmp_path, name):
+    """Fixture capture ``name`` as the analysis reads it (typed records)."""
     from trace_quit.analysis.capture import load
 
-    return load(capture)
+    return load(fixture_path(tmp_path, name))
+
+
+def load_events(capture):
+    """The capture as read, its events as the tracer wrote them (checked dicts, every key)."""
+    from trace_quit.analysis.capture import load
+
+    return load(capture, raw=True)
 
 
 def destroy_causes(events):

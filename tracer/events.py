@@ -245,7 +245,7 @@ KINDS = {
         F("fd", INT, since=2), F("lib", BOOL, since=2), F("cause", STR, since=2), F("gen", INT, null=True, since=2),
         F("quit_sent", BOOL, since=2), F("wire", STR, since=2), F("sends", INT, since=2),
         F("t_greeting", INT, since=2))),
-    BPF_PROBES: (SRC_TRACER, _GLOBAL_COMMON + (F("probes", LIST), F("missing", LIST))),
+    BPF_PROBES: (SRC_TRACER, _GLOBAL_COMMON + (F("probes", LIST), F("missing", LIST), _opt("targets", DICT))),
     # sampler and tracer
     # own_user: present when the sampler's account lacks PROCESS: the count is that user's own connections
     SERVER_COUNT: (SRC_SAMPLER, _GLOBAL_COMMON + (F("count", INT), _opt("own_user", STR, since=2))),

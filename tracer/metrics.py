@@ -25,6 +25,8 @@ import time
 
 from trace_quit.tracer import __version__
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import typed
+from trace_quit.tracer.metrics_http import MetricsError, MetricsServer  # noqa: F401 (MetricsError: the CLI's)
 from trace_quit.tracer.terminal import escape
 
 TICK_S = 0.5
@@ -50,15 +52,22 @@ _JOIN_KINDS = frozenset((
 
 
 _SOCK_KINDS = frozenset((ev.BPF_SOCK_CONNECT, ev.BPF_SOCK_CLOSE))
+#: The other kinds that name a connection (``conn``).
+_CONN_KINDS = frozenset(k for k, (_, fields) in ev.KINDS.items()
+                        if k not in _SOCK_KINDS and any(f.name == "conn" for f in fields))
 
 
 def _sock_key(e):
     """A socket record's key (it has no conn on disk: pid and fd; a reused fd opens after the mark)."""
-    return (e.get("pid"), ("fd", e.get("fd")))
+    return (e.pid, ("fd", e.fd))
 
 
-class MetricsError(Exception):
-    """The metrics endpoint cannot be served (one line, with the fix)."""
+def _conn_of(e):
+    """The connection a record is about (a socket's: its pid-and-fd key), else None."""
+    k = e.k
+    if k in _SOCK_KINDS:
+        return _sock_key(e)[1]
+    return e.conn if k in _CONN_KINDS else None
 
 
 class Attributor:
@@ -79,14 +88,14 @@ class Attributor:
         # An event of a connection already counted (its (pid, conn), no later than the counted
         # life's last event) that arrives after the count is dropped: counted once, whatever the
         # arrival order. A reused conn value opens after that mark, so it is kept.
-        self.events.extend(e for e in events if e.get("k") in _JOIN_KINDS and not self._counted(e))
+        self.events.extend(e for e in map(typed, events) if e.k in _JOIN_KINDS and not self._counted(e))
 
     def _counted(self, e):
-        conn = e.get("conn") if e.get("k") not in _SOCK_KINDS else _sock_key(e)[1]
-        if conn is None or e.get("k") == ev.ENGINE_CREATE:
+        conn = _conn_of(e)
+        if conn is None:
             return False
-        mark = self.marks.get((e.get("pid"), conn))
-        return mark is not None and (e.get("t") or 0) <= mark
+        mark = self.marks.get((e.pid, conn))
+        return mark is not None and (e.t or 0) <= mark
 
     def label(self, site):
         if not site:
@@ -104,7 +113,7 @@ class Attributor:
     def tick(self, now_ns, final=False):
         """Return (opened [call_site, ...], closes [(cause, generation, call_site), ...]) new since last tick."""
         from trace_quit.analysis import drops
-        from trace_quit.analysis.attribute import agent_only_claim, apply, count_families, decide
+        from trace_quit.analysis.attribute import End, agent_only_claim, count_families, decide
         from trace_quit.analysis.join import join
         from trace_quit.analysis.report import _layers, context
 
@@ -120,7 +129,7 @@ class Attributor:
                 # The kernel has not seen it (yet: its records may come later): never counted
                 # here, as in the report; forgotten once settled, so forged lines cannot pile
                 # up (tests/security/test_forged_records.py).
-                last = max(e["t"] for e in (life.agent_open, life.agent_end) if e is not None)
+                last = max(e.t for e in (life.agent_open, life.agent_end) if e is not None)
                 if final or now_ns - last >= CLAIM_FORGET_S * 1e9:
                     self.claims += 1
                     done.append(life)
@@ -141,17 +150,16 @@ class Attributor:
             still_open += sum(1 for lf in members if not lf.ended and lf.opened and not final)
             if len(ready) < len(members):
                 continue  # a fork family is counted whole, by the one rule (attribute.count_families)
-            for lf in members:
-                apply(lf, decide(lf, ctx))
-            if len(members) > 1:
-                count_families(members)
-            for lf in members:
-                if lf.cause is None:
+            ends = [End(lf, decide(lf, ctx)) for lf in members]
+            if len(ends) > 1:
+                count_families(ends)
+            for end in ends:
+                if end.cause is None:
                     continue
-                if lf.copy_of is None:
-                    closes.append((lf.cause, lf.generation, self._site(origins, lf)))
-                done.append(lf)
-                self.opened_keys.discard(self._key(lf))
+                if end.copy_of is None:
+                    closes.append((end.cause, end.generation, self._site(origins, end.life)))
+                done.append(end.life)
+                self.opened_keys.discard(self._key(end.life))
         self.pending, self.open = pending, still_open
         self._prune(done, now_ns)
         return opened, closes
@@ -182,9 +190,9 @@ class Attributor:
     def _agent_open_due(life, layers, now_ns, final):
         """A socket the kernel saw open (PyMySQL) whose agent line is still on its way: counted
         once that line joins it (else it is opened twice, under two keys), or after SETTLE_S."""
-        sock = life.bpf_open is not None and life.bpf_open.get("k") in _SOCK_KINDS
+        sock = life.bpf_open is not None and life.bpf_open.k in _SOCK_KINDS
         return (sock and layers.agent and life.agent_open is None and not final
-                and now_ns - life.bpf_open["t"] < SETTLE_S * 1e9)
+                and now_ns - life.bpf_open.t < SETTLE_S * 1e9)
 
     @staticmethod
     def _complete(life, layers, now_ns):
@@ -205,12 +213,12 @@ class Attributor:
         marks = {}
         for life in done:
             # (a socket's end, PyMySQL's, comes with a bpf_ret the join made, without a time)
-            ts = [e["t"] for e in (life.agent_open, life.bpf_open, life.agent_end, life.bpf_end, life.bpf_ret)
-                  if e is not None and type(e.get("t")) is int]
+            ts = [e.t for e in (life.agent_open, life.bpf_open, life.agent_end, life.bpf_end, life.bpf_ret)
+                  if e is not None and type(e.t) is int]
             # A socket's records (PyMySQL) are keyed by pid and fd on disk (the join names them):
             # marked by those too, or they would make a kernel-only life of their own next tick.
             keys = {(life.pid, life.conn)} | {_sock_key(e) for e in (life.bpf_open, life.bpf_end)
-                                              if e is not None and e.get("k") in _SOCK_KINDS}
+                                              if e is not None and e.k in _SOCK_KINDS}
             for key in keys:
                 marks[key] = max(ts + [marks.get(key, 0)])
         horizon = now_ns - GC_WINDOW_NS
@@ -219,13 +227,12 @@ class Attributor:
             self.marks = {k: m for k, m in self.marks.items() if m >= horizon}
         kept = []
         for e in self.events:
-            k = e.get("k")
-            if k in _GC_KINDS and (e.get("t") or 0) < horizon:
+            if e.k in _GC_KINDS and (e.t or 0) < horizon:
                 continue
-            conn = e.get("conn") if k not in _SOCK_KINDS else _sock_key(e)[1]
-            if conn is not None and k != ev.ENGINE_CREATE:
-                mark = marks.get((e.get("pid"), conn))
-                if mark is not None and (e.get("t") or 0) <= mark:
+            conn = _conn_of(e)
+            if conn is not None:
+                mark = marks.get((e.pid, conn))
+                if mark is not None and (e.t or 0) <= mark:
                     continue
             kept.append(e)
         self.events = kept
@@ -295,9 +302,9 @@ class Exporter:
                     except ValueError:
                         continue
                     if isinstance(e, dict):
-                        events.append(e)
+                        events.append(typed(e))
             elif isinstance(item, dict):
-                events.append(item)
+                events.append(typed(item))
         return events
 
     def _tick(self, final):
@@ -317,21 +324,21 @@ class Exporter:
             self.tick_seconds = time.monotonic() - t0
 
     def _count(self, e):
-        k = e.get("k")
-        src = e.get("src")
-        self.events_by_src[src if src in SOURCES else OTHER] += 1
-        if k == ev.GC_COUNTS and isinstance(e.get("by_gen"), dict):
-            pid = e.get("pid")
+        k = e.k
+        src = e.src
+        self.events_by_src[src if isinstance(src, str) and src in SOURCES else OTHER] += 1
+        if k == ev.GC_COUNTS and isinstance(e.by_gen, dict):
+            pid = e.pid
             if pid in self.gc_agent or len(self.gc_agent) < MAX_GC_PIDS:
-                self.gc_agent[pid] = {g: n for g, n in e["by_gen"].items() if g in ev.GENERATIONS and _count_ok(n)}
+                self.gc_agent[pid] = {g: n for g, n in e.by_gen.items() if g in ev.GENERATIONS and _count_ok(n)}
         elif k == ev.BPF_GC_DONE:
-            gen = str(e.get("gen"))
+            gen = str(e.gen)
             if gen in ev.GENERATIONS:
                 self.gc_bpf[gen] += 1
-        elif k == ev.AGENT_LOST and _count_ok(e.get("n")):
-            self.agent_lost += e["n"]
-        elif k == ev.BPF_STATS and _count_ok(e.get("dropped")):
-            self.bpf_dropped = max(self.bpf_dropped, e["dropped"])
+        elif k == ev.AGENT_LOST and _count_ok(e.n):
+            self.agent_lost += e.n
+        elif k == ev.BPF_STATS and _count_ok(e.dropped):
+            self.bpf_dropped = max(self.bpf_dropped, e.dropped)
 
     # --- the collector (prometheus_client calls these at each scrape) ------------------------
     def describe(self):
@@ -425,52 +432,6 @@ class Exporter:
     def scraped_since_finish(self):
         with self._lock:
             return self.finished_t is not None and self.last_scrape is not None and self.last_scrape > self.finished_t
-
-
-class MetricsServer:
-    """The HTTP endpoint (tracer/metrics_http.py: bounded, one thread) serving one Exporter."""
-
-    def __init__(self, exporter, addr, port):
-        from prometheus_client import CollectorRegistry
-
-        from trace_quit.tracer.metrics_http import Endpoint
-
-        self.exporter = exporter
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(exporter)
-        try:
-            self.endpoint = Endpoint(addr, port, self._render)
-        except OSError as exc:
-            import errno
-
-            if exc.errno == errno.EADDRINUSE:
-                raise MetricsError("port %d on %s is in use: choose another --metrics-port" % (port, addr)) from None
-            raise MetricsError("cannot serve metrics on %s:%d (%s): check --metrics-addr"
-                               % (addr, port, exc.strerror or exc)) from None
-        self.port = self.endpoint.port
-
-    def _render(self, accept):
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(accept)
-        return 200, content_type, encoder(self.registry)
-
-    def linger(self, seconds):
-        """After the run, for at most ``seconds``: wait until every scraper that read the metrics
-        while the program ran has read the final counts. Anyone else's scrape does not end it,
-        and with no scraper seen during the run it serves the whole time (tests/unit/test_metrics_http.py)."""
-        deadline = time.monotonic() + max(0.0, seconds)
-        finished = self.exporter.finished_t
-        if finished is None:
-            return
-        wanted = self.endpoint.scrapers_at(finished)
-        while time.monotonic() < deadline:
-            if wanted and wanted <= self.endpoint.scraped_after(finished):
-                return
-            time.sleep(0.05)
-
-    def close(self):
-        self.endpoint.close()
 
 
 def serve(header, addr, port):

@@ -230,3 +230,51 @@ def _response(status, ctype, body, head_only):
     head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
             % (status, _REASONS.get(status, "Error"), ctype, len(body))).encode("latin-1")
     return head if head_only else head + body
+
+
+class MetricsError(Exception):
+    """The metrics endpoint cannot be served (one line, with the fix)."""
+
+
+class MetricsServer:
+    """The HTTP endpoint (``Endpoint``: bounded, one thread) serving one tracer/metrics.py Exporter."""
+
+    def __init__(self, exporter, addr, port):
+        from prometheus_client import CollectorRegistry
+
+        self.exporter = exporter
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(exporter)
+        try:
+            self.endpoint = Endpoint(addr, port, self._render)
+        except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsError("port %d on %s is in use: choose another --metrics-port" % (port, addr)) from None
+            raise MetricsError("cannot serve metrics on %s:%d (%s): check --metrics-addr"
+                               % (addr, port, exc.strerror or exc)) from None
+        self.port = self.endpoint.port
+
+    def _render(self, accept):
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return 200, content_type, encoder(self.registry)
+
+    def linger(self, seconds):
+        """After the run, for at most ``seconds``: wait until every scraper that read the metrics
+        while the program ran has read the final counts. Anyone else's scrape does not end it,
+        and with no scraper seen during the run it serves the whole time (tests/unit/test_metrics_http.py)."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        finished = self.exporter.finished_t
+        if finished is None:
+            return
+        wanted = self.endpoint.scrapers_at(finished)
+        while time.monotonic() < deadline:
+            if wanted and wanted <= self.endpoint.scraped_after(finished):
+                return
+            time.sleep(0.05)
+
+    def close(self):
+        self.endpoint.close()

@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+from trace_quit.tracer.records import typed
+
 #: Causes a connection's end can have here; the leaks are the last three.
 EXPLICIT = "explicit_close"
 REFCOUNT = "refcount"
@@ -68,23 +70,23 @@ class Ledger:
         return (self._tests[i] if i >= 0 else None) or OUTSIDE
 
     def feed(self, events):
-        for e in sorted(events, key=lambda e: e.get("t") or 0):
+        for e in sorted(map(typed, events), key=lambda e: e.t or 0):
             try:
                 self._one(e)
             except (TypeError, ValueError, KeyError):
                 pass  # a malformed line: the capture keeps it, the ledger ignores it
 
     def _one(self, e):
-        k = e.get("k")
-        pid = e.get("pid")
-        t = e.get("t") or 0
+        k = e.k
+        pid = e.pid
+        t = e.t or 0
         if k == "conn_open":
-            stack = [_relative(f, self.root) for f in e.get("stack") or [] if isinstance(f, str)]
-            self.conns[(pid, e["conn"])] = {
-                "test": self.owner(t), "t": t, "pid": pid, "conn": e["conn"], "stack": stack,
+            stack = [_relative(f, self.root) for f in e.stack or [] if isinstance(f, str)]
+            self.conns[(pid, e.conn)] = {
+                "test": self.owner(t), "t": t, "pid": pid, "conn": e.conn, "stack": stack,
                 "engine": None, "cause": None, "gen": None, "ended_in": None, "records": [e]}
         elif k in ("conn_close", "conn_destroy"):
-            rec = self.conns.pop((pid, e["conn"]), None)
+            rec = self.conns.pop((pid, e.conn), None)
             if rec is None:
                 return  # opened before the plugin started
             from trace_quit.analysis.attribute import decide_agent_end  # the report's rules, not our own
@@ -95,24 +97,24 @@ class Ledger:
             rec["gen"] = verdict.generation if verdict is not None else None
             rec["ended_in"] = self.owner(t)
             self.ended.append(rec)
-        elif k == "pool" and (pid, e.get("conn")) in self.conns:
-            rec = self.conns[(pid, e.get("conn"))]
+        elif k == "pool" and (pid, e.conn) in self.conns:
+            rec = self.conns[(pid, e.conn)]
             rec["records"].append(e)  # a server-gone error in an invalidation decides the end (server)
-            engine = self.engines.get((pid, e.get("engine"))) if e.get("ev") == "connect" else None
+            engine = self.engines.get((pid, e.engine)) if e.ev == "connect" else None
             if rec is not None and engine is not None:
                 rec["engine"] = engine
                 engine["connections"] += 1
         elif k == "engine_create":
-            dialect = dialect_of(e.get("url"))
+            dialect = dialect_of(e.url)
             if dialect is not None and dialect not in MYSQL_DIALECTS:
                 self.other_engines[dialect] += 1
                 return
-            engine = {"test": self.owner(t), "site": _relative(e.get("site"), self.root), "url": e.get("url"),
-                      "pool_class": e.get("pool_class"), "disposed": False, "connections": 0}
-            self.engines[(pid, e["engine"])] = engine
+            engine = {"test": self.owner(t), "site": _relative(e.site, self.root), "url": e.url,
+                      "pool_class": e.pool_class, "disposed": False, "connections": 0}
+            self.engines[(pid, e.engine)] = engine
             self.engines_all.append(engine)
         elif k == "engine_dispose":
-            engine = self.engines.get((pid, e["engine"]))
+            engine = self.engines.get((pid, e.engine))
             if engine is not None:
                 engine["disposed"] = True
 

@@ -6,6 +6,7 @@ import stat
 import time
 
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import typed
 from trace_quit.tracer.terminal import escape
 
 #: The generations the status line counts (gc_counts' keys; anything else is not a generation).
@@ -30,28 +31,29 @@ class Tally:
         self._records = {}                       # (pid, conn) -> the agent's records of an open connection
 
     def add(self, event):
-        kind = event.get("k")
+        event = typed(event)  # the recorder's dict: read as the analysis reads it (tracer/records.py)
+        kind = event.k
         if kind == ev.AGENT_START:
-            self.agent_pids.add(event.get("pid"))
+            self.agent_pids.add(event.pid)
         elif kind == ev.CONN_OPEN:
             self.opened += 1
         elif kind in (ev.CONN_CLOSE, ev.CONN_DESTROY):
             from trace_quit.analysis.attribute import decide_agent_end  # the report's rules, not our own
-            verdict = decide_agent_end(self._records.pop((event.get("pid"), event.get("conn")), []) + [event])
+            verdict = decide_agent_end(self._records.pop((event.pid, event.conn), []) + [event])
             self.quits[verdict.cause if verdict is not None else ev.UNKNOWN] += 1
-        if kind in _CONNECTION_RECORDS and event.get("conn") is not None:
-            self._records.setdefault((event.get("pid"), event.get("conn")), []).append(event)
+        if kind in _CONNECTION_RECORDS and event.conn is not None:
+            self._records.setdefault((event.pid, event.conn), []).append(event)
         elif kind == ev.GC_COUNTS:
-            self.collections[event.get("pid")] = {str(gen): _count(n) for gen, n in (event.get("by_gen") or {}).items()
-                                                  if gen in GENERATIONS}
+            self.collections[event.pid] = {str(gen): _count(n) for gen, n in (event.by_gen or {}).items()
+                                           if gen in GENERATIONS}
         elif kind == ev.AGENT_LOST:
-            self.lost["agent"] += _count(event.get("n") or 0)
-        elif kind == ev.BPF_CONNECT and event.get("ok"):
+            self.lost["agent"] += _count(event.n or 0)
+        elif kind == ev.BPF_CONNECT and event.ok:
             self.bpf_opens += 1
         elif kind == ev.BPF_CLOSE:
             self.bpf_closes += 1
         elif kind == ev.BPF_STATS:
-            self.lost["bpf"] = int(event.get("dropped") or 0)
+            self.lost["bpf"] = int(event.dropped or 0)
 
     def add_counts(self, counts, connects_ok=0):
         """What a batch of eBPF events adds (BpfSession's emit_text): closes and successful connects."""

@@ -111,4 +111,4 @@ def test_an_application_account_without_the_process_grant_counts_its_own_connect
 def _events(path):
     from trace_quit.analysis.capture import load
 
-    return load(path).events
+    return load(path, raw=True).events

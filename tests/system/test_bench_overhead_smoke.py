@@ -32,7 +32,7 @@ def test_every_mode_runs_the_loop_and_sees_every_close(tmp_path):
             assert run["peer_closes"] == N, transport
         if mode in ("ebpf", "agent", "both"):
             counts = {}
-            for e in load(run["capture"]).events:
+            for e in load(run["capture"], raw=True).events:
                 counts[e["k"]] = counts.get(e["k"], 0) + 1
             assert counts.get("conn_close", 0) == (N if mode != "ebpf" else 0), (transport, mode)
             assert counts.get("bpf_close", 0) == (N if mode != "agent" else 0), (transport, mode)

@@ -155,7 +155,7 @@ def test_threshold_is_a_tenth_of_the_live_count_before_but_at_least_min_drop(tmp
 
 
 def test_find_patterns_needs_three_collections(tmp_path):
-    assert find_patterns([]) == []
+    assert find_patterns([], {}) == []
 
 
 def test_independent_closes_on_different_threads_are_not_a_drop(tmp_path):

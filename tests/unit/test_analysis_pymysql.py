@@ -10,6 +10,7 @@ from trace_quit.analysis import build_report, load, render
 from trace_quit.analysis.aborted import KERNEL_ONLY_BASE, pair_sockets
 from synth import SynthCapture
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import typed
 
 PID = 4242
 
@@ -117,8 +118,9 @@ def test_pairing_follows_fd_reuse_and_keeps_kernel_only_sockets_apart():
               k(ev.BPF_SOCK_CLOSE, 3, 5), k(ev.BPF_SOCK_CONNECT, 4, 5), k(ev.BPF_SOCK_CLOSE, 5, 5),
               k(ev.BPF_SOCK_CONNECT, 6, 5), dict(k(ev.CONN_OPEN, 7, 5, conn=222, driver="pymysql"), src="agent"),
               k(ev.BPF_SOCK_CONNECT, 8, 9)]
+    events = [typed(e) for e in events]
     pair_sockets(events)
-    conns = [e.get("conn") for e in events if e["k"].startswith("bpf_sock")]
+    conns = [e.conn for e in events if e.k.startswith("bpf_sock")]
     # fd 5 three times: the agent's 111, a socket the agent never saw, the agent's 222; fd 9 still open.
     assert conns == [111, 111, KERNEL_ONLY_BASE + 1, KERNEL_ONLY_BASE + 1, 222, KERNEL_ONLY_BASE + 2]
 

@@ -24,28 +24,24 @@ disposable MariaDB 10.11, Python 3.11, mysqlclient 2.3.1, SQLAlchemy 2.1.9:
 """
 
 import dataclasses
-import gzip
 import os
 
 import pytest
 
-from trace_quit.analysis import build_report, load, render
+from trace_quit.analysis import build_report, render
 from trace_quit.analysis.findings import FIX_ENGINE_PER_CALL
+from tq_support import load_fixture
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def capture(tmp_path, name):
-    path = tmp_path / name
-    with gzip.open(os.path.join(DATA, name + ".gz"), "rb") as f:
-        path.write_bytes(f.read())
-    return load(str(path))
+capture = load_fixture
 
 
 def only(cap, src):
     """The same capture as if only one layer had recorded it."""
-    events = [e for e in cap.events if e.get("src") in (src, "tracer", "sampler")
-              and e.get("k") != ("bpf_probes" if src == "agent" else "")]
+    events = [e for e in cap.events if e.src in (src, "tracer", "sampler")
+              and e.k != ("bpf_probes" if src == "agent" else "")]
     header = dict(cap.header, layers={"bpf": src == "bpf", "agent": src == "agent", "sampler": False})
     return dataclasses.replace(cap, events=events, header=header)
 
@@ -110,7 +106,7 @@ def test_real_known_causes_over_tcp_close_wait_is_no_server_evidence(tmp_path, l
     # On loopback the server's FIN often beats the client's close() after a COM_QUIT:
     # that TCP state says nothing about who ended the connection first.
     cap = capture(tmp_path, "known-causes-tcp.tqcap")
-    assert sum(1 for e in cap.events if e.get("k") == "bpf_close_ret" and e.get("tcp_from") == "close_wait") == 13
+    assert sum(1 for e in cap.events if e.k == "bpf_close_ret" and e.tcp_from == "close_wait") == 13
     r = build_report(only(cap, layer) if layer else cap)
     assert r.com_quit.by_cause == {"explicit_close": 7, "refcount": 11, "gc": 18, "shutdown": 3,
                                    "never_closed": 0, "server": 0, "unknown": 0}

@@ -9,6 +9,7 @@ import pytest
 
 from trace_quit.analysis.capture import load
 from trace_quit.tracer import events as ev
+from trace_quit.tracer.records import as_dict
 from trace_quit.tracer.capture import FLUSH_INTERVAL_S, CaptureExistsError, CaptureWriter
 
 
@@ -59,7 +60,7 @@ def test_events_reach_disk_within_the_flush_interval(tmp_path):
     time.sleep(FLUSH_INTERVAL_S * 3)
     cap = load(path)  # as a killed tracer would leave it: no trailer yet
     assert cap.status == "truncated"
-    assert [e["k"] for e in cap.events] == ["conn_open"]
+    assert [e.k for e in cap.events] == ["conn_open"]
     w.close({})
 
 
@@ -114,11 +115,11 @@ def test_a_bounded_capture_counts_what_it_does_not_write(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     cap = load(path)
     assert cap.status == "complete"
-    written = [e for e in cap.events if e["k"] == ev.CONN_OPEN]
-    assert [e["conn"] for e in written] == list(range(100, 100 + opened))
-    samples = [e["count"] for e in cap.events if e["k"] == ev.SERVER_COUNT]
+    written = [e for e in cap.events if e.k == ev.CONN_OPEN]
+    assert [e.conn for e in written] == list(range(100, 100 + opened))
+    samples = [e.count for e in cap.events if e.k == ev.SERVER_COUNT]
     assert samples == [0, 10, 20, 30, 34]   # every 10 s, then the last one
-    assert [e["text"] for e in cap.events if e["k"] == ev.TRACER_NOTE] == ["still here"]
+    assert [e.text for e in cap.events if e.k == ev.TRACER_NOTE] == ["still here"]
     bound = cap.trailer["bound"]
     assert bound["max_bytes"] == 4096 and type(bound["reached_t"]) is int
     assert bound["not_written"] == {"conn_open": 5, "conn_destroy": 4, "conn_close": 1, "bpf_close": 6,
@@ -136,7 +137,7 @@ def test_a_bounded_capture_counts_what_it_does_not_write(tmp_path):
     # counts: every event emitted, written or not
     assert cap.trailer["counts"]["conn_open"] == opened + 5 and cap.trailer["counts"]["server_count"] == 35
     # the size: the bound, plus the line that crossed it, the samples and note after it, the trailer
-    after = sum(len(ev.encode(e)) for e in cap.events if e["k"] in (ev.SERVER_COUNT, ev.TRACER_NOTE))
+    after = sum(len(ev.encode(as_dict(e))) for e in cap.events if e.k in (ev.SERVER_COUNT, ev.TRACER_NOTE))
     trailer = len(ev.encode(dict(cap.trailer, k=ev.TRAILER)))
     assert os.path.getsize(path) <= 4096 + line_size + after + trailer
 
@@ -148,7 +149,7 @@ def test_a_batch_that_starts_under_the_bound_is_written_whole(tmp_path):
     w.emit_text(_bpf_close_line(1, "gc", 2), {ev.BPF_CLOSE: 1})   # over it already: counted
     w.close({})
     cap = load(path)
-    assert [e for e in cap.events if e["k"] == ev.BPF_CLOSE] == []
+    assert [e for e in cap.events if e.k == ev.BPF_CLOSE] == []
     assert cap.trailer["bound"]["closes_after"]["kernel"]["by_cause"] == {"gc": 1}
 
     path = str(tmp_path / "d.tqcap")
@@ -158,7 +159,7 @@ def test_a_batch_that_starts_under_the_bound_is_written_whole(tmp_path):
     w.emit_text(batch, {ev.BPF_CLOSE: 10})
     w.close({})
     cap = load(path)
-    assert len([e for e in cap.events if e["k"] == ev.BPF_CLOSE]) == 10
+    assert len([e for e in cap.events if e.k == ev.BPF_CLOSE]) == 10
     assert "bound" not in cap.trailer     # never reached: the trailer is as before
 
 
@@ -214,7 +215,7 @@ def test_a_close_written_before_the_bound_keeps_its_return(tmp_path):
     w.emit(ev.check(json.loads(_ret_line(1, t=7000))))   # a second return for conn 1: not the detail's
     w.close({})
     cap = load(path)
-    written = [(e["k"], e["conn"]) for e in cap.events]
+    written = [(e.k, e.conn) for e in cap.events]
     assert written == [("bpf_close", 1), ("bpf_close", 2), ("bpf_close_ret", 2), ("bpf_wire", 1),
                        ("bpf_close_ret", 1)]
     bound = cap.trailer["bound"]

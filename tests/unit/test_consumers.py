@@ -10,14 +10,12 @@ capture with the kernel's records left out.
 """
 
 import collections
-import gzip
 import json
-import os
 import re
 
 import pytest
 
-from trace_quit.analysis import build_report, load, render
+from trace_quit.analysis import build_report, render
 from trace_quit.analysis.attribute import Context, attribute_all, count  # noqa: F401 (the one count)
 from trace_quit.analysis.capture import Capture
 from trace_quit.tracer import events as ev
@@ -25,16 +23,7 @@ from trace_quit.tracer.pytest_plugin import GC, OPEN_AT_END, Ledger
 from trace_quit.tracer.status import Tally
 
 from test_metrics import replay
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
-FIXTURES = sorted(n[:-len(".gz")] for n in os.listdir(DATA) if n.endswith(".tqcap.gz"))
-
-
-def _load(tmp_path, name):
-    path = tmp_path / name
-    with gzip.open(os.path.join(DATA, name + ".gz"), "rb") as f:
-        path.write_bytes(f.read())
-    return load(str(path))
+from tq_support import FIXTURES, load_fixture
 
 
 def _key(cause, gen):
@@ -75,7 +64,7 @@ def _process_key(cause, gen):
 
 @pytest.fixture(scope="module", params=FIXTURES)
 def fixture(request, tmp_path_factory):
-    cap = _load(tmp_path_factory.mktemp("consumers"), request.param)
+    cap = load_fixture(tmp_path_factory.mktemp("consumers"), request.param)
     return request.param, cap, build_report(cap)
 
 
@@ -149,7 +138,7 @@ def test_prometheus_says_the_same(fixture):
 
 def _agent_only(cap):
     """The same capture as the agent alone recorded it (the pytest plugin's and the status line's view)."""
-    events = [e for e in cap.events if e.get("src") != ev.SRC_BPF]
+    events = [e for e in cap.events if e.src != ev.SRC_BPF]
     header = dict(cap.header, layers=dict(cap.header.get("layers") or {}, bpf=False, wire=False))
     return Capture(path=cap.path, header=header, events=events, trailer=cap.trailer)
 

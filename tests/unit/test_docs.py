@@ -36,7 +36,7 @@ def test_causes_doc_names_every_cause_and_the_one_deciding_file():
     doc = read("docs", "causes.md")
     for cause in ev.CAUSES:
         assert "`%s`" % cause in doc, cause
-    from trace_quit.analysis.attribute import SERVER_EVIDENCE
+    from trace_quit.analysis.server_end import SERVER_EVIDENCE
     for kind in SERVER_EVIDENCE:
         assert "`%s`" % kind in doc, kind
     assert "`analysis/attribute.py`" in doc and "`analysis/attribute.py`" in read("README.md")

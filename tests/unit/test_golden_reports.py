@@ -6,23 +6,22 @@ a deliberate change of the report regenerates the files with
 shows up in review as a diff of tests/unit/data/golden/.
 """
 
-import gzip
 import os
 
 import pytest
 
 from trace_quit.analysis import build_report, load, render
+from tq_support import FIXTURES as TQ_FIXTURES
+from tq_support import fixture_path
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 GOLDEN = os.path.join(DATA, "golden")
-FIXTURES = sorted(n[:-len(".tqcap.gz")] for n in os.listdir(DATA) if n.endswith(".tqcap.gz"))
+FIXTURES = [n[:-len(".tqcap")] for n in TQ_FIXTURES]
 
 
 def report_of(tmp_path, name):
     """The report of fixture ``name``, read through a relative path (the report names it)."""
-    path = tmp_path / (name + ".tqcap")
-    with gzip.open(os.path.join(DATA, name + ".tqcap.gz"), "rb") as f:
-        path.write_bytes(f.read())
+    fixture_path(tmp_path, name + ".tqcap")
     return build_report(load(name + ".tqcap"))
 
 

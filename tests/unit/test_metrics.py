@@ -6,32 +6,29 @@ the report's, exactly — the exporter decides no cause itself.
 """
 
 import collections
-import gzip
 import os
 import re
 
 import pytest
 
-from trace_quit.analysis import build_report, load
+from trace_quit.analysis import build_report
 from trace_quit.tracer import metrics
+from trace_quit.tracer.records import as_dict
+from tq_support import load_fixture
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def capture(tmp_path, name):
-    path = tmp_path / name
-    with gzip.open(os.path.join(DATA, name + ".gz"), "rb") as f:
-        path.write_bytes(f.read())
-    return load(str(path))
+capture = load_fixture
 
 
 def replay(cap, slice_ns=50 * 10**6, arrival=None):
     """Feed ``cap`` to an Attributor slice by slice; return (opened by site, closes by (cause, gen)).
 
     ``arrival(event)``: when the exporter sees it (default: its own time ``t``)."""
-    arrival = arrival or (lambda e: e["t"])
+    arrival = arrival or (lambda e: e.t)
     att = metrics.Attributor(cap.header)  # as the run's exporter had it (metrics.header_for)
-    events = sorted((e for e in cap.events if isinstance(e.get("t"), int)), key=arrival)
+    events = sorted((e for e in cap.events if isinstance(e.t, int)), key=arrival)
     opened, closes = collections.Counter(), collections.Counter()
     i = 0
     t = arrival(events[0])
@@ -39,7 +36,7 @@ def replay(cap, slice_ns=50 * 10**6, arrival=None):
         t += slice_ns
         chunk = []
         while i < len(events) and arrival(events[i]) <= t:
-            chunk.append(dict(events[i]))
+            chunk.append(as_dict(events[i]))  # as the recorder hands them over
             i += 1
         att.add(chunk)
         o, c = att.tick(t)
@@ -72,7 +69,7 @@ def test_incremental_counts_equal_the_report(name, tmp_path):
     assert closes == want
     assert sum(opened.values()) == report.connections.opened
     # Counted connections leave the attributor: what it still holds is not the run's history.
-    assert not [e for e in att.events if e.get("k") in ("conn_open", "bpf_connect")]
+    assert not [e for e in att.events if e.k in ("conn_open", "bpf_connect")]
 
 
 def test_call_site_labels_are_bounded(tmp_path, monkeypatch):
@@ -96,7 +93,7 @@ def test_exporter_serves_openmetrics(tmp_path):
     server = metrics.serve({"cwd": cap.header.get("cwd"), "layers": cap.header.get("layers")}, "127.0.0.1", 0)
     try:
         for e in cap.events:
-            server.exporter.observe(e)
+            server.exporter.observe(as_dict(e))
         server.exporter.finish()
         req = urllib.request.Request("http://127.0.0.1:%d/metrics" % server.port,
                                      headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -143,6 +140,6 @@ def test_agent_events_arriving_after_the_kernels_count_once(name, tmp_path):
     cap = capture(tmp_path, name)
     report, want = report_counts(cap)
     delay = 300 * 10**6  # the agent's lines arrive this much after the kernel's (< SETTLE_S)
-    _, opened, closes = replay(cap, arrival=lambda e: e["t"] + (delay if e.get("src") == "agent" else 0))
+    _, opened, closes = replay(cap, arrival=lambda e: e.t + (delay if e.src == "agent" else 0))
     assert closes == want
     assert sum(opened.values()) == report.connections.opened
