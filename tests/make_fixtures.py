@@ -25,8 +25,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from tq_support import TRACE_QUIT, VENV_PY  # noqa: E402
-from trace_quit.workloads.server import DisposableServer  # noqa: E402
+from tq_support import TRACE_QUIT, VENV_PY, tls_server  # noqa: E402
 
 TRACE = TRACE_QUIT + ["--format", "none", "--quiet", "--force"]
 
@@ -114,18 +113,9 @@ def attach(server, outdir):
 RECORDINGS = {f.__name__.replace("_", "-"): f for f in (known_causes_pymysql, known_causes_bounded, tls, attach)}
 
 
-def _tls_server(outdir):
-    cert, key = os.path.join(outdir, "cert.pem"), os.path.join(outdir, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
-    server = DisposableServer(extra_args=["--ssl-cert=" + cert, "--ssl-key=" + key])
-    server.tls_cert = cert
-    return server
-
-
 def main(outdir, only=()):
     os.makedirs(outdir, exist_ok=True)
-    with _tls_server(outdir) as server:
+    with tls_server(outdir) as server:
         for name, record in sorted(RECORDINGS.items()):
             if only and name not in only:
                 continue

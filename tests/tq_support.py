@@ -152,6 +152,19 @@ FIXTURE_DATA = os.path.join(REPO, "tests", "unit", "data")
 FIXTURES = sorted(n[:-len(".gz")] for n in os.listdir(FIXTURE_DATA) if n.endswith(".tqcap.gz"))
 
 
+def tls_server(directory):
+    """A DisposableServer (not started) that requires nothing but offers TLS with a self-signed
+    certificate made in ``directory``; its ``tls_cert`` is the CA file a client verifies with."""
+    from trace_quit.workloads.server import DisposableServer
+
+    cert, key = os.path.join(str(directory), "cert.pem"), os.path.join(str(directory), "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    server = DisposableServer(extra_args=["--ssl-cert=" + cert, "--ssl-key=" + key])
+    server.tls_cert = cert
+    return server
+
+
 def fixture_path(tmp_path, name):
     """Fixture capture ``name`` ("known-causes.tqcap") unpacked into ``tmp_path``: its path."""
     import gzip
