@@ -73,7 +73,7 @@ def summarise(ended: Sequence, j) -> NoQuit:
 
 def _closed_without_quit(nq: NoQuit) -> Optional[str]:
     """"N connections were closed without COM_QUIT (driver): N by cause, ..." (None: none were)."""
-    from .words import CAUSES  # the causes' words (words.py reads this module's sentences)
+    from .words.causes import CAUSES  # the causes' words (words.summary reads this module's sentences)
 
     closed = nq.without_quit - nq.by_cause.get(ev.NEVER_CLOSED, 0)  # never_closed has its own sentence
     if not closed:

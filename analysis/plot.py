@@ -11,7 +11,7 @@ from trace_quit.tracer import events as ev
 
 from .model import Report
 from .timeline import nice_bin, quit_histogram, quit_key
-from .words import CAUSES
+from .words.causes import CAUSES
 
 CAUSE_COLORS = {name: c.color for name, c in CAUSES.items()}
 GEN_COLORS = {0: "#90a4ae", 1: "#fb8c00", 2: "#c62828"}

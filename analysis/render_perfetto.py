@@ -21,7 +21,7 @@ import json
 from typing import Dict, List, Sequence
 
 from .model import Report
-from .words import CAUSES
+from .words.causes import CAUSES
 
 
 

@@ -13,7 +13,8 @@ from . import gcwhy, tests_view
 from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
-from .words import CAUSES, ended_words
+from .words.causes import CAUSES
+from .words.summary import ended_words
 
 WIDTH = 100          # files, pipes and anything that is not a terminal
 MIN_WIDTH, MAX_WIDTH = 60, 160

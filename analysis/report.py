@@ -15,7 +15,7 @@ from . import bound as boundlib
 from . import drops as dropslib
 from . import engines as engineslib
 from . import findings as findingslib
-from . import gcwhy, tests_view, words
+from . import gcwhy, tests_view
 from .attribute import Context, Totals, attribute_all, claims_summary, kernel_drivers
 from .capture import Capture, describe_lacks
 from .join import Collection, Joined, join
@@ -24,6 +24,8 @@ from .model import (
 )
 from .sites import relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
+from .words import causes as causeslib
+from .words import summary as summarylib
 
 #: The syscalls whose tracepoints see the bytes mysql_close sends (tracer/bpf/session.py).
 _SEND_TRACEPOINTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_writev",
@@ -203,8 +205,8 @@ def _build_report(capture: Capture) -> Report:
     by_cause, gc_gen, wire = totals.by_cause, totals.gc_by_generation, totals.wire
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
-    client_ends = sum(by_cause[c] for c in words.CLIENT_CLOSES)
-    without = sum(1 for lf in ended if lf.cause in words.CLIENT_CLOSES and abortedlib.sent_no_quit(lf))
+    client_ends = sum(by_cause[c] for c in causeslib.CLIENT_CLOSES)
+    without = sum(1 for lf in ended if lf.cause in causeslib.CLIENT_CLOSES and abortedlib.sent_no_quit(lf))
     connections = Connections(
         ended=client_ends, with_com_quit=client_ends - without, without_com_quit=without,
         opened=opened, com_quit=client_ends, never_closed=by_cause[ev.NEVER_CLOSED],
@@ -319,14 +321,14 @@ def _build_report(capture: Capture) -> Report:
         at = next((i for i, f in enumerate(findings) if f.severity != "error"), len(findings))
         findings.insert(at, extra)
     if bound is not None:
-        bound["text"] = words.bound_line(bound)
+        bound["text"] = summarylib.bound_line(bound)
     agent_only = claims_summary(att.claims)
     if agent_only["total"]:  # after the counts: they are what the totals leave out
-        agent_only["text"] = words.agent_only_line(agent_only)
-    summary = words.summary(connections, com_quit, gc, drops, patterns, engines, layers, program, findings,
-                            timeline.server, collector=collector, no_quit=no_quit,
-                            bound_text=bound["text"] if bound is not None else None,
-                            agent_only_text=agent_only.get("text"))
+        agent_only["text"] = summarylib.agent_only_line(agent_only)
+    summary = summarylib.summary(connections, com_quit, gc, drops, patterns, engines, layers, program,
+                                 findings, timeline.server, collector=collector, no_quit=no_quit,
+                                 bound_text=bound["text"] if bound is not None else None,
+                                 agent_only_text=agent_only.get("text"))
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,

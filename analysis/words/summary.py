@@ -1,21 +1,17 @@
-"""Words: the one place the report's facts become sentences, and the causes' names, words and colours.
-
-The analysis decides facts (``analysis/attribute.py``: causes, counts; ``analysis/model.py``:
-the report); the sentences of the summary are built here, and every renderer (text, HTML, the
-plot, Perfetto) reads the ``CAUSES`` registry for a cause's words and colours instead of a
-table of its own.
+"""The summary's sentences: what the report says first, in a few lines (analysis/report.py calls
+``summary``), and the sentences of a capture's bound and of the agent-only claims.
 """
 
-import dataclasses
 from typing import Any, Dict, List
 
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
 
-from .aborted import summary_lines as aborted_lines
-from .drops import fmt_int, fmt_s, plural
-from .gcwhy import GENERATIONAL, generation_label
-from .model import largest_drop
+from ..aborted import summary_lines as aborted_lines
+from ..drops import fmt_int, fmt_s, plural
+from ..gcwhy import GENERATIONAL, generation_label
+from ..model import largest_drop
+from .causes import CAUSES, CLIENT_CLOSES
 
 
 def ended_words(c) -> str:
@@ -45,39 +41,6 @@ def bound_line(info: Dict[str, Any]) -> str:
     if parts:
         out += " (counted in the totals; no detail for them)"
     return out + "."
-
-
-@dataclasses.dataclass(frozen=True)
-class Cause:
-    """What the report says about one cause, and how it looks."""
-
-    name: str
-    client_closed: bool    # the client ended the connection (else the server did, or nothing)
-    sends_com_quit: bool   # mysqlclient sends COM_QUIT for it (PyMySQL only from close(): docs/pymysql.md)
-    words: str             # how a count of them reads: "7 by close()"
-    words_without_quit: str  # ... in "closed without COM_QUIT (...)"
-    color: str             # the HTML page and the plot
-    hatch: str             # the plot: told apart by more than colour
-    term_color: str        # the text report on a colour terminal
-
-
-CAUSES: Dict[str, Cause] = {c.name: c for c in (
-    Cause(ev.EXPLICIT_CLOSE, True, True, "by close()", "by close() (its COM_QUIT did not go out)",
-          "#2e7d32", "", "green"),
-    Cause(ev.REFCOUNT, True, True, "when their last reference went away", "when their last reference went away",
-          "#0288d1", "//", "cyan"),
-    Cause(ev.GC, True, True, "by the garbage collector", "by the garbage collector", "#c62828", "xx", "red"),
-    Cause(ev.SHUTDOWN, True, True, "at interpreter shutdown", "at interpreter shutdown", "#7b1fa2", "..",
-          "magenta"),
-    Cause(ev.NEVER_CLOSED, False, False, "never closed", "never closed", "#f9a825", "\\\\", "yellow"),
-    Cause(ev.SERVER, False, False, "ended by the server first", "ended by the server first", "#6d4c41", "--",
-          "yellow"),
-    Cause(ev.UNKNOWN, True, True, "for an unknown cause", "for an unknown cause", "#9e9e9e", "oo", "dim"),
-)}
-assert set(CAUSES) == set(ev.CAUSES)
-
-#: The connection ends that are a client-side close (the client sent, or meant to send, COM_QUIT).
-CLIENT_CLOSES = tuple(c for c in ev.CAUSES if CAUSES[c].client_closed)
 
 
 def agent_only_line(info) -> str:

@@ -1,0 +1,8 @@
+"""Words: the only place the analysis' facts become sentences.
+
+The analysis decides facts (``analysis/attribute.py``: causes, counts; ``analysis/model.py``:
+the report); the renderers only render. Here:
+
+- ``causes``: the ``CAUSES`` registry, each cause's words and colours (every view reads it);
+- ``summary``: the summary's sentences (the verdict first, its fix last).
+"""
