@@ -27,39 +27,13 @@ from .join import Collection, Life
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
+from .words.numbers import fmt_approx, fmt_int, fmt_s, plural
 
 GAP_S = 0.05  # a burst: close() or dispose() loops run sub-ms apart; a pool's overflow closes do not
 MIN_DROP = 3
 DROP_FRACTION = 0.10
 #: Intervals whose coefficient of variation is below this make a "regular" pattern.
 REGULAR_CV = 0.35
-
-
-def fmt_int(n: int) -> str:
-    """10575 -> '10,575'."""
-    return "{:,}".format(n)
-
-
-def fmt_s(x: float) -> str:
-    """Seconds for prose: '0.364', '66.3', '812'."""
-    if abs(x) < 1:
-        return "%.3f" % x
-    return ("%.1f" % x) if abs(x) < 100 else ("%.0f" % x)
-
-
-def fmt_approx(x: float) -> str:
-    """An approximate number of seconds to two significant figures: '0.53', '5.1', '66', '810'."""
-    r = float("%.2g" % x)
-    if r == 0:
-        return "0"
-    if abs(r) >= 10:
-        return "%d" % r
-    return "%.*f" % (1 - int(math.floor(math.log10(abs(r)))), r)
-
-
-def plural(n: int, word: str, words: Optional[str] = None) -> str:
-    """'1 connection', '2 connections'."""
-    return "%s %s" % (fmt_int(n), word if n == 1 else (words or word + "s"))
 
 
 #: The origin of a connection open when ``--pid`` attached (the agent's conn_open.origin).

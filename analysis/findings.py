@@ -10,10 +10,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .drops import Origins, fmt_int, fmt_s, plural
+from .drops import Origins
 from .engines import pool_bound
 from .join import Life
 from .model import Connections, ComQuit, Drop, EngineSite, Finding, Gc, Layers, Pattern, SEVERITIES, largest_drop
+from .words.numbers import fmt_int, fmt_s, plural
 
 FIX_ENGINE_PER_CALL = (
     "Create the Engine once, at import or start-up, and reuse it from every call and thread "

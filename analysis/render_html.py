@@ -10,8 +10,8 @@ from typing import Sequence
 from trace_quit.tracer import events as ev
 
 from . import plot
-from .drops import fmt_int, fmt_s
 from .model import Report
+from .words.numbers import fmt_int, fmt_s
 
 TEMPLATE = "report.html.j2"
 MAX_QUITS = 200

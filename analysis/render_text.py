@@ -10,10 +10,10 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer import terminal
 
 from . import gcwhy, tests_view
-from .drops import fmt_int, fmt_s
 from .model import Report
 from .sites import program_frame, shorten
 from .words.causes import CAUSES
+from .words.numbers import fmt_int, fmt_s
 from .words.summary import ended_words
 
 WIDTH = 100          # files, pipes and anything that is not a terminal

@@ -4,5 +4,6 @@ The analysis decides facts (``analysis/attribute.py``: causes, counts; ``analysi
 the report); the renderers only render. Here:
 
 - ``causes``: the ``CAUSES`` registry, each cause's words and colours (every view reads it);
-- ``summary``: the summary's sentences (the verdict first, its fix last).
+- ``summary``: the summary's sentences (the verdict first, its fix last);
+- ``numbers``: numbers as every sentence writes them (fmt_int, fmt_s, fmt_approx, plural).
 """

@@ -8,10 +8,10 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
 
 from ..aborted import summary_lines as aborted_lines
-from ..drops import fmt_int, fmt_s, plural
 from ..gcwhy import GENERATIONAL, generation_label
 from ..model import largest_drop
 from .causes import CAUSES, CLIENT_CLOSES
+from .numbers import fmt_int, fmt_s, plural
 
 
 def ended_words(c) -> str:
