@@ -22,11 +22,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from trace_quit.tracer import events as ev
 
-from .gcwhy import GENERATIONAL, a_collection, collection_name
+from .gcwhy import GENERATIONAL
 from .join import Collection, Life
 from .model import Drop, Pattern
 from .sites import app_frame, relative_site
 from .timeline import LiveCurve
+from .words.collector import a_collection, collection_name
 from .words.numbers import fmt_approx, fmt_int, fmt_s, plural
 
 GAP_S = 0.05  # a burst: close() or dispose() loops run sub-ms apart; a pool's overflow closes do not

@@ -27,6 +27,8 @@ from trace_quit.tracer import events as ev
 from trace_quit.tracer.bpf import compat
 from trace_quit.tracer.records import typed
 
+from .words.collector import a_collection, fmt_thresholds
+
 GENERATIONAL, INCREMENTAL = compat.GENERATIONAL, compat.INCREMENTAL
 FREE_THREADED, UNKNOWN = compat.FREE_THREADED, compat.UNKNOWN
 
@@ -192,7 +194,7 @@ def explain(generation: Optional[int], counts: Optional[List[int]], thresholds: 
     if counts is None or thresholds is None:
         out["text"] = ("generation %d; the counters at its start were not recorded (an agent without "
                        "gc_start counts)%s" % (generation, "" if thresholds is None else
-                                               ", thresholds %s" % _fmt(thresholds)))
+                                               ", thresholds %s" % fmt_thresholds(thresholds)))
         return out
     over = [g for g in range(3) if counts[g] > thresholds[g]]
     parts = ["%s %d %s %d" % (_counter_name(g), counts[g], ">" if counts[g] > thresholds[g] else "≤",
@@ -225,51 +227,6 @@ def explain(generation: Optional[int], counts: Optional[List[int]], thresholds: 
     return out
 
 
-def collection_name(generation: Optional[int], kind: str = GENERATIONAL) -> str:
-    """A collection in its collector's own terms: 'generation-2 collection', or for 3.14.0-3.14.4's
-    incremental collector 'young collection' / 'old-generation increment' / 'full collection'."""
-    if generation is None:
-        return "collection"
-    if kind == INCREMENTAL:
-        names = {0: "young collection", 1: "old-generation increment", 2: "full collection"}
-        return names.get(generation, "collection")
-    if kind == GENERATIONAL:
-        return "generation-%d collection" % generation
-    return "collection (reported generation %d)" % generation
-
-
-def generation_label(generation: Any, kind: str = GENERATIONAL) -> str:
-    """'generation 1' in a count by generation, or the incremental collector's 'old-generation increments'."""
-    if kind == INCREMENTAL and str(generation) in ("0", "1", "2"):
-        return ("young collections", "old-generation increments", "full collections")[int(generation)]
-    return "generation %s" % generation
-
-
-def a_collection(generation: Optional[int], kind: str = GENERATIONAL) -> str:
-    """collection_name with its article: 'a generation-2 collection', 'an old-generation increment …'."""
-    name = collection_name(generation, kind)
-    return ("an " if name[0] in "aeiou" else "a ") + name
-
-
 def _counter_name(g: int) -> str:
     return ("generation 0 (allocations - deallocations)" if g == 0
             else "generation %d (generation-%d collections since its last)" % (g, g - 1))
-
-
-def _fmt(t: Sequence[int]) -> str:
-    return "(%s)" % ", ".join(str(v) for v in t)
-
-
-def thresholds_text(summary: Optional[Dict[str, Any]]) -> Optional[str]:
-    """One line for the text report: the thresholds in effect and where they came from."""
-    if not summary:
-        return None
-    # Short: it stands on the report's first screen (the Python version is on the line above).
-    text = "thresholds %s" % _fmt(summary["in_effect"])
-    if summary["changed_at_run_time"]:
-        text += " (set by the program; the interpreter started with %s)" % _fmt(summary["at_start"])
-    if summary["in_effect"] == summary["before_3_13"]:
-        text += ", 3.8-3.12's defaults"
-    if summary["collector"]:
-        text += " · %s collector" % summary["collector"]
-    return text

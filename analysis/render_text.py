@@ -9,10 +9,11 @@ from typing import List, Optional, Sequence
 from trace_quit.tracer import events as ev
 from trace_quit.tracer import terminal
 
-from . import gcwhy, tests_view
+from . import tests_view
 from .model import Report
 from .sites import program_frame, shorten
 from .words.causes import CAUSES
+from .words.collector import thresholds_text
 from .words.numbers import fmt_int, fmt_s
 from .words.summary import ended_words
 
@@ -227,7 +228,7 @@ def _collections(o: _Out, r: Report) -> None:
     o.wrap("%s (%s); %s destroyed open connections" % (
         fmt_int(g.collections), " · ".join("gen %s: %s" % (k, fmt_int(v)) for k, v in g.by_generation.items()),
         "1 collection" if n_closing == 1 else "%s collections" % fmt_int(n_closing)), 2, first="  ")
-    gc_line = gcwhy.thresholds_text(r.gc_thresholds)  # the program's thresholds (issue 14), always said
+    gc_line = thresholds_text(r.gc_thresholds)  # the program's thresholds (issue 14), always said
     if gc_line:
         o.wrap(gc_line, 4, first="  ")
     for caveat in (r.gc_collector or {}).get("caveats") or ():  # a collector whose numbers are no ages

@@ -1,6 +1,7 @@
 """Why a collection ran then (analysis/gcwhy.py): counters against thresholds, per collector."""
 
 from trace_quit.analysis import gcwhy
+from trace_quit.analysis.words.collector import collection_name, thresholds_text
 
 START_313 = {"k": "agent_start", "src": "agent", "pid": 7, "t": 1, "python": "3.13.0", "gc_thresholds": [2000, 10, 10]}
 
@@ -25,7 +26,7 @@ def test_a_full_collection_due_by_the_thresholds_names_the_quarter_rule_as_infer
     # The thresholds changed at run time (the workload's gc.set_threshold): both are reported.
     s = th.summary(7)
     assert s["at_start"] == [2000, 10, 10] and s["in_effect"] == [700, 10, 10] and s["changed_at_run_time"]
-    assert gcwhy.thresholds_text(s) == ("thresholds (700, 10, 10) (set by the program; the interpreter started "
+    assert thresholds_text(s) == ("thresholds (700, 10, 10) (set by the program; the interpreter started "
                                         "with (2000, 10, 10)), 3.8-3.12's defaults · generational collector")
 
 
@@ -83,10 +84,10 @@ def test_a_deferred_collection_on_3_12_and_later_is_still_due_by_the_thresholds(
 def test_an_incremental_collector_is_spoken_of_in_its_own_terms():
     # 3.14.0-3.14.4: automatic collections report 0 (young) or 1 (young + an old-generation
     # increment); 2 only comes from gc.collect(). None of them is "generation 2".
-    assert gcwhy.collection_name(1, "incremental") == "old-generation increment"
-    assert gcwhy.collection_name(0, "incremental") == "young collection"
-    assert gcwhy.collection_name(2, "incremental") == "full collection"
-    assert gcwhy.collection_name(2) == "generation-2 collection"
+    assert collection_name(1, "incremental") == "old-generation increment"
+    assert collection_name(0, "incremental") == "young collection"
+    assert collection_name(2, "incremental") == "full collection"
+    assert collection_name(2) == "generation-2 collection"
     start = dict(START_313, python="3.14.2", gc_thresholds=[2000, 10, 0], gc_generations=3)
     kernel = {"targets": {"gc_collector": "incremental", "notes": [
         "kernel layer: CPython 3.14.2 collects incrementally (3.14.0-3.14.4): ... without a generation"]}}
