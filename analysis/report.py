@@ -24,8 +24,9 @@ from .model import (
 )
 from .sites import relative_site
 from .timeline import LiveCurve, envelope, quit_histogram, quit_key
-from .words import causes as causeslib
-from .words import summary as summarylib
+from .words import aborted as words_aborted
+from .words import causes as words_causes
+from .words import summary as words_summary
 
 #: The syscalls whose tracepoints see the bytes mysql_close sends (tracer/bpf/session.py).
 _SEND_TRACEPOINTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_writev",
@@ -205,8 +206,8 @@ def _build_report(capture: Capture) -> Report:
     by_cause, gc_gen, wire = totals.by_cause, totals.gc_by_generation, totals.wire
     curve = LiveCurve(counted)
     max_live, max_t = curve.maximum()
-    client_ends = sum(by_cause[c] for c in causeslib.CLIENT_CLOSES)
-    without = sum(1 for lf in ended if lf.cause in causeslib.CLIENT_CLOSES and abortedlib.sent_no_quit(lf))
+    client_ends = sum(by_cause[c] for c in words_causes.CLIENT_CLOSES)
+    without = sum(1 for lf in ended if lf.cause in words_causes.CLIENT_CLOSES and abortedlib.sent_no_quit(lf))
     connections = Connections(
         ended=client_ends, with_com_quit=client_ends - without, without_com_quit=without,
         opened=opened, com_quit=client_ends, never_closed=by_cause[ev.NEVER_CLOSED],
@@ -313,7 +314,7 @@ def _build_report(capture: Capture) -> Report:
 
     # Aborted clients and drivers (issue 19): a drop of connections that sent no COM_QUIT says so.
     no_quit = abortedlib.summarise(ended, j)
-    abortedlib.explain_drops(drops, no_quit, com_quit)
+    words_aborted.explain_drops(drops, no_quit, com_quit)
     extra = abortedlib.finding(no_quit)
     if extra is not None:
         # First among the warnings, after any error: an engine per call that leaks is the
@@ -321,14 +322,14 @@ def _build_report(capture: Capture) -> Report:
         at = next((i for i, f in enumerate(findings) if f.severity != "error"), len(findings))
         findings.insert(at, extra)
     if bound is not None:
-        bound["text"] = summarylib.bound_line(bound)
+        bound["text"] = words_summary.bound_line(bound)
     agent_only = claims_summary(att.claims)
     if agent_only["total"]:  # after the counts: they are what the totals leave out
-        agent_only["text"] = summarylib.agent_only_line(agent_only)
-    summary = summarylib.summary(connections, com_quit, gc, drops, patterns, engines, layers, program,
-                                 findings, timeline.server, collector=collector, no_quit=no_quit,
-                                 bound_text=bound["text"] if bound is not None else None,
-                                 agent_only_text=agent_only.get("text"))
+        agent_only["text"] = words_summary.agent_only_line(agent_only)
+    summary = words_summary.summary(connections, com_quit, gc, drops, patterns, engines, layers, program,
+                                    findings, timeline.server, collector=collector, no_quit=no_quit,
+                                    bound_text=bound["text"] if bound is not None else None,
+                                    agent_only_text=agent_only.get("text"))
     return Report(
         path=capture.path, capture_status=capture_status, capture_detail=capture.status, program=program,
         layers=layers, connections=connections, com_quit=com_quit, gc=gc, drops=drops, patterns=patterns,

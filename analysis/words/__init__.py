@@ -7,5 +7,6 @@ the report); the renderers only render. Here:
 - ``summary``: the summary's sentences (the verdict first, its fix last);
 - ``numbers``: numbers as every sentence writes them (fmt_int, fmt_s, fmt_approx, plural);
 - ``collector``: a collection in its collector's own terms, the thresholds line;
-- ``drops``: where a group of connections came from, what ended a drop, a pattern of collections.
+- ``drops``: where a group of connections came from, what ended a drop, a pattern of collections;
+- ``aborted``: the connections that ended without COM_QUIT (aborted clients), per driver.
 """

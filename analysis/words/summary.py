@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 from trace_quit.tracer import events as ev
 from trace_quit.tracer.capture import format_size
 
-from ..aborted import summary_lines as aborted_lines
 from ..model import largest_drop
+from .aborted import summary_lines as aborted_lines
 from .causes import CAUSES, CLIENT_CLOSES
 from .collector import GENERATIONAL, generation_label
 from .numbers import fmt_int, fmt_s, plural
