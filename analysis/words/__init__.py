@@ -1,7 +1,8 @@
-"""Words: the only place the analysis' facts become sentences.
+"""Words: where the analysis' facts become sentences, shared by every renderer.
 
 The analysis decides facts (``analysis/attribute.py``: causes, counts; ``analysis/model.py``:
-the report); the renderers only render. Here:
+the report); the renderers only render. A finding's rule (``analysis/findings.py``) keeps its
+own words, and a verdict's reason is written where it is decided. Here:
 
 - ``causes``: the ``CAUSES`` registry, each cause's words and colours (every view reads it);
 - ``summary``: the summary's sentences (the verdict first, its fix last);
