@@ -233,6 +233,18 @@ def decide(life: Life, ctx: Context) -> Optional[Verdict]:
     return Verdict(cause, gen if cause == ev.GC else None, collection, reason, wire, evidence or None, t_end, end_tid)
 
 
+def _reading(end, causes, collection):
+    """One layer's reading of an end record: its cause (``unknown`` if not one that layer can
+    name) and, for gc, the generation its record or its bracketing collection gives."""
+    cause = end.cause if end.cause in causes else ev.UNKNOWN
+    gen = None
+    if cause == ev.GC:
+        gen = end.gen
+        if gen is None and collection is not None:
+            gen = collection.gen
+    return cause, gen
+
+
 def _agent_said(life: Life):
     """The agent's own reading of the end: (cause, generation), (None, None) when it saw none."""
     a = life.agent_end
@@ -240,13 +252,7 @@ def _agent_said(life: Life):
         return None, None
     if a.k == ev.CONN_CLOSE:
         return ev.EXPLICIT_CLOSE, None
-    cause = a.cause if a.cause in _AGENT_CAUSES else ev.UNKNOWN
-    gen = None
-    if cause == ev.GC:
-        gen = a.gen
-        if gen is None and life.agent_collection is not None:
-            gen = life.agent_collection.gen
-    return cause, gen
+    return _reading(a, _AGENT_CAUSES, life.agent_collection)
 
 
 def _kernel_said(life: Life):
@@ -254,13 +260,7 @@ def _kernel_said(life: Life):
     b = life.bpf_end
     if b is None:
         return None, None
-    cause = b.cause if b.cause in _BPF_CAUSES else ev.UNKNOWN
-    gen = None
-    if cause == ev.GC:
-        gen = b.gen
-        if gen is None and life.bpf_collection is not None:
-            gen = life.bpf_collection.gen
-    return cause, gen
+    return _reading(b, _BPF_CAUSES, life.bpf_collection)
 
 
 def _both_said(a_cause, a_gen, b_cause, b_gen):
